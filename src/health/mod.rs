@@ -1,0 +1,1 @@
+//! The health layer (in progress).

@@ -1,0 +1,748 @@
+//! What a layer refused, and how the refusal is answered.
+//!
+//! Every layer in this crate refuses work the same way: it builds a
+//! [`Rejection`] (what kind, which layer, an optional retry-after, a short
+//! detail) and answers it in the caller's protocol:
+//!
+//! | kind | HTTP | gRPC (trailers-only, HTTP 200) |
+//! |---|---|---|
+//! | [`CircuitOpen`](RejectionKind::CircuitOpen) | 503 | 14 `UNAVAILABLE` |
+//! | [`Draining`](RejectionKind::Draining) | 503 | 14 `UNAVAILABLE` |
+//! | [`RateLimited`](RejectionKind::RateLimited) | 429 | 8 `RESOURCE_EXHAUSTED` |
+//! | [`TimedOut`](RejectionKind::TimedOut) | 504 | 4 `DEADLINE_EXCEEDED` |
+//! | [`InvalidRequest`](RejectionKind::InvalidRequest) | 400 | 3 `INVALID_ARGUMENT` |
+//!
+//! HTTP answers carry `Retry-After` (whole seconds, rounded up, never 0) when
+//! the layer knows when to come back, and a small RFC 9457
+//! `application/problem+json` body. gRPC answers carry `grpc-status`,
+//! `grpc-message` and, when known, `grpc-retry-pushback-ms`. A request is
+//! gRPC when its `content-type` starts with `application/grpc`.
+//!
+//! Which of the two a layer produces is its [`Mode`]: [`HttpMode`] (the
+//! default) answers with a response, so an axum `Router` stays `Infallible`
+//! and needs no `HandleErrorLayer`; [`ErrorMode`] returns the `Rejection`
+//! inside a `BoxError` for services that do not speak HTTP:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::BoxError;
+//! use tower_rampart::{Rejection, RejectionKind};
+//!
+//! let err: BoxError = Rejection::new(RejectionKind::CircuitOpen, "payments")
+//!     .with_retry_after(Duration::from_millis(1500))
+//!     .into();
+//! let rejection = err.downcast_ref::<Rejection>().expect("refused by a rampart layer");
+//! assert_eq!(rejection.kind(), RejectionKind::CircuitOpen);
+//! assert_eq!(rejection.retry_after_secs(), Some(2));
+//! ```
+
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower::BoxError;
+
+use crate::classify::{GrpcCode, is_grpc};
+
+/// The reason a layer refused a request.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectionKind {
+    /// A circuit breaker is open (or half-open with no trial permit left).
+    CircuitOpen,
+    /// A rate limit refused the request.
+    RateLimited,
+    /// The request ran out of time.
+    TimedOut,
+    /// The server is shutting down and takes no new work.
+    Draining,
+    /// The request cannot be processed as sent (for example a rate limit
+    /// that requires a key the request does not carry).
+    InvalidRequest,
+}
+
+impl RejectionKind {
+    /// The HTTP status a refusal of this kind gets by default.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            RejectionKind::CircuitOpen | RejectionKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            RejectionKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            RejectionKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+            RejectionKind::InvalidRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The gRPC status a refusal of this kind gets.
+    pub const fn grpc_code(self) -> GrpcCode {
+        match self {
+            RejectionKind::CircuitOpen | RejectionKind::Draining => GrpcCode::Unavailable,
+            RejectionKind::RateLimited => GrpcCode::ResourceExhausted,
+            RejectionKind::TimedOut => GrpcCode::DeadlineExceeded,
+            RejectionKind::InvalidRequest => GrpcCode::InvalidArgument,
+        }
+    }
+
+    /// A short human title, used as the problem `title`.
+    pub const fn title(self) -> &'static str {
+        match self {
+            RejectionKind::CircuitOpen => "Circuit open",
+            RejectionKind::RateLimited => "Rate limited",
+            RejectionKind::TimedOut => "Timed out",
+            RejectionKind::Draining => "Shutting down",
+            RejectionKind::InvalidRequest => "Invalid request",
+        }
+    }
+
+    /// A stable kebab-case name (`circuit-open`, ...), used in the problem
+    /// `type` URI and as a metrics label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RejectionKind::CircuitOpen => "circuit-open",
+            RejectionKind::RateLimited => "rate-limited",
+            RejectionKind::TimedOut => "timed-out",
+            RejectionKind::Draining => "draining",
+            RejectionKind::InvalidRequest => "invalid-request",
+        }
+    }
+
+    /// The RFC 9457 problem `type` URI for this kind.
+    pub const fn problem_type(self) -> &'static str {
+        match self {
+            RejectionKind::CircuitOpen => "urn:tower-rampart:problem:circuit-open",
+            RejectionKind::RateLimited => "urn:tower-rampart:problem:rate-limited",
+            RejectionKind::TimedOut => "urn:tower-rampart:problem:timed-out",
+            RejectionKind::Draining => "urn:tower-rampart:problem:draining",
+            RejectionKind::InvalidRequest => "urn:tower-rampart:problem:invalid-request",
+        }
+    }
+}
+
+impl fmt::Display for RejectionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a layer refused and why.
+///
+/// Built by the layers on their refusal path (never on the happy path), and
+/// turned into an HTTP or gRPC response with [`Rejection::into_response`], or
+/// returned as an error in [`ErrorMode`]. It implements
+/// [`std::error::Error`], so it can be found with `downcast_ref` in a
+/// `BoxError`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::rejection::{Protocol, Rejection, RejectionKind};
+///
+/// let res = Rejection::new(RejectionKind::RateLimited, "api")
+///     .with_retry_after(Duration::from_millis(200))
+///     .with_detail("quota `per-ip` exhausted")
+///     .into_response::<http_body_util::Empty<bytes::Bytes>>(Protocol::Http);
+/// assert_eq!(res.status(), 429);
+/// assert_eq!(res.headers()["retry-after"], "1");
+/// assert_eq!(res.headers()["content-type"], "application/problem+json");
+/// ```
+#[derive(Clone)]
+pub struct Rejection {
+    kind: RejectionKind,
+    layer: Arc<str>,
+    retry_after: Option<Duration>,
+    detail: Cow<'static, str>,
+    status: Option<StatusCode>,
+    headers: HeaderMap,
+}
+
+impl Rejection {
+    /// A refusal of `kind` by the layer named `layer` (the name that labels
+    /// its metrics).
+    pub fn new(kind: RejectionKind, layer: impl Into<Arc<str>>) -> Self {
+        Self {
+            kind,
+            layer: layer.into(),
+            retry_after: None,
+            detail: Cow::Borrowed(""),
+            status: None,
+            headers: HeaderMap::new(),
+        }
+    }
+
+    /// When the caller may try again. Sent as `Retry-After` (rounded up to
+    /// whole seconds, at least 1) and `grpc-retry-pushback-ms`.
+    #[must_use]
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = Some(retry_after);
+        self
+    }
+
+    /// Like [`with_retry_after`](Self::with_retry_after), from an `Option`.
+    #[must_use]
+    pub fn with_retry_after_opt(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// A short explanation for the caller (the problem `detail` and the
+    /// `grpc-message`). Keep secrets out of it: it goes on the wire.
+    #[must_use]
+    pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+
+    /// Answers HTTP callers with `status` instead of the kind's default (a
+    /// timeout layer configured to answer 503 or 408, for example). gRPC
+    /// answers are unaffected.
+    #[must_use]
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Adds a header to the answer, in either protocol (`RateLimit` fields,
+    /// `Connection: close`, ...).
+    #[must_use]
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.append(name, value);
+        self
+    }
+
+    /// The extra headers the answer will carry.
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.headers
+    }
+
+    /// The extra headers the answer will carry.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// Why the request was refused.
+    pub fn kind(&self) -> RejectionKind {
+        self.kind
+    }
+
+    /// The name of the layer that refused it.
+    pub fn layer(&self) -> &str {
+        &self.layer
+    }
+
+    /// When the caller may try again, if the layer knows.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// [`retry_after`](Self::retry_after) as the `Retry-After` header counts
+    /// it: whole seconds, rounded up, never 0.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after.map(retry_after_secs)
+    }
+
+    /// The explanation for the caller.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        self.status.unwrap_or(self.kind.status())
+    }
+
+    /// The gRPC status of the answer.
+    pub fn grpc_code(&self) -> GrpcCode {
+        self.kind.grpc_code()
+    }
+
+    /// The answer, as a response in `protocol`.
+    pub fn into_response<B>(self, protocol: Protocol) -> Response<ResponseBody<B>> {
+        match protocol {
+            Protocol::Http => self.into_http_response(),
+            Protocol::Grpc => self.into_grpc_response(),
+        }
+    }
+
+    /// The `application/problem+json` text of the HTTP answer.
+    pub fn problem_json(&self) -> String {
+        let status = self.status();
+        let mut out = String::with_capacity(128 + self.detail.len());
+        out.push_str("{\"type\":\"");
+        out.push_str(self.kind.problem_type());
+        out.push_str("\",\"title\":\"");
+        out.push_str(self.kind.title());
+        let _ = write!(out, "\",\"status\":{}", status.as_u16());
+        if !self.detail.is_empty() {
+            out.push_str(",\"detail\":\"");
+            push_json_escaped(&mut out, &self.detail);
+            out.push('"');
+        }
+        out.push('}');
+        out
+    }
+
+    fn into_http_response<B>(self) -> Response<ResponseBody<B>> {
+        let body = Bytes::from(self.problem_json());
+        let mut res = Response::new(ResponseBody::full(body));
+        *res.status_mut() = self.status();
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        merge_headers(headers, self.headers);
+        res
+    }
+
+    fn into_grpc_response<B>(self) -> Response<ResponseBody<B>> {
+        let mut res = Response::new(ResponseBody::full(Bytes::new()));
+        let code = self.grpc_code();
+        let message = if self.detail.is_empty() {
+            Cow::Borrowed(self.kind.title())
+        } else {
+            self.detail.clone()
+        };
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", code.to_header_value());
+        if let Ok(v) = HeaderValue::try_from(percent_encode_grpc_message(&message)) {
+            headers.insert("grpc-message", v);
+        }
+        if let Some(after) = self.retry_after {
+            let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1);
+            headers.insert("grpc-retry-pushback-ms", HeaderValue::from(ms));
+        }
+        merge_headers(headers, self.headers);
+        res
+    }
+}
+
+fn merge_headers(into: &mut HeaderMap, from: HeaderMap) {
+    let mut last = None;
+    for (name, value) in from {
+        if let Some(name) = name {
+            into.remove(&name);
+            last = Some(name);
+        }
+        if let Some(name) = &last {
+            into.append(name.clone(), value);
+        }
+    }
+}
+
+/// Whole seconds, rounded up, never 0 (the `Retry-After` rule).
+pub(crate) fn retry_after_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+fn push_json_escaped(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// The gRPC spec's percent-encoding of `grpc-message`: bytes outside
+/// printable ASCII, and `%`, become `%XX`.
+fn percent_encode_grpc_message(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+impl fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rejection")
+            .field("kind", &self.kind)
+            .field("layer", &self.layer)
+            .field("retry_after", &self.retry_after)
+            .field("detail", &self.detail)
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (layer `{}`)",
+            self.kind.title().to_lowercase(),
+            self.layer
+        )?;
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        if let Some(after) = self.retry_after {
+            write!(f, "; retry after {after:?}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// The protocol a refusal is answered in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    /// Plain HTTP: a status, `Retry-After` and a problem+json body.
+    #[default]
+    Http,
+    /// gRPC: a trailers-only response with `grpc-status`.
+    Grpc,
+}
+
+impl Protocol {
+    /// The protocol of `req`: gRPC when its `content-type` starts with
+    /// `application/grpc`.
+    #[inline]
+    pub fn of<B>(req: &Request<B>) -> Self {
+        Self::from_headers(req.headers())
+    }
+
+    /// The protocol of a request with these headers.
+    #[inline]
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        if is_grpc(headers) {
+            Protocol::Grpc
+        } else {
+            Protocol::Http
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::HttpMode {}
+    impl Sealed for super::ErrorMode {}
+}
+
+/// How a layer's service answers when it refuses a request, and what its
+/// `Response` and `Error` types are. Implemented by [`HttpMode`] and
+/// [`ErrorMode`] only.
+pub trait Mode<Req, Res, E>: sealed::Sealed {
+    /// The service's response type.
+    type Response;
+    /// The service's error type.
+    type Error;
+    /// What a refusal needs to know about the request, captured before the
+    /// request moves into the inner service.
+    type Context: Copy + Send + Sync + Unpin + 'static;
+
+    /// Captures the context of `req`.
+    fn context(req: &Req) -> Self::Context;
+    /// Maps the inner service's result.
+    fn admitted(result: Result<Res, E>) -> Result<Self::Response, Self::Error>;
+    /// Answers a refusal.
+    fn rejected(cx: Self::Context, rejection: Rejection) -> Result<Self::Response, Self::Error>;
+}
+
+/// Refusals are answered with an HTTP or gRPC response (the default).
+///
+/// The service's error type stays the inner service's, so an axum `Router`
+/// stays `Infallible`; its response body becomes [`ResponseBody<B>`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpMode;
+
+/// Refusals are returned as an error: a [`Rejection`] inside a `BoxError`,
+/// for services that do not speak HTTP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorMode;
+
+impl<ReqB, ResB, E> Mode<Request<ReqB>, Response<ResB>, E> for HttpMode {
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = E;
+    type Context = Protocol;
+
+    #[inline]
+    fn context(req: &Request<ReqB>) -> Protocol {
+        Protocol::of(req)
+    }
+
+    #[inline]
+    fn admitted(result: Result<Response<ResB>, E>) -> Result<Self::Response, E> {
+        result.map(|res| res.map(ResponseBody::new))
+    }
+
+    #[inline]
+    fn rejected(cx: Protocol, rejection: Rejection) -> Result<Self::Response, E> {
+        Ok(rejection.into_response(cx))
+    }
+}
+
+impl<Req, Res, E: Into<BoxError>> Mode<Req, Res, E> for ErrorMode {
+    type Response = Res;
+    type Error = BoxError;
+    type Context = ();
+
+    #[inline]
+    fn context(_: &Req) {}
+
+    #[inline]
+    fn admitted(result: Result<Res, E>) -> Result<Res, BoxError> {
+        result.map_err(Into::into)
+    }
+
+    #[inline]
+    fn rejected(_: (), rejection: Rejection) -> Result<Res, BoxError> {
+        Err(Box::new(rejection))
+    }
+}
+
+pin_project! {
+    /// The response body of a layer in [`HttpMode`]: the inner service's body
+    /// when the request was admitted, or the refusal's small body.
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: BodyInner<B>,
+    }
+}
+
+pin_project! {
+    #[project = BodyInnerProj]
+    enum BodyInner<B> {
+        Inner { #[pin] body: B },
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// Wraps the inner service's body.
+    #[inline]
+    pub fn new(body: B) -> Self {
+        Self {
+            inner: BodyInner::Inner { body },
+        }
+    }
+
+    /// A complete body of `data` (used for refusals).
+    pub fn full(data: Bytes) -> Self {
+        Self {
+            inner: BodyInner::Full {
+                data: if data.is_empty() { None } else { Some(data) },
+            },
+        }
+    }
+
+    /// The inner service's body, if this is one.
+    pub fn into_inner(self) -> Option<B> {
+        match self.inner {
+            BodyInner::Inner { body } => Some(body),
+            BodyInner::Full { .. } => None,
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project().inner.project() {
+            BodyInnerProj::Inner { body } => body.poll_frame(cx),
+            BodyInnerProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            BodyInner::Inner { body } => body.is_end_stream(),
+            BodyInner::Full { data } => data.is_none(),
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            BodyInner::Inner { body } => body.size_hint(),
+            BodyInner::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            BodyInner::Inner { .. } => f.write_str("ResponseBody::Inner"),
+            BodyInner::Full { data } => f.debug_tuple("ResponseBody::Full").field(data).finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+
+    async fn body_text<B: Body<Data = Bytes>>(b: B) -> String
+    where
+        B::Error: fmt::Debug,
+    {
+        String::from_utf8(b.collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn retry_after_rounding() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_nanos(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(30)), 30);
+    }
+
+    #[tokio::test]
+    async fn http_answers() {
+        for (kind, status) in [
+            (RejectionKind::CircuitOpen, 503),
+            (RejectionKind::Draining, 503),
+            (RejectionKind::RateLimited, 429),
+            (RejectionKind::TimedOut, 504),
+            (RejectionKind::InvalidRequest, 400),
+        ] {
+            let res = Rejection::new(kind, "x")
+                .with_detail("why \"quoted\"\n")
+                .into_response::<Empty<Bytes>>(Protocol::Http);
+            assert_eq!(res.status(), status);
+            assert_eq!(res.headers()["content-type"], "application/problem+json");
+            assert!(res.headers().get("retry-after").is_none());
+            let body = body_text(res.into_body()).await;
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(json["status"], status);
+            assert_eq!(json["title"], kind.title());
+            assert_eq!(json["type"], kind.problem_type());
+            assert_eq!(json["detail"], "why \"quoted\"\n");
+        }
+    }
+
+    #[tokio::test]
+    async fn http_status_override_and_headers() {
+        let res = Rejection::new(RejectionKind::TimedOut, "t")
+            .with_status(StatusCode::REQUEST_TIMEOUT)
+            .with_retry_after(Duration::from_millis(2500))
+            .with_header(header::CONNECTION, HeaderValue::from_static("close"))
+            .with_header(
+                HeaderName::from_static("ratelimit"),
+                HeaderValue::from_static("a"),
+            )
+            .with_header(
+                HeaderName::from_static("ratelimit"),
+                HeaderValue::from_static("b"),
+            )
+            .into_response::<Empty<Bytes>>(Protocol::Http);
+        assert_eq!(res.status(), 408);
+        assert_eq!(res.headers()["retry-after"], "3");
+        assert_eq!(res.headers()["connection"], "close");
+        let all: Vec<_> = res.headers().get_all("ratelimit").iter().collect();
+        assert_eq!(all, ["a", "b"]);
+        let json: serde_json::Value =
+            serde_json::from_str(&body_text(res.into_body()).await).unwrap();
+        assert_eq!(json["status"], 408);
+        assert!(json.get("detail").is_none());
+    }
+
+    #[tokio::test]
+    async fn grpc_answers() {
+        for (kind, code) in [
+            (RejectionKind::CircuitOpen, "14"),
+            (RejectionKind::Draining, "14"),
+            (RejectionKind::RateLimited, "8"),
+            (RejectionKind::TimedOut, "4"),
+            (RejectionKind::InvalidRequest, "3"),
+        ] {
+            let res = Rejection::new(kind, "x")
+                .with_retry_after(Duration::from_millis(1500))
+                .with_detail("100% busy ☃")
+                .into_response::<Empty<Bytes>>(Protocol::Grpc);
+            assert_eq!(res.status(), 200);
+            assert_eq!(res.headers()["content-type"], "application/grpc");
+            assert_eq!(res.headers()["grpc-status"], code);
+            assert_eq!(res.headers()["grpc-message"], "100%25 busy %E2%98%83");
+            assert_eq!(res.headers()["grpc-retry-pushback-ms"], "1500");
+            assert!(res.body().is_end_stream());
+            assert_eq!(body_text(res.into_body()).await, "");
+        }
+        let res = Rejection::new(RejectionKind::CircuitOpen, "x")
+            .into_response::<Empty<Bytes>>(Protocol::Grpc);
+        assert_eq!(res.headers()["grpc-message"], "Circuit open");
+    }
+
+    #[test]
+    fn protocol_detection() {
+        let req = |ct: Option<&str>| {
+            let mut b = Request::builder();
+            if let Some(ct) = ct {
+                b = b.header("content-type", ct);
+            }
+            b.body(()).unwrap()
+        };
+        assert_eq!(Protocol::of(&req(None)), Protocol::Http);
+        assert_eq!(Protocol::of(&req(Some("application/json"))), Protocol::Http);
+        assert_eq!(Protocol::of(&req(Some("application/grpc"))), Protocol::Grpc);
+        assert_eq!(
+            Protocol::of(&req(Some("application/grpc+proto"))),
+            Protocol::Grpc
+        );
+    }
+
+    #[test]
+    fn error_mode_boxes_the_rejection() {
+        let r: Result<(), BoxError> = <ErrorMode as Mode<(), (), std::io::Error>>::rejected(
+            (),
+            Rejection::new(RejectionKind::RateLimited, "l"),
+        );
+        let err = r.unwrap_err();
+        let rej = err.downcast_ref::<Rejection>().unwrap();
+        assert_eq!(rej.kind(), RejectionKind::RateLimited);
+        assert_eq!(rej.layer(), "l");
+        assert_eq!(err.to_string(), "rate limited (layer `l`)");
+    }
+
+    #[test]
+    fn display() {
+        let r = Rejection::new(RejectionKind::CircuitOpen, "db")
+            .with_detail("3 consecutive failures")
+            .with_retry_after(Duration::from_secs(5));
+        assert_eq!(
+            r.to_string(),
+            "circuit open (layer `db`): 3 consecutive failures; retry after 5s"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! The shutdown layer (in progress).

@@ -1,0 +1,1 @@
+//! The timeout layer (in progress).

@@ -1,0 +1,127 @@
+//! Shared test harness: a real axum or tonic server on a loopback socket and
+//! a real HTTP client (hyper's), used by every integration test file.
+#![allow(dead_code, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+
+/// Serves `app` on `127.0.0.1:0` (with `ConnectInfo<SocketAddr>`) and
+/// returns its address. The server lives until the runtime ends.
+pub async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+/// Serves a tower HTTP service (a tonic `Routes`, a layered router, ...)
+/// over HTTP/2 on `127.0.0.1:0` through tonic's server, and returns its
+/// address.
+pub async fn serve_tonic(routes: tonic::service::Routes) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(incoming)
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+/// A tonic channel to `addr`.
+pub async fn grpc_channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A plain HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A finished response: status, headers, whole body as text.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// A header as a string ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+
+    /// The body parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends `req` with `client` and reads the whole response.
+pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Reply {
+    let res = client.request(req).await.expect("request failed");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("body failed").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// `GET http://{addr}{path}` with extra headers.
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(&client(), req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// `GET http://{addr}{path}`.
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    get_with(addr, path, &[]).await
+}
+
+/// The request and response types of [`ok_service`].
+pub type TestRequest = Request<Full<Bytes>>;
+/// The response of [`ok_service`].
+pub type TestResponse = http::Response<Full<Bytes>>;
+
+/// An always-ready service answering 200 "ok", for unit-style tests.
+pub fn ok_service() -> impl tower::Service<
+    TestRequest,
+    Response = TestResponse,
+    Error = Infallible,
+    Future = std::future::Ready<Result<TestResponse, Infallible>>,
+> + Clone {
+    tower::service_fn(|_req: TestRequest| {
+        std::future::ready(Ok(http::Response::new(Full::new(Bytes::from_static(
+            b"ok",
+        )))))
+    })
+}
