@@ -19,6 +19,7 @@
 
 pub mod circuit_breaker;
 pub mod classify;
+#[cfg(feature = "config")]
 mod config_util;
 mod error;
 pub mod health;
