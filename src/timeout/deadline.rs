@@ -231,14 +231,14 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
 
 /// Formats `budget` as a `grpc-timeout` value: the finest unit whose value
 /// fits in 8 digits, rounded up (as grpc-go does), so `1s` is `1000000u` and
-/// a week is `168H`.
+/// a week is `604800S`.
 ///
 /// ```
 /// use std::time::Duration;
 /// use tower_rampart::timeout::format_grpc_timeout;
 ///
 /// assert_eq!(format_grpc_timeout(Duration::from_millis(250)), "250000u");
-/// assert_eq!(format_grpc_timeout(Duration::from_secs(3600 * 24 * 7)), "168H");
+/// assert_eq!(format_grpc_timeout(Duration::from_secs(3600 * 24 * 7)), "604800S");
 /// ```
 pub fn format_grpc_timeout(budget: Duration) -> HeaderValue {
     const UNITS: [(u128, u8); 6] = [
