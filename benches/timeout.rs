@@ -32,8 +32,12 @@ type Req = Request<()>;
 type Res = Response<Empty<Bytes>>;
 
 /// Ready on the first poll.
-fn ready_service() -> impl Service<Req, Response = Res, Error = Infallible, Future = std::future::Ready<Result<Res, Infallible>>>
-+ Clone {
+fn ready_service() -> impl Service<
+    Req,
+    Response = Res,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Res, Infallible>>,
+> + Clone {
     tower::service_fn(|_req: Req| std::future::ready(Ok(Response::new(Empty::new()))))
 }
 
@@ -104,18 +108,18 @@ where
         .unwrap()
         .into_error_mode()
         .layer(make());
-    g.bench_function("rampart_error_mode", |b| b.iter(|| call_once(&mut ours_err)));
+    g.bench_function("rampart_error_mode", |b| {
+        b.iter(|| call_once(&mut ours_err))
+    });
 
     let mut tower_timeout = tower::timeout::TimeoutLayer::new(TIMEOUT).layer(make());
     g.bench_function("tower_timeout", |b| {
         b.iter(|| call_once(&mut tower_timeout))
     });
 
-    let mut tower_http = tower_http::timeout::TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        TIMEOUT,
-    )
-    .layer(make());
+    let mut tower_http =
+        tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, TIMEOUT)
+            .layer(make());
     g.bench_function("tower_http_timeout", |b| {
         b.iter(|| call_once(&mut tower_http))
     });

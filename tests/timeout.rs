@@ -110,7 +110,10 @@ async fn fires_exactly_at_the_deadline_and_drops_the_inner_future() {
 
     assert!(poll_once(&mut fut).await.is_pending());
     advance(99 * MS).await;
-    assert!(poll_once(&mut fut).await.is_pending(), "fired before the deadline");
+    assert!(
+        poll_once(&mut fut).await.is_pending(),
+        "fired before the deadline"
+    );
     assert_eq!(probe.dropped(), 0);
     advance(MS).await;
     let Poll::Ready(res) = poll_once(&mut fut).await else {
@@ -159,11 +162,16 @@ async fn timed_out_after(layer: TimeoutLayer, headers: &[(&str, &str)]) -> (Dura
 
 #[tokio::test(start_paused = true)]
 async fn client_budget_shorter_than_the_server_maximum_wins() {
-    let (took, probe) = timed_out_after(layer(Duration::from_secs(1)), &[("grpc-timeout", "200m")]).await;
+    let (took, probe) =
+        timed_out_after(layer(Duration::from_secs(1)), &[("grpc-timeout", "200m")]).await;
     assert_eq!(took, 200 * MS);
     assert_eq!(probe.seen_remaining(), Some(200 * MS));
 
-    let (took, _) = timed_out_after(layer(Duration::from_secs(1)), &[("grpc-timeout", "250000u")]).await;
+    let (took, _) = timed_out_after(
+        layer(Duration::from_secs(1)),
+        &[("grpc-timeout", "250000u")],
+    )
+    .await;
     assert_eq!(took, 250 * MS);
 }
 
@@ -231,8 +239,8 @@ async fn spent_budgets_are_answered_at_once_without_calling_the_inner_service() 
     for headers in [
         &[("grpc-timeout", "0n")][..],
         &[("grpc-timeout", "0S")],
-        &[("grpc-timeout", "50m")],  // exactly the margin
-        &[("grpc-timeout", "30m")],  // less than the margin
+        &[("grpc-timeout", "50m")], // exactly the margin
+        &[("grpc-timeout", "30m")], // less than the margin
         &[("x-request-timeout-ms", "0")],
         &[("x-request-timeout-ms", "20")],
     ] {
@@ -292,7 +300,18 @@ async fn malformed_budget_headers_are_absent_and_logged() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let grpc_bad = [
-        "", "m", "10", "123456789m", "-1S", "+1S", "1.5S", "10s", "10h", "10 m", " 10m", "1mm",
+        "",
+        "m",
+        "10",
+        "123456789m",
+        "-1S",
+        "+1S",
+        "1.5S",
+        "10s",
+        "10h",
+        "10 m",
+        " 10m",
+        "1mm",
         "\u{ff11}S",
     ];
     let millis_bad = ["", "-1", "+1", "1.5", "10ms", " 10", "1e3", "9999999999999"];
@@ -380,7 +399,9 @@ async fn nested_without_the_extension_still_times_out_at_the_outer_deadline() {
         .build()
         .unwrap()
         .into_error_mode();
-    let mut svc = outer.layer(named("inner", Duration::from_secs(1)).layer(slow(&probe, Duration::from_secs(3600))));
+    let mut svc = outer.layer(
+        named("inner", Duration::from_secs(1)).layer(slow(&probe, Duration::from_secs(3600))),
+    );
     let start = Instant::now();
     let fut = Box::pin(svc.ready().await.unwrap().call(request(&[])));
     let (took, res) = finish_time(start, fut).await;
@@ -434,9 +455,13 @@ async fn error_mode_returns_a_typed_error_and_inner_errors_pass_through() {
     assert!(is_timeout(err.as_ref()));
     let rejection = err.downcast_ref::<Rejection>().unwrap();
     assert_eq!(rejection.layer(), "timeout");
-    assert_eq!(rejection.grpc_code(), tower_rampart::classify::GrpcCode::DeadlineExceeded);
+    assert_eq!(
+        rejection.grpc_code(),
+        tower_rampart::classify::GrpcCode::DeadlineExceeded
+    );
 
-    let failing = tower::service_fn(|_: Req| async { Err::<Res, _>(std::io::Error::other("boom")) });
+    let failing =
+        tower::service_fn(|_: Req| async { Err::<Res, _>(std::io::Error::other("boom")) });
     let err = layer(10 * MS)
         .into_error_mode()
         .layer(failing)
@@ -464,26 +489,48 @@ async fn timeouts_are_counted_by_name_and_cause() {
     let probe = Probe::default();
     let mut svc = layer.layer(slow(&probe, Duration::from_secs(1)));
     for headers in [&[][..], &[], &[("grpc-timeout", "0m")]] {
-        let res = svc.ready().await.unwrap().call(request(headers)).await.unwrap();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request(headers))
+            .await
+            .unwrap();
         assert_eq!(res.status(), 504);
     }
     let fast = Probe::default();
     let mut ok = layer_named_payments_fast(&recorder).layer(slow(&fast, MS));
-    assert_eq!(ok.ready().await.unwrap().call(request(&[])).await.unwrap().status(), 200);
+    assert_eq!(
+        ok.ready()
+            .await
+            .unwrap()
+            .call(request(&[]))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     let mut counts = std::collections::BTreeMap::new();
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         let key = key.key();
         assert_eq!(key.name(), "rampart_timeouts_total");
-        let labels: Vec<_> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
-        let DebugValue::Counter(n) = value else { panic!("not a counter") };
+        let labels: Vec<_> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let DebugValue::Counter(n) = value else {
+            panic!("not a counter")
+        };
         counts.insert(labels.join(","), n);
     }
     assert_eq!(counts.get("name=payments,cause=elapsed"), Some(&2));
     assert_eq!(counts.get("name=payments,cause=budget_spent"), Some(&1));
 }
 
-fn layer_named_payments_fast(recorder: &metrics_util::debugging::DebuggingRecorder) -> TimeoutLayer {
+fn layer_named_payments_fast(
+    recorder: &metrics_util::debugging::DebuggingRecorder,
+) -> TimeoutLayer {
     metrics::with_local_recorder(recorder, || {
         TimeoutLayer::builder()
             .name("payments")

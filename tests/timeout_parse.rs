@@ -22,7 +22,11 @@ fn valid_values() {
         ("0n", Duration::ZERO),
         ("12345678n", Duration::from_nanos(12_345_678)),
     ] {
-        assert_eq!(parse_grpc_timeout(value.as_bytes()), Some(expected), "{value:?}");
+        assert_eq!(
+            parse_grpc_timeout(value.as_bytes()),
+            Some(expected),
+            "{value:?}"
+        );
     }
 }
 
@@ -49,7 +53,12 @@ fn invalid_values() {
         b"10\0S",
         b"\xef\xbc\x91S", // a full-width digit
     ] {
-        assert_eq!(parse_grpc_timeout(value), None, "{:?}", String::from_utf8_lossy(value));
+        assert_eq!(
+            parse_grpc_timeout(value),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(value)
+        );
     }
 }
 

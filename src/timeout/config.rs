@@ -40,7 +40,10 @@ pub struct TimeoutConfig {
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub timeout: Duration,
     /// Subtracted from the caller's budget (default `"0s"`).
-    #[cfg_attr(feature = "config", serde(default, with = "crate::config_util::opt_duration"))]
+    #[cfg_attr(
+        feature = "config",
+        serde(default, with = "crate::config_util::opt_duration")
+    )]
     pub safety_margin: Option<Duration>,
     /// Whether `grpc-timeout` shortens the deadline (default `true`).
     #[cfg_attr(feature = "config", serde(default = "default_true"))]

@@ -286,7 +286,16 @@ mod tests {
     fn millis() {
         assert_eq!(parse_millis(b"0"), Some(Duration::ZERO));
         assert_eq!(parse_millis(b"1500"), Some(Duration::from_millis(1500)));
-        for bad in [&b""[..], b"-1", b"+1", b"1.5", b" 1", b"1 ", b"1ms", b"9999999999999"] {
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"+1",
+            b"1.5",
+            b" 1",
+            b"1 ",
+            b"1ms",
+            b"9999999999999",
+        ] {
             assert_eq!(parse_millis(bad), None, "{bad:?}");
         }
     }
@@ -310,8 +319,14 @@ mod tests {
             assert!(back >= d || back == Duration::from_secs(99_999_999 * 3600));
         }
         assert_eq!(format_grpc_timeout(Duration::ZERO), "0n");
-        assert_eq!(format_grpc_timeout(Duration::from_nanos(100_000_001)), "100001u");
-        assert_eq!(format_grpc_timeout(Duration::from_secs(u64::MAX)), "99999999H");
+        assert_eq!(
+            format_grpc_timeout(Duration::from_nanos(100_000_001)),
+            "100001u"
+        );
+        assert_eq!(
+            format_grpc_timeout(Duration::from_secs(u64::MAX)),
+            "99999999H"
+        );
     }
 
     #[test]

@@ -133,4 +133,3 @@ impl<F, Req, M, C: fmt::Debug> fmt::Debug for ResponseFuture<F, Req, M, C> {
             .finish()
     }
 }
-

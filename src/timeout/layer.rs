@@ -322,7 +322,11 @@ mod tests {
             "safety_margin"
         );
         assert_eq!(field(b().status(StatusCode::OK).build()), "status");
-        assert!(b().safety_margin(Duration::from_millis(999)).build().is_ok());
+        assert!(
+            b().safety_margin(Duration::from_millis(999))
+                .build()
+                .is_ok()
+        );
         assert!(b().status(StatusCode::REQUEST_TIMEOUT).build().is_ok());
     }
 }

@@ -115,8 +115,8 @@ pub use self::deadline::{
 };
 pub use self::error::{TimeoutCause, is_timeout};
 pub use self::future::ResponseFuture;
-pub use self::layer::{DEFAULT_NAME, TimeoutLayer, TimeoutLayerBuilder};
 use self::layer::Shared;
+pub use self::layer::{DEFAULT_NAME, TimeoutLayer, TimeoutLayerBuilder};
 use crate::rejection::{HttpMode, Mode};
 
 pub use self::config::TimeoutConfig;
