@@ -180,7 +180,13 @@ impl<B> DeadlineCarrier for Request<B> {
 
     #[inline]
     fn set_deadline(&mut self, deadline: Deadline) {
-        self.extensions_mut().insert(deadline);
+        // Overwrite an outer layer's deadline in place: no allocation.
+        match self.extensions_mut().get_mut::<Deadline>() {
+            Some(slot) => *slot = deadline,
+            None => {
+                self.extensions_mut().insert(deadline);
+            }
+        }
     }
 }
 
