@@ -24,7 +24,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use tower::{Layer, Service};
@@ -242,4 +242,64 @@ fn benches(c: &mut Criterion) {
 }
 
 criterion_group!(timeout, benches);
-criterion_main!(timeout);
+
+/// `TIMEOUT_BENCH_CALLS=<variant>,<calls>`: instead of criterion, make
+/// `calls` calls (ready service, fresh requests) through one variant and
+/// exit. Run under `perf stat -e instructions:u` at two call counts to get
+/// instructions per call, a figure the machine's load does not disturb.
+fn count_calls(spec: &str) {
+    let (variant, calls) = spec.split_once(',').expect("<variant>,<calls>");
+    let calls: u64 = calls.parse().expect("a number of calls");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    fn run<S: Service<Req>>(mut svc: S, calls: u64) {
+        for _ in 0..calls {
+            call_once(&mut svc, fresh_request);
+        }
+    }
+    let svc = ready_service();
+    match variant {
+        "bare" => run(svc, calls),
+        "rampart" => run(TimeoutLayer::new(TIMEOUT).unwrap().layer(svc), calls),
+        "rampart_no_extension" => run(
+            TimeoutLayer::builder()
+                .timeout(TIMEOUT)
+                .deadline_extension(false)
+                .build()
+                .unwrap()
+                .layer(svc),
+            calls,
+        ),
+        "rampart_error_mode" => run(
+            TimeoutLayer::new(TIMEOUT)
+                .unwrap()
+                .into_error_mode()
+                .layer(svc),
+            calls,
+        ),
+        "tower_timeout" => run(tower::timeout::TimeoutLayer::new(TIMEOUT).layer(svc), calls),
+        "tower_http_timeout" => run(
+            tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                TIMEOUT,
+            )
+            .layer(svc),
+            calls,
+        ),
+        other => panic!("unknown variant {other}"),
+    }
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("TIMEOUT_BENCH_CALLS") {
+        count_calls(&spec);
+        return;
+    }
+    timeout();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+}

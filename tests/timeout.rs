@@ -69,12 +69,30 @@ fn slow(
     })
 }
 
+/// A request with `headers`. `grpc-timeout` is honoured on gRPC requests
+/// only, so a request carrying it is sent as gRPC.
 fn request(headers: &[(&str, &str)]) -> Req {
-    let mut b = Request::get("/");
+    let mut b = Request::post("/");
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
+    if headers.iter().any(|(k, _)| *k == "grpc-timeout") {
+        b = b.header("content-type", "application/grpc");
+    }
     b.body(Full::new(Bytes::new())).unwrap()
+}
+
+/// The refusal's detail, from a problem+json body or a gRPC answer;
+/// panics if `res` is not a timeout answer.
+async fn timeout_detail(res: Response<ResponseBody<Full<Bytes>>>) -> String {
+    if res.headers().get("content-type").unwrap() == "application/grpc" {
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["grpc-status"], "4");
+        res.headers()["grpc-message"].to_str().unwrap().to_owned()
+    } else {
+        assert_eq!(res.status(), 504);
+        body_json(res).await["detail"].as_str().unwrap().to_owned()
+    }
 }
 
 /// Polls `fut` once.
@@ -156,7 +174,7 @@ async fn timed_out_after(layer: TimeoutLayer, headers: &[(&str, &str)]) -> (Dura
     let start = Instant::now();
     let fut = Box::pin(svc.ready().await.unwrap().call(request(headers)));
     let (took, res) = finish_time(start, fut).await;
-    assert_eq!(res.unwrap().status(), 504);
+    timeout_detail(res.unwrap()).await;
     (took, probe)
 }
 
@@ -216,6 +234,41 @@ async fn safety_margin_is_taken_from_the_client_budget_only() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn grpc_timeout_counts_on_grpc_requests_only() {
+    let probe = Probe::default();
+    let mut svc = layer(300 * MS).layer(slow(&probe, Duration::from_secs(3600)));
+    let plain = Request::get("/")
+        .header("grpc-timeout", "10m")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let start = Instant::now();
+    let fut = Box::pin(svc.ready().await.unwrap().call(plain));
+    let (took, res) = finish_time(start, fut).await;
+    assert_eq!(took, 300 * MS);
+    assert_eq!(res.unwrap().status(), 504);
+
+    // In error mode too (where the mode does not capture the protocol).
+    let mut svc = layer(300 * MS)
+        .into_error_mode()
+        .layer(slow(&probe, Duration::from_secs(3600)));
+    for (content_type, expected) in [
+        ("text/plain", 300 * MS),
+        ("application/grpc+proto", 10 * MS),
+    ] {
+        let req = Request::get("/")
+            .header("grpc-timeout", "10m")
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let start = Instant::now();
+        let fut = Box::pin(svc.ready().await.unwrap().call(req));
+        let (took, res) = finish_time(start, fut).await;
+        assert_eq!(took, expected, "{content_type}");
+        assert!(is_timeout(res.unwrap_err().as_ref()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn grpc_timeout_can_be_ignored() {
     let layer = TimeoutLayer::builder()
         .timeout(300 * MS)
@@ -250,12 +303,10 @@ async fn spent_budgets_are_answered_at_once_without_calling_the_inner_service() 
         let Poll::Ready(res) = poll_once(&mut fut).await else {
             panic!("{headers:?}: not answered at once");
         };
-        let res = res.unwrap();
-        assert_eq!(res.status(), 504, "{headers:?}");
         assert_eq!(probe.calls(), 0, "{headers:?}: inner service called");
-        let json = body_json(res).await;
         assert_eq!(
-            json["detail"], "the request's deadline had passed when it arrived",
+            timeout_detail(res.unwrap()).await,
+            "the request's deadline had passed when it arrived",
             "{headers:?}"
         );
     }
@@ -496,7 +547,7 @@ async fn timeouts_are_counted_by_name_and_cause() {
             .call(request(headers))
             .await
             .unwrap();
-        assert_eq!(res.status(), 504);
+        timeout_detail(res).await;
     }
     let fast = Probe::default();
     let mut ok = layer_named_payments_fast(&recorder).layer(slow(&fast, MS));

@@ -45,7 +45,8 @@ pub struct TimeoutConfig {
         serde(default, with = "crate::config_util::opt_duration")
     )]
     pub safety_margin: Option<Duration>,
-    /// Whether `grpc-timeout` shortens the deadline (default `true`).
+    /// Whether `grpc-timeout` shortens the deadline of gRPC requests
+    /// (default `true`).
     #[cfg_attr(feature = "config", serde(default = "default_true"))]
     pub grpc_timeout: bool,
     /// A request header carrying the caller's budget in milliseconds.

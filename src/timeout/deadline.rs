@@ -192,6 +192,7 @@ impl<B> DeadlineCarrier for Request<B> {
 
 /// `now + budget`, saturating instead of overflowing (a client may send
 /// `99999999H`, about 11 400 years).
+#[inline]
 pub(crate) fn instant_after(now: Instant, budget: Duration) -> Instant {
     now.checked_add(budget)
         // About 30 years: later than any timeout that matters.

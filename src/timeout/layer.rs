@@ -72,7 +72,7 @@ pub struct TimeoutLayer<M = HttpMode> {
 
 impl TimeoutLayer {
     /// A layer named `"timeout"` that answers after at most `timeout`,
-    /// honouring a shorter `grpc-timeout` from the caller and putting the
+    /// honouring a shorter `grpc-timeout` from gRPC callers and putting the
     /// [`Deadline`](super::Deadline) into the request extensions.
     ///
     /// Fails if `timeout` is zero.
@@ -213,8 +213,9 @@ impl TimeoutLayerBuilder {
         self
     }
 
-    /// Whether a `grpc-timeout` request header shortens the deadline
-    /// (default `true`).
+    /// Whether the `grpc-timeout` header of a gRPC request (`content-type:
+    /// application/grpc*`) shortens the deadline (default `true`). Plain
+    /// HTTP requests use the [`budget_header`](Self::budget_header).
     #[must_use]
     pub fn honor_grpc_timeout(mut self, honor: bool) -> Self {
         self.grpc_timeout = honor;

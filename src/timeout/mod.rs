@@ -27,10 +27,11 @@
 //! - now + the layer's [`timeout`](TimeoutLayerBuilder::timeout) (the server's maximum);
 //! - now + the caller's budget less the
 //!   [`safety_margin`](TimeoutLayerBuilder::safety_margin), where the budget
-//!   is the `grpc-timeout` request header (at most 8 digits and a unit: `H`,
-//!   `M`, `S`, `m`, `u`, `n`; on by default) and, if configured, a
+//!   is the `grpc-timeout` header of a gRPC request (`content-type:
+//!   application/grpc*`; at most 8 digits and a unit: `H`, `M`, `S`, `m`,
+//!   `u`, `n`; on by default) and, if configured, a
 //!   [`budget_header`](TimeoutLayerBuilder::budget_header) carrying whole
-//!   milliseconds;
+//!   milliseconds (any request);
 //! - the [`Deadline`] an outer timeout layer put into the request extensions
 //!   (so nested timeouts take the earliest deadline).
 //!
@@ -49,13 +50,17 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use http::{Request, Response};
+//! use http::{HeaderName, Request, Response};
 //! use tower::{Layer, Service, ServiceExt};
 //! use tower_rampart::timeout::{Deadline, TimeoutLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
-//! let layer = TimeoutLayer::new(Duration::from_secs(1)).unwrap();
+//! let layer = TimeoutLayer::builder()
+//!     .timeout(Duration::from_secs(1))
+//!     .budget_header(HeaderName::from_static("x-request-timeout-ms"))
+//!     .build()
+//!     .unwrap();
 //! let mut svc = layer.layer(tower::service_fn(|req: Request<String>| async move {
 //!     // The handler sees the effective deadline: the caller's 300ms here.
 //!     let deadline = Deadline::of(&req).unwrap();
@@ -66,7 +71,7 @@
 //! }));
 //!
 //! let req = Request::builder()
-//!     .header("grpc-timeout", "300m")
+//!     .header("x-request-timeout-ms", "300")
 //!     .body(String::new())
 //!     .unwrap();
 //! let res = svc.ready().await.unwrap().call(req).await.unwrap();
@@ -117,6 +122,8 @@ pub use self::error::{TimeoutCause, is_timeout};
 pub use self::future::ResponseFuture;
 use self::layer::Shared;
 pub use self::layer::{DEFAULT_NAME, TimeoutLayer, TimeoutLayerBuilder};
+use self::sealed::ProtocolHint;
+use crate::classify::is_grpc;
 use crate::rejection::{HttpMode, Mode};
 
 pub use self::config::TimeoutConfig;
@@ -153,13 +160,19 @@ impl<S, M> Timeout<S, M> {
     }
 
     /// The effective deadline of a request arriving now with `req`'s
-    /// budget headers and outer deadline.
+    /// budget headers and outer deadline. `grpc` is what the mode's request
+    /// context knows of the protocol (`None`: unknown, look it up).
     #[inline]
-    fn deadline_for<Req: DeadlineCarrier>(&self, req: &Req, now: Instant) -> Instant {
+    fn deadline_for<Req: DeadlineCarrier>(
+        &self,
+        req: &Req,
+        now: Instant,
+        grpc: Option<bool>,
+    ) -> Instant {
         let shared = &*self.shared;
         let mut deadline = deadline::instant_after(now, shared.timeout);
         if let Some(headers) = req.budget_headers() {
-            if let Some(budget) = client_budget(shared, headers) {
+            if let Some(budget) = client_budget(shared, headers, grpc) {
                 let budget = budget.saturating_sub(shared.safety_margin);
                 deadline = deadline.min(deadline::instant_after(now, budget));
             }
@@ -172,10 +185,11 @@ impl<S, M> Timeout<S, M> {
 }
 
 /// The smaller of the budgets the caller sent (malformed ones are absent).
+/// `grpc-timeout` counts on gRPC requests only.
 #[inline]
-fn client_budget(shared: &Shared, headers: &HeaderMap) -> Option<Duration> {
+fn client_budget(shared: &Shared, headers: &HeaderMap, grpc: Option<bool>) -> Option<Duration> {
     let mut budget = None;
-    if shared.grpc_timeout {
+    if shared.grpc_timeout && grpc.unwrap_or_else(|| is_grpc(headers)) {
         budget = read_budget(shared, headers, &GRPC_TIMEOUT, parse_grpc_timeout);
     }
     if let Some(name) = &shared.budget_header {
@@ -218,6 +232,7 @@ where
     S: Service<Req>,
     S::Error: Into<M::Error>,
     M: Mode<Req, S::Response, S::Error>,
+    M::Context: ProtocolHint,
 {
     type Response = M::Response;
     type Error = M::Error;
@@ -231,8 +246,8 @@ where
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = Instant::now();
-        let deadline = self.deadline_for(&req, now);
         let cx = M::context(&req);
+        let deadline = self.deadline_for(&req, now, cx.is_grpc());
         if deadline <= now {
             self.shared.record(TimeoutCause::BudgetSpent);
             return ResponseFuture::spent(cx, self.shared.clone());
@@ -241,6 +256,32 @@ where
             req.set_deadline(Deadline::at(deadline));
         }
         ResponseFuture::running(self.inner.call(req), deadline, cx, self.shared.clone())
+    }
+}
+
+mod sealed {
+    use crate::rejection::Protocol;
+
+    /// What a mode's request context tells about the request's protocol,
+    /// so the protocol is looked up once per request.
+    pub trait ProtocolHint {
+        /// `Some(true)` for gRPC, `Some(false)` for plain HTTP, `None` when
+        /// the context does not say.
+        fn is_grpc(&self) -> Option<bool>;
+    }
+
+    impl ProtocolHint for Protocol {
+        #[inline]
+        fn is_grpc(&self) -> Option<bool> {
+            Some(*self == Protocol::Grpc)
+        }
+    }
+
+    impl ProtocolHint for () {
+        #[inline]
+        fn is_grpc(&self) -> Option<bool> {
+            None
+        }
     }
 }
 
