@@ -243,27 +243,44 @@ fn benches(c: &mut Criterion) {
 
 criterion_group!(timeout, benches);
 
-/// `TIMEOUT_BENCH_CALLS=<variant>,<calls>`: instead of criterion, make
-/// `calls` calls (ready service, fresh requests) through one variant and
-/// exit. Run under `perf stat -e instructions:u` at two call counts to get
+/// `TIMEOUT_BENCH_CALLS=<variant>,<calls>[,routed|pending]`: instead of
+/// criterion, make `calls` calls through one variant (ready service and
+/// fresh requests; `routed`: routed requests; `pending`: the pending-once
+/// service) and exit. Run under `perf stat -e instructions:u` at two call counts to get
 /// instructions per call, a figure the machine's load does not disturb.
 fn count_calls(spec: &str) {
-    let (variant, calls) = spec.split_once(',').expect("<variant>,<calls>");
-    let calls: u64 = calls.parse().expect("a number of calls");
+    let mut parts = spec.split(',');
+    let variant = parts.next().unwrap_or_default().to_owned();
+    let calls: u64 = parts
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("<variant>,<calls>[,routed|pending]");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
     let _guard = rt.enter();
-    fn run<S: Service<Req>>(mut svc: S, calls: u64) {
+    match parts.next() {
+        Some("routed") => count_with(&variant, calls, ready_service, routed_request),
+        Some("pending") => count_with(&variant, calls, pending_once_service, fresh_request),
+        _ => count_with(&variant, calls, ready_service, fresh_request),
+    }
+}
+
+fn count_with<S, F>(variant: &str, calls: u64, make: F, req: fn() -> Req)
+where
+    S: Service<Req, Response = Res, Error = Infallible> + Clone,
+    F: Fn() -> S,
+{
+    fn run<S: Service<Req>>(mut svc: S, calls: u64, req: fn() -> Req) {
         for _ in 0..calls {
-            call_once(&mut svc, fresh_request);
+            call_once(&mut svc, req);
         }
     }
-    let svc = ready_service();
+    let svc = make();
     match variant {
-        "bare" => run(svc, calls),
-        "rampart" => run(TimeoutLayer::new(TIMEOUT).unwrap().layer(svc), calls),
+        "bare" => run(svc, calls, req),
+        "rampart" => run(TimeoutLayer::new(TIMEOUT).unwrap().layer(svc), calls, req),
         "rampart_no_extension" => run(
             TimeoutLayer::builder()
                 .timeout(TIMEOUT)
@@ -272,6 +289,7 @@ fn count_calls(spec: &str) {
                 .unwrap()
                 .layer(svc),
             calls,
+            req,
         ),
         "rampart_error_mode" => run(
             TimeoutLayer::new(TIMEOUT)
@@ -279,8 +297,13 @@ fn count_calls(spec: &str) {
                 .into_error_mode()
                 .layer(svc),
             calls,
+            req,
         ),
-        "tower_timeout" => run(tower::timeout::TimeoutLayer::new(TIMEOUT).layer(svc), calls),
+        "tower_timeout" => run(
+            tower::timeout::TimeoutLayer::new(TIMEOUT).layer(svc),
+            calls,
+            req,
+        ),
         "tower_http_timeout" => run(
             tower_http::timeout::TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
@@ -288,6 +311,7 @@ fn count_calls(spec: &str) {
             )
             .layer(svc),
             calls,
+            req,
         ),
         other => panic!("unknown variant {other}"),
     }

@@ -160,10 +160,18 @@ pub trait DeadlineCarrier {
         None
     }
 
-    /// Attaches the effective deadline.
+    /// Attaches the effective deadline to a request that carries none.
     #[inline]
     fn set_deadline(&mut self, deadline: Deadline) {
         let _ = deadline;
+    }
+
+    /// Replaces the deadline an outer layer attached (the request's
+    /// [`deadline`](Self::deadline) was `Some`). By default the same as
+    /// [`set_deadline`](Self::set_deadline).
+    #[inline]
+    fn replace_deadline(&mut self, deadline: Deadline) {
+        self.set_deadline(deadline);
     }
 }
 
@@ -180,12 +188,15 @@ impl<B> DeadlineCarrier for Request<B> {
 
     #[inline]
     fn set_deadline(&mut self, deadline: Deadline) {
-        // Overwrite an outer layer's deadline in place: no allocation.
+        self.extensions_mut().insert(deadline);
+    }
+
+    #[inline]
+    fn replace_deadline(&mut self, deadline: Deadline) {
+        // Overwrite the outer layer's value in place: no allocation.
         match self.extensions_mut().get_mut::<Deadline>() {
             Some(slot) => *slot = deadline,
-            None => {
-                self.extensions_mut().insert(deadline);
-            }
+            None => self.set_deadline(deadline),
         }
     }
 }

@@ -83,6 +83,7 @@ where
 {
     type Output = Result<M::Response, M::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         match this.state.as_mut().project() {

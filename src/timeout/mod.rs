@@ -160,15 +160,16 @@ impl<S, M> Timeout<S, M> {
     }
 
     /// The effective deadline of a request arriving now with `req`'s
-    /// budget headers and outer deadline. `grpc` is what the mode's request
-    /// context knows of the protocol (`None`: unknown, look it up).
+    /// budget headers and outer deadline, and whether there was an outer
+    /// deadline. `grpc` is what the mode's request context knows of the
+    /// protocol (`None`: unknown, look it up).
     #[inline]
     fn deadline_for<Req: DeadlineCarrier>(
         &self,
         req: &Req,
         now: Instant,
         grpc: Option<bool>,
-    ) -> Instant {
+    ) -> (Instant, bool) {
         let shared = &*self.shared;
         let mut deadline = deadline::instant_after(now, shared.timeout);
         if let Some(headers) = req.budget_headers() {
@@ -177,10 +178,11 @@ impl<S, M> Timeout<S, M> {
                 deadline = deadline.min(deadline::instant_after(now, budget));
             }
         }
-        if let Some(outer) = req.deadline() {
+        let outer = req.deadline();
+        if let Some(outer) = outer {
             deadline = deadline.min(outer.instant());
         }
-        deadline
+        (deadline, outer.is_some())
     }
 }
 
@@ -247,13 +249,17 @@ where
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = Instant::now();
         let cx = M::context(&req);
-        let deadline = self.deadline_for(&req, now, cx.is_grpc());
+        let (deadline, nested) = self.deadline_for(&req, now, cx.is_grpc());
         if deadline <= now {
             self.shared.record(TimeoutCause::BudgetSpent);
             return ResponseFuture::spent(cx, self.shared.clone());
         }
         if self.shared.deadline_extension {
-            req.set_deadline(Deadline::at(deadline));
+            if nested {
+                req.replace_deadline(Deadline::at(deadline));
+            } else {
+                req.set_deadline(Deadline::at(deadline));
+            }
         }
         ResponseFuture::running(self.inner.call(req), deadline, cx, self.shared.clone())
     }
