@@ -11,14 +11,15 @@
 //! | gRPC (`content-type: application/grpc*`) | trailers-only, `grpc-status: 4` (`DEADLINE_EXCEEDED`) |
 //! | any service, [`into_error_mode`](TimeoutLayer::into_error_mode) | `Err(BoxError)` holding a [`Rejection`](crate::Rejection) of kind [`TimedOut`](crate::RejectionKind::TimedOut) ([`is_timeout`]) |
 //!
-//! **Blocking code cannot be interrupted.** Dropping a future only stops it
-//! at an `.await`. A handler that blocks the thread (a synchronous database
-//! driver, a long computation, `std::thread::sleep`, work inside
-//! `spawn_blocking`) keeps running after the answer has been sent, and while
-//! it blocks a runtime worker even the timer cannot fire on that worker.
-//! Move such work to `spawn_blocking` and check
-//! [`Deadline::is_expired`] in it, or give it its own cancellation.
-//! Likewise, tasks the handler `spawn`ed are not cancelled.
+//! **Blocking code cannot be interrupted.** The timeout runs in the same
+//! task as the handler, and dropping a future only stops it at an `.await`.
+//! A handler that blocks the thread (synchronous I/O, a long computation,
+//! `std::thread::sleep`) cannot be stopped, and the timeout cannot even
+//! answer until the blocking call returns. Work moved to
+//! `tokio::task::spawn_blocking` lets the timeout answer on time, but the
+//! blocking work itself runs to completion: check [`Deadline::is_expired`]
+//! in it to give up early. Tasks the handler `spawn`s are not cancelled
+//! either.
 //!
 //! # Deadline propagation
 //!
