@@ -590,3 +590,37 @@ fn layer_named_payments_fast(
             .unwrap()
     })
 }
+
+#[tokio::test(start_paused = true)]
+async fn deadline_helpers_bound_and_write_the_remaining_budget() {
+    let name = HeaderName::from_static("x-request-timeout-ms");
+    let deadline = Deadline::after(250 * MS);
+    let mut headers = http::HeaderMap::new();
+    deadline.insert_grpc_timeout(&mut headers);
+    deadline.insert_millis(&mut headers, name.clone());
+    assert_eq!(headers["grpc-timeout"], "250000u");
+    assert_eq!(headers["x-request-timeout-ms"], "250");
+
+    advance(100 * MS).await;
+    assert_eq!(deadline.remaining(), 150 * MS);
+    deadline.insert_millis(&mut headers, name.clone());
+    assert_eq!(headers["x-request-timeout-ms"], "150");
+    assert_eq!(deadline.bound(async { 7 }).await.ok(), Some(7));
+
+    // A slow outbound call is cut exactly at the deadline.
+    let start = Instant::now();
+    let outbound = deadline.bound(tokio::time::sleep(Duration::from_secs(10)));
+    assert!(outbound.await.is_err());
+    assert_eq!(start.elapsed(), 150 * MS);
+
+    assert!(deadline.is_expired());
+    assert_eq!(deadline.remaining(), Duration::ZERO);
+    deadline.insert_grpc_timeout(&mut headers);
+    deadline.insert_millis(&mut headers, name);
+    assert_eq!(headers["grpc-timeout"], "0n");
+    assert_eq!(headers["x-request-timeout-ms"], "0");
+    assert_eq!(
+        Deadline::after(MS).min(Deadline::after(2 * MS)),
+        Deadline::after(MS)
+    );
+}
