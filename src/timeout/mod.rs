@@ -1,1 +1,309 @@
-//! The timeout layer (in progress).
+//! Request timeouts with deadline propagation.
+//!
+//! [`TimeoutLayer`] bounds the time until a response. When the time runs
+//! out, the inner service's future is **dropped** (that is the
+//! cancellation: whatever it was awaiting is abandoned at its next `.await`)
+//! and the caller is answered in its protocol:
+//!
+//! | caller | answer |
+//! |---|---|
+//! | HTTP | `504 Gateway Timeout` (or the [configured status](TimeoutLayerBuilder::status), e.g. 503 or 408) with an `application/problem+json` body |
+//! | gRPC (`content-type: application/grpc*`) | trailers-only, `grpc-status: 4` (`DEADLINE_EXCEEDED`) |
+//! | any service, [`into_error_mode`](TimeoutLayer::into_error_mode) | `Err(BoxError)` holding a [`Rejection`](crate::Rejection) of kind [`TimedOut`](crate::RejectionKind::TimedOut) ([`is_timeout`]) |
+//!
+//! **Blocking code cannot be interrupted.** The timeout runs in the same
+//! task as the handler, and dropping a future only stops it at an `.await`.
+//! A handler that blocks the thread (synchronous I/O, a long computation,
+//! `std::thread::sleep`) cannot be stopped, and the timeout cannot even
+//! answer until the blocking call returns. Work moved to
+//! `tokio::task::spawn_blocking` lets the timeout answer on time, but the
+//! blocking work itself runs to completion: check [`Deadline::is_expired`]
+//! in it to give up early. Tasks the handler `spawn`s are not cancelled
+//! either.
+//!
+//! # Deadline propagation
+//!
+//! The effective deadline of a request is the earliest of
+//!
+//! - now + the layer's [`timeout`](TimeoutLayerBuilder::timeout) (the server's maximum);
+//! - now + the caller's budget less the
+//!   [`safety_margin`](TimeoutLayerBuilder::safety_margin), where the budget
+//!   is the `grpc-timeout` header of a gRPC request (`content-type:
+//!   application/grpc*`; at most 8 digits and a unit: `H`, `M`, `S`, `m`,
+//!   `u`, `n`; on by default) and, if configured, a
+//!   [`budget_header`](TimeoutLayerBuilder::budget_header) carrying whole
+//!   milliseconds (any request);
+//! - the [`Deadline`] an outer timeout layer put into the request extensions
+//!   (so nested timeouts take the earliest deadline).
+//!
+//! A request whose deadline has already passed (a spent budget, or a budget
+//! no larger than the margin) is answered at once: the inner service is not
+//! called. A malformed budget header is treated as absent, with a `debug`
+//! event; it never fails the request.
+//!
+//! The effective deadline goes into the request extensions as a [`Deadline`]
+//! (unless [turned off](TimeoutLayerBuilder::deadline_extension)). Handlers
+//! read it to bound their downstream calls ([`Deadline::bound`]) and to tell
+//! downstream services how long they have ([`Deadline::insert_grpc_timeout`],
+//! [`Deadline::insert_millis`]).
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{HeaderName, Request, Response};
+//! use tower::{Layer, Service, ServiceExt};
+//! use tower_rampart::timeout::{Deadline, TimeoutLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let layer = TimeoutLayer::builder()
+//!     .timeout(Duration::from_secs(1))
+//!     .budget_header(HeaderName::from_static("x-request-timeout-ms"))
+//!     .build()
+//!     .unwrap();
+//! let mut svc = layer.layer(tower::service_fn(|req: Request<String>| async move {
+//!     // The handler sees the effective deadline: the caller's 300ms here.
+//!     let deadline = Deadline::of(&req).unwrap();
+//!     assert_eq!(deadline.remaining(), Duration::from_millis(300));
+//!     // Slower than that: the layer answers instead.
+//!     tokio::time::sleep(Duration::from_secs(5)).await;
+//!     Ok::<_, std::convert::Infallible>(Response::new(String::from("late")))
+//! }));
+//!
+//! let req = Request::builder()
+//!     .header("x-request-timeout-ms", "300")
+//!     .body(String::new())
+//!     .unwrap();
+//! let res = svc.ready().await.unwrap().call(req).await.unwrap();
+//! assert_eq!(res.status(), 504);
+//! assert_eq!(res.headers()["content-type"], "application/problem+json");
+//! # }
+//! ```
+//!
+//! With axum, `Router::layer(layer)` protects every route (one shared
+//! state, whatever the number of routes); `route_layer` or
+//! `get(handler).layer(layer)` protects one route with its own timeout.
+//!
+//! # Metrics and events
+//!
+//! Metric handles are registered when the layer is built: install the
+//! `metrics` recorder before building layers.
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `rampart_timeouts_total` | counter | `name`, `cause` = `elapsed` \| `budget_spent` | requests answered by the timeout (`elapsed`: the deadline passed while the inner service worked; `budget_spent`: the deadline had passed on arrival, the inner service was not called) |
+//!
+//! | event (target `tower_rampart::timeout`) | level | fields |
+//! |---|---|---|
+//! | `request timed out` | `DEBUG` | `name`, `cause` |
+//! | `malformed budget header ignored` | `DEBUG` | `name`, `header`, `value` |
+
+mod deadline;
+mod error;
+mod future;
+mod layer;
+
+mod config;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName};
+use tokio::time::Instant;
+use tower::Service;
+
+pub use self::deadline::{
+    Deadline, DeadlineCarrier, GRPC_TIMEOUT, format_grpc_timeout, parse_grpc_timeout,
+};
+pub use self::error::{TimeoutCause, is_timeout};
+pub use self::future::ResponseFuture;
+use self::layer::Shared;
+pub use self::layer::{DEFAULT_NAME, TimeoutLayer, TimeoutLayerBuilder};
+use self::sealed::ProtocolHint;
+use crate::classify::is_grpc;
+use crate::rejection::{HttpMode, Mode};
+
+pub use self::config::TimeoutConfig;
+
+/// The timeout service: see [`TimeoutLayer`] and the [module docs](self).
+pub struct Timeout<S, M = HttpMode> {
+    inner: S,
+    shared: Arc<Shared>,
+    _mode: PhantomData<fn() -> M>,
+}
+
+impl<S, M> Timeout<S, M> {
+    fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Self {
+            inner,
+            shared,
+            _mode: PhantomData,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The effective deadline of a request arriving now with `req`'s
+    /// budget headers and outer deadline, and whether there was an outer
+    /// deadline. `grpc` is what the mode's request context knows of the
+    /// protocol (`None`: unknown, look it up).
+    #[inline]
+    fn deadline_for<Req: DeadlineCarrier>(
+        &self,
+        req: &Req,
+        now: Instant,
+        grpc: Option<bool>,
+    ) -> (Instant, bool) {
+        let shared = &*self.shared;
+        let mut deadline = deadline::instant_after(now, shared.timeout);
+        if let Some(headers) = req.budget_headers() {
+            if let Some(budget) = client_budget(shared, headers, grpc) {
+                let budget = budget.saturating_sub(shared.safety_margin);
+                deadline = deadline.min(deadline::instant_after(now, budget));
+            }
+        }
+        let outer = req.deadline();
+        if let Some(outer) = outer {
+            deadline = deadline.min(outer.instant());
+        }
+        (deadline, outer.is_some())
+    }
+}
+
+/// The smaller of the budgets the caller sent (malformed ones are absent).
+/// `grpc-timeout` counts on gRPC requests only.
+#[inline]
+fn client_budget(shared: &Shared, headers: &HeaderMap, grpc: Option<bool>) -> Option<Duration> {
+    let mut budget = None;
+    if shared.grpc_timeout && grpc.unwrap_or_else(|| is_grpc(headers)) {
+        budget = read_budget(shared, headers, &GRPC_TIMEOUT, parse_grpc_timeout);
+    }
+    if let Some(name) = &shared.budget_header {
+        if let Some(ms) = read_budget(shared, headers, name, deadline::parse_millis) {
+            budget = Some(budget.map_or(ms, |b: Duration| b.min(ms)));
+        }
+    }
+    budget
+}
+
+#[inline]
+fn read_budget(
+    shared: &Shared,
+    headers: &HeaderMap,
+    name: &HeaderName,
+    parse: fn(&[u8]) -> Option<Duration>,
+) -> Option<Duration> {
+    let value = headers.get(name)?;
+    let parsed = parse(value.as_bytes());
+    if parsed.is_none() {
+        malformed(shared, name, value);
+    }
+    parsed
+}
+
+#[cold]
+fn malformed(shared: &Shared, name: &HeaderName, value: &http::HeaderValue) {
+    tracing::debug!(
+        target: "tower_rampart::timeout",
+        name = %shared.name,
+        header = %name,
+        value = ?value,
+        "malformed budget header ignored"
+    );
+}
+
+impl<S, M, Req> Service<Req> for Timeout<S, M>
+where
+    Req: DeadlineCarrier,
+    S: Service<Req>,
+    S::Error: Into<M::Error>,
+    M: Mode<Req, S::Response, S::Error>,
+    M::Context: ProtocolHint,
+{
+    type Response = M::Response;
+    type Error = M::Error;
+    type Future = ResponseFuture<S::Future, Req, M, M::Context>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let now = Instant::now();
+        let cx = M::context(&req);
+        let (deadline, nested) = self.deadline_for(&req, now, cx.is_grpc());
+        if deadline <= now {
+            self.shared.record(TimeoutCause::BudgetSpent);
+            return ResponseFuture::spent(cx, self.shared.clone());
+        }
+        if self.shared.deadline_extension {
+            if nested {
+                req.replace_deadline(Deadline::at(deadline));
+            } else {
+                req.set_deadline(Deadline::at(deadline));
+            }
+        }
+        ResponseFuture::running(self.inner.call(req), deadline, cx, self.shared.clone())
+    }
+}
+
+mod sealed {
+    use crate::rejection::Protocol;
+
+    /// What a mode's request context tells about the request's protocol,
+    /// so the protocol is looked up once per request.
+    pub trait ProtocolHint {
+        /// `Some(true)` for gRPC, `Some(false)` for plain HTTP, `None` when
+        /// the context does not say.
+        fn is_grpc(&self) -> Option<bool>;
+    }
+
+    impl ProtocolHint for Protocol {
+        #[inline]
+        fn is_grpc(&self) -> Option<bool> {
+            Some(*self == Protocol::Grpc)
+        }
+    }
+
+    impl ProtocolHint for () {
+        #[inline]
+        fn is_grpc(&self) -> Option<bool> {
+            None
+        }
+    }
+}
+
+impl<S: Clone, M> Clone for Timeout<S, M> {
+    fn clone(&self) -> Self {
+        Self::from_shared(self.inner.clone(), self.shared.clone())
+    }
+}
+
+impl<S: fmt::Debug, M> fmt::Debug for Timeout<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timeout")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.name)
+            .field("timeout", &self.shared.timeout)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,143 @@
+//! The config of the timeout layer (deserialisable with the `config`
+//! feature).
+
+use std::time::Duration;
+
+use http::{HeaderName, StatusCode};
+
+use super::TimeoutLayer;
+use crate::ConfigError;
+
+/// The settings of a [`TimeoutLayer`], as read from a config file.
+///
+/// ```
+/// # #[cfg(feature = "config")]
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_rampart::timeout::TimeoutConfig;
+///
+/// let config: TimeoutConfig = serde_json::from_str(r#"{
+///     "name": "api",
+///     "timeout": "2s",
+///     "safety_margin": "20ms",
+///     "budget_header": "x-request-timeout-ms",
+///     "status": 503
+/// }"#)?;
+/// let layer = config.build()?;
+/// assert_eq!(layer.name(), "api");
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "config"))]
+/// # fn main() {}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "config", derive(serde::Deserialize))]
+#[cfg_attr(feature = "config", serde(deny_unknown_fields))]
+pub struct TimeoutConfig {
+    /// The name that labels metrics and events (default `"timeout"`).
+    #[cfg_attr(feature = "config", serde(default = "default_name"))]
+    pub name: String,
+    /// The server's maximum time to a response (`"250ms"`, `"5s"`).
+    #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
+    pub timeout: Duration,
+    /// Subtracted from the caller's budget (default `"0s"`).
+    #[cfg_attr(
+        feature = "config",
+        serde(default, with = "crate::config_util::opt_duration")
+    )]
+    pub safety_margin: Option<Duration>,
+    /// Whether `grpc-timeout` shortens the deadline of gRPC requests
+    /// (default `true`).
+    #[cfg_attr(feature = "config", serde(default = "default_true"))]
+    pub grpc_timeout: bool,
+    /// A request header carrying the caller's budget in milliseconds.
+    #[cfg_attr(feature = "config", serde(default))]
+    pub budget_header: Option<String>,
+    /// The HTTP status of the answer (default 504).
+    #[cfg_attr(feature = "config", serde(default))]
+    pub status: Option<u16>,
+    /// Whether the `Deadline` goes into the request extensions (default
+    /// `true`).
+    #[cfg_attr(feature = "config", serde(default = "default_true"))]
+    pub deadline_extension: bool,
+}
+
+#[cfg(feature = "config")]
+fn default_name() -> String {
+    super::DEFAULT_NAME.to_owned()
+}
+
+#[cfg(feature = "config")]
+fn default_true() -> bool {
+    true
+}
+
+impl TimeoutConfig {
+    /// Validates the settings and builds the layer.
+    pub fn build(&self) -> Result<TimeoutLayer, ConfigError> {
+        let mut b = TimeoutLayer::builder()
+            .name(self.name.clone())
+            .timeout(self.timeout)
+            .safety_margin(self.safety_margin.unwrap_or_default())
+            .honor_grpc_timeout(self.grpc_timeout)
+            .deadline_extension(self.deadline_extension);
+        if let Some(header) = &self.budget_header {
+            let name = HeaderName::try_from(header.as_str())
+                .map_err(|_| ConfigError::new("budget_header", "must be a valid header name"))?;
+            b = b.budget_header(name);
+        }
+        if let Some(status) = self.status {
+            let status = StatusCode::from_u16(status)
+                .map_err(|_| ConfigError::new("status", "must be a 4xx or 5xx status"))?;
+            b = b.status(status);
+        }
+        b.build()
+    }
+}
+
+impl TryFrom<TimeoutConfig> for TimeoutLayer {
+    type Error = ConfigError;
+
+    fn try_from(config: TimeoutConfig) -> Result<Self, Self::Error> {
+        config.build()
+    }
+}
+
+impl TryFrom<&TimeoutConfig> for TimeoutLayer {
+    type Error = ConfigError;
+
+    fn try_from(config: &TimeoutConfig) -> Result<Self, Self::Error> {
+        config.build()
+    }
+}
+
+#[cfg(all(test, feature = "config"))]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<TimeoutConfig, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = parse(r#"{"timeout": "1s"}"#).unwrap();
+        let layer = c.build().unwrap();
+        assert_eq!(layer.name(), "timeout");
+        assert_eq!(layer.timeout(), Duration::from_secs(1));
+
+        assert!(parse(r#"{"timeout": "1s", "timout": "2s"}"#).is_err());
+        assert!(parse(r#"{"timeout": "-1s"}"#).is_err());
+        let field = |j: &str| parse(j).unwrap().build().unwrap_err().field().to_owned();
+        assert_eq!(field(r#"{"timeout": "0s"}"#), "timeout");
+        assert_eq!(
+            field(r#"{"timeout": "1s", "safety_margin": "1s"}"#),
+            "safety_margin"
+        );
+        assert_eq!(field(r#"{"timeout": "1s", "status": 200}"#), "status");
+        assert_eq!(field(r#"{"timeout": "1s", "status": 9999}"#), "status");
+        assert_eq!(
+            field(r#"{"timeout": "1s", "budget_header": "bad header"}"#),
+            "budget_header"
+        );
+    }
+}

@@ -1,0 +1,356 @@
+//! The request deadline: `grpc-timeout` parsing and formatting, and the
+//! [`Deadline`] request extension handlers read.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use tokio::time::Instant;
+
+/// The gRPC timeout header name, `grpc-timeout`.
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// The largest value a `grpc-timeout` may carry: 8 ASCII digits.
+const GRPC_TIMEOUT_MAX_VALUE: u64 = 99_999_999;
+
+/// When the work for a request must be finished.
+///
+/// The timeout layer puts one into the request extensions (unless told not
+/// to, see
+/// [`TimeoutLayerBuilder::deadline_extension`](super::TimeoutLayerBuilder::deadline_extension)):
+/// the earliest of the layer's own maximum, the caller's budget (less the
+/// safety margin) and the deadline of any outer timeout layer. Handlers read
+/// it to bound their own downstream calls, so that work stops when nobody is
+/// waiting for it any more:
+///
+/// ```
+/// use std::time::Duration;
+/// use http::{HeaderMap, Request};
+/// use tower_rampart::timeout::Deadline;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// # let mut req = Request::new(());
+/// # req.extensions_mut().insert(Deadline::after(Duration::from_secs(2)));
+/// // In a handler (axum: `Extension(deadline): Extension<Deadline>`).
+/// let deadline = Deadline::of(&req).expect("behind a timeout layer");
+///
+/// // Tell the downstream service how long it has...
+/// let mut outbound = HeaderMap::new();
+/// deadline.insert_grpc_timeout(&mut outbound);
+/// deadline.insert_millis(&mut outbound, http::HeaderName::from_static("x-request-timeout-ms"));
+/// assert!(outbound.contains_key("grpc-timeout"));
+///
+/// // ...and stop waiting for it when the time is up.
+/// let answer = deadline.bound(async { 42 }).await;
+/// assert_eq!(answer.ok(), Some(42));
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Deadline {
+    at: Instant,
+}
+
+impl Deadline {
+    /// A deadline at `instant`.
+    #[inline]
+    pub fn at(instant: Instant) -> Self {
+        Self { at: instant }
+    }
+
+    /// A deadline `budget` from now (saturating far in the future).
+    pub fn after(budget: Duration) -> Self {
+        Self::at(instant_after(Instant::now(), budget))
+    }
+
+    /// The deadline carried by `req`'s extensions, if any.
+    #[inline]
+    pub fn of<B>(req: &Request<B>) -> Option<Self> {
+        req.extensions().get::<Self>().copied()
+    }
+
+    /// The instant the work must be finished by.
+    #[inline]
+    pub fn instant(&self) -> Instant {
+        self.at
+    }
+
+    /// The time left, zero once the deadline has passed.
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the deadline has passed.
+    pub fn is_expired(&self) -> bool {
+        self.at <= Instant::now()
+    }
+
+    /// The earlier of two deadlines.
+    #[inline]
+    #[must_use]
+    pub fn min(self, other: Self) -> Self {
+        std::cmp::min(self, other)
+    }
+
+    /// Bounds `future` by this deadline: it resolves to `Err(Elapsed)` (and
+    /// `future` is dropped) if it is not finished in time.
+    pub fn bound<F: std::future::Future>(&self, future: F) -> tokio::time::Timeout<F> {
+        tokio::time::timeout_at(self.at, future)
+    }
+
+    /// The remaining budget as a `grpc-timeout` value (rounded up to the
+    /// finest unit that fits in 8 digits; `0n` once expired).
+    pub fn grpc_timeout(&self) -> HeaderValue {
+        format_grpc_timeout(self.remaining())
+    }
+
+    /// Writes the remaining budget as `grpc-timeout` into `headers` (an
+    /// outbound gRPC request's), replacing any value there. With tonic,
+    /// `tonic::Request::set_timeout(deadline.remaining())` does the same.
+    pub fn insert_grpc_timeout(&self, headers: &mut HeaderMap) {
+        headers.insert(GRPC_TIMEOUT, self.grpc_timeout());
+    }
+
+    /// Writes the remaining budget in whole milliseconds (rounded down, so a
+    /// downstream never believes it has more time than there is) into the
+    /// header `name` of an outbound request, replacing any value there.
+    pub fn insert_millis(&self, headers: &mut HeaderMap, name: HeaderName) {
+        let ms = u64::try_from(self.remaining().as_millis()).unwrap_or(u64::MAX);
+        headers.insert(name, HeaderValue::from(ms));
+    }
+}
+
+/// A request the timeout layer can read a caller's budget from and hand a
+/// [`Deadline`] to.
+///
+/// Implemented for [`http::Request`]: the budget comes from its headers, the
+/// deadline goes into its extensions. To put the layer in front of a
+/// service whose requests are not HTTP, implement it for the request type;
+/// the provided methods carry nothing, so an empty `impl` gives a plain
+/// timeout:
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::{Service, ServiceExt, Layer, BoxError};
+/// use tower_rampart::timeout::{DeadlineCarrier, TimeoutLayer, is_timeout};
+///
+/// struct Query(u32);
+/// impl DeadlineCarrier for Query {}
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let layer = TimeoutLayer::new(Duration::from_millis(100)).unwrap().into_error_mode();
+/// let mut svc = layer.layer(tower::service_fn(|Query(n): Query| async move {
+///     tokio::time::sleep(Duration::from_secs(n.into())).await;
+///     Ok::<_, BoxError>(n)
+/// }));
+/// let err = svc.ready().await.unwrap().call(Query(5)).await.unwrap_err();
+/// assert!(is_timeout(err.as_ref()));
+/// # }
+/// ```
+pub trait DeadlineCarrier {
+    /// The headers carrying the caller's budget, if any.
+    #[inline]
+    fn budget_headers(&self) -> Option<&HeaderMap> {
+        None
+    }
+
+    /// A deadline already attached by an outer layer, if any.
+    #[inline]
+    fn deadline(&self) -> Option<Deadline> {
+        None
+    }
+
+    /// Attaches the effective deadline to a request that carries none.
+    #[inline]
+    fn set_deadline(&mut self, deadline: Deadline) {
+        let _ = deadline;
+    }
+
+    /// Replaces the deadline an outer layer attached (the request's
+    /// [`deadline`](Self::deadline) was `Some`). By default the same as
+    /// [`set_deadline`](Self::set_deadline).
+    #[inline]
+    fn replace_deadline(&mut self, deadline: Deadline) {
+        self.set_deadline(deadline);
+    }
+}
+
+impl<B> DeadlineCarrier for Request<B> {
+    #[inline]
+    fn budget_headers(&self) -> Option<&HeaderMap> {
+        Some(self.headers())
+    }
+
+    #[inline]
+    fn deadline(&self) -> Option<Deadline> {
+        Deadline::of(self)
+    }
+
+    #[inline]
+    fn set_deadline(&mut self, deadline: Deadline) {
+        self.extensions_mut().insert(deadline);
+    }
+
+    #[inline]
+    fn replace_deadline(&mut self, deadline: Deadline) {
+        // Overwrite the outer layer's value in place: no allocation.
+        match self.extensions_mut().get_mut::<Deadline>() {
+            Some(slot) => *slot = deadline,
+            None => self.set_deadline(deadline),
+        }
+    }
+}
+
+/// `now + budget`, saturating instead of overflowing (a client may send
+/// `99999999H`, about 11 400 years).
+#[inline]
+pub(crate) fn instant_after(now: Instant, budget: Duration) -> Instant {
+    now.checked_add(budget)
+        // About 30 years: later than any timeout that matters.
+        .or_else(|| now.checked_add(Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
+/// Parses a `grpc-timeout` value: at most 8 ASCII digits followed by one
+/// unit, `H` (hours), `M` (minutes), `S` (seconds), `m` (milliseconds), `u`
+/// (microseconds) or `n` (nanoseconds). Anything else is `None`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::timeout::parse_grpc_timeout;
+///
+/// assert_eq!(parse_grpc_timeout(b"250m"), Some(Duration::from_millis(250)));
+/// assert_eq!(parse_grpc_timeout(b"3S"), Some(Duration::from_secs(3)));
+/// assert_eq!(parse_grpc_timeout(b"123456789S"), None); // 9 digits
+/// assert_eq!(parse_grpc_timeout(b"5s"), None); // unknown unit
+/// ```
+pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(d - b'0');
+    }
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Formats `budget` as a `grpc-timeout` value: the finest unit whose value
+/// fits in 8 digits, rounded up (as grpc-go does), so `1s` is `1000000u` and
+/// a week is `604800S`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::timeout::format_grpc_timeout;
+///
+/// assert_eq!(format_grpc_timeout(Duration::from_millis(250)), "250000u");
+/// assert_eq!(format_grpc_timeout(Duration::from_secs(3600 * 24 * 7)), "604800S");
+/// ```
+pub fn format_grpc_timeout(budget: Duration) -> HeaderValue {
+    const UNITS: [(u128, u8); 6] = [
+        (1, b'n'),
+        (1_000, b'u'),
+        (1_000_000, b'm'),
+        (1_000_000_000, b'S'),
+        (60_000_000_000, b'M'),
+        (3_600_000_000_000, b'H'),
+    ];
+    let nanos = budget.as_nanos();
+    let mut out = (GRPC_TIMEOUT_MAX_VALUE, b'H');
+    for (per, unit) in UNITS {
+        let value = nanos.div_ceil(per);
+        if value <= u128::from(GRPC_TIMEOUT_MAX_VALUE) {
+            out = (value as u64, unit);
+            break;
+        }
+    }
+    HeaderValue::try_from(format!("{}{}", out.0, out.1 as char))
+        .expect("digits and a unit letter are a valid header value")
+}
+
+/// Parses a budget header carrying whole milliseconds (ASCII digits only, at
+/// most 12 of them, about 31 years).
+pub(crate) fn parse_millis(value: &[u8]) -> Option<Duration> {
+    if value.is_empty() || value.len() > 12 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in value {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(d - b'0');
+    }
+    Some(Duration::from_millis(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millis() {
+        assert_eq!(parse_millis(b"0"), Some(Duration::ZERO));
+        assert_eq!(parse_millis(b"1500"), Some(Duration::from_millis(1500)));
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"+1",
+            b"1.5",
+            b" 1",
+            b"1 ",
+            b"1ms",
+            b"9999999999999",
+        ] {
+            assert_eq!(parse_millis(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn format_round_trips() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::from_nanos(99_999_999),
+            Duration::from_nanos(100_000_000),
+            Duration::from_millis(1500),
+            Duration::from_secs(99_999_999),
+            Duration::from_secs(100_000_000),
+            Duration::from_secs(u64::MAX),
+        ] {
+            let v = format_grpc_timeout(d);
+            let back = parse_grpc_timeout(v.as_bytes()).unwrap();
+            assert!(v.len() <= 9, "{v:?}");
+            // Never less than asked (rounded up), except when capped.
+            assert!(back >= d || back == Duration::from_secs(99_999_999 * 3600));
+        }
+        assert_eq!(format_grpc_timeout(Duration::ZERO), "0n");
+        assert_eq!(
+            format_grpc_timeout(Duration::from_nanos(100_000_001)),
+            "100001u"
+        );
+        assert_eq!(
+            format_grpc_timeout(Duration::from_secs(u64::MAX)),
+            "99999999H"
+        );
+    }
+
+    #[test]
+    fn saturating_instants() {
+        let now = Instant::now();
+        assert!(instant_after(now, Duration::MAX) > now);
+        assert_eq!(instant_after(now, Duration::ZERO), now);
+    }
+}

@@ -1,0 +1,136 @@
+//! [`ResponseFuture`]: the inner service's future raced against the
+//! deadline.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use super::error::TimeoutCause;
+use super::layer::Shared;
+use crate::rejection::{HttpMode, Mode, Protocol};
+
+pin_project! {
+    /// The response future of [`Timeout`](super::Timeout).
+    ///
+    /// Polls the inner future first; when it is not ready, races it against
+    /// a `tokio::time::Sleep` held inline (created on the first `Pending`, so
+    /// an immediately ready response never touches the timer). When the
+    /// sleep fires the inner future is dropped and the refusal is answered
+    /// through the mode `M`, with the request context `C` captured in
+    /// `call` (the protocol in [`HttpMode`]). `Req` is the request type.
+    pub struct ResponseFuture<F, Req, M = HttpMode, C = Protocol> {
+        #[pin]
+        state: State<F>,
+        cx: C,
+        shared: Arc<Shared>,
+        _mode: PhantomData<fn(Req) -> M>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Running {
+            #[pin]
+            inner: F,
+            #[pin]
+            sleep: Option<Sleep>,
+            deadline: Instant,
+        },
+        // The budget was spent on arrival: the inner service was not called.
+        Spent,
+        // Answered; the inner future (if any) is gone.
+        Done,
+    }
+}
+
+impl<F, Req, M, C> ResponseFuture<F, Req, M, C> {
+    #[inline]
+    pub(crate) fn running(inner: F, deadline: Instant, cx: C, shared: Arc<Shared>) -> Self {
+        Self {
+            state: State::Running {
+                inner,
+                sleep: None,
+                deadline,
+            },
+            cx,
+            shared,
+            _mode: PhantomData,
+        }
+    }
+
+    pub(crate) fn spent(cx: C, shared: Arc<Shared>) -> Self {
+        Self {
+            state: State::Spent,
+            cx,
+            shared,
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<F, Req, M, C, Res, E> Future for ResponseFuture<F, Req, M, C>
+where
+    F: Future<Output = Result<Res, E>>,
+    M: Mode<Req, Res, E, Context = C>,
+    C: Copy,
+{
+    type Output = Result<M::Response, M::Error>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        match this.state.as_mut().project() {
+            StateProj::Running {
+                inner,
+                mut sleep,
+                deadline,
+            } => {
+                if let Poll::Ready(result) = inner.poll(cx) {
+                    return Poll::Ready(M::admitted(result));
+                }
+                if sleep.is_none() {
+                    sleep.set(Some(tokio::time::sleep_until(*deadline)));
+                }
+                if let Some(sleep) = sleep.as_pin_mut() {
+                    if sleep.poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                // Time is up: drop the inner future now (the cancellation).
+                this.state.set(State::Done);
+                this.shared.record(TimeoutCause::Elapsed);
+                let rejection = this.shared.rejection(TimeoutCause::Elapsed);
+                Poll::Ready(M::rejected(*this.cx, rejection))
+            }
+            StateProj::Spent => {
+                this.state.set(State::Done);
+                // Counted and logged in `call`.
+                let rejection = this.shared.rejection(TimeoutCause::BudgetSpent);
+                Poll::Ready(M::rejected(*this.cx, rejection))
+            }
+            StateProj::Done => panic!("ResponseFuture polled after completion"),
+        }
+    }
+}
+
+impl<F, Req, M, C: fmt::Debug> fmt::Debug for ResponseFuture<F, Req, M, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Running { deadline, .. } => format!("Running (deadline {deadline:?})"),
+            State::Spent => "Spent".to_owned(),
+            State::Done => "Done".to_owned(),
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("cx", &self.cx)
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}

@@ -1,0 +1,333 @@
+//! [`TimeoutLayer`] and its builder.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, StatusCode};
+use metrics::Counter;
+use tower::Layer;
+
+use super::Timeout;
+use super::error::TimeoutCause;
+use crate::ConfigError;
+use crate::rejection::{ErrorMode, HttpMode, Rejection, RejectionKind};
+
+/// The default layer name (the `name` label of metrics and events).
+pub const DEFAULT_NAME: &str = "timeout";
+
+/// The layer's settings and metric handles, shared by every service it
+/// builds and every clone of it.
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    pub(crate) timeout: Duration,
+    pub(crate) safety_margin: Duration,
+    pub(crate) grpc_timeout: bool,
+    pub(crate) budget_header: Option<HeaderName>,
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) deadline_extension: bool,
+    elapsed: Counter,
+    budget_spent: Counter,
+}
+
+impl Shared {
+    /// Counts and logs a timeout (refusal path only).
+    #[cold]
+    pub(crate) fn record(&self, cause: TimeoutCause) {
+        match cause {
+            TimeoutCause::Elapsed => self.elapsed.increment(1),
+            TimeoutCause::BudgetSpent => self.budget_spent.increment(1),
+        }
+        tracing::debug!(
+            target: "tower_rampart::timeout",
+            name = %self.name,
+            cause = cause.as_str(),
+            "request timed out"
+        );
+    }
+
+    /// The refusal for `cause`.
+    #[cold]
+    pub(crate) fn rejection(&self, cause: TimeoutCause) -> Rejection {
+        let rejection =
+            Rejection::new(RejectionKind::TimedOut, self.name.clone()).with_detail(cause.detail());
+        match self.status {
+            Some(status) => rejection.with_status(status),
+            None => rejection,
+        }
+    }
+}
+
+/// Bounds the time to a response and propagates the caller's deadline.
+///
+/// Built with [`TimeoutLayer::new`] or [`TimeoutLayer::builder`]. Every
+/// service it builds shares one state (settings and metric handles), so
+/// applying it with axum's `Router::layer` costs nothing per route. See the
+/// [module docs](super) for what it does.
+pub struct TimeoutLayer<M = HttpMode> {
+    shared: Arc<Shared>,
+    _mode: PhantomData<fn() -> M>,
+}
+
+impl TimeoutLayer {
+    /// A layer named `"timeout"` that answers after at most `timeout`,
+    /// honouring a shorter `grpc-timeout` from gRPC callers and putting the
+    /// [`Deadline`](super::Deadline) into the request extensions.
+    ///
+    /// Fails if `timeout` is zero.
+    pub fn new(timeout: Duration) -> Result<Self, ConfigError> {
+        Self::builder().timeout(timeout).build()
+    }
+
+    /// A builder for every setting.
+    pub fn builder() -> TimeoutLayerBuilder {
+        TimeoutLayerBuilder::default()
+    }
+}
+
+impl<M> TimeoutLayer<M> {
+    /// Switches refusals to errors: the service returns a boxed
+    /// [`Rejection`] of kind [`TimedOut`](RejectionKind::TimedOut) in a
+    /// `BoxError` instead of an HTTP or gRPC response.
+    pub fn into_error_mode(self) -> TimeoutLayer<ErrorMode> {
+        TimeoutLayer {
+            shared: self.shared,
+            _mode: PhantomData,
+        }
+    }
+
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The server's maximum time to a response.
+    pub fn timeout(&self) -> Duration {
+        self.shared.timeout
+    }
+}
+
+impl<M> Clone for TimeoutLayer<M> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<M> fmt::Debug for TimeoutLayer<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimeoutLayer")
+            .field("name", &self.shared.name)
+            .field("timeout", &self.shared.timeout)
+            .field("safety_margin", &self.shared.safety_margin)
+            .field("grpc_timeout", &self.shared.grpc_timeout)
+            .field("budget_header", &self.shared.budget_header)
+            .field("status", &self.shared.status)
+            .field("deadline_extension", &self.shared.deadline_extension)
+            .finish()
+    }
+}
+
+impl<S, M> Layer<S> for TimeoutLayer<M> {
+    type Service = Timeout<S, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Timeout::from_shared(inner, self.shared.clone())
+    }
+}
+
+/// Builds a [`TimeoutLayer`], validating every setting.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::{HeaderName, StatusCode};
+/// use tower_rampart::timeout::TimeoutLayer;
+///
+/// let layer = TimeoutLayer::builder()
+///     .name("payments")
+///     .timeout(Duration::from_secs(2))
+///     .safety_margin(Duration::from_millis(50))
+///     .budget_header(HeaderName::from_static("x-request-timeout-ms"))
+///     .status(StatusCode::SERVICE_UNAVAILABLE)
+///     .build()
+///     .unwrap();
+/// assert_eq!(layer.name(), "payments");
+///
+/// let err = TimeoutLayer::builder()
+///     .timeout(Duration::from_millis(100))
+///     .safety_margin(Duration::from_millis(100))
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(err.field(), "safety_margin");
+/// ```
+#[derive(Debug, Clone)]
+pub struct TimeoutLayerBuilder {
+    name: String,
+    timeout: Option<Duration>,
+    safety_margin: Duration,
+    grpc_timeout: bool,
+    budget_header: Option<HeaderName>,
+    status: Option<StatusCode>,
+    deadline_extension: bool,
+}
+
+impl Default for TimeoutLayerBuilder {
+    fn default() -> Self {
+        Self {
+            name: DEFAULT_NAME.to_owned(),
+            timeout: None,
+            safety_margin: Duration::ZERO,
+            grpc_timeout: true,
+            budget_header: None,
+            status: None,
+            deadline_extension: true,
+        }
+    }
+}
+
+impl TimeoutLayerBuilder {
+    /// The name that labels metrics and events (default `"timeout"`).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The server's maximum time to a response (required, greater than 0).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Subtracted from the caller's budget (`grpc-timeout` or the
+    /// [`budget_header`](Self::budget_header)) to leave time for the answer
+    /// to travel back (default 0; must be less than `timeout`). It does not
+    /// shorten the server's own `timeout`.
+    #[must_use]
+    pub fn safety_margin(mut self, margin: Duration) -> Self {
+        self.safety_margin = margin;
+        self
+    }
+
+    /// Whether the `grpc-timeout` header of a gRPC request (`content-type:
+    /// application/grpc*`) shortens the deadline (default `true`). Plain
+    /// HTTP requests use the [`budget_header`](Self::budget_header).
+    #[must_use]
+    pub fn honor_grpc_timeout(mut self, honor: bool) -> Self {
+        self.grpc_timeout = honor;
+        self
+    }
+
+    /// A request header carrying the caller's budget in whole milliseconds
+    /// (for example `x-request-timeout-ms`; default none). When both this
+    /// and `grpc-timeout` are present the smaller budget wins.
+    #[must_use]
+    pub fn budget_header(mut self, name: HeaderName) -> Self {
+        self.budget_header = Some(name);
+        self
+    }
+
+    /// The HTTP status of the answer (default 504 Gateway Timeout; 503 and
+    /// 408 are common alternatives). gRPC callers always get
+    /// `DEADLINE_EXCEEDED`. Must be a 4xx or 5xx status.
+    #[must_use]
+    pub fn status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Whether the effective [`Deadline`](super::Deadline) is put into the
+    /// request extensions for handlers and inner timeout layers to read
+    /// (default `true`).
+    ///
+    /// Inserting costs one small allocation per request (http's
+    /// `Extensions` boxes every value, and allocates its map on the first
+    /// insert). Turn it off only when no handler reads the deadline and no
+    /// nested timeout layer needs to see this one.
+    #[must_use]
+    pub fn deadline_extension(mut self, insert: bool) -> Self {
+        self.deadline_extension = insert;
+        self
+    }
+
+    /// Validates the settings and builds the layer (and registers its
+    /// metrics with the installed recorder).
+    pub fn build(self) -> Result<TimeoutLayer, ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::new("name", "must not be empty"));
+        }
+        let timeout = self
+            .timeout
+            .ok_or_else(|| ConfigError::new("timeout", "must be set"))?;
+        if timeout.is_zero() {
+            return Err(ConfigError::new("timeout", "must be greater than 0"));
+        }
+        if self.safety_margin >= timeout {
+            return Err(ConfigError::new(
+                "safety_margin",
+                "must be less than `timeout`",
+            ));
+        }
+        if let Some(status) = self.status {
+            if !(status.is_client_error() || status.is_server_error()) {
+                return Err(ConfigError::new("status", "must be a 4xx or 5xx status"));
+            }
+        }
+        let name: Arc<str> = Arc::from(self.name);
+        let counter = |cause: TimeoutCause| {
+            metrics::counter!(
+                "rampart_timeouts_total",
+                "name" => name.to_string(),
+                "cause" => cause.as_str(),
+            )
+        };
+        let shared = Shared {
+            elapsed: counter(TimeoutCause::Elapsed),
+            budget_spent: counter(TimeoutCause::BudgetSpent),
+            name,
+            timeout,
+            safety_margin: self.safety_margin,
+            grpc_timeout: self.grpc_timeout,
+            budget_header: self.budget_header,
+            status: self.status,
+            deadline_extension: self.deadline_extension,
+        };
+        Ok(TimeoutLayer {
+            shared: Arc::new(shared),
+            _mode: PhantomData,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        let b = || TimeoutLayer::builder().timeout(Duration::from_secs(1));
+        let field = |r: Result<TimeoutLayer, ConfigError>| r.unwrap_err().field().to_owned();
+        assert_eq!(field(TimeoutLayer::builder().build()), "timeout");
+        assert_eq!(field(TimeoutLayer::new(Duration::ZERO)), "timeout");
+        assert_eq!(field(b().name("").build()), "name");
+        assert_eq!(
+            field(b().safety_margin(Duration::from_secs(1)).build()),
+            "safety_margin"
+        );
+        assert_eq!(
+            field(b().safety_margin(Duration::from_secs(2)).build()),
+            "safety_margin"
+        );
+        assert_eq!(field(b().status(StatusCode::OK).build()), "status");
+        assert!(
+            b().safety_margin(Duration::from_millis(999))
+                .build()
+                .is_ok()
+        );
+        assert!(b().status(StatusCode::REQUEST_TIMEOUT).build().is_ok());
+    }
+}
