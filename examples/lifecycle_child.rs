@@ -32,12 +32,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(shutdown.drain_layer())
         .layer(ProbeLayer::new(&health));
 
-    let mut phases = shutdown.subscribe();
+    let phases = shutdown.clone();
     tokio::spawn(async move {
-        while phases.changed().await.is_ok() {
-            let p = *phases.borrow_and_update();
-            say(&format!("phase {p}"));
-        }
+        phases.requested().await;
+        say("phase shutdown_requested");
+        phases.draining().await;
+        say("phase draining");
     });
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

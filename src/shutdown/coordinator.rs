@@ -589,7 +589,9 @@ async fn drive(inner: Arc<Inner>, mut signals: Signals) {
     } else {
         inner.config.shutdown_delay
     };
-    tokio::time::sleep(delay).await;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
 
     let drain_start = Instant::now();
     let completed_before = inner.state.completed.load(Ordering::Relaxed);
