@@ -22,9 +22,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let health = HealthRegistry::builder()
         .shutdown(&shutdown) // readiness check `shutdown`
         .check(
-            Check::readiness("db", || async { Ok::<(), String>(()) /* ping it */ })
-                .timeout(Duration::from_secs(1))
-                .interval(Duration::from_secs(5)),
+            Check::readiness("db", || async {
+                Ok::<(), String>(()) /* ping it */
+            })
+            .timeout(Duration::from_secs(1))
+            .interval(Duration::from_secs(5)),
         )
         .build()?;
 

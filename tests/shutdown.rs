@@ -68,6 +68,7 @@ async fn phases_follow_the_configured_timing() {
     assert_eq!(sd.phase(), Phase::Running);
     let start = Instant::now();
     assert!(sd.trigger());
+    assert_eq!(sd.phase(), Phase::ShutdownRequested, "at once, not later");
     assert!(!sd.trigger(), "a second trigger changes nothing");
     rx.changed().await.unwrap();
     assert_eq!(*rx.borrow_and_update(), Phase::ShutdownRequested);
@@ -201,7 +202,11 @@ async fn a_handler_that_never_returns_is_aborted_at_the_deadline() {
     let start = Instant::now();
     sd.trigger();
     let res = call.await.unwrap().unwrap();
-    assert_eq!(start.elapsed(), Duration::from_secs(11), "delay + drain_timeout");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(11),
+        "delay + drain_timeout"
+    );
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()["connection"], "close");
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -317,9 +322,7 @@ async fn serve_until(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Server {
     let health = HealthRegistry::builder().shutdown(sd).build().unwrap();
-    let app = app
-        .layer(sd.drain_layer())
-        .layer(ProbeLayer::new(&health));
+    let app = app.layer(sd.drain_layer()).layer(ProbeLayer::new(&health));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let done = tokio::spawn(async move {
@@ -437,7 +440,7 @@ async fn a_request_during_draining_gets_503_with_connection_close() {
 async fn a_hanging_handler_is_aborted_and_the_server_exits_in_time() {
     let sd = coordinator(Duration::ZERO, Duration::from_millis(300));
     let app = Router::new()
-        .route("/hang", get(|| std::future::pending::<&'static str>()))
+        .route("/hang", get(std::future::pending::<&'static str>))
         .route(
             "/stream",
             get(|| async { axum::body::Body::new(Endless(false)) }),
@@ -464,7 +467,9 @@ async fn a_hanging_handler_is_aborted_and_the_server_exits_in_time() {
 
     sd.trigger();
     let exited = tokio::time::timeout(Duration::from_secs(10), server.done).await;
-    exited.expect("server did not exit after the drain deadline").unwrap();
+    exited
+        .expect("server did not exit after the drain deadline")
+        .unwrap();
     let hang = hang.await.unwrap();
     assert_eq!(hang.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(hang.header("connection"), "close");

@@ -121,7 +121,11 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 #[tokio::test]
 async fn sigterm_goes_through_the_phases_and_exits_0() {
     let mut p = Proc::spawn(1000);
-    let addr: std::net::SocketAddr = p.expect("listening ").trim_start_matches("listening ").parse().unwrap();
+    let addr: std::net::SocketAddr = p
+        .expect("listening ")
+        .trim_start_matches("listening ")
+        .parse()
+        .unwrap();
     assert_eq!(common::get(addr, "/readyz").await.status, StatusCode::OK);
     assert_eq!(common::get(addr, "/").await.body, "hello");
 

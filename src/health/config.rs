@@ -51,7 +51,9 @@ impl ProbeConfig {
                     "must start with `/`, not end with `/`, and not be `/` alone",
                 ));
             }
-            if p.bytes().any(|b| b == b'?' || b == b'#' || !b.is_ascii_graphic()) {
+            if p.bytes()
+                .any(|b| b == b'?' || b == b'#' || !b.is_ascii_graphic())
+            {
                 return Err(ConfigError::new(
                     field,
                     "must be printable ASCII without `?` or `#`",

@@ -9,9 +9,9 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
+use super::HealthRegistry;
 use super::check::{Kind, Status};
 use super::registry::RegistryInner;
-use super::HealthRegistry;
 use crate::ConfigError;
 use crate::shutdown::Phase;
 
@@ -93,9 +93,7 @@ impl GrpcHealthBuilder {
             }
             for c in checks {
                 if !self.registry.has_check(c) {
-                    return Err(
-                        ConfigError::new("checks", format!("no check named `{c}`")).at(&at)
-                    );
+                    return Err(ConfigError::new("checks", format!("no check named `{c}`")).at(&at));
                 }
             }
         }

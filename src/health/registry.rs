@@ -271,11 +271,9 @@ impl HealthRegistryBuilder {
                 .at(&at));
             }
             if !seen.insert(Arc::clone(&c.name)) {
-                return Err(ConfigError::new(
-                    "name",
-                    format!("duplicate check name `{}`", c.name),
-                )
-                .at(&at));
+                return Err(
+                    ConfigError::new("name", format!("duplicate check name `{}`", c.name)).at(&at),
+                );
             }
             if c.timeout.is_zero() {
                 return Err(ConfigError::new("timeout", "must be greater than 0").at(&at));

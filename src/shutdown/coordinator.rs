@@ -160,7 +160,7 @@ pub(crate) struct Inner {
     pub(crate) state: Arc<State>,
     config: ShutdownConfig,
     phase_tx: watch::Sender<Phase>,
-    trigger_tx: watch::Sender<Option<Trigger>>,
+    trigger_tx: watch::Sender<Option<(Trigger, Instant)>>,
     report_tx: watch::Sender<Option<ShutdownReport>>,
     hooks: Mutex<Option<Vec<Hook>>>,
     phase_gauge: Gauge,
@@ -336,7 +336,7 @@ impl Shutdown {
 
     /// What started the shutdown, once started.
     pub fn trigger_cause(&self) -> Option<Trigger> {
-        *self.inner.trigger_tx.borrow()
+        self.inner.trigger_tx.borrow().map(|(t, _)| t)
     }
 
     /// Resolves once shutdown was requested.
@@ -428,15 +428,26 @@ impl Shutdown {
 }
 
 impl Inner {
+    /// Starts the shutdown (once): readiness fails from this very moment.
     fn request(&self, trigger: Trigger) -> bool {
-        self.trigger_tx.send_if_modified(|t| {
+        let won = self.trigger_tx.send_if_modified(|t| {
             if t.is_none() {
-                *t = Some(trigger);
+                *t = Some((trigger, Instant::now()));
                 true
             } else {
                 false
             }
-        })
+        });
+        if won {
+            self.set_phase(Phase::ShutdownRequested);
+            tracing::info!(
+                target: "tower_rampart::shutdown",
+                name = %self.state.name,
+                trigger = trigger.as_str(),
+                "shutdown requested"
+            );
+        }
+        won
     }
 
     fn set_phase(&self, phase: Phase) {
@@ -550,24 +561,16 @@ impl Signals {
 
 async fn drive(inner: Arc<Inner>, mut signals: Signals) {
     let mut trigger_rx = inner.trigger_tx.subscribe();
-    let trigger = tokio::select! {
+    let (trigger, started) = tokio::select! {
         t = trigger_rx.wait_for(Option::is_some) => match t {
             Ok(t) => t.expect("checked by wait_for"),
             Err(_) => return,
         },
         t = signals.recv() => {
             inner.request(t);
-            inner.trigger_tx.borrow().unwrap_or(t)
+            inner.trigger_tx.borrow().expect("set by request")
         }
     };
-    let started = Instant::now();
-    inner.set_phase(Phase::ShutdownRequested);
-    tracing::info!(
-        target: "tower_rampart::shutdown",
-        name = %inner.state.name,
-        trigger = trigger.as_str(),
-        "shutdown requested"
-    );
 
     // A second signal forces an immediate exit.
     let force_code = inner.config.force_exit_code;

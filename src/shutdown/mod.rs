@@ -205,9 +205,11 @@ where
             Some(guard) => {
                 ResponseFuture::admitted(self.inner.call(req), guard, Protocol::Http, false)
             }
-            None => {
-                ResponseFuture::rejected(self.state.draining_rejection(false), Protocol::Http, false)
-            }
+            None => ResponseFuture::rejected(
+                self.state.draining_rejection(false),
+                Protocol::Http,
+                false,
+            ),
         }
     }
 }
