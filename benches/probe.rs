@@ -33,9 +33,12 @@ use tower_rampart::shutdown::Shutdown;
 type Req = Request<()>;
 type Res = Response<Empty<Bytes>>;
 
-fn ready_service()
--> impl Service<Req, Response = Res, Error = Infallible, Future = std::future::Ready<Result<Res, Infallible>>>
-+ Clone {
+fn ready_service() -> impl Service<
+    Req,
+    Response = Res,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Res, Infallible>>,
+> + Clone {
     tower::service_fn(|_req: Req| std::future::ready(Ok(Response::new(Empty::new()))))
 }
 
@@ -107,7 +110,11 @@ fn lifecycle(c: &mut Criterion) {
     let shutdown = Shutdown::builder().signals(false).build().unwrap();
     let registry = HealthRegistry::builder()
         .shutdown(&shutdown)
-        .check(Check::sync("flag", Kind::Readiness, || Ok::<(), String>(())))
+        .check(Check::sync(
+            "flag",
+            Kind::Readiness,
+            || Ok::<(), String>(()),
+        ))
         .build()
         .unwrap();
     let probe = ProbeLayer::new(&registry);

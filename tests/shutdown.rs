@@ -482,3 +482,98 @@ async fn a_hanging_handler_is_aborted_and_the_server_exits_in_time() {
     assert!(report.drain_timed_out);
     assert_eq!(report.aborted, 2);
 }
+
+// ---------------------------------------------------------------------------
+// Metrics.
+
+fn metric<'a>(
+    snap: &'a [(
+        metrics_util::CompositeKey,
+        Option<metrics::Unit>,
+        Option<metrics::SharedString>,
+        metrics_util::debugging::DebugValue,
+    )],
+    name: &str,
+    label: Option<(&str, &str)>,
+) -> Option<&'a metrics_util::debugging::DebugValue> {
+    snap.iter()
+        .find(|(k, ..)| {
+            k.key().name() == name
+                && label.is_none_or(|(lk, lv)| {
+                    k.key().labels().any(|l| l.key() == lk && l.value() == lv)
+                })
+        })
+        .map(|(.., v)| v)
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_are_recorded() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (sd, reg) = metrics::with_local_recorder(&recorder, || {
+        let sd = Shutdown::builder()
+            .name("api")
+            .signals(false)
+            .shutdown_delay(Duration::ZERO)
+            .build()
+            .unwrap();
+        let reg = HealthRegistry::builder().shutdown(&sd).build().unwrap();
+        (sd, reg)
+    });
+    let gate = Arc::new(Notify::new());
+    let svc = sd.drain_layer().layer(gated(gate.clone()));
+    let held = tokio::spawn(svc.clone().oneshot(req()));
+    settle().await;
+    let snap = snapshotter.snapshot().into_vec();
+    let gauge = |snap: &[_], name, label| match metric(snap, name, label) {
+        Some(DebugValue::Gauge(v)) => v.into_inner(),
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(
+        gauge(&snap, "rampart_in_flight_requests", Some(("name", "api"))),
+        1.0
+    );
+    assert_eq!(gauge(&snap, "rampart_shutdown_phase", None), 0.0);
+
+    sd.trigger();
+    assert!(
+        !reg.probe(tower_rampart::health::Kind::Readiness, &[])
+            .await
+            .passed()
+    );
+    sd.draining().await;
+    let _ = svc.clone().oneshot(req()).await.unwrap(); // refused
+    gate.notify_one();
+    drop(held.await.unwrap().unwrap());
+    sd.done().await;
+    let snap = snapshotter.snapshot().into_vec();
+    // The debugging recorder's snapshot swaps gauges to 0: this is the
+    // change since the first snapshot (the held request left).
+    assert_eq!(gauge(&snap, "rampart_in_flight_requests", None), -1.0);
+    assert_eq!(gauge(&snap, "rampart_shutdown_phase", None), 3.0);
+    assert_eq!(
+        gauge(
+            &snap,
+            "rampart_health_check_status",
+            Some(("check", "shutdown"))
+        ),
+        0.0
+    );
+    assert!(matches!(
+        metric(&snap, "rampart_drain_duration_seconds", None),
+        Some(DebugValue::Histogram(v)) if v.len() == 1
+    ));
+    assert!(matches!(
+        metric(&snap, "rampart_health_check_duration_seconds", None),
+        Some(DebugValue::Histogram(v)) if !v.is_empty()
+    ));
+    assert!(matches!(
+        metric(
+            &snap,
+            "rampart_requests_refused_total",
+            Some(("kind", "draining"))
+        ),
+        Some(DebugValue::Counter(1))
+    ));
+}

@@ -440,7 +440,7 @@ impl HealthRegistry {
         self.inner.entries.iter().any(|e| &*e.check.name == name)
     }
 
-    #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
+    #[cfg(feature = "tonic")]
     pub(crate) async fn report_by_name(&self, name: &str) -> Option<CheckReport> {
         let e = self.inner.entries.iter().find(|e| &*e.check.name == name)?;
         Some(e.report(false).await)
@@ -452,10 +452,12 @@ impl HealthRegistry {
         self.inner.changed.subscribe()
     }
 
+    #[cfg(feature = "tonic")]
     pub(crate) fn downgrade(&self) -> Weak<RegistryInner> {
         Arc::downgrade(&self.inner)
     }
 
+    #[cfg(feature = "tonic")]
     pub(crate) fn from_inner(inner: Arc<RegistryInner>) -> Self {
         Self { inner }
     }
