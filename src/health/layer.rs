@@ -11,6 +11,9 @@ use crate::ConfigError;
 
 pub(crate) struct Shared {
     pub(crate) registry: HealthRegistry,
+    /// The byte after the leading `/` of each enabled path: most requests
+    /// are told apart from the probes by this one byte.
+    first: [u8; 3],
     live: Box<str>,
     ready: Box<str>,
     startup: Box<str>,
@@ -32,6 +35,10 @@ impl Shared {
             }
             let name = rest.strip_prefix('/')?;
             Some(if name.is_empty() { None } else { Some(name) })
+        }
+        match path.as_bytes().get(1) {
+            Some(b) if self.first.contains(b) => {}
+            _ => return None,
         }
         if let Some(n) = m(&self.ready, path) {
             return Some((Kind::Readiness, n));
@@ -69,8 +76,14 @@ impl ProbeLayer {
     }
 
     pub(crate) fn from_parts(registry: HealthRegistry, config: ProbeConfig) -> Self {
+        let second = |p: &str| p.as_bytes().get(1).copied().unwrap_or(0);
         Self {
             shared: Arc::new(Shared {
+                first: [
+                    second(&config.liveness_path),
+                    second(&config.readiness_path),
+                    second(&config.startup_path),
+                ],
                 registry,
                 live: config.liveness_path.into(),
                 ready: config.readiness_path.into(),

@@ -33,11 +33,12 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Inner { #[pin] future: F, guard: Option<Guard> },
-        Rejected { rejection: Option<Rejection> },
+        Rejected { rejection: Option<Box<Rejection>> },
     }
 }
 
 impl<F, M> ResponseFuture<F, M> {
+    #[inline]
     pub(crate) fn admitted(future: F, guard: Guard, protocol: Protocol, http1: bool) -> Self {
         Self {
             kind: Kind::Inner {
@@ -53,7 +54,7 @@ impl<F, M> ResponseFuture<F, M> {
     pub(crate) fn rejected(rejection: Rejection, protocol: Protocol, http1: bool) -> Self {
         Self {
             kind: Kind::Rejected {
-                rejection: Some(rejection),
+                rejection: Some(Box::new(rejection)),
             },
             protocol,
             http1,
@@ -68,11 +69,12 @@ enum Step<T> {
 }
 
 impl<F: Future, M> ResponseFuture<F, M> {
+    #[inline]
     fn poll_step(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Step<F::Output>> {
         let this = self.project();
         match this.kind.project() {
             KindProj::Rejected { rejection } => Poll::Ready(Step::Refused(
-                rejection.take().expect("polled after completion"),
+                *rejection.take().expect("polled after completion"),
             )),
             KindProj::Inner { future, guard } => {
                 let g = guard.as_mut().expect("polled after completion");
@@ -106,6 +108,7 @@ where
 {
     type Output = Result<Response<ResponseBody<DrainBody<B>>>, E>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let step = std::task::ready!(self.as_mut().poll_step(cx));
         Poll::Ready(match step {
@@ -131,6 +134,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Poll::Ready(match std::task::ready!(self.poll_step(cx)) {
             Step::Refused(r) => Err(Box::new(r)),
@@ -160,6 +164,7 @@ pin_project! {
 }
 
 impl<B> DrainBody<B> {
+    #[inline]
     pub(crate) fn new(body: B, guard: Guard) -> Self {
         Self {
             body,
@@ -177,6 +182,7 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -90,6 +90,7 @@ impl State {
         })
     }
 
+    #[inline]
     fn release(&self) {
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.phase() >= Phase::Draining {
             self.idle.notify_one();
@@ -155,6 +156,7 @@ impl Guard {
 }
 
 impl Drop for Guard {
+    #[inline]
     fn drop(&mut self) {
         let state = &self.state;
         state.abort.unregister(self.key);
