@@ -261,6 +261,38 @@ async fn an_open_stream_is_cut_at_the_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_open_grpc_stream_ends_with_unavailable_trailers() {
+    let sd = coordinator(Duration::ZERO, Duration::from_secs(5));
+    let stream = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        let mut res = Response::new(Endless(false));
+        res.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        Ok::<_, Infallible>(res)
+    });
+    let svc = sd.drain_layer().layer(stream);
+    let grpc = Request::builder()
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut body = svc.oneshot(grpc).await.unwrap().into_body();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    sd.trigger();
+    let trailers = body
+        .frame()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_trailers()
+        .unwrap();
+    assert_eq!(trailers["grpc-status"], "14");
+    assert!(body.is_end_stream());
+    assert!(body.frame().await.is_none());
+    drop(body);
+    assert_eq!(sd.done().await.aborted, 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn hooks_run_in_order_each_bounded() {
     let sd = Shutdown::builder()
         .signals(false)

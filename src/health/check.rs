@@ -228,6 +228,7 @@ impl Check {
     }
 
     /// Run in the background every `interval` (the default, every 10s).
+    /// No effect on [`sync`](Self::sync) checks.
     pub fn interval(mut self, interval: Duration) -> Self {
         if let Runner::Async(_) = self.runner {
             self.schedule = Schedule::Background(interval);
@@ -237,7 +238,7 @@ impl Check {
 
     /// Run on demand instead: at probe time, when the cached result is
     /// older than `ttl` (one run at a time; concurrent probes wait for it,
-    /// bounded by the timeout).
+    /// bounded by the timeout). No effect on [`sync`](Self::sync) checks.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         if let Runner::Async(_) = self.runner {
             self.schedule = Schedule::OnDemand(ttl);

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, header};
+use http::{HeaderMap, HeaderValue, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::BoxError;
@@ -115,7 +115,8 @@ where
             Step::Refused(r) => Ok(r.into_response(self.protocol)),
             Step::Done(Ok(res), guard) => {
                 let close = self.http1 && guard.state().phase() >= Phase::ShutdownRequested;
-                let mut res = res.map(|b| ResponseBody::new(DrainBody::new(b, guard)));
+                let grpc = self.protocol == Protocol::Grpc;
+                let mut res = res.map(|b| ResponseBody::new(DrainBody::new(b, guard, grpc)));
                 if close {
                     res.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -153,22 +154,26 @@ impl<F, M> fmt::Debug for ResponseFuture<F, M> {
 
 pin_project! {
     /// A response body that keeps its request counted in flight until it
-    /// ends or is dropped, and ends with an error if the drain deadline
-    /// aborts it (an open stream cannot hold the exit).
+    /// ends or is dropped, and is cut off if the drain deadline aborts it
+    /// (an open stream cannot hold the exit): a gRPC response then ends with
+    /// `grpc-status: 14` (UNAVAILABLE) trailers, any other with an error
+    /// (the connection is closed, so the client sees a truncated response).
     pub struct DrainBody<B> {
         #[pin]
         body: B,
         guard: Option<Guard>,
+        grpc: bool,
         aborted: bool,
     }
 }
 
 impl<B> DrainBody<B> {
     #[inline]
-    pub(crate) fn new(body: B, guard: Guard) -> Self {
+    pub(crate) fn new(body: B, guard: Guard, grpc: bool) -> Self {
         Self {
             body,
             guard: Some(guard),
+            grpc,
             aborted: false,
         }
     }
@@ -217,6 +222,15 @@ where
         let rejection = g.state().aborted_rejection(false);
         drop(g);
         *this.aborted = true;
+        if *this.grpc {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", rejection.grpc_code().to_header_value());
+            trailers.insert(
+                "grpc-message",
+                HeaderValue::from_static("aborted at the drain deadline"),
+            );
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
         Poll::Ready(Some(Err(Box::new(rejection))))
     }
 

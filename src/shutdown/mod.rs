@@ -16,7 +16,9 @@
 //!    and `Connection: close` (gRPC `UNAVAILABLE`), and in-flight requests
 //!    have `drain_timeout` to finish. Then whatever is left, a handler that
 //!    never returns or an open stream included, is aborted: its response
-//!    future is dropped and answered 503, or its body ends with an error;
+//!    future is dropped and answered 503 (gRPC `UNAVAILABLE`), or its body
+//!    is cut off (gRPC: `grpc-status: 14` trailers; otherwise an error, so
+//!    the connection closes);
 //! 3. cleanup hooks ([`Shutdown::on_shutdown`]) run one by one, each bounded
 //!    by its timeout;
 //! 4. **done**: a [`ShutdownReport`] (what started it, how long each phase
