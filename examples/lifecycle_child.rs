@@ -2,7 +2,8 @@
 //! axum server with probes and graceful shutdown that prints its address,
 //! every phase and its report on stdout, one line each.
 //!
-//! `RAMPART_DELAY_MS` sets `shutdown_delay` (default 200).
+//! `RAMPART_DELAY_MS` sets `shutdown_delay` (default 200);
+//! `RAMPART_TRIGGER=1` triggers the shutdown programmatically once listening.
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -42,6 +43,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     say(&format!("listening {}", listener.local_addr()?));
+    if std::env::var("RAMPART_TRIGGER").as_deref() == Ok("1") {
+        shutdown.trigger();
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.draining())
         .await?;

@@ -37,8 +37,13 @@ struct Proc {
 
 impl Proc {
     fn spawn(delay_ms: u64) -> Self {
+        Self::spawn_with(delay_ms, false)
+    }
+
+    fn spawn_with(delay_ms: u64, trigger: bool) -> Self {
         let mut child = Command::new(child_binary())
             .env("RAMPART_DELAY_MS", delay_ms.to_string())
+            .env("RAMPART_TRIGGER", if trigger { "1" } else { "0" })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -180,5 +185,30 @@ async fn a_second_signal_exits_at_once() {
     assert!(
         !seen.iter().any(|l| l.starts_with("report ")),
         "no orderly end: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn after_a_programmatic_trigger_the_first_signal_does_not_force() {
+    let mut p = Proc::spawn_with(600_000, true);
+    let addr: std::net::SocketAddr = p
+        .expect("listening ")
+        .trim_start_matches("listening ")
+        .parse()
+        .unwrap();
+    p.expect("phase shutdown_requested");
+    p.signal("-TERM");
+    // Give the child time to handle the signal: it must still be serving.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exited on the first signal"
+    );
+    assert_eq!(common::get(addr, "/livez").await.status, StatusCode::OK);
+    p.signal("-TERM");
+    assert_eq!(
+        p.wait().code(),
+        Some(1),
+        "the second signal forces the exit"
     );
 }

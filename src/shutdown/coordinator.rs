@@ -572,10 +572,20 @@ async fn drive(inner: Arc<Inner>, mut signals: Signals) {
         }
     };
 
-    // A second signal forces an immediate exit.
+    // A second signal forces an immediate exit. After a programmatic
+    // trigger the first signal (Kubernetes' SIGTERM, say) is only the first.
     let force_code = inner.config.force_exit_code;
     let force_name = Arc::clone(&inner.state.name);
     let force = tokio::spawn(async move {
+        if trigger == Trigger::Programmatic {
+            let first = signals.recv().await;
+            tracing::warn!(
+                target: "tower_rampart::shutdown",
+                name = %force_name,
+                signal = first.as_str(),
+                "signal during shutdown: already shutting down, a second one forces the exit"
+            );
+        }
         let second = signals.recv().await;
         tracing::error!(
             target: "tower_rampart::shutdown",

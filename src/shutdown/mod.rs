@@ -26,7 +26,8 @@
 //!    returned by [`Shutdown::done`] and emitted as a tracing event.
 //!
 //! A second signal while shutting down exits the process at once
-//! (`force_exit_code`, default 1).
+//! (`force_exit_code`, default 1). After a programmatic trigger, the first
+//! signal is only logged and the next one forces the exit.
 //!
 //! The [`DrainLayer`] ([`Shutdown::drain_layer`]) counts requests in flight
 //! (from the call until the response body ends or is dropped): that count is
@@ -83,6 +84,7 @@
 //! | `cleanup hook failed` | WARN | `name`, `hook`, `outcome`, `duration_ms` |
 //! | `shutdown complete` | INFO (WARN if anything was aborted or a hook failed) | `name`, `trigger`, `delay_ms`, `drain_ms`, `hooks_ms`, `total_ms`, `in_flight_at_drain`, `finished`, `aborted`, `hooks`, `hooks_failed` |
 //! | `second signal: exiting now` | ERROR | `name`, `signal`, `code` |
+//! | `signal during shutdown: already shutting down, a second one forces the exit` | WARN | `name`, `signal` |
 //! | `cannot listen to signal` | WARN | `signal`, `error` |
 
 mod abort;
