@@ -609,3 +609,57 @@ async fn metrics_are_recorded() {
         Some(DebugValue::Counter(1))
     ));
 }
+
+#[cfg(feature = "tonic")]
+#[tokio::test]
+async fn grpc_through_the_drain_layer_on_a_tonic_server() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let sd = coordinator(Duration::ZERO, Duration::from_millis(500));
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    // The listener stays open until the shutdown is done, so a call can
+    // arrive while draining (as an HTTP/2 stream racing the GOAWAY).
+    let done = sd.done();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(sd.drain_layer())
+            .add_service(health)
+            .serve_with_incoming_shutdown(incoming, async move {
+                done.await;
+            }),
+    );
+    let mut client = HealthClient::new(common::grpc_channel(addr).await);
+    let req = || HealthCheckRequest {
+        service: String::new(),
+    };
+    assert!(client.check(req()).await.is_ok());
+
+    // A Watch stream stays open: it holds the drain until the deadline.
+    let mut watch = client.watch(req()).await.unwrap().into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+    wait_in_flight(&sd, 1).await;
+    sd.trigger();
+    sd.draining().await;
+
+    let refused = client.check(req()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert_eq!(refused.message(), "the server is shutting down");
+
+    // At the deadline the stream is cut with UNAVAILABLE trailers.
+    let cut = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("stream not cut")
+        .unwrap_err();
+    assert_eq!(cut.code(), tonic::Code::Unavailable);
+    let report = sd.done().await;
+    assert_eq!(report.aborted, 1);
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not stop")
+        .unwrap()
+        .unwrap();
+}
