@@ -51,6 +51,8 @@ impl<F, M> ResponseFuture<F, M> {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     pub(crate) fn rejected(rejection: Rejection, protocol: Protocol, http1: bool) -> Self {
         Self {
             kind: Kind::Rejected {
@@ -63,43 +65,20 @@ impl<F, M> ResponseFuture<F, M> {
     }
 }
 
-enum Step<T> {
-    Done(T, Guard),
-    Refused(Rejection),
+/// Aborted at the drain deadline: drops the guard (counted as aborted) and
+/// builds the answer; the inner future is dropped with the response future.
+#[cold]
+#[inline(never)]
+fn abort(guard: &mut Option<Guard>, http1: bool) -> Rejection {
+    let g = guard.take().expect("present");
+    g.state().aborted_rejection(http1)
 }
 
-impl<F: Future, M> ResponseFuture<F, M> {
-    #[inline]
-    fn poll_step(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Step<F::Output>> {
-        let this = self.project();
-        match this.kind.project() {
-            KindProj::Rejected { rejection } => Poll::Ready(Step::Refused(
-                *rejection.take().expect("polled after completion"),
-            )),
-            KindProj::Inner { future, guard } => {
-                let g = guard.as_mut().expect("polled after completion");
-                if !g.check_aborted() {
-                    match future.poll(cx) {
-                        Poll::Ready(out) => {
-                            let g = guard.take().expect("present");
-                            return Poll::Ready(Step::Done(out, g));
-                        }
-                        Poll::Pending => {
-                            if !g.register(cx.waker()) {
-                                return Poll::Pending;
-                            }
-                        }
-                    }
-                }
-                // Aborted at the drain deadline: drop the guard (counted as
-                // aborted) and answer; the inner future is dropped with us.
-                let g = guard.take().expect("present");
-                let rejection = g.state().aborted_rejection(*this.http1);
-                drop(g);
-                Poll::Ready(Step::Refused(rejection))
-            }
-        }
-    }
+/// The refusal as a response (off the hot path).
+#[cold]
+#[inline(never)]
+fn refusal<B>(rejection: Rejection, protocol: Protocol) -> Response<ResponseBody<DrainBody<B>>> {
+    rejection.into_response(protocol)
 }
 
 impl<F, B, E> Future for ResponseFuture<F, HttpMode>
@@ -109,22 +88,45 @@ where
     type Output = Result<Response<ResponseBody<DrainBody<B>>>, E>;
 
     #[inline]
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let step = std::task::ready!(self.as_mut().poll_step(cx));
-        Poll::Ready(match step {
-            Step::Refused(r) => Ok(r.into_response(self.protocol)),
-            Step::Done(Ok(res), guard) => {
-                let close = self.http1 && guard.state().phase() >= Phase::ShutdownRequested;
-                let grpc = self.protocol == Protocol::Grpc;
-                let mut res = res.map(|b| ResponseBody::new(DrainBody::new(b, guard, grpc)));
-                if close {
-                    res.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Rejected { rejection } => Poll::Ready(Ok(refusal(
+                *rejection.take().expect("polled after completion"),
+                *this.protocol,
+            ))),
+            KindProj::Inner { future, guard } => {
+                let g = guard.as_mut().expect("polled after completion");
+                if !g.check_aborted() {
+                    match future.poll(cx) {
+                        Poll::Ready(Ok(res)) => {
+                            let g = guard.take().expect("present");
+                            let close =
+                                *this.http1 && g.state().phase() >= Phase::ShutdownRequested;
+                            let grpc = *this.protocol == Protocol::Grpc;
+                            let (mut parts, body) = res.into_parts();
+                            if close {
+                                parts
+                                    .headers
+                                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                            }
+                            let body = ResponseBody::new(DrainBody::new(body, g, grpc));
+                            return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                        }
+                        Poll::Ready(Err(e)) => {
+                            guard.take();
+                            return Poll::Ready(Err(e));
+                        }
+                        Poll::Pending => {
+                            if !g.register(cx.waker()) {
+                                return Poll::Pending;
+                            }
+                        }
+                    }
                 }
-                Ok(res)
+                Poll::Ready(Ok(refusal(abort(guard, *this.http1), *this.protocol)))
             }
-            Step::Done(Err(e), _guard) => Err(e),
-        })
+        }
     }
 }
 
@@ -137,10 +139,29 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(match std::task::ready!(self.poll_step(cx)) {
-            Step::Refused(r) => Err(Box::new(r)),
-            Step::Done(out, _guard) => out.map_err(Into::into),
-        })
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Rejected { rejection } => {
+                Poll::Ready(Err(rejection.take().expect("polled after completion")))
+            }
+            KindProj::Inner { future, guard } => {
+                let g = guard.as_mut().expect("polled after completion");
+                if !g.check_aborted() {
+                    match future.poll(cx) {
+                        Poll::Ready(out) => {
+                            guard.take();
+                            return Poll::Ready(out.map_err(Into::into));
+                        }
+                        Poll::Pending => {
+                            if !g.register(cx.waker()) {
+                                return Poll::Pending;
+                            }
+                        }
+                    }
+                }
+                Poll::Ready(Err(Box::new(abort(guard, *this.http1))))
+            }
+        }
     }
 }
 

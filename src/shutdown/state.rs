@@ -98,6 +98,7 @@ impl State {
     }
 
     /// The answer to a request that arrives while draining.
+    #[cold]
     pub(crate) fn draining_rejection(&self, http1: bool) -> Rejection {
         let r = Rejection::new(RejectionKind::Draining, Arc::clone(&self.name))
             .with_retry_after(self.retry_after)
@@ -106,6 +107,7 @@ impl State {
     }
 
     /// The answer of a request cut off at the drain deadline.
+    #[cold]
     pub(crate) fn aborted_rejection(&self, http1: bool) -> Rejection {
         let r = Rejection::new(RejectionKind::Draining, Arc::clone(&self.name))
             .with_retry_after(self.retry_after)
