@@ -36,10 +36,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(ProbeLayer::new(&health)); // /livez /readyz /startupz, outermost
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.draining())
-        .await?;
-    let report = shutdown.done().await; // also logged as `shutdown complete`
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.draining());
+    // Until the server ends or the shutdown is done: bounded even when a
+    // client stops reading. Also logged as `shutdown complete`.
+    let report = shutdown.run_server(server).await?;
     println!("finished {} / aborted {}", report.finished, report.aborted);
     Ok(())
 }

@@ -46,10 +46,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var("RAMPART_TRIGGER").as_deref() == Ok("1") {
         shutdown.trigger();
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.draining())
-        .await?;
-    let report = shutdown.done().await;
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.draining());
+    let report = shutdown.run_server(server).await?;
     say(&format!(
         "report trigger={} finished={} aborted={} delay_ms={}",
         report.trigger,

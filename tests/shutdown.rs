@@ -663,3 +663,59 @@ async fn grpc_through_the_drain_layer_on_a_tonic_server() {
         .unwrap()
         .unwrap();
 }
+
+/// A body that yields 64 KiB chunks forever.
+struct Firehose;
+impl Body for Firehose {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        static CHUNK: [u8; 65536] = [b'x'; 65536];
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK)))))
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_cannot_hold_the_exit() {
+    use tokio::io::AsyncWriteExt;
+
+    let sd = coordinator(Duration::ZERO, Duration::from_millis(300));
+    let app = Router::new()
+        .route(
+            "/firehose",
+            get(|| async { axum::body::Body::new(Firehose) }),
+        )
+        .layer(sd.drain_layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = axum::serve(listener, app).with_graceful_shutdown(sd.draining());
+    let run = {
+        let sd = sd.clone();
+        tokio::spawn(async move { sd.run_server(server).await })
+    };
+    // Ask for the endless body, then never read: the socket buffers fill
+    // and the server stops polling the body.
+    let mut stuck = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stuck
+        .write_all(b"GET /firehose HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    wait_in_flight(&sd, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // let the buffers fill
+    sd.trigger();
+    let report = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("run_server did not return")
+        .unwrap()
+        .unwrap();
+    assert!(report.drain_timed_out);
+    assert_eq!(report.trigger, Trigger::Programmatic);
+    // Normally the stuck body is never polled again (left in flight, and
+    // awaiting the server alone would hang); if the buffers had not filled
+    // it was cut instead. Either way `run_server` returned.
+    assert_eq!(report.left_in_flight + report.aborted as usize, 1);
+    drop(stuck);
+}

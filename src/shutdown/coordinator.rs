@@ -375,6 +375,40 @@ impl Shutdown {
         }
     }
 
+    /// Runs a server until it ends **or** the shutdown is done, whichever
+    /// comes first, and returns the report: the process exits in bounded
+    /// time (delay + drain + abort grace + hooks) even when a connection is
+    /// stuck (a client that stopped reading holds axum's and tonic's
+    /// graceful shutdown forever). `server` is the server future with its
+    /// graceful shutdown wired to [`draining`](Self::draining). If it fails,
+    /// the error is returned at once; if it ends by itself while still
+    /// running, a shutdown is triggered so the hooks run.
+    ///
+    /// ```no_run
+    /// # async fn f(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
+    /// # let shutdown = tower_rampart::shutdown::Shutdown::builder().build().unwrap();
+    /// let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.draining());
+    /// let report = shutdown.run_server(server).await?;
+    /// # let _ = report;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn run_server<F, E>(&self, server: F) -> Result<ShutdownReport, E>
+    where
+        F: std::future::IntoFuture<Output = Result<(), E>>,
+    {
+        let done = self.done();
+        tokio::pin!(done);
+        tokio::select! {
+            res = server.into_future() => {
+                res?;
+                self.trigger();
+                Ok(done.await)
+            }
+            report = &mut done => Ok(report),
+        }
+    }
+
     /// The report, once [`Phase::Done`].
     pub fn report(&self) -> Option<ShutdownReport> {
         self.inner.report_tx.borrow().clone()

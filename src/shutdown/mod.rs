@@ -25,6 +25,11 @@
 //!    took, how many requests finished or were aborted, each hook) is
 //!    returned by [`Shutdown::done`] and emitted as a tracing event.
 //!
+//! [`Shutdown::run_server`] runs the server future until it ends or the
+//! shutdown is done, whichever comes first: axum's and tonic's graceful
+//! shutdown wait for every connection, and a client that stopped reading
+//! would hold them forever.
+//!
 //! A second signal while shutting down exits the process at once
 //! (`force_exit_code`, default 1). After a programmatic trigger, the first
 //! signal is only logged and the next one forces the exit.
@@ -55,8 +60,8 @@
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.draining());
 //! # shutdown.trigger();
-//! server.await?;
-//! let report = shutdown.done().await;
+//! // Bounded even if a client stops reading (axum would wait for it).
+//! let report = shutdown.run_server(server).await?;
 //! assert_eq!(shutdown.phase(), Phase::Done);
 //! assert_eq!(report.aborted, 0);
 //! # Ok(())
