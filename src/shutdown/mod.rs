@@ -1,1 +1,224 @@
-//! The shutdown layer (in progress).
+//! Graceful shutdown: a coordinator and the drain layer it waits on.
+//!
+//! A [`Shutdown`] coordinator is built once (cheap to clone) and moves
+//! through [`Phase`]s when `SIGTERM`, `SIGINT` or [`Shutdown::trigger`]
+//! starts it:
+//!
+//! 1. **shutdown requested**: readiness fails at once (the health
+//!    registry's built-in `shutdown` check), requests are still served for
+//!    `shutdown_delay` (Kubernetes removes the pod from its endpoints while
+//!    SIGTERM is delivered: the two race) and HTTP/1 answers carry
+//!    `Connection: close` so clients move to other instances. `SIGINT` uses
+//!    `sigint_delay` (0 by default) so Ctrl-C in a terminal does not wait;
+//! 2. **draining**: [`Shutdown::draining`] resolves (hand it to axum's
+//!    `with_graceful_shutdown` or tonic's `serve_with_shutdown`: the
+//!    listener stops accepting), new requests get 503 with `Retry-After`
+//!    and `Connection: close` (gRPC `UNAVAILABLE`), and in-flight requests
+//!    have `drain_timeout` to finish. Then whatever is left, a handler that
+//!    never returns or an open stream included, is aborted: its response
+//!    future is dropped and answered 503 (gRPC `UNAVAILABLE`), or its body
+//!    is cut off (gRPC: `grpc-status: 14` trailers; otherwise an error, so
+//!    the connection closes);
+//! 3. cleanup hooks ([`Shutdown::on_shutdown`]) run one by one, each bounded
+//!    by its timeout;
+//! 4. **done**: a [`ShutdownReport`] (what started it, how long each phase
+//!    took, how many requests finished or were aborted, each hook) is
+//!    returned by [`Shutdown::done`] and emitted as a tracing event.
+//!
+//! [`Shutdown::run_server`] runs the server future until it ends or the
+//! shutdown is done, whichever comes first: axum's and tonic's graceful
+//! shutdown wait for every connection, and a client that stopped reading
+//! would hold them forever.
+//!
+//! A second signal while shutting down exits the process at once
+//! (`force_exit_code`, default 1). After a programmatic trigger, the first
+//! signal is only logged and the next one forces the exit.
+//!
+//! The [`DrainLayer`] ([`Shutdown::drain_layer`]) counts requests in flight
+//! (from the call until the response body ends or is dropped): that count is
+//! what the coordinator waits on. On the happy path it costs two atomic
+//! operations on the count and one phase read; it takes a short lock only
+//! when the inner future or body is pending, to register for the abort.
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{Router, routing::get};
+//! use tower_rampart::shutdown::{Phase, Shutdown};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let shutdown = Shutdown::builder()
+//!     .shutdown_delay(Duration::from_secs(5))
+//!     .drain_timeout(Duration::from_secs(20))
+//!     # .signals(false).shutdown_delay(Duration::ZERO)
+//!     .build()?;
+//! shutdown.on_shutdown("flush", async { /* flush telemetry */ });
+//!
+//! let app = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(shutdown.drain_layer());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.draining());
+//! # shutdown.trigger();
+//! // Bounded even if a client stops reading (axum would wait for it).
+//! let report = shutdown.run_server(server).await?;
+//! assert_eq!(shutdown.phase(), Phase::Done);
+//! assert_eq!(report.aborted, 0);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Metrics and events
+//!
+//! Install the `metrics` recorder before building the coordinator: handles
+//! are registered once, at build time. `name` is the coordinator's name.
+//!
+//! | metric | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `rampart_in_flight_requests` | gauge | `name` | requests in flight through the drain layers |
+//! | `rampart_shutdown_phase` | gauge | `name` | 0 running, 1 shutdown requested, 2 draining, 3 done |
+//! | `rampart_drain_duration_seconds` | histogram | `name` | how long the drain took (abort included) |
+//! | `rampart_drain_aborted_total` | counter | `name` | requests aborted at the drain deadline |
+//! | `rampart_requests_refused_total` | counter | `name`, `kind="draining"` | requests refused while draining |
+//!
+//! | event (target `tower_rampart::shutdown`) | level | fields |
+//! |---|---|---|
+//! | `shutdown requested` | INFO | `name`, `trigger` |
+//! | `shutdown phase` | INFO | `name`, `phase`, `in_flight` |
+//! | `drain deadline reached: aborting in-flight requests` | WARN | `name`, `in_flight` |
+//! | `cleanup hook failed` | WARN | `name`, `hook`, `outcome`, `duration_ms` |
+//! | `shutdown complete` | INFO (WARN if anything was aborted or a hook failed) | `name`, `trigger`, `delay_ms`, `drain_ms`, `hooks_ms`, `total_ms`, `in_flight_at_drain`, `finished`, `aborted`, `hooks`, `hooks_failed` |
+//! | `second signal: exiting now` | ERROR | `name`, `signal`, `code` |
+//! | `signal during shutdown: already shutting down, a second one forces the exit` | WARN | `name`, `signal` |
+//! | `cannot listen to signal` | WARN | `signal`, `error` |
+
+mod abort;
+mod config;
+mod coordinator;
+mod future;
+mod layer;
+mod state;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, Version};
+use tower::{BoxError, Service};
+
+pub use config::ShutdownConfig;
+pub use coordinator::{
+    HookOutcome, HookReport, Phase, Shutdown, ShutdownBuilder, ShutdownReport, Trigger,
+};
+pub use future::{DrainBody, ResponseFuture};
+pub use layer::DrainLayer;
+
+use crate::rejection::{ErrorMode, HttpMode, Protocol, ResponseBody};
+use state::State;
+
+/// Counts requests in flight for the [`Shutdown`] coordinator, marks
+/// answers `Connection: close` once shutdown is requested, refuses new
+/// requests while draining and aborts what is left at the drain deadline.
+/// Built by [`DrainLayer`].
+pub struct Drain<S, M = HttpMode> {
+    inner: S,
+    state: Arc<State>,
+    _mode: PhantomData<fn() -> M>,
+}
+
+impl<S, M> Drain<S, M> {
+    pub(crate) fn new(inner: S, state: Arc<State>) -> Self {
+        Self {
+            inner,
+            state,
+            _mode: PhantomData,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, M> Clone for Drain<S, M> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            state: Arc::clone(&self.state),
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<S, M> fmt::Debug for Drain<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drain")
+            .field("name", &self.state.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Drain<S, HttpMode>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<ResponseBody<DrainBody<ResB>>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, HttpMode>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let protocol = Protocol::of(&req);
+        let http1 = req.version() <= Version::HTTP_11;
+        match self.state.admit() {
+            Some(guard) => ResponseFuture::admitted(self.inner.call(req), guard, protocol, http1),
+            None => ResponseFuture::rejected(self.state.draining_rejection(http1), protocol, http1),
+        }
+    }
+}
+
+impl<S, Req> Service<Req> for Drain<S, ErrorMode>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, ErrorMode>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.state.admit() {
+            Some(guard) => {
+                ResponseFuture::admitted(self.inner.call(req), guard, Protocol::Http, false)
+            }
+            None => ResponseFuture::rejected(
+                self.state.draining_rejection(false),
+                Protocol::Http,
+                false,
+            ),
+        }
+    }
+}

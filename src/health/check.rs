@@ -1,0 +1,300 @@
+//! Named health checks: kind, timeout, criticality and schedule.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which probe a check belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `/livez`: is the process healthy enough to keep running? Never put
+    /// a dependency here (a database outage must not restart every pod).
+    Liveness,
+    /// `/readyz`: should the pod get traffic? Readiness also runs every
+    /// liveness check, like the kube-apiserver's `/readyz`.
+    Readiness,
+    /// `/startupz`: has the process finished starting? Startup checks latch
+    /// once they pass.
+    Startup,
+}
+
+impl Kind {
+    /// The kube-apiserver name of the probe (`livez`, `readyz`, `startupz`),
+    /// used in the closing `<probe> check passed` line.
+    pub const fn probe_name(self) -> &'static str {
+        match self {
+            Kind::Liveness => "livez",
+            Kind::Readiness => "readyz",
+            Kind::Startup => "startupz",
+        }
+    }
+
+    /// A stable name (`liveness`, `readiness`, `startup`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Liveness => "liveness",
+            Kind::Readiness => "readiness",
+            Kind::Startup => "startup",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The health of a check or a probe, as `application/health+json` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Status {
+    /// Healthy.
+    Pass,
+    /// A non-critical check fails: reported, but the probe still passes.
+    Warn,
+    /// Unhealthy.
+    Fail,
+}
+
+impl Status {
+    /// `pass`, `warn` or `fail`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+
+    /// The value of the `rampart_health_check_status` gauge: 1 pass,
+    /// 0.5 warn, 0 fail.
+    pub const fn as_gauge(self) -> f64 {
+        match self {
+            Status::Pass => 1.0,
+            Status::Warn => 0.5,
+            Status::Fail => 0.0,
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome of one run of a check: `Ok(())` or the error text.
+pub type CheckResult = Result<(), String>;
+
+pub(crate) type CheckFuture = Pin<Box<dyn Future<Output = CheckResult> + Send + 'static>>;
+pub(crate) type AsyncRunner = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
+pub(crate) type SyncRunner = Arc<dyn Fn() -> CheckResult + Send + Sync>;
+
+#[derive(Clone)]
+pub(crate) enum Runner {
+    Async(AsyncRunner),
+    Sync(SyncRunner),
+}
+
+/// When an async check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Schedule {
+    /// In a background task every `interval`; probes read the cache.
+    Background(Duration),
+    /// At probe time when the cached result is older than the TTL.
+    OnDemand(Duration),
+}
+
+/// A named health check.
+///
+/// - [`Check::new`] (or [`liveness`](Check::liveness),
+///   [`readiness`](Check::readiness), [`startup`](Check::startup)): an
+///   async function, run in the background every
+///   [`interval`](Check::interval) (default 10s) so probes answer from the
+///   cached result, or on demand with a [`ttl`](Check::ttl);
+/// - [`Check::sync`]: a cheap synchronous function evaluated at probe time
+///   with no background task (an atomic read such as a breaker's state).
+///
+/// Every run is bounded by [`timeout`](Check::timeout) (default 1s; a check
+/// that hangs fails with `timed out after ...`). A
+/// [`non_critical`](Check::non_critical) check that fails makes its probe
+/// report `warn` and still pass.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::health::{Check, Kind};
+///
+/// let db = Check::readiness("db", || async { Ok::<(), std::io::Error>(()) })
+///     .timeout(Duration::from_millis(500))
+///     .interval(Duration::from_secs(5));
+/// let cache = Check::readiness("cache", || async { Err("connection refused") })
+///     .non_critical();
+/// let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+/// let open = Check::sync("feature-store", Kind::Readiness, move || {
+///     if flag.load(std::sync::atomic::Ordering::Relaxed) { Ok(()) } else { Err("closed") }
+/// });
+/// # let _ = (db, cache, open);
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct Check {
+    pub(crate) name: Arc<str>,
+    pub(crate) kind: Kind,
+    pub(crate) timeout: Duration,
+    pub(crate) critical: bool,
+    pub(crate) schedule: Schedule,
+    pub(crate) runner: Runner,
+}
+
+impl Check {
+    /// An async check of `kind`. `check` returns `Ok(())` when healthy; the
+    /// error's text is the reason (shown only by `/<probe>/<name>`).
+    pub fn new<F, Fut, E>(name: impl Into<Arc<str>>, kind: Kind, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display + 'static,
+    {
+        let runner: AsyncRunner = Arc::new(move || {
+            let fut = check();
+            Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+        });
+        Self {
+            name: name.into(),
+            kind,
+            timeout: Duration::from_secs(1),
+            critical: true,
+            schedule: Schedule::Background(Duration::from_secs(10)),
+            runner: Runner::Async(runner),
+        }
+    }
+
+    /// An async liveness check (never a dependency).
+    pub fn liveness<F, Fut, E>(name: impl Into<Arc<str>>, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display + 'static,
+    {
+        Self::new(name, Kind::Liveness, check)
+    }
+
+    /// An async readiness check.
+    pub fn readiness<F, Fut, E>(name: impl Into<Arc<str>>, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display + 'static,
+    {
+        Self::new(name, Kind::Readiness, check)
+    }
+
+    /// An async startup check (latches once it passes).
+    pub fn startup<F, Fut, E>(name: impl Into<Arc<str>>, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display + 'static,
+    {
+        Self::new(name, Kind::Startup, check)
+    }
+
+    /// A synchronous check evaluated at probe time, with no background task
+    /// and no cache: for cheap in-memory reads (an atomic flag, a circuit
+    /// breaker handle's `state()`). It must not block.
+    pub fn sync<F, E>(name: impl Into<Arc<str>>, kind: Kind, check: F) -> Self
+    where
+        F: Fn() -> Result<(), E> + Send + Sync + 'static,
+        E: fmt::Display,
+    {
+        let runner: SyncRunner = Arc::new(move || check().map_err(|e| e.to_string()));
+        Self {
+            name: name.into(),
+            kind,
+            timeout: Duration::from_secs(1),
+            critical: true,
+            schedule: Schedule::OnDemand(Duration::ZERO),
+            runner: Runner::Sync(runner),
+        }
+    }
+
+    /// Time limit of one run (default 1s). Ignored by [`sync`](Self::sync)
+    /// checks.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Run in the background every `interval` (the default, every 10s).
+    /// No effect on [`sync`](Self::sync) checks.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        if let Runner::Async(_) = self.runner {
+            self.schedule = Schedule::Background(interval);
+        }
+        self
+    }
+
+    /// Run on demand instead: at probe time, when the cached result is
+    /// older than `ttl` (one run at a time; concurrent probes wait for it,
+    /// bounded by the timeout). No effect on [`sync`](Self::sync) checks.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        if let Runner::Async(_) = self.runner {
+            self.schedule = Schedule::OnDemand(ttl);
+        }
+        self
+    }
+
+    /// A failing non-critical check reports `warn` and keeps the probe
+    /// passing.
+    pub fn non_critical(mut self) -> Self {
+        self.critical = false;
+        self
+    }
+
+    /// Sets criticality explicitly (default true).
+    pub fn critical(mut self, critical: bool) -> Self {
+        self.critical = critical;
+        self
+    }
+
+    /// The check's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The check's kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Is it critical?
+    pub fn is_critical(&self) -> bool {
+        self.critical
+    }
+
+    pub(crate) fn is_background(&self) -> bool {
+        matches!(
+            (&self.runner, self.schedule),
+            (Runner::Async(_), Schedule::Background(_))
+        )
+    }
+}
+
+impl fmt::Debug for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let schedule = match (&self.runner, self.schedule) {
+            (Runner::Sync(_), _) => "sync".to_owned(),
+            (_, Schedule::Background(i)) => format!("every {i:?}"),
+            (_, Schedule::OnDemand(t)) => format!("on demand, ttl {t:?}"),
+        };
+        f.debug_struct("Check")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("timeout", &self.timeout)
+            .field("critical", &self.critical)
+            .field("schedule", &schedule)
+            .finish()
+    }
+}

@@ -1,0 +1,133 @@
+//! The coordinator's settings, deserialisable behind the `config` feature.
+
+use std::time::Duration;
+
+use super::Shutdown;
+use crate::ConfigError;
+
+/// Settings of a [`Shutdown`] coordinator.
+///
+/// With the `config` feature it deserialises from a file (durations as
+/// `"250ms"`, `"5s"`; unknown keys are errors):
+///
+/// ```toml
+/// [shutdown]
+/// shutdown_delay = "5s"
+/// drain_timeout = "20s"
+/// hook_timeout = "5s"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "config", derive(serde::Deserialize))]
+#[cfg_attr(feature = "config", serde(deny_unknown_fields, default))]
+#[non_exhaustive]
+pub struct ShutdownConfig {
+    /// The name that labels metrics and events (default `shutdown`).
+    pub name: String,
+    /// Time between the trigger and draining (default 5s; 0 allowed).
+    #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
+    pub shutdown_delay: Duration,
+    /// The delay used when `SIGINT` triggered (default 0).
+    #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
+    pub sigint_delay: Duration,
+    /// How long in-flight requests may take once draining (default 20s).
+    #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
+    pub drain_timeout: Duration,
+    /// How long to wait for aborted requests to unwind (default 1s).
+    #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
+    pub abort_grace: Duration,
+    /// Default time limit of each cleanup hook (default 5s).
+    #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
+    pub hook_timeout: Duration,
+    /// `Retry-After` of requests refused while draining (default 1s).
+    #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
+    pub retry_after: Duration,
+    /// Listen to `SIGTERM` and `SIGINT` (default true).
+    pub signals: bool,
+    /// Exit code when a second signal forces the exit (default 1).
+    pub force_exit_code: i32,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            name: "shutdown".to_owned(),
+            shutdown_delay: Duration::from_secs(5),
+            sigint_delay: Duration::ZERO,
+            drain_timeout: Duration::from_secs(20),
+            abort_grace: Duration::from_secs(1),
+            hook_timeout: Duration::from_secs(5),
+            retry_after: Duration::from_secs(1),
+            signals: true,
+            force_exit_code: 1,
+        }
+    }
+}
+
+impl ShutdownConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::new("name", "must not be empty"));
+        }
+        if self.drain_timeout.is_zero() {
+            return Err(ConfigError::new("drain_timeout", "must be greater than 0"));
+        }
+        if self.hook_timeout.is_zero() {
+            return Err(ConfigError::new("hook_timeout", "must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    /// Validates the settings and builds the coordinator (inside a tokio
+    /// runtime, like [`ShutdownBuilder::build`](super::ShutdownBuilder::build)).
+    pub fn build(self) -> Result<Shutdown, ConfigError> {
+        Shutdown::from_config(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn validation_names_the_field() {
+        let err = Shutdown::builder()
+            .drain_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "drain_timeout");
+        let err = Shutdown::builder()
+            .hook_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "hook_timeout");
+        let err = Shutdown::builder().name("").build().unwrap_err();
+        assert_eq!(err.field(), "name");
+        assert!(
+            Shutdown::builder()
+                .shutdown_delay(Duration::ZERO)
+                .signals(false)
+                .build()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn needs_a_runtime() {
+        let err = ShutdownConfig::default().build().unwrap_err();
+        assert_eq!(err.field(), "runtime");
+    }
+
+    #[cfg(feature = "config")]
+    #[test]
+    fn deserialises() {
+        let c: ShutdownConfig = serde_json::from_str(
+            r#"{"shutdown_delay":"0s","drain_timeout":"250ms","signals":false}"#,
+        )
+        .unwrap();
+        assert_eq!(c.shutdown_delay, Duration::ZERO);
+        assert_eq!(c.drain_timeout, Duration::from_millis(250));
+        assert!(!c.signals);
+        assert_eq!(c.hook_timeout, Duration::from_secs(5));
+        assert!(serde_json::from_str::<ShutdownConfig>(r#"{"drain":"1s"}"#).is_err());
+    }
+}

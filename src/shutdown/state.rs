@@ -1,0 +1,174 @@
+//! State shared by the coordinator and every drain layer built from it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::task::Waker;
+use std::time::Duration;
+
+use http::{HeaderValue, header};
+use metrics::{Counter, Gauge};
+use tokio::sync::Notify;
+
+use super::Phase;
+use super::abort::{AbortSignal, NO_KEY};
+use crate::{Rejection, RejectionKind};
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) name: Arc<str>,
+    phase: AtomicU8,
+    in_flight: AtomicUsize,
+    /// Requests that completed while draining (or later).
+    pub(crate) completed: AtomicU64,
+    /// Requests cut off by the abort signal.
+    pub(crate) aborted: AtomicU64,
+    /// Notified when the in-flight count drops to zero while draining.
+    pub(crate) idle: Notify,
+    pub(crate) abort: AbortSignal,
+    retry_after: Duration,
+    in_flight_gauge: Gauge,
+    refused: Counter,
+    aborted_counter: Counter,
+}
+
+impl State {
+    pub(crate) fn new(name: Arc<str>, retry_after: Duration) -> Self {
+        let label = name.to_string();
+        Self {
+            in_flight_gauge: metrics::gauge!("rampart_in_flight_requests", "name" => label.clone()),
+            refused: metrics::counter!(
+                "rampart_requests_refused_total",
+                "name" => label.clone(),
+                "kind" => RejectionKind::Draining.as_str()
+            ),
+            aborted_counter: metrics::counter!("rampart_drain_aborted_total", "name" => label),
+            name,
+            phase: AtomicU8::new(Phase::Running as u8),
+            in_flight: AtomicUsize::new(0),
+            completed: AtomicU64::new(0),
+            aborted: AtomicU64::new(0),
+            idle: Notify::new(),
+            abort: AbortSignal::default(),
+            retry_after,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::SeqCst))
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::SeqCst);
+    }
+
+    #[inline]
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Admits a request (returns its guard) unless the server is draining.
+    #[inline]
+    pub(crate) fn admit(self: &Arc<Self>) -> Option<Guard> {
+        if self.phase() >= Phase::Draining {
+            self.refused.increment(1);
+            return None;
+        }
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        // The coordinator stores the phase, then reads the count; we add to
+        // the count, then read the phase: one of us sees the other.
+        if self.phase() >= Phase::Draining {
+            self.release();
+            self.refused.increment(1);
+            return None;
+        }
+        self.in_flight_gauge.increment(1.0);
+        Some(Guard {
+            state: Arc::clone(self),
+            key: NO_KEY,
+            aborted: false,
+        })
+    }
+
+    #[inline]
+    fn release(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.phase() >= Phase::Draining {
+            self.idle.notify_one();
+        }
+    }
+
+    /// The answer to a request that arrives while draining.
+    #[cold]
+    pub(crate) fn draining_rejection(&self, http1: bool) -> Rejection {
+        let r = Rejection::new(RejectionKind::Draining, Arc::clone(&self.name))
+            .with_retry_after(self.retry_after)
+            .with_detail("the server is shutting down");
+        close_if(r, http1)
+    }
+
+    /// The answer of a request cut off at the drain deadline.
+    #[cold]
+    pub(crate) fn aborted_rejection(&self, http1: bool) -> Rejection {
+        let r = Rejection::new(RejectionKind::Draining, Arc::clone(&self.name))
+            .with_retry_after(self.retry_after)
+            .with_detail("aborted at the drain deadline");
+        close_if(r, http1)
+    }
+}
+
+fn close_if(r: Rejection, http1: bool) -> Rejection {
+    if http1 {
+        r.with_header(header::CONNECTION, HeaderValue::from_static("close"))
+    } else {
+        r
+    }
+}
+
+/// One admitted request: counted in flight until dropped.
+#[derive(Debug)]
+pub(crate) struct Guard {
+    state: Arc<State>,
+    key: usize,
+    aborted: bool,
+}
+
+impl Guard {
+    #[inline]
+    pub(crate) fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Has the abort signal fired? Marks the request aborted if so.
+    #[inline]
+    pub(crate) fn check_aborted(&mut self) -> bool {
+        if self.state.abort.is_fired() {
+            self.aborted = true;
+        }
+        self.aborted
+    }
+
+    /// Registers the task's waker with the abort signal; true if it fired
+    /// (the request is then marked aborted).
+    pub(crate) fn register(&mut self, waker: &Waker) -> bool {
+        if self.state.abort.register(&mut self.key, waker) {
+            self.aborted = true;
+        }
+        self.aborted
+    }
+}
+
+impl Drop for Guard {
+    #[inline]
+    fn drop(&mut self) {
+        let state = &self.state;
+        state.abort.unregister(self.key);
+        if self.aborted {
+            state.aborted.fetch_add(1, Ordering::Relaxed);
+            state.aborted_counter.increment(1);
+        } else if state.phase() >= Phase::Draining {
+            state.completed.fetch_add(1, Ordering::Relaxed);
+        }
+        state.in_flight_gauge.decrement(1.0);
+        state.release();
+    }
+}
