@@ -1,0 +1,202 @@
+//! The response future and the permit every admitted call holds.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+
+use super::state::{Admission, Breaker, Lane};
+use crate::classify::{OnOutcome, Outcome};
+
+/// The breaker's hold on one admitted call.
+///
+/// It reports the call's [`Outcome`] exactly once. Dropped before that (the
+/// response future or a streaming gRPC body dropped early: the client went
+/// away, an outer timeout fired), it reports [`Outcome::Ignored`], which
+/// gives a half-open trial permit back. The result counts only if the
+/// breaker is still in the state generation that admitted the call.
+pub struct Permit {
+    lane: Option<Arc<Lane>>,
+    word: u64,
+    start: u64,
+}
+
+impl Permit {
+    #[inline]
+    pub(crate) fn from_admission(breaker: &Breaker, word: u64, start: u64) -> Self {
+        Self {
+            lane: Some(breaker.lane()),
+            word,
+            start,
+        }
+    }
+
+    /// A permit that records nothing (a disabled breaker).
+    #[inline]
+    pub(crate) fn untracked() -> Self {
+        Self {
+            lane: None,
+            word: 0,
+            start: 0,
+        }
+    }
+
+    /// Reports the call's outcome.
+    #[inline]
+    pub fn complete(mut self, outcome: Outcome) {
+        if let Some(lane) = self.lane.take() {
+            lane.core.record(self.word, self.start, outcome);
+        }
+    }
+
+    /// The error classifier of the breaker (ErrorMode), if any.
+    pub(crate) fn classify_error(
+        &self,
+        err: &(dyn std::error::Error + Send + Sync + 'static),
+    ) -> Outcome {
+        match self
+            .lane
+            .as_ref()
+            .and_then(|l| l.core.settings.error_classifier.as_ref())
+        {
+            Some(f) => f(err),
+            None => Outcome::Failure,
+        }
+    }
+
+    pub(crate) fn lane(&self) -> Option<&Arc<Lane>> {
+        self.lane.as_ref()
+    }
+}
+
+impl Drop for Permit {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(lane) = self.lane.take() {
+            lane.core.record(self.word, self.start, Outcome::Ignored);
+        }
+    }
+}
+
+impl OnOutcome for Permit {
+    fn on_outcome(self, outcome: Outcome) {
+        self.complete(outcome);
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("tracked", &self.lane.is_some())
+            .finish()
+    }
+}
+
+/// A boxed fallback future (the refusal path only).
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+pin_project! {
+    /// The response future of [`CircuitBreaker`](super::CircuitBreaker) and
+    /// [`KeyedCircuitBreaker`](super::KeyedCircuitBreaker): the inner call
+    /// (holding its [`Permit`]), a refusal answered at once, or the fallback.
+    pub struct ResponseFuture<F, T>
+    where
+        F: Future,
+    {
+        #[pin]
+        kind: Kind<F, T>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, T>
+    where
+        F: Future,
+    {
+        Admitted {
+            #[pin]
+            fut: F,
+            permit: Option<Permit>,
+            finish: fn(F::Output, Permit) -> T,
+        },
+        Ready {
+            out: Option<T>,
+        },
+        Fallback {
+            fut: BoxFuture<T>,
+        },
+    }
+}
+
+impl<F: Future, T> ResponseFuture<F, T> {
+    #[inline]
+    pub(crate) fn admitted(fut: F, permit: Permit, finish: fn(F::Output, Permit) -> T) -> Self {
+        Self {
+            kind: Kind::Admitted {
+                fut,
+                permit: Some(permit),
+                finish,
+            },
+        }
+    }
+
+    pub(crate) fn ready(out: T) -> Self {
+        Self {
+            kind: Kind::Ready { out: Some(out) },
+        }
+    }
+
+    pub(crate) fn fallback(fut: BoxFuture<T>) -> Self {
+        Self {
+            kind: Kind::Fallback { fut },
+        }
+    }
+}
+
+impl<F: Future, T> Future for ResponseFuture<F, T> {
+    type Output = T;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match self.project().kind.project() {
+            KindProj::Admitted {
+                fut,
+                permit,
+                finish,
+            } => {
+                let out = ready!(fut.poll(cx));
+                let permit = permit.take().expect("polled after completion");
+                Poll::Ready(finish(out, permit))
+            }
+            KindProj::Ready { out } => Poll::Ready(out.take().expect("polled after completion")),
+            KindProj::Fallback { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F: Future, T> fmt::Debug for ResponseFuture<F, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("circuit_breaker::ResponseFuture")
+    }
+}
+
+/// What the service does with a call, decided before the request moves.
+pub(crate) enum Decision {
+    Go(Permit),
+    Refuse(crate::Rejection),
+}
+
+#[inline]
+pub(crate) fn decide(breaker: &Breaker) -> Decision {
+    match breaker.core().admit() {
+        Admission::Admitted { word, start } => {
+            Decision::Go(Permit::from_admission(breaker, word, start))
+        }
+        Admission::Untracked => Decision::Go(Permit::untracked()),
+        Admission::Rejected(r) => Decision::Refuse(r),
+    }
+}
