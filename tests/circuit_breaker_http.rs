@@ -84,7 +84,11 @@ async fn http_refusal_through_a_real_server_and_one_breaker_for_all_routes() {
         assert_eq!(json["status"], 503);
         assert_eq!(json["detail"], "the circuit is open");
     }
-    assert_eq!(up.hits.load(Ordering::SeqCst), hits, "refused before the handler");
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        hits,
+        "refused before the handler"
+    );
 
     // gRPC callers of the same router get a trailers-only answer.
     let r = common::get_with(addr, "/pay", &[("content-type", "application/grpc")]).await;
@@ -129,10 +133,8 @@ fn health_reply(status: &'static str) -> Response<Body> {
         message: (status == "0").then_some(message),
         trailers: Some(trailers),
     }));
-    res.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/grpc"),
-    );
+    res.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
     res
 }
 
@@ -149,7 +151,11 @@ async fn grpc_failures_in_trailers_trip_it_and_a_tonic_client_sees_unavailable()
                 let u = u.clone();
                 async move {
                     u.hits.fetch_add(1, Ordering::SeqCst);
-                    health_reply(if u.failing.load(Ordering::SeqCst) { "14" } else { "0" })
+                    health_reply(if u.failing.load(Ordering::SeqCst) {
+                        "14"
+                    } else {
+                        "0"
+                    })
                 }
             }),
         )
@@ -185,7 +191,11 @@ async fn grpc_failures_in_trailers_trip_it_and_a_tonic_client_sees_unavailable()
         .parse()
         .unwrap();
     assert!(pushback > 0 && pushback <= 30_000);
-    assert_eq!(up.hits.load(Ordering::SeqCst), hits, "refused by the breaker");
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        hits,
+        "refused by the breaker"
+    );
 }
 
 #[tokio::test]

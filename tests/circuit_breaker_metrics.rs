@@ -61,14 +61,28 @@ async fn state_gauge_calls_rejections_and_transitions() {
             &[("name", "m"), ("outcome", outcome)],
         )
     };
-    assert_eq!(calls("success"), Some(format!("{:?}", DebugValue::Counter(1))));
-    assert_eq!(calls("failure"), Some(format!("{:?}", DebugValue::Counter(1))));
     assert_eq!(
-        value(&snap, "rampart_circuit_breaker_slow_calls_total", &[("name", "m")]),
+        calls("success"),
+        Some(format!("{:?}", DebugValue::Counter(1)))
+    );
+    assert_eq!(
+        calls("failure"),
+        Some(format!("{:?}", DebugValue::Counter(1)))
+    );
+    assert_eq!(
+        value(
+            &snap,
+            "rampart_circuit_breaker_slow_calls_total",
+            &[("name", "m")]
+        ),
         Some(format!("{:?}", DebugValue::Counter(2)))
     );
     assert_eq!(
-        value(&snap, "rampart_circuit_breaker_rejections_total", &[("name", "m")]),
+        value(
+            &snap,
+            "rampart_circuit_breaker_rejections_total",
+            &[("name", "m")]
+        ),
         Some(format!("{:?}", DebugValue::Counter(1)))
     );
     assert_eq!(

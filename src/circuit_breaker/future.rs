@@ -2,13 +2,14 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 
-use super::state::{Admission, Breaker, Lane};
+use super::state::{Admission, Breaker, Lane, Refusal};
 use crate::classify::{OnOutcome, Outcome};
 
 /// The breaker's hold on one admitted call.
@@ -45,7 +46,7 @@ impl Permit {
     }
 
     /// Reports the call's outcome.
-    #[inline]
+    #[inline(always)]
     pub fn complete(mut self, outcome: Outcome) {
         if let Some(lane) = self.lane.take() {
             lane.core.record(self.word, self.start, outcome);
@@ -98,30 +99,40 @@ impl fmt::Debug for Permit {
 /// A boxed fallback future (the refusal path only).
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// How a breaker's response future turns the inner service's result into
+/// its own and reports the call's outcome: implemented by the two modes,
+/// [`HttpMode`](crate::rejection::HttpMode) (HTTP/gRPC classification) and
+/// [`ErrorMode`](crate::rejection::ErrorMode) (errors judged by the error
+/// classifier). Not meant to be implemented elsewhere.
+pub trait Finish<In> {
+    /// The future's output.
+    type Output;
+    /// Maps `input`, reporting the outcome through `permit`.
+    fn finish(input: In, permit: Permit) -> Self::Output;
+}
+
 pin_project! {
     /// The response future of [`CircuitBreaker`](super::CircuitBreaker) and
     /// [`KeyedCircuitBreaker`](super::KeyedCircuitBreaker): the inner call
     /// (holding its [`Permit`]), a refusal answered at once, or the fallback.
-    pub struct ResponseFuture<F, T>
+    pub struct ResponseFuture<F, M>
     where
         F: Future,
+        M: Finish<F::Output>,
     {
         #[pin]
-        kind: Kind<F, T>,
+        kind: Kind<F, M::Output>,
+        _mode: PhantomData<fn() -> M>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, T>
-    where
-        F: Future,
-    {
+    enum Kind<F, T> {
         Admitted {
             #[pin]
             fut: F,
             permit: Option<Permit>,
-            finish: fn(F::Output, Permit) -> T,
         },
         Ready {
             out: Option<T>,
@@ -132,45 +143,43 @@ pin_project! {
     }
 }
 
-impl<F: Future, T> ResponseFuture<F, T> {
-    #[inline]
-    pub(crate) fn admitted(fut: F, permit: Permit, finish: fn(F::Output, Permit) -> T) -> Self {
+impl<F: Future, M: Finish<F::Output>> ResponseFuture<F, M> {
+    #[inline(always)]
+    pub(crate) fn admitted(fut: F, permit: Permit) -> Self {
         Self {
             kind: Kind::Admitted {
                 fut,
                 permit: Some(permit),
-                finish,
             },
+            _mode: PhantomData,
         }
     }
 
-    pub(crate) fn ready(out: T) -> Self {
+    pub(crate) fn ready(out: M::Output) -> Self {
         Self {
             kind: Kind::Ready { out: Some(out) },
+            _mode: PhantomData,
         }
     }
 
-    pub(crate) fn fallback(fut: BoxFuture<T>) -> Self {
+    pub(crate) fn fallback(fut: BoxFuture<M::Output>) -> Self {
         Self {
             kind: Kind::Fallback { fut },
+            _mode: PhantomData,
         }
     }
 }
 
-impl<F: Future, T> Future for ResponseFuture<F, T> {
-    type Output = T;
+impl<F: Future, M: Finish<F::Output>> Future for ResponseFuture<F, M> {
+    type Output = M::Output;
 
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<M::Output> {
         match self.project().kind.project() {
-            KindProj::Admitted {
-                fut,
-                permit,
-                finish,
-            } => {
+            KindProj::Admitted { fut, permit } => {
                 let out = ready!(fut.poll(cx));
                 let permit = permit.take().expect("polled after completion");
-                Poll::Ready(finish(out, permit))
+                Poll::Ready(M::finish(out, permit))
             }
             KindProj::Ready { out } => Poll::Ready(out.take().expect("polled after completion")),
             KindProj::Fallback { fut } => fut.as_mut().poll(cx),
@@ -178,7 +187,7 @@ impl<F: Future, T> Future for ResponseFuture<F, T> {
     }
 }
 
-impl<F: Future, T> fmt::Debug for ResponseFuture<F, T> {
+impl<F: Future, M: Finish<F::Output>> fmt::Debug for ResponseFuture<F, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("circuit_breaker::ResponseFuture")
     }
@@ -187,10 +196,10 @@ impl<F: Future, T> fmt::Debug for ResponseFuture<F, T> {
 /// What the service does with a call, decided before the request moves.
 pub(crate) enum Decision {
     Go(Permit),
-    Refuse(crate::Rejection),
+    Refuse(Refusal),
 }
 
-#[inline]
+#[inline(always)]
 pub(crate) fn decide(breaker: &Breaker) -> Decision {
     match breaker.core().admit() {
         Admission::Admitted { word, start } => {

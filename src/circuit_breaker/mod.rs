@@ -117,7 +117,7 @@ use tower::{BoxError, Service};
 
 pub use config::{Backoff, CircuitBreakerConfig, SlidingWindow};
 pub use fallback::{Fallback, FallbackFn, FallbackService, NoFallback};
-pub use future::{Permit, ResponseFuture};
+pub use future::{Finish, Permit, ResponseFuture};
 pub use handle::CircuitBreakerHandle;
 pub use keyed::{KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer};
 pub use layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
@@ -190,6 +190,25 @@ impl<S: fmt::Debug, M, F> fmt::Debug for CircuitBreaker<S, M, F> {
 
 type HttpOut<B, E> = Result<Response<BreakerBody<B>>, E>;
 
+impl<B, E> Finish<Result<Response<B>, E>> for HttpMode {
+    type Output = HttpOut<B, E>;
+
+    #[inline(always)]
+    fn finish(out: Result<Response<B>, E>, permit: Permit) -> HttpOut<B, E> {
+        finish_http(out, permit)
+    }
+}
+
+impl<R, E: Into<BoxError>> Finish<Result<R, E>> for ErrorMode {
+    type Output = Result<R, BoxError>;
+
+    #[inline(always)]
+    fn finish(out: Result<R, E>, permit: Permit) -> Result<R, BoxError> {
+        finish_error(out, permit)
+    }
+}
+
+#[inline(always)]
 fn finish_http<B, E>(out: Result<Response<B>, E>, permit: Permit) -> HttpOut<B, E> {
     match out {
         Err(e) => {
@@ -215,6 +234,7 @@ fn finish_http<B, E>(out: Result<Response<B>, E>, permit: Permit) -> HttpOut<B, 
     }
 }
 
+#[inline(always)]
 fn finish_error<R, E: Into<BoxError>>(out: Result<R, E>, permit: Permit) -> Result<R, BoxError> {
     match out {
         Ok(r) => {
@@ -234,13 +254,13 @@ fn map_fallback_http<B, E>(out: Result<Response<B>, E>) -> HttpOut<B, E> {
     out.map(|res| res.map(|b| ResponseBody::new(ClassifyBody::passthrough(b))))
 }
 
-#[inline]
+#[inline(always)]
 fn call_http<S, ReqB, ResB, F>(
     breaker: &Breaker,
     inner: &mut S,
     fallback: &F,
     req: Request<ReqB>,
-) -> ResponseFuture<S::Future, HttpOut<ResB, S::Error>>
+) -> ResponseFuture<S::Future, HttpMode>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     F: Fallback<Request<ReqB>, Response<ResB>, S::Error>,
@@ -248,8 +268,9 @@ where
     S::Error: Send + 'static,
 {
     match decide(breaker) {
-        Decision::Go(permit) => ResponseFuture::admitted(inner.call(req), permit, finish_http),
-        Decision::Refuse(rejection) => {
+        Decision::Go(permit) => ResponseFuture::admitted(inner.call(req), permit),
+        Decision::Refuse(refusal) => {
+            let rejection = breaker.core().rejection(refusal);
             let protocol = Protocol::of(&req);
             match fallback.fallback(req, rejection, map_fallback_http) {
                 Ok(fut) => ResponseFuture::fallback(fut),
@@ -261,13 +282,13 @@ where
     }
 }
 
-#[inline]
+#[inline(always)]
 fn call_error<S, Req, F>(
     breaker: &Breaker,
     inner: &mut S,
     fallback: &F,
     req: Req,
-) -> ResponseFuture<S::Future, Result<S::Response, BoxError>>
+) -> ResponseFuture<S::Future, ErrorMode>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
@@ -275,11 +296,16 @@ where
     F: Fallback<Req, S::Response, BoxError>,
 {
     match decide(breaker) {
-        Decision::Go(permit) => ResponseFuture::admitted(inner.call(req), permit, finish_error),
-        Decision::Refuse(rejection) => match fallback.fallback(req, rejection, |r| r) {
-            Ok(fut) => ResponseFuture::fallback(fut),
-            Err((_req, rejection)) => ResponseFuture::ready(Err(Box::new(rejection))),
-        },
+        Decision::Go(permit) => ResponseFuture::admitted(inner.call(req), permit),
+        Decision::Refuse(refusal) => {
+            let rejection = breaker.core().rejection(refusal);
+            match fallback.fallback(req, rejection, |r| r) {
+                Ok(fut) => ResponseFuture::fallback(fut),
+                Err((_req, rejection)) => {
+                    ResponseFuture::ready(Err(Box::new(rejection) as BoxError))
+                }
+            }
+        }
     }
 }
 
@@ -292,7 +318,7 @@ where
 {
     type Response = Response<BreakerBody<ResB>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, HttpOut<ResB, S::Error>>;
+    type Future = ResponseFuture<S::Future, HttpMode>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
@@ -314,7 +340,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, Result<S::Response, BoxError>>;
+    type Future = ResponseFuture<S::Future, ErrorMode>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -376,7 +402,7 @@ where
 {
     type Response = Response<BreakerBody<ResB>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, HttpOut<ResB, S::Error>>;
+    type Future = ResponseFuture<S::Future, HttpMode>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
@@ -399,7 +425,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, Result<S::Response, BoxError>>;
+    type Future = ResponseFuture<S::Future, ErrorMode>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {

@@ -272,8 +272,15 @@ pub(crate) enum Admission {
     Admitted { word: u64, start: u64 },
     /// Go ahead, record nothing (disabled).
     Untracked,
-    /// Refused.
-    Rejected(Rejection),
+    /// Refused (the `Rejection` is built later, off the hot path).
+    Rejected(Refusal),
+}
+
+/// Why a call was refused: small, so the admission stays cheap to move.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refusal {
+    retry_after: Option<Duration>,
+    detail: &'static str,
 }
 
 /// A pending event, emitted after the locks are released.
@@ -414,15 +421,39 @@ impl Core {
                 retry_after,
             });
         }
-        Admission::Rejected(
-            Rejection::new(RejectionKind::CircuitOpen, s.name.clone())
-                .with_retry_after_opt(retry_after)
-                .with_detail(detail),
-        )
+        Admission::Rejected(Refusal {
+            retry_after,
+            detail,
+        })
+    }
+
+    /// The `Rejection` answering a refusal.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn rejection(&self, r: Refusal) -> Rejection {
+        Rejection::new(RejectionKind::CircuitOpen, self.settings.name.clone())
+            .with_retry_after_opt(r.retry_after)
+            .with_detail(r.detail)
     }
 
     /// Records the result of a call admitted under `w`, started at `start`.
+    #[inline]
     pub(crate) fn record(&self, w: u64, start: u64, outcome: Outcome) {
+        // The happy path: a success that cannot be slow, in the closed state,
+        // with nothing to reset and a clean full window: one counter, no write.
+        if outcome == Outcome::Success
+            && self.settings.slow_nanos.is_none()
+            && w & 7 == CircuitState::Closed as u64
+            && self.consecutive.load(Ordering::Relaxed) == 0
+            && self.clean.load(Ordering::Relaxed)
+        {
+            self.settings.metrics.success.increment(1);
+            return;
+        }
+        self.record_slow(w, start, outcome);
+    }
+
+    fn record_slow(&self, w: u64, start: u64, outcome: Outcome) {
         let s = &*self.settings;
         let state = CircuitState::from_word(w);
         if outcome == Outcome::Ignored {
@@ -806,7 +837,9 @@ pub(crate) struct Lane {
     pub(crate) core: Arc<Core>,
 }
 
-fn lane_index(n: usize) -> usize {
+/// This thread's lane number (threads take numbers in turn).
+#[inline]
+fn lane_index() -> usize {
     use std::cell::Cell;
     static NEXT: AtomicU32 = AtomicU32::new(0);
     thread_local! {
@@ -817,22 +850,24 @@ fn lane_index(n: usize) -> usize {
         i = NEXT.fetch_add(1, Ordering::Relaxed) & 0xFFFF;
         LANE.with(|c| c.set(i));
     }
-    i as usize % n
+    i as usize
 }
 
 impl Breaker {
     pub(crate) fn new(settings: Arc<Settings>, lanes: usize) -> Self {
         let core = Core::new(settings);
-        let lanes = (0..lanes.max(1))
+        let lanes = (0..lanes.max(1).next_power_of_two())
             .map(|_| Arc::new(Lane { core: core.clone() }))
             .collect();
         Self(Arc::new(Lanes { core, lanes }))
     }
 
-    /// The number of lanes a layer's breaker gets: the machine's parallelism,
-    /// at most 16.
+    /// The number of lanes a layer's breaker gets: the machine's parallelism
+    /// rounded up to a power of two, at most 16.
     pub(crate) fn default_lanes() -> usize {
-        std::thread::available_parallelism().map_or(4, |n| n.get().min(16))
+        std::thread::available_parallelism()
+            .map_or(4, |n| n.get().min(16))
+            .next_power_of_two()
     }
 
     #[inline]
@@ -843,9 +878,7 @@ impl Breaker {
     #[inline]
     pub(crate) fn lane(&self) -> Arc<Lane> {
         let lanes = &self.0.lanes;
-        if lanes.len() == 1 {
-            return lanes[0].clone();
-        }
-        lanes[lane_index(lanes.len())].clone()
+        // `lanes.len()` is a power of two.
+        lanes[lane_index() & (lanes.len() - 1)].clone()
     }
 }
