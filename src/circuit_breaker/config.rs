@@ -82,7 +82,7 @@ fn default_multiplier() -> f64 {
 ///     open_duration: Duration::from_secs(5),
 ///     ..CircuitBreakerConfig::default()
 /// };
-/// let layer = config.build().unwrap();
+/// let layer = config.clone().build().unwrap();
 /// assert_eq!(layer.handle().name(), "payments");
 ///
 /// let bad = CircuitBreakerConfig { minimum_calls: 50, ..config };

@@ -68,7 +68,7 @@
 //! codes by default; it may answer [`Outcome::Ignored`](crate::classify::Outcome)
 //! for responses that say nothing about the dependency). A streaming gRPC
 //! response is judged when its trailers arrive: the response body is wrapped
-//! in a [`ClassifyBody`](crate::classify::ClassifyBody) holding the permit.
+//! in a [`ClassifyBody`] holding the permit.
 //! An `Err` from the inner service is a failure. In [`ErrorMode`] every
 //! `Ok` is a success and errors are judged by
 //! [`CircuitBreakerBuilder::classify_error`] (failure by default).
