@@ -42,13 +42,18 @@ impl Service<Req> for Bare {
     }
 }
 
-/// Polls a future that is expected to be ready at once.
+/// Polls a future until it is ready, without an executor. Every service
+/// here is ready at once, except tower-resilience's under contention (its
+/// async mutex): then this spins, which is what the contention costs.
 #[inline]
 fn now<F: Future>(f: F) -> F::Output {
     let mut cx = Context::from_waker(Waker::noop());
-    match pin!(f).poll(&mut cx) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("not ready"),
+    let mut f = pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::hint::spin_loop();
     }
 }
 

@@ -270,7 +270,7 @@ where
     match decide(breaker) {
         Decision::Go(permit) => ResponseFuture::admitted(inner.call(req), permit),
         Decision::Refuse(refusal) => {
-            let rejection = breaker.core().rejection(refusal);
+            let rejection = breaker.rejection(refusal);
             let protocol = Protocol::of(&req);
             match fallback.fallback(req, rejection, map_fallback_http) {
                 Ok(fut) => ResponseFuture::fallback(fut),
@@ -298,7 +298,7 @@ where
     match decide(breaker) {
         Decision::Go(permit) => ResponseFuture::admitted(inner.call(req), permit),
         Decision::Refuse(refusal) => {
-            let rejection = breaker.core().rejection(refusal);
+            let rejection = breaker.rejection(refusal);
             match fallback.fallback(req, rejection, |r| r) {
                 Ok(fut) => ResponseFuture::fallback(fut),
                 Err((_req, rejection)) => {

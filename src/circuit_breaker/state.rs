@@ -289,9 +289,14 @@ type Pending = Option<CircuitBreakerEvent>;
 impl Core {
     pub(crate) fn new(settings: Arc<Settings>) -> Arc<Self> {
         let window = Window::new(settings.config.window);
+        // Seed the jitter from the clock and the settings' address, so that
+        // breakers (and processes) spread their re-opens differently.
         let seed = {
-            let addr = &settings as *const _ as u64;
-            addr ^ 0x9E37_79B9_7F4A_7C15
+            let addr = Arc::as_ptr(&settings) as u64;
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() as u64 ^ d.as_secs());
+            (addr ^ nanos.rotate_left(32)) ^ 0x9E37_79B9_7F4A_7C15
         };
         let core = Arc::new_cyclic(|me| Core {
             word: AtomicU64::new(word(CircuitState::Closed, 0)),
@@ -427,11 +432,13 @@ impl Core {
         })
     }
 
-    /// The `Rejection` answering a refusal.
+    /// The `Rejection` answering a refusal, naming the layer with `name`
+    /// (a lane's own copy of the name, so that refusals on different threads
+    /// do not share one reference count).
     #[cold]
     #[inline(never)]
-    pub(crate) fn rejection(&self, r: Refusal) -> Rejection {
-        Rejection::new(RejectionKind::CircuitOpen, self.settings.name.clone())
+    pub(crate) fn rejection(r: Refusal, name: Arc<str>) -> Rejection {
+        Rejection::new(RejectionKind::CircuitOpen, name)
             .with_retry_after_opt(r.retry_after)
             .with_detail(r.detail)
     }
@@ -835,6 +842,7 @@ struct Lanes {
 #[repr(align(128))]
 pub(crate) struct Lane {
     pub(crate) core: Arc<Core>,
+    name: Arc<str>,
 }
 
 /// This thread's lane number (threads take numbers in turn).
@@ -857,7 +865,12 @@ impl Breaker {
     pub(crate) fn new(settings: Arc<Settings>, lanes: usize) -> Self {
         let core = Core::new(settings);
         let lanes = (0..lanes.max(1).next_power_of_two())
-            .map(|_| Arc::new(Lane { core: core.clone() }))
+            .map(|_| {
+                Arc::new(Lane {
+                    name: Arc::from(&*core.settings.name),
+                    core: core.clone(),
+                })
+            })
             .collect();
         Self(Arc::new(Lanes { core, lanes }))
     }
@@ -876,9 +889,19 @@ impl Breaker {
     }
 
     #[inline]
-    pub(crate) fn lane(&self) -> Arc<Lane> {
+    fn lane_ref(&self) -> &Arc<Lane> {
         let lanes = &self.0.lanes;
         // `lanes.len()` is a power of two.
-        lanes[lane_index() & (lanes.len() - 1)].clone()
+        &lanes[lane_index() & (lanes.len() - 1)]
+    }
+
+    #[inline]
+    pub(crate) fn lane(&self) -> Arc<Lane> {
+        self.lane_ref().clone()
+    }
+
+    /// The `Rejection` for a refusal of this breaker.
+    pub(crate) fn rejection(&self, r: Refusal) -> Rejection {
+        Core::rejection(r, self.lane_ref().name.clone())
     }
 }
