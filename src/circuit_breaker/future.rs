@@ -1,0 +1,211 @@
+//! The response future and the permit every admitted call holds.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+
+use super::state::{Admission, Breaker, Lane, Refusal};
+use crate::classify::{OnOutcome, Outcome};
+
+/// The breaker's hold on one admitted call.
+///
+/// It reports the call's [`Outcome`] exactly once. Dropped before that (the
+/// response future or a streaming gRPC body dropped early: the client went
+/// away, an outer timeout fired), it reports [`Outcome::Ignored`], which
+/// gives a half-open trial permit back. The result counts only if the
+/// breaker is still in the state generation that admitted the call.
+pub struct Permit {
+    lane: Option<Arc<Lane>>,
+    word: u64,
+    start: u64,
+}
+
+impl Permit {
+    #[inline]
+    pub(crate) fn from_admission(breaker: &Breaker, word: u64, start: u64) -> Self {
+        Self {
+            lane: Some(breaker.lane()),
+            word,
+            start,
+        }
+    }
+
+    /// A permit that records nothing (a disabled breaker).
+    #[inline]
+    pub(crate) fn untracked() -> Self {
+        Self {
+            lane: None,
+            word: 0,
+            start: 0,
+        }
+    }
+
+    /// Reports the call's outcome.
+    #[inline(always)]
+    pub fn complete(mut self, outcome: Outcome) {
+        if let Some(lane) = self.lane.take() {
+            lane.core.record(self.word, self.start, outcome);
+        }
+    }
+
+    /// The error classifier of the breaker (ErrorMode), if any.
+    pub(crate) fn classify_error(
+        &self,
+        err: &(dyn std::error::Error + Send + Sync + 'static),
+    ) -> Outcome {
+        match self
+            .lane
+            .as_ref()
+            .and_then(|l| l.core.settings.error_classifier.as_ref())
+        {
+            Some(f) => f(err),
+            None => Outcome::Failure,
+        }
+    }
+
+    pub(crate) fn lane(&self) -> Option<&Arc<Lane>> {
+        self.lane.as_ref()
+    }
+}
+
+impl Drop for Permit {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(lane) = self.lane.take() {
+            lane.core.record(self.word, self.start, Outcome::Ignored);
+        }
+    }
+}
+
+impl OnOutcome for Permit {
+    fn on_outcome(self, outcome: Outcome) {
+        self.complete(outcome);
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("tracked", &self.lane.is_some())
+            .finish()
+    }
+}
+
+/// A boxed fallback future (the refusal path only).
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// How a breaker's response future turns the inner service's result into
+/// its own and reports the call's outcome: implemented by the two modes,
+/// [`HttpMode`](crate::rejection::HttpMode) (HTTP/gRPC classification) and
+/// [`ErrorMode`](crate::rejection::ErrorMode) (errors judged by the error
+/// classifier). Not meant to be implemented elsewhere.
+pub trait Finish<In> {
+    /// The future's output.
+    type Output;
+    /// Maps `input`, reporting the outcome through `permit`.
+    fn finish(input: In, permit: Permit) -> Self::Output;
+}
+
+pin_project! {
+    /// The response future of [`CircuitBreaker`](super::CircuitBreaker) and
+    /// [`KeyedCircuitBreaker`](super::KeyedCircuitBreaker): the inner call
+    /// (holding its [`Permit`]), a refusal answered at once, or the fallback.
+    pub struct ResponseFuture<F, M>
+    where
+        F: Future,
+        M: Finish<F::Output>,
+    {
+        #[pin]
+        kind: Kind<F, M::Output>,
+        _mode: PhantomData<fn() -> M>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, T> {
+        Admitted {
+            #[pin]
+            fut: F,
+            permit: Option<Permit>,
+        },
+        Ready {
+            out: Option<T>,
+        },
+        Fallback {
+            fut: BoxFuture<T>,
+        },
+    }
+}
+
+impl<F: Future, M: Finish<F::Output>> ResponseFuture<F, M> {
+    #[inline(always)]
+    pub(crate) fn admitted(fut: F, permit: Permit) -> Self {
+        Self {
+            kind: Kind::Admitted {
+                fut,
+                permit: Some(permit),
+            },
+            _mode: PhantomData,
+        }
+    }
+
+    pub(crate) fn ready(out: M::Output) -> Self {
+        Self {
+            kind: Kind::Ready { out: Some(out) },
+            _mode: PhantomData,
+        }
+    }
+
+    pub(crate) fn fallback(fut: BoxFuture<M::Output>) -> Self {
+        Self {
+            kind: Kind::Fallback { fut },
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<F: Future, M: Finish<F::Output>> Future for ResponseFuture<F, M> {
+    type Output = M::Output;
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<M::Output> {
+        match self.project().kind.project() {
+            KindProj::Admitted { fut, permit } => {
+                let out = ready!(fut.poll(cx));
+                let permit = permit.take().expect("polled after completion");
+                Poll::Ready(M::finish(out, permit))
+            }
+            KindProj::Ready { out } => Poll::Ready(out.take().expect("polled after completion")),
+            KindProj::Fallback { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F: Future, M: Finish<F::Output>> fmt::Debug for ResponseFuture<F, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("circuit_breaker::ResponseFuture")
+    }
+}
+
+/// What the service does with a call, decided before the request moves.
+pub(crate) enum Decision {
+    Go(Permit),
+    Refuse(Refusal),
+}
+
+#[inline(always)]
+pub(crate) fn decide(breaker: &Breaker) -> Decision {
+    match breaker.core().admit() {
+        Admission::Admitted { word, start } => {
+            Decision::Go(Permit::from_admission(breaker, word, start))
+        }
+        Admission::Untracked => Decision::Go(Permit::untracked()),
+        Admission::Rejected(r) => Decision::Refuse(r),
+    }
+}
