@@ -170,12 +170,18 @@ mod tests {
 
     #[test]
     fn errors_name_fields() {
-        assert_eq!(err(r#"{"quotas":[{"rate":"0/s"}]}"#).field(), "quotas[0].rate");
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"0/s"}]}"#).field(),
+            "quotas[0].rate"
+        );
         assert_eq!(
             err(r#"{"quotas":[{"rate":"1/s"},{"rate":"5/s","burst":0,"name":"b"}]}"#).field(),
             "quotas[1].burst"
         );
-        assert_eq!(err(r#"{"quotas":[{"rate":"ten/s"}]}"#).field(), "quotas[0].rate");
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"ten/s"}]}"#).field(),
+            "quotas[0].rate"
+        );
         assert_eq!(
             err(r#"{"quotas":[{"rate":"1/s"}],"trusted_proxies":["10.0.0.0/99"]}"#).field(),
             "trusted_proxies[0]"

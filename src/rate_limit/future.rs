@@ -53,7 +53,11 @@ where
     S: Service<Request<ReqB>>,
     M: Mode<Request<ReqB>, S::Response, S::Error>,
 {
-    pub(crate) fn called(future: S::Future, headers: Option<Box<Rendered>>, cx: M::Context) -> Self {
+    pub(crate) fn called(
+        future: S::Future,
+        headers: Option<Box<Rendered>>,
+        cx: M::Context,
+    ) -> Self {
         Self {
             state: State::Called { future, headers },
             cx,

@@ -234,20 +234,28 @@ impl KeyExtractor {
     pub(crate) fn fingerprint(&self, req: &RequestInfo<'_>, hasher: &RandomState) -> Option<u64> {
         match &self.0 {
             KeyKind::Global => Some(0),
-            KeyKind::ClientIp => req.client_ip().map(|ip| fingerprint(hasher, KeyRef::Ip(ip))),
+            KeyKind::ClientIp => req
+                .client_ip()
+                .map(|ip| fingerprint(hasher, KeyRef::Ip(ip))),
             KeyKind::Header(name) => req
                 .headers
                 .get(name)
                 .map(|v| v.as_bytes())
                 .filter(|b| !b.is_empty())
                 .map(|b| fingerprint(hasher, KeyRef::Bytes(b))),
-            KeyKind::Path => Some(fingerprint(hasher, KeyRef::Bytes(req.uri.path().as_bytes()))),
+            KeyKind::Path => Some(fingerprint(
+                hasher,
+                KeyRef::Bytes(req.uri.path().as_bytes()),
+            )),
             KeyKind::Route => {
                 #[cfg(feature = "axum")]
                 if let Some(m) = req.extensions.get::<axum::extract::MatchedPath>() {
                     return Some(fingerprint(hasher, KeyRef::Bytes(m.as_str().as_bytes())));
                 }
-                Some(fingerprint(hasher, KeyRef::Bytes(req.uri.path().as_bytes())))
+                Some(fingerprint(
+                    hasher,
+                    KeyRef::Bytes(req.uri.path().as_bytes()),
+                ))
             }
             KeyKind::Custom(f) => f(req).map(|k| fingerprint(hasher, k.as_ref())),
         }
@@ -273,9 +281,7 @@ impl FromStr for KeyExtractor {
                 Some(name) => Self::header(name.trim()),
                 None => Err(ConfigError::new(
                     "key",
-                    format!(
-                        "`{other}`: expected global, client_ip, path, route or header:<name>"
-                    ),
+                    format!("`{other}`: expected global, client_ip, path, route or header:<name>"),
                 )),
             },
         }
@@ -505,8 +511,7 @@ mod tests {
             b = b.header(*k, *v);
         }
         let mut req = b.body(()).unwrap();
-        req.extensions_mut()
-            .insert(SocketAddr::new(ip(peer), 1234));
+        req.extensions_mut().insert(SocketAddr::new(ip(peer), 1234));
         c.resolve(req.headers(), req.extensions())
     }
 
@@ -557,7 +562,10 @@ mod tests {
             resolve(
                 &c,
                 "10.0.0.1",
-                &[("x-forwarded-for", "3.3.3.3"), ("x-forwarded-for", "10.2.2.2")]
+                &[
+                    ("x-forwarded-for", "3.3.3.3"),
+                    ("x-forwarded-for", "10.2.2.2")
+                ]
             ),
             Some(ip("3.3.3.3"))
         );

@@ -13,12 +13,12 @@ use ipnet::IpNet;
 use metrics::Counter;
 use tower::Layer;
 
+use super::RateLimit;
 use super::error::RefusalReason;
 use super::headers::{HeaderTemplate, Item, Rendered};
 use super::key::{ClientIp, Key, KeyExtractor, KeyRef, RequestInfo, fingerprint, parse_cidrs};
 use super::quota::Quota;
 use super::store::{MemoryStore, QuotaCells, Slot, Store, TableMetrics, Verdict};
-use super::RateLimit;
 use crate::rejection::{ErrorMode, HttpMode};
 use crate::{ConfigError, Rejection, RejectionKind};
 
@@ -238,10 +238,7 @@ impl RateLimitBuilder {
                 )
                 .at(&at));
             }
-            let labels = [
-                ("name", layer.to_string()),
-                ("quota", qname.clone()),
-            ];
+            let labels = [("name", layer.to_string()), ("quota", qname.clone())];
             let keyed = (!q.key.is_global()).then(|| {
                 (
                     self.max_keys,
@@ -464,9 +461,14 @@ impl Shared {
                     }
                     MissingKey::Allow => {}
                     MissingKey::Reject => {
-                        let rejection = Rejection::new(RejectionKind::InvalidRequest, Arc::clone(&self.name))
-                            .with_detail(format!("the request has no key for rate limit quota `{}`", q.name));
-                        if let Some(d) = self.refused(i, RefusalReason::MissingKey, None, rejection) {
+                        let rejection =
+                            Rejection::new(RejectionKind::InvalidRequest, Arc::clone(&self.name))
+                                .with_detail(format!(
+                                    "the request has no key for rate limit quota `{}`",
+                                    q.name
+                                ));
+                        if let Some(d) = self.refused(i, RefusalReason::MissingKey, None, rejection)
+                        {
                             return d;
                         }
                     }
@@ -490,14 +492,17 @@ impl Shared {
             self.admitted.increment(1);
             return Decision::Admit(None);
         }
-        let verdict = self.store.acquire(&mut slots.slots[..slots.len], cost, true);
+        let verdict = self
+            .store
+            .acquire(&mut slots.slots[..slots.len], cost, true);
         match verdict {
             Verdict::Admitted => {
                 self.admitted.increment(1);
                 if self.admitted_headers {
                     let items = self.items(&slots, None);
                     Decision::Admit(Some(Box::new(
-                        self.headers.render(&items[..self.active_count(&slots)], None),
+                        self.headers
+                            .render(&items[..self.active_count(&slots)], None),
                     )))
                 } else {
                     Decision::Admit(None)
@@ -540,7 +545,9 @@ impl Shared {
             let q = self.store.quota(i);
             let m = s.measured;
             let now = if m.now == 0 { q.now() } else { m.now };
-            let (remaining, reset) = q.snapshot(m.next, now);
+            // A refusal reports the state as it stays (nothing was taken).
+            let tat = if refused.is_some() { m.prev } else { m.next };
+            let (remaining, reset) = q.snapshot(tat, now);
             items[n] = Item {
                 quota: i,
                 remaining: if refused == Some(i) { 0 } else { remaining },

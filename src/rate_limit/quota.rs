@@ -75,7 +75,10 @@ impl Rate {
             return Err(ConfigError::new("rate", "must be greater than 0"));
         }
         if self.per.is_zero() {
-            return Err(ConfigError::new("rate", "the period must be greater than 0"));
+            return Err(ConfigError::new(
+                "rate",
+                "the period must be greater than 0",
+            ));
         }
         if self.replenish_one() < Duration::from_nanos(1) {
             return Err(ConfigError::new(
@@ -123,7 +126,8 @@ impl FromStr for Rate {
             })?,
         };
         let rate = Rate::new(count, per);
-        rate.validate().map_err(|e| format!("`{text}`: {}", e.message()))?;
+        rate.validate()
+            .map_err(|e| format!("`{text}`: {}", e.message()))?;
         Ok(rate)
     }
 }

@@ -25,11 +25,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use governor::RateLimiter;
 use governor::clock::{Clock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::StateStore;
-use governor::RateLimiter;
 use metrics::{Counter, Gauge};
 
 /// governor's clock over [`tokio::time::Instant`], so limits follow tokio's
@@ -168,7 +168,9 @@ impl Table {
         }
         let shard_cap = (max_keys / shards).max(1);
         Self {
-            shards: (0..shards).map(|_| RwLock::new(HashMap::default())).collect(),
+            shards: (0..shards)
+                .map(|_| RwLock::new(HashMap::default()))
+                .collect(),
             shard_bits: shards.trailing_zeros(),
             shard_cap,
             len: AtomicUsize::new(0),
@@ -326,12 +328,16 @@ impl StateStore for CellsHandle {
         } else {
             0
         };
+        if probe.mode == ProbeMode::Clock {
+            probe.out.set(Measured {
+                prev: 0,
+                next: 0,
+                now,
+            });
+            return f(None).map(|(t, _)| t);
+        }
         let result = match &*self.0 {
             Cells::Single(cell) => run_cell(cell, probe, &f),
-            Cells::Keyed(_) if probe.mode == ProbeMode::Clock => {
-                probe.out.set(Measured::default());
-                f(None).map(|(t, _)| t)
-            }
             Cells::Keyed(table) => {
                 let shard = table.shard(probe.fp);
                 let found = {
@@ -678,14 +684,20 @@ mod tests {
         };
         // Key 1 takes its 3; key 2 takes 2 of the global 5.
         for _ in 0..3 {
-            assert_eq!(s.acquire(&mut [slot(1), slot(0)], ONE, false), Verdict::Admitted);
+            assert_eq!(
+                s.acquire(&mut [slot(1), slot(0)], ONE, false),
+                Verdict::Admitted
+            );
         }
         assert!(matches!(
             s.acquire(&mut [slot(1), slot(0)], ONE, false),
             Verdict::Exhausted { quota: 0, .. }
         ));
         for _ in 0..2 {
-            assert_eq!(s.acquire(&mut [slot(2), slot(0)], ONE, false), Verdict::Admitted);
+            assert_eq!(
+                s.acquire(&mut [slot(2), slot(0)], ONE, false),
+                Verdict::Admitted
+            );
         }
         // Global is empty: key 3 is refused by quota 1 and consumes nothing
         // from quota 0.
