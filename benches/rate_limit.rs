@@ -1,1 +1,287 @@
-fn main() {}
+//! Rate limit layer cost, next to the bare service, tower_governor and
+//! tower's `RateLimit`, in one run; plus the resident memory of 1 000 000
+//! keys. `cargo bench --all-features --bench rate_limit -- --warm-up-time 1 --measurement-time 3`
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use criterion::{BatchSize, Criterion};
+use http::{Request, Response};
+use tower::{Layer, Service};
+use tower_rampart::rate_limit::{KeyExtractor, Quota, RateLimitLayer};
+
+type Req = Request<()>;
+
+fn inner() -> impl Service<
+    Req,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Response<Body>, Infallible>>,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(|_req: Req| std::future::ready(Ok(Response::new(Body::empty()))))
+}
+
+fn ip(i: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i))
+}
+
+fn request(i: u32) -> Req {
+    let mut req = Request::new(());
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::new(ip(i), 40_000)));
+    req
+}
+
+/// `poll_ready` + `call` + one poll with a noop waker: the layer, not an
+/// executor. Returns the status.
+#[inline]
+fn once<S, B>(svc: &mut S, req: Req) -> u16
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(r) => r.unwrap(),
+        Poll::Pending => panic!("not ready"),
+    }
+    let fut = pin!(svc.call(req));
+    match fut.poll(&mut cx) {
+        Poll::Ready(Ok(res)) => res.status().as_u16(),
+        Poll::Ready(Err(e)) => panic!("{e:?}"),
+        Poll::Pending => panic!("pending"),
+    }
+}
+
+/// A quota that never refuses in a bench.
+fn roomy() -> Quota {
+    Quota::per_second(1_000_000_000).burst(1_000_000_000)
+}
+
+fn ours(key: Option<KeyExtractor>, max_keys: usize) -> RateLimitLayer {
+    let mut q = roomy().name("bench");
+    if let Some(k) = key {
+        q = q.key(k);
+    }
+    RateLimitLayer::builder()
+        .name("bench")
+        .quota(q)
+        .max_keys(max_keys)
+        .idle_sweep(None)
+        .build()
+        .unwrap()
+}
+
+fn bench_admit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rate_limit/admit");
+    g.bench_function("bare", |b| {
+        let mut svc = inner();
+        b.iter_batched(|| request(1), |r| once(&mut svc, r), BatchSize::SmallInput)
+    });
+    g.bench_function("ours global", |b| {
+        let mut svc = ours(None, 1).layer(inner());
+        b.iter_batched(|| request(1), |r| once(&mut svc, r), BatchSize::SmallInput)
+    });
+    g.bench_function("ours global, 2 quotas", |b| {
+        let layer = RateLimitLayer::builder()
+            .quota(roomy().name("a"))
+            .quota(roomy().name("b"))
+            .idle_sweep(None)
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(inner());
+        b.iter_batched(|| request(1), |r| once(&mut svc, r), BatchSize::SmallInput)
+    });
+    g.bench_function("tower_governor global", |b| {
+        let config = tower_governor::governor::GovernorConfigBuilder::default()
+            .per_nanosecond(1)
+            .burst_size(1_000_000_000)
+            .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
+            .finish()
+            .unwrap();
+        let mut svc = tower_governor::GovernorLayer::new(config).layer(inner());
+        b.iter_batched(|| request(1), |r| once(&mut svc, r), BatchSize::SmallInput)
+    });
+    g.bench_function("tower RateLimit", |b| {
+        let mut svc = tower::limit::RateLimitLayer::new(u64::MAX, Duration::from_secs(1))
+            .layer(inner());
+        b.iter_batched(|| request(1), |r| once(&mut svc, r), BatchSize::SmallInput)
+    });
+    for n in [1u32, 10_000, 1_000_000] {
+        g.bench_function(format!("ours client ip, {n} keys"), |b| {
+            let mut svc = ours(Some(KeyExtractor::client_ip()), n as usize).layer(inner());
+            for i in 0..n {
+                once(&mut svc, request(i));
+            }
+            let mut i = 0u32;
+            b.iter_batched(
+                || {
+                    i = (i + 7919) % n;
+                    request(i)
+                },
+                |r| once(&mut svc, r),
+                BatchSize::SmallInput,
+            )
+        });
+        g.bench_function(format!("tower_governor peer ip, {n} keys"), |b| {
+            let config = tower_governor::governor::GovernorConfigBuilder::default()
+                .per_nanosecond(1)
+                .burst_size(1_000_000_000)
+                .finish()
+                .unwrap();
+            let mut svc = tower_governor::GovernorLayer::new(config).layer(inner());
+            for i in 0..n {
+                once(&mut svc, request(i));
+            }
+            let mut i = 0u32;
+            b.iter_batched(
+                || {
+                    i = (i + 7919) % n;
+                    request(i)
+                },
+                |r| once(&mut svc, r),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn bench_refuse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rate_limit/refuse");
+    g.bench_function("ours, full headers", |b| {
+        let layer = RateLimitLayer::builder()
+            .name("bench")
+            .quota(Quota::per_hour(1).burst(1).key(KeyExtractor::client_ip()).name("per-ip"))
+            .quota(Quota::per_second(1_000_000).name("global"))
+            .legacy_headers(true)
+            .idle_sweep(None)
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(inner());
+        assert_eq!(once(&mut svc, request(1)), 200);
+        b.iter_batched(
+            || request(1),
+            |r| {
+                let status = once(&mut svc, r);
+                debug_assert_eq!(status, 429);
+                status
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("tower_governor", |b| {
+        let config = tower_governor::governor::GovernorConfigBuilder::default()
+            .per_second(3600)
+            .burst_size(1)
+            .finish()
+            .unwrap();
+        let mut svc = tower_governor::GovernorLayer::new(config).layer(inner());
+        assert_eq!(once(&mut svc, request(1)), 200);
+        b.iter_batched(|| request(1), |r| once(&mut svc, r), BatchSize::SmallInput)
+    });
+    g.finish();
+}
+
+/// Two threads hammering one shared state; time per request.
+fn contended<S, B>(c: &mut Criterion, name: &str, make: impl Fn() -> S)
+where
+    S: Service<Req, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+{
+    let svc = make();
+    c.bench_function(&format!("rate_limit/contended 2 threads/{name}"), |b| {
+        b.iter_custom(|iters| {
+            let per = iters / 2 + 1;
+            let start = Instant::now();
+            let threads: Vec<_> = (0..2u32)
+                .map(|t| {
+                    let mut svc = svc.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..per {
+                            black_box(once(&mut svc, request(t * 1000 + (i % 1000) as u32)));
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            start.elapsed().mul_f64(iters as f64 / (2 * per) as f64)
+        })
+    });
+}
+
+fn bench_contended(c: &mut Criterion) {
+    contended(c, "bare", inner);
+    contended(c, "ours global", || ours(None, 1).layer(inner()));
+    contended(c, "ours client ip", || {
+        ours(Some(KeyExtractor::client_ip()), 100_000).layer(inner())
+    });
+    contended(c, "tower_governor global", || {
+        let config = tower_governor::governor::GovernorConfigBuilder::default()
+            .per_nanosecond(1)
+            .burst_size(1_000_000_000)
+            .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
+            .finish()
+            .unwrap();
+        tower_governor::GovernorLayer::new(config).layer(inner())
+    });
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Resident memory of 1 000 000 keys, and of 2 000 000 distinct keys sent
+/// through a table capped at 1 000 000.
+fn memory_report() {
+    let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let before = rss_bytes();
+    let layer = ours(Some(KeyExtractor::client_ip()), 1_000_000);
+    let mut svc = layer.layer(inner());
+    for i in 0..1_000_000 {
+        once(&mut svc, request(i));
+    }
+    let after_1m = rss_bytes();
+    let keys_1m = layer.key_count();
+    for i in 1_000_000..2_000_000 {
+        once(&mut svc, request(i));
+    }
+    let after_2m = rss_bytes();
+    let keys_2m = layer.key_count();
+    println!(
+        "memory: {keys_1m} keys: +{:.1} MiB resident ({:.0} B/key); \
+         after 2 000 000 distinct keys with max_keys 1 000 000: {keys_2m} keys, +{:.1} MiB resident",
+        mb(after_1m.saturating_sub(before)),
+        after_1m.saturating_sub(before) as f64 / keys_1m.max(1) as f64,
+        mb(after_2m.saturating_sub(before)),
+    );
+    drop(svc);
+    drop(layer);
+}
+
+fn main() {
+    // tower's RateLimit needs a tokio runtime for its timer.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    memory_report();
+    let mut c = Criterion::default().configure_from_args();
+    bench_admit(&mut c);
+    bench_refuse(&mut c);
+    bench_contended(&mut c);
+    c.final_summary();
+}
