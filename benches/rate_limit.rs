@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use criterion::{BatchSize, Criterion};
+use criterion::Criterion;
 use http::{Request, Response};
 use tower::{Layer, Service};
 use tower_rampart::rate_limit::{KeyExtractor, Quota, RateLimitLayer};
@@ -84,11 +84,11 @@ fn bench_admit(c: &mut Criterion) {
     let mut g = c.benchmark_group("rate_limit/admit");
     g.bench_function("bare", |b| {
         let mut svc = inner();
-        b.iter_batched(|| request(1), |r| once(&mut svc, r), BatchSize::SmallInput)
+        b.iter(|| once(&mut svc, request(1)))
     });
     g.bench_function("ours global", |b| {
         let mut svc = ours(None, 1).layer(inner());
-        b.iter_batched(|| request(1), |r| once(&mut svc, r), BatchSize::SmallInput)
+        b.iter(|| once(&mut svc, request(1)))
     });
     g.bench_function("ours global, 2 quotas", |b| {
         let layer = RateLimitLayer::builder()
@@ -98,7 +98,7 @@ fn bench_admit(c: &mut Criterion) {
             .build()
             .unwrap();
         let mut svc = layer.layer(inner());
-        b.iter_batched(|| request(1), |r| once(&mut svc, r), BatchSize::SmallInput)
+        b.iter(|| once(&mut svc, request(1)))
     });
     g.bench_function("tower_governor global", |b| {
         let config = tower_governor::governor::GovernorConfigBuilder::default()
@@ -108,12 +108,19 @@ fn bench_admit(c: &mut Criterion) {
             .finish()
             .unwrap();
         let mut svc = tower_governor::GovernorLayer::new(config).layer(inner());
-        b.iter_batched(|| request(1), |r| once(&mut svc, r), BatchSize::SmallInput)
+        b.iter(|| once(&mut svc, request(1)))
     });
     g.bench_function("tower RateLimit", |b| {
-        let mut svc = tower::limit::RateLimitLayer::new(u64::MAX, Duration::from_secs(1))
-            .layer(inner());
-        b.iter_batched(|| request(1), |r| once(&mut svc, r), BatchSize::SmallInput)
+        // Its timer needs a runtime at construction only.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let guard = rt.enter();
+        let mut svc =
+            tower::limit::RateLimitLayer::new(u64::MAX, Duration::from_secs(1)).layer(inner());
+        drop(guard);
+        b.iter(|| once(&mut svc, request(1)))
     });
     for n in [1u32, 10_000, 1_000_000] {
         g.bench_function(format!("ours client ip, {n} keys"), |b| {
@@ -122,14 +129,10 @@ fn bench_admit(c: &mut Criterion) {
                 once(&mut svc, request(i));
             }
             let mut i = 0u32;
-            b.iter_batched(
-                || {
-                    i = (i + 7919) % n;
-                    request(i)
-                },
-                |r| once(&mut svc, r),
-                BatchSize::SmallInput,
-            )
+            b.iter(|| {
+                i = (i + 7919) % n;
+                once(&mut svc, request(i))
+            })
         });
         g.bench_function(format!("tower_governor peer ip, {n} keys"), |b| {
             let config = tower_governor::governor::GovernorConfigBuilder::default()
@@ -142,14 +145,10 @@ fn bench_admit(c: &mut Criterion) {
                 once(&mut svc, request(i));
             }
             let mut i = 0u32;
-            b.iter_batched(
-                || {
-                    i = (i + 7919) % n;
-                    request(i)
-                },
-                |r| once(&mut svc, r),
-                BatchSize::SmallInput,
-            )
+            b.iter(|| {
+                i = (i + 7919) % n;
+                once(&mut svc, request(i))
+            })
         });
     }
     g.finish();
@@ -160,7 +159,12 @@ fn bench_refuse(c: &mut Criterion) {
     g.bench_function("ours, full headers", |b| {
         let layer = RateLimitLayer::builder()
             .name("bench")
-            .quota(Quota::per_hour(1).burst(1).key(KeyExtractor::client_ip()).name("per-ip"))
+            .quota(
+                Quota::per_hour(1)
+                    .burst(1)
+                    .key(KeyExtractor::client_ip())
+                    .name("per-ip"),
+            )
             .quota(Quota::per_second(1_000_000).name("global"))
             .legacy_headers(true)
             .idle_sweep(None)
@@ -168,15 +172,11 @@ fn bench_refuse(c: &mut Criterion) {
             .unwrap();
         let mut svc = layer.layer(inner());
         assert_eq!(once(&mut svc, request(1)), 200);
-        b.iter_batched(
-            || request(1),
-            |r| {
-                let status = once(&mut svc, r);
-                debug_assert_eq!(status, 429);
-                status
-            },
-            BatchSize::SmallInput,
-        )
+        b.iter(|| {
+            let status = once(&mut svc, request(1));
+            debug_assert_eq!(status, 429);
+            status
+        })
     });
     g.bench_function("tower_governor", |b| {
         let config = tower_governor::governor::GovernorConfigBuilder::default()
@@ -186,7 +186,7 @@ fn bench_refuse(c: &mut Criterion) {
             .unwrap();
         let mut svc = tower_governor::GovernorLayer::new(config).layer(inner());
         assert_eq!(once(&mut svc, request(1)), 200);
-        b.iter_batched(|| request(1), |r| once(&mut svc, r), BatchSize::SmallInput)
+        b.iter(|| once(&mut svc, request(1)))
     });
     g.finish();
 }
@@ -274,11 +274,51 @@ fn memory_report() {
     drop(layer);
 }
 
+/// `RL_LOOP=<variant>`: run 5 000 000 calls of one variant and exit (for
+/// `perf stat`, whose instruction counts are not disturbed by other load).
+fn fixed_loop(variant: &str) {
+    const N: u32 = 5_000_000;
+    fn run<S, B>(mut svc: S)
+    where
+        S: Service<Req, Response = Response<B>>,
+        S::Error: std::fmt::Debug,
+    {
+        for _ in 0..N {
+            black_box(once(&mut svc, request(1)));
+        }
+    }
+    match variant {
+        "bare" => run(inner()),
+        "ours" => run(ours(None, 1).layer(inner())),
+        "ours-ip" => run(ours(Some(KeyExtractor::client_ip()), 10).layer(inner())),
+        "governor" => {
+            let config = tower_governor::governor::GovernorConfigBuilder::default()
+                .per_nanosecond(1)
+                .burst_size(1_000_000_000)
+                .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
+                .finish()
+                .unwrap();
+            run(tower_governor::GovernorLayer::new(config).layer(inner()))
+        }
+        other => panic!("unknown RL_LOOP variant {other}"),
+    }
+}
+
 fn main() {
-    // tower's RateLimit needs a tokio runtime for its timer.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let _guard = rt.enter();
-    memory_report();
+    if let Ok(v) = std::env::var("RL_LOOP") {
+        fixed_loop(&v);
+        return;
+    }
+    // No runtime is entered: with the `test-util` feature (on in
+    // dev-dependencies) tokio's `Instant::now()` inside a runtime reads a
+    // mutex-guarded mock clock, which is not what production pays.
+    // The memory report runs in full runs only (not with a name filter).
+    if std::env::args()
+        .skip(1)
+        .all(|a| a.starts_with('-') || a.parse::<f64>().is_ok())
+    {
+        memory_report();
+    }
     let mut c = Criterion::default().configure_from_args();
     bench_admit(&mut c);
     bench_refuse(&mut c);

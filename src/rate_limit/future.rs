@@ -28,10 +28,10 @@ pub(crate) struct Waiting<S, ReqB> {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, S, ReqB> {
+    enum State<F, S, ReqB, C> {
         Called { #[pin] future: F, headers: Option<Box<Rendered>> },
-        Rejected { rejection: Option<Rejection> },
-        Waiting { waiting: Box<Waiting<S, ReqB>> },
+        Rejected { rejection: Option<Box<Rejection>>, cx: C },
+        Waiting { waiting: Box<Waiting<S, ReqB>>, cx: C },
     }
 }
 
@@ -43,8 +43,7 @@ pin_project! {
         M: Mode<Request<ReqB>, S::Response, S::Error>,
     {
         #[pin]
-        state: State<S::Future, S, ReqB>,
-        cx: M::Context,
+        state: State<S::Future, S, ReqB, M::Context>,
     }
 }
 
@@ -53,30 +52,25 @@ where
     S: Service<Request<ReqB>>,
     M: Mode<Request<ReqB>, S::Response, S::Error>,
 {
-    pub(crate) fn called(
-        future: S::Future,
-        headers: Option<Box<Rendered>>,
-        cx: M::Context,
-    ) -> Self {
+    #[inline]
+    pub(crate) fn called(future: S::Future, headers: Option<Box<Rendered>>) -> Self {
         Self {
             state: State::Called { future, headers },
-            cx,
         }
     }
 
-    pub(crate) fn rejected(rejection: Rejection, cx: M::Context) -> Self {
+    pub(crate) fn rejected(rejection: Box<Rejection>, cx: M::Context) -> Self {
         Self {
             state: State::Rejected {
                 rejection: Some(rejection),
+                cx,
             },
-            cx,
         }
     }
 
     pub(crate) fn waiting(waiting: Box<Waiting<S, ReqB>>, cx: M::Context) -> Self {
         Self {
-            state: State::Waiting { waiting },
-            cx,
+            state: State::Waiting { waiting, cx },
         }
     }
 }
@@ -93,28 +87,32 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future, headers } => {
-                    let result = ready!(future.poll(cx));
-                    let result = result.map(|mut res| {
-                        if let Some(h) = headers.take() {
+                    let mut result = ready!(future.poll(cx));
+                    if let Some(h) = headers.take() {
+                        if let Ok(res) = &mut result {
                             h.apply(res.headers_mut());
                         }
-                        res
-                    });
+                    }
                     return Poll::Ready(M::admitted(result));
                 }
-                StateProj::Rejected { rejection } => {
+                StateProj::Rejected { rejection, cx } => {
                     let rejection = rejection
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(M::rejected(*this.cx, rejection));
+                    return Poll::Ready(M::rejected(*cx, *rejection));
                 }
-                StateProj::Waiting { waiting } => {
+                StateProj::Waiting {
+                    waiting,
+                    cx: context,
+                } => {
+                    let context = *context;
                     ready!(waiting.sleep.as_mut().poll(cx));
-                    let decision = match waiting.shared.acquire(waiting.slots, true) {
-                        Decision::Wait { wait, slots, quota }
+                    let waiting = &mut **waiting;
+                    let decision = match waiting.shared.acquire(&mut waiting.slots, true) {
+                        Decision::Wait { wait, quota }
                             if Instant::now() + wait > waiting.deadline =>
                         {
-                            waiting.shared.refuse_exhausted(&slots, quota, wait)
+                            waiting.shared.refuse_exhausted(&waiting.slots, quota, wait)
                         }
                         other => other,
                     };
@@ -128,13 +126,13 @@ where
                             let future = service.call(request);
                             this.state.set(State::Called { future, headers });
                         }
-                        Decision::Wait { wait, slots, .. } => {
-                            waiting.slots = slots;
+                        Decision::Wait { wait, .. } => {
                             waiting.sleep.as_mut().reset(Instant::now() + wait);
                         }
                         Decision::Refuse(rejection) => {
                             this.state.set(State::Rejected {
                                 rejection: Some(rejection),
+                                cx: context,
                             });
                         }
                     }

@@ -399,14 +399,10 @@ pub(crate) struct Slots {
 pub(crate) enum Decision {
     /// Call the inner service (with these headers on the response).
     Admit(Option<Box<Rendered>>),
-    /// Answer this refusal.
-    Refuse(Rejection),
+    /// Answer this refusal (boxed: keeps the admitted path's values small).
+    Refuse(Box<Rejection>),
     /// Waiting mode: quota `quota` has room again after `wait`.
-    Wait {
-        wait: Duration,
-        slots: Slots,
-        quota: usize,
-    },
+    Wait { wait: Duration, quota: usize },
 }
 
 impl Shared {
@@ -416,7 +412,7 @@ impl Shared {
     }
 
     /// Keys, cost and allow-lists, then the store's verdict.
-    pub(crate) fn decide<B>(&self, req: &http::Request<B>) -> Decision {
+    pub(crate) fn decide<B>(&self, req: &http::Request<B>, slots: &mut Slots) -> Decision {
         let info = RequestInfo::new(req, &self.client_ip);
         if !self.allow_cidrs.is_empty() {
             if let Some(ip) = info.client_ip() {
@@ -435,11 +431,8 @@ impl Shared {
                 }
             },
         };
-        let mut slots = Slots {
-            len: self.quotas.len(),
-            cost: Some(cost),
-            ..Slots::default()
-        };
+        slots.len = self.quotas.len();
+        slots.cost = Some(cost);
         for (i, q) in self.quotas.iter().enumerate() {
             let slot = &mut slots.slots[i];
             if q.key.is_global() {
@@ -484,7 +477,7 @@ impl Shared {
 
     /// Asks the store and turns its verdict into a decision. `may_wait`:
     /// waiting mode may answer [`Decision::Wait`].
-    pub(crate) fn acquire(&self, mut slots: Slots, may_wait: bool) -> Decision {
+    pub(crate) fn acquire(&self, slots: &mut Slots, may_wait: bool) -> Decision {
         let Some(cost) = slots.cost else {
             return Decision::Admit(None);
         };
@@ -499,10 +492,10 @@ impl Shared {
             Verdict::Admitted => {
                 self.admitted.increment(1);
                 if self.admitted_headers {
-                    let items = self.items(&slots, None);
+                    let items = self.items(slots, None);
                     Decision::Admit(Some(Box::new(
                         self.headers
-                            .render(&items[..self.active_count(&slots)], None),
+                            .render(&items[..self.active_count(slots)], None),
                     )))
                 } else {
                     Decision::Admit(None)
@@ -510,12 +503,12 @@ impl Shared {
             }
             Verdict::Exhausted { quota, wait } => {
                 if may_wait && !self.dry_run && self.wait.is_some_and(|max| wait <= max) {
-                    return Decision::Wait { wait, slots, quota };
+                    return Decision::Wait { wait, quota };
                 }
-                self.refusal(&slots, quota, RefusalReason::Exhausted, Some(wait), cost)
+                self.refusal(slots, quota, RefusalReason::Exhausted, Some(wait), cost)
             }
             Verdict::TooCostly { quota } => {
-                self.refusal(&slots, quota, RefusalReason::TooCostly, None, cost)
+                self.refusal(slots, quota, RefusalReason::TooCostly, None, cost)
             }
         }
     }
@@ -616,7 +609,7 @@ impl Shared {
             None
         } else {
             q.refused[reason.index()].increment(1);
-            Some(Decision::Refuse(rejection))
+            Some(Decision::Refuse(Box::new(rejection)))
         }
     }
 }

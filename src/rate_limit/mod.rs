@@ -132,7 +132,7 @@ pub use quota::{Quota, Rate};
 pub use store::{TokioClock, TokioInstant};
 
 use self::future::Waiting;
-use self::layer::{Decision, Shared};
+use self::layer::{Decision, Shared, Slots};
 use crate::rejection::{HttpMode, Mode};
 
 /// The rate-limited service made by [`RateLimitLayer`].
@@ -197,11 +197,12 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let cx = M::context(&req);
-        match self.shared.decide(&req) {
-            Decision::Admit(headers) => ResponseFuture::called(self.inner.call(req), headers, cx),
-            Decision::Refuse(rejection) => ResponseFuture::rejected(rejection, cx),
-            Decision::Wait { wait, slots, .. } => {
+        let mut slots = Slots::default();
+        match self.shared.decide(&req, &mut slots) {
+            Decision::Admit(headers) => ResponseFuture::called(self.inner.call(req), headers),
+            Decision::Refuse(rejection) => ResponseFuture::rejected(rejection, M::context(&req)),
+            Decision::Wait { wait, .. } => {
+                let cx = M::context(&req);
                 let max = self.shared.wait.unwrap_or(wait);
                 let now = tokio::time::Instant::now();
                 let ready = self.inner.clone();

@@ -416,14 +416,15 @@ impl Cells {
     }
 
     /// Undoes a commit: back to `prev` if nobody wrote since, else takes
-    /// this request's weight back out of the TAT.
-    fn rollback(&self, fp: u64, prev: u64, next: u64) {
+    /// this request's weight (`next - max(prev, now)`) back out of the TAT.
+    fn rollback(&self, fp: u64, m: Measured) {
+        let Measured { prev, next, now } = m;
         let undo = |cell: &AtomicU64| {
             if cell
                 .compare_exchange(next, prev, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
             {
-                let weight = next.saturating_sub(prev.max(1));
+                let weight = next.saturating_sub(prev.max(now));
                 let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
                     Some(cur.saturating_sub(weight).max(prev))
                 });
@@ -617,8 +618,7 @@ impl Store for MemoryStore {
                 if !self.quotas[i].cells.commit(s.fp, m.prev, m.next, m.now) {
                     for (j, done) in slots[..i].iter().enumerate() {
                         if done.active {
-                            let d = done.measured;
-                            self.quotas[j].cells.rollback(done.fp, d.prev, d.next);
+                            self.quotas[j].cells.rollback(done.fp, done.measured);
                         }
                     }
                     continue 'transaction;
@@ -719,18 +719,74 @@ mod tests {
         );
     }
 
+    #[test]
+    fn all_or_nothing_under_contention() {
+        let hourly = |burst| {
+            governor::Quota::per_hour(NonZeroU32::MIN).allow_burst(NonZeroU32::new(burst).unwrap())
+        };
+        let s = std::sync::Arc::new(MemoryStore {
+            quotas: vec![
+                QuotaCells::new(hourly(300), Some((100, metrics()))),
+                QuotaCells::new(hourly(500), None),
+            ]
+            .into(),
+        });
+        let threads: Vec<_> = (1..=2u64)
+            .map(|fp| {
+                let s = std::sync::Arc::clone(&s);
+                std::thread::spawn(move || {
+                    let mut admitted = 0;
+                    for _ in 0..1000 {
+                        let slot = |fp| Slot {
+                            active: true,
+                            fp,
+                            measured: Measured::default(),
+                        };
+                        let mut slots = [slot(fp), slot(0)];
+                        if s.acquire(&mut slots, ONE, false) == Verdict::Admitted {
+                            admitted += 1;
+                        }
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        let admitted: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(admitted.iter().sum::<u32>(), 500, "{admitted:?}");
+        // Refusals (and rolled-back commits) took nothing from the per-key
+        // quota: each key has exactly 300 - admitted left.
+        for (fp, took) in (1..=2u64).zip(&admitted) {
+            assert!(*took <= 300);
+            let mut left = 0;
+            let mut slots = [
+                Slot {
+                    active: true,
+                    fp,
+                    measured: Measured::default(),
+                },
+                Slot::default(),
+            ];
+            while s.acquire(&mut slots, ONE, false) == Verdict::Admitted {
+                left += 1;
+            }
+            assert_eq!(left, 300 - took, "key {fp}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn rollback_restores_prev() {
         let s = store(&[(10, 3, false)]);
         let cells = &s.quotas[0].cells;
+        let m = |prev, next, now| Measured { prev, next, now };
         assert!(cells.commit(0, 0, 500, 0));
-        cells.rollback(0, 0, 500);
+        cells.rollback(0, m(0, 500, 400));
         let Cells::Single(c) = &**cells else { panic!() };
         assert_eq!(c.load(Ordering::Relaxed), 0);
         assert!(cells.commit(0, 0, 500, 0));
         c.store(700, Ordering::Relaxed); // someone else wrote after us
-        cells.rollback(0, 100, 500);
-        assert_eq!(c.load(Ordering::Relaxed), 300);
+        // Our weight was 500 - max(100, 400) = 100.
+        cells.rollback(0, m(100, 500, 400));
+        assert_eq!(c.load(Ordering::Relaxed), 600);
     }
 
     #[tokio::test(start_paused = true)]
