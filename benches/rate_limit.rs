@@ -274,34 +274,117 @@ fn memory_report() {
     drop(layer);
 }
 
-/// `RL_LOOP=<variant>`: run 5 000 000 calls of one variant and exit (for
-/// `perf stat`, whose instruction counts are not disturbed by other load).
+/// `RL_LOOP=<variant>`: run 2 000 000 calls of one variant and exit, for
+/// `perf stat -e instructions,cycles` (instruction counts are not disturbed
+/// by other load on the machine, unlike wall-clock time). Keyed variants
+/// first insert their keys, so subtract the `RL_LOOP=<variant> RL_N=0` run.
 fn fixed_loop(variant: &str) {
-    const N: u32 = 5_000_000;
-    fn run<S, B>(mut svc: S)
+    let n: u32 = std::env::var("RL_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    fn run<S, B>(mut svc: S, keys: u32, n: u32)
     where
         S: Service<Req, Response = Response<B>>,
         S::Error: std::fmt::Debug,
     {
-        for _ in 0..N {
-            black_box(once(&mut svc, request(1)));
+        for i in 0..keys {
+            once(&mut svc, request(i));
+        }
+        let mut k = 0u32;
+        for _ in 0..n {
+            k = (k + 7919) % keys.max(1);
+            black_box(once(&mut svc, request(k)));
         }
     }
+    let governor_ip = || {
+        let config = tower_governor::governor::GovernorConfigBuilder::default()
+            .per_nanosecond(1)
+            .burst_size(1_000_000_000)
+            .finish()
+            .unwrap();
+        tower_governor::GovernorLayer::new(config).layer(inner())
+    };
+    let ip = |keys: usize| ours(Some(KeyExtractor::client_ip()), keys).layer(inner());
     match variant {
-        "bare" => run(inner()),
-        "ours" => run(ours(None, 1).layer(inner())),
-        "ours-ip" => run(ours(Some(KeyExtractor::client_ip()), 10).layer(inner())),
-        "governor" => {
+        "bare" => run(inner(), 0, n),
+        "ours-global" => run(ours(None, 1).layer(inner()), 0, n),
+        "ours-2-quotas" => run(
+            RateLimitLayer::builder()
+                .quota(roomy().name("a"))
+                .quota(roomy().name("b"))
+                .idle_sweep(None)
+                .build()
+                .unwrap()
+                .layer(inner()),
+            0,
+            n,
+        ),
+        "ours-ip-1" => run(ip(1), 1, n),
+        "ours-ip-10k" => run(ip(10_000), 10_000, n),
+        "ours-ip-1m" => run(ip(1_000_000), 1_000_000, n),
+        "ours-refuse" => run(refusing(false).layer(inner()), 1, n),
+        "ours-refuse-legacy" => run(refusing(true).layer(inner()), 1, n),
+        "governor-global" => {
             let config = tower_governor::governor::GovernorConfigBuilder::default()
                 .per_nanosecond(1)
                 .burst_size(1_000_000_000)
                 .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
                 .finish()
                 .unwrap();
-            run(tower_governor::GovernorLayer::new(config).layer(inner()))
+            run(
+                tower_governor::GovernorLayer::new(config).layer(inner()),
+                0,
+                n,
+            )
+        }
+        "governor-ip-1" => run(governor_ip(), 1, n),
+        "governor-ip-10k" => run(governor_ip(), 10_000, n),
+        "governor-ip-1m" => run(governor_ip(), 1_000_000, n),
+        "governor-refuse" => {
+            let config = tower_governor::governor::GovernorConfigBuilder::default()
+                .per_second(3600)
+                .burst_size(1)
+                .finish()
+                .unwrap();
+            run(
+                tower_governor::GovernorLayer::new(config).layer(inner()),
+                1,
+                n,
+            )
+        }
+        "tower" => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            let guard = rt.enter();
+            let svc =
+                tower::limit::RateLimitLayer::new(u64::MAX, Duration::from_secs(1)).layer(inner());
+            drop(guard);
+            run(svc, 0, n)
         }
         other => panic!("unknown RL_LOOP variant {other}"),
     }
+}
+
+/// Two quotas, the per-IP one exhausted for key 0: refusals carry
+/// `Retry-After`, `RateLimit-Policy` and `RateLimit` (two items each), plus
+/// `x-ratelimit-*` when `legacy`.
+fn refusing(legacy: bool) -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .name("bench")
+        .quota(
+            Quota::per_hour(1)
+                .burst(1)
+                .key(KeyExtractor::client_ip())
+                .name("per-ip"),
+        )
+        .quota(Quota::per_second(1_000_000).name("global"))
+        .legacy_headers(legacy)
+        .idle_sweep(None)
+        .build()
+        .unwrap()
 }
 
 fn main() {

@@ -50,6 +50,23 @@ pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// Appends `n` in decimal (without `core::fmt`, on the refusal path).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(char::from(b));
+    }
+}
+
 /// One quota's live state, for the `RateLimit` field.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Item {
@@ -114,7 +131,9 @@ impl HeaderTemplate {
                 out.push_str(", ");
             }
             out.push_str(&self.prefixes[item.quota]);
-            let _ = write!(out, "{};t={}", item.remaining, ceil_secs(item.reset));
+            push_u64(&mut out, u64::from(item.remaining));
+            out.push_str(";t=");
+            push_u64(&mut out, ceil_secs(item.reset));
         }
         let legacy = if self.legacy {
             let focus = focus
@@ -169,6 +188,11 @@ mod tests {
         assert_eq!(policy_qw(Rate::new(3, Duration::from_millis(1500))), (4, 2));
         assert_eq!(ceil_secs(Duration::ZERO), 0);
         assert_eq!(ceil_secs(Duration::from_millis(1001)), 2);
+        for n in [0, 7, 10, 1234, u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
     }
 
     #[test]

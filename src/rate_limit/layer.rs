@@ -278,6 +278,7 @@ impl RateLimitBuilder {
             };
             infos.push(QuotaInfo {
                 name: Arc::from(qname.as_str()),
+                exhausted: format!("rate limit quota `{qname}` exhausted"),
                 key: q.key.clone(),
                 refused: per_reason("rampart_rate_limit_refused_total"),
                 dry_run: per_reason("rampart_rate_limit_dry_run_refusals_total"),
@@ -356,6 +357,8 @@ fn spawn_sweeper(shared: &Arc<Shared>, every: Duration) {
 /// Per-quota data the layer needs besides the store.
 pub(crate) struct QuotaInfo {
     pub(crate) name: Arc<str>,
+    /// The refusal detail, rendered once.
+    exhausted: String,
     key: KeyExtractor,
     refused: [Counter; 3],
     dry_run: [Counter; 3],
@@ -565,7 +568,7 @@ impl Shared {
                 "the request costs {cost} but rate limit quota `{name}` allows at most {} at once; it can never be admitted",
                 self.store.quota(quota).burst
             ),
-            _ => format!("rate limit quota `{name}` exhausted"),
+            _ => self.quotas[quota].exhausted.clone(),
         };
         let mut rejection = Rejection::new(RejectionKind::RateLimited, Arc::clone(&self.name))
             .with_retry_after_opt(wait)
@@ -577,7 +580,9 @@ impl Shared {
             self.headers
                 .render(&items[..self.active_count(slots)], Some(quota))
         };
-        rendered.apply(rejection.headers_mut());
+        let headers = rejection.headers_mut();
+        headers.reserve(5);
+        rendered.apply(headers);
         match self.refused(quota, reason, wait, rejection) {
             Some(d) => d,
             None => Decision::Admit(None),
