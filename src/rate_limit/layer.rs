@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::hash::RandomState;
 use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -16,7 +15,9 @@ use tower::Layer;
 use super::RateLimit;
 use super::error::RefusalReason;
 use super::headers::{HeaderTemplate, Item, Rendered};
-use super::key::{ClientIp, Key, KeyExtractor, KeyRef, RequestInfo, fingerprint, parse_cidrs};
+use super::key::{
+    ClientIp, Fingerprinter, Key, KeyExtractor, KeyRef, RequestInfo, fingerprint, parse_cidrs,
+};
 use super::quota::Quota;
 use super::store::{MemoryStore, QuotaCells, Slot, Store, TableMetrics, Verdict};
 use crate::rejection::{ErrorMode, HttpMode};
@@ -293,7 +294,7 @@ impl RateLimitBuilder {
                 .collect::<Vec<_>>(),
             self.legacy_headers,
         );
-        let hasher = RandomState::new();
+        let hasher = Fingerprinter::new();
         let mut allow_keys: Vec<u64> = self
             .allow_keys
             .iter()
@@ -369,7 +370,7 @@ pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     pub(crate) quotas: Box<[QuotaInfo]>,
     pub(crate) store: MemoryStore,
-    hasher: RandomState,
+    hasher: Fingerprinter,
     anonymous: u64,
     client_ip: ClientIp,
     missing_key: MissingKey,
