@@ -136,6 +136,10 @@ use self::layer::{Decision, Shared, Slots};
 use crate::rejection::{HttpMode, Mode};
 
 /// The rate-limited service made by [`RateLimitLayer`].
+///
+/// The inner service must be `Clone` (axum and tonic services are): in
+/// waiting mode a waiting request holds the ready inner service and leaves a
+/// clone in its place.
 pub struct RateLimit<S, M = HttpMode> {
     inner: S,
     shared: Arc<Shared>,
