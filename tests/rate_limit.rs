@@ -801,3 +801,52 @@ async fn tonic_client_gets_resource_exhausted() {
         .unwrap();
     assert!(pushback > 0 && pushback <= 60_000, "{pushback}");
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusal_emits_a_tracing_event() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_env_filter("tower_rampart::rate_limit=debug")
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let layer = builder()
+        .name("traced")
+        .quota(Quota::per_minute(1).name("tight"))
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    assert_eq!(status(&mut svc, req(&[])).await, 200);
+    let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.is_empty(), "{logged}");
+    assert_eq!(status(&mut svc, req(&[])).await, 429);
+    let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.contains("rate limit refused a request"), "{logged}");
+    assert!(logged.contains("DEBUG"), "{logged}");
+    assert!(logged.contains("tower_rampart::rate_limit"), "{logged}");
+    for field in [
+        "name=traced",
+        "quota=tight",
+        "reason=\"exhausted\"",
+        "retry_after_ms=60000",
+        "dry_run=false",
+    ] {
+        assert!(logged.contains(field), "{field} not in {logged}");
+    }
+}
