@@ -109,7 +109,7 @@ where
                     ready!(waiting.sleep.as_mut().poll(cx));
                     let waiting = &mut **waiting;
                     let decision = match waiting.shared.acquire(&mut waiting.slots, true) {
-                        Decision::Wait { wait, quota }
+                        Decision::Wait { wait, quota, .. }
                             if Instant::now() + wait > waiting.deadline =>
                         {
                             waiting.shared.refuse_exhausted(&waiting.slots, quota, wait)

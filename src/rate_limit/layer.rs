@@ -405,8 +405,13 @@ pub(crate) enum Decision {
     Admit(Option<Box<Rendered>>),
     /// Answer this refusal (boxed: keeps the admitted path's values small).
     Refuse(Box<Rejection>),
-    /// Waiting mode: quota `quota` has room again after `wait`.
-    Wait { wait: Duration, quota: usize },
+    /// Waiting mode: quota `quota` has room again after `wait`; the
+    /// request's slots, to retry with (boxed: off the happy path).
+    Wait {
+        wait: Duration,
+        quota: usize,
+        slots: Option<Box<Slots>>,
+    },
 }
 
 impl Shared {
@@ -416,7 +421,19 @@ impl Shared {
     }
 
     /// Keys, cost and allow-lists, then the store's verdict.
-    pub(crate) fn decide<B>(&self, req: &http::Request<B>, slots: &mut Slots) -> Decision {
+    pub(crate) fn decide<B>(&self, req: &http::Request<B>) -> Decision {
+        let mut slots = Slots::default();
+        match self.decide_with(req, &mut slots) {
+            Decision::Wait { wait, quota, .. } => Decision::Wait {
+                wait,
+                quota,
+                slots: Some(Box::new(slots)),
+            },
+            other => other,
+        }
+    }
+
+    fn decide_with<B>(&self, req: &http::Request<B>, slots: &mut Slots) -> Decision {
         let info = RequestInfo::new(req, &self.client_ip);
         if !self.allow_cidrs.is_empty() {
             if let Some(ip) = info.client_ip() {
@@ -507,7 +524,11 @@ impl Shared {
             }
             Verdict::Exhausted { quota, wait } => {
                 if may_wait && !self.dry_run && self.wait.is_some_and(|max| wait <= max) {
-                    return Decision::Wait { wait, quota };
+                    return Decision::Wait {
+                        wait,
+                        quota,
+                        slots: None,
+                    };
                 }
                 self.refusal(slots, quota, RefusalReason::Exhausted, Some(wait), cost)
             }

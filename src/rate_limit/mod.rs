@@ -132,7 +132,7 @@ pub use quota::{Quota, Rate};
 pub use store::{TokioClock, TokioInstant};
 
 use self::future::Waiting;
-use self::layer::{Decision, Shared, Slots};
+use self::layer::{Decision, Shared};
 use crate::rejection::{HttpMode, Mode};
 
 /// The rate-limited service made by [`RateLimitLayer`].
@@ -201,11 +201,10 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let mut slots = Slots::default();
-        match self.shared.decide(&req, &mut slots) {
+        match self.shared.decide(&req) {
             Decision::Admit(headers) => ResponseFuture::called(self.inner.call(req), headers),
             Decision::Refuse(rejection) => ResponseFuture::rejected(rejection, M::context(&req)),
-            Decision::Wait { wait, .. } => {
+            Decision::Wait { wait, slots, .. } => {
                 let cx = M::context(&req);
                 let max = self.shared.wait.unwrap_or(wait);
                 let now = tokio::time::Instant::now();
@@ -217,7 +216,7 @@ where
                         deadline: now + max,
                         service: Some(service),
                         request: Some(req),
-                        slots,
+                        slots: slots.map(|s| *s).unwrap_or_default(),
                         shared: Arc::clone(&self.shared),
                     }),
                     cx,
