@@ -32,14 +32,15 @@
 //!     TimeoutLayer,
 //! };
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let shutdown = Shutdown::builder().build()?;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let shutdown = Shutdown::builder().build()?; // inside a tokio runtime
 //! let breaker = CircuitBreakerLayer::builder().name("api").build()?;
 //! let health = HealthRegistry::builder().shutdown(&shutdown).build()?;
 //!
 //! let app: Router = Router::new()
 //!     .route("/", get(|| async { "hello" }))
-//!     .layer(TimeoutLayer::new(Duration::from_secs(2)))
+//!     .layer(TimeoutLayer::new(Duration::from_secs(2))?)
 //!     .layer(breaker)
 //!     .layer(RateLimitLayer::builder().quota(Quota::per_second(100)).build()?)
 //!     .layer(shutdown.drain_layer())
