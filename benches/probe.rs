@@ -17,53 +17,21 @@
 //!
 //! Run: `cargo bench --all-features --bench probe -- --warm-up-time 1 --measurement-time 3`
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{Request, Response, Uri};
-use http_body_util::Empty;
+use http::{Request, Uri};
+
 use tower::{Layer, Service};
 use tower_rampart::health::{Check, HealthRegistry, Kind, ProbeLayer};
 use tower_rampart::shutdown::Shutdown;
 
-type Req = Request<()>;
-type Res = Response<Empty<Bytes>>;
-
-fn ready_service() -> impl Service<
-    Req,
-    Response = Res,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Res, Infallible>>,
-> + Clone {
-    tower::service_fn(|_req: Req| std::future::ready(Ok(Response::new(Empty::new()))))
-}
-
-/// `Pending` on the first poll (waking itself), ready on the second.
-struct PendingOnce(bool);
-
-impl Future for PendingOnce {
-    type Output = Result<Res, Infallible>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.0 {
-            Poll::Ready(Ok(Response::new(Empty::new())))
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
-
-fn pending_once_service()
--> impl Service<Req, Response = Res, Error = Infallible, Future = PendingOnce> + Clone {
-    tower::service_fn(|_req: Req| PendingOnce(false))
-}
+mod support;
+use support::{Req, pending_once_service, ready_service};
 
 /// A request to a non-probe path. `Uri::from_static` and an empty header
 /// map do not allocate, so building it costs a few ns in every variant.

@@ -19,50 +19,18 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
 use criterion::{Criterion, criterion_group};
-use http::{Request, Response, StatusCode};
-use http_body_util::Empty;
+use http::{Request, StatusCode};
+
 use tower::{Layer, Service};
 use tower_rampart::timeout::TimeoutLayer;
 
-type Req = Request<()>;
-type Res = Response<Empty<Bytes>>;
-
-/// Ready on the first poll.
-fn ready_service() -> impl Service<
-    Req,
-    Response = Res,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Res, Infallible>>,
-> + Clone {
-    tower::service_fn(|_req: Req| std::future::ready(Ok(Response::new(Empty::new()))))
-}
-
-/// `Pending` on the first poll (waking itself), ready on the second.
-struct PendingOnce(bool);
-
-impl Future for PendingOnce {
-    type Output = Result<Res, Infallible>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.0 {
-            Poll::Ready(Ok(Response::new(Empty::new())))
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
-
-fn pending_once_service()
--> impl Service<Req, Response = Res, Error = Infallible, Future = PendingOnce> + Clone {
-    tower::service_fn(|_req: Req| PendingOnce(false))
-}
+mod support;
+use support::{Req, Res, pending_once_service, ready_service};
 
 /// Calls `svc` with a fresh request and polls the future to completion
 /// with a noop waker (once for `ready`, twice for `pending_once`).
