@@ -220,6 +220,55 @@ impl Check {
         }
     }
 
+    /// A readiness check that follows a circuit breaker (opt-in): it fails
+    /// while the breaker is open or forced open, and passes while it is
+    /// closed, half-open (trial calls must be able to reach this replica to
+    /// close the circuit), disabled or metrics-only. It is named after the
+    /// breaker, reads one atomic per probe, and is critical unless made
+    /// [`non_critical`](Self::non_critical) (then an open breaker reports
+    /// `warn` and the service stays ready).
+    ///
+    /// Make a breaker critical only when this replica is useless without
+    /// the dependency *and* other replicas may still reach it: if every
+    /// replica's breaker guards the same shared dependency, they all turn
+    /// unready together and the load balancer has nowhere to send traffic,
+    /// where fast 503s from the breaker would have served better.
+    ///
+    /// ```
+    /// use tower_rampart::circuit_breaker::CircuitBreakerLayer;
+    /// use tower_rampart::health::{Check, HealthRegistry, Kind};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let breaker = CircuitBreakerLayer::builder().name("payments").build()?;
+    /// let registry = HealthRegistry::builder()
+    ///     .check(Check::circuit_breaker(&breaker.handle()))
+    ///     .build()?;
+    /// assert!(registry.probe(Kind::Readiness, &[]).await.passed());
+    /// breaker.handle().force_open();
+    /// let report = registry.probe(Kind::Readiness, &[]).await;
+    /// assert!(!report.passed());
+    /// assert_eq!(report.to_text(true), "[-]payments failed: reason withheld\nreadyz check failed\n");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn circuit_breaker(handle: &crate::circuit_breaker::CircuitBreakerHandle) -> Self {
+        use crate::circuit_breaker::CircuitState;
+        let handle = handle.clone();
+        let name: Arc<str> = Arc::from(handle.name());
+        Self::sync(name, Kind::Readiness, move || match handle.state() {
+            CircuitState::Open => Err(match handle.open_remaining() {
+                Some(left) => format!("circuit open, half-open in {}ms", left.as_millis()),
+                None => "circuit open".to_owned(),
+            }),
+            CircuitState::ForcedOpen => Err("circuit forced open".to_owned()),
+            CircuitState::Closed
+            | CircuitState::HalfOpen
+            | CircuitState::Disabled
+            | CircuitState::MetricsOnly => Ok(()),
+        })
+    }
+
     /// Time limit of one run (default 1s). Ignored by [`sync`](Self::sync)
     /// checks.
     pub fn timeout(mut self, timeout: Duration) -> Self {
