@@ -146,7 +146,7 @@ use crate::rate_limit::RateLimitConfig;
 use crate::shutdown::ShutdownConfig;
 use crate::timeout::TimeoutConfig;
 
-pub use stack::{OptionalRateLimit, RampartLayer, RampartService, Stack, StackBuilder};
+pub use stack::{OptionalFuture, OptionalRateLimit, RampartLayer, RampartService, Stack, StackBuilder};
 
 /// The prefix of the environment variables read by [`RampartConfig::load`].
 pub const ENV_PREFIX: &str = "RAMPART_";
