@@ -27,10 +27,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower_rampart::config::RampartConfig;
 
@@ -62,11 +62,29 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-/// What the handlers did: compared with what clients saw.
+/// What the handlers did, to compare with what clients saw.
 #[derive(Default)]
 struct Served {
-    /// Responses the `/api/*` handlers returned.
-    api: AtomicU64,
+    /// `/api/*` handler calls started.
+    started: AtomicU64,
+    /// `/api/*` handler calls that returned a response.
+    completed: AtomicU64,
+}
+
+impl Served {
+    fn start(&self) -> Completion<'_> {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        Completion(self)
+    }
+}
+
+/// Counts the response when the handler returns (not when it is dropped).
+struct Completion<'a>(&'a Served);
+
+impl Completion<'_> {
+    fn done(self) {
+        self.0.completed.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Clone)]
@@ -76,22 +94,23 @@ struct AppState {
 }
 
 async fn ok(State(s): State<AppState>) -> &'static str {
-    s.served.api.fetch_add(1, Ordering::Relaxed);
+    s.served.start().done();
     "ok\n"
 }
 
 async fn fail(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    s.served.api.fetch_add(1, Ordering::Relaxed);
+    s.served.start().done();
     (StatusCode::INTERNAL_SERVER_ERROR, "failed on purpose\n")
 }
 
 async fn sleep(State(s): State<AppState>, Path(ms): Path<u64>) -> String {
+    let call = s.served.start();
     tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
-    s.served.api.fetch_add(1, Ordering::Relaxed);
+    call.done();
     format!("slept {ms}ms\n")
 }
 
-async fn metrics(State(s): State<AppState>) -> String {
+async fn render_metrics(State(s): State<AppState>) -> String {
     s.metrics.run_upkeep();
     s.metrics.render()
 }
@@ -107,8 +126,7 @@ async fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -148,7 +166,7 @@ async fn run(config: RampartConfig) -> Result<(), Box<dyn std::error::Error>> {
         .route("/api/ok", get(ok))
         .route("/api/fail", get(fail))
         .route("/api/sleep/{ms}", get(sleep))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(render_metrics))
         .with_state(AppState {
             served: served.clone(),
             metrics,
@@ -178,7 +196,8 @@ async fn run(config: RampartConfig) -> Result<(), Box<dyn std::error::Error>> {
         "left_in_flight": report.left_in_flight,
         "drain_timed_out": report.drain_timed_out,
         "hooks_failed": report.hooks.iter().filter(|h| h.outcome != tower_rampart::shutdown::HookOutcome::Completed).count(),
-        "api_responses": served.api.load(Ordering::Relaxed),
+        "api_started": served.started.load(Ordering::Relaxed),
+        "api_completed": served.completed.load(Ordering::Relaxed),
     });
     say(&format!("rampart-shutdown-report {line}"));
     Ok(())

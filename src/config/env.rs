@@ -50,7 +50,9 @@ where
         let path = display_path(&segments);
         match set(&mut root, &segments, parse_value(&raw)) {
             Ok(()) => applied.push((path, name)),
-            Err(message) => errors.push(ConfigError::new(path, format!("{message} (set by {name})"))),
+            Err(message) => {
+                errors.push(ConfigError::new(path, format!("{message} (set by {name})")))
+            }
         }
     }
     if let Value::Table(t) = root {
@@ -101,7 +103,9 @@ fn display_path(segments: &[Segment]) -> String {
 fn parse_value(raw: &str) -> Value {
     let doc = format!("v = {raw}");
     match toml::from_str::<Table>(&doc) {
-        Ok(mut t) if t.len() == 1 => t.remove("v").unwrap_or_else(|| Value::String(raw.to_owned())),
+        Ok(mut t) if t.len() == 1 => t
+            .remove("v")
+            .unwrap_or_else(|| Value::String(raw.to_owned())),
         _ => Value::String(raw.to_owned()),
     }
 }
@@ -201,6 +205,11 @@ mod tests {
         assert!(fields.iter().any(|f| f.starts_with(
             "rate_limit.quotas[3].rate: index 3 is out of range (the array has 0 items) (set by RAMPART_RATE_LIMIT__QUOTAS__3__RATE)"
         )), "{fields:?}");
-        assert!(fields.iter().any(|f| f.starts_with("listen.port: cannot set `port`")), "{fields:?}");
+        assert!(
+            fields
+                .iter()
+                .any(|f| f.starts_with("listen.port: cannot set `port`")),
+            "{fields:?}"
+        );
     }
 }

@@ -146,7 +146,9 @@ use crate::rate_limit::RateLimitConfig;
 use crate::shutdown::ShutdownConfig;
 use crate::timeout::TimeoutConfig;
 
-pub use stack::{OptionalFuture, OptionalRateLimit, RampartLayer, RampartService, Stack, StackBuilder};
+pub use stack::{
+    OptionalFuture, OptionalRateLimit, RampartLayer, RampartService, Stack, StackBuilder,
+};
 
 /// The prefix of the environment variables read by [`RampartConfig::load`].
 pub const ENV_PREFIX: &str = "RAMPART_";
@@ -367,22 +369,22 @@ impl RampartConfig {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|e| ConfigErrors::one(ConfigError::new("", e.to_string().trim().to_owned())))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+            ConfigErrors::one(ConfigError::new("", e.to_string().trim().to_owned()))
+        })?;
         let applied = env::apply(&mut table, ENV_PREFIX, vars)?;
-        let config: RampartConfig =
-            serde_path_to_error::deserialize(table).map_err(|e| {
-                let path = e.path().to_string();
-                let path = if path == "." { String::new() } else { path };
-                let mut message = e.inner().message().trim().to_owned();
-                if let Some(var) = applied
-                    .iter()
-                    .find_map(|(p, v)| related(&path, p).then_some(v))
-                {
-                    message.push_str(&format!(" (set by {var})"));
-                }
-                ConfigErrors::one(ConfigError::new(path, message))
-            })?;
+        let config: RampartConfig = serde_path_to_error::deserialize(table).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let mut message = e.inner().message().trim().to_owned();
+            if let Some(var) = applied
+                .iter()
+                .find_map(|(p, v)| related(&path, p).then_some(v))
+            {
+                message.push_str(&format!(" (set by {var})"));
+            }
+            ConfigErrors::one(ConfigError::new(path, message))
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -421,7 +423,10 @@ impl RampartConfig {
         }
         if self.health.grpc_poll_interval.is_zero() {
             push(
-                Err(ConfigError::new("grpc_poll_interval", "must be greater than 0")),
+                Err(ConfigError::new(
+                    "grpc_poll_interval",
+                    "must be greater than 0",
+                )),
                 "health",
             );
         }
@@ -514,7 +519,7 @@ fn validate_rate_limit(rl: &RateLimitConfig) -> Vec<ConfigError> {
                 quotas: vec![q.clone()],
                 ..rl.clone()
             };
-            if let Err(e) = single.validate() {
+            if let Err(e) = single.build().map(drop) {
                 let field = e.field();
                 if let Some(rest) = field.strip_prefix("quotas[0]") {
                     errors.push(ConfigError::new(
@@ -526,7 +531,7 @@ fn validate_rate_limit(rl: &RateLimitConfig) -> Vec<ConfigError> {
         }
     }
     if errors.is_empty() {
-        if let Err(e) = rl.validate() {
+        if let Err(e) = rl.build().map(drop) {
             errors.push(e);
         }
     }

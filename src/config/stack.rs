@@ -197,9 +197,7 @@ impl fmt::Debug for RampartLayer {
 
 /// The service made by [`RampartLayer`] around `S`.
 pub type RampartService<S> = Probe<
-    Drain<
-        OptionalRateLimit<CircuitBreaker<Timeout<CatchPanic<S, DefaultResponseForPanic>>>>,
-    >,
+    Drain<OptionalRateLimit<CircuitBreaker<Timeout<CatchPanic<S, DefaultResponseForPanic>>>>>,
 >;
 
 impl<S> Layer<S> for RampartLayer {
@@ -248,20 +246,39 @@ where
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         match self {
-            Self::On(s) => OptionalFuture::On { future: s.call(req) },
-            Self::Off(s) => OptionalFuture::Off { future: s.call(req) },
+            Self::On(s) => OptionalFuture {
+                inner: Either::On {
+                    future: s.call(req),
+                },
+            },
+            Self::Off(s) => OptionalFuture {
+                inner: Either::Off {
+                    future: s.call(req),
+                },
+            },
         }
     }
 }
 
 pin_project_lite::pin_project! {
     /// The response future of [`OptionalRateLimit`].
-    #[project = OptionalProj]
-    pub enum OptionalFuture<A, B> {
-        /// Through the rate limit.
+    pub struct OptionalFuture<A, B> {
+        #[pin]
+        inner: Either<A, B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = EitherProj]
+    enum Either<A, B> {
         On { #[pin] future: A },
-        /// Straight through.
         Off { #[pin] future: B },
+    }
+}
+
+impl<A, B> fmt::Debug for OptionalFuture<A, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OptionalFuture")
     }
 }
 
@@ -274,9 +291,9 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            OptionalProj::On { future } => future.poll(cx),
-            OptionalProj::Off { future } => match future.poll(cx) {
+        match self.project().inner.project() {
+            EitherProj::On { future } => future.poll(cx),
+            EitherProj::Off { future } => match future.poll(cx) {
                 Poll::Ready(res) => Poll::Ready(res.map(|r| r.map(ResponseBody::new))),
                 Poll::Pending => Poll::Pending,
             },
