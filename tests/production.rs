@@ -238,9 +238,9 @@ async fn sigterm_under_load_drops_nothing() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                // Mostly fast calls; every fourth one stays in flight 300 ms,
+                // Mostly fast calls; every eighth one stays in flight 300 ms,
                 // so some are in flight when draining begins.
-                let (path, body) = if (n + w as u64) % 4 == 0 {
+                let (path, body) = if (n + w as u64) % 8 == 0 {
                     ("/api/sleep/300", "slept 300ms\n")
                 } else {
                     ("/api/ok", "ok\n")
