@@ -2,17 +2,101 @@
 //!
 //! `tower-rampart` protects axum and tonic servers, and any tower service,
 //! with one set of layers that share their state by construction and answer
-//! refusals in the caller's protocol (see [`rejection`]):
+//! refusals in the caller's protocol:
 //!
 //! - [`circuit_breaker`]: stop calling a failing dependency, probe it, recover;
-//! - [`rate_limit`]: keyed, multi-quota GCRA limits with bounded memory;
-//! - [`timeout`]: request timeouts with deadline propagation;
-//! - [`shutdown`]: graceful shutdown with a drain layer;
+//! - [`rate_limit`]: keyed, multi-quota GCRA limits with bounded memory and
+//!   the IETF `RateLimit` headers;
+//! - [`timeout`]: request timeouts with deadline propagation (`grpc-timeout`);
+//! - [`shutdown`]: graceful shutdown (SIGTERM, delay, drain, abort, hooks)
+//!   with a drain layer;
 //! - [`health`]: Kubernetes-style probes wired to shutdown and breakers.
 //!
-//! Shared pieces: [`rejection`] (what a layer refused, as HTTP, gRPC or a
-//! typed error), [`classify`] (was a call a success?) and [`ConfigError`]
-//! (invalid settings, named by field).
+//! Shared pieces: [`rejection`] (what a layer refused, answered as HTTP,
+//! gRPC or a typed error), [`classify`] (was a call a success?) and
+//! [`ConfigError`] (invalid settings, named by field).
+//!
+//! # One stack for the whole router
+//!
+//! Outermost first: probes (answered before anything can refuse them), the
+//! drain layer, the rate limit (the cheapest refusal first, so refused
+//! requests never reach the breaker's statistics), the circuit breaker, and
+//! the timeout inside it (so a timeout counts as a failure). axum applies the
+//! *last* `.layer(...)` outermost:
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{Router, routing::get};
+//! use tower_rampart::{
+//!     CircuitBreakerLayer, HealthRegistry, ProbeLayer, Quota, RateLimitLayer, Shutdown,
+//!     TimeoutLayer,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let shutdown = Shutdown::builder().build()?; // inside a tokio runtime
+//! let breaker = CircuitBreakerLayer::builder().name("api").build()?;
+//! let health = HealthRegistry::builder().shutdown(&shutdown).build()?;
+//!
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(TimeoutLayer::new(Duration::from_secs(2))?)
+//!     .layer(breaker)
+//!     .layer(RateLimitLayer::builder().quota(Quota::per_second(100)).build()?)
+//!     .layer(shutdown.drain_layer())
+//!     .layer(ProbeLayer::new(&health));
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every refusal is a [`Rejection`]: in the default
+//! [`HttpMode`](rejection::HttpMode) it becomes a response (the router stays
+//! `Infallible`, no `HandleErrorLayer`); with each layer's
+//! `into_error_mode()` it is returned inside a `BoxError` for services that
+//! do not speak HTTP.
+//!
+//! # Metrics and events
+//!
+//! Metrics go through the [`metrics`] facade, named `rampart_*` and labelled
+//! `name` with the layer's name. Handles are registered when a layer is
+//! built: **install the recorder before building layers**.
+//!
+//! | metric | type | labels | module |
+//! |---|---|---|---|
+//! | `rampart_circuit_breaker_state` | gauge | `name` | [`circuit_breaker`] |
+//! | `rampart_circuit_breaker_calls_total` | counter | `name`, `outcome` | [`circuit_breaker`] |
+//! | `rampart_circuit_breaker_slow_calls_total` | counter | `name` | [`circuit_breaker`] |
+//! | `rampart_circuit_breaker_rejections_total` | counter | `name` | [`circuit_breaker`] |
+//! | `rampart_circuit_breaker_transitions_total` | counter | `name`, `from`, `to` | [`circuit_breaker`] |
+//! | `rampart_rate_limit_admitted_total` | counter | `name` | [`rate_limit`] |
+//! | `rampart_rate_limit_refused_total` | counter | `name`, `quota`, `reason` | [`rate_limit`] |
+//! | `rampart_rate_limit_dry_run_refusals_total` | counter | `name`, `quota`, `reason` | [`rate_limit`] |
+//! | `rampart_rate_limit_allowlisted_total` | counter | `name` | [`rate_limit`] |
+//! | `rampart_rate_limit_keys` | gauge | `name`, `quota` | [`rate_limit`] |
+//! | `rampart_rate_limit_evictions_total` | counter | `name`, `quota`, `reason` | [`rate_limit`] |
+//! | `rampart_timeouts_total` | counter | `name`, `cause` | [`timeout`] |
+//! | `rampart_in_flight_requests` | gauge | `name` | [`shutdown`] |
+//! | `rampart_shutdown_phase` | gauge | `name` | [`shutdown`] |
+//! | `rampart_drain_duration_seconds` | histogram | `name` | [`shutdown`] |
+//! | `rampart_drain_aborted_total` | counter | `name` | [`shutdown`] |
+//! | `rampart_requests_refused_total` | counter | `name`, `kind` | [`shutdown`] |
+//! | `rampart_health_check_status` | gauge | `name`, `check`, `kind` | [`health`] |
+//! | `rampart_health_check_duration_seconds` | histogram | `name`, `check`, `kind` | [`health`] |
+//!
+//! `tracing` events use the module path as target
+//! (`tower_rampart::circuit_breaker`, `tower_rampart::rate_limit`,
+//! `tower_rampart::timeout`, `tower_rampart::shutdown`,
+//! `tower_rampart::health`); each module's docs list its events, levels and
+//! fields.
+//!
+//! # Feature flags
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `axum` | the client IP from axum's `ConnectInfo<SocketAddr>` for rate-limit keys |
+//! | `tonic` | the `grpc.health.v1` bridge ([`HealthRegistry::grpc_health`]) |
+//! | `config` | `serde::Deserialize` configs for every layer |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -31,5 +115,10 @@ pub mod rejection;
 pub mod shutdown;
 pub mod timeout;
 
+pub use circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, CircuitState};
 pub use error::ConfigError;
+pub use health::{Check, HealthRegistry, ProbeLayer};
+pub use rate_limit::{Quota, Rate, RateLimitLayer};
 pub use rejection::{Rejection, RejectionKind};
+pub use shutdown::{DrainLayer, Shutdown};
+pub use timeout::{Deadline, TimeoutLayer};

@@ -330,6 +330,10 @@ impl Rejection {
 }
 
 fn merge_headers(into: &mut HeaderMap, from: HeaderMap) {
+    if from.is_empty() {
+        return;
+    }
+    into.reserve(from.len());
     let mut last = None;
     for (name, value) in from {
         if let Some(name) = name {
@@ -349,19 +353,29 @@ pub(crate) fn retry_after_secs(d: Duration) -> u64 {
 }
 
 fn push_json_escaped(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    // Copy unescaped runs whole; only quotes, backslashes and control
+    // characters need escaping (all ASCII, so byte indices are char
+    // boundaries).
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escaped);
         }
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
 }
 
 /// The gRPC spec's percent-encoding of `grpc-message`: bytes outside
@@ -733,6 +747,26 @@ mod tests {
         assert_eq!(rej.kind(), RejectionKind::RateLimited);
         assert_eq!(rej.layer(), "l");
         assert_eq!(err.to_string(), "rate limited (layer `l`)");
+    }
+
+    #[test]
+    fn problem_json_escapes_round_trip() {
+        for detail in [
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "ctl\u{1}\u{1f}",
+            "tab\tnl\n",
+            "ünï☃",
+            "\"\"",
+            "end\\",
+        ] {
+            let json = Rejection::new(RejectionKind::TimedOut, "t")
+                .with_detail(detail)
+                .problem_json();
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(v["detail"], detail, "{json}");
+        }
     }
 
     #[test]

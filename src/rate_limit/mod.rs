@@ -1,1 +1,227 @@
-//! The rate_limit layer (in progress).
+//! Rate limiting on `governor`'s GCRA: keyed, several quotas at once,
+//! bounded memory, honest headers.
+//!
+//! A [`RateLimitLayer`] holds one or more [`Quota`]s (`10 per second per
+//! client IP, burst 20` and `1000 per second overall`). A request is admitted
+//! only when every quota admits it, and then consumes from all of them; when
+//! one refuses, it consumes from none and the refusal names that quota.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use http::{Request, Response};
+//! use tower::{Service, ServiceExt, service_fn};
+//! use tower_rampart::rate_limit::{ClientIp, KeyExtractor, Quota, RateLimitLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let layer = RateLimitLayer::builder()
+//!     .name("api")
+//!     // Per client IP: 2 per second, at most 2 at once.
+//!     .quota(Quota::per_second(2).key(KeyExtractor::client_ip()))
+//!     // Everybody together: 1000 per second.
+//!     .quota(Quota::per_second(1000).name("global"))
+//!     // Behind a load balancer in 10.0.0.0/8: believe its X-Forwarded-For.
+//!     .client_ip(ClientIp::new().trusted_proxies(["10.0.0.0/8"])?)
+//!     .build()?;
+//!
+//! let mut svc = tower::ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service(service_fn(|_req: Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+//!     }));
+//!
+//! let request = || {
+//!     Request::builder()
+//!         .header("x-forwarded-for", "203.0.113.7")
+//!         .extension(SocketAddr::from(([10, 0, 0, 1], 5000))) // the proxy
+//!         .body(String::new())
+//!         .unwrap()
+//! };
+//! for _ in 0..2 {
+//!     let res = svc.ready().await?.call(request()).await?;
+//!     assert_eq!(res.status(), 200);
+//! }
+//! let res = svc.ready().await?.call(request()).await?;
+//! assert_eq!(res.status(), 429);
+//! assert_eq!(res.headers()["retry-after"], "1");
+//! assert_eq!(
+//!     res.headers()["ratelimit-policy"],
+//!     r#""client-ip";q=2;w=1, "global";q=1000;w=1"#
+//! );
+//! let live = res.headers()["ratelimit"].to_str()?;
+//! assert!(live.starts_with(r#""client-ip";r=0;t=1, "global";r="#));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What a refusal looks like
+//!
+//! HTTP: `429 Too Many Requests`, `Retry-After` (whole seconds, rounded up,
+//! at least 1), the [IETF fields](headers) `RateLimit-Policy` and `RateLimit`
+//! (one item per quota), optionally `x-ratelimit-*`, and an
+//! `application/problem+json` body naming the quota. gRPC (request
+//! `content-type: application/grpc*`): a trailers-only response with
+//! `grpc-status: 8` (`RESOURCE_EXHAUSTED`), `grpc-retry-pushback-ms` and the
+//! same rate-limit headers. A request costing more than a quota's burst is
+//! refused without `Retry-After` (it can never be admitted); a request with
+//! no key under [`MissingKey::Reject`] gets 400 / `INVALID_ARGUMENT`. With
+//! [`RateLimitLayer::into_error_mode`] the refusal is a
+//! [`Rejection`](crate::Rejection) inside a `BoxError` instead.
+//!
+//! # Keys, proxies, memory
+//!
+//! Quotas are counted by a [`KeyExtractor`]: global, client IP (see
+//! [`ClientIp`] for trusted proxies), a header value, the route or path, or a
+//! closure. Keyed state is kept per key fingerprint in a bounded table
+//! ([`RateLimitBuilder::max_keys`]); idle keys (whose bucket is full again,
+//! so forgetting them changes nothing) are evicted by a background task, and
+//! a full table evicts the most idle of a small sample. Both are counted.
+//!
+//! # Other modes
+//!
+//! - [`RateLimitBuilder::dry_run`]: count and trace what would be refused,
+//!   refuse nothing.
+//! - [`RateLimitBuilder::allow_keys`] / [`allow_cidrs`](RateLimitBuilder::allow_cidrs):
+//!   never limited.
+//! - [`RateLimitBuilder::wait`]: for outbound calls, wait up to a maximum
+//!   delay for room, then refuse.
+//!
+//! # Metrics and events
+//!
+//! Install the `metrics` recorder before building layers: handles are
+//! registered once, at build.
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `rampart_rate_limit_admitted_total` | counter | `name` | requests admitted (including dry-run would-be refusals) |
+//! | `rampart_rate_limit_refused_total` | counter | `name`, `quota`, `reason` | requests refused; `reason` is `exhausted`, `too-costly` or `missing-key` |
+//! | `rampart_rate_limit_dry_run_refusals_total` | counter | `name`, `quota`, `reason` | requests dry-run mode would have refused |
+//! | `rampart_rate_limit_allowlisted_total` | counter | `name` | requests let through by the allow-lists |
+//! | `rampart_rate_limit_keys` | gauge | `name`, `quota` | keys tracked by a keyed quota |
+//! | `rampart_rate_limit_evictions_total` | counter | `name`, `quota`, `reason` | keys evicted; `reason` is `idle` or `capacity` |
+//!
+//! | event | target | level | fields |
+//! |---|---|---|---|
+//! | `rate limit refused a request` | `tower_rampart::rate_limit` | DEBUG | `name`, `quota`, `reason`, `retry_after_ms`, `dry_run` |
+
+#[cfg(feature = "config")]
+mod config;
+mod error;
+mod future;
+pub mod headers;
+mod key;
+mod layer;
+mod quota;
+mod store;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::Service;
+
+#[cfg(feature = "config")]
+pub use config::{QuotaConfig, RateLimitConfig};
+pub use error::RefusalReason;
+pub use future::ResponseFuture;
+pub use key::{ClientIp, Key, KeyExtractor, RequestInfo};
+pub use layer::{MAX_QUOTAS, MissingKey, RateLimitBuilder, RateLimitLayer};
+pub use quota::{Quota, Rate};
+pub use store::{TokioClock, TokioInstant};
+
+use self::future::Waiting;
+use self::layer::{Decision, Shared};
+use crate::rejection::{HttpMode, Mode};
+
+/// The rate-limited service made by [`RateLimitLayer`].
+///
+/// The inner service must be `Clone` (axum and tonic services are): in
+/// waiting mode a waiting request holds the ready inner service and leaves a
+/// clone in its place.
+pub struct RateLimit<S, M = HttpMode> {
+    inner: S,
+    shared: Arc<Shared>,
+    _mode: PhantomData<fn() -> M>,
+}
+
+impl<S, M> RateLimit<S, M> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Self {
+            inner,
+            shared,
+            _mode: PhantomData,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, M> Clone for RateLimit<S, M> {
+    fn clone(&self) -> Self {
+        Self::from_shared(self.inner.clone(), Arc::clone(&self.shared))
+    }
+}
+
+impl<S: fmt::Debug, M> fmt::Debug for RateLimit<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("name", &self.shared.name)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S, ReqB, ResB, M> Service<Request<ReqB>> for RateLimit<S, M>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    M: Mode<Request<ReqB>, Response<ResB>, S::Error>,
+{
+    type Response = M::Response;
+    type Error = M::Error;
+    type Future = ResponseFuture<S, ReqB, M>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(M::admitted(Err(e)).map(|_| ())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        match self.shared.decide(&req) {
+            Decision::Admit(headers) => ResponseFuture::called(self.inner.call(req), headers),
+            Decision::Refuse(rejection) => ResponseFuture::rejected(rejection, M::context(&req)),
+            Decision::Wait { wait, slots, .. } => {
+                let cx = M::context(&req);
+                let max = self.shared.wait.unwrap_or(wait);
+                let now = tokio::time::Instant::now();
+                let ready = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, ready);
+                ResponseFuture::waiting(
+                    Box::new(Waiting {
+                        sleep: Box::pin(tokio::time::sleep_until(now + wait)),
+                        deadline: now + max,
+                        service: Some(service),
+                        request: Some(req),
+                        slots: slots.map(|s| *s).unwrap_or_default(),
+                        shared: Arc::clone(&self.shared),
+                    }),
+                    cx,
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! `serde` configuration (feature `config`).
+
+use std::time::Duration;
+
+use super::key::{ClientIp, Key, KeyExtractor};
+use super::layer::{MissingKey, RateLimitLayer};
+use super::quota::{Quota, Rate};
+use crate::ConfigError;
+
+/// One quota in a config file.
+///
+/// ```toml
+/// rate = "100/s"
+/// burst = 20
+/// key = "client_ip"   # global | client_ip | path | route | header:<name>
+/// name = "per-ip"
+/// ```
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// The rate, as `"<count>/<unit>"` (`"100/s"`, `"1000/h"`).
+    pub rate: String,
+    /// Units that may be taken at once (default: the rate's count).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// What the quota is counted by (default `global`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The quota's name (default: the key's name).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A rate limit layer in a config file.
+///
+/// ```
+/// # #[cfg(feature = "config")] {
+/// use tower_rampart::rate_limit::RateLimitConfig;
+///
+/// let config: RateLimitConfig = serde_json::from_str(r#"{
+///     "name": "api",
+///     "quotas": [
+///         { "rate": "10/s", "burst": 20, "key": "client_ip" },
+///         { "rate": "1000/s", "name": "global" }
+///     ],
+///     "trusted_proxies": ["10.0.0.0/8"],
+///     "max_keys": 50000
+/// }"#).unwrap();
+/// let layer = config.build().unwrap();
+/// assert_eq!(layer.name(), "api");
+/// # }
+/// ```
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// The layer's name (default `rate_limit`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The quotas (at least one).
+    pub quotas: Vec<QuotaConfig>,
+    /// Proxies whose forwarding headers are believed (CIDRs or addresses).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Forwarding entries walked at most (default 5).
+    #[serde(default)]
+    pub max_hops: Option<usize>,
+    /// Key IPv6 clients by this prefix length (default 128).
+    #[serde(default)]
+    pub ipv6_prefix: Option<u8>,
+    /// What happens to requests with no key: `anonymous` (default), `allow`
+    /// or `reject`.
+    #[serde(default)]
+    pub missing_key: MissingKey,
+    /// Keys kept at most per keyed quota (default 100 000).
+    #[serde(default)]
+    pub max_keys: Option<usize>,
+    /// How often idle keys are evicted (default "60s").
+    #[serde(default, with = "crate::config_util::opt_duration")]
+    pub idle_sweep: Option<Duration>,
+    /// Count what would be refused, refuse nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Send the `RateLimit` fields on admitted responses too.
+    #[serde(default)]
+    pub admitted_headers: bool,
+    /// Send `x-ratelimit-*` too.
+    #[serde(default)]
+    pub legacy_headers: bool,
+    /// Keys never limited (matched as text).
+    #[serde(default)]
+    pub allow_keys: Vec<String>,
+    /// Client networks never limited.
+    #[serde(default)]
+    pub allow_cidrs: Vec<String>,
+    /// Waiting mode: wait up to this long for room (e.g. "500ms").
+    #[serde(default, with = "crate::config_util::opt_duration")]
+    pub wait: Option<Duration>,
+}
+
+impl RateLimitConfig {
+    /// Validates the config and builds the layer; errors name the field
+    /// (`quotas[1].rate`).
+    pub fn build(&self) -> Result<RateLimitLayer, ConfigError> {
+        let mut b = RateLimitLayer::builder();
+        if let Some(name) = &self.name {
+            b = b.name(name.clone());
+        }
+        for (i, q) in self.quotas.iter().enumerate() {
+            let at = format!("quotas[{i}]");
+            let rate: Rate = q
+                .rate
+                .parse()
+                .map_err(|e: String| ConfigError::new("rate", e).at(&at))?;
+            let mut quota = Quota::new(rate);
+            if let Some(burst) = q.burst {
+                quota = quota.burst(burst);
+            }
+            if let Some(key) = &q.key {
+                quota = quota.key(key.parse::<KeyExtractor>().map_err(|e| e.at(&at))?);
+            }
+            if let Some(name) = &q.name {
+                quota = quota.name(name.clone());
+            }
+            b = b.quota(quota);
+        }
+        let mut ip = ClientIp::new().trusted_proxies(&self.trusted_proxies)?;
+        if let Some(h) = self.max_hops {
+            ip = ip.max_hops(h)?;
+        }
+        if let Some(p) = self.ipv6_prefix {
+            ip = ip.ipv6_prefix(p)?;
+        }
+        b = b
+            .client_ip(ip)
+            .missing_key(self.missing_key)
+            .idle_sweep(Some(self.idle_sweep.unwrap_or(Duration::from_secs(60))))
+            .dry_run(self.dry_run)
+            .admitted_headers(self.admitted_headers)
+            .legacy_headers(self.legacy_headers)
+            .allow_keys(self.allow_keys.iter().map(|k| Key::from(k.clone())))
+            .allow_cidrs(self.allow_cidrs.iter().cloned());
+        if let Some(m) = self.max_keys {
+            b = b.max_keys(m);
+        }
+        if let Some(w) = self.wait {
+            b = b.wait(w);
+        }
+        b.build()
+    }
+}
+
+impl TryFrom<RateLimitConfig> for RateLimitLayer {
+    type Error = ConfigError;
+
+    fn try_from(config: RateLimitConfig) -> Result<Self, ConfigError> {
+        config.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> ConfigError {
+        serde_json::from_str::<RateLimitConfig>(json)
+            .unwrap()
+            .build()
+            .unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_fields() {
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"0/s"}]}"#).field(),
+            "quotas[0].rate"
+        );
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"1/s"},{"rate":"5/s","burst":0,"name":"b"}]}"#).field(),
+            "quotas[1].burst"
+        );
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"ten/s"}]}"#).field(),
+            "quotas[0].rate"
+        );
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"1/s"}],"trusted_proxies":["10.0.0.0/99"]}"#).field(),
+            "trusted_proxies[0]"
+        );
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"1/s"}],"allow_cidrs":["x"]}"#).field(),
+            "allow_cidrs[0]"
+        );
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"1/s","key":"cookie"}]}"#).field(),
+            "quotas[0].key"
+        );
+        assert_eq!(err(r#"{"quotas":[]}"#).field(), "quotas");
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"1/s"}],"max_keys":0}"#).field(),
+            "max_keys"
+        );
+        assert!(serde_json::from_str::<RateLimitConfig>(r#"{"quotas":[],"bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn builds() {
+        let c: RateLimitConfig = serde_json::from_str(
+            r#"{"quotas":[{"rate":"100/s","burst":20,"key":"header:x-api-key"}],
+                "missing_key":"reject","idle_sweep":"5s","wait":"250ms"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.missing_key, MissingKey::Reject);
+        assert_eq!(c.wait, Some(Duration::from_millis(250)));
+        assert!(RateLimitLayer::try_from(c).is_ok());
+    }
+}

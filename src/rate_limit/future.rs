@@ -1,0 +1,153 @@
+//! The rate limit's response future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+use super::headers::Rendered;
+use super::layer::{Decision, Shared, Slots};
+use crate::Rejection;
+use crate::rejection::Mode;
+
+/// A request waiting for room (waiting mode only; boxed, off the happy path).
+pub(crate) struct Waiting<S, ReqB> {
+    pub(crate) sleep: Pin<Box<Sleep>>,
+    pub(crate) deadline: Instant,
+    pub(crate) service: Option<S>,
+    pub(crate) request: Option<Request<ReqB>>,
+    pub(crate) slots: Slots,
+    pub(crate) shared: Arc<Shared>,
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, S, ReqB, C> {
+        Called { #[pin] future: F, headers: Option<Box<Rendered>> },
+        Rejected { rejection: Option<Box<Rejection>>, cx: C },
+        Waiting { waiting: Box<Waiting<S, ReqB>>, cx: C },
+    }
+}
+
+pin_project! {
+    /// The response future of [`RateLimit`](super::RateLimit).
+    pub struct ResponseFuture<S, ReqB, M>
+    where
+        S: Service<Request<ReqB>>,
+        M: Mode<Request<ReqB>, S::Response, S::Error>,
+    {
+        #[pin]
+        state: State<S::Future, S, ReqB, M::Context>,
+    }
+}
+
+impl<S, ReqB, M> ResponseFuture<S, ReqB, M>
+where
+    S: Service<Request<ReqB>>,
+    M: Mode<Request<ReqB>, S::Response, S::Error>,
+{
+    #[inline]
+    pub(crate) fn called(future: S::Future, headers: Option<Box<Rendered>>) -> Self {
+        Self {
+            state: State::Called { future, headers },
+        }
+    }
+
+    pub(crate) fn rejected(rejection: Box<Rejection>, cx: M::Context) -> Self {
+        Self {
+            state: State::Rejected {
+                rejection: Some(rejection),
+                cx,
+            },
+        }
+    }
+
+    pub(crate) fn waiting(waiting: Box<Waiting<S, ReqB>>, cx: M::Context) -> Self {
+        Self {
+            state: State::Waiting { waiting, cx },
+        }
+    }
+}
+
+impl<S, ReqB, ResB, M> Future for ResponseFuture<S, ReqB, M>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    M: Mode<Request<ReqB>, Response<ResB>, S::Error>,
+{
+    type Output = Result<M::Response, M::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { future, headers } => {
+                    let mut result = ready!(future.poll(cx));
+                    if let Some(h) = headers.take() {
+                        if let Ok(res) = &mut result {
+                            h.apply(res.headers_mut());
+                        }
+                    }
+                    return Poll::Ready(M::admitted(result));
+                }
+                StateProj::Rejected { rejection, cx } => {
+                    let rejection = rejection
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(M::rejected(*cx, *rejection));
+                }
+                StateProj::Waiting {
+                    waiting,
+                    cx: context,
+                } => {
+                    let context = *context;
+                    ready!(waiting.sleep.as_mut().poll(cx));
+                    let waiting = &mut **waiting;
+                    let decision = match waiting.shared.acquire(&mut waiting.slots, true) {
+                        Decision::Wait { wait, quota, .. }
+                            if Instant::now() + wait > waiting.deadline =>
+                        {
+                            waiting.shared.refuse_exhausted(&waiting.slots, quota, wait)
+                        }
+                        other => other,
+                    };
+                    match decision {
+                        Decision::Admit(headers) => {
+                            let (Some(mut service), Some(request)) =
+                                (waiting.service.take(), waiting.request.take())
+                            else {
+                                panic!("ResponseFuture polled after completion");
+                            };
+                            let future = service.call(request);
+                            this.state.set(State::Called { future, headers });
+                        }
+                        Decision::Wait { wait, .. } => {
+                            waiting.sleep.as_mut().reset(Instant::now() + wait);
+                        }
+                        Decision::Refuse(rejection) => {
+                            this.state.set(State::Rejected {
+                                rejection: Some(rejection),
+                                cx: context,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S, ReqB, M> fmt::Debug for ResponseFuture<S, ReqB, M>
+where
+    S: Service<Request<ReqB>>,
+    M: Mode<Request<ReqB>, S::Response, S::Error>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("rate_limit::ResponseFuture")
+    }
+}
