@@ -104,6 +104,9 @@
 pub mod circuit_breaker;
 pub mod classify;
 #[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+pub mod config;
+#[cfg(feature = "config")]
 mod config_util;
 mod error;
 pub mod health;

@@ -1,0 +1,302 @@
+//! The stack builder: one layer applying every layer of the crate in the
+//! right order, built from a [`RampartConfig`].
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+use tower_http::catch_panic::{CatchPanic, CatchPanicLayer, DefaultResponseForPanic};
+
+use super::{BreakerReadiness, ConfigErrors, RampartConfig};
+use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer};
+use crate::health::{Check, HealthRegistry, Probe, ProbeLayer};
+use crate::rate_limit::{RateLimit, RateLimitLayer};
+use crate::rejection::ResponseBody;
+use crate::shutdown::{Drain, DrainLayer, Shutdown};
+use crate::timeout::{Timeout, TimeoutLayer};
+
+/// Builds a [`Stack`] from a [`RampartConfig`]: made by
+/// [`RampartConfig::stack`].
+#[must_use]
+pub struct StackBuilder<'a> {
+    config: &'a RampartConfig,
+    checks: Vec<Check>,
+}
+
+impl fmt::Debug for StackBuilder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackBuilder")
+            .field("config", self.config)
+            .field("checks", &self.checks)
+            .finish()
+    }
+}
+
+impl<'a> StackBuilder<'a> {
+    pub(super) fn new(config: &'a RampartConfig) -> Self {
+        Self {
+            config,
+            checks: Vec::new(),
+        }
+    }
+
+    /// Adds a health check of the program (a database, a cache) to the
+    /// registry the probes read.
+    pub fn check(mut self, check: Check) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    /// Validates the config and builds every layer, the shutdown
+    /// coordinator (which installs the signal handlers unless
+    /// `shutdown.signals = false`) and the health registry.
+    ///
+    /// Needs a tokio runtime. Install the `metrics` recorder first: the
+    /// layers register their metrics when they are built.
+    pub fn build(self) -> Result<Stack, ConfigErrors> {
+        let config = self.config;
+        config.validate()?;
+        let shutdown = config
+            .shutdown
+            .clone()
+            .build()
+            .map_err(|e| ConfigErrors::from(e.at("shutdown")))?;
+        let breaker = config
+            .circuit_breaker
+            .clone()
+            .build()
+            .map_err(|e| ConfigErrors::from(e.at("circuit_breaker")))?;
+        let breaker_handle = breaker.handle();
+        let timeout = config
+            .timeout
+            .build()
+            .map_err(|e| ConfigErrors::from(e.at("timeout")))?;
+        let rate_limit = match &config.rate_limit {
+            Some(rl) => Some(
+                rl.build()
+                    .map_err(|e| ConfigErrors::from(e.at("rate_limit")))?,
+            ),
+            None => None,
+        };
+
+        let mut registry = HealthRegistry::builder()
+            .name(config.health.name.clone())
+            .shutdown(&shutdown);
+        match config.health.breaker_readiness {
+            BreakerReadiness::Off => {}
+            BreakerReadiness::Warn => {
+                registry = registry.check(Check::circuit_breaker(&breaker_handle).non_critical());
+            }
+            BreakerReadiness::Fail => {
+                registry = registry.check(Check::circuit_breaker(&breaker_handle));
+            }
+        }
+        for check in self.checks {
+            registry = registry.check(check);
+        }
+        let health = registry
+            .build()
+            .map_err(|e| ConfigErrors::from(e.at("health")))?;
+        let probe = config
+            .probes
+            .clone()
+            .build(&health)
+            .map_err(|e| ConfigErrors::from(e.at("probes")))?;
+
+        Ok(Stack {
+            layer: RampartLayer {
+                probe,
+                drain: shutdown.drain_layer(),
+                rate_limit,
+                breaker,
+                timeout,
+                catch_panic: CatchPanicLayer::new(),
+            },
+            shutdown,
+            health,
+            breaker: breaker_handle,
+            grpc_poll_interval: config.health.grpc_poll_interval,
+        })
+    }
+}
+
+/// The built stack: the [layer](Self::layer) and the handles a program
+/// needs (shutdown coordinator, health registry, breaker handle).
+#[derive(Clone, Debug)]
+pub struct Stack {
+    layer: RampartLayer,
+    shutdown: Shutdown,
+    health: HealthRegistry,
+    breaker: CircuitBreakerHandle,
+    grpc_poll_interval: Duration,
+}
+
+impl Stack {
+    /// The layer to put around the whole application (axum's
+    /// `Router::layer`, tonic's `Server::builder().layer`). Every clone and
+    /// every `layer()` call shares the same state.
+    pub fn layer(&self) -> RampartLayer {
+        self.layer.clone()
+    }
+
+    /// The shutdown coordinator: hand [`Shutdown::draining`] to the server's
+    /// graceful shutdown and run it with [`Shutdown::run_server`].
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// The health registry the probes read.
+    pub fn health(&self) -> &HealthRegistry {
+        &self.health
+    }
+
+    /// The circuit breaker's handle (state, counts, manual control).
+    pub fn circuit_breaker(&self) -> &CircuitBreakerHandle {
+        &self.breaker
+    }
+
+    /// The `grpc.health.v1` service fed by the registry, re-reading the
+    /// synchronous checks every `health.grpc_poll_interval`; add named
+    /// services with [`GrpcHealthBuilder::service`](crate::health::GrpcHealthBuilder::service).
+    #[cfg(feature = "tonic")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+    pub fn grpc_health(&self) -> crate::health::GrpcHealthBuilder {
+        self.health
+            .grpc_health()
+            .poll_interval(self.grpc_poll_interval)
+    }
+}
+
+/// Every layer of the stack, applied outermost first: probes, drain, rate
+/// limit, circuit breaker, timeout, panic catching. Built by
+/// [`StackBuilder::build`]; see the [module docs](super#the-stack).
+#[derive(Clone)]
+pub struct RampartLayer {
+    probe: ProbeLayer,
+    drain: DrainLayer,
+    rate_limit: Option<RateLimitLayer>,
+    breaker: CircuitBreakerLayer,
+    timeout: TimeoutLayer,
+    catch_panic: CatchPanicLayer<DefaultResponseForPanic>,
+}
+
+impl fmt::Debug for RampartLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RampartLayer")
+            .field("probe", &self.probe)
+            .field("drain", &self.drain)
+            .field("rate_limit", &self.rate_limit.as_ref().map(|l| l.name()))
+            .field("breaker", &self.breaker.handle().name())
+            .field("timeout", &self.timeout.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The service made by [`RampartLayer`] around `S`.
+pub type RampartService<S> = Probe<
+    Drain<OptionalRateLimit<CircuitBreaker<Timeout<CatchPanic<S, DefaultResponseForPanic>>>>>,
+>;
+
+impl<S> Layer<S> for RampartLayer {
+    type Service = RampartService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let svc = self.catch_panic.layer(inner);
+        let svc = self.timeout.layer(svc);
+        let svc = self.breaker.layer(svc);
+        let svc = match &self.rate_limit {
+            Some(rl) => OptionalRateLimit::On(rl.layer(svc)),
+            None => OptionalRateLimit::Off(svc),
+        };
+        let svc = self.drain.layer(svc);
+        self.probe.layer(svc)
+    }
+}
+
+/// The rate limit of a [`RampartLayer`], or a pass-through when the config
+/// has no `[rate_limit]` section. Both answer the same body type.
+#[derive(Clone, Debug)]
+pub enum OptionalRateLimit<S> {
+    /// Rate limited.
+    On(RateLimit<S>),
+    /// Not rate limited.
+    Off(S),
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for OptionalRateLimit<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    RateLimit<S>: Service<Request<ReqB>, Response = Response<ResponseBody<ResB>>, Error = S::Error>,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = OptionalFuture<<RateLimit<S> as Service<Request<ReqB>>>::Future, S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            Self::On(s) => s.poll_ready(cx),
+            Self::Off(s) => s.poll_ready(cx),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        match self {
+            Self::On(s) => OptionalFuture {
+                inner: Either::On {
+                    future: s.call(req),
+                },
+            },
+            Self::Off(s) => OptionalFuture {
+                inner: Either::Off {
+                    future: s.call(req),
+                },
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`OptionalRateLimit`].
+    pub struct OptionalFuture<A, B> {
+        #[pin]
+        inner: Either<A, B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = EitherProj]
+    enum Either<A, B> {
+        On { #[pin] future: A },
+        Off { #[pin] future: B },
+    }
+}
+
+impl<A, B> fmt::Debug for OptionalFuture<A, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OptionalFuture")
+    }
+}
+
+impl<A, B, ResB, E> Future for OptionalFuture<A, B>
+where
+    A: Future<Output = Result<Response<ResponseBody<ResB>>, E>>,
+    B: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().inner.project() {
+            EitherProj::On { future } => future.poll(cx),
+            EitherProj::Off { future } => match future.poll(cx) {
+                Poll::Ready(res) => Poll::Ready(res.map(|r| r.map(ResponseBody::new))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}

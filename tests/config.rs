@@ -1,0 +1,263 @@
+//! The config file format: the shipped TOML files parse and validate (so
+//! they never rot), every problem is reported at once with its key path,
+//! unknown keys are errors, environment overrides follow one scheme.
+#![cfg(feature = "config")]
+
+use std::time::Duration;
+
+use tower_rampart::circuit_breaker::SlidingWindow;
+use tower_rampart::config::{BreakerReadiness, RampartConfig};
+
+fn shipped(name: &str) -> RampartConfig {
+    let path = format!("{}/examples/configs/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    RampartConfig::from_toml(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn errors(toml: &str) -> Vec<String> {
+    RampartConfig::from_toml(toml)
+        .unwrap_err()
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
+#[test]
+fn production_toml_is_valid() {
+    let c = shipped("production.toml");
+    assert_eq!(c.listen, "0.0.0.0:8080");
+    assert_eq!(c.shutdown.shutdown_delay, Duration::from_secs(5));
+    assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(20));
+    assert_eq!(c.timeout.timeout, Duration::from_secs(5));
+    assert_eq!(c.health.breaker_readiness, BreakerReadiness::Warn);
+    let rl = c.rate_limit.as_ref().expect("production limits requests");
+    assert_eq!(rl.quotas.len(), 2);
+    assert_eq!(rl.quotas[0].rate, "50/s");
+    assert_eq!(
+        c.circuit_breaker.window,
+        SlidingWindow::Time {
+            duration: Duration::from_secs(30),
+            buckets: 10
+        }
+    );
+    assert_eq!(c.shutdown_budget(), Duration::from_secs(26));
+    // The layers build from it too (the rate limit's quotas, the timeout's
+    // header name and status).
+    rl.build().unwrap();
+    c.timeout.build().unwrap();
+}
+
+#[test]
+fn development_toml_is_valid() {
+    let c = shipped("development.toml");
+    assert_eq!(c.listen_addr().to_string(), "127.0.0.1:3000");
+    assert!(c.rate_limit.is_none());
+    assert_eq!(c.shutdown.shutdown_delay, Duration::ZERO);
+    assert_eq!(c.probes.startup_path, "");
+}
+
+/// The Kubernetes manifest's grace period covers the production timings.
+#[test]
+fn manifest_grace_period_covers_the_shutdown() {
+    let c = shipped("production.toml");
+    let path = format!(
+        "{}/examples/k8s/deployment.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let yaml = std::fs::read_to_string(path).unwrap();
+    let grace: u64 = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+        .expect("terminationGracePeriodSeconds")
+        .trim()
+        .parse()
+        .unwrap();
+    let needed = c.shutdown_budget() + c.shutdown.hook_timeout;
+    assert!(
+        Duration::from_secs(grace) > needed,
+        "grace {grace}s must exceed {needed:?}"
+    );
+    for path in [
+        &c.probes.liveness_path,
+        &c.probes.readiness_path,
+        &c.probes.startup_path,
+    ] {
+        assert!(yaml.contains(&format!("path: {path}")), "{path} not probed");
+    }
+    assert!(yaml.contains("containerPort: 8080"));
+}
+
+#[test]
+fn an_empty_file_is_the_defaults() {
+    let c = RampartConfig::from_toml("").unwrap();
+    assert_eq!(c.listen, "0.0.0.0:8080");
+    assert!(c.rate_limit.is_none());
+    assert_eq!(c.timeout.timeout, Duration::from_secs(10));
+    assert_eq!(c.probes.readiness_path, "/readyz");
+}
+
+#[test]
+fn every_problem_at_once_with_key_paths() {
+    let errs = errors(
+        r#"
+        listen = "localhost"
+        [probes]
+        readiness_path = "readyz"
+        [health]
+        grpc_poll_interval = "0s"
+        [shutdown]
+        drain_timeout = "1s"
+        [rate_limit]
+        quotas = [
+            { rate = "10/s" },
+            { rate = "10/s", burst = 0 },
+            { rate = "ten per second" },
+        ]
+        [circuit_breaker]
+        failure_rate_threshold = 0.0
+        [timeout]
+        timeout = "2s"
+        status = 200
+        "#,
+    );
+    assert_eq!(
+        errs,
+        [
+            "listen: must be an address such as 0.0.0.0:8080",
+            "probes.readiness_path: must start with `/`, not end with `/`, and not be `/` alone",
+            "health.grpc_poll_interval: must be greater than 0",
+            "rate_limit.quotas[1].burst: must be greater than 0",
+            "rate_limit.quotas[2].rate: `ten per second`: expected `<count>/<unit>` such as \"100/s\" or \"1000/h\"",
+            "circuit_breaker.failure_rate_threshold: must be in (0, 100]",
+            "timeout.status: must be a 4xx or 5xx status",
+            "shutdown.drain_timeout: must be at least timeout.timeout (2s), so a request admitted before draining can finish",
+        ],
+        "{errs:#?}"
+    );
+    // One line each, ready to print.
+    let all = RampartConfig::from_toml("listen = \"x\"\n[timeout]\ntimeout = \"0s\"")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        all,
+        "invalid configuration (2 problems)\n  listen: must be an address such as 0.0.0.0:8080\n  timeout.timeout: must be greater than 0"
+    );
+}
+
+#[test]
+fn unknown_keys_and_bad_types_name_the_key() {
+    let e = errors("[timeout]\ntimout = \"2s\"\ntimeout = \"1s\"");
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with("timeout.timout: unknown field `timout`"),
+        "{e:?}"
+    );
+
+    let e = errors("[shutdown]\ndrain_timeout = \"20 parsecs\"");
+    assert!(
+        e[0].starts_with("shutdown.drain_timeout: `20 parsecs`: unknown unit"),
+        "{e:?}"
+    );
+
+    let e = errors("[rate_limit]\nquotas = [{ rate = \"1/s\" }, { rate = \"1/s\", brust = 2 }]");
+    assert!(
+        e[0].starts_with("rate_limit.quotas[1].brust: unknown field"),
+        "{e:?}"
+    );
+
+    let e = errors("[circuit_breaker]\nwindow = { type = \"count\", size = \"ten\" }");
+    assert!(e[0].starts_with("circuit_breaker.window"), "{e:?}");
+
+    let e = errors("[health]\nbreaker_readiness = \"maybe\"");
+    assert!(
+        e[0].starts_with("health.breaker_readiness: unknown variant `maybe`"),
+        "{e:?}"
+    );
+
+    let e = errors("nonsense = 1");
+    assert!(
+        e[0].starts_with("nonsense: unknown field `nonsense`"),
+        "{e:?}"
+    );
+
+    let e = errors("listen = ");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].contains("TOML parse error"), "{e:?}");
+}
+
+#[test]
+fn environment_overrides() {
+    let file = r#"
+        listen = "0.0.0.0:8080"
+        [rate_limit]
+        quotas = [{ rate = "10/s", key = "client_ip" }]
+    "#;
+    let c = RampartConfig::from_toml_with_env(
+        file,
+        [
+            ("RAMPART_LISTEN", "127.0.0.1:9000"),
+            ("RAMPART_TIMEOUT__TIMEOUT", "2s"),
+            ("RAMPART_SHUTDOWN__SIGNALS", "false"),
+            ("RAMPART_SHUTDOWN__DRAIN_TIMEOUT", "30s"),
+            ("RAMPART_RATE_LIMIT__QUOTAS__0__RATE", "200/s"),
+            ("RAMPART_RATE_LIMIT__QUOTAS__1__RATE", "5000/s"),
+            ("RAMPART_CIRCUIT_BREAKER__MINIMUM_CALLS", "20"),
+            ("RAMPART_CIRCUIT_BREAKER__FAILURE_RATE_THRESHOLD", "25"),
+            ("RAMPART_HEALTH__BREAKER_READINESS", "fail"),
+            ("HOME", "/root"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.listen, "127.0.0.1:9000");
+    assert_eq!(c.timeout.timeout, Duration::from_secs(2));
+    assert!(!c.shutdown.signals);
+    assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
+    let rl = c.rate_limit.unwrap();
+    assert_eq!(rl.quotas[0].rate, "200/s");
+    assert_eq!(rl.quotas[0].key.as_deref(), Some("client_ip"));
+    assert_eq!(rl.quotas[1].rate, "5000/s");
+    assert_eq!(c.circuit_breaker.minimum_calls, 20);
+    assert_eq!(c.circuit_breaker.failure_rate_threshold, 25.0);
+    assert_eq!(c.health.breaker_readiness, BreakerReadiness::Fail);
+
+    // A typo in a variable is an unknown key, and the error names it.
+    let e = RampartConfig::from_toml_with_env("", [("RAMPART_TIMEOUT__TIMOUT", "2s")]).unwrap_err();
+    let e: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    assert!(
+        e[0].starts_with("timeout.timout: unknown field `timout`"),
+        "{e:?}"
+    );
+    assert!(e[0].ends_with("(set by RAMPART_TIMEOUT__TIMOUT)"), "{e:?}");
+
+    // Values from the environment are validated like the file's.
+    let e = RampartConfig::from_toml_with_env("", [("RAMPART_LISTEN", "nowhere")]).unwrap_err();
+    assert_eq!(e.iter().next().unwrap().field(), "listen");
+
+    // Every bad variable at once.
+    let e = RampartConfig::from_toml_with_env(
+        "listen = \"0.0.0.0:1\"\n[rate_limit]\nquotas = [{ rate = \"1/s\" }]",
+        [
+            ("RAMPART_RATE_LIMIT__QUOTAS__5__RATE", "1/s"),
+            ("RAMPART_LISTEN__HOST", "x"),
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(e.len(), 2, "{e}");
+}
+
+#[test]
+fn the_load_path_reads_files() {
+    let path = format!(
+        "{}/examples/configs/development.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    // The test process has no RAMPART_* variables.
+    let c = RampartConfig::load(path).unwrap();
+    assert_eq!(c.timeout.timeout, Duration::from_secs(2));
+    let e = RampartConfig::load("/nonexistent/rampart.toml").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("cannot read /nonexistent/rampart.toml"),
+        "{e}"
+    );
+}

@@ -1,0 +1,105 @@
+//! The `grpc` example, as two real processes: the server (built from
+//! `examples/configs/production.toml`) and its `--call` client mode. The
+//! health service answers, the greeting passes the stack, the timeout
+//! answers DEADLINE_EXCEEDED, and SIGTERM stops the server cleanly.
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `target/<profile>/examples/grpc` (built by `cargo test`, or here).
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("grpc");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", "grpc", "--all-features"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cannot run cargo");
+        assert!(status.success(), "cannot build the grpc example");
+    }
+    bin
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn call(addr: &str, args: &[&str]) -> String {
+    let out = Command::new(binary())
+        .args(["--call", addr])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn grpc_example_serves_behind_the_stack() {
+    let mut child = Command::new(binary())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "--config",
+            "examples/configs/production.toml",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RAMPART_SHUTDOWN__SHUTDOWN_DELAY", "0s")
+        .env("RAMPART_TIMEOUT__TIMEOUT", "300ms")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut server = Server(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .strip_prefix("rampart-listening ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .trim()
+        .to_owned();
+
+    let out = call(&addr, &["--name", "Ada"]);
+    assert!(out.contains("health \"\": SERVING"), "{out}");
+    assert!(out.contains("health \"demo.Greeter\": SERVING"), "{out}");
+    assert!(out.contains("SayHello: hello, Ada"), "{out}");
+    let out = call(&addr, &["--sleep-ms", "5000"]);
+    assert!(out.contains("SayHello: DeadlineExceeded"), "{out}");
+    let out = call(&addr, &["--fail"]);
+    assert!(
+        out.contains("SayHello: Internal: failed on purpose"),
+        "{out}"
+    );
+
+    let ok = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running 10s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,299 @@
+//! The stack built from a config: the order of the layers, seen from the
+//! outside. Timeouts and panics reach the breaker as failures; rate-limit
+//! refusals never reach it; probes bypass every layer; draining refuses;
+//! gRPC callers get gRPC answers.
+#![cfg(feature = "config")]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, Service, ServiceExt};
+use tower_rampart::circuit_breaker::CircuitState;
+use tower_rampart::config::RampartConfig;
+use tower_rampart::health::{Check, Kind};
+
+/// The base of every test: no signals, no delay.
+const BASE: &str = r#"
+    [shutdown]
+    shutdown_delay = "0s"
+    drain_timeout = "10s"
+    signals = false
+"#;
+
+fn config(extra: &str) -> RampartConfig {
+    RampartConfig::from_toml(&format!("{BASE}\n{extra}")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The application: `/ok`, `/slow` (10 s), `/panic`, `/fail` (500); counts
+/// its calls.
+fn app(
+    calls: Arc<AtomicUsize>,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone
++ Send {
+    tower::service_fn(move |req: Request<Full<Bytes>>| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match req.uri().path() {
+                "/slow" => tokio::time::sleep(Duration::from_secs(10)).await,
+                "/panic" => panic!("handler bug"),
+                "/fail" => {
+                    let mut res = Response::new(Full::from("no"));
+                    *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    return Ok(res);
+                }
+                _ => {}
+            }
+            Ok(Response::new(Full::from("ok")))
+        }
+    })
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+async fn call<S, B>(svc: &S, path: &str, headers: &[(&str, &str)]) -> Reply
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = Infallible> + Clone,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let mut req = Request::get(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = svc
+        .clone()
+        .oneshot(req.body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = res.into_parts();
+    let collected = body.collect().await.unwrap();
+    let mut headers = parts.headers;
+    if let Some(trailers) = collected.trailers() {
+        headers.extend(trailers.clone());
+    }
+    Reply {
+        status: parts.status,
+        headers,
+        body: String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_reaches_the_breaker_as_a_failure() {
+    let config = config(
+        r#"
+        [circuit_breaker]
+        name = "api"
+        consecutive_failures = 2
+        [timeout]
+        timeout = "100ms"
+        "#,
+    );
+    let stack = config.stack().build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = stack.layer().layer(app(calls.clone()));
+
+    for _ in 0..2 {
+        let r = call(&svc, "/slow", &[]).await;
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(r.body.contains("timed-out"), "{}", r.body);
+    }
+    assert_eq!(stack.circuit_breaker().state(), CircuitState::Open);
+    // Now the breaker refuses before the timeout or the app see anything.
+    let r = call(&svc, "/ok", &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_panic_answers_500_and_counts_as_a_failure() {
+    let config = config("[circuit_breaker]\nconsecutive_failures = 1");
+    let stack = config.stack().build().unwrap();
+    let svc = stack.layer().layer(app(Arc::default()));
+    let r = call(&svc, "/panic", &[]).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(stack.circuit_breaker().counts().failures, 1);
+    assert_eq!(stack.circuit_breaker().state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_refusals_never_reach_the_breaker() {
+    let config = config(
+        r#"
+        [rate_limit]
+        quotas = [{ rate = "1/s", burst = 1 }]
+        [circuit_breaker]
+        consecutive_failures = 1
+        "#,
+    );
+    let stack = config.stack().build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = stack.layer().layer(app(calls.clone()));
+
+    assert_eq!(call(&svc, "/ok", &[]).await.status, StatusCode::OK);
+    for _ in 0..5 {
+        let r = call(&svc, "/fail", &[]).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(r.headers.contains_key("retry-after"));
+    }
+    // One call recorded (the success); five refusals, none a failure.
+    let counts = stack.circuit_breaker().counts();
+    assert_eq!((counts.calls, counts.failures), (1, 0));
+    assert_eq!(stack.circuit_breaker().state(), CircuitState::Closed);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_bypass_every_layer() {
+    let config = config(
+        r#"
+        [rate_limit]
+        quotas = [{ rate = "1/s", burst = 1 }]
+        "#,
+    );
+    let stack = config.stack().build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = stack.layer().layer(app(calls.clone()));
+    assert_eq!(call(&svc, "/ok", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        call(&svc, "/ok", &[]).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    stack.circuit_breaker().force_open();
+    for path in ["/livez", "/readyz", "/startupz", "/readyz", "/livez"] {
+        let r = call(&svc, path, &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(stack.circuit_breaker().counts().calls, 1);
+    assert_eq!(stack.shutdown().in_flight(), 0);
+}
+
+#[tokio::test]
+async fn the_breaker_is_a_readiness_check_when_asked() {
+    for (mode, status, line) in [
+        ("fail", StatusCode::SERVICE_UNAVAILABLE, "[-]api failed"),
+        ("warn", StatusCode::OK, "[!]api warn"),
+    ] {
+        let config = config(&format!(
+            "[health]\nbreaker_readiness = \"{mode}\"\n[circuit_breaker]\nname = \"api\""
+        ));
+        let stack = config.stack().build().unwrap();
+        let svc = stack.layer().layer(app(Arc::default()));
+        let r = call(&svc, "/readyz?verbose", &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(r.body.contains("[+]api ok"), "{}", r.body);
+        stack.circuit_breaker().force_open();
+        let r = call(&svc, "/readyz?verbose", &[]).await;
+        assert_eq!(r.status, status, "{mode}: {}", r.body);
+        assert!(r.body.contains(line), "{mode}: {}", r.body);
+        // Liveness never depends on the breaker.
+        assert_eq!(call(&svc, "/livez", &[]).await.status, StatusCode::OK);
+    }
+    // Off (the default): not a check at all.
+    let stack = config("").stack().build().unwrap();
+    assert!(!stack.health().has_check("circuit_breaker"));
+}
+
+#[tokio::test]
+async fn program_checks_join_the_registry() {
+    let config = config("");
+    let stack = config
+        .stack()
+        .check(Check::sync("db", Kind::Readiness, || Err::<(), _>("down")))
+        .build()
+        .unwrap();
+    let svc = stack.layer().layer(app(Arc::default()));
+    let r = call(&svc, "/readyz?verbose", &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.body.contains("[-]db failed"), "{}", r.body);
+    // A bad check name is reported with its key path.
+    let err = config
+        .stack()
+        .check(Check::sync("bad name", Kind::Readiness, || {
+            Ok::<(), String>(())
+        }))
+        .build()
+        .unwrap_err();
+    assert!(
+        err.iter().next().unwrap().field().starts_with("health."),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn draining_refuses_new_requests_and_readiness_fails() {
+    let stack = config("").stack().build().unwrap();
+    let svc = stack.layer().layer(app(Arc::default()));
+    stack.shutdown().trigger();
+    stack.shutdown().draining().await;
+    let r = call(&svc, "/ok", &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.body.contains("draining") || r.body.contains("shutting down"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        call(&svc, "/readyz", &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(call(&svc, "/livez", &[]).await.status, StatusCode::OK);
+    let report = stack.shutdown().done().await;
+    assert_eq!(report.aborted, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_callers_get_grpc_answers() {
+    let config = config(
+        r#"
+        [rate_limit]
+        quotas = [{ rate = "1/s", burst = 1 }]
+        [circuit_breaker]
+        consecutive_failures = 1
+        [timeout]
+        timeout = "100ms"
+        "#,
+    );
+    let stack = config.stack().build().unwrap();
+    let svc = stack.layer().layer(app(Arc::default()));
+    let grpc = [("content-type", "application/grpc")];
+
+    // The timeout: DEADLINE_EXCEEDED (4), trailers-only.
+    let r = call(&svc, "/slow", &grpc).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["grpc-status"], "4");
+    // The breaker, opened by that timeout: UNAVAILABLE (14).
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let r = call(&svc, "/ok", &grpc).await;
+    assert_eq!(r.headers["grpc-status"], "14");
+    // The rate limit, once its one unit is spent: RESOURCE_EXHAUSTED (8).
+    let r = call(&svc, "/ok", &grpc).await;
+    assert_eq!(r.headers["grpc-status"], "8");
+}
+
+#[tokio::test]
+async fn without_a_rate_limit_section_nothing_is_limited() {
+    let stack = config("").stack().build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = stack.layer().layer(app(calls.clone()));
+    for _ in 0..100 {
+        assert_eq!(call(&svc, "/ok", &[]).await.status, StatusCode::OK);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 100);
+}
