@@ -96,7 +96,7 @@
 //! |---|---|
 //! | `axum` | the client IP from axum's `ConnectInfo<SocketAddr>` for rate-limit keys |
 //! | `tonic` | the `grpc.health.v1` bridge ([`HealthRegistry::grpc_health`]) |
-//! | `config` | `serde::Deserialize` configs for every layer |
+//! | `config` | `serde::Deserialize` configs for every layer, TOML loading with `RAMPART_*` overrides, and the stack builder ([`RampartConfig`]) |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -116,6 +116,8 @@ pub mod shutdown;
 pub mod timeout;
 
 pub use circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, CircuitState};
+#[cfg(feature = "config")]
+pub use config::{RampartConfig, Stack};
 pub use error::ConfigError;
 pub use health::{Check, HealthRegistry, ProbeLayer};
 pub use rate_limit::{Quota, Rate, RateLimitLayer};
