@@ -112,6 +112,8 @@ pub mod headers;
 mod key;
 mod layer;
 mod quota;
+#[cfg(feature = "redis")]
+mod redis;
 mod store;
 
 use std::fmt;
@@ -123,12 +125,14 @@ use http::{Request, Response};
 use tower::Service;
 
 #[cfg(feature = "config")]
-pub use config::{QuotaConfig, RateLimitConfig};
+pub use config::{FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, StoreConfig};
 pub use error::RefusalReason;
 pub use future::ResponseFuture;
 pub use key::{ClientIp, Key, KeyExtractor, RequestInfo};
 pub use layer::{MAX_QUOTAS, MissingKey, RateLimitBuilder, RateLimitLayer};
 pub use quota::{Quota, Rate};
+#[cfg(feature = "redis")]
+pub use redis::{FailurePolicy, RedisStore};
 pub use store::{TokioClock, TokioInstant};
 
 use self::future::Waiting;
@@ -204,6 +208,21 @@ where
         match self.shared.decide(&req) {
             Decision::Admit(headers) => ResponseFuture::called(self.inner.call(req), headers),
             Decision::Refuse(rejection) => ResponseFuture::rejected(rejection, M::context(&req)),
+            #[cfg(feature = "redis")]
+            Decision::Deciding(future) => {
+                let cx = M::context(&req);
+                let ready = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, ready);
+                ResponseFuture::deciding(
+                    Box::new(future::Deciding {
+                        future,
+                        service: Some(service),
+                        request: Some(req),
+                        shared: Arc::clone(&self.shared),
+                    }),
+                    cx,
+                )
+            }
             Decision::Wait { wait, slots, .. } => {
                 let cx = M::context(&req);
                 let max = self.shared.wait.unwrap_or(wait);
