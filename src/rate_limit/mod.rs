@@ -77,6 +77,20 @@
 //! so forgetting them changes nothing) are evicted by a background task, and
 //! a full table evicts the most idle of a small sample. Both are counted.
 //!
+//! # Across replicas: Redis (feature `redis`)
+//!
+//! A per-process limit is per replica. With [`RateLimitBuilder::redis`] (or
+//! a `store` section in the config) the GCRA state lives in Redis and every
+//! replica shares one limit, with the same quotas, keys, headers and
+//! metrics. Use it when the limit is a fleet-wide promise; it costs one
+//! Redis round trip per decided request (one `EVALSHA` of an atomic Lua
+//! script that reads Redis's `TIME`, writes every quota or none and sets a
+//! TTL so idle keys expire), tens to hundreds of microseconds instead of a
+//! few hundred nanoseconds. Each call has a short timeout and a circuit
+//! breaker guards the connection; when Redis is slow or down a
+//! [`FailurePolicy`] admits, refuses, or limits in process with a share of
+//! each quota. See [`RedisStore`].
+//!
 //! # Other modes
 //!
 //! - [`RateLimitBuilder::dry_run`]: count and trace what would be refused,
@@ -99,10 +113,14 @@
 //! | `rampart_rate_limit_allowlisted_total` | counter | `name` | requests let through by the allow-lists |
 //! | `rampart_rate_limit_keys` | gauge | `name`, `quota` | keys tracked by a keyed quota |
 //! | `rampart_rate_limit_evictions_total` | counter | `name`, `quota`, `reason` | keys evicted; `reason` is `idle` or `capacity` |
+//! | `rampart_rate_limit_decisions_total` | counter | `name`, `path` | Redis store only: decisions by path, `redis`, `fallback`, `fail_open` or `fail_closed` |
 //!
 //! | event | target | level | fields |
 //! |---|---|---|---|
 //! | `rate limit refused a request` | `tower_rampart::rate_limit` | DEBUG | `name`, `quota`, `reason`, `retry_after_ms`, `dry_run` |
+//! | `rate limit store unavailable, using the failure policy` | `tower_rampart::rate_limit` | WARN | `name`, `from`, `to` (Redis store) |
+//! | `rate limit store recovered` | `tower_rampart::rate_limit` | INFO | `name`, `from`, `to` (Redis store) |
+//! | `rate limit store call failed` | `tower_rampart::rate_limit` | DEBUG | `name`, `error` (Redis store) |
 
 #[cfg(feature = "config")]
 mod config;

@@ -81,6 +81,17 @@ pub enum FailurePolicy {
 /// Settings of the Redis store; give it to
 /// [`RateLimitBuilder::redis`](super::RateLimitBuilder::redis).
 ///
+/// Use it when a limit must hold for all replicas together. It costs one
+/// Redis round trip per decided request (one `EVALSHA`), a boxed future and
+/// the key names per request; keys are
+/// `<prefix>:<layer>:<quota>:{<key>}` (one quota) or
+/// `<prefix>:{<layer>}:<quota>:<key>` (several: one hash slot, so the one
+/// atomic script may touch them all) and expire when their bucket is full
+/// again. The layer must be built inside a tokio runtime (the connection,
+/// a multiplexed `ConnectionManager`, is made lazily and reconnects by
+/// itself). A circuit breaker named `<layer>-redis` guards it
+/// ([`RateLimitLayer::redis_breaker`](super::RateLimitLayer::redis_breaker)).
+///
 /// ```
 /// use std::time::Duration;
 /// use tower_rampart::rate_limit::{FailurePolicy, RedisStore};
