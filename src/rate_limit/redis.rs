@@ -52,7 +52,7 @@ use std::time::Duration;
 
 use metrics::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tower::{BoxError, ServiceExt};
+use tower::{BoxError, Service};
 
 use super::key::KeyRef;
 use super::layer::Slots;
@@ -212,7 +212,7 @@ pub(crate) struct Invocation {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-impl tower::Service<Invocation> for RedisCall {
+impl Service<Invocation> for RedisCall {
     type Response = Vec<i64>;
     type Error = BoxError;
     type Future = BoxFuture<Result<Vec<i64>, BoxError>>;
@@ -463,10 +463,24 @@ impl RedisBackend {
             args.push(*t);
             args.push(*cap);
         }
-        let svc = self.service.clone();
+        // The breaker forwards readiness to `RedisCall`, which is always
+        // ready: polled once, with a no-op waker, before the call.
+        let mut svc = self.service.clone();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let call = match svc.poll_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => {
+                let call: BoxFuture<Result<Vec<i64>, BoxError>> =
+                    Box::pin(svc.call(Invocation { keys, args }));
+                Some(call)
+            }
+            _ => None,
+        };
         Box::pin(async move {
             let mut slots = slots;
-            let result = svc.oneshot(Invocation { keys, args }).await;
+            let result = match call {
+                Some(call) => call.await,
+                None => Err(BoxError::from("the redis call was not ready")),
+            };
             match result {
                 Ok(v) if v.len() >= 3 => {
                     let refused = v[0];
