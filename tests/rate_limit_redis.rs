@@ -312,11 +312,15 @@ async fn multi_quota_is_atomic_under_concurrency() {
 
 /// Stops Redis, checks the policy holds, restarts Redis on the same port and
 /// waits for the limiter to use it again.
-async fn outage(policy: FailurePolicy, during: &[u16]) {
+async fn outage(policy: FailurePolicy, during: &[u16], path: &str) {
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let l = layer(&redis.url(), &[per_key("2/h", 2)], policy);
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let l = metrics::with_local_recorder(&recorder, || {
+        layer(&redis.url(), &[per_key("2/h", 2)], policy)
+    });
     let breaker = l.redis_breaker().unwrap();
     let mut s = svc(&l);
     assert_eq!(status(&mut s, "k").await, 200);
@@ -331,6 +335,24 @@ async fn outage(policy: FailurePolicy, during: &[u16]) {
     assert_eq!(breaker.state(), CircuitState::Open, "{policy:?}");
     // Open: requests do not wait for Redis, and the policy still holds.
     assert_eq!(status(&mut s, "k").await, *during.last().unwrap());
+    // Every decision during the outage took the policy's path.
+    let decisions = |path: &str| -> u64 {
+        snap.snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(k, ..)| {
+                k.key().name() == "rampart_rate_limit_decisions_total"
+                    && k.key()
+                        .labels()
+                        .any(|l| l.key() == "path" && l.value() == path)
+            })
+            .map(|(.., v)| match v {
+                metrics_util::debugging::DebugValue::Counter(c) => c,
+                _ => 0,
+            })
+            .sum()
+    };
+    assert_eq!(decisions(path), during.len() as u64 + 1, "{policy:?}");
     redis.spawn();
     // Recovery: the breaker's trial call reaches the new Redis (empty: the
     // key starts over), after which Redis decides again.
@@ -360,12 +382,17 @@ async fn outage(policy: FailurePolicy, during: &[u16]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_fail_open() {
-    outage(FailurePolicy::FailOpen, &[200, 200, 200, 200]).await;
+    outage(FailurePolicy::FailOpen, &[200, 200, 200, 200], "fail_open").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_fail_closed() {
-    outage(FailurePolicy::FailClosed, &[429, 429, 429, 429]).await;
+    outage(
+        FailurePolicy::FailClosed,
+        &[429, 429, 429, 429],
+        "fail_closed",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,6 +401,7 @@ async fn outage_fallback_to_a_share() {
     outage(
         FailurePolicy::Fallback { share: 0.5 },
         &[200, 429, 429, 429],
+        "fallback",
     )
     .await;
 }
