@@ -51,6 +51,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// `serde` glue: `#[serde(with = "crate::config_util::duration")]`.
+#[cfg(feature = "config")]
 #[allow(dead_code)] // used by the layers' configs
 pub(crate) mod duration {
     use serde::{Deserialize, Deserializer};
@@ -64,6 +65,7 @@ pub(crate) mod duration {
 
 /// `serde` glue for `Option<Duration>`:
 /// `#[serde(default, with = "crate::config_util::opt_duration")]`.
+#[cfg(feature = "config")]
 #[allow(dead_code)] // used by the layers' configs
 pub(crate) mod opt_duration {
     use serde::{Deserialize, Deserializer};

@@ -75,6 +75,7 @@
 //! | `rampart_rate_limit_allowlisted_total` | counter | `name` | [`rate_limit`] |
 //! | `rampart_rate_limit_keys` | gauge | `name`, `quota` | [`rate_limit`] |
 //! | `rampart_rate_limit_evictions_total` | counter | `name`, `quota`, `reason` | [`rate_limit`] |
+//! | `rampart_rate_limit_decisions_total` | counter | `name`, `path` | [`rate_limit`] (Redis store) |
 //! | `rampart_timeouts_total` | counter | `name`, `cause` | [`timeout`] |
 //! | `rampart_in_flight_requests` | gauge | `name` | [`shutdown`] |
 //! | `rampart_shutdown_phase` | gauge | `name` | [`shutdown`] |
@@ -96,6 +97,7 @@
 //! |---|---|
 //! | `axum` | the client IP from axum's `ConnectInfo<SocketAddr>` for rate-limit keys |
 //! | `tonic` | the `grpc.health.v1` bridge ([`HealthRegistry::grpc_health`]) |
+//! | `redis` | a Redis-backed store for the rate limit ([`RedisStore`]): one limit shared by every replica |
 //! | `config` | `serde::Deserialize` configs for every layer, TOML loading with `RAMPART_*` overrides, and the stack builder ([`RampartConfig`]) |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
@@ -106,7 +108,6 @@ pub mod classify;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
-#[cfg(feature = "config")]
 mod config_util;
 mod error;
 pub mod health;
@@ -120,6 +121,8 @@ pub use circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, CircuitStat
 pub use config::{RampartConfig, Stack};
 pub use error::ConfigError;
 pub use health::{Check, HealthRegistry, ProbeLayer};
+#[cfg(feature = "redis")]
+pub use rate_limit::{FailurePolicy, RedisStore};
 pub use rate_limit::{Quota, Rate, RateLimitLayer};
 pub use rejection::{Rejection, RejectionKind};
 pub use shutdown::{DrainLayer, Shutdown};

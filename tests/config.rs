@@ -261,3 +261,39 @@ fn the_load_path_reads_files() {
         "{e}"
     );
 }
+
+/// The README's Redis snippet: switching a limiter to Redis is one `store`
+/// table, and a typo in it is an error like anywhere else.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_store_section_from_toml() {
+    use tower_rampart::rate_limit::StoreConfig;
+    let base = r#"
+[rate_limit]
+name = "api"
+quotas = [{ rate = "100/s", key = "client_ip" }]
+
+[rate_limit.store]
+type = "redis"
+url = "redis://127.0.0.1:6379/"
+prefix = "myapp"
+timeout = "50ms"
+failure = "fallback"
+fallback_share = 0.25
+"#;
+    let c = RampartConfig::from_toml(base).unwrap_or_else(|e| panic!("{e}"));
+    let store = &c.rate_limit.as_ref().unwrap().store;
+    assert!(matches!(store, StoreConfig::Redis(_)), "{store:?}");
+    assert!(format!("{store:?}").contains("myapp"), "{store:?}");
+
+    let typo = base.replace("fallback_share", "fallback_shar");
+    let errs = errors(&typo);
+    assert!(errs.iter().any(|e| e.contains("fallback_shar")), "{errs:?}");
+
+    let default =
+        RampartConfig::from_toml("[rate_limit]\nquotas = [{ rate = \"10/s\" }]\n").unwrap();
+    assert!(matches!(
+        default.rate_limit.unwrap().store,
+        StoreConfig::InProcess
+    ));
+}

@@ -131,6 +131,7 @@ pub struct Stack {
     shutdown: Shutdown,
     health: HealthRegistry,
     breaker: CircuitBreakerHandle,
+    #[cfg_attr(not(feature = "tonic"), allow(dead_code))] // read by `grpc_health`
     grpc_poll_interval: Duration,
 }
 

@@ -95,6 +95,65 @@ pub struct RateLimitConfig {
     /// Waiting mode: wait up to this long for room (e.g. "500ms").
     #[serde(default, with = "crate::config_util::opt_duration")]
     pub wait: Option<Duration>,
+    /// Where quota state lives: in this process (the default) or in Redis.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// Where a rate limit keeps its quota state.
+///
+/// ```json
+/// { "type": "in_process" }
+/// { "type": "redis", "url": "redis://redis:6379/", "prefix": "myapp",
+///   "timeout": "50ms", "failure": "fallback", "fallback_share": 0.25 }
+/// ```
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// In this process's memory (the default).
+    #[default]
+    InProcess,
+    /// In Redis, shared by every replica (needs the `redis` feature).
+    Redis(RedisConfig),
+}
+
+/// What to do when Redis cannot answer in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureConfig {
+    /// Admit every request (the default).
+    #[default]
+    FailOpen,
+    /// Refuse every request.
+    FailClosed,
+    /// Decide in process with `fallback_share` of each quota.
+    Fallback,
+}
+
+/// The Redis store's settings.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// First part of every key name (default `rampart`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Timeout of one call to Redis (default "50ms").
+    #[serde(default, with = "crate::config_util::opt_duration")]
+    pub timeout: Option<Duration>,
+    /// `fail_open` (default), `fail_closed` or `fallback`.
+    #[serde(default)]
+    pub failure: FailureConfig,
+    /// With `fallback`: this replica's share of each quota, in (0, 1].
+    #[serde(default)]
+    pub fallback_share: Option<f64>,
+    /// Consecutive failures that open the breaker guarding Redis (default 3).
+    #[serde(default)]
+    pub trip_after: Option<u32>,
+    /// How long the open breaker keeps requests away from Redis (default "1s").
+    #[serde(default, with = "crate::config_util::opt_duration")]
+    pub open_duration: Option<Duration>,
 }
 
 impl RateLimitConfig {
@@ -144,6 +203,43 @@ impl RateLimitConfig {
         }
         if let Some(w) = self.wait {
             b = b.wait(w);
+        }
+        match &self.store {
+            StoreConfig::InProcess => {}
+            #[cfg(feature = "redis")]
+            StoreConfig::Redis(r) => {
+                use super::redis::{FailurePolicy, RedisStore};
+                let failure = match r.failure {
+                    FailureConfig::FailOpen => FailurePolicy::FailOpen,
+                    FailureConfig::FailClosed => FailurePolicy::FailClosed,
+                    FailureConfig::Fallback => FailurePolicy::Fallback {
+                        share: r.fallback_share.ok_or_else(|| {
+                            ConfigError::new("store.fallback_share", "required with `fallback`")
+                        })?,
+                    },
+                };
+                let mut store = RedisStore::new(r.url.clone()).failure_policy(failure);
+                if let Some(p) = &r.prefix {
+                    store = store.prefix(p.clone());
+                }
+                if let Some(t) = r.timeout {
+                    store = store.timeout(t);
+                }
+                if let Some(n) = r.trip_after {
+                    store = store.trip_after(n);
+                }
+                if let Some(d) = r.open_duration {
+                    store = store.open_duration(d);
+                }
+                b = b.redis(store);
+            }
+            #[cfg(not(feature = "redis"))]
+            StoreConfig::Redis(_) => {
+                return Err(ConfigError::new(
+                    "store",
+                    "the redis store needs the `redis` feature",
+                ));
+            }
         }
         b.build()
     }
@@ -200,6 +296,33 @@ mod tests {
             "max_keys"
         );
         assert!(serde_json::from_str::<RateLimitConfig>(r#"{"quotas":[],"bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn store_section() {
+        let c: RateLimitConfig = serde_json::from_str(
+            r#"{"quotas":[{"rate":"1/s"}],"store":{"type":"redis","url":"redis://127.0.0.1:1/",
+                "prefix":"app","timeout":"20ms","failure":"fallback","fallback_share":0.5}}"#,
+        )
+        .unwrap();
+        let StoreConfig::Redis(r) = &c.store else {
+            panic!("not redis")
+        };
+        assert_eq!(r.failure, FailureConfig::Fallback);
+        assert_eq!(r.timeout, Some(Duration::from_millis(20)));
+        let c: RateLimitConfig = serde_json::from_str(r#"{"quotas":[{"rate":"1/s"}]}"#).unwrap();
+        assert!(matches!(c.store, StoreConfig::InProcess));
+        assert!(
+            serde_json::from_str::<RateLimitConfig>(
+                r#"{"quotas":[],"store":{"type":"redis","url":"x","bogus":1}}"#
+            )
+            .is_err()
+        );
+        #[cfg(feature = "redis")]
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"1/s"}],"store":{"type":"redis","url":"redis://127.0.0.1:1/","failure":"fallback"}}"#).field(),
+            "store.fallback_share"
+        );
     }
 
     #[test]

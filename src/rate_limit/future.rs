@@ -26,12 +26,26 @@ pub(crate) struct Waiting<S, ReqB> {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// A request whose decision the Redis store is making (boxed: off the
+/// in-process path).
+#[cfg(feature = "redis")]
+pub(crate) struct Deciding<S, ReqB> {
+    pub(crate) future: super::redis::Deciding,
+    pub(crate) service: Option<S>,
+    pub(crate) request: Option<Request<ReqB>>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[cfg(not(feature = "redis"))]
+pub(crate) type Deciding<S, ReqB> = std::marker::PhantomData<(S, ReqB)>;
+
 pin_project! {
     #[project = StateProj]
     enum State<F, S, ReqB, C> {
         Called { #[pin] future: F, headers: Option<Box<Rendered>> },
         Rejected { rejection: Option<Box<Rejection>>, cx: C },
         Waiting { waiting: Box<Waiting<S, ReqB>>, cx: C },
+        Deciding { deciding: Box<Deciding<S, ReqB>>, cx: C },
     }
 }
 
@@ -68,6 +82,13 @@ where
         }
     }
 
+    #[cfg(feature = "redis")]
+    pub(crate) fn deciding(deciding: Box<Deciding<S, ReqB>>, cx: M::Context) -> Self {
+        Self {
+            state: State::Deciding { deciding, cx },
+        }
+    }
+
     pub(crate) fn waiting(waiting: Box<Waiting<S, ReqB>>, cx: M::Context) -> Self {
         Self {
             state: State::Waiting { waiting, cx },
@@ -101,6 +122,34 @@ where
                         .expect("ResponseFuture polled after completion");
                     return Poll::Ready(M::rejected(*cx, *rejection));
                 }
+                #[cfg(not(feature = "redis"))]
+                StateProj::Deciding { .. } => unreachable!("no redis store without the feature"),
+                #[cfg(feature = "redis")]
+                StateProj::Deciding {
+                    deciding,
+                    cx: context,
+                } => {
+                    let context = *context;
+                    let (slots, outcome) = ready!(deciding.future.as_mut().poll(cx));
+                    match deciding.shared.finish_remote(&slots, outcome) {
+                        Decision::Refuse(rejection) => {
+                            this.state.set(State::Rejected {
+                                rejection: Some(rejection),
+                                cx: context,
+                            });
+                        }
+                        Decision::Admit(headers) => {
+                            let (Some(mut service), Some(request)) =
+                                (deciding.service.take(), deciding.request.take())
+                            else {
+                                panic!("ResponseFuture polled after completion");
+                            };
+                            let future = service.call(request);
+                            this.state.set(State::Called { future, headers });
+                        }
+                        _ => unreachable!("the redis store neither waits nor defers"),
+                    }
+                }
                 StateProj::Waiting {
                     waiting,
                     cx: context,
@@ -128,6 +177,10 @@ where
                         }
                         Decision::Wait { wait, .. } => {
                             waiting.sleep.as_mut().reset(Instant::now() + wait);
+                        }
+                        #[cfg(feature = "redis")]
+                        Decision::Deciding(_) => {
+                            unreachable!("waiting mode never uses the redis store")
                         }
                         Decision::Refuse(rejection) => {
                             this.state.set(State::Rejected {

@@ -298,6 +298,36 @@ impl KeyExtractor {
             KeyKind::Custom(f) => f(req).map(|k| fingerprint(hasher, k.as_ref())),
         }
     }
+
+    /// The key itself, handed to `f` (the Redis store names keys by it), or
+    /// `None` when the request has no such key. Mirrors
+    /// [`fingerprint`](Self::fingerprint).
+    #[cfg(feature = "redis")]
+    pub(crate) fn with_key<R>(
+        &self,
+        req: &RequestInfo<'_>,
+        f: impl FnOnce(KeyRef<'_>) -> R,
+    ) -> Option<R> {
+        match &self.0 {
+            KeyKind::Global => Some(f(KeyRef::Bytes(b""))),
+            KeyKind::ClientIp => req.client_ip().map(|ip| f(KeyRef::Ip(ip))),
+            KeyKind::Header(name) => req
+                .headers
+                .get(name)
+                .map(|v| v.as_bytes())
+                .filter(|b| !b.is_empty())
+                .map(|b| f(KeyRef::Bytes(b))),
+            KeyKind::Path => Some(f(KeyRef::Bytes(req.uri.path().as_bytes()))),
+            KeyKind::Route => {
+                #[cfg(feature = "axum")]
+                if let Some(m) = req.extensions.get::<axum::extract::MatchedPath>() {
+                    return Some(f(KeyRef::Bytes(m.as_str().as_bytes())));
+                }
+                Some(f(KeyRef::Bytes(req.uri.path().as_bytes())))
+            }
+            KeyKind::Custom(c) => c(req).map(|k| f(k.as_ref())),
+        }
+    }
 }
 
 impl fmt::Debug for KeyExtractor {

@@ -62,6 +62,8 @@ pub struct RateLimitBuilder {
     allow_keys: Vec<Key>,
     allow_cidrs: Vec<String>,
     wait: Option<Duration>,
+    #[cfg(feature = "redis")]
+    redis: Option<super::redis::RedisStore>,
 }
 
 impl fmt::Debug for RateLimitBuilder {
@@ -90,6 +92,8 @@ impl Default for RateLimitBuilder {
             allow_keys: Vec::new(),
             allow_cidrs: Vec::new(),
             wait: None,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 }
@@ -200,6 +204,15 @@ impl RateLimitBuilder {
         self
     }
 
+    /// Keeps quota state in Redis, shared by every replica (feature
+    /// `redis`; see [`RedisStore`](super::RedisStore)). Must be built inside
+    /// a tokio runtime; waiting mode is not available with it.
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, store: super::redis::RedisStore) -> Self {
+        self.redis = Some(store);
+        self
+    }
+
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
         if self.name.is_empty() {
@@ -304,7 +317,58 @@ impl RateLimitBuilder {
         allow_keys.dedup();
         let anonymous = fingerprint(&hasher, KeyRef::Bytes(b"\0tower-rampart anonymous\0"));
         let name_label = [("name", layer.to_string())];
+        #[cfg(feature = "redis")]
+        let redis = match &self.redis {
+            None => None,
+            Some(cfg) => {
+                if self.wait.is_some() {
+                    return Err(ConfigError::new(
+                        "wait",
+                        "waiting mode is not available with the redis store",
+                    ));
+                }
+                let fallback = match cfg.failure {
+                    super::redis::FailurePolicy::Fallback { share }
+                        if share > 0.0 && share <= 1.0 =>
+                    {
+                        let mut cells = Vec::with_capacity(self.quotas.len());
+                        for (i, q) in self.quotas.iter().enumerate() {
+                            let gq = q
+                                .governor_quota()
+                                .map_err(|e| e.at(&format!("quotas[{i}]")))?;
+                            let period = gq.replenish_interval().div_f64(share);
+                            let burst = ((f64::from(q.burst_size()) * share).floor() as u32).max(1);
+                            let scaled = governor::Quota::with_period(period)
+                                .ok_or_else(|| {
+                                    ConfigError::new("store.fallback_share", "too small")
+                                })?
+                                .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+                            let keyed = (!q.key.is_global()).then(|| {
+                                (
+                                    self.max_keys,
+                                    TableMetrics {
+                                        keys: metrics::Gauge::noop(),
+                                        evicted_idle: Counter::noop(),
+                                        evicted_capacity: Counter::noop(),
+                                    },
+                                )
+                            });
+                            cells.push(QuotaCells::new(scaled, keyed));
+                        }
+                        Some(MemoryStore {
+                            quotas: cells.into(),
+                        })
+                    }
+                    _ => None,
+                };
+                Some(Arc::new(super::redis::RedisBackend::new(
+                    cfg, &layer, &names, fallback,
+                )?))
+            }
+        };
         let shared = Arc::new(Shared {
+            #[cfg(feature = "redis")]
+            redis,
             name: Arc::clone(&layer),
             quotas: infos.into(),
             store: MemoryStore {
@@ -325,7 +389,7 @@ impl RateLimitBuilder {
             allowlisted: metrics::counter!("rampart_rate_limit_allowlisted_total", &name_label),
         });
         if let Some(every) = self.idle_sweep {
-            if shared.store.key_count_capable() {
+            if shared.store.key_count_capable() || shared.has_fallback() {
                 spawn_sweeper(&shared, every);
             }
         }
@@ -350,7 +414,7 @@ fn spawn_sweeper(shared: &Arc<Shared>, every: Duration) {
             let Some(shared) = weak.upgrade() else {
                 return;
             };
-            shared.store.sweep();
+            shared.sweep();
         }
     });
 }
@@ -367,6 +431,8 @@ pub(crate) struct QuotaInfo {
 
 /// The state every clone of the layer and its services shares.
 pub(crate) struct Shared {
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<Arc<super::redis::RedisBackend>>,
     pub(crate) name: Arc<str>,
     pub(crate) quotas: Box<[QuotaInfo]>,
     pub(crate) store: MemoryStore,
@@ -383,6 +449,25 @@ pub(crate) struct Shared {
     pub(crate) wait: Option<Duration>,
     admitted: Counter,
     allowlisted: Counter,
+}
+
+impl Shared {
+    fn has_fallback(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(r) = &self.redis {
+            return r.fallback.as_ref().is_some_and(|f| f.key_count_capable());
+        }
+        false
+    }
+
+    /// Sweeps the in-process tables (and the Redis fallback's).
+    pub(crate) fn sweep(&self) -> usize {
+        #[cfg(feature = "redis")]
+        if let Some(f) = self.redis.as_ref().and_then(|r| r.fallback.as_ref()) {
+            return self.store.sweep() + f.sweep();
+        }
+        self.store.sweep()
+    }
 }
 
 impl MemoryStore {
@@ -412,6 +497,9 @@ pub(crate) enum Decision {
         quota: usize,
         slots: Option<Box<Slots>>,
     },
+    /// The Redis store is deciding (boxed future: off the in-process path).
+    #[cfg(feature = "redis")]
+    Deciding(super::redis::Deciding),
 }
 
 impl Shared {
@@ -422,6 +510,10 @@ impl Shared {
 
     /// Keys, cost and allow-lists, then the store's verdict.
     pub(crate) fn decide<B>(&self, req: &http::Request<B>) -> Decision {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            return self.decide_remote(req, redis);
+        }
         let mut slots = Slots::default();
         match self.decide_with(req, &mut slots) {
             Decision::Wait { wait, quota, .. } => Decision::Wait {
@@ -433,22 +525,106 @@ impl Shared {
         }
     }
 
+    /// The Redis path: keys, cost and allow-lists as in process, then a
+    /// future that asks Redis.
+    #[cfg(feature = "redis")]
+    #[cold]
+    fn decide_remote<B>(
+        &self,
+        req: &http::Request<B>,
+        redis: &Arc<super::redis::RedisBackend>,
+    ) -> Decision {
+        let info = RequestInfo::new(req, &self.client_ip);
+        let mut slots = Slots::default();
+        if let Some(d) = self.prepare(&info, &mut slots) {
+            return d;
+        }
+        let Some(cost) = slots.cost else {
+            return Decision::Admit(None);
+        };
+        let mut keys = Vec::with_capacity(slots.len);
+        let mut t_cap = Vec::with_capacity(slots.len);
+        for (i, s) in slots.slots[..slots.len].iter().enumerate() {
+            if !s.active {
+                continue;
+            }
+            let q = self.store.quota(i);
+            if cost.get() > q.burst {
+                return self.refusal(&self.store, &slots, i, RefusalReason::TooCostly, None, cost);
+            }
+            let name = self.quotas[i]
+                .key
+                .with_key(&info, |k| redis.key_name(i, k))
+                .unwrap_or_else(|| {
+                    redis.key_name(i, KeyRef::Bytes(b"\0tower-rampart anonymous\0"))
+                });
+            keys.push(name);
+            t_cap.push((q.t, q.tau.saturating_add(q.t)));
+        }
+        if keys.is_empty() {
+            self.admitted.increment(1);
+            return Decision::Admit(None);
+        }
+        Decision::Deciding(redis.acquire(slots, keys, t_cap, cost))
+    }
+
+    /// Turns the Redis store's answer into a decision.
+    #[cfg(feature = "redis")]
+    pub(crate) fn finish_remote(
+        &self,
+        slots: &Slots,
+        outcome: super::redis::RemoteOutcome,
+    ) -> Decision {
+        use super::redis::Path;
+        let cost = slots.cost.unwrap_or(NonZeroU32::MIN);
+        match outcome.path {
+            Path::FailClosed => {
+                let rejection = Rejection::new(RejectionKind::RateLimited, Arc::clone(&self.name))
+                    .with_retry_after(Duration::from_secs(1))
+                    .with_detail("the rate limit store is unavailable");
+                Decision::Refuse(Box::new(rejection))
+            }
+            Path::FailOpen => {
+                self.admitted.increment(1);
+                Decision::Admit(None)
+            }
+            Path::Fallback => {
+                let store = self
+                    .redis
+                    .as_ref()
+                    .and_then(|r| r.fallback.as_ref())
+                    .unwrap_or(&self.store);
+                self.finish(store, slots, outcome.verdict, false, cost)
+            }
+            Path::Redis => self.finish(&self.store, slots, outcome.verdict, false, cost),
+        }
+    }
+
     fn decide_with<B>(&self, req: &http::Request<B>, slots: &mut Slots) -> Decision {
         let info = RequestInfo::new(req, &self.client_ip);
+        match self.prepare(&info, slots) {
+            Some(d) => d,
+            None => self.acquire(slots, true),
+        }
+    }
+
+    /// Allow-lists, cost and keys; `None` when the store must decide.
+    #[inline]
+    fn prepare(&self, info: &RequestInfo<'_>, slots: &mut Slots) -> Option<Decision> {
         if !self.allow_cidrs.is_empty() {
             if let Some(ip) = info.client_ip() {
                 if self.cidr_allowed(ip) {
-                    return self.allowlisted();
+                    return Some(self.allowlisted());
                 }
             }
         }
         let cost = match &self.cost {
             None => NonZeroU32::MIN,
-            Some(f) => match NonZeroU32::new(f(&info)) {
+            Some(f) => match NonZeroU32::new(f(info)) {
                 Some(c) => c,
                 None => {
                     self.admitted.increment(1);
-                    return Decision::Admit(None);
+                    return Some(Decision::Admit(None));
                 }
             },
         };
@@ -460,10 +636,10 @@ impl Shared {
                 slot.active = true;
                 continue;
             }
-            match q.key.fingerprint(&info, &self.hasher) {
+            match q.key.fingerprint(info, &self.hasher) {
                 Some(fp) => {
                     if !self.allow_keys.is_empty() && self.allow_keys.binary_search(&fp).is_ok() {
-                        return self.allowlisted();
+                        return Some(self.allowlisted());
                     }
                     slot.active = true;
                     slot.fp = fp;
@@ -483,13 +659,13 @@ impl Shared {
                                 ));
                         if let Some(d) = self.refused(i, RefusalReason::MissingKey, None, rejection)
                         {
-                            return d;
+                            return Some(d);
                         }
                     }
                 },
             }
         }
-        self.acquire(slots, true)
+        None
     }
 
     fn cidr_allowed(&self, ip: IpAddr) -> bool {
@@ -509,11 +685,24 @@ impl Shared {
         let verdict = self
             .store
             .acquire(&mut slots.slots[..slots.len], cost, true);
+        self.finish(&self.store, slots, verdict, may_wait, cost)
+    }
+
+    /// A verdict of `store` as a decision.
+    #[inline]
+    fn finish(
+        &self,
+        store: &MemoryStore,
+        slots: &Slots,
+        verdict: Verdict,
+        may_wait: bool,
+        cost: NonZeroU32,
+    ) -> Decision {
         match verdict {
             Verdict::Admitted => {
                 self.admitted.increment(1);
                 if self.admitted_headers {
-                    let items = self.items(slots, None);
+                    let items = self.items(store, slots, None);
                     Decision::Admit(Some(Box::new(
                         self.headers
                             .render(&items[..self.active_count(slots)], None),
@@ -530,10 +719,17 @@ impl Shared {
                         slots: None,
                     };
                 }
-                self.refusal(slots, quota, RefusalReason::Exhausted, Some(wait), cost)
+                self.refusal(
+                    store,
+                    slots,
+                    quota,
+                    RefusalReason::Exhausted,
+                    Some(wait),
+                    cost,
+                )
             }
             Verdict::TooCostly { quota } => {
-                self.refusal(slots, quota, RefusalReason::TooCostly, None, cost)
+                self.refusal(store, slots, quota, RefusalReason::TooCostly, None, cost)
             }
         }
     }
@@ -541,7 +737,14 @@ impl Shared {
     /// The refusal of a request that waited as long as it may.
     pub(crate) fn refuse_exhausted(&self, slots: &Slots, quota: usize, wait: Duration) -> Decision {
         let cost = slots.cost.unwrap_or(NonZeroU32::MIN);
-        self.refusal(slots, quota, RefusalReason::Exhausted, Some(wait), cost)
+        self.refusal(
+            &self.store,
+            slots,
+            quota,
+            RefusalReason::Exhausted,
+            Some(wait),
+            cost,
+        )
     }
 
     fn active_count(&self, slots: &Slots) -> usize {
@@ -549,7 +752,12 @@ impl Shared {
     }
 
     /// The `RateLimit` items of the active quotas (refusing quota at 0).
-    fn items(&self, slots: &Slots, refused: Option<usize>) -> [Item; MAX_QUOTAS] {
+    fn items(
+        &self,
+        store: &MemoryStore,
+        slots: &Slots,
+        refused: Option<usize>,
+    ) -> [Item; MAX_QUOTAS] {
         let mut items = [Item {
             quota: 0,
             remaining: 0,
@@ -560,7 +768,7 @@ impl Shared {
             if !s.active {
                 continue;
             }
-            let q = self.store.quota(i);
+            let q = store.quota(i);
             let m = s.measured;
             let now = if m.now == 0 { q.now() } else { m.now };
             // A refusal reports the state as it stays (nothing was taken).
@@ -578,6 +786,7 @@ impl Shared {
 
     fn refusal(
         &self,
+        store: &MemoryStore,
         slots: &Slots,
         quota: usize,
         reason: RefusalReason,
@@ -588,7 +797,7 @@ impl Shared {
         let detail = match reason {
             RefusalReason::TooCostly => format!(
                 "the request costs {cost} but rate limit quota `{name}` allows at most {} at once; it can never be admitted",
-                self.store.quota(quota).burst
+                store.quota(quota).burst
             ),
             _ => self.quotas[quota].exhausted.clone(),
         };
@@ -598,7 +807,7 @@ impl Shared {
         let rendered = if reason == RefusalReason::TooCostly {
             self.headers.render(&[], Some(quota))
         } else {
-            let items = self.items(slots, Some(quota));
+            let items = self.items(store, slots, Some(quota));
             self.headers
                 .render(&items[..self.active_count(slots)], Some(quota))
         };
@@ -692,7 +901,15 @@ impl<M> RateLimitLayer<M> {
     /// absent keys) now, and returns how many went. The background sweep
     /// does this periodically.
     pub fn evict_idle(&self) -> usize {
-        self.shared.store.sweep()
+        self.shared.sweep()
+    }
+
+    /// The circuit breaker guarding the Redis connection (feature `redis`;
+    /// `None` for the in-process store): read its state for a readiness
+    /// probe, or force it open to isolate Redis by hand.
+    #[cfg(feature = "redis")]
+    pub fn redis_breaker(&self) -> Option<crate::circuit_breaker::CircuitBreakerHandle> {
+        self.shared.redis.as_ref().map(|r| r.breaker().clone())
     }
 
     /// How many keys are tracked, over all keyed quotas.

@@ -1,0 +1,554 @@
+//! A Redis-backed quota store (feature `redis`): one limit shared by every
+//! replica.
+//!
+//! # When to use it
+//!
+//! The in-process store limits each replica on its own: with N replicas a
+//! `100/s` quota lets `N * 100/s` through. When the limit must hold for the
+//! whole fleet (a tenant's contract, a fragile downstream), keep the GCRA
+//! state in Redis instead: [`RateLimitBuilder::redis`](super::RateLimitBuilder::redis)
+//! or `"store": { "type": "redis", ... }` in the config.
+//!
+//! # What it costs
+//!
+//! One Redis round trip per decided request (admitted or refused): one
+//! `EVALSHA` of a small Lua script that reads Redis's own `TIME` (replica
+//! clocks never matter), applies GCRA to every quota of the request, writes
+//! all of them or none, and sets a TTL so idle keys expire by themselves.
+//! On loopback that is tens of microseconds instead of a few hundred
+//! nanoseconds, plus one boxed future and a few small allocations (key
+//! names) per request; see `notes/redis/BENCH.md`. Requests that need no
+//! decision (allow-listed, free, too costly for any burst) never reach
+//! Redis. The in-process path is unchanged by this module.
+//!
+//! # Keys
+//!
+//! `<prefix>:<layer>:<quota>:{<key>}` for a layer with one quota (keys spread
+//! over a Redis Cluster), `<prefix>:{<layer>}:<quota>:<key>` for a layer with
+//! several quotas (every key of the layer in one hash slot, so the one
+//! script may touch all of them). A key holds the quota's theoretical
+//! arrival time in nanoseconds since the Unix epoch, as text.
+//!
+//! # When Redis is slow or down
+//!
+//! Every call has a short timeout ([`RedisStore::timeout`], default 50ms),
+//! and a circuit breaker (this crate's, in error mode) guards the connection:
+//! after [`RedisStore::trip_after`] consecutive failures it opens and
+//! requests stop waiting for Redis at all (microseconds, not the timeout)
+//! until a trial call after [`RedisStore::open_duration`] succeeds. Meanwhile
+//! the [`FailurePolicy`] decides: admit, refuse, or use an in-process limiter
+//! with a share of each quota. The connection
+//! ([`redis::aio::ConnectionManager`]: multiplexed, reconnects by itself)
+//! needs no care. Every change of path is logged (`tower_rampart::rate_limit`,
+//! WARN when leaving Redis, INFO when back) and counted in
+//! `rampart_rate_limit_decisions_total{name, path}`.
+
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use metrics::Counter;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tower::{BoxError, Service};
+
+use super::key::KeyRef;
+use super::layer::Slots;
+use super::store::{Measured, MemoryStore, Verdict};
+use crate::ConfigError;
+use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer};
+use crate::rejection::ErrorMode;
+
+/// What the rate limit does when Redis cannot answer in time (down, slow,
+/// or the breaker guarding it is open).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FailurePolicy {
+    /// Admit every request (availability first; the default).
+    FailOpen,
+    /// Refuse every request (429, `Retry-After: 1`).
+    FailClosed,
+    /// Decide in this process with `share` (in `(0, 1]`) of each quota's
+    /// rate and burst: with 4 replicas, `0.25` keeps the fleet near the
+    /// global limit.
+    Fallback {
+        /// This replica's share of each quota.
+        share: f64,
+    },
+}
+
+/// Settings of the Redis store; give it to
+/// [`RateLimitBuilder::redis`](super::RateLimitBuilder::redis).
+///
+/// Use it when a limit must hold for all replicas together. It costs one
+/// Redis round trip per decided request (one `EVALSHA`), a boxed future and
+/// the key names per request; keys are
+/// `<prefix>:<layer>:<quota>:{<key>}` (one quota) or
+/// `<prefix>:{<layer>}:<quota>:<key>` (several: one hash slot, so the one
+/// atomic script may touch them all) and expire when their bucket is full
+/// again. The layer must be built inside a tokio runtime (the connection,
+/// a multiplexed `ConnectionManager`, is made lazily and reconnects by
+/// itself). A circuit breaker named `<layer>-redis` guards it
+/// ([`RateLimitLayer::redis_breaker`](super::RateLimitLayer::redis_breaker)).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::rate_limit::{FailurePolicy, RedisStore};
+///
+/// let store = RedisStore::new("redis://127.0.0.1:6379/")
+///     .prefix("myapp")
+///     .timeout(Duration::from_millis(20))
+///     .failure_policy(FailurePolicy::Fallback { share: 0.25 });
+/// # drop(store);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisStore {
+    pub(crate) url: String,
+    pub(crate) prefix: String,
+    pub(crate) timeout: Duration,
+    pub(crate) failure: FailurePolicy,
+    pub(crate) trip_after: u32,
+    pub(crate) open_duration: Duration,
+}
+
+impl RedisStore {
+    /// A store on the Redis at `url` (`redis://host:port/db`,
+    /// `rediss://...` is not enabled).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "rampart".into(),
+            timeout: Duration::from_millis(50),
+            failure: FailurePolicy::FailOpen,
+            trip_after: 3,
+            open_duration: Duration::from_secs(1),
+        }
+    }
+
+    /// The first part of every key name (default `rampart`; no `{`, `}`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The most one call to Redis may take (default 50ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// What happens when Redis cannot answer (default
+    /// [`FailurePolicy::FailOpen`]).
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure = policy;
+        self
+    }
+
+    /// Consecutive failed calls that open the breaker (default 3).
+    pub fn trip_after(mut self, failures: u32) -> Self {
+        self.trip_after = failures;
+        self
+    }
+
+    /// How long the open breaker keeps requests away from Redis before a
+    /// trial call (default 1s).
+    pub fn open_duration(mut self, d: Duration) -> Self {
+        self.open_duration = d;
+        self
+    }
+}
+
+const SCRIPT: &str = r"
+-- ARGV[1] = cost; then per key: t (ns per unit), cap (burst * t, ns).
+-- Returns {refused (1-based, 0 = admitted), now, wait, prev1, next1, ...}.
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000000 + tonumber(time[2]) * 1000
+local cost = tonumber(ARGV[1])
+local out = {0, now, 0}
+local nexts = {}
+for i = 1, #KEYS do
+  local t = tonumber(ARGV[2 * i])
+  local cap = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+  local base = tat
+  if base < now then base = now end
+  local new = base + cost * t
+  local allow_at = new - cap
+  nexts[i] = new
+  out[2 + 2 * i] = tat
+  out[3 + 2 * i] = new
+  if allow_at > now and out[1] == 0 then
+    out[1] = i
+    out[3] = allow_at - now
+  end
+end
+if out[1] == 0 then
+  for i = 1, #KEYS do
+    local ms = math.ceil((nexts[i] - now) / 1000000)
+    if ms < 1 then ms = 1 end
+    redis.call('SET', KEYS[i], string.format('%.0f', nexts[i]), 'PX', ms)
+  end
+else
+  for i = 1, #KEYS do out[3 + 2 * i] = out[2 + 2 * i] end
+end
+return out
+";
+
+/// The tower service the breaker wraps: one script call with a timeout.
+#[derive(Clone)]
+pub(crate) struct RedisCall {
+    conn: ConnectionManager,
+    timeout: Duration,
+    script: Arc<redis::Script>,
+}
+
+/// One script invocation: key names and arguments.
+pub(crate) struct Invocation {
+    keys: Vec<Vec<u8>>,
+    args: Vec<u64>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl Service<Invocation> for RedisCall {
+    type Response = Vec<i64>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Vec<i64>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, inv: Invocation) -> Self::Future {
+        let mut conn = self.conn.clone();
+        let script = Arc::clone(&self.script);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let mut call = script.prepare_invoke();
+            for k in &inv.keys {
+                call.key(k.as_slice());
+            }
+            for a in &inv.args {
+                call.arg(*a);
+            }
+            // EVALSHA; on NOSCRIPT the client loads the script and retries.
+            match tokio::time::timeout(timeout, call.invoke_async::<Vec<i64>>(&mut conn)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(Box::new(e) as BoxError),
+                Err(_) => Err("redis call timed out".into()),
+            }
+        })
+    }
+}
+
+/// The path a decision took (the `path` label).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Path {
+    Redis = 0,
+    Fallback = 1,
+    FailOpen = 2,
+    FailClosed = 3,
+}
+
+impl Path {
+    const ALL: [Path; 4] = [
+        Path::Redis,
+        Path::Fallback,
+        Path::FailOpen,
+        Path::FailClosed,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Path::Redis => "redis",
+            Path::Fallback => "fallback",
+            Path::FailOpen => "fail_open",
+            Path::FailClosed => "fail_closed",
+        }
+    }
+}
+
+/// The Redis store deciding one request: owns its slots and yields them
+/// back with the outcome.
+pub(crate) type Deciding = BoxFuture<(Slots, RemoteOutcome)>;
+
+/// What the store answered for one request.
+pub(crate) struct RemoteOutcome {
+    pub(crate) verdict: Verdict,
+    pub(crate) path: Path,
+}
+
+/// The Redis store as the layer holds it.
+pub(crate) struct RedisBackend {
+    name: Arc<str>,
+    service: CircuitBreaker<RedisCall, ErrorMode>,
+    breaker: CircuitBreakerHandle,
+    key_heads: Box<[Vec<u8>]>,
+    hash_tag_key: bool,
+    failure: FailurePolicy,
+    pub(crate) fallback: Option<MemoryStore>,
+    decisions: [Counter; 4],
+    last_path: AtomicU8,
+}
+
+impl RedisBackend {
+    /// Connects lazily (needs a tokio runtime) and builds the breaker.
+    pub(crate) fn new(
+        cfg: &RedisStore,
+        layer: &Arc<str>,
+        quota_names: &[String],
+        fallback: Option<MemoryStore>,
+    ) -> Result<Self, ConfigError> {
+        if cfg.prefix.is_empty() || cfg.prefix.contains(['{', '}']) {
+            return Err(ConfigError::new(
+                "store.prefix",
+                "must be non-empty, without `{` or `}`",
+            ));
+        }
+        if layer.contains(['{', '}']) {
+            return Err(ConfigError::new(
+                "name",
+                "must not contain `{` or `}` with the redis store",
+            ));
+        }
+        if cfg.timeout.is_zero() {
+            return Err(ConfigError::new("store.timeout", "must be greater than 0"));
+        }
+        if cfg.trip_after == 0 {
+            return Err(ConfigError::new(
+                "store.trip_after",
+                "must be greater than 0",
+            ));
+        }
+        if let FailurePolicy::Fallback { share } = cfg.failure {
+            if !(share > 0.0 && share <= 1.0) {
+                return Err(ConfigError::new(
+                    "store.fallback_share",
+                    "must be in (0, 1]",
+                ));
+            }
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::new(
+                "store",
+                "the redis store must be built inside a tokio runtime",
+            ));
+        }
+        let client = redis::Client::open(cfg.url.as_str())
+            .map_err(|e| ConfigError::new("store.url", e.to_string()))?;
+        let conn_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(100))))
+            .set_response_timeout(Some(cfg.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, conn_cfg)
+            .map_err(|e| ConfigError::new("store.url", e.to_string()))?;
+        let breaker_layer = CircuitBreakerLayer::builder()
+            .name(format!("{layer}-redis"))
+            .consecutive_failures(cfg.trip_after)
+            .count_window(20)
+            .minimum_calls(20)
+            .failure_rate_threshold(100.0)
+            .open_duration(cfg.open_duration)
+            .half_open_permits(1)
+            .build()
+            .map_err(|e| e.at("store"))?;
+        let breaker = breaker_layer.handle();
+        let service = tower::Layer::layer(
+            &breaker_layer.into_error_mode(),
+            RedisCall {
+                conn,
+                timeout: cfg.timeout,
+                script: Arc::new(redis::Script::new(SCRIPT)),
+            },
+        );
+        let multi = quota_names.len() > 1;
+        let key_heads = quota_names
+            .iter()
+            .map(|q| {
+                if multi {
+                    format!("{}:{{{layer}}}:{q}:", cfg.prefix).into_bytes()
+                } else {
+                    format!("{}:{layer}:{q}:{{", cfg.prefix).into_bytes()
+                }
+            })
+            .collect();
+        let decisions = Path::ALL.map(|p| {
+            metrics::counter!(
+                "rampart_rate_limit_decisions_total",
+                &[("name", layer.to_string()), ("path", p.as_str().to_owned())]
+            )
+        });
+        Ok(Self {
+            name: Arc::clone(layer),
+            service,
+            breaker,
+            key_heads,
+            hash_tag_key: !multi,
+            failure: cfg.failure,
+            fallback,
+            decisions,
+            last_path: AtomicU8::new(Path::Redis as u8),
+        })
+    }
+
+    /// The breaker guarding the connection.
+    pub(crate) fn breaker(&self) -> &CircuitBreakerHandle {
+        &self.breaker
+    }
+
+    /// The Redis key name of quota `i` for `key`.
+    pub(crate) fn key_name(&self, i: usize, key: KeyRef<'_>) -> Vec<u8> {
+        use std::io::Write;
+        let mut out = self.key_heads[i].clone();
+        match key {
+            KeyRef::Ip(ip) => {
+                let _ = write!(out, "{ip}");
+            }
+            KeyRef::Number(n) => {
+                let _ = write!(out, "{n}");
+            }
+            KeyRef::Bytes(b) => out.extend_from_slice(b),
+        }
+        if self.hash_tag_key {
+            out.push(b'}');
+        }
+        out
+    }
+
+    /// Counts a decision's path and logs a change of path.
+    fn record(&self, path: Path) {
+        self.decisions[path as usize].increment(1);
+        let prev = self.last_path.swap(path as u8, Ordering::Relaxed);
+        if prev != path as u8 {
+            let from = Path::ALL[usize::from(prev)].as_str();
+            if path == Path::Redis {
+                tracing::info!(
+                    target: "tower_rampart::rate_limit",
+                    name = %self.name,
+                    from,
+                    to = path.as_str(),
+                    "rate limit store recovered"
+                );
+            } else {
+                tracing::warn!(
+                    target: "tower_rampart::rate_limit",
+                    name = %self.name,
+                    from,
+                    to = path.as_str(),
+                    "rate limit store unavailable, using the failure policy"
+                );
+            }
+        }
+    }
+
+    /// Starts the decision for `slots` (keys: the Redis key of each active
+    /// slot, in order). The future owns all it needs.
+    pub(crate) fn acquire(
+        self: &Arc<Self>,
+        slots: Slots,
+        keys: Vec<Vec<u8>>,
+        t_cap: Vec<(u64, u64)>,
+        cost: NonZeroU32,
+    ) -> Deciding {
+        let this = Arc::clone(self);
+        let mut args = Vec::with_capacity(1 + 2 * t_cap.len());
+        args.push(u64::from(cost.get()));
+        for (t, cap) in &t_cap {
+            args.push(*t);
+            args.push(*cap);
+        }
+        // The breaker forwards readiness to `RedisCall`, which is always
+        // ready: polled once, with a no-op waker, before the call.
+        let mut svc = self.service.clone();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let call = match svc.poll_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => {
+                let call: BoxFuture<Result<Vec<i64>, BoxError>> =
+                    Box::pin(svc.call(Invocation { keys, args }));
+                Some(call)
+            }
+            _ => None,
+        };
+        Box::pin(async move {
+            let mut slots = slots;
+            let result = match call {
+                Some(call) => call.await,
+                None => Err(BoxError::from("the redis call was not ready")),
+            };
+            match result {
+                Ok(v) if v.len() >= 3 => {
+                    let refused = v[0];
+                    let now = u64::try_from(v[1]).unwrap_or(0);
+                    let wait = u64::try_from(v[2]).unwrap_or(0);
+                    let mut n = 0;
+                    let mut refused_quota = None;
+                    for (i, s) in slots.slots[..slots.len].iter_mut().enumerate() {
+                        if !s.active {
+                            continue;
+                        }
+                        n += 1;
+                        let at = 1 + 2 * n;
+                        s.measured = Measured {
+                            prev: v.get(at).map_or(0, |x| u64::try_from(*x).unwrap_or(0)),
+                            next: v.get(at + 1).map_or(0, |x| u64::try_from(*x).unwrap_or(0)),
+                            now,
+                        };
+                        if i64::try_from(n).is_ok_and(|n| n == refused) {
+                            refused_quota = Some(i);
+                        }
+                    }
+                    this.record(Path::Redis);
+                    let verdict = match refused_quota {
+                        None => Verdict::Admitted,
+                        Some(quota) => Verdict::Exhausted {
+                            quota,
+                            wait: Duration::from_nanos(wait),
+                        },
+                    };
+                    (
+                        slots,
+                        RemoteOutcome {
+                            verdict,
+                            path: Path::Redis,
+                        },
+                    )
+                }
+                other => {
+                    if let Err(e) = &other {
+                        tracing::debug!(
+                            target: "tower_rampart::rate_limit",
+                            name = %this.name,
+                            error = %e,
+                            "rate limit store call failed"
+                        );
+                    }
+                    let (path, verdict) = match (this.failure, &this.fallback) {
+                        (FailurePolicy::Fallback { .. }, Some(store)) => {
+                            use super::store::Store;
+                            (
+                                Path::Fallback,
+                                store.acquire(&mut slots.slots[..slots.len], cost, true),
+                            )
+                        }
+                        (FailurePolicy::FailClosed, _) => (
+                            Path::FailClosed,
+                            Verdict::Exhausted {
+                                quota: 0,
+                                wait: Duration::from_secs(1),
+                            },
+                        ),
+                        _ => (Path::FailOpen, Verdict::Admitted),
+                    };
+                    this.record(path);
+                    (slots, RemoteOutcome { verdict, path })
+                }
+            }
+        })
+    }
+}
