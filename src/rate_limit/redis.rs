@@ -17,7 +17,7 @@
 //! all of them or none, and sets a TTL so idle keys expire by themselves.
 //! On loopback that is tens of microseconds instead of a few hundred
 //! nanoseconds, plus one boxed future and a few small allocations (key
-//! names) per request; see `notes/redis/BENCH.md`. Requests that need no
+//! names) per request; see `benches/README.md`. Requests that need no
 //! decision (allow-listed, free, too costly for any burst) never reach
 //! Redis. The in-process path is unchanged by this module.
 //!
