@@ -125,3 +125,21 @@ pub fn ok_service() -> impl tower::Service<
         )))))
     })
 }
+
+/// Reads a child process's stdout line by line on a thread, so a test can
+/// wait for a line with a timeout (`recv_timeout`) without blocking on the
+/// pipe. Takes the child's stdout (it must be `Stdio::piped()`).
+pub fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let out = child.stdout.take().expect("stdout must be piped");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
