@@ -86,6 +86,7 @@ impl State {
         Some(Guard {
             state: Arc::clone(self),
             key: NO_KEY,
+            waker: None,
             aborted: false,
         })
     }
@@ -129,6 +130,9 @@ fn close_if(r: Rejection, http1: bool) -> Rejection {
 pub(crate) struct Guard {
     state: Arc<State>,
     key: usize,
+    /// The waker registered in slot `key`, so that polls by the same task
+    /// skip the abort signal's lock.
+    waker: Option<Waker>,
     aborted: bool,
 }
 
@@ -150,7 +154,16 @@ impl Guard {
     /// Registers the task's waker with the abort signal; true if it fired
     /// (the request is then marked aborted).
     pub(crate) fn register(&mut self, waker: &Waker) -> bool {
-        if self.state.abort.register(&mut self.key, waker) {
+        let fired = match &self.waker {
+            // Already registered by this task: `fire` sets the flag before it
+            // wakes the registered wakers, so reading the flag is enough.
+            Some(w) if w.will_wake(waker) => self.state.abort.is_fired(),
+            _ => {
+                self.waker = Some(waker.clone());
+                self.state.abort.register(&mut self.key, waker)
+            }
+        };
+        if fired {
             self.aborted = true;
         }
         self.aborted
