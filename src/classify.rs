@@ -605,7 +605,10 @@ impl<B: Body, F: OnOutcome> Body for ClassifyBody<B, F> {
 
     #[inline]
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        // While a verdict waits for the trailers, keep the body polled to
+        // its real end: a server that stops polling early would drop the
+        // verdict as "ignored" instead of reading the missing status.
+        self.pending.is_none() && self.body.is_end_stream()
     }
 
     #[inline]

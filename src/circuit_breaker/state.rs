@@ -625,7 +625,10 @@ impl Core {
             let unit = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
             secs *= 1.0 + jitter * (2.0 * unit - 1.0);
         }
-        Duration::from_secs_f64(secs.max(1e-9))
+        // Jitter spreads re-opens but never past the cap, and a huge cap
+        // never overflows a Duration.
+        let secs = secs.min(max.as_secs_f64()).max(1e-9);
+        Duration::try_from_secs_f64(secs).unwrap_or(max)
     }
 
     /// Moves from the state in `expected` (exactly that word, or any word
