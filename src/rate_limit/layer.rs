@@ -682,9 +682,11 @@ impl Shared {
             self.admitted.increment(1);
             return Decision::Admit(None);
         }
-        let verdict = self
-            .store
-            .acquire(&mut slots.slots[..slots.len], cost, true);
+        // "Now" on the limiter's time line is only needed for headers on an
+        // admitted response; refusals read it from the quota's clock.
+        let verdict =
+            self.store
+                .acquire(&mut slots.slots[..slots.len], cost, self.admitted_headers);
         self.finish(&self.store, slots, verdict, may_wait, cost)
     }
 
