@@ -352,7 +352,7 @@ pub(crate) fn retry_after_secs(d: Duration) -> u64 {
     secs.max(1)
 }
 
-fn push_json_escaped(out: &mut String, s: &str) {
+pub(crate) fn push_json_escaped(out: &mut String, s: &str) {
     // Copy unescaped runs whole; only quotes, backslashes and control
     // characters need escaping (all ASCII, so byte indices are char
     // boundaries).

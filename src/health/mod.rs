@@ -88,7 +88,7 @@ mod future;
 #[cfg(feature = "tonic")]
 mod grpc;
 mod layer;
-mod registry;
+pub(crate) mod registry;
 mod report;
 
 use std::fmt;
@@ -186,6 +186,9 @@ struct ProbeQuery {
     exclude: Vec<String>,
 }
 
+/// The most `?exclude=` values a probe request honours; more are ignored.
+const MAX_EXCLUDES: usize = 32;
+
 impl ProbeQuery {
     fn parse(query: Option<&str>) -> Self {
         let mut q = Self::default();
@@ -193,7 +196,9 @@ impl ProbeQuery {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
                 "verbose" => q.verbose = true,
-                "exclude" => {
+                // Bounded: probes bypass the limiters, and each exclude is
+                // compared against every check.
+                "exclude" if q.exclude.len() < MAX_EXCLUDES => {
                     if let Some(v) = percent_decode(v) {
                         if !v.is_empty() {
                             q.exclude.push(v);
@@ -219,7 +224,9 @@ fn percent_decode(s: &str) -> Option<String> {
     while i < b.len() {
         match b[i] {
             b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                let hex = Some(&b[i + 1..i + 3])
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|h| std::str::from_utf8(h).ok());
                 match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     Some(v) => {
                         out.push(v);
