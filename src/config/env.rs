@@ -29,8 +29,16 @@ where
         .filter(|(k, _)| k.as_ref().starts_with(prefix))
         .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
         .collect();
-    // A stable order, so that `..__QUOTAS__0__RATE` comes before `__1__`.
-    vars.sort();
+    // A stable order in which array indexes compare as numbers, so that
+    // `..__QUOTAS__2__RATE` comes before `..__QUOTAS__10__RATE`.
+    vars.sort_by_cached_key(|(name, _)| {
+        name.split("__")
+            .map(|seg| match seg.parse::<usize>() {
+                Ok(i) => (1, i, String::new()),
+                Err(_) => (0, 0, seg.to_owned()),
+            })
+            .collect::<Vec<_>>()
+    });
     let mut applied = Vec::new();
     let mut errors = Vec::new();
     let mut root = Value::Table(std::mem::take(table));

@@ -431,7 +431,7 @@ impl RampartConfig {
             );
         }
         if self.health.breaker_readiness != BreakerReadiness::Off
-            && !valid_check_name(&self.circuit_breaker.name)
+            && !crate::health::registry::valid_check_name(&self.circuit_breaker.name)
         {
             push(
                 Err(ConfigError::new(
@@ -473,9 +473,10 @@ impl RampartConfig {
         StackBuilder::new(self)
     }
 
-    /// The longest a graceful shutdown can take before the process exits:
-    /// `shutdown_delay + drain_timeout + abort_grace` plus the cleanup
-    /// hooks. Kubernetes' `terminationGracePeriodSeconds` must exceed it.
+    /// The longest a graceful shutdown can take before its cleanup hooks
+    /// run: `shutdown_delay + drain_timeout + abort_grace`. Each registered
+    /// hook may add up to `shutdown.hook_timeout`; Kubernetes'
+    /// `terminationGracePeriodSeconds` must exceed the sum.
     pub fn shutdown_budget(&self) -> Duration {
         self.shutdown.shutdown_delay + self.shutdown.drain_timeout + self.shutdown.abort_grace
     }
@@ -500,18 +501,17 @@ fn format_duration(d: Duration) -> String {
     }
 }
 
-/// Health check names: ASCII letters, digits and `-_.:` (the registry's
-/// rule).
-fn valid_check_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-}
-
 /// Every problem of a rate-limit section: each quota on its own (so every
 /// bad quota is reported), then the section as a whole.
 fn validate_rate_limit(rl: &RateLimitConfig) -> Vec<ConfigError> {
+    // Validate against the in-process store: checking the quotas must not
+    // open a Redis connection (nor need a runtime, so `load` works in sync
+    // code). A Redis store's own settings are checked, with their key paths,
+    // when the stack is built.
+    let rl = &RateLimitConfig {
+        store: crate::rate_limit::StoreConfig::InProcess,
+        ..rl.clone()
+    };
     let mut errors = Vec::new();
     if rl.quotas.len() > 1 {
         for (i, q) in rl.quotas.iter().enumerate() {

@@ -258,12 +258,7 @@ impl HealthRegistryBuilder {
         let mut seen = HashSet::new();
         for (i, c) in checks.iter().enumerate() {
             let at = format!("checks[{i}]");
-            if c.name.is_empty()
-                || !c
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-            {
+            if !valid_check_name(&c.name) {
                 return Err(ConfigError::new(
                     "name",
                     "must be non-empty ASCII letters, digits and `-_.:`",
@@ -466,4 +461,13 @@ impl HealthRegistry {
 /// Does `probe` run checks of `kind`?
 fn in_probe(probe: Kind, kind: Kind) -> bool {
     probe == kind || (probe == Kind::Readiness && kind == Kind::Liveness)
+}
+
+/// Health check names: ASCII letters, digits and `-_.:`, not empty (they
+/// appear in probe paths such as `/readyz/<name>`).
+pub(crate) fn valid_check_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
