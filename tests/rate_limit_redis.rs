@@ -23,6 +23,9 @@ const REDIS: &str = "/usr/bin/redis-server";
 
 /// A `redis-server` child process on a fixed loopback port; killed on drop.
 struct RedisServer {
+    /// The binary found by `start` (`REDIS_SERVER`, Debian's path, or PATH),
+    /// reused on restart.
+    bin: String,
     port: u16,
     child: Option<Child>,
 }
@@ -32,7 +35,11 @@ impl RedisServer {
     /// missing outside CI. Under CI a missing binary fails the test.
     fn start() -> Option<Self> {
         let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| REDIS.to_owned());
-        if !std::path::Path::new(&bin).exists() && which("redis-server").is_none() {
+        let Some(bin) = std::path::Path::new(&bin)
+            .exists()
+            .then(|| bin.clone())
+            .or_else(|| which("redis-server"))
+        else {
             if std::env::var_os("CI").is_some() {
                 panic!(
                     "redis-server not found ({bin}): CI must install it (.ci/run installs Debian's redis-server)"
@@ -40,24 +47,23 @@ impl RedisServer {
             }
             eprintln!("SKIPPED: redis-server not found ({bin}); install it to run the Redis tests");
             return None;
-        }
+        };
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut s = Self { port, child: None };
+        let mut s = Self {
+            bin,
+            port,
+            child: None,
+        };
         s.spawn();
         Some(s)
     }
 
     fn spawn(&mut self) {
-        let bin = if std::path::Path::new(REDIS).exists() {
-            REDIS.to_owned()
-        } else {
-            which("redis-server").expect("redis-server")
-        };
-        let child = Command::new(bin)
+        let child = Command::new(&self.bin)
             .args([
                 "--port",
                 &self.port.to_string(),
