@@ -151,6 +151,20 @@ enum Mode {
     },
 }
 
+const USAGE: &str = "\
+usage: grpc [--config FILE] [--listen ADDR]
+       grpc --call ADDR [--name NAME] [--sleep-ms MS] [--fail]
+
+  --config FILE   the TOML settings (default examples/configs/production.toml)
+  --listen ADDR   the address to listen on, overriding the file's `listen`
+  --call ADDR     be a client: check grpc.health.v1, then call SayHello;
+                  exits 1 if a call fails
+  --name NAME     who SayHello greets (default world)
+  --sleep-ms MS   make the server sleep before answering (see the timeout)
+  --fail          make the server answer INTERNAL (see the breaker open)
+  -h, --help      print this help and exit";
+
+/// The arguments; `--help` prints the usage on stdout and exits 0.
 fn parse_args() -> Result<Mode, String> {
     let mut config = "examples/configs/production.toml".to_owned();
     let mut listen = None;
@@ -179,11 +193,13 @@ fn parse_args() -> Result<Mode, String> {
                     .map_err(|_| "--sleep-ms: not a number")?;
             }
             "--fail" => request.fail = true,
-            _ => {
-                return Err(format!(
-                    "unknown argument `{arg}`\nusage: grpc [--config FILE] [--listen ADDR]\n       grpc --call ADDR [--name NAME] [--sleep-ms MS] [--fail]"
-                ));
+            "-h" | "--help" => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{USAGE}");
+                let _ = out.flush();
+                std::process::exit(0);
             }
+            _ => return Err(format!("unknown argument `{arg}`\n{USAGE}")),
         }
     }
     Ok(match call {
@@ -301,8 +317,14 @@ async fn call(addr: SocketAddr, request: HelloRequest) -> Result<(), Box<dyn std
         )
         .await;
     match reply {
-        Ok(reply) => println!("SayHello: {}", reply.into_inner().message),
-        Err(status) => println!("SayHello: {:?}: {}", status.code(), status.message()),
+        Ok(reply) => {
+            println!("SayHello: {}", reply.into_inner().message);
+            Ok(())
+        }
+        Err(status) => {
+            println!("SayHello: {:?}: {}", status.code(), status.message());
+            // A failed call is a failed run: scripts and CI see exit 1.
+            Err(format!("SayHello failed: {:?}", status.code()).into())
+        }
     }
-    Ok(())
 }

@@ -31,14 +31,31 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower_rampart::config::RampartConfig;
+
+/// Bucket bounds of the duration histograms, 1 ms to 60 s: check runs
+/// (bounded by their timeout) and drains (bounded by `drain_timeout`).
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 struct Args {
     config: String,
     listen: Option<String>,
 }
 
+const USAGE: &str = "\
+usage: production [--config FILE] [--listen ADDR]
+
+  --config FILE   the TOML settings (default examples/configs/production.toml)
+  --listen ADDR   the address to listen on, overriding the file's `listen`
+  -h, --help      print this help and exit
+
+Every key can also be set from the environment: RAMPART_ + the key path in
+upper case, `__` between levels (RAMPART_TIMEOUT__TIMEOUT=2s).";
+
+/// The arguments; `--help` prints the usage on stdout and exits 0.
 fn args() -> Result<Args, String> {
     let mut config = "examples/configs/production.toml".to_owned();
     let mut listen = None;
@@ -48,9 +65,10 @@ fn args() -> Result<Args, String> {
             "--config" => config = it.next().ok_or("--config needs a path")?,
             "--listen" => listen = Some(it.next().ok_or("--listen needs an address")?),
             "-h" | "--help" => {
-                return Err("usage: production [--config FILE] [--listen ADDR]".to_owned());
+                say(USAGE);
+                std::process::exit(0);
             }
-            other => return Err(format!("unknown argument `{other}` (try --help)")),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
     }
     Ok(Args { config, listen })
@@ -157,8 +175,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: RampartConfig) -> Result<(), Box<dyn std::error::Error>> {
-    // The recorder first: the layers register their metrics when built.
-    let metrics = PrometheusBuilder::new().install_recorder()?;
+    // The recorder first: the layers register (and describe) their metrics
+    // when built. Buckets make the `_seconds` histograms real Prometheus
+    // histograms (`_bucket` series, so `histogram_quantile` works) instead
+    // of the exporter's default summaries.
+    let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)?
+        .install_recorder()?;
     let stack = config.stack().build()?;
 
     let served = Arc::new(Served::default());

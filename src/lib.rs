@@ -110,6 +110,7 @@ pub mod classify;
 pub mod config;
 mod config_util;
 mod error;
+mod metrics_help;
 pub mod health;
 pub mod rate_limit;
 pub mod rejection;

@@ -339,18 +339,18 @@ async fn health_json() {
     let checks = j["checks"].as_object().unwrap();
     let keys: Vec<_> = checks.keys().map(String::as_str).collect();
     assert_eq!(keys.len(), 3, "excluded checks are left out: {keys:?}");
-    let db = &j["checks"]["db:status"][0];
+    let db = &j["checks"]["db:responseTime"][0];
     assert_eq!(db["componentId"], "db");
-    assert_eq!(db["componentType"], "readiness");
+    assert_eq!(db["componentType"], "component");
     assert_eq!(db["status"], "fail");
     assert_eq!(db["output"], "reason withheld");
     assert_eq!(db["observedUnit"], "ms");
     let time = db["time"].as_str().unwrap();
     assert_eq!(time.len(), "2026-01-01T00:00:00.000Z".len());
     assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
-    assert_eq!(j["checks"]["cache:status"][0]["status"], "warn");
-    assert_eq!(j["checks"]["shutdown:status"][0]["status"], "pass");
-    assert!(j["checks"]["shutdown:status"][0].get("output").is_none());
+    assert_eq!(j["checks"]["cache:responseTime"][0]["status"], "warn");
+    assert_eq!(j["checks"]["shutdown:responseTime"][0]["status"], "pass");
+    assert!(j["checks"]["shutdown:responseTime"][0].get("output").is_none());
     assert_eq!(j["notes"][0], "cannot exclude `nope`: no such check");
 
     // One check: the real error.
@@ -359,7 +359,7 @@ async fn health_json() {
     let j = r.json();
     assert_eq!(j["status"], "fail");
     assert_eq!(
-        j["checks"]["db:status"][0]["output"],
+        j["checks"]["db:responseTime"][0]["output"],
         "connection refused: 10.0.0.7:5432"
     );
 

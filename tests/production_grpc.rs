@@ -39,13 +39,19 @@ impl Drop for Server {
     }
 }
 
-fn call(addr: &str, args: &[&str]) -> String {
+/// Runs the `--call` client; `succeeds` is the exit status expected: a call
+/// that fails exits 1, so a script can tell.
+fn call(addr: &str, args: &[&str], succeeds: bool) -> String {
     let out = Command::new(binary())
         .args(["--call", addr])
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    if succeeds {
+        assert!(out.status.success(), "{out:?}");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+    }
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -75,13 +81,13 @@ fn grpc_example_serves_behind_the_stack() {
         .trim()
         .to_owned();
 
-    let out = call(&addr, &["--name", "Ada"]);
+    let out = call(&addr, &["--name", "Ada"], true);
     assert!(out.contains("health \"\": SERVING"), "{out}");
     assert!(out.contains("health \"demo.Greeter\": SERVING"), "{out}");
     assert!(out.contains("SayHello: hello, Ada"), "{out}");
-    let out = call(&addr, &["--sleep-ms", "5000"]);
+    let out = call(&addr, &["--sleep-ms", "5000"], false);
     assert!(out.contains("SayHello: DeadlineExceeded"), "{out}");
-    let out = call(&addr, &["--fail"]);
+    let out = call(&addr, &["--fail"], false);
     assert!(
         out.contains("SayHello: Internal: failed on purpose"),
         "{out}"

@@ -85,6 +85,78 @@ impl fmt::Display for Status {
     }
 }
 
+/// What a check looks at, as `application/health+json`'s `componentType`
+/// names it (draft-inadarei-api-health-check, section 4.2): one of the
+/// draft's three words, or a URI naming a type of your own.
+///
+/// ```
+/// use tower_rampart::health::{Check, ComponentType};
+///
+/// let db = Check::readiness("db", || async { Ok::<(), String>(()) })
+///     .component_type(ComponentType::Datastore);
+/// let queue = Check::readiness("queue", || async { Ok::<(), String>(()) })
+///     .component_type(ComponentType::uri("urn:example:message-queue"));
+/// assert_eq!(db.get_component_type().as_str(), "datastore");
+/// assert_eq!(queue.get_component_type().as_str(), "urn:example:message-queue");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ComponentType {
+    /// A part of this service (the default): a worker, a cache in memory,
+    /// the shutdown state.
+    #[default]
+    Component,
+    /// A database or another store the service reads or writes.
+    Datastore,
+    /// Another system the service calls (an API, a queue, the dependency a
+    /// circuit breaker guards).
+    System,
+    /// A URI naming a type of your own (`urn:...`, `https://...`). Checked
+    /// when the registry is built: it must have a scheme and no spaces,
+    /// quotes, backslashes or control characters.
+    Uri(Arc<str>),
+}
+
+impl ComponentType {
+    /// A URI type, checked by
+    /// [`HealthRegistryBuilder::build`](super::HealthRegistryBuilder::build).
+    pub fn uri(uri: impl Into<Arc<str>>) -> Self {
+        Self::Uri(uri.into())
+    }
+
+    /// The value written as `componentType`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Component => "component",
+            Self::Datastore => "datastore",
+            Self::System => "system",
+            Self::Uri(u) => u,
+        }
+    }
+
+    /// Is it one of the draft's words, or an absolute URI (a scheme, then
+    /// printable ASCII without spaces, quotes or backslashes)?
+    pub(crate) fn is_valid(&self) -> bool {
+        let Self::Uri(u) = self else { return true };
+        let Some((scheme, rest)) = u.split_once(':') else {
+            return false;
+        };
+        let mut sb = scheme.bytes();
+        sb.next().is_some_and(|b| b.is_ascii_alphabetic())
+            && sb.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+            && !rest.is_empty()
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"\\\"<>`{}|^".contains(&b))
+    }
+}
+
+impl fmt::Display for ComponentType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The outcome of one run of a check: `Ok(())` or the error text.
 pub type CheckResult = Result<(), String>;
 
@@ -144,6 +216,7 @@ pub struct Check {
     pub(crate) kind: Kind,
     pub(crate) timeout: Duration,
     pub(crate) critical: bool,
+    pub(crate) component_type: ComponentType,
     pub(crate) schedule: Schedule,
     pub(crate) runner: Runner,
 }
@@ -166,6 +239,7 @@ impl Check {
             kind,
             timeout: Duration::from_secs(1),
             critical: true,
+            component_type: ComponentType::Component,
             schedule: Schedule::Background(Duration::from_secs(10)),
             runner: Runner::Async(runner),
         }
@@ -215,6 +289,7 @@ impl Check {
             kind,
             timeout: Duration::from_secs(1),
             critical: true,
+            component_type: ComponentType::Component,
             schedule: Schedule::OnDemand(Duration::ZERO),
             runner: Runner::Sync(runner),
         }
@@ -256,7 +331,7 @@ impl Check {
         use crate::circuit_breaker::CircuitState;
         let handle = handle.clone();
         let name: Arc<str> = Arc::from(handle.name());
-        Self::sync(name, Kind::Readiness, move || match handle.state() {
+        let check = Self::sync(name, Kind::Readiness, move || match handle.state() {
             CircuitState::Open => Err(match handle.open_remaining() {
                 Some(left) => format!("circuit open, half-open in {}ms", left.as_millis()),
                 None => "circuit open".to_owned(),
@@ -266,7 +341,8 @@ impl Check {
             | CircuitState::HalfOpen
             | CircuitState::Disabled
             | CircuitState::MetricsOnly => Ok(()),
-        })
+        });
+        check.component_type(ComponentType::System)
     }
 
     /// Time limit of one run (default 1s). Ignored by [`sync`](Self::sync)
@@ -302,6 +378,15 @@ impl Check {
         self
     }
 
+    /// What the check looks at, reported as `componentType` in
+    /// `application/health+json` (default [`ComponentType::Component`];
+    /// [`circuit_breaker`](Self::circuit_breaker) checks are
+    /// [`ComponentType::System`]).
+    pub fn component_type(mut self, component_type: ComponentType) -> Self {
+        self.component_type = component_type;
+        self
+    }
+
     /// Sets criticality explicitly (default true).
     pub fn critical(mut self, critical: bool) -> Self {
         self.critical = critical;
@@ -321,6 +406,11 @@ impl Check {
     /// Is it critical?
     pub fn is_critical(&self) -> bool {
         self.critical
+    }
+
+    /// What the check looks at (its `componentType`).
+    pub fn get_component_type(&self) -> &ComponentType {
+        &self.component_type
     }
 
     pub(crate) fn is_background(&self) -> bool {
@@ -343,6 +433,7 @@ impl fmt::Debug for Check {
             .field("kind", &self.kind)
             .field("timeout", &self.timeout)
             .field("critical", &self.critical)
+            .field("component_type", &self.component_type)
             .field("schedule", &schedule)
             .finish()
     }

@@ -1,6 +1,6 @@
 //! Probe paths, deserialisable behind the `config` feature.
 
-use super::{HealthRegistry, ProbeLayer};
+use super::{HealthRegistry, Kind, ProbeLayer};
 use crate::ConfigError;
 
 /// The paths the [`ProbeLayer`] answers. An empty path disables that probe.
@@ -68,8 +68,44 @@ impl ProbeConfig {
     }
 
     /// Validates the paths and builds the layer over `registry`.
+    ///
+    /// Paths may nest (`/health` for readiness, `/health/live` for
+    /// liveness): a request is routed to the probe whose path it matches
+    /// exactly, and `<probe path>/<name>` asks for one check. A nested path
+    /// that is also the path of one of the other probe's checks
+    /// (`/health/db` for liveness while readiness at `/health` has a check
+    /// `db`) would hide that check, so it is an error naming the field.
     pub fn build(self, registry: &HealthRegistry) -> Result<ProbeLayer, ConfigError> {
         self.validate()?;
+        self.validate_against(registry)?;
         Ok(ProbeLayer::from_parts(registry.clone(), self))
+    }
+
+    fn paths(&self) -> [(&'static str, &str, Kind); 3] {
+        [
+            ("liveness_path", &self.liveness_path, Kind::Liveness),
+            ("readiness_path", &self.readiness_path, Kind::Readiness),
+            ("startup_path", &self.startup_path, Kind::Startup),
+        ]
+    }
+
+    /// Rejects a probe path that is also another probe's single-check path.
+    fn validate_against(&self, registry: &HealthRegistry) -> Result<(), ConfigError> {
+        for (field, path, _) in self.paths() {
+            let Some((dir, name)) = path.rsplit_once('/') else {
+                continue;
+            };
+            for (_, other, kind) in self.paths() {
+                if !other.is_empty() && other == dir && registry.check_names(kind).contains(&name) {
+                    return Err(ConfigError::new(
+                        field,
+                        format!(
+                            "`{path}` is also the path of the {kind} check `{name}` under `{other}`: rename the check or move the probe"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -20,36 +20,39 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Which probe (and which single check) `path` asks for. A handful of
+    /// Which probe (and which single check) `path` asks for: a probe path
+    /// exactly (a trailing `/` allowed), or a probe path, `/` and one
+    /// segment (the check's name). Paths may nest (`/health` and
+    /// `/health/live`): the exact match wins, so `/health/live` is the
+    /// liveness probe and `/health/db` the readiness check `db`. A few
     /// length checks and byte comparisons, no allocation.
     #[inline]
     pub(crate) fn match_path<'a>(&self, path: &'a str) -> Option<(Kind, Option<&'a str>)> {
-        #[inline(always)]
-        fn m<'a>(p: &str, path: &'a str) -> Option<Option<&'a str>> {
-            if p.is_empty() {
-                return None;
-            }
-            let rest = path.strip_prefix(p)?;
-            if rest.is_empty() {
-                return Some(None);
-            }
-            let name = rest.strip_prefix('/')?;
-            Some(if name.is_empty() { None } else { Some(name) })
-        }
         match path.as_bytes().get(1) {
             Some(b) if self.first.contains(b) => {}
             _ => return None,
         }
-        if let Some(n) = m(&self.ready, path) {
-            return Some((Kind::Readiness, n));
+        if let Some(kind) = self.exact(path) {
+            return Some((kind, None));
         }
-        if let Some(n) = m(&self.live, path) {
-            return Some((Kind::Liveness, n));
+        let (dir, name) = path.rsplit_once('/')?;
+        let kind = self.exact(dir)?;
+        Some((kind, (!name.is_empty()).then_some(name)))
+    }
+
+    /// The probe whose path is exactly `path` (paths are distinct).
+    #[inline(always)]
+    fn exact(&self, path: &str) -> Option<Kind> {
+        let is = |p: &str| !p.is_empty() && p == path;
+        if is(&self.ready) {
+            Some(Kind::Readiness)
+        } else if is(&self.live) {
+            Some(Kind::Liveness)
+        } else if is(&self.startup) {
+            Some(Kind::Startup)
+        } else {
+            None
         }
-        if let Some(n) = m(&self.startup, path) {
-            return Some((Kind::Startup, n));
-        }
-        None
     }
 }
 

@@ -27,7 +27,7 @@
 //! | `GET /readyz?verbose` | `[+]name ok` / `[!]name warn: reason withheld` / `[-]name failed: reason withheld` lines, then `readyz check passed` or `readyz check failed` |
 //! | `GET /readyz?exclude=db&exclude=cache` | the probe without those checks (`[+]db excluded: ok`); unknown names add `warn: some health checks cannot be excluded: no matches for "x"` |
 //! | `GET /readyz/db` | that check alone: 200 `ok`, or 503 `[-]db failed: <real error>` (a failing non-critical check too); 404 if the probe has no such check |
-//! | `Accept: application/health+json` | the same verdict as `application/health+json` (`status`, `checks` keyed `name:status`, each with `status`, `time`, `observedValue` in ms and `output`) |
+//! | `Accept: application/health+json` | the same verdict as `application/health+json` (`status`, `checks` keyed `name:responseTime`, each with `componentType`, `status`, `time`, `observedValue` in ms and `output`) |
 //!
 //! ```
 //! use std::time::Duration;
@@ -99,7 +99,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use tower::Service;
 
-pub use check::{Check, CheckResult, Kind, Status};
+pub use check::{Check, CheckResult, ComponentType, Kind, Status};
 pub use config::ProbeConfig;
 pub use future::ResponseFuture;
 #[cfg(feature = "tonic")]

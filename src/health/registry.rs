@@ -2,7 +2,10 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use metrics::{Gauge, Histogram};
@@ -98,44 +101,61 @@ impl Entry {
         self.store(result, start.elapsed())
     }
 
-    /// The check's current state, refreshing it first if it is run on
-    /// demand (or synchronously) and stale.
-    async fn current(&self) -> Cached {
+    /// The check's current state when it can be had without waiting: the
+    /// cache (background checks, fresh on-demand ones, excluded checks) or
+    /// a synchronous run. `None` when an on-demand check is stale and must
+    /// run first.
+    fn ready(&self, excluded: bool) -> Option<Cached> {
+        if excluded {
+            return Some(self.cached());
+        }
         match (&self.check.runner, self.check.schedule) {
             (Runner::Sync(run), _) => {
                 let c = self.cached();
                 if c.latched {
-                    return c;
+                    return Some(c);
                 }
                 let start = Instant::now();
                 let result = run();
                 self.store(result, start.elapsed());
-                self.cached()
+                Some(self.cached())
             }
             (Runner::Async(_), Schedule::OnDemand(ttl)) => {
-                let fresh = |c: &Cached| c.latched || c.at.is_some_and(|at| at.elapsed() < ttl);
                 let c = self.cached();
-                if fresh(&c) {
-                    return c;
-                }
-                let _one_at_a_time = self.refresh.lock().await;
-                let c = self.cached();
-                if fresh(&c) {
-                    return c;
-                }
-                self.run_async().await;
-                self.cached()
+                Self::fresh(&c, ttl).then_some(c)
             }
-            (Runner::Async(_), Schedule::Background(_)) => self.cached(),
+            (Runner::Async(_), Schedule::Background(_)) => Some(self.cached()),
         }
     }
 
+    fn fresh(c: &Cached, ttl: Duration) -> bool {
+        c.latched || c.at.is_some_and(|at| at.elapsed() < ttl)
+    }
+
+    /// Runs a stale on-demand check (one run at a time: a concurrent
+    /// caller waits for the run in progress, which its timeout bounds) and
+    /// returns the new state.
+    async fn refreshed(&self) -> Cached {
+        let _one_at_a_time = self.refresh.lock().await;
+        let c = self.cached();
+        if let Schedule::OnDemand(ttl) = self.check.schedule {
+            if Self::fresh(&c, ttl) {
+                return c;
+            }
+        }
+        self.run_async().await;
+        self.cached()
+    }
+
     async fn report(&self, excluded: bool) -> CheckReport {
-        let c = if excluded {
-            self.cached()
-        } else {
-            self.current().await
+        let c = match self.ready(excluded) {
+            Some(c) => c,
+            None => self.refreshed().await,
         };
+        self.report_from(&c, excluded)
+    }
+
+    fn report_from(&self, c: &Cached, excluded: bool) -> CheckReport {
         let (status, error) = match &c.result {
             None => (
                 if self.check.critical {
@@ -152,12 +172,39 @@ impl Entry {
             kind: self.check.kind,
             status,
             critical: self.check.critical,
+            component_type: self.check.component_type.clone(),
             excluded,
             error,
             duration: c.duration,
             checked_at: c.wall,
         }
     }
+}
+
+/// Polls every future until all are done, concurrently on this task, and
+/// returns their outputs in order. Small and dependency-free: probes join
+/// a handful of check runs.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *out = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 pub(crate) struct RegistryInner {
@@ -270,6 +317,13 @@ impl HealthRegistryBuilder {
                     ConfigError::new("name", format!("duplicate check name `{}`", c.name)).at(&at),
                 );
             }
+            if !c.component_type.is_valid() {
+                return Err(ConfigError::new(
+                    "component_type",
+                    "must be `component`, `datastore`, `system` or an absolute URI without spaces or quotes",
+                )
+                .at(&at));
+            }
             if c.timeout.is_zero() {
                 return Err(ConfigError::new("timeout", "must be greater than 0").at(&at));
             }
@@ -290,6 +344,7 @@ impl HealthRegistryBuilder {
             }
             Err(_) => None,
         };
+        crate::metrics_help::describe();
         let label = name.to_string();
         let entries: Vec<Arc<Entry>> = checks
             .into_iter()
@@ -376,10 +431,12 @@ impl HealthRegistry {
 
     /// Evaluates a probe: every check of `probe` (readiness includes the
     /// liveness checks) from its cached result (sync and stale on-demand
-    /// checks run now), minus `exclude`.
+    /// checks run now), minus `exclude`. Stale on-demand checks run
+    /// concurrently, each bounded by its own timeout, so the probe takes as
+    /// long as the slowest of them, not their sum.
     pub async fn probe(&self, probe: Kind, exclude: &[&str]) -> ProbeReport {
         let mut checks = Vec::new();
-        let mut status = Status::Pass;
+        let mut stale = Vec::new();
         for e in self
             .inner
             .entries
@@ -387,12 +444,28 @@ impl HealthRegistry {
             .filter(|e| in_probe(probe, e.check.kind))
         {
             let excluded = exclude.contains(&&*e.check.name);
-            let r = e.report(excluded).await;
-            if !excluded {
-                status = status.max(r.status);
+            match e.ready(excluded) {
+                Some(c) => checks.push(e.report_from(&c, excluded)),
+                None => {
+                    stale.push((checks.len(), e));
+                    // A placeholder, replaced below once the run is done.
+                    checks.push(e.report_from(&Cached::default(), false));
+                }
             }
-            checks.push(r);
         }
+        if !stale.is_empty() {
+            let runs = stale.iter().map(|(_, e)| e.refreshed());
+            let states = join_all(runs.collect()).await;
+            for ((i, e), c) in stale.iter().zip(states) {
+                checks[*i] = e.report_from(&c, false);
+            }
+        }
+        let status = checks
+            .iter()
+            .filter(|c| !c.excluded)
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Status::Pass);
         let mut unknown: Vec<String> = Vec::new();
         for x in exclude {
             if !checks.iter().any(|c| &*c.name == *x) && !unknown.iter().any(|u| u == x) {
@@ -418,15 +491,18 @@ impl HealthRegistry {
         Some(e.report(false).await)
     }
 
-    /// Runs every async check now (background ones included) and waits for
-    /// them: useful at startup and in tests.
+    /// Runs every async check now (background ones included), all at once,
+    /// and waits for them: useful at startup and in tests.
     pub async fn refresh(&self) {
-        for e in &self.inner.entries {
-            if let Runner::Async(_) = e.check.runner {
-                if !e.cached().latched && e.run_async().await {
-                    self.inner.changed.send_modify(|v| *v = v.wrapping_add(1));
-                }
-            }
+        let runs = self
+            .inner
+            .entries
+            .iter()
+            .filter(|e| matches!(e.check.runner, Runner::Async(_)) && !e.cached().latched)
+            .map(|e| e.run_async());
+        let changed = join_all(runs.collect()).await;
+        if changed.into_iter().any(|c| c) {
+            self.inner.changed.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
 

@@ -6,7 +6,12 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::check::{Kind, Status};
+use super::check::{ComponentType, Kind, Status};
+
+/// The measurement every check reports in `application/health+json`: the
+/// run's duration, so the key is `<name>:responseTime` (a measurement name
+/// the draft predefines) and `observedValue` is in milliseconds.
+const MEASUREMENT: &str = ":responseTime";
 
 /// The verdict on one check.
 #[non_exhaustive]
@@ -20,6 +25,9 @@ pub struct CheckReport {
     pub status: Status,
     /// Is the check critical?
     pub critical: bool,
+    /// What the check looks at (`componentType` in
+    /// `application/health+json`).
+    pub component_type: ComponentType,
     /// Was it excluded from this probe (`?exclude=name`)?
     pub excluded: bool,
     /// Why it fails (`None` when passing).
@@ -90,12 +98,14 @@ impl ProbeReport {
         out
     }
 
-    /// The `application/health+json` document: `status`, `description`
-    /// (the probe), `checks` keyed `name:status` (each an array of one
-    /// object with `componentId`, `componentType` (the kind), `status`,
-    /// `time`, `observedValue`/`observedUnit` (the run's duration in ms),
-    /// `output` (`reason withheld` when failing; excluded checks are left
-    /// out) and `notes` for unknown excludes.
+    /// The `application/health+json` document
+    /// (draft-inadarei-api-health-check): `status`, `description` (the
+    /// probe), `checks` keyed `<name>:responseTime` (each an array of one
+    /// object with `componentId` (the name), `componentType`
+    /// ([`ComponentType`]: `component`, `datastore`, `system` or a URI),
+    /// `status`, `time`, `observedValue`/`observedUnit` (the last run's
+    /// duration in ms), `output` (`reason withheld` when failing); excluded
+    /// checks are left out) and `notes` for unknown excludes.
     pub fn to_health_json(&self) -> String {
         let mut out = String::with_capacity(128 + 160 * self.checks.len());
         out.push_str("{\"status\":\"");
@@ -111,7 +121,8 @@ impl ProbeReport {
             first = false;
             out.push('"');
             push_json_escaped(&mut out, &c.name);
-            out.push_str(":status\":[");
+            out.push_str(MEASUREMENT);
+            out.push_str("\":[");
             c.push_json(&mut out, false);
             out.push(']');
         }
@@ -158,7 +169,8 @@ impl CheckReport {
         push_json_escaped(&mut out, &self.name);
         out.push_str("\",\"checks\":{\"");
         push_json_escaped(&mut out, &self.name);
-        out.push_str(":status\":[");
+        out.push_str(MEASUREMENT);
+        out.push_str("\":[");
         self.push_json(&mut out, true);
         out.push_str("]}}");
         out
@@ -168,7 +180,7 @@ impl CheckReport {
         out.push_str("{\"componentId\":\"");
         push_json_escaped(out, &self.name);
         out.push_str("\",\"componentType\":\"");
-        out.push_str(self.kind.as_str());
+        push_json_escaped(out, self.component_type.as_str());
         out.push_str("\",\"status\":\"");
         out.push_str(self.status.as_str());
         out.push('"');

@@ -237,6 +237,7 @@ impl RateLimitBuilder {
             return Err(ConfigError::new("wait", "must be greater than 0"));
         }
         let allow_cidrs = parse_cidrs(&self.allow_cidrs, "allow_cidrs")?;
+        crate::metrics_help::describe();
         let layer: Arc<str> = Arc::from(self.name.as_ref());
         let mut names: Vec<String> = Vec::with_capacity(self.quotas.len());
         let mut infos = Vec::with_capacity(self.quotas.len());

@@ -285,6 +285,7 @@ impl Shutdown {
         } else {
             Signals::none()
         };
+        crate::metrics_help::describe();
         let label = config.name.clone();
         let inner = Arc::new(Inner {
             state,

@@ -277,6 +277,7 @@ impl TimeoutLayerBuilder {
                 return Err(ConfigError::new("status", "must be a 4xx or 5xx status"));
             }
         }
+        crate::metrics_help::describe();
         let name: Arc<str> = Arc::from(self.name);
         let counter = |cause: TimeoutCause| {
             metrics::counter!(
