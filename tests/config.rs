@@ -182,7 +182,99 @@ fn unknown_keys_and_bad_types_name_the_key() {
 
     let e = errors("listen = ");
     assert_eq!(e.len(), 1);
-    assert!(e[0].contains("TOML parse error"), "{e:?}");
+    assert!(e[0].starts_with(": line 1, column 10: "), "{e:?}");
+}
+
+/// Issue 12: parse and type problems come all at once too, like the
+/// validation problems, each at its key path (syntax errors at their line
+/// and column), so fixing a file takes one round, not one per mistake.
+#[test]
+fn type_and_syntax_problems_all_at_once() {
+    let e = errors(
+        r#"
+        listen = 5
+        [timeout]
+        timeout = 3
+        bogus = 1
+        [shutdown]
+        drain_timeout = "ten"
+        [circuit_breaker]
+        minimum_calls = "x"
+        [rate_limit]
+        quotas = [{ rate = "1/s", burst = "x" }, { rate = "1/s", nme = "a" }]
+        max_keys = "many"
+        "#,
+    );
+    assert_eq!(
+        e,
+        [
+            "circuit_breaker.minimum_calls: invalid type: string \"x\", expected u32",
+            "listen: invalid type: integer `5`, expected a string",
+            "rate_limit.max_keys: invalid type: string \"many\", expected usize",
+            "rate_limit.quotas[0].burst: invalid type: string \"x\", expected u32",
+            "rate_limit.quotas[1].nme: unknown field `nme`, expected one of `rate`, `burst`, `key`, `name`",
+            "shutdown.drain_timeout: `ten`: `` is not a number",
+            "timeout.bogus: unknown field `bogus`, expected one of `name`, `timeout`, `safety_margin`, `grpc_timeout`, `budget_header`, `status`, `deadline_extension`",
+            "timeout.timeout: invalid type: integer `3`, expected a string",
+        ],
+        "{e:#?}"
+    );
+
+    // A required key with a bad type is reported once, not again as
+    // missing once it is set aside.
+    let e = errors("[rate_limit]
+quotas = [{ rate = 5 }]");
+    assert_eq!(
+        e,
+        ["rate_limit.quotas[0].rate: invalid type: integer `5`, expected a string"]
+    );
+
+    // Every syntax error the parser can recover from, in file order.
+    let e = errors("listen = 
+[timeout
+x = = 1
+");
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert!(e[0].starts_with(": line 1, column 10: "), "{e:#?}");
+    assert!(e[1].starts_with(": line 2, column 9: "), "{e:#?}");
+    assert!(e[3].starts_with(": line 3, column "), "{e:#?}");
+
+    // Set by the environment: the variable is named.
+    let errs = RampartConfig::from_toml_with_env(
+        "[timeout]
+timeout = 3",
+        [("RAMPART_SHUTDOWN__SIGNALS", "maybe")],
+    )
+    .unwrap_err();
+    let e: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].ends_with("(set by RAMPART_SHUTDOWN__SIGNALS)"), "{e:#?}");
+    assert!(e[1].starts_with("timeout.timeout: invalid type"), "{e:#?}");
+}
+
+/// Issue 12: the rate limit's idle sweep can be switched off from a file
+/// (`"off"` or `"0s"`); leaving the key out keeps the 60 s default.
+#[test]
+fn idle_sweep_can_be_switched_off() {
+    let base = "[rate_limit]
+quotas = [{ rate = \"1/s\", key = \"client_ip\" }]
+";
+    for (value, expected) in [
+        ("\"off\"", Some(Duration::ZERO)),
+        ("\"OFF\"", Some(Duration::ZERO)),
+        ("\"0s\"", Some(Duration::ZERO)),
+        ("\"30s\"", Some(Duration::from_secs(30))),
+    ] {
+        let c = RampartConfig::from_toml(&format!("{base}idle_sweep = {value}\n")).unwrap();
+        assert_eq!(c.rate_limit.as_ref().unwrap().idle_sweep, expected, "{value}");
+        c.rate_limit.unwrap().build().unwrap();
+    }
+    let c = RampartConfig::from_toml(base).unwrap();
+    assert_eq!(c.rate_limit.unwrap().idle_sweep, None);
+    let e = errors(&format!("{base}idle_sweep = \"never\"\n"));
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("rate_limit.idle_sweep: "), "{e:?}");
+    assert!(e[0].contains("\"off\""), "{e:?}");
 }
 
 #[test]
@@ -297,3 +389,4 @@ fallback_share = 0.25
         StoreConfig::InProcess
     ));
 }
+

@@ -9,7 +9,11 @@
 //! each named by its key path (`rate_limit.quotas[1].burst: must be greater
 //! than 0`), so a program refuses to start on an invalid file and says
 //! everything that is wrong with it at once. Unknown keys are errors
-//! everywhere, so a typo is never silently ignored.
+//! everywhere, so a typo is never silently ignored. Reading the file comes
+//! first and reports all its problems at once too: every syntax error the
+//! TOML parser recovers from (at its line and column), else every wrong
+//! type, unknown key and malformed value (at its key path); the settings
+//! are validated once the file reads cleanly.
 //!
 //! ```toml
 //! listen = "0.0.0.0:8080"
@@ -369,22 +373,9 @@ impl RampartConfig {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
-            ConfigErrors::one(ConfigError::new("", e.to_string().trim().to_owned()))
-        })?;
+        let mut table = parse_table(text)?;
         let applied = env::apply(&mut table, ENV_PREFIX, vars)?;
-        let config: RampartConfig = serde_path_to_error::deserialize(table).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            let mut message = e.inner().message().trim().to_owned();
-            if let Some(var) = applied
-                .iter()
-                .find_map(|(p, v)| related(&path, p).then_some(v))
-            {
-                message.push_str(&format!(" (set by {var})"));
-            }
-            ConfigErrors::one(ConfigError::new(path, message))
-        })?;
+        let config = deserialize_all(table, &applied)?;
         config.validate()?;
         Ok(config)
     }
@@ -480,6 +471,120 @@ impl RampartConfig {
     pub fn shutdown_budget(&self) -> Duration {
         self.shutdown.shutdown_delay + self.shutdown.drain_timeout + self.shutdown.abort_grace
     }
+}
+
+/// The most problems reported from one file: a bound on the work done on a
+/// hostile or garbled file.
+const MAX_PROBLEMS: usize = 64;
+
+/// Parses the TOML text, reporting every syntax error the parser recovers
+/// from (each with its line and column), not only the first.
+fn parse_table(text: &str) -> Result<toml::Table, ConfigErrors> {
+    let (_, syntax) = toml::de::DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        let mut syntax = syntax;
+        syntax.sort_by_key(|e| e.span().map_or(usize::MAX, |s| s.start));
+        let mut errors: Vec<ConfigError> = Vec::new();
+        for e in syntax.iter().take(MAX_PROBLEMS) {
+            let message = e.message().trim();
+            let message = match e.span() {
+                Some(span) => {
+                    let (line, column) = line_column(text, span.start);
+                    format!("line {line}, column {column}: {message}")
+                }
+                None => message.to_owned(),
+            };
+            if !errors.iter().any(|x| x.message() == message) {
+                errors.push(ConfigError::new("", message));
+            }
+        }
+        return Err(ConfigErrors { errors });
+    }
+    toml::from_str(text)
+        .map_err(|e| ConfigErrors::one(ConfigError::new("", e.message().trim().to_owned())))
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |l| l.chars().count())
+        + 1;
+    (line, column)
+}
+
+/// Deserialises the table, reporting every type problem (a wrong type, an
+/// unknown key, a bad duration...) at once, each at its key path: after
+/// each problem, the offending key is taken out of the table and the rest
+/// is read again, so the next problem shows. A problem that only follows
+/// from taking a key out (a required key now missing) is not reported.
+fn deserialize_all(
+    mut table: toml::Table,
+    applied: &[(String, String)],
+) -> Result<RampartConfig, ConfigErrors> {
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    loop {
+        let e = match serde_path_to_error::deserialize::<_, RampartConfig>(table.clone()) {
+            Ok(config) if errors.is_empty() => return Ok(config),
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let segments: Vec<serde_path_to_error::Segment> = e.path().iter().cloned().collect();
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = e.inner().message().trim().to_owned();
+        if message.starts_with("missing field") && removed.iter().any(|r| related(&path, r)) {
+            // Caused by a key taken out below: already reported.
+            break;
+        }
+        let mut reported = message;
+        if let Some(var) = applied
+            .iter()
+            .find_map(|(p, v)| related(&path, p).then_some(v))
+        {
+            reported.push_str(&format!(" (set by {var})"));
+        }
+        errors.push(ConfigError::new(path.clone(), reported));
+        if errors.len() >= MAX_PROBLEMS || !take_out(&mut table, &segments) {
+            break;
+        }
+        removed.push(path);
+    }
+    errors.sort_by(|a, b| a.field().cmp(b.field()));
+    Err(ConfigErrors { errors })
+}
+
+/// Takes the key at `path` out of `table`, so deserialising again can go
+/// past it. Only keys are taken out (also inside array elements): taking
+/// out a whole array element would shift the indexes of the problems after
+/// it, so the walk stops there.
+fn take_out(table: &mut toml::Table, path: &[serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    fn table_at<'a>(table: &'a mut toml::Table, path: &[Segment]) -> Option<&'a mut toml::Table> {
+        let Some((first, rest)) = path.split_first() else {
+            return Some(table);
+        };
+        let Segment::Map { key } = first else {
+            return None;
+        };
+        let mut v = table.get_mut(key.as_str())?;
+        for seg in rest {
+            v = match (seg, v) {
+                (Segment::Map { key }, toml::Value::Table(t)) => t.get_mut(key.as_str())?,
+                (Segment::Seq { index }, toml::Value::Array(a)) => a.get_mut(*index)?,
+                _ => return None,
+            };
+        }
+        v.as_table_mut()
+    }
+    let Some((Segment::Map { key }, parents)) = path.split_last() else {
+        return false;
+    };
+    table_at(table, parents).is_some_and(|t| t.remove(key.as_str()).is_some())
 }
 
 /// Is one key path inside the other (`a.b` and `a.b[0].c`)?

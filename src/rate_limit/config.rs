@@ -74,8 +74,11 @@ pub struct RateLimitConfig {
     /// Keys kept at most per keyed quota (default 100 000).
     #[serde(default)]
     pub max_keys: Option<usize>,
-    /// How often idle keys are evicted (default "60s").
-    #[serde(default, with = "crate::config_util::opt_duration")]
+    /// How often idle keys are evicted (default "60s"). `"off"` (or
+    /// `"0s"`, read as `Some(Duration::ZERO)`) switches the sweep off: keys
+    /// then leave only when `max_keys` is reached, least recently used
+    /// first.
+    #[serde(default, deserialize_with = "idle_sweep")]
     pub idle_sweep: Option<Duration>,
     /// Count what would be refused, refuse nothing.
     #[serde(default)]
@@ -156,6 +159,18 @@ pub struct RedisConfig {
     pub open_duration: Option<Duration>,
 }
 
+/// `idle_sweep`: a duration, or `"off"` (= `"0s"`).
+fn idle_sweep<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    use serde::Deserialize as _;
+    let text = String::deserialize(d)?;
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(Some(Duration::ZERO));
+    }
+    crate::config_util::parse_duration(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{e}, or \"off\"")))
+}
+
 impl RateLimitConfig {
     /// Validates the config and builds the layer; errors name the field
     /// (`quotas[1].rate`).
@@ -192,7 +207,11 @@ impl RateLimitConfig {
         b = b
             .client_ip(ip)
             .missing_key(self.missing_key)
-            .idle_sweep(Some(self.idle_sweep.unwrap_or(Duration::from_secs(60))))
+            .idle_sweep(match self.idle_sweep {
+                None => Some(Duration::from_secs(60)),
+                Some(d) if d.is_zero() => None,
+                Some(d) => Some(d),
+            })
             .dry_run(self.dry_run)
             .admitted_headers(self.admitted_headers)
             .legacy_headers(self.legacy_headers)
