@@ -581,3 +581,186 @@ async fn grpc_health_follows_checks_and_shutdown() {
         wait_for(&mut client, svc, ServingStatus::NotServing).await;
     }
 }
+
+// ---------------------------------------------------------------------------
+// Issue 12.
+
+/// Kubelet gives a probe 1 s by default (`timeoutSeconds: 1`): stale
+/// on-demand checks run concurrently, so two checks of 800 ms answer in
+/// 800 ms, not 1.6 s; each run is still bounded by its own timeout.
+#[tokio::test(start_paused = true)]
+async fn stale_on_demand_checks_run_concurrently() {
+    let slow = |name: &'static str, ms: u64, runs: Arc<AtomicUsize>| {
+        Check::readiness(name, move || {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok::<(), String>(())
+            }
+        })
+        .ttl(Duration::from_secs(5))
+        .timeout(Duration::from_secs(1))
+    };
+    let runs = counter();
+    let reg = HealthRegistry::builder()
+        .check(slow("db", 800, runs.clone()))
+        .check(Check::sync("flag", Kind::Readiness, || Ok::<(), String>(())))
+        .check(slow("search", 800, runs.clone()))
+        .check(slow("hangs", 60_000, runs.clone()))
+        .build()
+        .unwrap();
+
+    let start = Instant::now();
+    let report = reg.probe(Kind::Readiness, &["hangs"]).await;
+    assert_eq!(start.elapsed(), Duration::from_millis(800), "not 1.6s");
+    assert!(report.passed());
+    let names: Vec<&str> = report.checks.iter().map(|c| &*c.name).collect();
+    assert_eq!(names, ["db", "flag", "search", "hangs"], "registration order");
+    assert!(report.checks[0].checked_at.is_some());
+    assert_eq!(report.checks[2].duration, Duration::from_millis(800));
+    assert!(report.checks[3].excluded);
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "an excluded check does not run");
+
+    // Fresh now: no waiting at all.
+    assert!(probe_now(&reg, Kind::Readiness, &["hangs"]).await.passed());
+
+    // Stale again, with the hanging one included: the probe is bounded by
+    // the longest timeout (1 s), not by the sum of the runs.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let start = Instant::now();
+    let report = reg.probe(Kind::Readiness, &[]).await;
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert!(!report.passed());
+    assert_eq!(report.checks[3].error.as_deref(), Some("timed out after 1s"));
+    assert_eq!(report.checks[0].status, Status::Pass);
+
+    // `refresh` runs them all at once as well.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let start = Instant::now();
+    reg.refresh().await;
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+}
+
+/// Nested probe paths route by exact match: `/health` is readiness,
+/// `/health/live` liveness (not the readiness check `live`), and
+/// `<probe path>/<name>` the single check, over a real server.
+#[tokio::test]
+async fn nested_probe_paths_route_to_the_right_probe() {
+    let reg = HealthRegistry::builder()
+        .check(Check::sync("heart", Kind::Liveness, || Ok::<(), String>(())))
+        .check(Check::sync("db", Kind::Readiness, || Err::<(), _>("down")))
+        .check(Check::sync("boot", Kind::Startup, || Ok::<(), String>(())))
+        .build()
+        .unwrap();
+    let layer = ProbeLayer::builder(&reg)
+        .readiness_path("/health")
+        .liveness_path("/health/live")
+        .startup_path("/health/live/startup")
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .fallback(|| async { (StatusCode::IM_A_TEAPOT, "app") })
+        .layer(layer);
+    let addr = common::serve(app).await;
+
+    let r = common::get(addr, "/health/live?verbose").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, "[+]heart ok\nlivez check passed\n")
+    );
+    let r = common::get(addr, "/health?verbose").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        r.body,
+        "[+]heart ok\n[-]db failed: reason withheld\nreadyz check failed\n"
+    );
+    let r = common::get(addr, "/health/live/startup").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
+    // Single checks under each probe.
+    let r = common::get(addr, "/health/db").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "[-]db failed: down\n")
+    );
+    let r = common::get(addr, "/health/live/heart").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
+    let r = common::get(addr, "/health/live/startup/boot").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
+    // `db` is not a liveness check.
+    assert_eq!(
+        common::get(addr, "/health/live/db").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Trailing slash: the probe itself.
+    assert_eq!(common::get(addr, "/health/live/").await.body, "ok");
+    // Deeper paths and look-alikes belong to the app.
+    for path in ["/health/a/b", "/healthz", "/health-live", "/health/live/x/y"] {
+        assert_eq!(
+            common::get(addr, path).await.status,
+            StatusCode::IM_A_TEAPOT,
+            "{path}"
+        );
+    }
+
+    // Truly ambiguous: liveness at `/health/db` would hide the readiness
+    // check `db` (`/health/db`); the error names the field.
+    let err = ProbeLayer::builder(&reg)
+        .readiness_path("/health")
+        .liveness_path("/health/db")
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "liveness_path");
+    assert!(err.message().contains("check `db`"), "{err}");
+    // Not ambiguous: no readiness check is named `live`.
+    assert!(
+        ProbeLayer::builder(&reg)
+            .readiness_path("/health")
+            .liveness_path("/health/other")
+            .build()
+            .is_ok()
+    );
+}
+
+/// `componentType` uses the draft's vocabulary (`component`, `datastore`,
+/// `system`) or a URI; anything else is refused when the registry is built.
+#[tokio::test]
+async fn component_types_follow_the_draft() {
+    use tower_rampart::health::ComponentType;
+    let breaker = tower_rampart::CircuitBreakerLayer::builder()
+        .name("payments")
+        .build()
+        .unwrap();
+    let reg = HealthRegistry::builder()
+        .check(Check::sync("worker", Kind::Liveness, || Ok::<(), String>(())))
+        .check(
+            Check::sync("db", Kind::Readiness, || Ok::<(), String>(()))
+                .component_type(ComponentType::Datastore),
+        )
+        .check(Check::circuit_breaker(&breaker.handle()))
+        .check(
+            Check::sync("queue", Kind::Readiness, || Ok::<(), String>(()))
+                .component_type(ComponentType::uri("urn:example:queue")),
+        )
+        .build()
+        .unwrap();
+    let layer = ProbeLayer::new(&reg);
+    let j = call(&layer, "/readyz", Some("application/health+json"))
+        .await
+        .json();
+    let ty = |key: &str| j["checks"][key][0]["componentType"].clone();
+    assert_eq!(ty("worker:responseTime"), "component");
+    assert_eq!(ty("db:responseTime"), "datastore");
+    assert_eq!(ty("payments:responseTime"), "system");
+    assert_eq!(ty("queue:responseTime"), "urn:example:queue");
+
+    for bad in ["queue", "urn:has space", "no-scheme", "1x:y", "urn:\"q\"", "urn:"] {
+        let err = HealthRegistry::builder()
+            .check(
+                Check::sync("q", Kind::Readiness, || Ok::<(), String>(()))
+                    .component_type(ComponentType::uri(bad)),
+            )
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "checks[0].component_type", "{bad}");
+    }
+}
