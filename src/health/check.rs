@@ -189,6 +189,9 @@ pub(crate) enum Schedule {
 /// - [`Check::sync`]: a cheap synchronous function evaluated at probe time
 ///   with no background task (an atomic read such as a breaker's state).
 ///
+/// Every constructor takes the name first, then the [`Kind`] where it has
+/// one, then the function.
+///
 /// Every run is bounded by [`timeout`](Check::timeout) (default 1s; a check
 /// that hangs fails with `timed out after ...`). A
 /// [`non_critical`](Check::non_critical) check that fails makes its probe
