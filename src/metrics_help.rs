@@ -165,7 +165,10 @@ mod tests {
             .filter_map(|l| l.strip_prefix("//! | `rampart_"))
             .filter_map(|l| l.split('`').next())
             .collect();
-        let names: Vec<String> = NAMES.iter().map(|n| n["rampart_".len()..].to_owned()).collect();
+        let names: Vec<String> = NAMES
+            .iter()
+            .map(|n| n["rampart_".len()..].to_owned())
+            .collect();
         assert_eq!(table, names);
         let this = include_str!("metrics_help.rs");
         let body = &this[this.find("fn describe_all").unwrap()..];

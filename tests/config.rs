@@ -222,18 +222,22 @@ fn type_and_syntax_problems_all_at_once() {
 
     // A required key with a bad type is reported once, not again as
     // missing once it is set aside.
-    let e = errors("[rate_limit]
-quotas = [{ rate = 5 }]");
+    let e = errors(
+        "[rate_limit]
+quotas = [{ rate = 5 }]",
+    );
     assert_eq!(
         e,
         ["rate_limit.quotas[0].rate: invalid type: integer `5`, expected a string"]
     );
 
     // Every syntax error the parser can recover from, in file order.
-    let e = errors("listen = 
+    let e = errors(
+        "listen = 
 [timeout
 x = = 1
-");
+",
+    );
     assert_eq!(e.len(), 4, "{e:#?}");
     assert!(e[0].starts_with(": line 1, column 10: "), "{e:#?}");
     assert!(e[1].starts_with(": line 2, column 9: "), "{e:#?}");
@@ -248,7 +252,10 @@ timeout = 3",
     .unwrap_err();
     let e: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
     assert_eq!(e.len(), 2, "{e:#?}");
-    assert!(e[0].ends_with("(set by RAMPART_SHUTDOWN__SIGNALS)"), "{e:#?}");
+    assert!(
+        e[0].ends_with("(set by RAMPART_SHUTDOWN__SIGNALS)"),
+        "{e:#?}"
+    );
     assert!(e[1].starts_with("timeout.timeout: invalid type"), "{e:#?}");
 }
 
@@ -266,7 +273,11 @@ quotas = [{ rate = \"1/s\", key = \"client_ip\" }]
         ("\"30s\"", Some(Duration::from_secs(30))),
     ] {
         let c = RampartConfig::from_toml(&format!("{base}idle_sweep = {value}\n")).unwrap();
-        assert_eq!(c.rate_limit.as_ref().unwrap().idle_sweep, expected, "{value}");
+        assert_eq!(
+            c.rate_limit.as_ref().unwrap().idle_sweep,
+            expected,
+            "{value}"
+        );
         c.rate_limit.unwrap().build().unwrap();
     }
     let c = RampartConfig::from_toml(base).unwrap();
@@ -390,3 +401,21 @@ fallback_share = 0.25
     ));
 }
 
+/// Issue 12: nested probe paths are accepted from a file; one that would
+/// hide a check of another probe is refused when the stack is built, named
+/// by its key path.
+#[tokio::test]
+async fn nested_probe_paths_from_a_file() {
+    let config = RampartConfig::from_toml(
+        "[probes]\nreadiness_path = \"/health\"\nliveness_path = \"/health/live\"\nstartup_path = \"\"\n[shutdown]\nsignals = false\n",
+    )
+    .unwrap();
+    assert!(config.stack().build().is_ok());
+    let hidden =
+        tower_rampart::health::Check::sync("live", tower_rampart::health::Kind::Readiness, || {
+            Ok::<(), String>(())
+        });
+    let errs = config.stack().check(hidden).build().unwrap_err();
+    let fields: Vec<&str> = errs.iter().map(|e| e.field()).collect();
+    assert_eq!(fields, ["probes.liveness_path"], "{errs}");
+}

@@ -45,7 +45,10 @@ fn text(b: &[u8]) -> String {
 fn help_prints_usage_on_stdout_and_exits_0() {
     for (name, flags) in [
         ("production", &["--config", "--listen"][..]),
-        ("grpc", &["--config", "--listen", "--call", "--sleep-ms"][..]),
+        (
+            "grpc",
+            &["--config", "--listen", "--call", "--sleep-ms"][..],
+        ),
     ] {
         for help in ["--help", "-h"] {
             let out = run(name, &[help]);
@@ -56,9 +59,16 @@ fn help_prints_usage_on_stdout_and_exits_0() {
                 "{name} {help}: {stdout}"
             );
             for flag in flags {
-                assert!(stdout.contains(flag), "{name} {help} lacks {flag}: {stdout}");
+                assert!(
+                    stdout.contains(flag),
+                    "{name} {help} lacks {flag}: {stdout}"
+                );
             }
-            assert!(out.stderr.is_empty(), "{name} {help}: {}", text(&out.stderr));
+            assert!(
+                out.stderr.is_empty(),
+                "{name} {help}: {}",
+                text(&out.stderr)
+            );
         }
         // --help wins over the other arguments, even a bad config path.
         let out = run(name, &["--config", "/nonexistent.toml", "--help"]);

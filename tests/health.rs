@@ -350,7 +350,11 @@ async fn health_json() {
     assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
     assert_eq!(j["checks"]["cache:responseTime"][0]["status"], "warn");
     assert_eq!(j["checks"]["shutdown:responseTime"][0]["status"], "pass");
-    assert!(j["checks"]["shutdown:responseTime"][0].get("output").is_none());
+    assert!(
+        j["checks"]["shutdown:responseTime"][0]
+            .get("output")
+            .is_none()
+    );
     assert_eq!(j["notes"][0], "cannot exclude `nope`: no such check");
 
     // One check: the real error.
@@ -604,7 +608,11 @@ async fn stale_on_demand_checks_run_concurrently() {
     let runs = counter();
     let reg = HealthRegistry::builder()
         .check(slow("db", 800, runs.clone()))
-        .check(Check::sync("flag", Kind::Readiness, || Ok::<(), String>(())))
+        .check(Check::sync(
+            "flag",
+            Kind::Readiness,
+            || Ok::<(), String>(()),
+        ))
         .check(slow("search", 800, runs.clone()))
         .check(slow("hangs", 60_000, runs.clone()))
         .build()
@@ -615,11 +623,19 @@ async fn stale_on_demand_checks_run_concurrently() {
     assert_eq!(start.elapsed(), Duration::from_millis(800), "not 1.6s");
     assert!(report.passed());
     let names: Vec<&str> = report.checks.iter().map(|c| &*c.name).collect();
-    assert_eq!(names, ["db", "flag", "search", "hangs"], "registration order");
+    assert_eq!(
+        names,
+        ["db", "flag", "search", "hangs"],
+        "registration order"
+    );
     assert!(report.checks[0].checked_at.is_some());
     assert_eq!(report.checks[2].duration, Duration::from_millis(800));
     assert!(report.checks[3].excluded);
-    assert_eq!(runs.load(Ordering::SeqCst), 2, "an excluded check does not run");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "an excluded check does not run"
+    );
 
     // Fresh now: no waiting at all.
     assert!(probe_now(&reg, Kind::Readiness, &["hangs"]).await.passed());
@@ -631,7 +647,10 @@ async fn stale_on_demand_checks_run_concurrently() {
     let report = reg.probe(Kind::Readiness, &[]).await;
     assert_eq!(start.elapsed(), Duration::from_secs(1));
     assert!(!report.passed());
-    assert_eq!(report.checks[3].error.as_deref(), Some("timed out after 1s"));
+    assert_eq!(
+        report.checks[3].error.as_deref(),
+        Some("timed out after 1s")
+    );
     assert_eq!(report.checks[0].status, Status::Pass);
 
     // `refresh` runs them all at once as well.
@@ -647,7 +666,11 @@ async fn stale_on_demand_checks_run_concurrently() {
 #[tokio::test]
 async fn nested_probe_paths_route_to_the_right_probe() {
     let reg = HealthRegistry::builder()
-        .check(Check::sync("heart", Kind::Liveness, || Ok::<(), String>(())))
+        .check(Check::sync(
+            "heart",
+            Kind::Liveness,
+            || Ok::<(), String>(()),
+        ))
         .check(Check::sync("db", Kind::Readiness, || Err::<(), _>("down")))
         .check(Check::sync("boot", Kind::Startup, || Ok::<(), String>(())))
         .build()
@@ -694,7 +717,12 @@ async fn nested_probe_paths_route_to_the_right_probe() {
     // Trailing slash: the probe itself.
     assert_eq!(common::get(addr, "/health/live/").await.body, "ok");
     // Deeper paths and look-alikes belong to the app.
-    for path in ["/health/a/b", "/healthz", "/health-live", "/health/live/x/y"] {
+    for path in [
+        "/health/a/b",
+        "/healthz",
+        "/health-live",
+        "/health/live/x/y",
+    ] {
         assert_eq!(
             common::get(addr, path).await.status,
             StatusCode::IM_A_TEAPOT,
@@ -731,7 +759,9 @@ async fn component_types_follow_the_draft() {
         .build()
         .unwrap();
     let reg = HealthRegistry::builder()
-        .check(Check::sync("worker", Kind::Liveness, || Ok::<(), String>(())))
+        .check(Check::sync("worker", Kind::Liveness, || {
+            Ok::<(), String>(())
+        }))
         .check(
             Check::sync("db", Kind::Readiness, || Ok::<(), String>(()))
                 .component_type(ComponentType::Datastore),
@@ -753,7 +783,14 @@ async fn component_types_follow_the_draft() {
     assert_eq!(ty("payments:responseTime"), "system");
     assert_eq!(ty("queue:responseTime"), "urn:example:queue");
 
-    for bad in ["queue", "urn:has space", "no-scheme", "1x:y", "urn:\"q\"", "urn:"] {
+    for bad in [
+        "queue",
+        "urn:has space",
+        "no-scheme",
+        "1x:y",
+        "urn:\"q\"",
+        "urn:",
+    ] {
         let err = HealthRegistry::builder()
             .check(
                 Check::sync("q", Kind::Readiness, || Ok::<(), String>(()))

@@ -39,7 +39,9 @@ async fn fixture() -> Fixture {
     let cache_up = Arc::new(AtomicBool::new(true));
     let (d, c) = (db_up.clone(), cache_up.clone());
     let reg = HealthRegistry::builder()
-        .check(Check::sync("worker", Kind::Liveness, || Ok::<(), String>(())))
+        .check(Check::sync("worker", Kind::Liveness, || {
+            Ok::<(), String>(())
+        }))
         .check(
             Check::sync("db", Kind::Readiness, move || {
                 if d.load(Ordering::SeqCst) {
@@ -76,7 +78,11 @@ async fn fixture() -> Fixture {
 async fn get_json(addr: std::net::SocketAddr, path: &str) -> (StatusCode, Value) {
     let r = common::get_with(addr, path, &[ACCEPT]).await;
     // Section 3: the media type.
-    assert_eq!(r.header("content-type"), "application/health+json", "{path}");
+    assert_eq!(
+        r.header("content-type"),
+        "application/health+json",
+        "{path}"
+    );
     (r.status, r.json())
 }
 
@@ -120,7 +126,11 @@ async fn checks_object_keys_and_fields() {
     sorted.sort_unstable();
     assert_eq!(
         sorted,
-        ["cache:responseTime", "db:responseTime", "worker:responseTime"]
+        [
+            "cache:responseTime",
+            "db:responseTime",
+            "worker:responseTime"
+        ]
     );
     for (key, list) in checks {
         let list = list.as_array().unwrap();
@@ -147,7 +157,10 @@ async fn checks_object_keys_and_fields() {
     }
     assert_eq!(checks["db:responseTime"][0]["componentType"], "datastore");
     assert_eq!(checks["cache:responseTime"][0]["componentType"], "system");
-    assert_eq!(checks["worker:responseTime"][0]["componentType"], "component");
+    assert_eq!(
+        checks["worker:responseTime"][0]["componentType"],
+        "component"
+    );
 }
 
 /// Sections 4.5 and 4.8: each check has its own `status`; a failing one
@@ -208,7 +221,13 @@ async fn colons_in_names_keep_the_measurement_last() {
     )
     .await;
     let (_, j) = get_json(addr, "/readyz").await;
-    let key = j["checks"].as_object().unwrap().keys().next().unwrap().clone();
+    let key = j["checks"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
     assert_eq!(key, "db:primary:responseTime");
     assert_eq!(key.rsplit_once(':').unwrap().0, "db:primary");
     let (_, j) = get_json(addr, "/readyz/db:primary").await;

@@ -149,7 +149,11 @@ async fn install_handler_and_path_handler() {
     let addr = common::serve(app).await;
     for path in ["/livez", "/readyz", "/startupz"] {
         let r = common::get(addr, path).await;
-        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"), "{path}");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "ok"),
+            "{path}"
+        );
         assert_eq!(r.header("content-type"), "text/plain; charset=utf-8");
     }
     let layer = ProbeLayer::builder(&reg)
@@ -157,10 +161,19 @@ async fn install_handler_and_path_handler() {
         .readiness_path("/healthz/ready")
         .build()
         .unwrap();
-    let addr = common::serve(axum::Router::new().fallback(|| async { "app" }).layer(layer)).await;
+    let addr = common::serve(
+        axum::Router::new()
+            .fallback(|| async { "app" })
+            .layer(layer),
+    )
+    .await;
     for path in ["/healthz/test", "/healthz/ready"] {
         let r = common::get(addr, path).await;
-        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"), "{path}");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "ok"),
+            "{path}"
+        );
         assert_eq!(r.header("content-type"), "text/plain; charset=utf-8");
     }
 }
