@@ -435,7 +435,7 @@ impl HealthRegistry {
     /// concurrently, each bounded by its own timeout, so the probe takes as
     /// long as the slowest of them, not their sum.
     pub async fn probe(&self, probe: Kind, exclude: &[&str]) -> ProbeReport {
-        let mut checks = Vec::new();
+        let mut slots: Vec<Option<CheckReport>> = Vec::new();
         let mut stale = Vec::new();
         for e in self
             .inner
@@ -445,11 +445,11 @@ impl HealthRegistry {
         {
             let excluded = exclude.contains(&&*e.check.name);
             match e.ready(excluded) {
-                Some(c) => checks.push(e.report_from(&c, excluded)),
+                Some(c) => slots.push(Some(e.report_from(&c, excluded))),
                 None => {
-                    stale.push((checks.len(), e));
-                    // A placeholder, replaced below once the run is done.
-                    checks.push(e.report_from(&Cached::default(), false));
+                    // Filled in below, once the run is done.
+                    stale.push((slots.len(), e));
+                    slots.push(None);
                 }
             }
         }
@@ -457,9 +457,10 @@ impl HealthRegistry {
             let runs = stale.iter().map(|(_, e)| e.refreshed());
             let states = join_all(runs.collect()).await;
             for ((i, e), c) in stale.iter().zip(states) {
-                checks[*i] = e.report_from(&c, false);
+                slots[*i] = Some(e.report_from(&c, false));
             }
         }
+        let checks: Vec<CheckReport> = slots.into_iter().flatten().collect();
         let status = checks
             .iter()
             .filter(|c| !c.excluded)
