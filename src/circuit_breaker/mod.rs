@@ -124,7 +124,7 @@ pub use layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
 pub use state::{CircuitBreakerEvent, CircuitCounts, CircuitState, TransitionReason};
 
 use crate::classify::{Classification, ClassifyBody, Outcome};
-use crate::rejection::{ErrorMode, HttpMode, Protocol, ResponseBody};
+use crate::rejection::{ErrorMode, HttpMode, Protocol, Refused, ResponseBody};
 use future::{Decision, decide};
 use keyed::KeyedShared;
 use state::Breaker;
@@ -190,7 +190,7 @@ impl<S: fmt::Debug, M, F> fmt::Debug for CircuitBreaker<S, M, F> {
 
 type HttpOut<B, E> = Result<Response<BreakerBody<B>>, E>;
 
-impl<B, E> Finish<Result<Response<B>, E>> for HttpMode {
+impl<B, E: 'static> Finish<Result<Response<B>, E>> for HttpMode {
     type Output = HttpOut<B, E>;
 
     #[inline(always)]
@@ -208,14 +208,49 @@ impl<R, E: Into<BoxError>> Finish<Result<R, E>> for ErrorMode {
     }
 }
 
+/// The outcome of a refusal by a layer of this crate: a failure only when
+/// the service itself caused it (the server's own timeout), otherwise
+/// ignored.
+#[inline]
+fn refusal_outcome(service_fault: bool) -> Outcome {
+    if service_fault {
+        Outcome::Failure
+    } else {
+        Outcome::Ignored
+    }
+}
+
+/// The outcome of an error from the inner service of a breaker in
+/// [`HttpMode`]: a [`Rejection`](crate::Rejection) (plain or in a
+/// `BoxError`) is judged by its fault, anything else is a failure.
+#[cold]
+fn http_error_outcome<E: 'static>(e: &E) -> Outcome {
+    let any: &dyn std::any::Any = e;
+    let rejection = any.downcast_ref::<crate::Rejection>().or_else(|| {
+        any.downcast_ref::<BoxError>()
+            .and_then(|b| crate::Rejection::find(b.as_ref()))
+    });
+    match rejection {
+        Some(r) => refusal_outcome(r.is_service_fault()),
+        None => Outcome::Failure,
+    }
+}
+
 #[inline(always)]
-fn finish_http<B, E>(out: Result<Response<B>, E>, permit: Permit) -> HttpOut<B, E> {
+fn finish_http<B, E: 'static>(out: Result<Response<B>, E>, permit: Permit) -> HttpOut<B, E> {
     match out {
         Err(e) => {
-            permit.complete(Outcome::Failure);
+            permit.complete(http_error_outcome(&e));
             Err(e)
         }
         Ok(res) => {
+            // A refusal by an inner layer of this crate is judged by whose
+            // fault it was, never by its status (an empty `Extensions` is
+            // one branch).
+            if let Some(refused) = res.extensions().get::<Refused>() {
+                permit.complete(refusal_outcome(refused.is_service_fault()));
+                return Ok(res.map(|b| ResponseBody::new(ClassifyBody::passthrough(b))));
+            }
             let verdict = permit.lane().map(|l| {
                 let c = &l.core.settings.classifier;
                 (c.classify_response(&res), c.grpc_failure_codes())
@@ -243,7 +278,10 @@ fn finish_error<R, E: Into<BoxError>>(out: Result<R, E>, permit: Permit) -> Resu
         }
         Err(e) => {
             let e: BoxError = e.into();
-            let outcome = permit.classify_error(&*e);
+            let outcome = match crate::Rejection::find(e.as_ref()) {
+                Some(r) => refusal_outcome(r.is_service_fault()),
+                None => permit.classify_error(&*e),
+            };
             permit.complete(outcome);
             Err(e)
         }

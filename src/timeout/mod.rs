@@ -117,7 +117,8 @@ use tokio::time::Instant;
 use tower::Service;
 
 pub use self::deadline::{
-    Deadline, DeadlineCarrier, GRPC_TIMEOUT, format_grpc_timeout, parse_grpc_timeout,
+    Deadline, DeadlineCarrier, DeadlineSource, GRPC_TIMEOUT, format_grpc_timeout,
+    parse_grpc_timeout,
 };
 pub use self::error::{TimeoutCause, is_timeout};
 pub use self::future::ResponseFuture;
@@ -161,30 +162,67 @@ impl<S, M> Timeout<S, M> {
     }
 
     /// The effective deadline of a request arriving now with `req`'s
-    /// budget headers and outer deadline, and whether there was an outer
-    /// deadline. `grpc` is what the mode's request context knows of the
-    /// protocol (`None`: unknown, look it up).
+    /// budget headers and outer deadline, whose budget it is, and whether
+    /// there was an outer deadline. `grpc` is what the mode's request
+    /// context knows of the protocol (`None`: unknown, look it up).
+    ///
+    /// The earliest deadline binds; at the same instant the server's own
+    /// budget binds before the caller's, and this layer's own before an
+    /// outer one's.
     #[inline]
     fn deadline_for<Req: DeadlineCarrier>(
         &self,
         req: &Req,
         now: Instant,
         grpc: Option<bool>,
-    ) -> (Instant, bool) {
+    ) -> Effective {
         let shared = &*self.shared;
-        let mut deadline = deadline::instant_after(now, shared.timeout);
+        let mut eff = Effective {
+            at: deadline::instant_after(now, shared.timeout),
+            source: DeadlineSource::Server,
+            binding: Binding::Own,
+            nested: false,
+        };
         if let Some(headers) = req.budget_headers() {
             if let Some(budget) = client_budget(shared, headers, grpc) {
-                let budget = budget.saturating_sub(shared.safety_margin);
-                deadline = deadline.min(deadline::instant_after(now, budget));
+                let at = deadline::instant_after(now, budget.saturating_sub(shared.safety_margin));
+                if at < eff.at {
+                    eff.at = at;
+                    eff.source = DeadlineSource::Caller;
+                    eff.binding = Binding::Caller(budget);
+                }
             }
         }
-        let outer = req.deadline();
-        if let Some(outer) = outer {
-            deadline = deadline.min(outer.instant());
+        if let Some(outer) = req.deadline() {
+            eff.nested = true;
+            if (outer.instant(), outer.source()) < (eff.at, eff.source) {
+                eff.at = outer.instant();
+                eff.source = outer.source();
+                eff.binding = Binding::Outer;
+            }
         }
-        (deadline, outer.is_some())
+        eff
     }
+}
+
+/// A request's effective deadline and where it came from.
+#[derive(Debug, Clone, Copy)]
+struct Effective {
+    at: Instant,
+    source: DeadlineSource,
+    binding: Binding,
+    nested: bool,
+}
+
+/// Which budget set a request's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Binding {
+    /// This layer's own `timeout`.
+    Own,
+    /// The caller's budget, as sent (before the safety margin).
+    Caller(Duration),
+    /// An outer layer's [`Deadline`].
+    Outer,
 }
 
 /// The smaller of the budgets the caller sent (malformed ones are absent).
@@ -250,19 +288,26 @@ where
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = Instant::now();
         let cx = M::context(&req);
-        let (deadline, nested) = self.deadline_for(&req, now, cx.is_grpc());
-        if deadline <= now {
-            self.shared.record(TimeoutCause::BudgetSpent);
-            return ResponseFuture::spent(cx, self.shared.clone());
+        let eff = self.deadline_for(&req, now, cx.is_grpc());
+        if eff.at <= now {
+            self.shared.record(TimeoutCause::BudgetSpent, eff.source);
+            return ResponseFuture::spent(cx, self.shared.clone(), eff.source, eff.binding);
         }
         if self.shared.deadline_extension {
-            if nested {
-                req.replace_deadline(Deadline::at(deadline));
+            let deadline = Deadline::at(eff.at).with_source(eff.source);
+            if eff.nested {
+                req.replace_deadline(deadline);
             } else {
-                req.set_deadline(Deadline::at(deadline));
+                req.set_deadline(deadline);
             }
         }
-        ResponseFuture::running(self.inner.call(req), deadline, cx, self.shared.clone())
+        ResponseFuture::running(
+            self.inner.call(req),
+            eff.at,
+            eff.source,
+            cx,
+            self.shared.clone(),
+        )
     }
 }
 
