@@ -65,7 +65,7 @@ impl Shared {
             .with_service_fault(source == DeadlineSource::Server);
         let rejection = match binding {
             Some(Binding::Caller(budget)) if budget.is_zero() => {
-                rejection.with_detail("the caller's budget was zero")
+                rejection.with_detail("the caller's budget is zero")
             }
             Some(Binding::Caller(budget)) => rejection.with_detail(format!(
                 "the caller's budget ({budget:?}) is within the safety margin ({:?})",
