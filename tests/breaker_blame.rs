@@ -748,3 +748,57 @@ async fn a_panicking_half_open_trial_reopens_and_a_keyed_breaker_counts_it() {
     let c = handles.get(&"/".to_owned()).unwrap().counts();
     assert_eq!((c.calls, c.failures), (1, 0), "{c:?}");
 }
+
+/// Polls `fut` once inside `catch_unwind`, as an executor or a
+/// `catch_unwind` combinator does; the caller drops the future only later,
+/// when nothing is unwinding any more (tokio, in contrast, drops a panicked
+/// task's future during the unwinding).
+fn poll_catching<F: std::future::Future + Unpin>(fut: &mut F) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = Pin::new(fut).poll(&mut cx);
+    }))
+    .is_err()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_caught_outside_and_dropped_later_counts_once() {
+    // The response future.
+    let layer = patient("outside");
+    let handle = layer.handle();
+    let mut svc = layer.layer(tower::service_fn(|_: Req| async {
+        panic!("bug in the future");
+        #[allow(unreachable_code)]
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    }));
+    let mut fut = Box::pin(svc.call(plain_request(None)));
+    assert!(poll_catching(&mut fut));
+    let c = handle.counts();
+    assert_eq!(
+        (c.calls, c.failures),
+        (1, 1),
+        "recorded while unwinding: {c:?}"
+    );
+    drop(fut);
+    assert_eq!(handle.counts().calls, 1, "and only once");
+
+    // A streaming gRPC body.
+    let layer = patient("outside-body");
+    let handle = layer.handle();
+    let svc = layer.layer(tower::service_fn(|_: Req| async {
+        let mut res = Response::new(PanickingBody);
+        res.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        Ok::<_, Infallible>(res)
+    }));
+    let res = svc.oneshot(plain_request(None)).await.unwrap();
+    let mut body = res.into_body();
+    let mut frame = body.frame();
+    assert!(poll_catching(&mut frame));
+    let c = handle.counts();
+    assert_eq!((c.calls, c.failures), (1, 1), "{c:?}");
+    drop(body);
+    assert_eq!(handle.counts().calls, 1);
+}
