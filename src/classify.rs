@@ -45,8 +45,9 @@ pub enum Outcome {
     Success,
     /// The call failed; a breaker counts it against the service.
     Failure,
-    /// Neither: the call is not counted (a client that went away, or a
-    /// response the user marked as irrelevant).
+    /// Neither: the call is not counted (a client that went away, a
+    /// refusal that was not the service's fault, or a response the user
+    /// marked as irrelevant).
     Ignored,
 }
 

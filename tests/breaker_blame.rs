@@ -802,3 +802,34 @@ async fn a_panic_caught_outside_and_dropped_later_counts_once() {
     drop(body);
     assert_eq!(handle.counts().calls, 1);
 }
+
+/// The marker decides, not the status: a timeout configured to answer 408
+/// (a 4xx the default classifier would call a success) still counts when
+/// the server's own budget ran out, and is still ignored when the
+/// caller's did.
+#[tokio::test(start_paused = true)]
+async fn a_server_budget_timeout_counts_whatever_its_status() {
+    let layer = breaker("408");
+    let handle = layer.handle();
+    let timeout = TimeoutLayer::builder()
+        .timeout(Duration::from_millis(50))
+        .budget_header(BUDGET)
+        .status(StatusCode::REQUEST_TIMEOUT)
+        .build()
+        .unwrap();
+    let svc = layer.layer(timeout.layer(slow_service()));
+    for _ in 0..10 {
+        let res = svc
+            .clone()
+            .oneshot(plain_request(Some("10")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+    assert_eq!(handle.counts().calls, 0);
+    for _ in 0..3 {
+        let res = svc.clone().oneshot(plain_request(None)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+    assert_eq!(handle.state(), CircuitState::Open);
+}

@@ -73,6 +73,35 @@
 //! `Ok` is a success and errors are judged by
 //! [`CircuitBreakerBuilder::classify_error`] (failure by default).
 //!
+//! # What counts: only what the service caused
+//!
+//! A breaker shared by every client must not be something one client can
+//! trip. So, before any classifier runs:
+//!
+//! - **Refusals by inner layers of this crate are ignored**: a rate limit's
+//!   429, a drain's 503, a nested breaker's 503 (or their gRPC statuses, or
+//!   their [`Rejection`](crate::Rejection) errors) never count. They carry a
+//!   [`Refused`] marker in the response extensions (never on the wire, so a
+//!   client cannot forge it) with [`is_service_fault`](Refused::is_service_fault)
+//!   false.
+//! - **A timeout counts only when the server's own budget ran out.** When a
+//!   [timeout layer](crate::timeout) inside the breaker refuses because the
+//!   client's `grpc-timeout` or budget header was shorter than the server's
+//!   `timeout` (or was already spent on arrival), the caller still gets 504
+//!   / `DEADLINE_EXCEEDED`, and the breaker records the call as *ignored*. A
+//!   timeout of the server's configured budget (or of an outer timeout
+//!   layer's own budget) is a failure, whatever the classifier says of its
+//!   status.
+//! - **A panic counts once.** A panic that unwinds through the breaker (in
+//!   the inner service's `call`, its future, or a streaming gRPC body) is
+//!   recorded as one failure and goes on unwinding, as gobreaker does; with a
+//!   panic catcher inside (tower-http's `CatchPanicLayer`), its 500 is the
+//!   one failure.
+//!
+//! Your own layers can have their refusals treated the same way by
+//! inserting a [`Refused`] into the response extensions (or returning a
+//! [`Rejection`](crate::Rejection) error).
+//!
 //! # Metrics and events
 //!
 //! Metrics go through the `metrics` facade, labelled `name` (the layer's
@@ -82,7 +111,7 @@
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
 //! | `rampart_circuit_breaker_state` | gauge | `name` | 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled, 5 metrics-only (not set by keyed breakers) |
-//! | `rampart_circuit_breaker_calls_total` | counter | `name`, `outcome` = `success` \| `failure` \| `ignored` | recorded call outcomes |
+//! | `rampart_circuit_breaker_calls_total` | counter | `name`, `outcome` = `success` \| `failure` \| `ignored` | recorded call outcomes (`ignored` includes inner refusals and client-chosen timeouts) |
 //! | `rampart_circuit_breaker_slow_calls_total` | counter | `name` | calls slower than the slow-call threshold |
 //! | `rampart_circuit_breaker_rejections_total` | counter | `name` | refused calls (including those answered by a fallback) |
 //! | `rampart_circuit_breaker_transitions_total` | counter | `name`, `from`, `to` | state changes |

@@ -38,8 +38,27 @@
 //!
 //! A request whose deadline has already passed (a spent budget, or a budget
 //! no larger than the margin) is answered at once: the inner service is not
-//! called. A malformed budget header is treated as absent, with a `debug`
+//! called, and the detail says why (for example "the caller's budget (5ms)
+//! is within the safety margin (10ms)"). A malformed budget header is treated as absent, with a `debug`
 //! event; it never fails the request.
+//!
+//! # Whose budget ran out
+//!
+//! The answer is the same whichever budget bound the deadline, but the
+//! blame is not. When the binding budget is the server's own (this layer's
+//! `timeout`, or an outer timeout layer's), the refusal is the service's
+//! fault ([`Rejection::is_service_fault`](crate::Rejection::is_service_fault)):
+//! a [circuit breaker](crate::circuit_breaker) around the layer counts it as
+//! a failure. When it is the caller's (a `grpc-timeout` or budget header
+//! shorter than the server's limit, or within the safety margin; or an
+//! outer layer's deadline that was itself the caller's), it is not, and the
+//! breaker records the call as *ignored*: a client cannot trip a breaker for
+//! everyone by sending tiny deadlines. At the same instant the server's
+//! budget binds. The [`Deadline`] a handler reads says which it is
+//! ([`Deadline::source`]).
+//!
+//! Set `timeout` to what the service must achieve: a slow dependency shows
+//! as timeouts of the server's budget whatever deadlines clients send.
 //!
 //! The effective deadline goes into the request extensions as a [`Deadline`]
 //! (unless [turned off](TimeoutLayerBuilder::deadline_extension)). Handlers
@@ -92,11 +111,11 @@
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
-//! | `rampart_timeouts_total` | counter | `name`, `cause` = `elapsed` \| `budget_spent` | requests answered by the timeout (`elapsed`: the deadline passed while the inner service worked; `budget_spent`: the deadline had passed on arrival, the inner service was not called) |
+//! | `rampart_timeouts_total` | counter | `name`, `cause` = `elapsed` \| `budget_spent`, `source` = `server` \| `caller` | requests answered by the timeout (`elapsed`: the deadline passed while the inner service worked; `budget_spent`: the deadline had passed on arrival, the inner service was not called; `source`: whose budget it was, see [`DeadlineSource`]) |
 //!
 //! | event (target `tower_rampart::timeout`) | level | fields |
 //! |---|---|---|
-//! | `request timed out` | `DEBUG` | `name`, `cause` |
+//! | `request timed out` | `DEBUG` | `name`, `cause`, `source` |
 //! | `malformed budget header ignored` | `DEBUG` | `name`, `header`, `value` |
 
 mod deadline;
