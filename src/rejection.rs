@@ -889,6 +889,56 @@ mod tests {
     }
 
     #[test]
+    fn answers_carry_the_marker_in_both_protocols() {
+        for protocol in [Protocol::Http, Protocol::Grpc] {
+            for fault in [false, true] {
+                let res = Rejection::new(RejectionKind::TimedOut, "t")
+                    .with_service_fault(fault)
+                    .into_response::<Empty<Bytes>>(protocol);
+                let marker = res.extensions().get::<Refused>().copied();
+                assert_eq!(
+                    marker,
+                    Some(Refused::new(RejectionKind::TimedOut, fault)),
+                    "{protocol:?}"
+                );
+            }
+        }
+        // Never on the wire.
+        let res = Rejection::new(RejectionKind::Draining, "d")
+            .with_service_fault(true)
+            .into_response::<Empty<Bytes>>(Protocol::Http);
+        assert!(
+            res.headers()
+                .iter()
+                .all(|(_, v)| !v.as_bytes().windows(5).any(|w| w == b"fault"))
+        );
+        assert!(!Rejection::new(RejectionKind::CircuitOpen, "c").is_service_fault());
+    }
+
+    #[test]
+    fn find_walks_the_source_chain() {
+        #[derive(Debug)]
+        struct Wrapper(Rejection);
+        impl fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("wrapped")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err: BoxError = Box::new(Wrapper(
+            Rejection::new(RejectionKind::TimedOut, "t").with_service_fault(true),
+        ));
+        let found = Rejection::find(err.as_ref()).unwrap();
+        assert!(found.is_service_fault());
+        let other: BoxError = "boom".into();
+        assert!(Rejection::find(other.as_ref()).is_none());
+    }
+
+    #[test]
     fn display() {
         let r = Rejection::new(RejectionKind::CircuitOpen, "db")
             .with_detail("3 consecutive failures")
