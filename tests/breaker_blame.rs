@@ -309,12 +309,12 @@ async fn grpc_deadlines_cannot_open_the_shared_breaker() {
     let timeout = TimeoutLayer::builder()
         .name("grpc")
         .timeout(Duration::from_secs(5))
-        .safety_margin(Duration::from_millis(200))
+        .safety_margin(Duration::from_secs(1))
         .build()
         .unwrap();
     let addr = serve_grpc(layer, timeout).await;
 
-    // `grpc-timeout: 1m` is one MILLIsecond: within the 200ms margin, spent
+    // `grpc-timeout: 1m` is one MILLIsecond: within the 1s margin, spent
     // on arrival. 1,000 of them over HTTP/2 (a tonic client enforces such a
     // deadline itself and may give up first, so these go through a plain
     // h2c client that reads the trailers-only answer).
@@ -323,24 +323,30 @@ async fn grpc_deadlines_cannot_open_the_shared_breaker() {
     assert_eq!(reply.header("grpc-status"), "4");
     assert_eq!(
         reply.header("grpc-message"),
-        "the caller's budget (1ms) is within the safety margin (200ms)"
+        "the caller's budget (1ms) is within the safety margin (1s)"
     );
     let counts = blast_with(&h2, 1000, 20, move || raw_grpc_check(addr, "1m")).await;
     assert_eq!(counts, only("200 4", 1000));
 
     // A tonic client: a deadline within the margin, and one shorter than
-    // the work (the server answers 200ms before the client would give up).
+    // the work (the server answers a second before the client would give up;
+    // tonic clients enforce their deadline themselves).
     let mut client = HealthClient::new(common::grpc_channel(addr).await);
     for _ in 0..20 {
-        let status = client.check(check("", Some("100m"))).await.unwrap_err();
+        let status = client.check(check("", Some("500m"))).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
         assert_eq!(
             status.message(),
-            "the caller's budget (100ms) is within the safety margin (200ms)"
+            "the caller's budget (500ms) is within the safety margin (1s)"
         );
     }
+    let mut slow = JoinSet::new();
     for _ in 0..5 {
-        let status = client.check(check("slow", Some("500m"))).await.unwrap_err();
+        let mut client = client.clone();
+        slow.spawn(async move { client.check(check("slow", Some("1300m"))).await });
+    }
+    while let Some(done) = slow.join_next().await {
+        let status = done.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
         assert_eq!(
             status.message(),
