@@ -388,6 +388,9 @@ async fn grpc_server_budget_timeouts_still_count() {
     assert_eq!(status.message(), "the circuit is open");
 }
 
+// Resilience4j's `ignoreExceptions` (an ignored error counts as neither a
+// success nor a failure) applied to the refusals of this crate's own layers:
+// they say nothing about the protected service.
 #[tokio::test]
 async fn refusals_of_inner_layers_are_never_counted() {
     // This breaker counts 429 as a failure: an upstream's 429 counts, the
@@ -643,6 +646,8 @@ impl http_body::Body for PanickingBody {
     }
 }
 
+// gobreaker's `TestPanicInRequest`: after one panicking request the counts
+// are one request, one failure, one consecutive failure.
 #[tokio::test(start_paused = true)]
 async fn panics_in_call_future_and_body_count_once_each() {
     // In the future: the panic reaches the task's `JoinError`.
