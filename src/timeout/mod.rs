@@ -39,8 +39,8 @@
 //! A request whose deadline has already passed (a spent budget, or a budget
 //! no larger than the margin) is answered at once: the inner service is not
 //! called, and the detail says why (for example "the caller's budget (5ms)
-//! is within the safety margin (10ms)"). A malformed budget header is treated as absent, with a `debug`
-//! event; it never fails the request.
+//! is within the safety margin (10ms)"). A malformed budget header is
+//! treated as absent, with a `debug` event; it never fails the request.
 //!
 //! # Whose budget ran out
 //!
