@@ -45,8 +45,9 @@ pub enum Outcome {
     Success,
     /// The call failed; a breaker counts it against the service.
     Failure,
-    /// Neither: the call is not counted (a client that went away, or a
-    /// response the user marked as irrelevant).
+    /// Neither: the call is not counted (a client that went away, a
+    /// refusal that was not the service's fault, or a response the user
+    /// marked as irrelevant).
     Ignored,
 }
 
@@ -510,7 +511,8 @@ pin_project! {
     /// Made with [`ClassifyBody::deferred`] for a streaming gRPC response, it
     /// reads `grpc-status` from the trailers: an error frame or a stream
     /// without status is a failure, and a body dropped before its end (the
-    /// client went away) is [`Outcome::Ignored`]. Made with
+    /// client went away) is [`Outcome::Ignored`]. A panic while the body is
+    /// polled (or that drops it while unwinding) is a failure. Made with
     /// [`ClassifyBody::passthrough`] it forwards the body and reports
     /// nothing, so a service can return one body type for both cases.
     ///
@@ -543,7 +545,28 @@ pin_project! {
     impl<B, F: OnOutcome> PinnedDrop for ClassifyBody<B, F> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(sink) = this.project().pending.take() {
-                sink.on_outcome(Outcome::Ignored);
+                // Dropped by a panic unwinding through the body: a failure.
+                sink.on_outcome(if std::thread::panicking() {
+                    Outcome::Failure
+                } else {
+                    Outcome::Ignored
+                });
+            }
+        }
+    }
+}
+
+/// Held on the stack while the body is polled: a panic in the poll reports
+/// a failure as it unwinds (the server drops the body only after catching
+/// the panic, when nothing is unwinding any more).
+struct UnwindGuard<'a, F: OnOutcome>(&'a mut Option<F>);
+
+impl<F: OnOutcome> Drop for UnwindGuard<'_, F> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.0.is_some() && std::thread::panicking() {
+            if let Some(sink) = self.0.take() {
+                sink.on_outcome(Outcome::Failure);
             }
         }
     }
@@ -585,8 +608,9 @@ impl<B: Body, F: OnOutcome> Body for ClassifyBody<B, F> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
+        let pending = UnwindGuard(this.pending);
         let frame = ready!(this.body.poll_frame(cx));
-        if this.pending.is_some() {
+        if pending.0.is_some() {
             let outcome = match &frame {
                 Some(Ok(f)) => f
                     .trailers_ref()
@@ -595,7 +619,7 @@ impl<B: Body, F: OnOutcome> Body for ClassifyBody<B, F> {
                 None => Some(Outcome::Failure),
             };
             if let Some(outcome) = outcome {
-                if let Some(sink) = this.pending.take() {
+                if let Some(sink) = pending.0.take() {
                     sink.on_outcome(outcome);
                 }
             }

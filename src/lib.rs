@@ -76,7 +76,7 @@
 //! | `rampart_rate_limit_keys` | gauge | `name`, `quota` | [`rate_limit`] |
 //! | `rampart_rate_limit_evictions_total` | counter | `name`, `quota`, `reason` | [`rate_limit`] |
 //! | `rampart_rate_limit_decisions_total` | counter | `name`, `path` | [`rate_limit`] (Redis store) |
-//! | `rampart_timeouts_total` | counter | `name`, `cause` | [`timeout`] |
+//! | `rampart_timeouts_total` | counter | `name`, `cause`, `source` | [`timeout`] |
 //! | `rampart_in_flight_requests` | gauge | `name` | [`shutdown`] |
 //! | `rampart_shutdown_phase` | gauge | `name` | [`shutdown`] |
 //! | `rampart_drain_duration_seconds` | histogram | `name` | [`shutdown`] |

@@ -12,6 +12,12 @@
 //! | [`TimedOut`](RejectionKind::TimedOut) | 504 | 4 `DEADLINE_EXCEEDED` |
 //! | [`InvalidRequest`](RejectionKind::InvalidRequest) | 400 | 3 `INVALID_ARGUMENT` |
 //!
+//! Every answer also carries a [`Refused`] marker in its response
+//! *extensions* (never on the wire, so a client cannot forge it): which kind
+//! of refusal it is and whether the service itself was at fault. An outer
+//! circuit breaker reads it and leaves refusals that are not the service's
+//! fault out of its statistics (see [`Rejection::is_service_fault`]).
+//!
 //! HTTP answers carry `Retry-After` (whole seconds, rounded up, never 0) when
 //! the layer knows when to come back, and a small RFC 9457
 //! `application/problem+json` body. gRPC answers carry `grpc-status`,
@@ -159,6 +165,7 @@ pub struct Rejection {
     detail: Cow<'static, str>,
     status: Option<StatusCode>,
     headers: HeaderMap,
+    service_fault: bool,
 }
 
 impl Rejection {
@@ -172,6 +179,43 @@ impl Rejection {
             detail: Cow::Borrowed(""),
             status: None,
             headers: HeaderMap::new(),
+            service_fault: false,
+        }
+    }
+
+    /// Marks the refusal as the protected service's own fault (default: not
+    /// its fault).
+    ///
+    /// Only the timeout layer sets it, when the server's own configured
+    /// budget ran out. A circuit breaker outside the refusing layer counts
+    /// such a refusal as a failure; every other refusal (a rate limit, a
+    /// drain, an open breaker, a deadline the caller chose) is recorded as
+    /// *ignored*, so that no client can trip a breaker for everyone.
+    #[must_use]
+    pub fn with_service_fault(mut self, service_fault: bool) -> Self {
+        self.service_fault = service_fault;
+        self
+    }
+
+    /// Whether the protected service itself caused the refusal (see
+    /// [`with_service_fault`](Self::with_service_fault)).
+    ///
+    /// ```
+    /// use tower_rampart::{Rejection, RejectionKind};
+    ///
+    /// assert!(!Rejection::new(RejectionKind::RateLimited, "api").is_service_fault());
+    /// let own_timeout = Rejection::new(RejectionKind::TimedOut, "api").with_service_fault(true);
+    /// assert!(own_timeout.is_service_fault());
+    /// ```
+    pub fn is_service_fault(&self) -> bool {
+        self.service_fault
+    }
+
+    /// The marker the answer carries in its response extensions.
+    pub fn marker(&self) -> Refused {
+        Refused {
+            kind: self.kind,
+            service_fault: self.service_fault,
         }
     }
 
@@ -261,12 +305,37 @@ impl Rejection {
         self.kind.grpc_code()
     }
 
-    /// The answer, as a response in `protocol`.
+    /// The answer, as a response in `protocol`, with the [`Refused`]
+    /// marker in its extensions.
     pub fn into_response<B>(self, protocol: Protocol) -> Response<ResponseBody<B>> {
-        match protocol {
+        let marker = self.marker();
+        let mut res = match protocol {
             Protocol::Http => self.into_http_response(),
             Protocol::Grpc => self.into_grpc_response(),
+        };
+        res.extensions_mut().insert(marker);
+        res
+    }
+
+    /// The first `Rejection` in `err` or in its chain of
+    /// [`source`](std::error::Error::source)s.
+    ///
+    /// ```
+    /// use tower::BoxError;
+    /// use tower_rampart::{Rejection, RejectionKind};
+    ///
+    /// let err: BoxError = Rejection::new(RejectionKind::Draining, "drain").into();
+    /// assert_eq!(Rejection::find(err.as_ref()).unwrap().kind(), RejectionKind::Draining);
+    /// ```
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Rejection> {
+        let mut next = Some(err);
+        while let Some(e) = next {
+            if let Some(r) = e.downcast_ref::<Rejection>() {
+                return Some(r);
+            }
+            next = e.source();
         }
+        None
     }
 
     /// The `application/problem+json` text of the HTTP answer.
@@ -400,6 +469,7 @@ impl fmt::Debug for Rejection {
             .field("retry_after", &self.retry_after)
             .field("detail", &self.detail)
             .field("status", &self.status())
+            .field("service_fault", &self.service_fault)
             .finish_non_exhaustive()
     }
 }
@@ -423,6 +493,55 @@ impl fmt::Display for Rejection {
 }
 
 impl std::error::Error for Rejection {}
+
+/// Marks a response as a refusal by a layer of this crate; found in the
+/// response *extensions* of every answer [`Rejection::into_response`]
+/// builds.
+///
+/// Extensions never travel on the wire, so a client cannot forge one. A
+/// [circuit breaker](crate::circuit_breaker) reads it before classifying the
+/// response: a refusal that is not the service's fault (a rate limit, a
+/// drain, an inner breaker, a deadline the caller chose) is recorded as
+/// *ignored*, one that is (the server's own timeout) as a failure. Your own
+/// layers may read it, or insert one to have their refusals treated the
+/// same way.
+///
+/// ```
+/// use http::Response;
+/// use tower_rampart::rejection::{Protocol, Refused, Rejection, RejectionKind};
+///
+/// let res = Rejection::new(RejectionKind::RateLimited, "api")
+///     .into_response::<http_body_util::Empty<bytes::Bytes>>(Protocol::Http);
+/// let marker = res.extensions().get::<Refused>().unwrap();
+/// assert_eq!(marker.kind(), RejectionKind::RateLimited);
+/// assert!(!marker.is_service_fault());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Refused {
+    kind: RejectionKind,
+    service_fault: bool,
+}
+
+impl Refused {
+    /// A marker for a refusal of `kind`, caused by the service itself or
+    /// not.
+    pub const fn new(kind: RejectionKind, service_fault: bool) -> Self {
+        Self {
+            kind,
+            service_fault,
+        }
+    }
+
+    /// Why the request was refused.
+    pub const fn kind(&self) -> RejectionKind {
+        self.kind
+    }
+
+    /// Whether the protected service itself caused the refusal.
+    pub const fn is_service_fault(&self) -> bool {
+        self.service_fault
+    }
+}
 
 /// The protocol a refusal is answered in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -767,6 +886,56 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert_eq!(v["detail"], detail, "{json}");
         }
+    }
+
+    #[test]
+    fn answers_carry_the_marker_in_both_protocols() {
+        for protocol in [Protocol::Http, Protocol::Grpc] {
+            for fault in [false, true] {
+                let res = Rejection::new(RejectionKind::TimedOut, "t")
+                    .with_service_fault(fault)
+                    .into_response::<Empty<Bytes>>(protocol);
+                let marker = res.extensions().get::<Refused>().copied();
+                assert_eq!(
+                    marker,
+                    Some(Refused::new(RejectionKind::TimedOut, fault)),
+                    "{protocol:?}"
+                );
+            }
+        }
+        // Never on the wire.
+        let res = Rejection::new(RejectionKind::Draining, "d")
+            .with_service_fault(true)
+            .into_response::<Empty<Bytes>>(Protocol::Http);
+        assert!(
+            res.headers()
+                .iter()
+                .all(|(_, v)| !v.as_bytes().windows(5).any(|w| w == b"fault"))
+        );
+        assert!(!Rejection::new(RejectionKind::CircuitOpen, "c").is_service_fault());
+    }
+
+    #[test]
+    fn find_walks_the_source_chain() {
+        #[derive(Debug)]
+        struct Wrapper(Rejection);
+        impl fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("wrapped")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err: BoxError = Box::new(Wrapper(
+            Rejection::new(RejectionKind::TimedOut, "t").with_service_fault(true),
+        ));
+        let found = Rejection::find(err.as_ref()).unwrap();
+        assert!(found.is_service_fault());
+        let other: BoxError = "boom".into();
+        assert!(Rejection::find(other.as_ref()).is_none());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::{Instant, advance};
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_rampart::rejection::ResponseBody;
-use tower_rampart::timeout::{Deadline, TimeoutLayer, is_timeout};
+use tower_rampart::timeout::{Deadline, DeadlineSource, TimeoutLayer, is_timeout};
 use tower_rampart::{Rejection, RejectionKind};
 
 type Req = Request<Full<Bytes>>;
@@ -289,13 +289,27 @@ async fn spent_budgets_are_answered_at_once_without_calling_the_inner_service() 
             .build()
             .unwrap()
     };
-    for headers in [
-        &[("grpc-timeout", "0n")][..],
-        &[("grpc-timeout", "0S")],
-        &[("grpc-timeout", "50m")], // exactly the margin
-        &[("grpc-timeout", "30m")], // less than the margin
-        &[("x-request-timeout-ms", "0")],
-        &[("x-request-timeout-ms", "20")],
+    // The detail says what happened (issue 12): the caller's budget, not a
+    // deadline that passed.
+    let within =
+        |budget: &str| format!("the caller's budget ({budget}) is within the safety margin (50ms)");
+    for (headers, detail) in [
+        (
+            &[("grpc-timeout", "0n")][..],
+            "the caller's budget is zero".to_owned(),
+        ),
+        (
+            &[("grpc-timeout", "0S")],
+            "the caller's budget is zero".into(),
+        ),
+        (&[("grpc-timeout", "50m")], within("50ms")), // exactly the margin
+        (&[("grpc-timeout", "30m")], within("30ms")), // less than the margin
+        (&[("grpc-timeout", "1500u")], within("1.5ms")),
+        (
+            &[("x-request-timeout-ms", "0")],
+            "the caller's budget is zero".into(),
+        ),
+        (&[("x-request-timeout-ms", "20")], within("20ms")),
     ] {
         let probe = Probe::default();
         let mut svc = margin().layer(slow(&probe, Duration::from_secs(3600)));
@@ -304,11 +318,7 @@ async fn spent_budgets_are_answered_at_once_without_calling_the_inner_service() 
             panic!("{headers:?}: not answered at once");
         };
         assert_eq!(probe.calls(), 0, "{headers:?}: inner service called");
-        assert_eq!(
-            timeout_detail(res.unwrap()).await,
-            "the request's deadline had passed when it arrived",
-            "{headers:?}"
-        );
+        assert_eq!(timeout_detail(res.unwrap()).await, detail, "{headers:?}");
     }
 
     // A budget one nanosecond above the margin is not spent.
@@ -575,8 +585,20 @@ async fn timeouts_are_counted_by_name_and_cause() {
         };
         counts.insert(labels.join(","), n);
     }
-    assert_eq!(counts.get("name=payments,cause=elapsed"), Some(&2));
-    assert_eq!(counts.get("name=payments,cause=budget_spent"), Some(&1));
+    // `source`: whose budget ran out (the server's own maximum, or the
+    // caller's `grpc-timeout` of 0).
+    assert_eq!(
+        counts.get("name=payments,cause=elapsed,source=server"),
+        Some(&2)
+    );
+    assert_eq!(
+        counts.get("name=payments,cause=budget_spent,source=caller"),
+        Some(&1)
+    );
+    assert_eq!(
+        counts.get("name=payments,cause=elapsed,source=caller"),
+        Some(&0)
+    );
 }
 
 fn layer_named_payments_fast(
@@ -623,4 +645,196 @@ async fn deadline_helpers_bound_and_write_the_remaining_budget() {
         Deadline::after(MS).min(Deadline::after(2 * MS)),
         Deadline::after(MS)
     );
+}
+
+/// A handler that records whose budget its `Deadline` is, then works for
+/// `work`.
+fn source_probe(
+    seen: &Arc<Mutex<Option<DeadlineSource>>>,
+    work: Duration,
+) -> impl Service<Req, Response = Res, Error = Infallible, Future: Send> + Clone + use<> {
+    let seen = seen.clone();
+    tower::service_fn(move |req: Req| {
+        *seen.lock().unwrap() = Deadline::of(&req).map(|d| d.source());
+        async move {
+            tokio::time::sleep(work).await;
+            Ok(Response::new(Full::new(Bytes::from_static(b"done"))))
+        }
+    })
+}
+
+fn attributed(timeout: Duration) -> tower_rampart::timeout::TimeoutLayerBuilder {
+    TimeoutLayer::builder()
+        .timeout(timeout)
+        .budget_header(HeaderName::from_static("x-request-timeout-ms"))
+}
+
+/// Whose budget bound the deadline: the handler's `Deadline::source`, and
+/// whether the refusal is the service's fault (issue 10: only the server's
+/// own budget counts against the service).
+#[tokio::test(start_paused = true)]
+async fn the_binding_budget_is_attributed() {
+    use DeadlineSource::{Caller, Server};
+    for (headers, source) in [
+        // No client budget: the server's maximum.
+        (&[][..], Server),
+        // A shorter client budget binds.
+        (&[("x-request-timeout-ms", "100")], Caller),
+        (&[("grpc-timeout", "1m")], Caller), // one MILLIsecond
+        (
+            &[("grpc-timeout", "100m"), ("x-request-timeout-ms", "900")],
+            Caller,
+        ),
+        // A longer client budget does not.
+        (&[("x-request-timeout-ms", "5000")], Server),
+        (&[("grpc-timeout", "2S")], Server),
+        // A tie: the service was as late as its own limit allows.
+        (&[("x-request-timeout-ms", "1000")], Server),
+        // Malformed budgets are absent.
+        (&[("x-request-timeout-ms", "-1")], Server),
+    ] {
+        let seen = Arc::new(Mutex::new(None));
+        let layer = attributed(Duration::from_secs(1))
+            .build()
+            .unwrap()
+            .into_error_mode();
+        let svc = layer.layer(source_probe(&seen, Duration::from_secs(10)));
+        let err = svc.oneshot(request(headers)).await.unwrap_err();
+        let rejection = err.downcast_ref::<Rejection>().unwrap();
+        assert_eq!(rejection.kind(), RejectionKind::TimedOut);
+        assert_eq!(*seen.lock().unwrap(), Some(source), "{headers:?}");
+        assert_eq!(
+            rejection.is_service_fault(),
+            source == Server,
+            "{headers:?}"
+        );
+    }
+}
+
+/// Nested timeouts: an outer layer's deadline keeps its attribution. An
+/// outer server budget is still the server's; a caller's budget read by an
+/// outer layer is still the caller's.
+#[tokio::test(start_paused = true)]
+async fn nested_timeouts_keep_the_outer_attribution() {
+    for (outer_timeout, headers, fault) in [
+        // The outer server maximum (200ms) binds the inner layer (1s).
+        (200 * MS, &[][..], true),
+        // The caller's 100ms, read by the outer layer, binds the inner one.
+        (
+            Duration::from_secs(5),
+            &[("x-request-timeout-ms", "100")],
+            false,
+        ),
+        // The inner layer's own maximum binds: the server's.
+        (
+            Duration::from_secs(5),
+            &[("x-request-timeout-ms", "3000")],
+            true,
+        ),
+    ] {
+        let seen = Arc::new(Mutex::new(None));
+        let outer = attributed(outer_timeout)
+            .name("outer")
+            .build()
+            .unwrap()
+            .into_error_mode();
+        // The inner layer reads no budget header: only the outer deadline.
+        let inner = TimeoutLayer::builder()
+            .name("inner")
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap()
+            .into_error_mode();
+        let svc = outer.layer(inner.layer(source_probe(&seen, Duration::from_secs(10))));
+        let err = svc.oneshot(request(headers)).await.unwrap_err();
+        let rejection = err.downcast_ref::<Rejection>().unwrap();
+        // The inner layer sees the same deadline and answers first.
+        assert_eq!(rejection.layer(), "inner", "{headers:?}");
+        assert_eq!(rejection.is_service_fault(), fault, "{headers:?}");
+        let expected = if fault {
+            DeadlineSource::Server
+        } else {
+            DeadlineSource::Caller
+        };
+        assert_eq!(*seen.lock().unwrap(), Some(expected));
+    }
+}
+
+/// Spent on arrival: the caller's budget is not the service's fault; an
+/// outer server deadline already spent (the server's own work used it up)
+/// is.
+#[tokio::test(start_paused = true)]
+async fn spent_on_arrival_is_attributed() {
+    let layer = || {
+        attributed(Duration::from_secs(1))
+            .safety_margin(10 * MS)
+            .build()
+            .unwrap()
+            .into_error_mode()
+    };
+    let probe = Probe::default();
+    let spent = |req: Req| {
+        let svc = layer().layer(slow(&probe, MS));
+        async move {
+            let err = svc.oneshot(req).await.unwrap_err();
+            let r = err.downcast_ref::<Rejection>().unwrap();
+            (r.is_service_fault(), r.detail().to_owned())
+        }
+    };
+    assert_eq!(
+        spent(request(&[("x-request-timeout-ms", "0")])).await,
+        (false, "the caller's budget is zero".to_owned())
+    );
+    assert_eq!(
+        spent(request(&[("grpc-timeout", "1m")])).await,
+        (
+            false,
+            "the caller's budget (1ms) is within the safety margin (10ms)".to_owned()
+        )
+    );
+    for (source, fault) in [
+        (DeadlineSource::Server, true),
+        (DeadlineSource::Caller, false),
+    ] {
+        let mut req = request(&[]);
+        req.extensions_mut()
+            .insert(Deadline::at(Instant::now()).with_source(source));
+        assert_eq!(
+            spent(req).await,
+            (
+                fault,
+                "the request's deadline had passed when it arrived".to_owned()
+            ),
+            "{source:?}"
+        );
+    }
+    assert_eq!(probe.calls(), 0);
+}
+
+/// In `HttpMode` the answer carries the `Refused` marker (in the response
+/// extensions, never on the wire) with the same attribution.
+#[tokio::test(start_paused = true)]
+async fn http_answers_carry_the_marker() {
+    use tower_rampart::rejection::Refused;
+    for (headers, fault) in [(&[][..], true), (&[("x-request-timeout-ms", "50")], false)] {
+        let probe = Probe::default();
+        let svc = attributed(Duration::from_secs(1))
+            .build()
+            .unwrap()
+            .layer(slow(&probe, Duration::from_secs(10)));
+        let res = svc.oneshot(request(headers)).await.unwrap();
+        assert_eq!(res.status(), 504);
+        let marker = res.extensions().get::<Refused>().copied().unwrap();
+        assert_eq!(marker.kind(), RejectionKind::TimedOut);
+        assert_eq!(marker.is_service_fault(), fault, "{headers:?}");
+    }
+    // An answer from the service carries none.
+    let probe = Probe::default();
+    let svc = attributed(Duration::from_secs(1))
+        .build()
+        .unwrap()
+        .layer(slow(&probe, MS));
+    let res = svc.oneshot(request(&[])).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.extensions().get::<Refused>().is_none());
 }

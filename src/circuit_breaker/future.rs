@@ -17,7 +17,10 @@ use crate::classify::{OnOutcome, Outcome};
 /// It reports the call's [`Outcome`] exactly once. Dropped before that (the
 /// response future or a streaming gRPC body dropped early: the client went
 /// away, an outer timeout fired), it reports [`Outcome::Ignored`], which
-/// gives a half-open trial permit back. The result counts only if the
+/// gives a half-open trial permit back. A panic that unwinds through the
+/// call (the inner service's `call`, its future or a streaming gRPC body)
+/// reports one [`Outcome::Failure`] and the panic goes on, as gobreaker
+/// does. The result counts only if the
 /// breaker is still in the state generation that admitted the call.
 pub struct Permit {
     lane: Option<Arc<Lane>>,
@@ -77,7 +80,31 @@ impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
         if let Some(lane) = self.lane.take() {
-            lane.core.record(self.word, self.start, Outcome::Ignored);
+            // Dropped by a panic unwinding through the call (the inner
+            // service's `call` panicked): one failure, and the panic goes on.
+            let outcome = if std::thread::panicking() {
+                Outcome::Failure
+            } else {
+                Outcome::Ignored
+            };
+            lane.core.record(self.word, self.start, outcome);
+        }
+    }
+}
+
+/// Held on the stack while the inner future is polled: if the poll panics,
+/// the unwinding drops it and the call is recorded as one failure (the
+/// executor catches the panic and drops the future only later, when
+/// `std::thread::panicking()` is false again).
+struct UnwindGuard<'a>(&'a mut Option<Permit>);
+
+impl Drop for UnwindGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.0.is_some() && std::thread::panicking() {
+            if let Some(permit) = self.0.take() {
+                permit.complete(Outcome::Failure);
+            }
         }
     }
 }
@@ -177,8 +204,9 @@ impl<F: Future, M: Finish<F::Output>> Future for ResponseFuture<F, M> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<M::Output> {
         match self.project().kind.project() {
             KindProj::Admitted { fut, permit } => {
+                let guard = UnwindGuard(permit);
                 let out = ready!(fut.poll(cx));
-                let permit = permit.take().expect("polled after completion");
+                let permit = guard.0.take().expect("polled after completion");
                 Poll::Ready(M::finish(out, permit))
             }
             KindProj::Ready { out } => Poll::Ready(out.take().expect("polled after completion")),

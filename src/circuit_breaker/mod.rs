@@ -73,6 +73,35 @@
 //! `Ok` is a success and errors are judged by
 //! [`CircuitBreakerBuilder::classify_error`] (failure by default).
 //!
+//! # What counts: only what the service caused
+//!
+//! A breaker shared by every client must not be something one client can
+//! trip. So, before any classifier runs:
+//!
+//! - **Refusals by inner layers of this crate are ignored**: a rate limit's
+//!   429, a drain's 503, a nested breaker's 503 (or their gRPC statuses, or
+//!   their [`Rejection`](crate::Rejection) errors) never count. They carry a
+//!   [`Refused`] marker in the response extensions (never on the wire, so a
+//!   client cannot forge it) with [`is_service_fault`](Refused::is_service_fault)
+//!   false.
+//! - **A timeout counts only when the server's own budget ran out.** When a
+//!   [timeout layer](crate::timeout) inside the breaker refuses because the
+//!   client's `grpc-timeout` or budget header was shorter than the server's
+//!   `timeout` (or was already spent on arrival), the caller still gets 504
+//!   / `DEADLINE_EXCEEDED`, and the breaker records the call as *ignored*. A
+//!   timeout of the server's configured budget (or of an outer timeout
+//!   layer's own budget) is a failure, whatever the classifier says of its
+//!   status.
+//! - **A panic counts once.** A panic that unwinds through the breaker (in
+//!   the inner service's `call`, its future, or a streaming gRPC body) is
+//!   recorded as one failure and goes on unwinding, as gobreaker does; with a
+//!   panic catcher inside (tower-http's `CatchPanicLayer`), its 500 is the
+//!   one failure.
+//!
+//! Your own layers can have their refusals treated the same way by
+//! inserting a [`Refused`] into the response extensions (or returning a
+//! [`Rejection`](crate::Rejection) error).
+//!
 //! # Metrics and events
 //!
 //! Metrics go through the `metrics` facade, labelled `name` (the layer's
@@ -82,7 +111,7 @@
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
 //! | `rampart_circuit_breaker_state` | gauge | `name` | 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled, 5 metrics-only (not set by keyed breakers) |
-//! | `rampart_circuit_breaker_calls_total` | counter | `name`, `outcome` = `success` \| `failure` \| `ignored` | recorded call outcomes |
+//! | `rampart_circuit_breaker_calls_total` | counter | `name`, `outcome` = `success` \| `failure` \| `ignored` | recorded call outcomes (`ignored` includes inner refusals and client-chosen timeouts) |
 //! | `rampart_circuit_breaker_slow_calls_total` | counter | `name` | calls slower than the slow-call threshold |
 //! | `rampart_circuit_breaker_rejections_total` | counter | `name` | refused calls (including those answered by a fallback) |
 //! | `rampart_circuit_breaker_transitions_total` | counter | `name`, `from`, `to` | state changes |
@@ -124,7 +153,7 @@ pub use layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
 pub use state::{CircuitBreakerEvent, CircuitCounts, CircuitState, TransitionReason};
 
 use crate::classify::{Classification, ClassifyBody, Outcome};
-use crate::rejection::{ErrorMode, HttpMode, Protocol, ResponseBody};
+use crate::rejection::{ErrorMode, HttpMode, Protocol, Refused, ResponseBody};
 use future::{Decision, decide};
 use keyed::KeyedShared;
 use state::Breaker;
@@ -190,7 +219,7 @@ impl<S: fmt::Debug, M, F> fmt::Debug for CircuitBreaker<S, M, F> {
 
 type HttpOut<B, E> = Result<Response<BreakerBody<B>>, E>;
 
-impl<B, E> Finish<Result<Response<B>, E>> for HttpMode {
+impl<B, E: 'static> Finish<Result<Response<B>, E>> for HttpMode {
     type Output = HttpOut<B, E>;
 
     #[inline(always)]
@@ -208,14 +237,49 @@ impl<R, E: Into<BoxError>> Finish<Result<R, E>> for ErrorMode {
     }
 }
 
+/// The outcome of a refusal by a layer of this crate: a failure only when
+/// the service itself caused it (the server's own timeout), otherwise
+/// ignored.
+#[inline]
+fn refusal_outcome(service_fault: bool) -> Outcome {
+    if service_fault {
+        Outcome::Failure
+    } else {
+        Outcome::Ignored
+    }
+}
+
+/// The outcome of an error from the inner service of a breaker in
+/// [`HttpMode`]: a [`Rejection`](crate::Rejection) (plain or in a
+/// `BoxError`) is judged by its fault, anything else is a failure.
+#[cold]
+fn http_error_outcome<E: 'static>(e: &E) -> Outcome {
+    let any: &dyn std::any::Any = e;
+    let rejection = any.downcast_ref::<crate::Rejection>().or_else(|| {
+        any.downcast_ref::<BoxError>()
+            .and_then(|b| crate::Rejection::find(b.as_ref()))
+    });
+    match rejection {
+        Some(r) => refusal_outcome(r.is_service_fault()),
+        None => Outcome::Failure,
+    }
+}
+
 #[inline(always)]
-fn finish_http<B, E>(out: Result<Response<B>, E>, permit: Permit) -> HttpOut<B, E> {
+fn finish_http<B, E: 'static>(out: Result<Response<B>, E>, permit: Permit) -> HttpOut<B, E> {
     match out {
         Err(e) => {
-            permit.complete(Outcome::Failure);
+            permit.complete(http_error_outcome(&e));
             Err(e)
         }
         Ok(res) => {
+            // A refusal by an inner layer of this crate is judged by whose
+            // fault it was, never by its status (an empty `Extensions` is
+            // one branch).
+            if let Some(refused) = res.extensions().get::<Refused>() {
+                permit.complete(refusal_outcome(refused.is_service_fault()));
+                return Ok(res.map(|b| ResponseBody::new(ClassifyBody::passthrough(b))));
+            }
             let verdict = permit.lane().map(|l| {
                 let c = &l.core.settings.classifier;
                 (c.classify_response(&res), c.grpc_failure_codes())
@@ -243,7 +307,10 @@ fn finish_error<R, E: Into<BoxError>>(out: Result<R, E>, permit: Permit) -> Resu
         }
         Err(e) => {
             let e: BoxError = e.into();
-            let outcome = permit.classify_error(&*e);
+            let outcome = match crate::Rejection::find(e.as_ref()) {
+                Some(r) => refusal_outcome(r.is_service_fault()),
+                None => permit.classify_error(&*e),
+            };
             permit.complete(outcome);
             Err(e)
         }

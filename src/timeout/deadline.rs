@@ -45,21 +45,84 @@ const GRPC_TIMEOUT_MAX_VALUE: u64 = 99_999_999;
 /// assert_eq!(answer.ok(), Some(42));
 /// # }
 /// ```
+///
+/// A deadline also says whose budget it is ([`DeadlineSource`]): the
+/// server's own (a timeout layer's configured maximum) or the caller's (a
+/// `grpc-timeout` or budget header). When the time runs out, only the
+/// server's own budget makes the timeout count against the service in a
+/// circuit breaker. Deadlines order by instant; at the same instant the
+/// server's comes first (the service was as late as its own limit allows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Deadline {
     at: Instant,
+    source: DeadlineSource,
+}
+
+/// Whose budget a [`Deadline`] is.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DeadlineSource {
+    /// The server's own: a timeout layer's configured maximum, or a deadline
+    /// built by the application. Running out of it is the service's fault.
+    Server,
+    /// The caller's: its `grpc-timeout` or budget header (less the safety
+    /// margin) was shorter than the server's own limit. Running out of it is
+    /// not the service's fault.
+    Caller,
+}
+
+impl DeadlineSource {
+    /// A stable lowercase name (`server`, `caller`), used as a metrics label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeadlineSource::Server => "server",
+            DeadlineSource::Caller => "caller",
+        }
+    }
 }
 
 impl Deadline {
-    /// A deadline at `instant`.
+    /// The server's deadline at `instant`.
     #[inline]
     pub fn at(instant: Instant) -> Self {
-        Self { at: instant }
+        Self {
+            at: instant,
+            source: DeadlineSource::Server,
+        }
     }
 
-    /// A deadline `budget` from now (saturating far in the future).
+    /// The server's deadline `budget` from now (saturating far in the
+    /// future).
     pub fn after(budget: Duration) -> Self {
         Self::at(instant_after(Instant::now(), budget))
+    }
+
+    /// The same instant, attributed to `source`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::timeout::{Deadline, DeadlineSource};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let server = Deadline::after(Duration::from_secs(1));
+    /// assert_eq!(server.source(), DeadlineSource::Server);
+    /// let caller = server.with_source(DeadlineSource::Caller);
+    /// assert_eq!(caller.instant(), server.instant());
+    /// // At the same instant the server's budget binds.
+    /// assert_eq!(caller.min(server), server);
+    /// # }
+    /// ```
+    #[inline]
+    #[must_use]
+    pub fn with_source(self, source: DeadlineSource) -> Self {
+        Self { source, ..self }
+    }
+
+    /// Whose budget this is.
+    #[inline]
+    pub fn source(&self) -> DeadlineSource {
+        self.source
     }
 
     /// The deadline carried by `req`'s extensions, if any.

@@ -11,6 +11,8 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use super::Binding;
+use super::deadline::DeadlineSource;
 use super::error::TimeoutCause;
 use super::layer::Shared;
 use crate::rejection::{HttpMode, Mode, Protocol};
@@ -42,9 +44,13 @@ pin_project! {
             #[pin]
             sleep: Option<Sleep>,
             deadline: Instant,
+            source: DeadlineSource,
         },
         // The budget was spent on arrival: the inner service was not called.
-        Spent,
+        Spent {
+            source: DeadlineSource,
+            binding: Binding,
+        },
         // Answered; the inner future (if any) is gone.
         Done,
     }
@@ -52,12 +58,19 @@ pin_project! {
 
 impl<F, Req, M, C> ResponseFuture<F, Req, M, C> {
     #[inline]
-    pub(crate) fn running(inner: F, deadline: Instant, cx: C, shared: Arc<Shared>) -> Self {
+    pub(crate) fn running(
+        inner: F,
+        deadline: Instant,
+        source: DeadlineSource,
+        cx: C,
+        shared: Arc<Shared>,
+    ) -> Self {
         Self {
             state: State::Running {
                 inner,
                 sleep: None,
                 deadline,
+                source,
             },
             cx,
             shared,
@@ -65,9 +78,14 @@ impl<F, Req, M, C> ResponseFuture<F, Req, M, C> {
         }
     }
 
-    pub(crate) fn spent(cx: C, shared: Arc<Shared>) -> Self {
+    pub(crate) fn spent(
+        cx: C,
+        shared: Arc<Shared>,
+        source: DeadlineSource,
+        binding: Binding,
+    ) -> Self {
         Self {
-            state: State::Spent,
+            state: State::Spent { source, binding },
             cx,
             shared,
             _mode: PhantomData,
@@ -91,6 +109,7 @@ where
                 inner,
                 mut sleep,
                 deadline,
+                source,
             } => {
                 if let Poll::Ready(result) = inner.poll(cx) {
                     return Poll::Ready(M::admitted(result));
@@ -104,15 +123,19 @@ where
                     }
                 }
                 // Time is up: drop the inner future now (the cancellation).
+                let source = *source;
                 this.state.set(State::Done);
-                this.shared.record(TimeoutCause::Elapsed);
-                let rejection = this.shared.rejection(TimeoutCause::Elapsed);
+                this.shared.record(TimeoutCause::Elapsed, source);
+                let rejection = this.shared.rejection(TimeoutCause::Elapsed, source, None);
                 Poll::Ready(M::rejected(*this.cx, rejection))
             }
-            StateProj::Spent => {
+            StateProj::Spent { source, binding } => {
+                let (source, binding) = (*source, *binding);
                 this.state.set(State::Done);
                 // Counted and logged in `call`.
-                let rejection = this.shared.rejection(TimeoutCause::BudgetSpent);
+                let rejection =
+                    this.shared
+                        .rejection(TimeoutCause::BudgetSpent, source, Some(binding));
                 Poll::Ready(M::rejected(*this.cx, rejection))
             }
             StateProj::Done => panic!("ResponseFuture polled after completion"),
@@ -123,8 +146,10 @@ where
 impl<F, Req, M, C: fmt::Debug> fmt::Debug for ResponseFuture<F, Req, M, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::Running { deadline, .. } => format!("Running (deadline {deadline:?})"),
-            State::Spent => "Spent".to_owned(),
+            State::Running {
+                deadline, source, ..
+            } => format!("Running (deadline {deadline:?}, {})", source.as_str()),
+            State::Spent { source, .. } => format!("Spent ({})", source.as_str()),
             State::Done => "Done".to_owned(),
         };
         f.debug_struct("ResponseFuture")

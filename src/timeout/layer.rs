@@ -9,8 +9,9 @@ use http::{HeaderName, StatusCode};
 use metrics::Counter;
 use tower::Layer;
 
-use super::Timeout;
+use super::deadline::DeadlineSource;
 use super::error::TimeoutCause;
+use super::{Binding, Timeout};
 use crate::ConfigError;
 use crate::rejection::{ErrorMode, HttpMode, Rejection, RejectionKind};
 
@@ -27,31 +28,51 @@ pub(crate) struct Shared {
     pub(crate) budget_header: Option<HeaderName>,
     pub(crate) status: Option<StatusCode>,
     pub(crate) deadline_extension: bool,
-    elapsed: Counter,
-    budget_spent: Counter,
+    /// `[server, caller]` budgets.
+    elapsed: [Counter; 2],
+    budget_spent: [Counter; 2],
 }
 
 impl Shared {
-    /// Counts and logs a timeout (refusal path only).
+    /// Counts and logs a timeout of the budget `source` (refusal path only).
     #[cold]
-    pub(crate) fn record(&self, cause: TimeoutCause) {
+    pub(crate) fn record(&self, cause: TimeoutCause, source: DeadlineSource) {
+        let i = usize::from(source == DeadlineSource::Caller);
         match cause {
-            TimeoutCause::Elapsed => self.elapsed.increment(1),
-            TimeoutCause::BudgetSpent => self.budget_spent.increment(1),
+            TimeoutCause::Elapsed => self.elapsed[i].increment(1),
+            TimeoutCause::BudgetSpent => self.budget_spent[i].increment(1),
         }
         tracing::debug!(
             target: "tower_rampart::timeout",
             name = %self.name,
             cause = cause.as_str(),
+            source = source.as_str(),
             "request timed out"
         );
     }
 
-    /// The refusal for `cause`.
+    /// The refusal for `cause`: the service's fault only when the server's
+    /// own budget ran out. `binding` (a budget spent on arrival) says which
+    /// budget it was, for the detail.
     #[cold]
-    pub(crate) fn rejection(&self, cause: TimeoutCause) -> Rejection {
-        let rejection =
-            Rejection::new(RejectionKind::TimedOut, self.name.clone()).with_detail(cause.detail());
+    pub(crate) fn rejection(
+        &self,
+        cause: TimeoutCause,
+        source: DeadlineSource,
+        binding: Option<Binding>,
+    ) -> Rejection {
+        let rejection = Rejection::new(RejectionKind::TimedOut, self.name.clone())
+            .with_service_fault(source == DeadlineSource::Server);
+        let rejection = match binding {
+            Some(Binding::Caller(budget)) if budget.is_zero() => {
+                rejection.with_detail("the caller's budget is zero")
+            }
+            Some(Binding::Caller(budget)) => rejection.with_detail(format!(
+                "the caller's budget ({budget:?}) is within the safety margin ({:?})",
+                self.safety_margin
+            )),
+            _ => rejection.with_detail(cause.detail()),
+        };
         match self.status {
             Some(status) => rejection.with_status(status),
             None => rejection,
@@ -279,16 +300,23 @@ impl TimeoutLayerBuilder {
         }
         crate::metrics_help::describe();
         let name: Arc<str> = Arc::from(self.name);
-        let counter = |cause: TimeoutCause| {
+        let counter = |cause: TimeoutCause, source: DeadlineSource| {
             metrics::counter!(
                 "rampart_timeouts_total",
                 "name" => name.to_string(),
                 "cause" => cause.as_str(),
+                "source" => source.as_str(),
             )
         };
+        let counters = |cause| {
+            [
+                counter(cause, DeadlineSource::Server),
+                counter(cause, DeadlineSource::Caller),
+            ]
+        };
         let shared = Shared {
-            elapsed: counter(TimeoutCause::Elapsed),
-            budget_spent: counter(TimeoutCause::BudgetSpent),
+            elapsed: counters(TimeoutCause::Elapsed),
+            budget_spent: counters(TimeoutCause::BudgetSpent),
             name,
             timeout,
             safety_margin: self.safety_margin,

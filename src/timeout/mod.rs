@@ -38,8 +38,27 @@
 //!
 //! A request whose deadline has already passed (a spent budget, or a budget
 //! no larger than the margin) is answered at once: the inner service is not
-//! called. A malformed budget header is treated as absent, with a `debug`
-//! event; it never fails the request.
+//! called, and the detail says why (for example "the caller's budget (5ms)
+//! is within the safety margin (10ms)"). A malformed budget header is
+//! treated as absent, with a `debug` event; it never fails the request.
+//!
+//! # Whose budget ran out
+//!
+//! The answer is the same whichever budget bound the deadline, but the
+//! blame is not. When the binding budget is the server's own (this layer's
+//! `timeout`, or an outer timeout layer's), the refusal is the service's
+//! fault ([`Rejection::is_service_fault`](crate::Rejection::is_service_fault)):
+//! a [circuit breaker](crate::circuit_breaker) around the layer counts it as
+//! a failure. When it is the caller's (a `grpc-timeout` or budget header
+//! shorter than the server's limit, or within the safety margin; or an
+//! outer layer's deadline that was itself the caller's), it is not, and the
+//! breaker records the call as *ignored*: a client cannot trip a breaker for
+//! everyone by sending tiny deadlines. At the same instant the server's
+//! budget binds. The [`Deadline`] a handler reads says which it is
+//! ([`Deadline::source`]).
+//!
+//! Set `timeout` to what the service must achieve: a slow dependency shows
+//! as timeouts of the server's budget whatever deadlines clients send.
 //!
 //! The effective deadline goes into the request extensions as a [`Deadline`]
 //! (unless [turned off](TimeoutLayerBuilder::deadline_extension)). Handlers
@@ -92,11 +111,11 @@
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
-//! | `rampart_timeouts_total` | counter | `name`, `cause` = `elapsed` \| `budget_spent` | requests answered by the timeout (`elapsed`: the deadline passed while the inner service worked; `budget_spent`: the deadline had passed on arrival, the inner service was not called) |
+//! | `rampart_timeouts_total` | counter | `name`, `cause` = `elapsed` \| `budget_spent`, `source` = `server` \| `caller` | requests answered by the timeout (`elapsed`: the deadline passed while the inner service worked; `budget_spent`: the deadline had passed on arrival, the inner service was not called; `source`: whose budget it was, see [`DeadlineSource`]) |
 //!
 //! | event (target `tower_rampart::timeout`) | level | fields |
 //! |---|---|---|
-//! | `request timed out` | `DEBUG` | `name`, `cause` |
+//! | `request timed out` | `DEBUG` | `name`, `cause`, `source` |
 //! | `malformed budget header ignored` | `DEBUG` | `name`, `header`, `value` |
 
 mod deadline;
@@ -117,7 +136,8 @@ use tokio::time::Instant;
 use tower::Service;
 
 pub use self::deadline::{
-    Deadline, DeadlineCarrier, GRPC_TIMEOUT, format_grpc_timeout, parse_grpc_timeout,
+    Deadline, DeadlineCarrier, DeadlineSource, GRPC_TIMEOUT, format_grpc_timeout,
+    parse_grpc_timeout,
 };
 pub use self::error::{TimeoutCause, is_timeout};
 pub use self::future::ResponseFuture;
@@ -161,30 +181,67 @@ impl<S, M> Timeout<S, M> {
     }
 
     /// The effective deadline of a request arriving now with `req`'s
-    /// budget headers and outer deadline, and whether there was an outer
-    /// deadline. `grpc` is what the mode's request context knows of the
-    /// protocol (`None`: unknown, look it up).
+    /// budget headers and outer deadline, whose budget it is, and whether
+    /// there was an outer deadline. `grpc` is what the mode's request
+    /// context knows of the protocol (`None`: unknown, look it up).
+    ///
+    /// The earliest deadline binds; at the same instant the server's own
+    /// budget binds before the caller's, and this layer's own before an
+    /// outer one's.
     #[inline]
     fn deadline_for<Req: DeadlineCarrier>(
         &self,
         req: &Req,
         now: Instant,
         grpc: Option<bool>,
-    ) -> (Instant, bool) {
+    ) -> Effective {
         let shared = &*self.shared;
-        let mut deadline = deadline::instant_after(now, shared.timeout);
+        let mut eff = Effective {
+            at: deadline::instant_after(now, shared.timeout),
+            source: DeadlineSource::Server,
+            binding: Binding::Own,
+            nested: false,
+        };
         if let Some(headers) = req.budget_headers() {
             if let Some(budget) = client_budget(shared, headers, grpc) {
-                let budget = budget.saturating_sub(shared.safety_margin);
-                deadline = deadline.min(deadline::instant_after(now, budget));
+                let at = deadline::instant_after(now, budget.saturating_sub(shared.safety_margin));
+                if at < eff.at {
+                    eff.at = at;
+                    eff.source = DeadlineSource::Caller;
+                    eff.binding = Binding::Caller(budget);
+                }
             }
         }
-        let outer = req.deadline();
-        if let Some(outer) = outer {
-            deadline = deadline.min(outer.instant());
+        if let Some(outer) = req.deadline() {
+            eff.nested = true;
+            if (outer.instant(), outer.source()) < (eff.at, eff.source) {
+                eff.at = outer.instant();
+                eff.source = outer.source();
+                eff.binding = Binding::Outer;
+            }
         }
-        (deadline, outer.is_some())
+        eff
     }
+}
+
+/// A request's effective deadline and where it came from.
+#[derive(Debug, Clone, Copy)]
+struct Effective {
+    at: Instant,
+    source: DeadlineSource,
+    binding: Binding,
+    nested: bool,
+}
+
+/// Which budget set a request's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Binding {
+    /// This layer's own `timeout`.
+    Own,
+    /// The caller's budget, as sent (before the safety margin).
+    Caller(Duration),
+    /// An outer layer's [`Deadline`].
+    Outer,
 }
 
 /// The smaller of the budgets the caller sent (malformed ones are absent).
@@ -250,19 +307,26 @@ where
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = Instant::now();
         let cx = M::context(&req);
-        let (deadline, nested) = self.deadline_for(&req, now, cx.is_grpc());
-        if deadline <= now {
-            self.shared.record(TimeoutCause::BudgetSpent);
-            return ResponseFuture::spent(cx, self.shared.clone());
+        let eff = self.deadline_for(&req, now, cx.is_grpc());
+        if eff.at <= now {
+            self.shared.record(TimeoutCause::BudgetSpent, eff.source);
+            return ResponseFuture::spent(cx, self.shared.clone(), eff.source, eff.binding);
         }
         if self.shared.deadline_extension {
-            if nested {
-                req.replace_deadline(Deadline::at(deadline));
+            let deadline = Deadline::at(eff.at).with_source(eff.source);
+            if eff.nested {
+                req.replace_deadline(deadline);
             } else {
-                req.set_deadline(Deadline::at(deadline));
+                req.set_deadline(deadline);
             }
         }
-        ResponseFuture::running(self.inner.call(req), deadline, cx, self.shared.clone())
+        ResponseFuture::running(
+            self.inner.call(req),
+            eff.at,
+            eff.source,
+            cx,
+            self.shared.clone(),
+        )
     }
 }
 
