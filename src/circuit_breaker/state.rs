@@ -301,6 +301,8 @@ pub(crate) const HALF_OPEN_RETRY_AFTER: Duration = Duration::from_secs(1);
 struct Inner {
     /// Consecutive openings since the circuit last closed.
     reopens: u32,
+    /// Open after failed trials: `counts()` shows those trials.
+    open_after_trials: bool,
     half: HalfOpen,
     rng: u64,
 }
@@ -371,6 +373,7 @@ impl Core {
             window: Mutex::new(window),
             inner: Mutex::new(Inner {
                 reopens: 0,
+                open_after_trials: false,
                 half: HalfOpen::new(0),
                 rng: seed | 1,
             }),
@@ -811,6 +814,7 @@ impl Core {
                         }
                     };
                     opened_for = Some(d);
+                    inner.open_after_trials = from == CircuitState::HalfOpen;
                     let until = now.saturating_add(nanos(d));
                     self.open_until.store(until, Ordering::Release);
                     open_until = Some(until);
@@ -818,19 +822,19 @@ impl Core {
                 CircuitState::HalfOpen => {
                     inner.half = HalfOpen::new(self.settings.config.half_open_permits);
                 }
-                CircuitState::Closed | CircuitState::MetricsOnly => {
-                    if to == CircuitState::Closed {
+                CircuitState::Closed
+                | CircuitState::MetricsOnly
+                | CircuitState::ForcedOpen
+                | CircuitState::Disabled => {
+                    // Each of these starts counting afresh (forced open and
+                    // disabled count nothing at all).
+                    if to != CircuitState::MetricsOnly {
                         inner.reopens = 0;
                     }
                     let mut window = lock(&self.window);
                     window.clear();
                     self.clean.store(false, Ordering::Relaxed);
                     self.consecutive.store(0, Ordering::Relaxed);
-                }
-                CircuitState::ForcedOpen | CircuitState::Disabled => {
-                    if reason == TransitionReason::Manual {
-                        inner.reopens = 0;
-                    }
                 }
             }
             self.not_permitted.store(0, Ordering::Relaxed);
@@ -1004,7 +1008,9 @@ impl Core {
         {
             let inner = lock(&self.inner);
             let state = self.state();
-            if state == CircuitState::HalfOpen {
+            if state == CircuitState::HalfOpen
+                || (state == CircuitState::Open && inner.open_after_trials)
+            {
                 let h = &inner.half;
                 let rate = |n: u32| {
                     (h.calls >= cfg.half_open_permits && h.calls > 0)
