@@ -692,6 +692,43 @@ mod tests {
     }
 
     #[test]
+    fn ignored_statuses_win_over_the_failure_set_and_the_closure() {
+        let judge = |c: &Classifier, status: u16| {
+            let res = Response::builder().status(status).body(()).unwrap();
+            c.classify_response(&res)
+        };
+        let ignore = StatusSet::empty()
+            .with(StatusCode::TOO_MANY_REQUESTS)
+            .with(StatusCode::SERVICE_UNAVAILABLE);
+        let by_set = Classifier::default().ignore_statuses(ignore);
+        let by_fn = Classifier::default()
+            .http_fn(|_, _| Outcome::Failure)
+            .ignore_statuses(ignore);
+        for c in [&by_set, &by_fn] {
+            assert_eq!(judge(c, 429), Classification::Done(Outcome::Ignored));
+            assert_eq!(judge(c, 503), Classification::Done(Outcome::Ignored));
+            assert_eq!(judge(c, 500), Classification::Done(Outcome::Failure));
+            assert_eq!(c.ignored_statuses(), ignore);
+        }
+        assert_eq!(judge(&by_set, 200), Classification::Done(Outcome::Success));
+        // Replacing the rule keeps the ignore set.
+        let c = by_set.http_failures(StatusSet::empty().with(StatusCode::TOO_MANY_REQUESTS));
+        assert_eq!(judge(&c, 429), Classification::Done(Outcome::Ignored));
+        // gRPC answers are judged by their grpc-status, not the ignore set.
+        let grpc = Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "14")
+            .body(())
+            .unwrap();
+        let c = Classifier::default().ignore_statuses(StatusSet::empty().with(StatusCode::OK));
+        assert_eq!(
+            c.classify_response(&grpc),
+            Classification::Done(Outcome::Failure)
+        );
+        assert!(format!("{c:?}").contains("ignored_statuses"));
+    }
+
+    #[test]
     fn default_sets() {
         let s = GrpcCodeSet::default();
         for c in GrpcCode::ALL {
