@@ -119,7 +119,11 @@ async fn state_gauge_calls_rejections_and_transitions() {
         Some(format!("{:?}", DebugValue::Counter(1)))
     );
     assert_eq!(
-        value(&snap, "rampart_circuit_breaker_state", &[("name", "shadow")]),
+        value(
+            &snap,
+            "rampart_circuit_breaker_state",
+            &[("name", "shadow")]
+        ),
         Some(format!("{:?}", DebugValue::Gauge(5.0.into())))
     );
     assert_eq!(

@@ -459,8 +459,7 @@ mod tests {
         assert!(c.ignore_statuses.is_empty());
         c.validate().unwrap();
         let c: CircuitBreakerConfig =
-            serde_json::from_str(r#"{"auto_half_open":true,"ignore_statuses":[429,503]}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"auto_half_open":true,"ignore_statuses":[429,503]}"#).unwrap();
         assert!(c.auto_half_open);
         assert_eq!(c.ignore_statuses, [429, 503]);
         let c: CircuitBreakerConfig =

@@ -646,16 +646,17 @@ impl Core {
             (CircuitState::Closed, Some(reason)) => {
                 self.transition(w, CircuitState::Open, reason);
             }
-            (CircuitState::MetricsOnly, Some(reason)) => {
-                if !self.exceeded.swap(true, Ordering::AcqRel) {
-                    self.threshold_exceeded(w, reason);
-                }
+            (CircuitState::MetricsOnly, Some(reason))
+                if !self.exceeded.swap(true, Ordering::AcqRel) =>
+            {
+                self.threshold_exceeded(w, reason);
             }
-            (CircuitState::MetricsOnly, None) => {
-                if self.exceeded.load(Ordering::Relaxed) && self.word.load(Ordering::Acquire) == w
-                {
-                    self.exceeded.store(false, Ordering::Release);
-                }
+            (CircuitState::MetricsOnly, None)
+                if self.exceeded.load(Ordering::Relaxed)
+                    && self.word.load(Ordering::Acquire) == w =>
+            {
+                // Back under every rule: the next crossing alerts again.
+                self.exceeded.store(false, Ordering::Release);
             }
             _ => {}
         }
@@ -805,9 +806,7 @@ impl Core {
                             // Only a re-open that some trial call earned
                             // grows the backoff.
                             let permits = self.settings.config.half_open_permits;
-                            if from == CircuitState::HalfOpen
-                                && inner.half.available < permits
-                            {
+                            if from == CircuitState::HalfOpen && inner.half.available < permits {
                                 inner.reopens = inner.reopens.saturating_add(1);
                             }
                             self.open_duration(&mut inner)
@@ -985,7 +984,7 @@ impl Core {
                     TransitionReason::HalfOpenMaxWait,
                     |inner, now| {
                         let h = &mut inner.half;
-                        if !h.deadline.is_some_and(|d| now >= d) {
+                        if h.deadline.is_none_or(|d| now < d) {
                             return false; // re-armed later
                         }
                         if h.in_flight(permits) > 0 {

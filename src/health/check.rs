@@ -263,10 +263,7 @@ impl Check {
             CircuitState::Open => match handle.open_remaining() {
                 // The next call is a trial: let it come.
                 Some(left) if left.is_zero() => Ok(()),
-                Some(left) => Err(format!(
-                    "circuit open, half-open in {}ms",
-                    left.as_millis()
-                )),
+                Some(left) => Err(format!("circuit open, half-open in {}ms", left.as_millis())),
                 None => Err("circuit open".to_owned()),
             },
             CircuitState::ForcedOpen => Err("circuit forced open".to_owned()),

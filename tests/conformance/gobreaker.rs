@@ -84,10 +84,7 @@ async fn default_settings_trip_on_consecutive_failures() {
     assert_eq!(c.state, S::Open);
     // gobreaker's counts are zero here; ours show what tripped it.
     assert_eq!((c.calls, c.failures, c.consecutive_failures), (12, 11, 6));
-    assert_eq!(
-        dep.moves(),
-        [(S::Closed, S::Open, R::ConsecutiveFailures)]
-    );
+    assert_eq!(dep.moves(), [(S::Closed, S::Open, R::ConsecutiveFailures)]);
     assert_eq!(dep.statuses(&["/ok", "/fail"]).await, [503, 503]);
 
     advance(SECS(60) - MS(1)).await;
@@ -113,7 +110,10 @@ async fn default_settings_trip_on_consecutive_failures() {
     dep.release(1);
     assert_eq!(trial.await.unwrap().status, StatusCode::OK);
     let c = dep.handle.counts();
-    assert_eq!((c.state, c.calls, c.consecutive_failures), (S::Closed, 0, 0));
+    assert_eq!(
+        (c.state, c.calls, c.consecutive_failures),
+        (S::Closed, 0, 0)
+    );
 }
 
 // TestCustomCircuitBreaker
@@ -217,10 +217,9 @@ async fn a_call_spanning_the_interval_counts_when_it_ends() {
 #[tokio::test(start_paused = true)]
 async fn is_successful_and_is_excluded() {
     // IsSuccessful says every call succeeded.
-    let all_good = Dep::start(
-        defaults().classifier(Classifier::default().http_fn(|_, _| Outcome::Success)),
-    )
-    .await;
+    let all_good =
+        Dep::start(defaults().classifier(Classifier::default().http_fn(|_, _| Outcome::Success)))
+            .await;
     all_good.statuses(&["/fail"; 6]).await;
     let c = all_good.handle.counts();
     assert_eq!((c.state, c.calls, c.failures), (S::Closed, 6, 0));

@@ -234,7 +234,11 @@ async fn a_quiet_period_never_reopens_or_grows_the_wait() {
     assert_eq!(dep.statuses(&["/ok"; 4]).await, [200; 4]);
     assert_eq!(dep.state(), S::Closed);
     trip(&dep).await;
-    assert_eq!(dep.openings(), [SECS(5), SECS(10), SECS(5)], "reset on close");
+    assert_eq!(
+        dep.openings(),
+        [SECS(5), SECS(10), SECS(5)],
+        "reset on close"
+    );
 }
 
 // `automaticTransitionFromOpenToHalfOpenEnabled = true`: a timer moves the
@@ -386,7 +390,10 @@ async fn reset_forgets_the_metrics_from_any_state() {
     assert_eq!(dep.state(), S::Closed);
     assert_eq!(
         dep.moves(),
-        [(S::Closed, S::Open, R::Manual), (S::Open, S::Closed, R::Manual)]
+        [
+            (S::Closed, S::Open, R::Manual),
+            (S::Open, S::Closed, R::Manual)
+        ]
     );
 }
 
@@ -434,7 +441,9 @@ async fn disabled_lets_everything_through_and_records_nothing() {
     dep.statuses(&["/fail", "/fail"]).await;
     dep.handle.disable();
     assert_eq!(dep.handle.counts().calls, 0);
-    let statuses = dep.statuses(&["/ok", "/fail", "/fail", "/fail", "/fail"]).await;
+    let statuses = dep
+        .statuses(&["/ok", "/fail", "/fail", "/fail", "/fail"])
+        .await;
     assert_eq!(statuses, [200, 500, 500, 500, 500]);
     let c = dep.handle.counts();
     assert_eq!((c.state, c.calls, c.failures), (S::Disabled, 0, 0));
@@ -449,7 +458,8 @@ async fn metrics_only_records_never_trips_and_alerts_once() {
     dep.statuses(&["/ok", "/ok"]).await;
     dep.handle.metrics_only();
     assert_eq!(dep.handle.counts().calls, 0);
-    dep.statuses(&["/fail", "/fail", "/fail", "/ok", "/ok"]).await;
+    dep.statuses(&["/fail", "/fail", "/fail", "/ok", "/ok"])
+        .await;
     let c = dep.handle.counts();
     assert_eq!(
         (c.state, c.calls, c.failures, c.failure_rate),
@@ -524,7 +534,11 @@ async fn wait_interval_grows_on_each_reopen() {
     }
     assert_eq!(
         dep.openings(),
-        [SECS(5), Duration::from_millis(7_500), Duration::from_millis(11_250)]
+        [
+            SECS(5),
+            Duration::from_millis(7_500),
+            Duration::from_millis(11_250)
+        ]
     );
 }
 
