@@ -447,12 +447,13 @@ impl Core {
                         );
                     }
                     // The first call after the open duration starts the
-                    // half-open state (and becomes its first trial).
+                    // half-open state (and becomes its first trial), unless
+                    // `open_for` just moved the end of the open time.
                     self.transition_if(
                         w,
                         CircuitState::HalfOpen,
                         TransitionReason::OpenDurationElapsed,
-                        |_, _| true,
+                        |_, now| now >= self.open_until.load(Ordering::Acquire),
                     );
                 }
                 CircuitState::HalfOpen => {

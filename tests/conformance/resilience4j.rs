@@ -35,6 +35,7 @@ fn r4j() -> CircuitBreakerBuilder {
 }
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
+const MS: fn(u64) -> Duration = Duration::from_millis;
 
 /// Trips the breaker with five failures.
 async fn trip(dep: &Dep) {
@@ -297,6 +298,35 @@ async fn half_open_max_wait_counts_from_the_first_trial() {
     assert_eq!(dep.openings(), [SECS(5), SECS(10)]);
     dep.release(1);
     assert_eq!(stuck.await.unwrap().status, StatusCode::OK);
+    assert_eq!(dep.state(), S::Open);
+}
+
+// `maxWaitDurationInHalfOpenState` again: R4j re-opens when it elapses
+// whatever happened. We re-open only over a trial still in flight: trials
+// that all ended (here two successes of four) mean the dependency answers
+// and the circuit merely waits for more calls, so it stays half-open; the
+// next trial arms the max wait again.
+#[tokio::test(start_paused = true)]
+async fn half_open_with_no_trial_in_flight_waits_for_the_next_call() {
+    let dep = Dep::start(r4j().max_wait_in_half_open(SECS(30))).await;
+    trip(&dep).await;
+    advance(SECS(5)).await;
+    assert_eq!(dep.statuses(&["/ok", "/ok"]).await, [200, 200]);
+    advance(SECS(120)).await;
+    assert_eq!(dep.state(), S::HalfOpen);
+    assert_eq!(dep.handle.counts().calls, 2);
+    let stuck = dep.spawn("/hold");
+    dep.wait_arrived(1).await;
+    advance(SECS(30) - MS(1)).await;
+    assert_eq!(dep.state(), S::HalfOpen);
+    advance(MS(1)).await;
+    assert_eq!(dep.state(), S::Open);
+    assert_eq!(
+        dep.moves().last(),
+        Some(&(S::HalfOpen, S::Open, R::HalfOpenMaxWait))
+    );
+    dep.release(1);
+    stuck.await.unwrap();
     assert_eq!(dep.state(), S::Open);
 }
 
