@@ -71,7 +71,9 @@ impl CircuitState {
     }
 
     /// Whether calls are refused in this state (open or forced open;
-    /// half-open refuses only once its trial permits are taken).
+    /// half-open refuses only once its trial permits are taken, and an open
+    /// circuit whose open duration is over admits the next call as a
+    /// trial).
     pub const fn is_refusing(self) -> bool {
         matches!(self, CircuitState::Open | CircuitState::ForcedOpen)
     }
@@ -1057,8 +1059,12 @@ impl Core {
     }
 }
 
-/// What a breaker's sliding window holds, as seen by a
-/// [`CircuitBreakerHandle`](super::CircuitBreakerHandle).
+/// What a breaker has seen, as a
+/// [`CircuitBreakerHandle`](super::CircuitBreakerHandle) reports it: the
+/// sliding window when closed or metrics-only; in open, the calls that
+/// opened it (the window, or the failed trials); the trial calls when
+/// half-open (their rates once every permit was used); nothing in forced
+/// open and disabled, which start afresh.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct CircuitCounts {
