@@ -105,13 +105,15 @@ pub enum TransitionReason {
     SlowCallRate,
     /// Too many failures in a row.
     ConsecutiveFailures,
-    /// The open duration elapsed: trial calls may go through.
+    /// The open duration elapsed: trial calls may go through (on the first
+    /// call after it, or on time with `auto_half_open`).
     OpenDurationElapsed,
     /// The trial calls succeeded.
     TrialsSucceeded,
     /// The trial calls failed.
     TrialsFailed,
-    /// The half-open state waited too long for its trial calls.
+    /// A trial call was still in flight `max_wait_in_half_open` after the
+    /// first trial started.
     HalfOpenMaxWait,
     /// A handle forced the state.
     Manual,
