@@ -808,3 +808,51 @@ fn config_errors_name_the_field() {
         .unwrap_err();
     assert_eq!(e.field(), "max_keys");
 }
+
+/// A typed refusal (ErrorMode) tells when to try again in every refusing
+/// state: the open time left, one second in a full half-open, one open
+/// duration when isolated (Polly attaches a retry-after to its
+/// BrokenCircuitException; see tests/conformance/polly.rs).
+#[tokio::test(start_paused = true)]
+async fn typed_refusals_carry_a_retry_after_in_every_refusing_state() {
+    let layer = builder()
+        .half_open_permits(1)
+        .build()
+        .unwrap()
+        .into_error_mode();
+    let h = layer.handle();
+    let svc = layer.layer(tower::service_fn(|wait: u64| async move {
+        sleep(Duration::from_secs(wait)).await;
+        Ok::<_, Infallible>(())
+    }));
+    let refusal = |svc: &tower::util::BoxCloneSyncService<u64, (), BoxError>| {
+        let svc = svc.clone();
+        async move {
+            let err = svc.oneshot(0).await.unwrap_err();
+            let r = err.downcast_ref::<Rejection>().expect("a typed refusal");
+            (r.retry_after(), r.detail().to_owned())
+        }
+    };
+    let svc = tower::util::BoxCloneSyncService::new(svc);
+    h.open(Duration::from_secs(7));
+    assert_eq!(refusal(&svc).await.0, Some(Duration::from_secs(7)));
+    advance(Duration::from_secs(7)).await;
+    let trial = tokio::spawn(svc.clone().oneshot(60));
+    settle().await;
+    assert_eq!(h.state(), CircuitState::HalfOpen);
+    let (retry, detail) = refusal(&svc).await;
+    assert_eq!(retry, Some(Duration::from_secs(1)));
+    assert!(detail.contains("half-open"), "{detail}");
+    h.force_open();
+    let (retry, detail) = refusal(&svc).await;
+    assert_eq!(retry, Some(Duration::from_secs(10)), "one open duration");
+    assert!(detail.contains("isolated"), "{detail}");
+    assert_eq!(h.counts().not_permitted, 1, "counted since the last move");
+    advance(Duration::from_secs(60)).await;
+    trial.await.unwrap().unwrap();
+    assert_eq!(
+        h.state(),
+        CircuitState::ForcedOpen,
+        "the late trial is void"
+    );
+}
