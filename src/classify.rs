@@ -367,6 +367,7 @@ enum HttpRule {
 #[derive(Clone)]
 pub struct Classifier {
     http: HttpRule,
+    ignored: StatusSet,
     grpc: GrpcCodeSet,
 }
 
@@ -374,6 +375,7 @@ impl Default for Classifier {
     fn default() -> Self {
         Self {
             http: HttpRule::Set(StatusSet::server_errors()),
+            ignored: StatusSet::empty(),
             grpc: GrpcCodeSet::default_failures(),
         }
     }
@@ -386,7 +388,9 @@ impl fmt::Debug for Classifier {
             HttpRule::Set(set) => d.field("http_failures", set),
             HttpRule::Fn(_) => d.field("http_failures", &"<closure>"),
         };
-        d.field("grpc_failures", &self.grpc).finish()
+        d.field("ignored_statuses", &self.ignored)
+            .field("grpc_failures", &self.grpc)
+            .finish()
     }
 }
 
@@ -416,6 +420,38 @@ impl Classifier {
         self
     }
 
+    /// HTTP responses with a status in `set` are [`Outcome::Ignored`]:
+    /// neither successes nor failures, whatever the failure set or the
+    /// closure says. For answers that say nothing about the service's
+    /// health (a 429 from its own rate limit, a 503 from a maintenance
+    /// switch) without replacing the rest of the rules. Replaces the
+    /// previous ignore set.
+    ///
+    /// ```
+    /// use http::{Response, StatusCode};
+    /// use tower_rampart::classify::{Classification, Classifier, Outcome, StatusSet};
+    ///
+    /// let classifier = Classifier::default()
+    ///     .ignore_statuses(StatusSet::empty().with(StatusCode::SERVICE_UNAVAILABLE));
+    /// let judge = |status: u16| {
+    ///     let res = Response::builder().status(status).body(()).unwrap();
+    ///     classifier.classify_response(&res)
+    /// };
+    /// assert_eq!(judge(503), Classification::Done(Outcome::Ignored));
+    /// assert_eq!(judge(502), Classification::Done(Outcome::Failure));
+    /// assert_eq!(judge(200), Classification::Done(Outcome::Success));
+    /// ```
+    #[must_use]
+    pub fn ignore_statuses(mut self, set: StatusSet) -> Self {
+        self.ignored = set;
+        self
+    }
+
+    /// The HTTP statuses this classifier ignores.
+    pub fn ignored_statuses(&self) -> StatusSet {
+        self.ignored
+    }
+
     /// gRPC responses whose `grpc-status` is in `set` are failures.
     #[must_use]
     pub fn grpc_failures(mut self, set: GrpcCodeSet) -> Self {
@@ -439,6 +475,9 @@ impl Classifier {
                 Some(v) => Classification::Done(self.classify_grpc(GrpcCode::from_header_value(v))),
                 None => Classification::AwaitTrailers,
             };
+        }
+        if self.ignored.contains(status) {
+            return Classification::Done(Outcome::Ignored);
         }
         Classification::Done(match &self.http {
             HttpRule::Set(set) => {
@@ -674,6 +713,43 @@ mod tests {
         }
         assert_eq!(GrpcCode::parse("unavailable"), Some(GrpcCode::Unavailable));
         assert_eq!(GrpcCode::parse("17"), None);
+    }
+
+    #[test]
+    fn ignored_statuses_win_over_the_failure_set_and_the_closure() {
+        let judge = |c: &Classifier, status: u16| {
+            let res = Response::builder().status(status).body(()).unwrap();
+            c.classify_response(&res)
+        };
+        let ignore = StatusSet::empty()
+            .with(StatusCode::TOO_MANY_REQUESTS)
+            .with(StatusCode::SERVICE_UNAVAILABLE);
+        let by_set = Classifier::default().ignore_statuses(ignore);
+        let by_fn = Classifier::default()
+            .http_fn(|_, _| Outcome::Failure)
+            .ignore_statuses(ignore);
+        for c in [&by_set, &by_fn] {
+            assert_eq!(judge(c, 429), Classification::Done(Outcome::Ignored));
+            assert_eq!(judge(c, 503), Classification::Done(Outcome::Ignored));
+            assert_eq!(judge(c, 500), Classification::Done(Outcome::Failure));
+            assert_eq!(c.ignored_statuses(), ignore);
+        }
+        assert_eq!(judge(&by_set, 200), Classification::Done(Outcome::Success));
+        // Replacing the rule keeps the ignore set.
+        let c = by_set.http_failures(StatusSet::empty().with(StatusCode::TOO_MANY_REQUESTS));
+        assert_eq!(judge(&c, 429), Classification::Done(Outcome::Ignored));
+        // gRPC answers are judged by their grpc-status, not the ignore set.
+        let grpc = Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "14")
+            .body(())
+            .unwrap();
+        let c = Classifier::default().ignore_statuses(StatusSet::empty().with(StatusCode::OK));
+        assert_eq!(
+            c.classify_response(&grpc),
+            Classification::Done(Outcome::Failure)
+        );
+        assert!(format!("{c:?}").contains("ignored_statuses"));
     }
 
     #[test]

@@ -136,7 +136,8 @@ async fn minimum_calls_not_met_keeps_it_closed() {
 
 #[tokio::test(start_paused = true)]
 async fn open_refuses_with_the_remaining_time_then_half_opens() {
-    let layer = builder().build().unwrap();
+    // Opt-in timer (the default waits for a call: see tests/conformance).
+    let layer = builder().auto_half_open(true).build().unwrap();
     let h = layer.handle();
     let svc = service(&layer);
     calls(&svc, &["fail", "fail", "fail", "fail"]).await;
@@ -183,7 +184,7 @@ async fn trip_and_half_open(svc: &Svc, open_for: Duration) {
 
 #[tokio::test(start_paused = true)]
 async fn half_open_lets_only_its_permits_through() {
-    let layer = builder().build().unwrap();
+    let layer = builder().auto_half_open(true).build().unwrap();
     let h = layer.handle();
     let svc = service(&layer);
     trip_and_half_open(&svc, Duration::from_secs(10)).await;
@@ -191,10 +192,11 @@ async fn half_open_lets_only_its_permits_through() {
     let a = tokio::spawn(call_owned(svc.clone(), "slow"));
     let b = tokio::spawn(call_owned(svc.clone(), "slow"));
     settle().await;
-    // Both permits are taken: the third call is refused, without retry-after.
+    // Both permits are taken: the third call is refused, told to come back
+    // in a second (the trials decide soon).
     let r = call(&svc, "ok").await;
     assert_eq!(r.status, 503);
-    assert_eq!(r.retry_after, None);
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
     assert_eq!(a.await.unwrap().status, 200);
     assert_eq!(b.await.unwrap().status, 200);
     assert_eq!(h.state(), CircuitState::Closed);
@@ -209,6 +211,7 @@ async fn failed_trials_reopen_with_growing_backoff_that_resets_on_close() {
     let opens = Arc::new(Mutex::new(Vec::new()));
     let seen = opens.clone();
     let layer = builder()
+        .auto_half_open(true)
         .open_duration(Duration::from_secs(1))
         .backoff(2.0, Duration::from_secs(5), 0.0)
         .on_event(move |e| {
@@ -280,6 +283,7 @@ async fn jitter_stays_within_its_bounds() {
 #[tokio::test(start_paused = true)]
 async fn half_open_max_wait_reopens_and_late_trials_do_not_count() {
     let layer = builder()
+        .auto_half_open(true)
         .max_wait_in_half_open(Duration::from_secs(30))
         .build()
         .unwrap();
@@ -304,9 +308,10 @@ async fn half_open_max_wait_reopens_and_late_trials_do_not_count() {
     advance(Duration::from_secs(3_600)).await;
     assert_eq!(hung_a.await.unwrap().status, 200);
     assert_eq!(hung_b.await.unwrap().status, 200);
-    // ... but meanwhile the new half-open re-opened on its own max wait;
-    // their successes did not close it.
-    assert_ne!(h.state(), CircuitState::Closed);
+    // ... but their successes did not close the new half-open (which, with
+    // no trial of its own in flight, is quiet, not stuck: it stays).
+    assert_eq!(h.state(), CircuitState::HalfOpen);
+    assert_eq!(h.counts().calls, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -470,7 +475,8 @@ async fn manual_modes() {
 
     h.force_open();
     let r = call(&svc, "ok").await;
-    assert_eq!((r.status, r.retry_after), (503, None));
+    // No end time: callers are asked to come back after one open duration.
+    assert_eq!((r.status, r.retry_after.as_deref()), (503, Some("10")));
     advance(Duration::from_secs(3_600)).await;
     settle().await;
     assert_eq!(
@@ -801,4 +807,52 @@ fn config_errors_name_the_field() {
         .build_keyed(|r: &u8| *r)
         .unwrap_err();
     assert_eq!(e.field(), "max_keys");
+}
+
+/// A typed refusal (ErrorMode) tells when to try again in every refusing
+/// state: the open time left, one second in a full half-open, one open
+/// duration when isolated (Polly attaches a retry-after to its
+/// BrokenCircuitException; see tests/conformance/polly.rs).
+#[tokio::test(start_paused = true)]
+async fn typed_refusals_carry_a_retry_after_in_every_refusing_state() {
+    let layer = builder()
+        .half_open_permits(1)
+        .build()
+        .unwrap()
+        .into_error_mode();
+    let h = layer.handle();
+    let svc = layer.layer(tower::service_fn(|wait: u64| async move {
+        sleep(Duration::from_secs(wait)).await;
+        Ok::<_, Infallible>(())
+    }));
+    let refusal = |svc: &tower::util::BoxCloneSyncService<u64, (), BoxError>| {
+        let svc = svc.clone();
+        async move {
+            let err = svc.oneshot(0).await.unwrap_err();
+            let r = err.downcast_ref::<Rejection>().expect("a typed refusal");
+            (r.retry_after(), r.detail().to_owned())
+        }
+    };
+    let svc = tower::util::BoxCloneSyncService::new(svc);
+    h.open(Duration::from_secs(7));
+    assert_eq!(refusal(&svc).await.0, Some(Duration::from_secs(7)));
+    advance(Duration::from_secs(7)).await;
+    let trial = tokio::spawn(svc.clone().oneshot(60));
+    settle().await;
+    assert_eq!(h.state(), CircuitState::HalfOpen);
+    let (retry, detail) = refusal(&svc).await;
+    assert_eq!(retry, Some(Duration::from_secs(1)));
+    assert!(detail.contains("half-open"), "{detail}");
+    h.force_open();
+    let (retry, detail) = refusal(&svc).await;
+    assert_eq!(retry, Some(Duration::from_secs(10)), "one open duration");
+    assert!(detail.contains("isolated"), "{detail}");
+    assert_eq!(h.counts().not_permitted, 1, "counted since the last move");
+    advance(Duration::from_secs(60)).await;
+    trial.await.unwrap().unwrap();
+    assert_eq!(
+        h.state(),
+        CircuitState::ForcedOpen,
+        "the late trial is void"
+    );
 }

@@ -48,6 +48,23 @@ async fn state_gauge_calls_rejections_and_transitions() {
     for what in ["ok", "fail", "ok"] {
         let _ = svc.clone().oneshot(Request::new(what)).await.unwrap();
     }
+    // A breaker in metrics-only mode counts the crossing that would have
+    // opened it, so an operator can alert on it.
+    let shadow = CircuitBreakerLayer::builder()
+        .name("shadow")
+        .count_window(2)
+        .minimum_calls(2)
+        .build()
+        .unwrap();
+    shadow.handle().metrics_only();
+    let shadow_svc = shadow.layer(tower::service_fn(|_req: Request<()>| async {
+        let mut res = Response::new(String::new());
+        *res.status_mut() = http::StatusCode::BAD_GATEWAY;
+        Ok::<_, Infallible>(res)
+    }));
+    for _ in 0..3 {
+        let _ = shadow_svc.clone().oneshot(Request::new(())).await.unwrap();
+    }
     let snap: Vec<_> = snapshotter
         .snapshot()
         .into_vec()
@@ -92,6 +109,22 @@ async fn state_gauge_calls_rejections_and_transitions() {
             &[("name", "m"), ("from", "closed"), ("to", "open")]
         ),
         Some(format!("{:?}", DebugValue::Counter(1)))
+    );
+    assert_eq!(
+        value(
+            &snap,
+            "rampart_circuit_breaker_threshold_exceeded_total",
+            &[("name", "shadow"), ("reason", "failure_rate")]
+        ),
+        Some(format!("{:?}", DebugValue::Counter(1)))
+    );
+    assert_eq!(
+        value(
+            &snap,
+            "rampart_circuit_breaker_state",
+            &[("name", "shadow")]
+        ),
+        Some(format!("{:?}", DebugValue::Gauge(5.0.into())))
     );
     assert_eq!(
         value(&snap, "rampart_circuit_breaker_state", &[("name", "m")]),

@@ -40,6 +40,9 @@ fn production_toml_is_valid() {
             buckets: 10
         }
     );
+    assert!(!c.circuit_breaker.auto_half_open);
+    assert_eq!(c.circuit_breaker.ignore_statuses, [429]);
+    c.circuit_breaker.clone().build().unwrap();
     assert_eq!(c.shutdown_budget(), Duration::from_secs(26));
     // The layers build from it too (the rate limit's quotas, the timeout's
     // header name and status).

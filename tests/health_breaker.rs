@@ -83,3 +83,47 @@ async fn a_non_critical_breaker_only_warns() {
     handle.reset();
     assert_eq!(common::get(addr, "/readyz").await.status, 200);
 }
+
+/// By default an open breaker starts half-open on the first call after its
+/// open duration. Its state still reads open until then, but readiness must
+/// pass: an unready replica gets no calls, so it would never try again.
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_past_its_open_time_is_ready_without_traffic() {
+    for auto in [false, true] {
+        let breaker = CircuitBreakerLayer::builder()
+            .name("payments")
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(30))
+            .auto_half_open(auto)
+            .half_open_permits(1)
+            .build()
+            .unwrap();
+        let handle = breaker.handle();
+        let registry = HealthRegistry::builder()
+            .check(Check::circuit_breaker(&handle))
+            .build()
+            .unwrap();
+        let app = Router::new()
+            .route("/fail", get(|| async { StatusCode::BAD_GATEWAY }))
+            .route("/ok", get(|| async { "ok" }))
+            .layer(breaker)
+            .layer(ProbeLayer::new(&registry));
+        let addr = common::serve(app).await;
+        assert_eq!(common::get(addr, "/fail").await.status, 502);
+        assert_eq!(common::get(addr, "/readyz").await.status, 503);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let expected = if auto {
+            CircuitState::HalfOpen
+        } else {
+            CircuitState::Open
+        };
+        assert_eq!(handle.state(), expected, "auto_half_open = {auto}");
+        assert_eq!(common::get(addr, "/readyz").await.status, 200);
+        // The trial call gets through and closes the circuit.
+        assert_eq!(common::get(addr, "/ok").await.status, 200);
+        assert_eq!(handle.state(), CircuitState::Closed);
+    }
+}

@@ -174,13 +174,15 @@ async fn probes_bypass_every_layer() {
         call(&svc, "/ok", &[]).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
+    assert_eq!(stack.circuit_breaker().counts().calls, 1);
     stack.circuit_breaker().force_open();
     for path in ["/livez", "/readyz", "/startupz", "/readyz", "/livez"] {
         let r = call(&svc, path, &[]).await;
         assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert_eq!(stack.circuit_breaker().counts().calls, 1);
+    // The forced-open breaker never saw the probes (none refused).
+    assert_eq!(stack.circuit_breaker().counts().not_permitted, 0);
     assert_eq!(stack.shutdown().in_flight(), 0);
 }
 

@@ -100,6 +100,7 @@ fn default_multiplier() -> f64 {
 /// open_duration = "5s"
 /// backoff = { multiplier = 2.0, max = "2m", jitter = 0.1 }
 /// half_open_permits = 3
+/// ignore_statuses = [429]
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "config", derive(serde::Deserialize))]
@@ -128,14 +129,28 @@ pub struct CircuitBreakerConfig {
     /// How long the circuit stays open before trial calls (default 30 s).
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub open_duration: Duration,
+    /// Move from open to half-open on a timer, as soon as the open duration
+    /// is over (default `false`: the first call after it starts half-open,
+    /// as in Resilience4j). Turn it on when something reads the state
+    /// without sending calls, e.g. a dashboard; either way a quiet period
+    /// never re-opens the circuit or grows the backoff.
+    pub auto_half_open: bool,
     /// Grow the open duration on consecutive re-opens (default: fixed).
     pub backoff: Option<Backoff>,
     /// Trial calls let through in half-open (default 5).
     pub half_open_permits: u32,
-    /// The longest the circuit stays half-open waiting for its trial calls
-    /// before it re-opens (default 60 s), so it can never stick.
+    /// The longest a half-open circuit waits for a trial call in flight
+    /// (default 60 s), counted from the first trial: if one is still
+    /// running then, the circuit re-opens, so hung trials can never stick
+    /// it. A half-open circuit with no trial in flight is not stuck and
+    /// stays half-open until the next call.
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub max_wait_in_half_open: Duration,
+    /// HTTP statuses that say nothing about the service's health (e.g.
+    /// `[429]`): such responses are neither successes nor failures, whatever
+    /// the classifier says (default: none). Added to the classifier set
+    /// with [`CircuitBreakerBuilder::classifier`](super::CircuitBreakerBuilder::classifier).
+    pub ignore_statuses: Vec<u16>,
     /// Keyed breakers only: the most keys kept at once (default 10 000).
     pub max_keys: usize,
     /// Keyed breakers only: a key unused this long may be evicted
@@ -155,9 +170,11 @@ impl Default for CircuitBreakerConfig {
             window: SlidingWindow::default(),
             minimum_calls: 10,
             open_duration: Duration::from_secs(30),
+            auto_half_open: false,
             backoff: None,
             half_open_permits: 5,
             max_wait_in_half_open: Duration::from_secs(60),
+            ignore_statuses: Vec::new(),
             max_keys: 10_000,
             key_idle_timeout: Duration::from_secs(600),
         }
@@ -250,6 +267,16 @@ impl CircuitBreakerConfig {
             ));
         }
         positive("max_wait_in_half_open", self.max_wait_in_half_open)?;
+        if self
+            .ignore_statuses
+            .iter()
+            .any(|s| http::StatusCode::from_u16(*s).is_err())
+        {
+            return Err(ConfigError::new(
+                "ignore_statuses",
+                "must hold HTTP statuses (100 to 999)",
+            ));
+        }
         if self.max_keys == 0 {
             return Err(ConfigError::new("max_keys", "must be greater than 0"));
         }
@@ -389,6 +416,13 @@ mod tests {
             ..d()
         };
         assert_eq!(field(c), "backoff.jitter");
+        for bad in [0, 99, 1000, u16::MAX] {
+            let c = CircuitBreakerConfig {
+                ignore_statuses: vec![429, bad],
+                ..d()
+            };
+            assert_eq!(field(c), "ignore_statuses");
+        }
         let c = CircuitBreakerConfig { max_keys: 0, ..d() };
         assert_eq!(field(c), "max_keys");
         let c = CircuitBreakerConfig {
@@ -421,7 +455,13 @@ mod tests {
             }
         );
         assert_eq!(c.backoff.unwrap().multiplier, 2.0);
+        assert!(!c.auto_half_open);
+        assert!(c.ignore_statuses.is_empty());
         c.validate().unwrap();
+        let c: CircuitBreakerConfig =
+            serde_json::from_str(r#"{"auto_half_open":true,"ignore_statuses":[429,503]}"#).unwrap();
+        assert!(c.auto_half_open);
+        assert_eq!(c.ignore_statuses, [429, 503]);
         let c: CircuitBreakerConfig =
             serde_json::from_str(r#"{"window":{"type":"count","size":7},"minimum_calls":7}"#)
                 .unwrap();

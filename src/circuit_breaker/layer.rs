@@ -14,7 +14,7 @@ use super::handle::CircuitBreakerHandle;
 use super::keyed::KeyedCircuitBreakerLayer;
 use super::state::{Breaker, CircuitBreakerEvent, ErrorClassifier, Listener, Settings};
 use crate::ConfigError;
-use crate::classify::{Classifier, Outcome};
+use crate::classify::{Classifier, Outcome, StatusSet};
 use crate::rejection::{ErrorMode, HttpMode};
 
 /// Applies a circuit breaker to a service.
@@ -226,9 +226,30 @@ impl CircuitBreakerBuilder {
         self
     }
 
-    /// The longest the circuit waits in half-open before re-opening.
+    /// The longest a half-open circuit waits for a trial call in flight
+    /// before re-opening (see
+    /// [`CircuitBreakerConfig::max_wait_in_half_open`]).
     pub fn max_wait_in_half_open(mut self, d: Duration) -> Self {
         self.config.max_wait_in_half_open = d;
+        self
+    }
+
+    /// Move from open to half-open on a timer as soon as the open duration
+    /// is over, instead of on the first call after it (the default). See
+    /// [`CircuitBreakerConfig::auto_half_open`].
+    pub fn auto_half_open(mut self, enabled: bool) -> Self {
+        self.config.auto_half_open = enabled;
+        self
+    }
+
+    /// Responses with this HTTP status are neither successes nor failures
+    /// (e.g. `StatusCode::TOO_MANY_REQUESTS`), on top of whatever
+    /// [`classifier`](Self::classifier) is set. May be called repeatedly.
+    pub fn ignore_status(mut self, status: http::StatusCode) -> Self {
+        let code = status.as_u16();
+        if !self.config.ignore_statuses.contains(&code) {
+            self.config.ignore_statuses.push(code);
+        }
         self
     }
 
@@ -247,7 +268,8 @@ impl CircuitBreakerBuilder {
     /// How HTTP and gRPC responses are judged (in [`HttpMode`]); the
     /// default counts 5xx and the usual gRPC failure codes. A classifier
     /// may return [`Outcome::Ignored`] for responses that say nothing about
-    /// the service's health.
+    /// the service's health; to leave out a few statuses and keep the rest,
+    /// [`ignore_status`](Self::ignore_status) is enough.
     pub fn classifier(mut self, classifier: Classifier) -> Self {
         self.classifier = classifier;
         self
@@ -283,9 +305,16 @@ impl CircuitBreakerBuilder {
 
     fn settings(self, report_state: bool) -> Result<Arc<Settings>, ConfigError> {
         self.config.validate()?;
+        let ignored = self
+            .config
+            .ignore_statuses
+            .iter()
+            .filter_map(|s| http::StatusCode::from_u16(*s).ok())
+            .fold(self.classifier.ignored_statuses(), StatusSet::with);
+        let classifier = self.classifier.ignore_statuses(ignored);
         Ok(Arc::new(Settings::new(
             self.config,
-            self.classifier,
+            classifier,
             self.error_classifier,
             self.listener,
             report_state,

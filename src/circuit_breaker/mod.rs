@@ -18,11 +18,21 @@
 //! gRPC `UNAVAILABLE` (trailers-only) for gRPC requests, or a
 //! [`Rejection`](crate::Rejection) error in [`ErrorMode`]. A
 //! [fallback](CircuitBreakerLayer::fallback_fn) may answer instead. The open
-//! duration is fixed or grows with each consecutive re-open (backoff with a
-//! cap and jitter, reset when the circuit closes). **Half-open**, it lets
-//! `half_open_permits` trial calls through and refuses the rest; their
-//! results close or re-open the circuit, and after `max_wait_in_half_open`
-//! it re-opens anyway, so it never sticks.
+//! duration is fixed or grows with each consecutive re-open after failed
+//! trials (backoff with a cap and jitter, reset when the circuit closes).
+//!
+//! The first call after the open duration starts **half-open**
+//! (Resilience4j's and Polly's default: a quiet period never re-opens the
+//! circuit or grows the backoff); with
+//! [`auto_half_open`](CircuitBreakerBuilder::auto_half_open) a timer moves
+//! it as soon as the open duration is over. Half-open, it lets
+//! `half_open_permits` trial calls through and refuses the rest with a
+//! one-second retry-after (the trials usually decide within one request's
+//! time); once every trial has ended, their failure and slow-call rates
+//! close or re-open the circuit. If a trial is still in flight
+//! `max_wait_in_half_open` after the first one started, the circuit
+//! re-opens, so hung trials never stick it; a half-open circuit with no
+//! trial in flight waits for the next call.
 //!
 //! Every admitted call holds a [`Permit`]. A response future (or a gRPC
 //! response body) dropped before the call ends gives it back as *ignored*,
@@ -30,8 +40,17 @@
 //! late answer from before a transition cannot flip the new state.
 //!
 //! A [`CircuitBreakerHandle`] reads the state (one atomic load: fit for a
-//! readiness probe) and counts, and forces the breaker open (isolate),
-//! disabled, metrics-only, or back to closed.
+//! readiness probe) and counts (the window, or the trials when half-open,
+//! and the calls refused since the last transition), and moves the breaker
+//! by hand: [`open`](CircuitBreakerHandle::open) for a while,
+//! [`force_open`](CircuitBreakerHandle::force_open) (isolate: refusals ask
+//! callers to retry after one open duration),
+//! [`close`](CircuitBreakerHandle::close),
+//! [`disable`](CircuitBreakerHandle::disable),
+//! [`metrics_only`](CircuitBreakerHandle::metrics_only) (records, never
+//! trips, emits [`CircuitBreakerEvent::ThresholdExceeded`] when it would
+//! have), [`reset`](CircuitBreakerHandle::reset). Moving to the current
+//! state does nothing (no event; calls in flight still count).
 //!
 //! ```
 //! use std::time::Duration;
@@ -66,7 +85,9 @@
 //! [`Classifier`](crate::classify::Classifier) set with
 //! [`CircuitBreakerBuilder::classifier`] (5xx and the usual gRPC failure
 //! codes by default; it may answer [`Outcome::Ignored`](crate::classify::Outcome)
-//! for responses that say nothing about the dependency). A streaming gRPC
+//! for responses that say nothing about the dependency, and
+//! [`ignore_status`](CircuitBreakerBuilder::ignore_status) leaves out a few
+//! statuses whatever the classifier says). A streaming gRPC
 //! response is judged when its trailers arrive: the response body is wrapped
 //! in a [`ClassifyBody`] holding the permit.
 //! An `Err` from the inner service is a failure. In [`ErrorMode`] every
@@ -115,6 +136,7 @@
 //! | `rampart_circuit_breaker_slow_calls_total` | counter | `name` | calls slower than the slow-call threshold |
 //! | `rampart_circuit_breaker_rejections_total` | counter | `name` | refused calls (including those answered by a fallback) |
 //! | `rampart_circuit_breaker_transitions_total` | counter | `name`, `from`, `to` | state changes |
+//! | `rampart_circuit_breaker_threshold_exceeded_total` | counter | `name`, `reason` | metrics-only mode met a tripping rule (once per crossing) |
 //!
 //! `tracing` events, target `tower_rampart::circuit_breaker`:
 //!
@@ -123,8 +145,9 @@
 //! | `circuit breaker state changed` (to open) | WARN | `name`, `from`, `to`, `reason`, `open_ms` |
 //! | `circuit breaker state changed` (other) | INFO | `name`, `from`, `to`, `reason` |
 //! | `circuit breaker refused a call` | DEBUG | `name`, `state`, `retry_after_ms` |
+//! | `circuit breaker threshold exceeded (metrics-only: the circuit stays closed)` | WARN | `name`, `state`, `reason`, `calls`, `failures`, `slow_calls` |
 //!
-//! The same transitions and refusals reach the callback set with
+//! The same transitions, refusals and threshold crossings reach the callback set with
 //! [`CircuitBreakerBuilder::on_event`], never under a lock.
 
 mod config;

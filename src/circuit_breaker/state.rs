@@ -71,7 +71,9 @@ impl CircuitState {
     }
 
     /// Whether calls are refused in this state (open or forced open;
-    /// half-open refuses only once its trial permits are taken).
+    /// half-open refuses only once its trial permits are taken, and an open
+    /// circuit whose open duration is over admits the next call as a
+    /// trial).
     pub const fn is_refusing(self) -> bool {
         matches!(self, CircuitState::Open | CircuitState::ForcedOpen)
     }
@@ -88,6 +90,11 @@ fn word(state: CircuitState, generation: u64) -> u64 {
     (generation << 3) | state as u64
 }
 
+#[inline]
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Why the breaker changed state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -98,13 +105,15 @@ pub enum TransitionReason {
     SlowCallRate,
     /// Too many failures in a row.
     ConsecutiveFailures,
-    /// The open duration elapsed: trial calls may go through.
+    /// The open duration elapsed: trial calls may go through (on the first
+    /// call after it, or on time with `auto_half_open`).
     OpenDurationElapsed,
     /// The trial calls succeeded.
     TrialsSucceeded,
     /// The trial calls failed.
     TrialsFailed,
-    /// The half-open state waited too long for its trial calls.
+    /// A trial call was still in flight `max_wait_in_half_open` after the
+    /// first trial started.
     HalfOpenMaxWait,
     /// A handle forced the state.
     Manual,
@@ -150,6 +159,22 @@ pub enum CircuitBreakerEvent {
         reason: TransitionReason,
         /// For a transition to open: how long it stays open.
         open_for: Option<Duration>,
+    },
+    /// A tripping rule was met while the breaker is in metrics-only mode:
+    /// the event that would have opened the circuit, so that a breaker
+    /// tried out in shadow can alert. Emitted once each time the window
+    /// crosses a rule, again only after it went back under every rule (or
+    /// the state changed). In the closed state the
+    /// [`Transition`](Self::Transition) to open carries the reason instead.
+    ThresholdExceeded {
+        /// The breaker's name.
+        name: Arc<str>,
+        /// The state (metrics-only).
+        state: CircuitState,
+        /// The rule that was met.
+        reason: TransitionReason,
+        /// The counts at that moment.
+        counts: CircuitCounts,
     },
     /// A call was refused (or answered by the fallback).
     Rejected {
@@ -234,16 +259,55 @@ impl Settings {
     }
 }
 
+/// The trial calls of one half-open generation. `available + calls +
+/// in-flight = half_open_permits`.
 struct HalfOpen {
     available: u32,
     calls: u32,
     failures: u32,
     slow: u32,
+    consecutive: u32,
+    /// When a trial still in flight at this time re-opens the circuit
+    /// (`max_wait_in_half_open` after the first trial was admitted).
+    deadline: Option<u64>,
 }
+
+impl HalfOpen {
+    fn new(permits: u32) -> Self {
+        Self {
+            available: permits,
+            calls: 0,
+            failures: 0,
+            slow: 0,
+            consecutive: 0,
+            deadline: None,
+        }
+    }
+
+    fn in_flight(&self, permits: u32) -> u32 {
+        permits.saturating_sub(self.available + self.calls)
+    }
+}
+
+/// What a breaker's timer task checks when it fires.
+#[derive(Clone, Copy)]
+enum Timer {
+    /// Open -> half-open (only with `auto_half_open`).
+    OpenElapsed,
+    /// The half-open max wait.
+    HalfOpenWait,
+}
+
+/// How long a caller refused in half-open is asked to wait: the trial calls
+/// usually decide within one request's time, and one second is the smallest
+/// `Retry-After` there is.
+pub(crate) const HALF_OPEN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 struct Inner {
     /// Consecutive openings since the circuit last closed.
     reopens: u32,
+    /// Open after failed trials: `counts()` shows those trials.
+    open_after_trials: bool,
     half: HalfOpen,
     rng: u64,
 }
@@ -254,7 +318,10 @@ pub(crate) struct Core {
     clean: AtomicBool,
     consecutive: AtomicU32,
     open_until: AtomicU64,
-    half_open_until: AtomicU64,
+    /// Calls refused since the state last changed.
+    not_permitted: AtomicU64,
+    /// Metrics-only mode: a rule is met and its event was emitted.
+    exceeded: AtomicBool,
     epoch: Instant,
     pub(crate) settings: Arc<Settings>,
     window: Mutex<Window>,
@@ -304,18 +371,15 @@ impl Core {
             clean: AtomicBool::new(false),
             consecutive: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
-            half_open_until: AtomicU64::new(0),
+            not_permitted: AtomicU64::new(0),
+            exceeded: AtomicBool::new(false),
             epoch: Instant::now(),
             settings,
             window: Mutex::new(window),
             inner: Mutex::new(Inner {
                 reopens: 0,
-                half: HalfOpen {
-                    available: 0,
-                    calls: 0,
-                    failures: 0,
-                    slow: 0,
-                },
+                open_after_trials: false,
+                half: HalfOpen::new(0),
                 rng: seed | 1,
             }),
             me: me.clone(),
@@ -368,7 +432,14 @@ impl Core {
                     return self.admit();
                 }
                 CircuitState::ForcedOpen => {
-                    return self.reject(CircuitState::ForcedOpen, None, "the circuit is isolated");
+                    // Isolation has no end time: ask callers to come back
+                    // after one open duration, the pace at which an open
+                    // circuit would try again.
+                    return self.reject(
+                        CircuitState::ForcedOpen,
+                        Some(self.settings.config.open_duration),
+                        "the circuit is isolated",
+                    );
                 }
                 CircuitState::Open => {
                     let now = self.now();
@@ -380,26 +451,61 @@ impl Core {
                             "the circuit is open",
                         );
                     }
-                    self.to_half_open(w);
+                    // The first call after the open duration starts the
+                    // half-open state (and becomes its first trial), unless
+                    // `open_for` just moved the end of the open time.
+                    self.transition_if(
+                        w,
+                        CircuitState::HalfOpen,
+                        TransitionReason::OpenDurationElapsed,
+                        |_, now| now >= self.open_until.load(Ordering::Acquire),
+                    );
                 }
                 CircuitState::HalfOpen => {
                     let now = self.now();
-                    if now >= self.half_open_until.load(Ordering::Acquire) {
-                        self.transition(w, CircuitState::Open, TransitionReason::HalfOpenMaxWait);
-                    } else {
-                        let mut inner = lock(&self.inner);
-                        if self.word.load(Ordering::Acquire) == w {
-                            if inner.half.available > 0 {
-                                inner.half.available -= 1;
-                                return Admission::Admitted {
-                                    word: w,
-                                    start: now,
-                                };
+                    let permits = self.settings.config.half_open_permits;
+                    let mut inner = lock(&self.inner);
+                    if self.word.load(Ordering::Acquire) == w {
+                        let h = &mut inner.half;
+                        let mut expired = false;
+                        if h.deadline.is_some_and(|d| now >= d) {
+                            if h.in_flight(permits) > 0 {
+                                expired = true;
+                            } else {
+                                // Quiet, not stuck: the next trial re-arms it.
+                                h.deadline = None;
                             }
+                        }
+                        if expired {
+                            drop(inner);
+                            self.transition_if(
+                                w,
+                                CircuitState::Open,
+                                TransitionReason::HalfOpenMaxWait,
+                                |_, _| true,
+                            );
+                        } else if h.available > 0 {
+                            h.available -= 1;
+                            let arm = h.deadline.is_none().then(|| {
+                                let at = now.saturating_add(nanos(
+                                    self.settings.config.max_wait_in_half_open,
+                                ));
+                                h.deadline = Some(at);
+                                at
+                            });
+                            drop(inner);
+                            if let Some(at) = arm {
+                                self.schedule(at, w, Timer::HalfOpenWait);
+                            }
+                            return Admission::Admitted {
+                                word: w,
+                                start: now,
+                            };
+                        } else {
                             drop(inner);
                             return self.reject(
                                 CircuitState::HalfOpen,
-                                None,
+                                Some(HALF_OPEN_RETRY_AFTER),
                                 "the circuit is half-open and its trial calls are taken",
                             );
                         }
@@ -419,6 +525,7 @@ impl Core {
     ) -> Admission {
         let s = &self.settings;
         s.metrics.rejections.increment(1);
+        self.not_permitted.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(target: TARGET, name = %s.name, state = state.as_str(), retry_after_ms = retry_after.map(|d| d.as_millis() as u64), "circuit breaker refused a call");
         if let Some(l) = &s.listener {
             l(&CircuitBreakerEvent::Rejected {
@@ -541,10 +648,44 @@ impl Core {
                 reason = self.judge(window.tally(now));
             }
         }
-        if let Some(reason) = reason {
-            if CircuitState::from_word(w) == CircuitState::Closed {
+        match (CircuitState::from_word(w), reason) {
+            (CircuitState::Closed, Some(reason)) => {
                 self.transition(w, CircuitState::Open, reason);
             }
+            (CircuitState::MetricsOnly, Some(reason))
+                if !self.exceeded.swap(true, Ordering::AcqRel) =>
+            {
+                self.threshold_exceeded(w, reason);
+            }
+            (CircuitState::MetricsOnly, None)
+                if self.exceeded.load(Ordering::Relaxed)
+                    && self.word.load(Ordering::Acquire) == w =>
+            {
+                // Back under every rule: the next crossing alerts again.
+                self.exceeded.store(false, Ordering::Release);
+            }
+            _ => {}
+        }
+    }
+
+    /// Metrics-only mode met a rule: tell the operator what would have
+    /// opened the circuit.
+    #[cold]
+    fn threshold_exceeded(&self, w: u64, reason: TransitionReason) {
+        if self.word.load(Ordering::Acquire) != w {
+            return;
+        }
+        let s = &self.settings;
+        let counts = self.snapshot();
+        metrics::counter!("rampart_circuit_breaker_threshold_exceeded_total", "name" => s.name.to_string(), "reason" => reason.as_str()).increment(1);
+        tracing::warn!(target: TARGET, name = %s.name, state = CircuitState::MetricsOnly.as_str(), reason = reason.as_str(), calls = counts.calls, failures = counts.failures, slow_calls = counts.slow_calls, "circuit breaker threshold exceeded (metrics-only: the circuit stays closed)");
+        if let Some(l) = &s.listener {
+            l(&CircuitBreakerEvent::ThresholdExceeded {
+                name: s.name.clone(),
+                state: CircuitState::MetricsOnly,
+                reason,
+                counts,
+            });
         }
     }
 
@@ -576,6 +717,11 @@ impl Core {
             h.calls += 1;
             h.failures += u32::from(flags & FAILURE != 0);
             h.slow += u32::from(flags & SLOW != 0);
+            if flags & FAILURE != 0 {
+                h.consecutive += 1;
+            } else {
+                h.consecutive = 0;
+            }
             if h.calls < cfg.half_open_permits {
                 None
             } else {
@@ -593,14 +739,6 @@ impl Core {
             }
             None => {}
         }
-    }
-
-    fn to_half_open(&self, w: u64) {
-        self.transition(
-            w,
-            CircuitState::HalfOpen,
-            TransitionReason::OpenDurationElapsed,
-        );
     }
 
     fn open_duration(&self, inner: &mut Inner) -> Duration {
@@ -632,56 +770,70 @@ impl Core {
         Duration::try_from_secs_f64(secs).unwrap_or(max)
     }
 
-    /// Moves from the state in `expected` (exactly that word, or any word
-    /// when `None`) to `to`. Returns whether it happened.
+    /// Moves from the state in `expected` (exactly that word, or any other
+    /// state when `None`) to `to`, if `guard` (run under the lock with the
+    /// half-open bookkeeping and the current time) agrees. `open_for`
+    /// overrides the open duration (a timed manual open). Returns whether
+    /// it happened.
     fn transition_from(
         &self,
         expected: Option<u64>,
         to: CircuitState,
         reason: TransitionReason,
+        open_for: Option<Duration>,
+        guard: impl FnOnce(&mut Inner, u64) -> bool,
     ) -> bool {
         let event: Pending;
         let new_word: u64;
         let mut open_until: Option<u64> = None;
-        let mut half_until: Option<u64> = None;
         {
             let mut inner = lock(&self.inner);
             let cur = self.word.load(Ordering::Acquire);
-            if expected.is_some_and(|e| e != cur) {
+            let from = CircuitState::from_word(cur);
+            match expected {
+                Some(e) if e != cur => return false,
+                // A manual move to the state the breaker is in is no move:
+                // no event, and results in flight stay valid.
+                None if from == to => return false,
+                _ => {}
+            }
+            let now = self.now();
+            if !guard(&mut inner, now) {
                 return false;
             }
-            let from = CircuitState::from_word(cur);
             let generation = (cur >> 3) + 1;
             new_word = word(to, generation);
-            let now = self.now();
-            let mut open_for = None;
+            let mut opened_for = None;
             match to {
                 CircuitState::Open => {
-                    if from == CircuitState::HalfOpen {
-                        inner.reopens = inner.reopens.saturating_add(1);
-                    }
-                    let d = self.open_duration(&mut inner);
-                    open_for = Some(d);
-                    let until = now.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+                    let d = match open_for {
+                        Some(d) => d,
+                        None => {
+                            // Only a re-open that some trial call earned
+                            // grows the backoff.
+                            let permits = self.settings.config.half_open_permits;
+                            if from == CircuitState::HalfOpen && inner.half.available < permits {
+                                inner.reopens = inner.reopens.saturating_add(1);
+                            }
+                            self.open_duration(&mut inner)
+                        }
+                    };
+                    opened_for = Some(d);
+                    inner.open_after_trials = from == CircuitState::HalfOpen;
+                    let until = now.saturating_add(nanos(d));
                     self.open_until.store(until, Ordering::Release);
                     open_until = Some(until);
                 }
                 CircuitState::HalfOpen => {
-                    let cfg = &self.settings.config;
-                    inner.half = HalfOpen {
-                        available: cfg.half_open_permits,
-                        calls: 0,
-                        failures: 0,
-                        slow: 0,
-                    };
-                    let until = now.saturating_add(
-                        u64::try_from(cfg.max_wait_in_half_open.as_nanos()).unwrap_or(u64::MAX),
-                    );
-                    self.half_open_until.store(until, Ordering::Release);
-                    half_until = Some(until);
+                    inner.half = HalfOpen::new(self.settings.config.half_open_permits);
                 }
-                CircuitState::Closed | CircuitState::MetricsOnly => {
-                    if to == CircuitState::Closed {
+                CircuitState::Closed
+                | CircuitState::MetricsOnly
+                | CircuitState::ForcedOpen
+                | CircuitState::Disabled => {
+                    // Each of these starts counting afresh (forced open and
+                    // disabled count nothing at all).
+                    if to != CircuitState::MetricsOnly {
                         inner.reopens = 0;
                     }
                     let mut window = lock(&self.window);
@@ -689,48 +841,89 @@ impl Core {
                     self.clean.store(false, Ordering::Relaxed);
                     self.consecutive.store(0, Ordering::Relaxed);
                 }
-                CircuitState::ForcedOpen | CircuitState::Disabled => {
-                    if reason == TransitionReason::Manual {
-                        inner.reopens = 0;
-                    }
-                }
             }
+            self.not_permitted.store(0, Ordering::Relaxed);
+            self.exceeded.store(false, Ordering::Relaxed);
             self.word.store(new_word, Ordering::Release);
             event = Some(CircuitBreakerEvent::Transition {
                 name: self.settings.name.clone(),
                 from,
                 to,
                 reason,
-                open_for,
+                open_for: opened_for,
             });
         }
         self.emit(event);
         if let Some(until) = open_until {
-            self.schedule(
-                until,
-                new_word,
-                CircuitState::HalfOpen,
-                TransitionReason::OpenDurationElapsed,
-            );
-        }
-        if let Some(until) = half_until {
-            self.schedule(
-                until,
-                new_word,
-                CircuitState::Open,
-                TransitionReason::HalfOpenMaxWait,
-            );
+            if self.settings.config.auto_half_open {
+                self.schedule(until, new_word, Timer::OpenElapsed);
+            }
         }
         true
     }
 
     fn transition(&self, expected: u64, to: CircuitState, reason: TransitionReason) {
-        self.transition_from(Some(expected), to, reason);
+        self.transition_from(Some(expected), to, reason, None, |_, _| true);
     }
 
-    /// A manual move (from a handle), whatever the current state.
-    pub(crate) fn force(&self, to: CircuitState) {
-        self.transition_from(None, to, TransitionReason::Manual);
+    fn transition_if(
+        &self,
+        expected: u64,
+        to: CircuitState,
+        reason: TransitionReason,
+        guard: impl FnOnce(&mut Inner, u64) -> bool,
+    ) {
+        self.transition_from(Some(expected), to, reason, None, guard);
+    }
+
+    /// A manual move (from a handle), whatever the current state; none when
+    /// the breaker is already in `to`.
+    pub(crate) fn force(&self, to: CircuitState) -> bool {
+        self.transition_from(None, to, TransitionReason::Manual, None, |_, _| true)
+    }
+
+    /// Closed with an empty window and the backoff reset, from any state.
+    /// Already closed, it forgets the window without a transition.
+    pub(crate) fn reset(&self) {
+        if self.force(CircuitState::Closed) {
+            return;
+        }
+        let mut inner = lock(&self.inner);
+        if self.state() == CircuitState::Closed {
+            inner.reopens = 0;
+            let mut window = lock(&self.window);
+            window.clear();
+            self.clean.store(false, Ordering::Relaxed);
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Open for `d`, then half-open as after any opening. Already open, it
+    /// only moves the end of the open time (no event, no new generation).
+    pub(crate) fn open_for(&self, d: Duration) {
+        if self.transition_from(
+            None,
+            CircuitState::Open,
+            TransitionReason::Manual,
+            Some(d),
+            |_, _| true,
+        ) {
+            return;
+        }
+        let rearm = {
+            let _inner = lock(&self.inner);
+            let w = self.word.load(Ordering::Acquire);
+            (CircuitState::from_word(w) == CircuitState::Open).then(|| {
+                let until = self.now().saturating_add(nanos(d));
+                self.open_until.store(until, Ordering::Release);
+                (until, w)
+            })
+        };
+        if let Some((until, w)) = rearm {
+            if self.settings.config.auto_half_open {
+                self.schedule(until, w, Timer::OpenElapsed);
+            }
+        }
     }
 
     fn emit(&self, event: Pending) {
@@ -760,10 +953,10 @@ impl Core {
         }
     }
 
-    /// Moves the state on time when a tokio runtime is there, so that a
-    /// handle (e.g. a readiness check) sees `HalfOpen` without waiting for a
-    /// call. Without a runtime the move happens lazily on the next call.
-    fn schedule(&self, at: u64, expected: u64, to: CircuitState, reason: TransitionReason) {
+    /// Runs `timer` at `at` when a tokio runtime is there: the automatic
+    /// open -> half-open move (opt-in), and the half-open max wait. Without
+    /// a runtime both happen lazily, on the next call.
+    fn schedule(&self, at: u64, expected: u64, timer: Timer) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -772,16 +965,76 @@ impl Core {
         rt.spawn(async move {
             tokio::time::sleep_until(deadline).await;
             if let Some(core) = me.upgrade() {
-                core.transition(expected, to, reason);
+                core.on_timer(expected, timer);
             }
         });
     }
 
-    /// The counts a handle reports.
+    fn on_timer(&self, expected: u64, timer: Timer) {
+        match timer {
+            Timer::OpenElapsed => {
+                // `open_for` may have moved the end of the open time.
+                let until = self.open_until.load(Ordering::Acquire);
+                self.transition_if(
+                    expected,
+                    CircuitState::HalfOpen,
+                    TransitionReason::OpenDurationElapsed,
+                    |_, now| now >= until,
+                );
+            }
+            Timer::HalfOpenWait => {
+                let permits = self.settings.config.half_open_permits;
+                self.transition_if(
+                    expected,
+                    CircuitState::Open,
+                    TransitionReason::HalfOpenMaxWait,
+                    |inner, now| {
+                        let h = &mut inner.half;
+                        if h.deadline.is_none_or(|d| now < d) {
+                            return false; // re-armed later
+                        }
+                        if h.in_flight(permits) > 0 {
+                            return true; // a trial is stuck: re-open
+                        }
+                        // Quiet, not stuck: the next trial re-arms it.
+                        h.deadline = None;
+                        false
+                    },
+                );
+            }
+        }
+    }
+
+    /// The counts a handle reports: in half-open the trial calls, otherwise
+    /// the sliding window (in open, the window that tripped it).
     pub(crate) fn snapshot(&self) -> CircuitCounts {
+        let cfg = &self.settings.config;
+        let not_permitted = self.not_permitted.load(Ordering::Relaxed);
+        {
+            let inner = lock(&self.inner);
+            let state = self.state();
+            if state == CircuitState::HalfOpen
+                || (state == CircuitState::Open && inner.open_after_trials)
+            {
+                let h = &inner.half;
+                let rate = |n: u32| {
+                    (h.calls >= cfg.half_open_permits && h.calls > 0)
+                        .then(|| n as f32 * 100.0 / h.calls as f32)
+                };
+                return CircuitCounts {
+                    state,
+                    calls: h.calls,
+                    failures: h.failures,
+                    slow_calls: h.slow,
+                    failure_rate: rate(h.failures),
+                    slow_call_rate: rate(h.slow),
+                    consecutive_failures: h.consecutive,
+                    not_permitted,
+                };
+            }
+        }
         let now = self.now();
         let t = lock(&self.window).tally(now);
-        let cfg = &self.settings.config;
         let rate = |n: u32| {
             (t.calls >= cfg.minimum_calls && t.calls > 0).then(|| n as f32 * 100.0 / t.calls as f32)
         };
@@ -793,10 +1046,13 @@ impl Core {
             failure_rate: rate(t.failures),
             slow_call_rate: rate(t.slow),
             consecutive_failures: self.consecutive.load(Ordering::Relaxed),
+            not_permitted,
         }
     }
 
-    /// When an open circuit lets trial calls through, if it is open.
+    /// How long an open circuit stays open (zero once its open time is
+    /// over and it waits for a call to start half-open); `None` when it is
+    /// not open.
     pub(crate) fn open_remaining(&self) -> Option<Duration> {
         if self.state() != CircuitState::Open {
             return None;
@@ -806,8 +1062,12 @@ impl Core {
     }
 }
 
-/// What a breaker's sliding window holds, as seen by a
-/// [`CircuitBreakerHandle`](super::CircuitBreakerHandle).
+/// What a breaker has seen, as a
+/// [`CircuitBreakerHandle`](super::CircuitBreakerHandle) reports it: the
+/// sliding window when closed or metrics-only; in open, the calls that
+/// opened it (the window, or the failed trials); the trial calls when
+/// half-open (their rates once every permit was used); nothing in forced
+/// open and disabled, which start afresh.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct CircuitCounts {
@@ -826,8 +1086,11 @@ pub struct CircuitCounts {
     /// The slow-call rate in percent, once the window holds the minimum
     /// number of calls.
     pub slow_call_rate: Option<f32>,
-    /// Failures in a row.
+    /// Failures in a row (in half-open: among the trial calls).
     pub consecutive_failures: u32,
+    /// Calls refused since the state last changed (R4j's "not permitted
+    /// calls"): in open, how many callers the open circuit turned away.
+    pub not_permitted: u64,
 }
 
 /// One breaker as services hold it: the core, reached through one of a few

@@ -301,7 +301,10 @@ impl Check {
     /// A readiness check that follows a circuit breaker (opt-in): it fails
     /// while the breaker is open or forced open, and passes while it is
     /// closed, half-open (trial calls must be able to reach this replica to
-    /// close the circuit), disabled or metrics-only. It is named after the
+    /// close the circuit), disabled or metrics-only. An open breaker whose
+    /// open duration is over passes too: by default it only starts
+    /// half-open on the next call, and an unready replica gets no calls, so
+    /// failing there would keep it out of rotation for good. It is named after the
     /// breaker, reads one atomic per probe, and is critical unless made
     /// [`non_critical`](Self::non_critical) (then an open breaker reports
     /// `warn` and the service stays ready).
@@ -335,10 +338,12 @@ impl Check {
         let handle = handle.clone();
         let name: Arc<str> = Arc::from(handle.name());
         let check = Self::sync(name, Kind::Readiness, move || match handle.state() {
-            CircuitState::Open => Err(match handle.open_remaining() {
-                Some(left) => format!("circuit open, half-open in {}ms", left.as_millis()),
-                None => "circuit open".to_owned(),
-            }),
+            CircuitState::Open => match handle.open_remaining() {
+                // The next call is a trial: let it come.
+                Some(left) if left.is_zero() => Ok(()),
+                Some(left) => Err(format!("circuit open, half-open in {}ms", left.as_millis())),
+                None => Err("circuit open".to_owned()),
+            },
             CircuitState::ForcedOpen => Err("circuit forced open".to_owned()),
             CircuitState::Closed
             | CircuitState::HalfOpen
