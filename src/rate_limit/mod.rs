@@ -147,7 +147,7 @@ pub use config::{FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, Store
 pub use error::RefusalReason;
 pub use future::ResponseFuture;
 pub use key::{ClientIp, Key, KeyExtractor, RequestInfo};
-pub use layer::{MAX_QUOTAS, MissingKey, RateLimitBuilder, RateLimitLayer};
+pub use layer::{MAX_QUOTAS, MissingKey, QuotaState, RateLimitBuilder, RateLimitLayer};
 pub use quota::{Quota, Rate};
 #[cfg(feature = "redis")]
 pub use redis::{FailurePolicy, RedisStore};
