@@ -185,7 +185,9 @@ impl RateLimitBuilder {
     }
 
     /// Client networks that are never limited (CIDRs or addresses, checked
-    /// against the resolved client IP).
+    /// against the resolved client IP before any
+    /// [`ClientIp::ipv6_prefix`] masking: `2001:db8::1/128` admits that
+    /// address only, not its whole /64).
     pub fn allow_cidrs<I, T>(mut self, cidrs: I) -> Self
     where
         I: IntoIterator<Item = T>,

@@ -18,8 +18,10 @@
 //! On loopback that is tens of microseconds instead of a few hundred
 //! nanoseconds, plus one boxed future and a few small allocations (key
 //! names) per request; see `benches/README.md`. Requests that need no
-//! decision (allow-listed, free, too costly for any burst) never reach
-//! Redis. The in-process path is unchanged by this module.
+//! decision (allow-listed, free) never reach Redis; one too costly for a
+//! burst is refused whatever Redis says but still read (nothing written),
+//! so its refusal reports what remains. The in-process path is unchanged by
+//! this module.
 //!
 //! # Keys
 //!
