@@ -915,11 +915,13 @@ async fn retry_after_is_the_time_until_the_cost_fits_everywhere() {
     assert_eq!(header(&res, "retry-after"), "12");
     let live = sf_list(header(&res, "ratelimit"));
     assert_eq!(live[0].0, "per-client");
+    // Effective windows: one unit each away; Retry-After is not earlier
+    // than either (draft-ietf-httpapi-ratelimit-headers §6).
     assert_eq!(live[0].1["r"], 2);
-    assert_eq!(live[0].1["t"], 48);
+    assert_eq!(live[0].1["t"], 6);
     assert_eq!(live[1].0, "global");
     assert_eq!(live[1].1["r"], 0);
-    assert_eq!(live[1].1["t"], 8);
+    assert_eq!(live[1].1["t"], 1);
     tokio::time::advance(Duration::from_millis(11_999)).await;
     assert_eq!(status(&mut svc, a("4")).await, 429);
     tokio::time::advance(Duration::from_millis(1)).await;
@@ -940,14 +942,16 @@ async fn refusal_reports_what_really_remains() {
     assert_eq!(status(&mut svc, req(&[("x-cost", "8")])).await, 200);
     let res = send(&mut svc, req(&[("x-cost", "5")])).await;
     assert_eq!(res.status(), 429);
-    assert_eq!(header(&res, "ratelimit"), r#""q";r=2;t=48"#);
+    // `t`, the effective window: the 2 now, a third only after 6s.
+    assert_eq!(header(&res, "ratelimit"), r#""q";r=2;t=6"#);
     assert_eq!(header(&res, "x-ratelimit-remaining"), "2");
+    assert_eq!(header(&res, "x-ratelimit-reset"), "48"); // full again
     // 3 units missing, 6s each.
     assert_eq!(header(&res, "retry-after"), "18");
     // What remains is really there: cost 2 goes through, then nothing.
     assert_eq!(status(&mut svc, req(&[("x-cost", "2")])).await, 200);
     let res = send(&mut svc, req(&[])).await;
-    assert_eq!(header(&res, "ratelimit"), r#""q";r=0;t=60"#);
+    assert_eq!(header(&res, "ratelimit"), r#""q";r=0;t=6"#);
     assert_eq!(header(&res, "retry-after"), "6");
 }
 
@@ -982,7 +986,7 @@ async fn too_costly_refusal_still_reports_what_remains() {
     // A fresh key is reported full.
     let res = send(&mut svc, req(&[("x-client", "b"), ("x-cost", "6")])).await;
     let live = sf_list(header(&res, "ratelimit"));
-    assert_eq!((live[0].1["r"], live[0].1["t"]), (5, 0));
+    assert_eq!((live[0].1["r"], live[0].1["t"]), (5, 6));
 }
 
 #[tokio::test(start_paused = true)]
@@ -1105,7 +1109,7 @@ async fn peek_reads_without_consuming() {
     assert_eq!(header(&res, "retry-after"), "6");
     assert_eq!(
         header(&res, "ratelimit"),
-        r#""per-client";r=0;t=60, "global";r=40;t=1"#
+        r#""per-client";r=0;t=6, "global";r=40;t=1"#
     );
     // Another key only sees the global quota move.
     let b = states("b");
@@ -1169,9 +1173,11 @@ async fn obedient_client_over_a_real_server_is_not_refused_twice() {
     // per-ip quota needs an hour.
     let retry: u64 = refused.header("retry-after").parse().unwrap();
     assert!((3599..=3600).contains(&retry), "{retry}");
+    // Retry-After is not earlier than any refusing quota's effective window
+    // (draft-ietf-httpapi-ratelimit-headers §6), and equals the longest.
     let live = sf_list(refused.header("ratelimit"));
     let max_t = live.iter().map(|(_, p)| p["t"]).max().unwrap();
-    assert!(u64::try_from(max_t).unwrap() >= retry, "{live:?}");
+    assert_eq!(u64::try_from(max_t).unwrap(), retry, "{live:?}");
     assert_eq!(
         refused.json()["detail"],
         "rate limit quota `per-ip` exhausted"

@@ -750,12 +750,13 @@ impl Shared {
             .map(|(i, (s, info))| {
                 let q = self.store.quota(i);
                 let m = s.measured;
-                let (remaining, reset) = q.snapshot(m.prev, m.now);
+                let snap = q.snapshot(m.prev, m.now);
                 QuotaState {
                     name: Arc::clone(&info.name),
                     limit: q.burst,
-                    remaining,
-                    reset,
+                    remaining: snap.remaining,
+                    reset: snap.full,
+                    window: snap.window,
                     retry_after: q.wait_for(m.prev, m.now, 1),
                 }
             })
@@ -868,7 +869,8 @@ impl Shared {
         let mut items = [Item {
             quota: 0,
             remaining: 0,
-            reset: Duration::ZERO,
+            window: Duration::ZERO,
+            full: Duration::ZERO,
         }; MAX_QUOTAS];
         let mut n = 0;
         for (i, s) in slots.slots[..slots.len].iter().enumerate() {
@@ -880,11 +882,12 @@ impl Shared {
             let now = if m.now == 0 { q.now() } else { m.now };
             // A refusal reports the state as it stays (nothing was taken).
             let tat = if refused { m.prev } else { m.next };
-            let (remaining, reset) = q.snapshot(tat, now);
+            let snap = q.snapshot(tat, now);
             items[n] = Item {
                 quota: i,
-                remaining,
-                reset,
+                remaining: snap.remaining,
+                window: snap.window,
+                full: snap.full,
             };
             n += 1;
         }
@@ -1083,14 +1086,16 @@ impl<M> RateLimitLayer<M> {
 }
 
 /// What one quota holds for a key, read by [`RateLimitLayer::peek`]
-/// without consuming anything. The same numbers as the `RateLimit` field's
-/// `r` and `t` (unrounded) and a refusal's `Retry-After`.
+/// without consuming anything: the numbers behind the `RateLimit` field's
+/// `r` and `t` and `x-ratelimit-reset` (unrounded), and the `Retry-After` a
+/// request of cost 1 would get.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaState {
     name: Arc<str>,
     limit: u32,
     remaining: u32,
     reset: Duration,
+    window: Duration,
     retry_after: Duration,
 }
 
@@ -1113,6 +1118,13 @@ impl QuotaState {
     /// Time until the quota is full again (zero when it is).
     pub fn reset(&self) -> Duration {
         self.reset
+    }
+
+    /// The IETF effective window (`t`): within it no more than
+    /// [`remaining`](Self::remaining) units can be taken; the time until
+    /// one more is usable after taking them.
+    pub fn window(&self) -> Duration {
+        self.window
     }
 
     /// Time until a request of cost 1 would be admitted (zero when one

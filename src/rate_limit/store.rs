@@ -507,13 +507,18 @@ impl QuotaCells {
         probe.out.get().now
     }
 
-    /// What remains of the burst, and how long until the bucket is full
-    /// again, for a TAT at `now`.
-    pub(crate) fn snapshot(&self, tat: u64, now: u64) -> (u32, Duration) {
-        let cap = self.tau + self.t;
-        let avail = (now + cap).saturating_sub(tat).min(cap);
-        let remaining = u32::try_from(avail / self.t).unwrap_or(u32::MAX);
-        (remaining, Duration::from_nanos(tat.saturating_sub(now)))
+    /// The state of a TAT at `now`: what remains of the burst, the
+    /// effective window and how long until the bucket is full again.
+    pub(crate) fn snapshot(&self, tat: u64, now: u64) -> Snapshot {
+        let cap = self.tau.saturating_add(self.t);
+        let avail = now.saturating_add(cap).saturating_sub(tat).min(cap);
+        Snapshot {
+            remaining: u32::try_from(avail / self.t).unwrap_or(u32::MAX),
+            // Take all that remains now: the next unit is usable when the
+            // partial one under way is whole (a full bucket: one interval).
+            window: Duration::from_nanos(self.t - avail % self.t),
+            full: Duration::from_nanos(tat.saturating_sub(now)),
+        }
     }
 
     /// How long until `cost` units could be taken, for a TAT at `now`
@@ -525,6 +530,18 @@ impl QuotaCells {
             .saturating_sub(self.tau.saturating_add(self.t));
         Duration::from_nanos(allow_at.saturating_sub(now))
     }
+}
+
+/// One quota's state at some instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    /// Units that can be taken now.
+    pub(crate) remaining: u32,
+    /// The IETF effective window: within it no more than `remaining` can
+    /// be taken (the time until one more unit is usable after taking them).
+    pub(crate) window: Duration,
+    /// Until the bucket is full again.
+    pub(crate) full: Duration,
 }
 
 /// One quota's part of a request.
