@@ -1004,24 +1004,15 @@ async fn allow_cidrs_match_the_unmasked_ipv6_address() {
     let mut svc = service(&layer);
     for _ in 0..3 {
         assert_eq!(status(&mut svc, req_from("2001:db8::10", &[])).await, 200);
-        assert_eq!(
-            status(&mut svc, req_from("2001:db8:1::77", &[])).await,
-            200
-        );
+        assert_eq!(status(&mut svc, req_from("2001:db8:1::77", &[])).await, 200);
     }
     // A neighbour of the monitoring host shares its /64 key but not its
     // allow-list entry.
     assert_eq!(status(&mut svc, req_from("2001:db8::11", &[])).await, 200);
     assert_eq!(status(&mut svc, req_from("2001:db8::12", &[])).await, 429);
     // A client whose masked key equals an allow-listed address is limited.
-    assert_eq!(
-        status(&mut svc, req_from("2001:db8:2::99", &[])).await,
-        200
-    );
-    assert_eq!(
-        status(&mut svc, req_from("2001:db8:2::99", &[])).await,
-        429
-    );
+    assert_eq!(status(&mut svc, req_from("2001:db8:2::99", &[])).await, 200);
+    assert_eq!(status(&mut svc, req_from("2001:db8:2::99", &[])).await, 429);
     // The exact allow-listed address is admitted even though its /64 is
     // spent.
     assert_eq!(status(&mut svc, req_from("2001:db8:2::", &[])).await, 200);
@@ -1128,7 +1119,11 @@ async fn peek_reads_without_consuming() {
 #[tokio::test]
 async fn peek_over_a_real_server_sees_the_client_ip_key() {
     let layer = RateLimitLayer::builder()
-        .quota(Quota::per_hour(5).key(KeyExtractor::client_ip()).name("per-ip"))
+        .quota(
+            Quota::per_hour(5)
+                .key(KeyExtractor::client_ip())
+                .name("per-ip"),
+        )
         .build()
         .unwrap();
     let admin = layer.clone();
@@ -1159,7 +1154,11 @@ async fn obedient_client_over_a_real_server_is_not_refused_twice() {
     // Retry-After a refused client receives is long enough for both.
     let layer = RateLimitLayer::builder()
         .quota(Quota::per_minute(1).name("global"))
-        .quota(Quota::per_hour(1).key(KeyExtractor::client_ip()).name("per-ip"))
+        .quota(
+            Quota::per_hour(1)
+                .key(KeyExtractor::client_ip())
+                .name("per-ip"),
+        )
         .build()
         .unwrap();
     let app = axum::Router::new()

@@ -466,7 +466,11 @@ async fn refusal_over_a_real_server() {
 }
 
 /// A builder on `url` with a per-request cost from `x-cost` (default 1).
-fn costed(url: &str, policy: FailurePolicy, open: Duration) -> tower_rampart::rate_limit::RateLimitBuilder {
+fn costed(
+    url: &str,
+    policy: FailurePolicy,
+    open: Duration,
+) -> tower_rampart::rate_limit::RateLimitBuilder {
     RateLimitLayer::builder()
         .name("api")
         .idle_sweep(None)
@@ -535,11 +539,9 @@ fn counter(snap: &Snap, name: &str, labels: &[(&str, &str)]) -> u64 {
     snap.iter()
         .filter(|(k, ..)| {
             k.key().name() == name
-                && labels.iter().all(|(n, v)| {
-                    k.key()
-                        .labels()
-                        .any(|l| l.key() == *n && l.value() == *v)
-                })
+                && labels
+                    .iter()
+                    .all(|(n, v)| k.key().labels().any(|l| l.key() == *n && l.value() == *v))
         })
         .map(|(.., v)| match v {
             metrics_util::debugging::DebugValue::Counter(c) => *c,
@@ -555,11 +557,15 @@ async fn retry_after_covers_every_exhausted_quota_in_redis() {
     };
     // Global first (1/min), then per key (1/h): one request spends both.
     // Waiting the global quota's minute would be refused again.
-    let l = costed(&redis.url(), FailurePolicy::FailClosed, Duration::from_secs(1))
-        .quota(Quota::per_minute(1).name("global"))
-        .quota(per_key("1/h", 1))
-        .build()
-        .unwrap();
+    let l = costed(
+        &redis.url(),
+        FailurePolicy::FailClosed,
+        Duration::from_secs(1),
+    )
+    .quota(Quota::per_minute(1).name("global"))
+    .quota(per_key("1/h", 1))
+    .build()
+    .unwrap();
     let mut s = svc(&l);
     assert_eq!(send_cost(&mut s, "k", 1).await.status(), 200);
     let res = send_cost(&mut s, "k", 1).await;
@@ -580,10 +586,14 @@ async fn refusals_report_what_remains_in_redis() {
         return;
     };
     // 10 per hour (one unit per 360s), burst 10.
-    let l = costed(&redis.url(), FailurePolicy::FailClosed, Duration::from_secs(1))
-        .quota(per_key("10/h", 10))
-        .build()
-        .unwrap();
+    let l = costed(
+        &redis.url(),
+        FailurePolicy::FailClosed,
+        Duration::from_secs(1),
+    )
+    .quota(per_key("10/h", 10))
+    .build()
+    .unwrap();
     let mut s = svc(&l);
     assert_eq!(send_cost(&mut s, "k", 8).await.status(), 200);
     // redis-cell: cost 5 with 2 left is refused, and reports the 2.
@@ -596,13 +606,21 @@ async fn refusals_report_what_remains_in_redis() {
     // written.
     let mut c = redis.conn().await;
     let key = "t:api:per-key:{k}";
-    let before: String = redis::cmd("GET").arg(key).query_async(&mut c).await.unwrap();
+    let before: String = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let res = send_cost(&mut s, "k", 11).await;
     assert_eq!(res.status(), 429);
     assert!(res.header("retry-after").is_none());
     assert!(hdr(&res, "ratelimit").starts_with(r#""per-key";r=2;t="#));
     assert!(res.body.contains("can never be admitted"));
-    let after: String = redis::cmd("GET").arg(key).query_async(&mut c).await.unwrap();
+    let after: String = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(before, after);
     // The two units are really there.
     assert_eq!(send_cost(&mut s, "k", 2).await.status(), 200);
@@ -618,12 +636,16 @@ async fn fail_closed_refusal_is_counted_and_waits_for_the_breaker() {
     let snap = recorder.snapshotter();
     let (l, dry) = metrics::with_local_recorder(&recorder, || {
         let build = |name: &'static str, dry_run: bool| {
-            costed(&redis.url(), FailurePolicy::FailClosed, Duration::from_secs(30))
-                .name(name)
-                .dry_run(dry_run)
-                .quota(per_key("100/h", 100))
-                .build()
-                .unwrap()
+            costed(
+                &redis.url(),
+                FailurePolicy::FailClosed,
+                Duration::from_secs(30),
+            )
+            .name(name)
+            .dry_run(dry_run)
+            .quota(per_key("100/h", 100))
+            .build()
+            .unwrap()
         };
         (build("api", false), build("dry", true))
     });
@@ -651,7 +673,11 @@ async fn fail_closed_refusal_is_counted_and_waits_for_the_breaker() {
     let refused = counter(
         &snap,
         "rampart_rate_limit_refused_total",
-        &[("name", "api"), ("quota", "per-key"), ("reason", "store-unavailable")],
+        &[
+            ("name", "api"),
+            ("quota", "per-key"),
+            ("reason", "store-unavailable"),
+        ],
     );
     let dry_refused = counter(
         &snap,
@@ -666,10 +692,14 @@ async fn fail_open_never_admits_a_request_that_can_never_be_admitted() {
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let l = costed(&redis.url(), FailurePolicy::FailOpen, Duration::from_secs(30))
-        .quota(per_key("10/h", 10))
-        .build()
-        .unwrap();
+    let l = costed(
+        &redis.url(),
+        FailurePolicy::FailOpen,
+        Duration::from_secs(30),
+    )
+    .quota(per_key("10/h", 10))
+    .build()
+    .unwrap();
     let mut s = svc(&l);
     assert_eq!(send_cost(&mut s, "k", 1).await.status(), 200);
     redis.stop();

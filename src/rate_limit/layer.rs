@@ -417,7 +417,9 @@ fn unmasked(client_ip: &ClientIp) -> Option<ClientIp> {
     )));
     let peer = IpAddr::from(std::net::Ipv6Addr::from(u128::MAX));
     let masks = client_ip.resolve(&http::HeaderMap::new(), &probe) != Some(peer);
-    masks.then(|| client_ip.clone().ipv6_prefix(128).ok()).flatten()
+    masks
+        .then(|| client_ip.clone().ipv6_prefix(128).ok())
+        .flatten()
 }
 
 fn spawn_sweeper(shared: &Arc<Shared>, every: Duration) {
@@ -860,12 +862,7 @@ impl Shared {
     /// quota as it stays (nothing was taken): what really remains, which
     /// may be above 0 when the request costs more than that (redis-cell's
     /// `CL.THROTTLE` does the same).
-    fn items(
-        &self,
-        store: &MemoryStore,
-        slots: &Slots,
-        refused: bool,
-    ) -> [Item; MAX_QUOTAS] {
+    fn items(&self, store: &MemoryStore, slots: &Slots, refused: bool) -> [Item; MAX_QUOTAS] {
         let mut items = [Item {
             quota: 0,
             remaining: 0,

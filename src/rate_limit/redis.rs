@@ -548,15 +548,13 @@ impl RedisBackend {
                         // breaker's remaining open time).
                         (FailurePolicy::FailClosed, _) => (
                             Path::FailClosed,
-                            too_costly.map_or(Verdict::Admitted, |quota| Verdict::TooCostly {
-                                quota,
-                            }),
+                            too_costly
+                                .map_or(Verdict::Admitted, |quota| Verdict::TooCostly { quota }),
                         ),
                         _ => (
                             Path::FailOpen,
-                            too_costly.map_or(Verdict::Admitted, |quota| Verdict::TooCostly {
-                                quota,
-                            }),
+                            too_costly
+                                .map_or(Verdict::Admitted, |quota| Verdict::TooCostly { quota }),
                         ),
                     };
                     this.record(path);

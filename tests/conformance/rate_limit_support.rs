@@ -65,9 +65,7 @@ pub struct Answer {
 impl Answer {
     /// A header as text ("" when absent).
     pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map_or("", |v| v.to_str().unwrap())
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
     }
 
     /// `Retry-After` in seconds, if sent.
@@ -136,9 +134,9 @@ pub fn sf_items(value: &str) -> Vec<(String, BTreeMap<String, i64>)> {
                     .params
                     .iter()
                     .map(|(k, v)| {
-                        let v = v
-                            .as_integer()
-                            .unwrap_or_else(|| panic!("`{}` not an integer in {value:?}", k.as_str()));
+                        let v = v.as_integer().unwrap_or_else(|| {
+                            panic!("`{}` not an integer in {value:?}", k.as_str())
+                        });
                         (k.as_str().to_owned(), i64::from(v))
                     })
                     .collect();

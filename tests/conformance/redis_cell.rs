@@ -81,7 +81,11 @@ async fn it_rate_limits_table() {
         assert_eq!(answer.r("foo"), remaining, "{ctx}");
         let reset_secs = reset_ms.div_ceil(1000).to_string();
         assert_eq!(answer.header("x-ratelimit-reset"), reset_secs, "{ctx}");
-        assert_eq!(answer.header("x-ratelimit-remaining"), remaining.to_string(), "{ctx}");
+        assert_eq!(
+            answer.header("x-ratelimit-remaining"),
+            remaining.to_string(),
+            "{ctx}"
+        );
         match retry_ms {
             -1 => assert_eq!(answer.retry_after(), None, "{ctx}"),
             ms => assert_eq!(
@@ -112,7 +116,10 @@ async fn quantity_zero_peeks() {
         assert_eq!(send(&mut svc, request("foo", 0, &[])).await.status, 200);
     }
     assert_eq!(state(&layer), before);
-    assert_eq!((before.remaining(), before.reset()), (2, Duration::from_secs(3)));
+    assert_eq!(
+        (before.remaining(), before.reset()),
+        (2, Duration::from_secs(3))
+    );
 }
 
 /// redis-cell README, "Usage": `CL.THROTTLE user123 15 30 60 1` answers
@@ -169,7 +176,10 @@ async fn rates_from_periods() {
         (Rate::per_day(24), Duration::from_secs(3600)),
         (Rate::per_hour(6), Duration::from_secs(600)),
         (Rate::per_minute(6), Duration::from_secs(10)),
-        (Rate::new(6, Duration::from_secs(120)), Duration::from_secs(20)),
+        (
+            Rate::new(6, Duration::from_secs(120)),
+            Duration::from_secs(20),
+        ),
         (Rate::per_second(5), Duration::from_millis(200)),
     ];
     for (rate, interval) in cases {
@@ -181,9 +191,17 @@ async fn rates_from_periods() {
         assert_eq!(send(&mut svc, request("foo", 1, &[])).await.status, 200);
         assert_eq!(state(&layer).retry_after(), interval, "{rate}");
         tokio::time::advance(interval - Duration::from_nanos(1)).await;
-        assert_eq!(send(&mut svc, request("foo", 1, &[])).await.status, 429, "{rate}");
+        assert_eq!(
+            send(&mut svc, request("foo", 1, &[])).await.status,
+            429,
+            "{rate}"
+        );
         tokio::time::advance(Duration::from_nanos(1)).await;
-        assert_eq!(send(&mut svc, request("foo", 1, &[])).await.status, 200, "{rate}");
+        assert_eq!(
+            send(&mut svc, request("foo", 1, &[])).await.status,
+            200,
+            "{rate}"
+        );
     }
 }
 

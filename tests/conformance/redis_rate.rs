@@ -77,7 +77,10 @@ async fn test_allow_n_increment_zero() {
     let a = send(&mut svc, request("test_id", 1, &[])).await;
     assert_eq!((a.status, a.r("test_id")), (200, 9));
     let after = peek(&layer);
-    assert_eq!((after.remaining(), after.reset()), (9, Duration::from_millis(100)));
+    assert_eq!(
+        (after.remaining(), after.reset()),
+        (9, Duration::from_millis(100))
+    );
     assert_eq!(send(&mut svc, request("test_id", 0, &[])).await.status, 200);
     assert_eq!(peek(&layer), after);
 }
@@ -107,7 +110,11 @@ async fn test_retry_after() {
             tokio::time::advance(Duration::from_micros(300)).await;
         }
         let grpc = [("content-type", "application/grpc")];
-        let a = send(&mut svc, request("test_id", 1, if i % 2 == 0 { &grpc } else { &[] })).await;
+        let a = send(
+            &mut svc,
+            request("test_id", 1, if i % 2 == 0 { &grpc } else { &[] }),
+        )
+        .await;
         // A gRPC refusal is HTTP 200 with `grpc-status: 8` (trailers-only).
         if a.status == 200 && a.header("grpc-status").is_empty() {
             continue;
@@ -136,18 +143,34 @@ async fn test_retry_after() {
 async fn test_allow_at_most_is_all_or_nothing() {
     let layer = per_second_10();
     let mut svc = service(&layer);
-    assert_eq!(send(&mut svc, request("test_id", 1, &[])).await.r("test_id"), 9);
-    assert_eq!(send(&mut svc, request("test_id", 2, &[])).await.r("test_id"), 7);
+    assert_eq!(
+        send(&mut svc, request("test_id", 1, &[]))
+            .await
+            .r("test_id"),
+        9
+    );
+    assert_eq!(
+        send(&mut svc, request("test_id", 2, &[]))
+            .await
+            .r("test_id"),
+        7
+    );
     assert_eq!(peek(&layer).reset(), Duration::from_millis(300));
 
     let a = send(&mut svc, request("test_id", 10, &[])).await;
-    assert_eq!((a.status, a.r("test_id"), a.retry_after()), (429, 7, Some(1)));
+    assert_eq!(
+        (a.status, a.r("test_id"), a.retry_after()),
+        (429, 7, Some(1))
+    );
     // Nothing taken.
     let s = peek(&layer);
     assert_eq!((s.remaining(), s.reset()), (7, Duration::from_millis(300)));
     // 300ms later the whole request fits (its wait, exactly).
     tokio::time::advance(Duration::from_millis(299)).await;
-    assert_eq!(send(&mut svc, request("test_id", 10, &[])).await.status, 429);
+    assert_eq!(
+        send(&mut svc, request("test_id", 10, &[])).await.status,
+        429
+    );
     tokio::time::advance(Duration::from_millis(1)).await;
     let a = send(&mut svc, request("test_id", 10, &[])).await;
     assert_eq!((a.status, a.r("test_id")), (200, 0));
@@ -164,7 +187,11 @@ async fn per_minute_limit_and_policy() {
         .unwrap();
     let mut svc = service(&layer);
     for n in 0..10 {
-        assert_eq!(send(&mut svc, request("test_id", 1, &[])).await.status, 200, "{n}");
+        assert_eq!(
+            send(&mut svc, request("test_id", 1, &[])).await.status,
+            200,
+            "{n}"
+        );
     }
     let a = send(&mut svc, request("test_id", 1, &[])).await;
     assert_eq!((a.status, a.retry_after()), (429, Some(6)));
@@ -183,7 +210,12 @@ async fn result_doc_examples() {
     for _ in 0..5 {
         send(&mut svc, request("test_id", 1, &[])).await;
     }
-    assert_eq!(send(&mut svc, request("test_id", 1, &[])).await.r("test_id"), 4);
+    assert_eq!(
+        send(&mut svc, request("test_id", 1, &[]))
+            .await
+            .r("test_id"),
+        4
+    );
 
     let layer = builder()
         .quota(Quota::per_second(1).burst(5).key(by_key()).name("test_id"))
