@@ -243,6 +243,10 @@ impl RateLimitBuilder {
         let mut names: Vec<String> = Vec::with_capacity(self.quotas.len());
         let mut infos = Vec::with_capacity(self.quotas.len());
         let mut cells = Vec::with_capacity(self.quotas.len());
+        #[cfg(feature = "redis")]
+        let remote_store = self.redis.is_some();
+        #[cfg(not(feature = "redis"))]
+        let remote_store = false;
         for (i, q) in self.quotas.iter().enumerate() {
             let at = format!("quotas[{i}]");
             let gq = q.governor_quota().map_err(|e| e.at(&at))?;
@@ -282,6 +286,11 @@ impl RateLimitBuilder {
             cells.push(QuotaCells::new(gq, keyed));
             let per_reason = |metric: &'static str| {
                 RefusalReason::ALL.map(|r| {
+                    if r == RefusalReason::StoreUnavailable && !remote_store {
+                        // In process there is no store to be unavailable:
+                        // no series that can only ever read 0.
+                        return Counter::noop();
+                    }
                     metrics::counter!(
                         metric,
                         &[
