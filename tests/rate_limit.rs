@@ -1182,3 +1182,34 @@ async fn obedient_client_over_a_real_server_is_not_refused_twice() {
         "rate limit quota `per-ip` exhausted"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn waiting_mode_is_not_parked_for_a_quota_that_cannot_make_it() {
+    // Outbound client, wait up to 1s. The fast quota would have room in
+    // 0.5s but the slow one only in 60s: refused at once (fail fast) with
+    // the real wait, not parked for 0.5s and then refused anyway.
+    let layer = builder()
+        .quota(Quota::per_second(2).burst(1).name("fast"))
+        .quota(Quota::per_minute(1).name("slow"))
+        .wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    assert_eq!(status(&mut svc, req(&[])).await, 200);
+    let before = tokio::time::Instant::now();
+    let res = send(&mut svc, req(&[])).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(tokio::time::Instant::now(), before);
+    assert_eq!(header(&res, "retry-after"), "60");
+    // Both have room within the wait: one wait for the slower (one wakeup).
+    let layer = builder()
+        .quota(Quota::per_second(4).burst(1).name("fast"))
+        .quota(Quota::per_second(2).burst(1).name("slow"))
+        .wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    assert_eq!(status(&mut svc, req(&[])).await, 200);
+    assert_eq!(status(&mut svc, req(&[])).await, 200);
+    assert_eq!(tokio::time::Instant::now() - before, Duration::from_millis(500));
+}

@@ -710,3 +710,96 @@ async fn fail_open_never_admits_a_request_that_can_never_be_admitted() {
     assert!(res.header("ratelimit").is_none());
     assert!(res.body.contains("can never be admitted"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_answers_like_the_in_process_store() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // Hourly quotas: the milliseconds this test takes move no number.
+    let quotas = || {
+        [
+            per_key("10/h", 10),
+            Quota::new("100/h".parse().unwrap())
+                .burst(12)
+                .name("global"),
+        ]
+    };
+    let mut remote = costed(&redis.url(), FailurePolicy::FailClosed, Duration::from_secs(1))
+        .admitted_headers(true)
+        .legacy_headers(true);
+    let mut local = RateLimitLayer::builder()
+        .name("api")
+        .idle_sweep(None)
+        .admitted_headers(true)
+        .legacy_headers(true)
+        .cost(|r| {
+            r.headers
+                .get("x-cost")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1)
+        });
+    for q in quotas() {
+        remote = remote.quota(q.clone());
+        local = local.quota(q);
+    }
+    let (remote, local) = (remote.build().unwrap(), local.build().unwrap());
+    let (mut r, mut l) = (svc(&remote), svc(&local));
+    // Admits, refusals by either quota or both, too costly, free.
+    let script: [(&str, u32); 14] = [
+        ("a", 1),
+        ("a", 2),
+        ("a", 7),
+        ("a", 1),
+        ("b", 5),
+        ("a", 11),
+        ("b", 13),
+        ("b", 0),
+        ("c", 3),
+        ("b", 3),
+        ("c", 1),
+        ("b", 1),
+        ("c", 9),
+        ("a", 1),
+    ];
+    for (step, (key, cost)) in script.into_iter().enumerate() {
+        let (x, y) = (send_cost(&mut r, key, cost).await, send_cost(&mut l, key, cost).await);
+        let ctx = format!("step {step} ({key}, {cost}): redis {:?} / memory {:?}", x.head, y.head);
+        assert_eq!(x.status(), y.status(), "{ctx}");
+        for h in ["ratelimit-policy", "x-ratelimit-limit", "x-ratelimit-remaining"] {
+            assert_eq!(x.header(h), y.header(h), "{h}: {ctx}");
+        }
+        let secs = |g: &Got, h: &str| g.header(h).map(|v| v.parse::<i64>().unwrap());
+        for h in ["retry-after", "x-ratelimit-reset"] {
+            match (secs(&x, h), secs(&y, h)) {
+                (Some(a), Some(b)) => assert!((a - b).abs() <= 1, "{h}: {ctx}"),
+                (a, b) => assert_eq!(a, b, "{h}: {ctx}"),
+            }
+        }
+        // `RateLimit`: same items and remaining; windows within a second.
+        let items = |g: &Got| -> Vec<(String, i64, i64)> {
+            let Some(v) = g.header("ratelimit") else {
+                return Vec::new();
+            };
+            let list: sfv::List = sfv::Parser::new(v).parse().unwrap();
+            list.into_iter()
+                .map(|e| match e {
+                    sfv::ListEntry::Item(i) => {
+                        let name = i.bare_item.as_string().unwrap().as_str().to_owned();
+                        let p = |k: &str| {
+                            i64::from(i.params.get(k).unwrap().as_integer().unwrap())
+                        };
+                        (name, p("r"), p("t"))
+                    }
+                    sfv::ListEntry::InnerList(_) => panic!("{v}"),
+                })
+                .collect()
+        };
+        let (xi, yi) = (items(&x), items(&y));
+        assert_eq!(xi.len(), yi.len(), "{ctx}");
+        for ((xn, xr, xt), (yn, yr, yt)) in xi.iter().zip(&yi) {
+            assert_eq!((xn, xr), (yn, yr), "{ctx}");
+            assert!((xt - yt).abs() <= 1, "{ctx}");
+        }
+    }
+}
