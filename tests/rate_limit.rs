@@ -1211,5 +1211,32 @@ async fn waiting_mode_is_not_parked_for_a_quota_that_cannot_make_it() {
     let mut svc = service(&layer);
     assert_eq!(status(&mut svc, req(&[])).await, 200);
     assert_eq!(status(&mut svc, req(&[])).await, 200);
-    assert_eq!(tokio::time::Instant::now() - before, Duration::from_millis(500));
+    assert_eq!(
+        tokio::time::Instant::now() - before,
+        Duration::from_millis(500)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_pushback_is_never_early() {
+    // One unit every 1.5ms: a gRPC client told to come back in 1ms (the
+    // wait rounded down) would be refused again; rounded up, it is not.
+    let layer = builder()
+        .quota(Quota::new(Rate::new(2, Duration::from_millis(3))).burst(1))
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    let grpc = || req(&[("content-type", "application/grpc")]);
+    assert_eq!(status(&mut svc, grpc()).await, 200);
+    let res = send(&mut svc, grpc()).await;
+    assert_eq!(header(&res, "grpc-status"), "8");
+    assert_eq!(header(&res, "grpc-retry-pushback-ms"), "2");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let res = send(&mut svc, grpc()).await;
+    assert_eq!(header(&res, "grpc-status"), "8");
+    assert_eq!(header(&res, "grpc-retry-pushback-ms"), "1");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let res = send(&mut svc, grpc()).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("grpc-status").is_none());
 }

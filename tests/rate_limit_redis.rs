@@ -725,9 +725,13 @@ async fn redis_store_answers_like_the_in_process_store() {
                 .name("global"),
         ]
     };
-    let mut remote = costed(&redis.url(), FailurePolicy::FailClosed, Duration::from_secs(1))
-        .admitted_headers(true)
-        .legacy_headers(true);
+    let mut remote = costed(
+        &redis.url(),
+        FailurePolicy::FailClosed,
+        Duration::from_secs(1),
+    )
+    .admitted_headers(true)
+    .legacy_headers(true);
     let mut local = RateLimitLayer::builder()
         .name("api")
         .idle_sweep(None)
@@ -763,10 +767,20 @@ async fn redis_store_answers_like_the_in_process_store() {
         ("a", 1),
     ];
     for (step, (key, cost)) in script.into_iter().enumerate() {
-        let (x, y) = (send_cost(&mut r, key, cost).await, send_cost(&mut l, key, cost).await);
-        let ctx = format!("step {step} ({key}, {cost}): redis {:?} / memory {:?}", x.head, y.head);
+        let (x, y) = (
+            send_cost(&mut r, key, cost).await,
+            send_cost(&mut l, key, cost).await,
+        );
+        let ctx = format!(
+            "step {step} ({key}, {cost}): redis {:?} / memory {:?}",
+            x.head, y.head
+        );
         assert_eq!(x.status(), y.status(), "{ctx}");
-        for h in ["ratelimit-policy", "x-ratelimit-limit", "x-ratelimit-remaining"] {
+        for h in [
+            "ratelimit-policy",
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+        ] {
             assert_eq!(x.header(h), y.header(h), "{h}: {ctx}");
         }
         let secs = |g: &Got, h: &str| g.header(h).map(|v| v.parse::<i64>().unwrap());
@@ -786,9 +800,7 @@ async fn redis_store_answers_like_the_in_process_store() {
                 .map(|e| match e {
                     sfv::ListEntry::Item(i) => {
                         let name = i.bare_item.as_string().unwrap().as_str().to_owned();
-                        let p = |k: &str| {
-                            i64::from(i.params.get(k).unwrap().as_integer().unwrap())
-                        };
+                        let p = |k: &str| i64::from(i.params.get(k).unwrap().as_integer().unwrap());
                         (name, p("r"), p("t"))
                     }
                     sfv::ListEntry::InnerList(_) => panic!("{v}"),

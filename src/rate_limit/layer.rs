@@ -922,6 +922,13 @@ impl Shared {
             RefusalReason::StoreUnavailable => "the rate limit store is unavailable".to_owned(),
             _ => self.quotas[quota].exhausted.clone(),
         };
+        // Whole milliseconds, rounded up: gRPC's `grpc-retry-pushback-ms`
+        // (and the event's `retry_after_ms`) never tell a client to come
+        // back before the quota has room (`Retry-After` rounds up anyway).
+        let wait = wait.map(|w| {
+            let ms = w.as_nanos().div_ceil(1_000_000);
+            Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        });
         let mut rejection = Rejection::new(RejectionKind::RateLimited, Arc::clone(&self.name))
             .with_retry_after_opt(wait)
             .with_detail(detail);
