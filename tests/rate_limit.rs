@@ -826,6 +826,16 @@ async fn refusal_emits_a_tracing_event() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // `tracing` caches each callsite's interest process-wide, computed on
+    // the thread that first reaches it: a sibling test without a subscriber
+    // can cache "never" for the refusal event. Reach it here, recompute the
+    // interest on this thread (with this subscriber), then start clean.
+    let warm = builder().quota(Quota::per_hour(1)).build().unwrap();
+    let mut warm = service(&warm);
+    status(&mut warm, req(&[])).await;
+    status(&mut warm, req(&[])).await;
+    tracing::callsite::rebuild_interest_cache();
+    captured.0.lock().unwrap().clear();
     let layer = builder()
         .name("traced")
         .quota(Quota::per_minute(1).name("tight"))
