@@ -748,6 +748,11 @@ async fn redis_store_answers_like_the_in_process_store() {
         local = local.quota(q);
     }
     let (remote, local) = (remote.build().unwrap(), local.build().unwrap());
+    // Reading without consuming is in-process only: Redis's state is not
+    // read synchronously.
+    let key = tower_rampart::rate_limit::Key::from("a");
+    assert!(remote.peek(&key).is_none());
+    assert_eq!(local.peek(&key).unwrap()[0].remaining(), 10);
     let (mut r, mut l) = (svc(&remote), svc(&local));
     // Admits, refusals by either quota or both, too costly, free.
     let script: [(&str, u32); 14] = [
