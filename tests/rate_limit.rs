@@ -826,6 +826,16 @@ async fn refusal_emits_a_tracing_event() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // `tracing` caches each callsite's interest process-wide, computed on
+    // the thread that first reaches it: a sibling test without a subscriber
+    // can cache "never" for the refusal event. Reach it here, recompute the
+    // interest on this thread (with this subscriber), then start clean.
+    let warm = builder().quota(Quota::per_hour(1)).build().unwrap();
+    let mut warm = service(&warm);
+    status(&mut warm, req(&[])).await;
+    status(&mut warm, req(&[])).await;
+    tracing::callsite::rebuild_interest_cache();
+    captured.0.lock().unwrap().clear();
     let layer = builder()
         .name("traced")
         .quota(Quota::per_minute(1).name("tight"))
@@ -849,4 +859,394 @@ async fn refusal_emits_a_tracing_event() {
     ] {
         assert!(logged.contains(field), "{field} not in {logged}");
     }
+}
+
+/// The cost header most tests below use (`x-cost`, default 1).
+fn cost_header(r: &tower_rampart::rate_limit::RequestInfo<'_>) -> u32 {
+    r.headers
+        .get("x-cost")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(1)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_covers_every_exhausted_quota() {
+    // A 1/s and a 1/min quota, both spent by one request: the refusal must
+    // wait for the slower one, else a client obeying `Retry-After: 1` is
+    // refused again (and again, 59 times).
+    let layer = builder()
+        .quota(Quota::per_second(1).name("per-second"))
+        .quota(Quota::per_minute(1).name("per-minute"))
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    assert_eq!(status(&mut svc, req(&[])).await, 200);
+    tokio::time::advance(Duration::from_millis(250)).await;
+    let res = send(&mut svc, req(&[])).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(header(&res, "retry-after"), "60"); // 59.75s, rounded up
+    // Each quota reports its own reset; the longest one is Retry-After.
+    assert_eq!(
+        header(&res, "ratelimit"),
+        r#""per-second";r=0;t=1, "per-minute";r=0;t=60"#
+    );
+    assert_eq!(
+        body_json(res).await["detail"],
+        "rate limit quota `per-minute` exhausted"
+    );
+    // Obeying the first quota's wait is not enough...
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(status(&mut svc, req(&[])).await, 429);
+    // ...obeying the one sent is.
+    tokio::time::advance(Duration::from_millis(58_750)).await;
+    assert_eq!(status(&mut svc, req(&[])).await, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_the_time_until_the_cost_fits_everywhere() {
+    // Per key 10/min (6s a unit), burst 10; global 60/min (1s a unit),
+    // burst 8. After a cost-8 request, a cost-4 one is refused by both.
+    let layer = builder()
+        .quota(
+            Quota::per_minute(10)
+                .key(KeyExtractor::header("x-client").unwrap())
+                .name("per-client"),
+        )
+        .quota(Quota::per_minute(60).burst(8).name("global"))
+        .cost(cost_header)
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    let a = |cost: &'static str| req(&[("x-client", "a"), ("x-cost", cost)]);
+    assert_eq!(status(&mut svc, a("8")).await, 200);
+    let res = send(&mut svc, a("4")).await;
+    assert_eq!(res.status(), 429);
+    // per-client needs 2 more units (12s), global needs 4 (4s): 12s.
+    assert_eq!(header(&res, "retry-after"), "12");
+    let live = sf_list(header(&res, "ratelimit"));
+    assert_eq!(live[0].0, "per-client");
+    // Effective windows: one unit each away; Retry-After is not earlier
+    // than either (draft-ietf-httpapi-ratelimit-headers §6).
+    assert_eq!(live[0].1["r"], 2);
+    assert_eq!(live[0].1["t"], 6);
+    assert_eq!(live[1].0, "global");
+    assert_eq!(live[1].1["r"], 0);
+    assert_eq!(live[1].1["t"], 1);
+    tokio::time::advance(Duration::from_millis(11_999)).await;
+    assert_eq!(status(&mut svc, a("4")).await, 429);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(status(&mut svc, a("4")).await, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusal_reports_what_really_remains() {
+    // redis-cell: a request costing more than what is left is refused, and
+    // the answer still says what is left (not 0).
+    let layer = builder()
+        .quota(Quota::per_minute(10).name("q"))
+        .cost(cost_header)
+        .legacy_headers(true)
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    assert_eq!(status(&mut svc, req(&[("x-cost", "8")])).await, 200);
+    let res = send(&mut svc, req(&[("x-cost", "5")])).await;
+    assert_eq!(res.status(), 429);
+    // `t`, the effective window: the 2 now, a third only after 6s.
+    assert_eq!(header(&res, "ratelimit"), r#""q";r=2;t=6"#);
+    assert_eq!(header(&res, "x-ratelimit-remaining"), "2");
+    assert_eq!(header(&res, "x-ratelimit-reset"), "48"); // full again
+    // 3 units missing, 6s each.
+    assert_eq!(header(&res, "retry-after"), "18");
+    // What remains is really there: cost 2 goes through, then nothing.
+    assert_eq!(status(&mut svc, req(&[("x-cost", "2")])).await, 200);
+    let res = send(&mut svc, req(&[])).await;
+    assert_eq!(header(&res, "ratelimit"), r#""q";r=0;t=6"#);
+    assert_eq!(header(&res, "retry-after"), "6");
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_costly_refusal_still_reports_what_remains() {
+    let layer = builder()
+        .quota(
+            Quota::per_minute(10)
+                .burst(5)
+                .key(KeyExtractor::header("x-client").unwrap())
+                .name("per-client"),
+        )
+        .quota(Quota::per_minute(100).name("global"))
+        .cost(cost_header)
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    let a = |cost: &'static str| req(&[("x-client", "a"), ("x-cost", cost)]);
+    assert_eq!(status(&mut svc, a("2")).await, 200);
+    let res = send(&mut svc, a("6")).await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().get("retry-after").is_none());
+    assert_eq!(
+        header(&res, "ratelimit-policy"),
+        r#""per-client";q=10;w=60, "global";q=100;w=60"#
+    );
+    // Both quotas, as they are (the refusal took nothing).
+    let live = sf_list(header(&res, "ratelimit"));
+    assert_eq!(live.len(), 2);
+    assert_eq!((live[0].0.as_str(), live[0].1["r"]), ("per-client", 3));
+    assert_eq!((live[1].0.as_str(), live[1].1["r"]), ("global", 98));
+    // A fresh key is reported full.
+    let res = send(&mut svc, req(&[("x-client", "b"), ("x-cost", "6")])).await;
+    let live = sf_list(header(&res, "ratelimit"));
+    assert_eq!((live[0].1["r"], live[0].1["t"]), (5, 6));
+}
+
+#[tokio::test(start_paused = true)]
+async fn allow_cidrs_match_the_unmasked_ipv6_address() {
+    // Quotas key IPv6 clients by their /64, but the allow-list names
+    // addresses: a /128 entry admits that address only.
+    let layer = builder()
+        .quota(Quota::per_minute(1).key(KeyExtractor::client_ip()))
+        .client_ip(ClientIp::new().ipv6_prefix(64).unwrap())
+        // The monitoring host, a whole partner /64, and the network address
+        // of a customer /64 (which every client of that /64 masks to).
+        .allow_cidrs(["2001:db8::10", "2001:db8:1::/64", "2001:db8:2::/128"])
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    for _ in 0..3 {
+        assert_eq!(status(&mut svc, req_from("2001:db8::10", &[])).await, 200);
+        assert_eq!(status(&mut svc, req_from("2001:db8:1::77", &[])).await, 200);
+    }
+    // A neighbour of the monitoring host shares its /64 key but not its
+    // allow-list entry.
+    assert_eq!(status(&mut svc, req_from("2001:db8::11", &[])).await, 200);
+    assert_eq!(status(&mut svc, req_from("2001:db8::12", &[])).await, 429);
+    // A client whose masked key equals an allow-listed address is limited.
+    assert_eq!(status(&mut svc, req_from("2001:db8:2::99", &[])).await, 200);
+    assert_eq!(status(&mut svc, req_from("2001:db8:2::99", &[])).await, 429);
+    // The exact allow-listed address is admitted even though its /64 is
+    // spent.
+    assert_eq!(status(&mut svc, req_from("2001:db8:2::", &[])).await, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn allow_cidrs_use_the_trusted_forwarded_address_unmasked() {
+    let layer = builder()
+        .quota(Quota::per_minute(1).key(KeyExtractor::client_ip()))
+        .client_ip(
+            ClientIp::new()
+                .ipv6_prefix(48)
+                .unwrap()
+                .trusted_proxies(["10.0.0.0/8"])
+                .unwrap(),
+        )
+        .allow_cidrs(["2001:db8::5"])
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    let via_proxy = |client: &str| req_from("10.0.0.1", &[("x-forwarded-for", client)]);
+    for _ in 0..3 {
+        assert_eq!(status(&mut svc, via_proxy("2001:db8::5")).await, 200);
+    }
+    assert_eq!(status(&mut svc, via_proxy("2001:db8::6")).await, 200);
+    assert_eq!(status(&mut svc, via_proxy("2001:db8::6")).await, 429);
+    // An untrusted peer cannot claim the allow-listed address.
+    assert_eq!(
+        status(
+            &mut svc,
+            req_from("198.51.100.1", &[("x-forwarded-for", "2001:db8::5")])
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status(
+            &mut svc,
+            req_from("198.51.100.1", &[("x-forwarded-for", "2001:db8::5")])
+        )
+        .await,
+        429
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn peek_reads_without_consuming() {
+    use tower_rampart::rate_limit::QuotaState;
+
+    let layer = builder()
+        .quota(
+            Quota::per_minute(10)
+                .key(KeyExtractor::header("x-client").unwrap())
+                .name("per-client"),
+        )
+        .quota(Quota::per_second(100).burst(50).name("global"))
+        .cost(cost_header)
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    let states = |key: &'static str| layer.peek(&Key::from(key)).unwrap();
+    let fresh = states("a");
+    assert_eq!(fresh.len(), 2);
+    assert_eq!(fresh[0].name(), "per-client");
+    assert_eq!(
+        (fresh[0].limit(), fresh[0].remaining(), fresh[0].reset()),
+        (10, 10, Duration::ZERO)
+    );
+    assert_eq!(fresh[0].retry_after(), Duration::ZERO);
+    assert_eq!(fresh[1].name(), "global");
+    assert_eq!(fresh[1].remaining(), 50);
+
+    assert_eq!(
+        status(&mut svc, req(&[("x-client", "a"), ("x-cost", "10")])).await,
+        200
+    );
+    let spent: Vec<QuotaState> = states("a");
+    assert_eq!(spent[0].remaining(), 0);
+    assert_eq!(spent[0].reset(), Duration::from_secs(60));
+    assert_eq!(spent[0].retry_after(), Duration::from_secs(6));
+    assert_eq!(spent[1].remaining(), 40);
+    // Peeking many times consumed nothing, and agrees with the refusal.
+    assert_eq!(states("a"), spent);
+    let res = send(&mut svc, req(&[("x-client", "a")])).await;
+    assert_eq!(header(&res, "retry-after"), "6");
+    assert_eq!(
+        header(&res, "ratelimit"),
+        r#""per-client";r=0;t=6, "global";r=40;t=1"#
+    );
+    // Another key only sees the global quota move.
+    let b = states("b");
+    assert_eq!((b[0].remaining(), b[1].remaining()), (10, 40));
+    // Time refills what peek reports, exactly as the limiter would admit.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let later = states("a");
+    assert_eq!(later[0].remaining(), 1);
+    assert_eq!(later[0].retry_after(), Duration::ZERO);
+    assert_eq!(later[0].reset(), Duration::from_secs(54));
+    assert_eq!(later[1].remaining(), 50);
+    assert_eq!(status(&mut svc, req(&[("x-client", "a")])).await, 200);
+    assert_eq!(status(&mut svc, req(&[("x-client", "a")])).await, 429);
+}
+
+#[tokio::test]
+async fn peek_over_a_real_server_sees_the_client_ip_key() {
+    let layer = RateLimitLayer::builder()
+        .quota(
+            Quota::per_hour(5)
+                .key(KeyExtractor::client_ip())
+                .name("per-ip"),
+        )
+        .build()
+        .unwrap();
+    let admin = layer.clone();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "hello" }))
+        .layer(layer);
+    let addr = common::serve(app).await;
+    for _ in 0..3 {
+        assert_eq!(common::get(addr, "/").await.status, 200);
+    }
+    let me = admin.peek(&Key::Ip("127.0.0.1".parse().unwrap())).unwrap();
+    assert_eq!(me[0].remaining(), 2);
+    let reset = me[0].reset();
+    assert!(
+        reset > Duration::from_secs(3 * 720 - 60) && reset <= Duration::from_secs(3 * 720),
+        "{reset:?}"
+    );
+    let other = admin.peek(&Key::Ip("127.0.0.2".parse().unwrap())).unwrap();
+    assert_eq!(other[0].remaining(), 5);
+    assert_eq!(common::get(addr, "/").await.status, 200);
+    assert_eq!(common::get(addr, "/").await.status, 200);
+    assert_eq!(common::get(addr, "/").await.status, 429);
+}
+
+#[tokio::test]
+async fn obedient_client_over_a_real_server_is_not_refused_twice() {
+    // Two quotas (per client IP, and global) over a real server: the
+    // Retry-After a refused client receives is long enough for both.
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::per_minute(1).name("global"))
+        .quota(
+            Quota::per_hour(1)
+                .key(KeyExtractor::client_ip())
+                .name("per-ip"),
+        )
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "hello" }))
+        .layer(layer);
+    let addr = common::serve(app).await;
+    assert_eq!(common::get(addr, "/").await.status, 200);
+    let refused = common::get(addr, "/").await;
+    assert_eq!(refused.status, 429);
+    // Both are spent; global comes first and alone would say 60s, but the
+    // per-ip quota needs an hour.
+    let retry: u64 = refused.header("retry-after").parse().unwrap();
+    assert!((3599..=3600).contains(&retry), "{retry}");
+    // Retry-After is not earlier than any refusing quota's effective window
+    // (draft-ietf-httpapi-ratelimit-headers §6), and equals the longest.
+    let live = sf_list(refused.header("ratelimit"));
+    let max_t = live.iter().map(|(_, p)| p["t"]).max().unwrap();
+    assert_eq!(u64::try_from(max_t).unwrap(), retry, "{live:?}");
+    assert_eq!(
+        refused.json()["detail"],
+        "rate limit quota `per-ip` exhausted"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_mode_is_not_parked_for_a_quota_that_cannot_make_it() {
+    // Outbound client, wait up to 1s. The fast quota would have room in
+    // 0.5s but the slow one only in 60s: refused at once (fail fast) with
+    // the real wait, not parked for 0.5s and then refused anyway.
+    let layer = builder()
+        .quota(Quota::per_second(2).burst(1).name("fast"))
+        .quota(Quota::per_minute(1).name("slow"))
+        .wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    assert_eq!(status(&mut svc, req(&[])).await, 200);
+    let before = tokio::time::Instant::now();
+    let res = send(&mut svc, req(&[])).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(tokio::time::Instant::now(), before);
+    assert_eq!(header(&res, "retry-after"), "60");
+    // Both have room within the wait: one wait for the slower (one wakeup).
+    let layer = builder()
+        .quota(Quota::per_second(4).burst(1).name("fast"))
+        .quota(Quota::per_second(2).burst(1).name("slow"))
+        .wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    assert_eq!(status(&mut svc, req(&[])).await, 200);
+    assert_eq!(status(&mut svc, req(&[])).await, 200);
+    assert_eq!(
+        tokio::time::Instant::now() - before,
+        Duration::from_millis(500)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_pushback_is_never_early() {
+    // One unit every 1.5ms: a gRPC client told to come back in 1ms (the
+    // wait rounded down) would be refused again; rounded up, it is not.
+    let layer = builder()
+        .quota(Quota::new(Rate::new(2, Duration::from_millis(3))).burst(1))
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    let grpc = || req(&[("content-type", "application/grpc")]);
+    assert_eq!(status(&mut svc, grpc()).await, 200);
+    let res = send(&mut svc, grpc()).await;
+    assert_eq!(header(&res, "grpc-status"), "8");
+    assert_eq!(header(&res, "grpc-retry-pushback-ms"), "2");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let res = send(&mut svc, grpc()).await;
+    assert_eq!(header(&res, "grpc-status"), "8");
+    assert_eq!(header(&res, "grpc-retry-pushback-ms"), "1");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let res = send(&mut svc, grpc()).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("grpc-status").is_none());
 }

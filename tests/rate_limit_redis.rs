@@ -464,3 +464,359 @@ async fn refusal_over_a_real_server() {
     assert!(r.header("ratelimit").starts_with(r#""global";r=0;t="#));
     assert_eq!(r.json()["status"], 429);
 }
+
+/// A builder on `url` with a per-request cost from `x-cost` (default 1).
+fn costed(
+    url: &str,
+    policy: FailurePolicy,
+    open: Duration,
+) -> tower_rampart::rate_limit::RateLimitBuilder {
+    RateLimitLayer::builder()
+        .name("api")
+        .idle_sweep(None)
+        .redis(
+            RedisStore::new(url)
+                .prefix("t")
+                .timeout(Duration::from_millis(100))
+                .trip_after(1)
+                .open_duration(open)
+                .failure_policy(policy),
+        )
+        .cost(|r| {
+            r.headers
+                .get("x-cost")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1)
+        })
+}
+
+/// A response's head and its body as text.
+struct Got {
+    head: http::response::Parts,
+    body: String,
+}
+
+impl Got {
+    fn status(&self) -> u16 {
+        self.head.status.as_u16()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+async fn send_cost(svc: &mut Svc, key: &str, cost: u32) -> Got {
+    use http_body_util::BodyExt;
+    let req = Request::builder()
+        .header("x-key", key)
+        .header("x-cost", cost.to_string())
+        .body(String::new())
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    let (head, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Got {
+        head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn hdr<'a>(res: &'a Got, name: &str) -> &'a str {
+    res.header(name).unwrap_or("")
+}
+
+type Snap = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    metrics_util::debugging::DebugValue,
+)>;
+
+/// A counter's value in `snap` (one snapshot per check point: taking one
+/// drains the counters).
+fn counter(snap: &Snap, name: &str, labels: &[(&str, &str)]) -> u64 {
+    snap.iter()
+        .filter(|(k, ..)| {
+            k.key().name() == name
+                && labels
+                    .iter()
+                    .all(|(n, v)| k.key().labels().any(|l| l.key() == *n && l.value() == *v))
+        })
+        .map(|(.., v)| match v {
+            metrics_util::debugging::DebugValue::Counter(c) => *c,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_covers_every_exhausted_quota_in_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // Global first (1/min), then per key (1/h): one request spends both.
+    // Waiting the global quota's minute would be refused again.
+    let l = costed(
+        &redis.url(),
+        FailurePolicy::FailClosed,
+        Duration::from_secs(1),
+    )
+    .quota(Quota::per_minute(1).name("global"))
+    .quota(per_key("1/h", 1))
+    .build()
+    .unwrap();
+    let mut s = svc(&l);
+    assert_eq!(send_cost(&mut s, "k", 1).await.status(), 200);
+    let res = send_cost(&mut s, "k", 1).await;
+    assert_eq!(res.status(), 429);
+    let retry: u64 = hdr(&res, "retry-after").parse().unwrap();
+    assert!((3599..=3600).contains(&retry), "{retry}");
+    let live = hdr(&res, "ratelimit");
+    assert!(
+        live.starts_with(r#""global";r=0;t="#) && live.contains(r#", "per-key";r=0;t=3600"#),
+        "{live}"
+    );
+    assert!(res.body.contains("rate limit quota `per-key` exhausted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_report_what_remains_in_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // 10 per hour (one unit per 360s), burst 10.
+    let l = costed(
+        &redis.url(),
+        FailurePolicy::FailClosed,
+        Duration::from_secs(1),
+    )
+    .quota(per_key("10/h", 10))
+    .build()
+    .unwrap();
+    let mut s = svc(&l);
+    assert_eq!(send_cost(&mut s, "k", 8).await.status(), 200);
+    // redis-cell: cost 5 with 2 left is refused, and reports the 2.
+    let res = send_cost(&mut s, "k", 5).await;
+    assert_eq!(res.status(), 429);
+    assert!(hdr(&res, "ratelimit").starts_with(r#""per-key";r=2;t="#));
+    let retry: u64 = hdr(&res, "retry-after").parse().unwrap();
+    assert!((1079..=1080).contains(&retry), "3 units of 360s: {retry}");
+    // Never admissible: no Retry-After, but what remains, and nothing
+    // written.
+    let mut c = redis.conn().await;
+    let key = "t:api:per-key:{k}";
+    let before: String = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let res = send_cost(&mut s, "k", 11).await;
+    assert_eq!(res.status(), 429);
+    assert!(res.header("retry-after").is_none());
+    assert!(hdr(&res, "ratelimit").starts_with(r#""per-key";r=2;t="#));
+    assert!(res.body.contains("can never be admitted"));
+    let after: String = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+    // The two units are really there.
+    assert_eq!(send_cost(&mut s, "k", 2).await.status(), 200);
+    assert_eq!(send_cost(&mut s, "k", 1).await.status(), 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_refusal_is_counted_and_waits_for_the_breaker() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let (l, dry) = metrics::with_local_recorder(&recorder, || {
+        let build = |name: &'static str, dry_run: bool| {
+            costed(
+                &redis.url(),
+                FailurePolicy::FailClosed,
+                Duration::from_secs(30),
+            )
+            .name(name)
+            .dry_run(dry_run)
+            .quota(per_key("100/h", 100))
+            .build()
+            .unwrap()
+        };
+        (build("api", false), build("dry", true))
+    });
+    let (mut s, mut d) = (svc(&l), svc(&dry));
+    assert_eq!(send_cost(&mut s, "k", 1).await.status(), 200);
+    assert_eq!(send_cost(&mut d, "k", 1).await.status(), 200);
+    redis.stop();
+    // The failed call opens the breaker (trip_after 1): the client is told
+    // to come back when Redis will be tried again, not in 1s.
+    for _ in 0..3 {
+        let res = send_cost(&mut s, "k", 1).await;
+        assert_eq!(res.status(), 429);
+        let retry: u64 = hdr(&res, "retry-after").parse().unwrap();
+        assert!((25..=30).contains(&retry), "{retry}");
+        assert_eq!(hdr(&res, "ratelimit-policy"), r#""per-key";q=100;w=3600"#);
+        // Redis's state is unknown: no made-up remaining.
+        assert!(res.header("ratelimit").is_none());
+        assert!(res.body.contains("the rate limit store is unavailable"));
+    }
+    assert_eq!(l.redis_breaker().unwrap().state(), CircuitState::Open);
+    // Dry run: refused only on paper.
+    assert_eq!(send_cost(&mut d, "k", 1).await.status(), 200);
+    // Counted like every refusal, by the first quota of the request.
+    let snap = snap.snapshot().into_vec();
+    let refused = counter(
+        &snap,
+        "rampart_rate_limit_refused_total",
+        &[
+            ("name", "api"),
+            ("quota", "per-key"),
+            ("reason", "store-unavailable"),
+        ],
+    );
+    let dry_refused = counter(
+        &snap,
+        "rampart_rate_limit_dry_run_refusals_total",
+        &[("name", "dry"), ("reason", "store-unavailable")],
+    );
+    assert_eq!((refused, dry_refused), (3, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_never_admits_a_request_that_can_never_be_admitted() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let l = costed(
+        &redis.url(),
+        FailurePolicy::FailOpen,
+        Duration::from_secs(30),
+    )
+    .quota(per_key("10/h", 10))
+    .build()
+    .unwrap();
+    let mut s = svc(&l);
+    assert_eq!(send_cost(&mut s, "k", 1).await.status(), 200);
+    redis.stop();
+    assert_eq!(send_cost(&mut s, "k", 10).await.status(), 200);
+    let res = send_cost(&mut s, "k", 11).await;
+    assert_eq!(res.status(), 429);
+    assert!(res.header("retry-after").is_none());
+    assert!(res.header("ratelimit").is_none());
+    assert!(res.body.contains("can never be admitted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_answers_like_the_in_process_store() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // Hourly quotas: the milliseconds this test takes move no number.
+    let quotas = || {
+        [
+            per_key("10/h", 10),
+            Quota::new("100/h".parse().unwrap())
+                .burst(12)
+                .name("global"),
+        ]
+    };
+    let mut remote = costed(
+        &redis.url(),
+        FailurePolicy::FailClosed,
+        Duration::from_secs(1),
+    )
+    .admitted_headers(true)
+    .legacy_headers(true);
+    let mut local = RateLimitLayer::builder()
+        .name("api")
+        .idle_sweep(None)
+        .admitted_headers(true)
+        .legacy_headers(true)
+        .cost(|r| {
+            r.headers
+                .get("x-cost")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1)
+        });
+    for q in quotas() {
+        remote = remote.quota(q.clone());
+        local = local.quota(q);
+    }
+    let (remote, local) = (remote.build().unwrap(), local.build().unwrap());
+    // Reading without consuming is in-process only: Redis's state is not
+    // read synchronously.
+    let key = tower_rampart::rate_limit::Key::from("a");
+    assert!(remote.peek(&key).is_none());
+    assert_eq!(local.peek(&key).unwrap()[0].remaining(), 10);
+    let (mut r, mut l) = (svc(&remote), svc(&local));
+    // Admits, refusals by either quota or both, too costly, free.
+    let script: [(&str, u32); 14] = [
+        ("a", 1),
+        ("a", 2),
+        ("a", 7),
+        ("a", 1),
+        ("b", 5),
+        ("a", 11),
+        ("b", 13),
+        ("b", 0),
+        ("c", 3),
+        ("b", 3),
+        ("c", 1),
+        ("b", 1),
+        ("c", 9),
+        ("a", 1),
+    ];
+    for (step, (key, cost)) in script.into_iter().enumerate() {
+        let (x, y) = (
+            send_cost(&mut r, key, cost).await,
+            send_cost(&mut l, key, cost).await,
+        );
+        let ctx = format!(
+            "step {step} ({key}, {cost}): redis {:?} / memory {:?}",
+            x.head, y.head
+        );
+        assert_eq!(x.status(), y.status(), "{ctx}");
+        for h in [
+            "ratelimit-policy",
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+        ] {
+            assert_eq!(x.header(h), y.header(h), "{h}: {ctx}");
+        }
+        let secs = |g: &Got, h: &str| g.header(h).map(|v| v.parse::<i64>().unwrap());
+        for h in ["retry-after", "x-ratelimit-reset"] {
+            match (secs(&x, h), secs(&y, h)) {
+                (Some(a), Some(b)) => assert!((a - b).abs() <= 1, "{h}: {ctx}"),
+                (a, b) => assert_eq!(a, b, "{h}: {ctx}"),
+            }
+        }
+        // `RateLimit`: same items and remaining; windows within a second.
+        let items = |g: &Got| -> Vec<(String, i64, i64)> {
+            let Some(v) = g.header("ratelimit") else {
+                return Vec::new();
+            };
+            let list: sfv::List = sfv::Parser::new(v).parse().unwrap();
+            list.into_iter()
+                .map(|e| match e {
+                    sfv::ListEntry::Item(i) => {
+                        let name = i.bare_item.as_string().unwrap().as_str().to_owned();
+                        let p = |k: &str| i64::from(i.params.get(k).unwrap().as_integer().unwrap());
+                        (name, p("r"), p("t"))
+                    }
+                    sfv::ListEntry::InnerList(_) => panic!("{v}"),
+                })
+                .collect()
+        };
+        let (xi, yi) = (items(&x), items(&y));
+        assert_eq!(xi.len(), yi.len(), "{ctx}");
+        for ((xn, xr, xt), (yn, yr, yt)) in xi.iter().zip(&yi) {
+            assert_eq!((xn, xr), (yn, yr), "{ctx}");
+            assert!((xt - yt).abs() <= 1, "{ctx}");
+        }
+    }
+}

@@ -21,21 +21,28 @@ pub enum RefusalReason {
     /// The request carries no key for the quota and the layer rejects such
     /// requests (HTTP 400 / gRPC `INVALID_ARGUMENT`).
     MissingKey,
+    /// The quota store (Redis) could not decide and the layer fails closed
+    /// (`FailurePolicy::FailClosed`, feature `redis`);
+    /// `Retry-After` is the time until the store is tried again.
+    StoreUnavailable,
 }
 
 impl RefusalReason {
-    pub(crate) const ALL: [RefusalReason; 3] = [
+    pub(crate) const ALL: [RefusalReason; 4] = [
         RefusalReason::Exhausted,
         RefusalReason::TooCostly,
         RefusalReason::MissingKey,
+        RefusalReason::StoreUnavailable,
     ];
 
-    /// A stable kebab-case name (`exhausted`, `too-costly`, `missing-key`).
+    /// A stable kebab-case name (`exhausted`, `too-costly`, `missing-key`,
+    /// `store-unavailable`).
     pub const fn as_str(self) -> &'static str {
         match self {
             RefusalReason::Exhausted => "exhausted",
             RefusalReason::TooCostly => "too-costly",
             RefusalReason::MissingKey => "missing-key",
+            RefusalReason::StoreUnavailable => "store-unavailable",
         }
     }
 
@@ -44,6 +51,7 @@ impl RefusalReason {
             RefusalReason::Exhausted => 0,
             RefusalReason::TooCostly => 1,
             RefusalReason::MissingKey => 2,
+            RefusalReason::StoreUnavailable => 3,
         }
     }
 }

@@ -7,16 +7,22 @@
 //!
 //! ```text
 //! RateLimit-Policy: "client-ip";q=10;w=1, "global";q=1000;w=1
-//! RateLimit: "client-ip";r=0;t=2, "global";r=997;t=1
+//! RateLimit: "client-ip";r=0;t=1, "global";r=997;t=1
 //! ```
 //!
 //! `q`/`w` are the quota's rate (`q` units per `w` seconds; a period that is
 //! not a whole number of seconds is scaled to whole seconds, rounded down).
 //! `r` is what can be taken right now (the remaining burst) and `t` the
-//! seconds, rounded up, until the quota is full again.
+//! draft's *effective window* in seconds, rounded up: the time within which
+//! no more than `r` can be taken, i.e. until one more unit is usable after
+//! taking the `r` (GCRA refills continuously, one unit every `w / q`). On a
+//! refusal the quotas that refused have `t` no later than `Retry-After`, as
+//! the draft asks (§6), and a client that waits `Retry-After` is admitted
+//! (absent other traffic): it covers every quota and the request's cost.
 //!
 //! The legacy headers (`x-ratelimit-limit`, `-remaining`, `-reset`) describe
-//! one quota: the one that refused, else the one with the least remaining.
+//! one quota: the one that refused, else the one with the least remaining;
+//! their `reset` is the seconds until that quota is full again.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -72,7 +78,10 @@ fn push_u64(out: &mut String, mut n: u64) {
 pub(crate) struct Item {
     pub(crate) quota: usize,
     pub(crate) remaining: u32,
-    pub(crate) reset: Duration,
+    /// `t`: the effective window.
+    pub(crate) window: Duration,
+    /// `x-ratelimit-reset`: until the quota is full again.
+    pub(crate) full: Duration,
 }
 
 /// The pre-rendered parts of a layer's headers.
@@ -133,7 +142,7 @@ impl HeaderTemplate {
             out.push_str(&self.prefixes[item.quota]);
             push_u64(&mut out, u64::from(item.remaining));
             out.push_str(";t=");
-            push_u64(&mut out, ceil_secs(item.reset));
+            push_u64(&mut out, ceil_secs(item.window));
         }
         let legacy = if self.legacy {
             let focus = focus
@@ -143,7 +152,7 @@ impl HeaderTemplate {
                 [
                     HeaderValue::from(self.limits[i.quota]),
                     HeaderValue::from(i.remaining),
-                    HeaderValue::from(ceil_secs(i.reset)),
+                    HeaderValue::from(ceil_secs(i.full)),
                 ]
             })
         } else {
@@ -210,12 +219,14 @@ mod tests {
                 Item {
                     quota: 0,
                     remaining: 0,
-                    reset: Duration::from_millis(1500),
+                    window: Duration::from_millis(1500),
+                    full: Duration::from_millis(2500),
                 },
                 Item {
                     quota: 1,
                     remaining: 7,
-                    reset: Duration::from_millis(10),
+                    window: Duration::from_millis(10),
+                    full: Duration::from_millis(30),
                 },
             ],
             Some(0),
@@ -225,6 +236,6 @@ mod tests {
         assert_eq!(h["ratelimit"], "\"per-ip\";r=0;t=2, \"global\";r=7;t=1");
         assert_eq!(h["x-ratelimit-limit"], "10");
         assert_eq!(h["x-ratelimit-remaining"], "0");
-        assert_eq!(h["x-ratelimit-reset"], "2");
+        assert_eq!(h["x-ratelimit-reset"], "3");
     }
 }

@@ -185,7 +185,9 @@ impl RateLimitBuilder {
     }
 
     /// Client networks that are never limited (CIDRs or addresses, checked
-    /// against the resolved client IP).
+    /// against the resolved client IP before any
+    /// [`ClientIp::ipv6_prefix`] masking: `2001:db8::1/128` admits that
+    /// address only, not its whole /64).
     pub fn allow_cidrs<I, T>(mut self, cidrs: I) -> Self
     where
         I: IntoIterator<Item = T>,
@@ -242,6 +244,10 @@ impl RateLimitBuilder {
         let mut names: Vec<String> = Vec::with_capacity(self.quotas.len());
         let mut infos = Vec::with_capacity(self.quotas.len());
         let mut cells = Vec::with_capacity(self.quotas.len());
+        #[cfg(feature = "redis")]
+        let remote_store = self.redis.is_some();
+        #[cfg(not(feature = "redis"))]
+        let remote_store = false;
         for (i, q) in self.quotas.iter().enumerate() {
             let at = format!("quotas[{i}]");
             let gq = q.governor_quota().map_err(|e| e.at(&at))?;
@@ -281,6 +287,11 @@ impl RateLimitBuilder {
             cells.push(QuotaCells::new(gq, keyed));
             let per_reason = |metric: &'static str| {
                 RefusalReason::ALL.map(|r| {
+                    if r == RefusalReason::StoreUnavailable && !remote_store {
+                        // In process there is no store to be unavailable:
+                        // no series that can only ever read 0.
+                        return Counter::noop();
+                    }
                     metrics::counter!(
                         metric,
                         &[
@@ -367,6 +378,9 @@ impl RateLimitBuilder {
                 )?))
             }
         };
+        let allow_ip = (!allow_cidrs.is_empty())
+            .then(|| unmasked(&self.client_ip))
+            .flatten();
         let shared = Arc::new(Shared {
             #[cfg(feature = "redis")]
             redis,
@@ -384,6 +398,7 @@ impl RateLimitBuilder {
             admitted_headers: self.admitted_headers,
             headers,
             allow_keys: allow_keys.into(),
+            allow_ip,
             allow_cidrs: allow_cidrs.into(),
             wait: self.wait,
             admitted: metrics::counter!("rampart_rate_limit_admitted_total", &name_label),
@@ -399,6 +414,22 @@ impl RateLimitBuilder {
             _mode: PhantomData,
         })
     }
+}
+
+/// `client_ip` without IPv6 prefix masking, when it masks. Whether it masks
+/// is seen from outside: the all-ones IPv6 peer resolves to itself only
+/// unmasked (without forwarding headers, the peer is the client).
+fn unmasked(client_ip: &ClientIp) -> Option<ClientIp> {
+    let mut probe = http::Extensions::new();
+    probe.insert(std::net::SocketAddr::from((
+        std::net::Ipv6Addr::from(u128::MAX),
+        1,
+    )));
+    let peer = IpAddr::from(std::net::Ipv6Addr::from(u128::MAX));
+    let masks = client_ip.resolve(&http::HeaderMap::new(), &probe) != Some(peer);
+    masks
+        .then(|| client_ip.clone().ipv6_prefix(128).ok())
+        .flatten()
 }
 
 fn spawn_sweeper(shared: &Arc<Shared>, every: Duration) {
@@ -426,8 +457,8 @@ pub(crate) struct QuotaInfo {
     /// The refusal detail, rendered once.
     exhausted: String,
     key: KeyExtractor,
-    refused: [Counter; 3],
-    dry_run: [Counter; 3],
+    refused: [Counter; RefusalReason::ALL.len()],
+    dry_run: [Counter; RefusalReason::ALL.len()],
 }
 
 /// The state every clone of the layer and its services shares.
@@ -447,6 +478,9 @@ pub(crate) struct Shared {
     headers: HeaderTemplate,
     allow_keys: Box<[u64]>,
     allow_cidrs: Box<[IpNet]>,
+    /// When the client IP is masked (an IPv6 prefix below 128): the same
+    /// resolution unmasked, for the allow-list, which names addresses.
+    allow_ip: Option<ClientIp>,
     pub(crate) wait: Option<Duration>,
     admitted: Counter,
     allowlisted: Counter,
@@ -545,13 +579,17 @@ impl Shared {
         };
         let mut keys = Vec::with_capacity(slots.len);
         let mut t_cap = Vec::with_capacity(slots.len);
+        // A request costlier than a burst is refused whatever Redis says,
+        // but still asked about (nothing is written), so its refusal
+        // reports what remains, as in process.
+        let mut too_costly = None;
         for (i, s) in slots.slots[..slots.len].iter().enumerate() {
             if !s.active {
                 continue;
             }
             let q = self.store.quota(i);
-            if cost.get() > q.burst {
-                return self.refusal(&self.store, &slots, i, RefusalReason::TooCostly, None, cost);
+            if cost.get() > q.burst && too_costly.is_none() {
+                too_costly = Some(i);
             }
             let name = self.quotas[i]
                 .key
@@ -566,7 +604,7 @@ impl Shared {
             self.admitted.increment(1);
             return Decision::Admit(None);
         }
-        Decision::Deciding(redis.acquire(slots, keys, t_cap, cost))
+        Decision::Deciding(redis.acquire(slots, keys, t_cap, cost, too_costly))
     }
 
     /// Turns the Redis store's answer into a decision.
@@ -578,26 +616,56 @@ impl Shared {
     ) -> Decision {
         use super::redis::Path;
         let cost = slots.cost.unwrap_or(NonZeroU32::MIN);
-        match outcome.path {
-            Path::FailClosed => {
-                let rejection = Rejection::new(RejectionKind::RateLimited, Arc::clone(&self.name))
-                    .with_retry_after(Duration::from_secs(1))
-                    .with_detail("the rate limit store is unavailable");
-                Decision::Refuse(Box::new(rejection))
+        let first_active = || {
+            slots.slots[..slots.len]
+                .iter()
+                .position(|s| s.active)
+                .unwrap_or(0)
+        };
+        match (outcome.path, outcome.verdict) {
+            // Never admissible, whatever the store's state: refused without
+            // the live state when the store could not tell it.
+            (Path::FailClosed | Path::FailOpen, Verdict::TooCostly { quota }) => self.refusal(
+                &self.store,
+                slots,
+                quota,
+                RefusalReason::TooCostly,
+                None,
+                cost,
+                false,
+            ),
+            (Path::FailClosed, _) => {
+                // Retry when the breaker guarding Redis lets a call through
+                // again (at least 1s: the breaker may still be closed).
+                let wait = self
+                    .redis
+                    .as_ref()
+                    .and_then(|r| r.breaker().open_remaining())
+                    .filter(|d| *d > Duration::from_secs(1))
+                    .unwrap_or(Duration::from_secs(1));
+                self.refusal(
+                    &self.store,
+                    slots,
+                    first_active(),
+                    RefusalReason::StoreUnavailable,
+                    Some(wait),
+                    cost,
+                    false,
+                )
             }
-            Path::FailOpen => {
+            (Path::FailOpen, _) => {
                 self.admitted.increment(1);
                 Decision::Admit(None)
             }
-            Path::Fallback => {
+            (Path::Fallback, verdict) => {
                 let store = self
                     .redis
                     .as_ref()
                     .and_then(|r| r.fallback.as_ref())
                     .unwrap_or(&self.store);
-                self.finish(store, slots, outcome.verdict, false, cost)
+                self.finish(store, slots, verdict, false, cost)
             }
-            Path::Redis => self.finish(&self.store, slots, outcome.verdict, false, cost),
+            (Path::Redis, verdict) => self.finish(&self.store, slots, verdict, false, cost),
         }
     }
 
@@ -613,10 +681,14 @@ impl Shared {
     #[inline]
     fn prepare(&self, info: &RequestInfo<'_>, slots: &mut Slots) -> Option<Decision> {
         if !self.allow_cidrs.is_empty() {
-            if let Some(ip) = info.client_ip() {
-                if self.cidr_allowed(ip) {
-                    return Some(self.allowlisted());
-                }
+            // The allow-list names addresses: match the client's own, not
+            // the IPv6 network its quota key is masked to.
+            let ip = match &self.allow_ip {
+                None => info.client_ip(),
+                Some(unmasked) => unmasked.resolve(info.headers, info.extensions),
+            };
+            if ip.is_some_and(|ip| self.cidr_allowed(ip)) {
+                return Some(self.allowlisted());
             }
         }
         let cost = match &self.cost {
@@ -669,6 +741,40 @@ impl Shared {
         None
     }
 
+    /// Every quota's state for `key` (global quotas: for everybody).
+    fn peek(&self, key: &Key) -> Vec<QuotaState> {
+        let fp = fingerprint(&self.hasher, key.as_ref());
+        let mut slots = Slots {
+            len: self.quotas.len(),
+            ..Slots::default()
+        };
+        for (i, q) in self.quotas.iter().enumerate() {
+            slots.slots[i].active = true;
+            if !q.key.is_global() {
+                slots.slots[i].fp = fp;
+            }
+        }
+        self.store.measure(&mut slots.slots[..slots.len]);
+        slots.slots[..slots.len]
+            .iter()
+            .zip(self.quotas.iter())
+            .enumerate()
+            .map(|(i, (s, info))| {
+                let q = self.store.quota(i);
+                let m = s.measured;
+                let snap = q.snapshot(m.prev, m.now);
+                QuotaState {
+                    name: Arc::clone(&info.name),
+                    limit: q.burst,
+                    remaining: snap.remaining,
+                    reset: snap.full,
+                    window: snap.window,
+                    retry_after: q.wait_for(m.prev, m.now, 1),
+                }
+            })
+            .collect()
+    }
+
     fn cidr_allowed(&self, ip: IpAddr) -> bool {
         self.allow_cidrs.iter().any(|n| n.contains(&ip))
     }
@@ -705,7 +811,7 @@ impl Shared {
             Verdict::Admitted => {
                 self.admitted.increment(1);
                 if self.admitted_headers {
-                    let items = self.items(store, slots, None);
+                    let items = self.items(store, slots, false);
                     Decision::Admit(Some(Box::new(
                         self.headers
                             .render(&items[..self.active_count(slots)], None),
@@ -729,11 +835,18 @@ impl Shared {
                     RefusalReason::Exhausted,
                     Some(wait),
                     cost,
+                    true,
                 )
             }
-            Verdict::TooCostly { quota } => {
-                self.refusal(store, slots, quota, RefusalReason::TooCostly, None, cost)
-            }
+            Verdict::TooCostly { quota } => self.refusal(
+                store,
+                slots,
+                quota,
+                RefusalReason::TooCostly,
+                None,
+                cost,
+                true,
+            ),
         }
     }
 
@@ -747,6 +860,7 @@ impl Shared {
             RefusalReason::Exhausted,
             Some(wait),
             cost,
+            true,
         )
     }
 
@@ -754,17 +868,16 @@ impl Shared {
         slots.slots[..slots.len].iter().filter(|s| s.active).count()
     }
 
-    /// The `RateLimit` items of the active quotas (refusing quota at 0).
-    fn items(
-        &self,
-        store: &MemoryStore,
-        slots: &Slots,
-        refused: Option<usize>,
-    ) -> [Item; MAX_QUOTAS] {
+    /// The `RateLimit` items of the active quotas. A refusal reports each
+    /// quota as it stays (nothing was taken): what really remains, which
+    /// may be above 0 when the request costs more than that (redis-cell's
+    /// `CL.THROTTLE` does the same).
+    fn items(&self, store: &MemoryStore, slots: &Slots, refused: bool) -> [Item; MAX_QUOTAS] {
         let mut items = [Item {
             quota: 0,
             remaining: 0,
-            reset: Duration::ZERO,
+            window: Duration::ZERO,
+            full: Duration::ZERO,
         }; MAX_QUOTAS];
         let mut n = 0;
         for (i, s) in slots.slots[..slots.len].iter().enumerate() {
@@ -775,18 +888,22 @@ impl Shared {
             let m = s.measured;
             let now = if m.now == 0 { q.now() } else { m.now };
             // A refusal reports the state as it stays (nothing was taken).
-            let tat = if refused.is_some() { m.prev } else { m.next };
-            let (remaining, reset) = q.snapshot(tat, now);
+            let tat = if refused { m.prev } else { m.next };
+            let snap = q.snapshot(tat, now);
             items[n] = Item {
                 quota: i,
-                remaining: if refused == Some(i) { 0 } else { remaining },
-                reset,
+                remaining: snap.remaining,
+                window: snap.window,
+                full: snap.full,
             };
             n += 1;
         }
         items
     }
 
+    /// Builds, counts and traces a refusal by `quota`. `live`: the slots
+    /// hold the quotas' state (else only `RateLimit-Policy` is sent).
+    #[allow(clippy::too_many_arguments)]
     fn refusal(
         &self,
         store: &MemoryStore,
@@ -795,6 +912,7 @@ impl Shared {
         reason: RefusalReason,
         wait: Option<Duration>,
         cost: NonZeroU32,
+        live: bool,
     ) -> Decision {
         let name = &self.quotas[quota].name;
         let detail = match reason {
@@ -802,17 +920,25 @@ impl Shared {
                 "the request costs {cost} but rate limit quota `{name}` allows at most {} at once; it can never be admitted",
                 store.quota(quota).burst
             ),
+            RefusalReason::StoreUnavailable => "the rate limit store is unavailable".to_owned(),
             _ => self.quotas[quota].exhausted.clone(),
         };
+        // Whole milliseconds, rounded up: gRPC's `grpc-retry-pushback-ms`
+        // (and the event's `retry_after_ms`) never tell a client to come
+        // back before the quota has room (`Retry-After` rounds up anyway).
+        let wait = wait.map(|w| {
+            let ms = w.as_nanos().div_ceil(1_000_000);
+            Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        });
         let mut rejection = Rejection::new(RejectionKind::RateLimited, Arc::clone(&self.name))
             .with_retry_after_opt(wait)
             .with_detail(detail);
-        let rendered = if reason == RefusalReason::TooCostly {
-            self.headers.render(&[], Some(quota))
-        } else {
-            let items = self.items(store, slots, Some(quota));
+        let rendered = if live {
+            let items = self.items(store, slots, true);
             self.headers
                 .render(&items[..self.active_count(slots)], Some(quota))
+        } else {
+            self.headers.render(&[], Some(quota))
         };
         let headers = rejection.headers_mut();
         headers.reserve(5);
@@ -918,6 +1044,107 @@ impl<M> RateLimitLayer<M> {
     /// How many keys are tracked, over all keyed quotas.
     pub fn key_count(&self) -> usize {
         self.shared.store.key_count()
+    }
+
+    /// Reads what each quota holds for `key` now, consuming nothing (an
+    /// admin endpoint, a quota dashboard, a client asking "how much is
+    /// left?"). One [`QuotaState`] per quota, in the builder's order: a
+    /// keyed quota is read for `key` (the same key its extractor yields: a
+    /// header's value as text, a client IP as [`Key::Ip`], masked to the
+    /// [`ClientIp::ipv6_prefix`] network if one is set), a global quota
+    /// for everybody.
+    ///
+    /// `None` when the state lives in Redis (feature `redis`): this reads
+    /// process memory only.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http::{Request, Response};
+    /// use tower::{Service, ServiceExt, service_fn};
+    /// use tower_rampart::rate_limit::{Key, KeyExtractor, Quota, RateLimitLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let layer = RateLimitLayer::builder()
+    ///     .quota(Quota::per_minute(10).key(KeyExtractor::header("x-tenant")?).name("tenant"))
+    ///     .build()?;
+    /// let mut svc = tower::ServiceBuilder::new()
+    ///     .layer(layer.clone())
+    ///     .service(service_fn(|_req: Request<String>| async {
+    ///         Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+    ///     }));
+    /// for _ in 0..3 {
+    ///     let req = Request::builder().header("x-tenant", "acme").body(String::new())?;
+    ///     svc.ready().await?.call(req).await?;
+    /// }
+    ///
+    /// let states = layer.peek(&Key::from("acme")).expect("in-process store");
+    /// assert_eq!(states[0].name(), "tenant");
+    /// assert_eq!(states[0].limit(), 10);
+    /// assert_eq!(states[0].remaining(), 7);
+    /// assert_eq!(states[0].retry_after(), Duration::ZERO); // one more fits now
+    /// assert!(states[0].reset() <= Duration::from_secs(18)); // 3 units of 6s
+    /// // Reading consumed nothing; another tenant is untouched.
+    /// assert_eq!(layer.peek(&Key::from("acme")).unwrap()[0].remaining(), 7);
+    /// assert_eq!(layer.peek(&Key::from("other")).unwrap()[0].remaining(), 10);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn peek(&self, key: &Key) -> Option<Vec<QuotaState>> {
+        #[cfg(feature = "redis")]
+        if self.shared.redis.is_some() {
+            return None;
+        }
+        Some(self.shared.peek(key))
+    }
+}
+
+/// What one quota holds for a key, read by [`RateLimitLayer::peek`]
+/// without consuming anything: the numbers behind the `RateLimit` field's
+/// `r` and `t` and `x-ratelimit-reset` (unrounded), and the `Retry-After` a
+/// request of cost 1 would get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaState {
+    name: Arc<str>,
+    limit: u32,
+    remaining: u32,
+    reset: Duration,
+    window: Duration,
+    retry_after: Duration,
+}
+
+impl QuotaState {
+    /// The quota's name (as in `RateLimit-Policy`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The burst: the most units the quota holds.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Units that can be taken right now.
+    pub fn remaining(&self) -> u32 {
+        self.remaining
+    }
+
+    /// Time until the quota is full again (zero when it is).
+    pub fn reset(&self) -> Duration {
+        self.reset
+    }
+
+    /// The IETF effective window (`t`): within it no more than
+    /// [`remaining`](Self::remaining) units can be taken; the time until
+    /// one more is usable after taking them.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Time until a request of cost 1 would be admitted (zero when one
+    /// would be now).
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
     }
 }
 

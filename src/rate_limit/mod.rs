@@ -4,7 +4,9 @@
 //! A [`RateLimitLayer`] holds one or more [`Quota`]s (`10 per second per
 //! client IP, burst 20` and `1000 per second overall`). A request is admitted
 //! only when every quota admits it, and then consumes from all of them; when
-//! one refuses, it consumes from none and the refusal names that quota.
+//! any refuses, it consumes from none, and the refusal waits (`Retry-After`)
+//! for the quota that needs longest to admit the request's cost, and names
+//! it: a client that obeys the wait is not refused again by another quota.
 //!
 //! ```
 //! use std::net::SocketAddr;
@@ -58,12 +60,15 @@
 //!
 //! HTTP: `429 Too Many Requests`, `Retry-After` (whole seconds, rounded up,
 //! at least 1), the [IETF fields](headers) `RateLimit-Policy` and `RateLimit`
-//! (one item per quota), optionally `x-ratelimit-*`, and an
+//! (one item per quota, each as it stays after the refusal: what really
+//! remains, which is above 0 when the request costs more than that),
+//! optionally `x-ratelimit-*`, and an
 //! `application/problem+json` body naming the quota. gRPC (request
 //! `content-type: application/grpc*`): a trailers-only response with
 //! `grpc-status: 8` (`RESOURCE_EXHAUSTED`), `grpc-retry-pushback-ms` and the
 //! same rate-limit headers. A request costing more than a quota's burst is
-//! refused without `Retry-After` (it can never be admitted); a request with
+//! refused without `Retry-After` (it can never be admitted) but with both
+//! fields; a request with
 //! no key under [`MissingKey::Reject`] gets 400 / `INVALID_ARGUMENT`. With
 //! [`RateLimitLayer::into_error_mode`] the refusal is a
 //! [`Rejection`](crate::Rejection) inside a `BoxError` instead.
@@ -96,7 +101,10 @@
 //! - [`RateLimitBuilder::dry_run`]: count and trace what would be refused,
 //!   refuse nothing.
 //! - [`RateLimitBuilder::allow_keys`] / [`allow_cidrs`](RateLimitBuilder::allow_cidrs):
-//!   never limited.
+//!   never limited (CIDRs match the client's own address, before
+//!   [`ClientIp::ipv6_prefix`] masks it into a key).
+//! - [`RateLimitLayer::peek`]: what each quota holds for a key, consuming
+//!   nothing.
 //! - [`RateLimitBuilder::wait`]: for outbound calls, wait up to a maximum
 //!   delay for room, then refuse.
 //!
@@ -108,7 +116,7 @@
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
 //! | `rampart_rate_limit_admitted_total` | counter | `name` | requests admitted (including dry-run would-be refusals) |
-//! | `rampart_rate_limit_refused_total` | counter | `name`, `quota`, `reason` | requests refused; `reason` is `exhausted`, `too-costly` or `missing-key` |
+//! | `rampart_rate_limit_refused_total` | counter | `name`, `quota`, `reason` | requests refused; `reason` is `exhausted`, `too-costly`, `missing-key` or `store-unavailable` (Redis store, fail closed) |
 //! | `rampart_rate_limit_dry_run_refusals_total` | counter | `name`, `quota`, `reason` | requests dry-run mode would have refused |
 //! | `rampart_rate_limit_allowlisted_total` | counter | `name` | requests let through by the allow-lists |
 //! | `rampart_rate_limit_keys` | gauge | `name`, `quota` | keys tracked by a keyed quota |
@@ -147,7 +155,7 @@ pub use config::{FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, Store
 pub use error::RefusalReason;
 pub use future::ResponseFuture;
 pub use key::{ClientIp, Key, KeyExtractor, RequestInfo};
-pub use layer::{MAX_QUOTAS, MissingKey, RateLimitBuilder, RateLimitLayer};
+pub use layer::{MAX_QUOTAS, MissingKey, QuotaState, RateLimitBuilder, RateLimitLayer};
 pub use quota::{Quota, Rate};
 #[cfg(feature = "redis")]
 pub use redis::{FailurePolicy, RedisStore};

@@ -18,8 +18,10 @@
 //! On loopback that is tens of microseconds instead of a few hundred
 //! nanoseconds, plus one boxed future and a few small allocations (key
 //! names) per request; see `benches/README.md`. Requests that need no
-//! decision (allow-listed, free, too costly for any burst) never reach
-//! Redis. The in-process path is unchanged by this module.
+//! decision (allow-listed, free) never reach Redis; one too costly for a
+//! burst is refused whatever Redis says but still read (nothing written),
+//! so its refusal reports what remains. The in-process path is unchanged by
+//! this module.
 //!
 //! # Keys
 //!
@@ -67,7 +69,9 @@ use crate::rejection::ErrorMode;
 pub enum FailurePolicy {
     /// Admit every request (availability first; the default).
     FailOpen,
-    /// Refuse every request (429, `Retry-After: 1`).
+    /// Refuse every request: 429 with `Retry-After` until the breaker
+    /// guarding Redis tries it again (at least 1s), counted and traced like
+    /// every refusal (reason `store-unavailable`; dry-run mode only counts).
     FailClosed,
     /// Decide in this process with `share` (in `(0, 1]`) of each quota's
     /// rate and burst: with 4 replicas, `0.25` keeps the fleet near the
@@ -162,7 +166,9 @@ impl RedisStore {
 
 const SCRIPT: &str = r"
 -- ARGV[1] = cost; then per key: t (ns per unit), cap (burst * t, ns).
--- Returns {refused (1-based, 0 = admitted), now, wait, prev1, next1, ...}.
+-- Returns {refused (1-based, 0 = admitted), now, wait, prev1, next1, ...}:
+-- a refusal names the quota that needs longest to admit the cost, and waits
+-- for it, so a client obeying the wait is not refused by another quota.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000000 + tonumber(time[2]) * 1000
 local cost = tonumber(ARGV[1])
@@ -179,7 +185,7 @@ for i = 1, #KEYS do
   nexts[i] = new
   out[2 + 2 * i] = tat
   out[3 + 2 * i] = new
-  if allow_at > now and out[1] == 0 then
+  if allow_at > now and allow_at - now > out[3] then
     out[1] = i
     out[3] = allow_at - now
   end
@@ -455,6 +461,7 @@ impl RedisBackend {
         keys: Vec<Vec<u8>>,
         t_cap: Vec<(u64, u64)>,
         cost: NonZeroU32,
+        too_costly: Option<usize>,
     ) -> Deciding {
         let this = Arc::clone(self);
         let mut args = Vec::with_capacity(1 + 2 * t_cap.len());
@@ -504,9 +511,10 @@ impl RedisBackend {
                         }
                     }
                     this.record(Path::Redis);
-                    let verdict = match refused_quota {
-                        None => Verdict::Admitted,
-                        Some(quota) => Verdict::Exhausted {
+                    let verdict = match (too_costly, refused_quota) {
+                        (Some(quota), _) => Verdict::TooCostly { quota },
+                        (None, None) => Verdict::Admitted,
+                        (None, Some(quota)) => Verdict::Exhausted {
                             quota,
                             wait: Duration::from_nanos(wait),
                         },
@@ -536,14 +544,18 @@ impl RedisBackend {
                                 store.acquire(&mut slots.slots[..slots.len], cost, true),
                             )
                         }
+                        // The layer builds the refusal (its wait is the
+                        // breaker's remaining open time).
                         (FailurePolicy::FailClosed, _) => (
                             Path::FailClosed,
-                            Verdict::Exhausted {
-                                quota: 0,
-                                wait: Duration::from_secs(1),
-                            },
+                            too_costly
+                                .map_or(Verdict::Admitted, |quota| Verdict::TooCostly { quota }),
                         ),
-                        _ => (Path::FailOpen, Verdict::Admitted),
+                        _ => (
+                            Path::FailOpen,
+                            too_costly
+                                .map_or(Verdict::Admitted, |quota| Verdict::TooCostly { quota }),
+                        ),
                     };
                     this.record(path);
                     (slots, RemoteOutcome { verdict, path })

@@ -383,6 +383,19 @@ impl StateStore for CellsHandle {
 }
 
 impl Cells {
+    /// The TAT stored for `fp` (0: never seen, or evicted: a full bucket).
+    fn read(&self, fp: u64) -> u64 {
+        match self {
+            Cells::Single(cell) => cell.load(Ordering::Acquire),
+            Cells::Keyed(table) => table
+                .shard(fp)
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&fp)
+                .map_or(0, |cell| cell.load(Ordering::Acquire)),
+        }
+    }
+
     /// Phase two: writes `next` if the TAT is still `prev`.
     fn commit(&self, fp: u64, prev: u64, next: u64, now: u64) -> bool {
         match self {
@@ -494,14 +507,41 @@ impl QuotaCells {
         probe.out.get().now
     }
 
-    /// What remains of the burst, and how long until the bucket is full
-    /// again, for a TAT at `now`.
-    pub(crate) fn snapshot(&self, tat: u64, now: u64) -> (u32, Duration) {
-        let cap = self.tau + self.t;
-        let avail = (now + cap).saturating_sub(tat).min(cap);
-        let remaining = u32::try_from(avail / self.t).unwrap_or(u32::MAX);
-        (remaining, Duration::from_nanos(tat.saturating_sub(now)))
+    /// The state of a TAT at `now`: what remains of the burst, the
+    /// effective window and how long until the bucket is full again.
+    pub(crate) fn snapshot(&self, tat: u64, now: u64) -> Snapshot {
+        let cap = self.tau.saturating_add(self.t);
+        let avail = now.saturating_add(cap).saturating_sub(tat).min(cap);
+        Snapshot {
+            remaining: u32::try_from(avail / self.t).unwrap_or(u32::MAX),
+            // Take all that remains now: the next unit is usable when the
+            // partial one under way is whole (a full bucket: one interval).
+            window: Duration::from_nanos(self.t - avail % self.t),
+            full: Duration::from_nanos(tat.saturating_sub(now)),
+        }
     }
+
+    /// How long until `cost` units could be taken, for a TAT at `now`
+    /// (GCRA: when `tat + cost * t - (tau + t)` is no longer after `now`).
+    pub(crate) fn wait_for(&self, tat: u64, now: u64, cost: u32) -> Duration {
+        let allow_at = tat
+            .max(now)
+            .saturating_add(self.t.saturating_mul(u64::from(cost)))
+            .saturating_sub(self.tau.saturating_add(self.t));
+        Duration::from_nanos(allow_at.saturating_sub(now))
+    }
+}
+
+/// One quota's state at some instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    /// Units that can be taken now.
+    pub(crate) remaining: u32,
+    /// The IETF effective window: within it no more than `remaining` can
+    /// be taken (the time until one more unit is usable after taking them).
+    pub(crate) window: Duration,
+    /// Until the bucket is full again.
+    pub(crate) full: Duration,
 }
 
 /// One quota's part of a request.
@@ -549,6 +589,23 @@ pub(crate) struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// Fills every active slot's `measured` with the quota's state as it
+    /// is (nothing taken): for refusals decided before GCRA runs, and for
+    /// reading a key's state.
+    pub(crate) fn measure(&self, slots: &mut [Slot]) {
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if slot.active {
+                let q = &self.quotas[i];
+                let tat = q.cells.read(slot.fp);
+                slot.measured = Measured {
+                    prev: tat,
+                    next: tat,
+                    now: q.now(),
+                };
+            }
+        }
+    }
+
     fn probe(&self, i: usize, fp: u64, mode: ProbeMode, cost: NonZeroU32, want_now: bool) -> Probe {
         Probe {
             fp,
@@ -562,9 +619,11 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn acquire(&self, slots: &mut [Slot], cost: NonZeroU32, want_now: bool) -> Verdict {
-        // Never admissible first: no misleading wait for the others.
+        // Never admissible first: no misleading wait for the others, but
+        // the state as it is, for the `RateLimit` field.
         for (i, slot) in slots.iter().enumerate() {
             if slot.active && cost.get() > self.quotas[i].burst {
+                self.measure(slots);
                 return Verdict::TooCostly { quota: i };
             }
         }
@@ -585,7 +644,10 @@ impl Store for MemoryStore {
             };
         }
         'transaction: loop {
-            let mut refused = None;
+            // Every quota is peeked, so a refusal waits for the quota that
+            // needs longest to admit this cost: a client obeying the wait is
+            // not refused again by another quota (ties: the first).
+            let mut refused: Option<(usize, Duration)> = None;
             for (i, slot) in slots.iter_mut().enumerate() {
                 if !slot.active {
                     continue;
@@ -596,18 +658,16 @@ impl Store for MemoryStore {
                 match res {
                     Ok(Ok(())) => {}
                     Ok(Err(not_until)) => {
-                        if refused.is_none() {
-                            refused = Some(Verdict::Exhausted {
-                                quota: i,
-                                wait: not_until.wait_time_from(TokioClock.now()),
-                            });
+                        let wait = not_until.wait_time_from(TokioClock.now());
+                        if refused.is_none_or(|(_, w)| wait > w) {
+                            refused = Some((i, wait));
                         }
                     }
                     Err(_) => return Verdict::TooCostly { quota: i },
                 }
             }
-            if let Some(v) = refused {
-                return v;
+            if let Some((quota, wait)) = refused {
+                return Verdict::Exhausted { quota, wait };
             }
             for i in 0..slots.len() {
                 let s = slots[i];
