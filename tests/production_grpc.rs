@@ -86,6 +86,16 @@ fn grpc_example_serves_behind_the_stack() {
         out.contains("SayHello: Internal: failed on purpose"),
         "{out}"
     );
+    // 20 calls at least before the breaker judges: open SayHello's.
+    for _ in 0..19 {
+        call(&addr, &["--fail"]);
+    }
+    // Its breaker is open; grpc.health.v1 is outside the protections and
+    // answers what /readyz answers (breaker_readiness = "warn": serving), so
+    // a Kubernetes `grpc:` probe does not fail on every replica at once.
+    let out = call(&addr, &["--name", "Ada"]);
+    assert!(out.contains("health \"\": SERVING"), "{out}");
+    assert!(out.contains("SayHello: Unavailable"), "{out}");
 
     let ok = Command::new("kill")
         .args(["-TERM", &server.0.id().to_string()])
