@@ -35,6 +35,14 @@
 //!
 //! [timeout]                     # optional: default 10s
 //! timeout = "2s"
+//!
+//! [platform]                    # optional: these are the defaults
+//! paths = ["/metrics"]          # served outside every protection
+//! grpc_health = true            # grpc.health.v1 too
+//!
+//! [routes]                      # optional
+//! per_route_breaker = true      # one breaker per route
+//! grpc_methods = ["/demo.Greeter/SayHello"]
 //! ```
 //!
 //! # Environment overrides
@@ -67,13 +75,22 @@
 //! 1. the [probe layer](crate::health::ProbeLayer): `/livez`, `/readyz`,
 //!    `/startupz` are answered before anything else, so probes are never
 //!    rate limited, refused by a breaker, counted in flight or timed out;
+//!    then the platform's endpoints ([`PlatformConfig`]: `/metrics` and
+//!    `grpc.health.v1.Health/{Check,Watch,List}` by default, matched by the
+//!    exact path) go to the application with panic catching only, skipping
+//!    layers 2 to 5: they are neither refused nor counted by them, so a
+//!    scrape answers while a breaker is open and a gRPC health check
+//!    answers what `/readyz` answers;
 //! 2. the [drain layer](crate::shutdown::DrainLayer): counts every request
 //!    in flight for the graceful shutdown and refuses new ones while
 //!    draining;
 //! 3. the [rate limit](crate::rate_limit) (if configured): the cheapest
 //!    refusal first, and a refused request never reaches the breaker's
 //!    statistics;
-//! 4. the [circuit breaker](crate::circuit_breaker);
+//! 4. the [circuit breaker](crate::circuit_breaker): one for every request,
+//!    or one per route with [`RoutesConfig::per_route_breaker`] (axum's
+//!    matched path, declared gRPC methods, and one `unmatched` breaker for
+//!    the rest, so clients cannot create breakers);
 //! 5. the [timeout](crate::timeout), inside the breaker, so a timed-out call
 //!    reaches the breaker as a failure (504) rather than as a dropped call;
 //! 6. tower-http's [`CatchPanicLayer`](tower_http::catch_panic::CatchPanicLayer),
@@ -81,8 +98,12 @@
 //!    too (and the connection survives).
 //!
 //! It hands back the [`Shutdown`](crate::shutdown::Shutdown) coordinator, the
-//! [`HealthRegistry`](crate::health::HealthRegistry) and the
-//! [`CircuitBreakerHandle`](crate::circuit_breaker::CircuitBreakerHandle).
+//! [`HealthRegistry`](crate::health::HealthRegistry) and the breaker's
+//! [`CircuitBreakerHandle`](crate::circuit_breaker::CircuitBreakerHandle)
+//! ([`Stack::circuit_breaker`]), or the [`RouteBreakers`]
+//! ([`Stack::route_breakers`]) when kept per route. The application
+//! service is cloned once per `layer()` call (one copy serves the
+//! platform's endpoints), never per request.
 //!
 //! ```
 //! use axum::{Router, routing::get};
