@@ -25,9 +25,9 @@ use http::StatusCode;
 use http_body_util::Full;
 use tokio::sync::Notify;
 use tonic::server::NamedService;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use tower_rampart::config::{RampartConfig, Stack};
 
 fn config(extra: &str) -> RampartConfig {
@@ -160,10 +160,18 @@ async fn the_bypass_is_an_exact_path() {
         "/grpc.health.v1.Health/",
     ] {
         let r = common::get(addr, path).await;
-        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{path}: {}", r.body);
+        assert_eq!(
+            r.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{path}: {}",
+            r.body
+        );
     }
     // The query string is not part of the path.
-    assert_eq!(common::get(addr, "/metrics?x=1").await.status, StatusCode::OK);
+    assert_eq!(
+        common::get(addr, "/metrics?x=1").await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -246,7 +254,10 @@ async fn serve_tonic(stack: &Stack) -> SocketAddr {
     addr
 }
 
-async fn check(client: &mut HealthClient<tonic::transport::Channel>, service: &str) -> ServingStatus {
+async fn check(
+    client: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> ServingStatus {
     client
         .check(HealthCheckRequest {
             service: service.to_owned(),
@@ -344,7 +355,10 @@ async fn grpc_check_agrees_with_readyz_during_shutdown() {
     stack.shutdown().draining().await;
     assert_eq!(say_hello(addr).await, "14");
     assert!(!agree(addr, &mut client).await);
-    assert_eq!(check(&mut client, "demo.Greeter").await, ServingStatus::NotServing);
+    assert_eq!(
+        check(&mut client, "demo.Greeter").await,
+        ServingStatus::NotServing
+    );
 }
 
 #[tokio::test]

@@ -154,7 +154,10 @@ async fn rate_limit_refusals_never_reach_the_breaker() {
     // One call recorded (the success); five refusals, none a failure.
     let counts = stack.circuit_breaker().unwrap().counts();
     assert_eq!((counts.calls, counts.failures), (1, 0));
-    assert_eq!(stack.circuit_breaker().unwrap().state(), CircuitState::Closed);
+    assert_eq!(
+        stack.circuit_breaker().unwrap().state(),
+        CircuitState::Closed
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 

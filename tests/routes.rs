@@ -97,10 +97,7 @@ async fn a_failing_route_opens_only_its_own_breaker() {
     assert!(!r.header("retry-after").is_empty());
     let r = h2c_get(addr, "/api/fail").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
-    assert_eq!(
-        routes.get("/api/fail").unwrap().state(),
-        CircuitState::Open
-    );
+    assert_eq!(routes.get("/api/fail").unwrap().state(), CircuitState::Open);
 
     // ...and only that one: the other routes answer, over both protocols.
     for _ in 0..5 {
@@ -111,10 +108,7 @@ async fn a_failing_route_opens_only_its_own_breaker() {
         assert_eq!(h2c_get(addr, "/api/sleep/2").await.status, StatusCode::OK);
     }
     // The key is the route template, not the path.
-    assert_eq!(
-        routes.routes(),
-        ["/api/fail", "/api/ok", "/api/sleep/{ms}"]
-    );
+    assert_eq!(routes.routes(), ["/api/fail", "/api/ok", "/api/sleep/{ms}"]);
     assert_eq!(routes.open_routes(), ["/api/fail"]);
     assert_eq!(routes.get("/api/ok").unwrap().counts().calls, 11);
 
@@ -169,7 +163,10 @@ async fn made_up_paths_share_one_bounded_breaker() {
         common::get(addr, "/api/fail").await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    assert_eq!(common::get(addr, "/api/sleep/1").await.status, StatusCode::OK);
+    assert_eq!(
+        common::get(addr, "/api/sleep/1").await.status,
+        StatusCode::OK
+    );
     // The platform's endpoints are in no breaker at all.
     assert_eq!(common::get(addr, "/livez").await.status, StatusCode::OK);
     assert_eq!(routes.len(), 4);
@@ -201,7 +198,8 @@ impl tower::Service<http::Request<tonic::body::Body>> for Greeter {
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         if req.uri().path() == "/demo.Greeter/SayHello" {
             Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<(), ()>::default());
+                let mut grpc =
+                    tonic::server::Grpc::new(tonic_prost::ProstCodec::<(), ()>::default());
                 Ok(grpc.unary(Hello, req).await)
             })
         } else {
@@ -256,15 +254,24 @@ async fn grpc_methods_have_their_own_breaker_only_when_declared() {
     tokio::spawn(async move { server.await.unwrap() });
     let channel = common::grpc_channel(addr).await;
 
-    assert_eq!(unary(&channel, "/demo.Greeter/SayHello").await, tonic::Code::Ok);
+    assert_eq!(
+        unary(&channel, "/demo.Greeter/SayHello").await,
+        tonic::Code::Ok
+    );
     for _ in 0..3 {
-        assert_eq!(unary(&channel, "/demo.Greeter/Fail").await, tonic::Code::Internal);
+        assert_eq!(
+            unary(&channel, "/demo.Greeter/Fail").await,
+            tonic::Code::Internal
+        );
     }
     assert_eq!(
         unary(&channel, "/demo.Greeter/Fail").await,
         tonic::Code::Unavailable
     );
-    assert_eq!(unary(&channel, "/demo.Greeter/SayHello").await, tonic::Code::Ok);
+    assert_eq!(
+        unary(&channel, "/demo.Greeter/SayHello").await,
+        tonic::Code::Ok
+    );
 
     // 1,000 made-up methods: one shared breaker, which they open; the
     // declared methods keep theirs.
@@ -279,9 +286,16 @@ async fn grpc_methods_have_their_own_breaker_only_when_declared() {
     assert_eq!(unavailable, 997);
     assert_eq!(
         routes.routes(),
-        ["/demo.Greeter/Fail", "/demo.Greeter/SayHello", RouteKey::UNMATCHED]
+        [
+            "/demo.Greeter/Fail",
+            "/demo.Greeter/SayHello",
+            RouteKey::UNMATCHED
+        ]
     );
-    assert_eq!(unary(&channel, "/demo.Greeter/SayHello").await, tonic::Code::Ok);
+    assert_eq!(
+        unary(&channel, "/demo.Greeter/SayHello").await,
+        tonic::Code::Ok
+    );
     assert_eq!(
         routes.get("/demo.Greeter/SayHello").unwrap().state(),
         CircuitState::Closed

@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use futures_core::Stream;
 use tonic::server::NamedService;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use tower_rampart::config::{RampartConfig, Stack};
 use tower_rampart::shutdown::{Shutdown, ShutdownReport, UntilDraining};
 

@@ -336,8 +336,9 @@ pub struct HealthConfig {
     /// Register the circuit breaker as a readiness check named after it
     /// (default `off`).
     pub breaker_readiness: BreakerReadiness,
-    /// How often the `grpc.health.v1` service re-reads the synchronous
-    /// checks, such as the breaker's (default 1s).
+    /// How often `grpc.health.v1` `Watch` streams re-read the synchronous
+    /// checks, such as the breaker's (default 1s); `Check` reads them when
+    /// called.
     #[serde(with = "crate::config_util::duration")]
     pub grpc_poll_interval: Duration,
 }

@@ -8,14 +8,14 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::Service;
 
+use crate::ConfigError;
 use crate::circuit_breaker::{
-    BreakerBody, CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerConfig,
-    CircuitBreakerEvent, CircuitBreakerHandle, CircuitBreakerLayer, CircuitState,
-    KeyedCircuitBreakerHandle, KeyedShared, NoFallback, ResponseFuture, call_http,
+    BreakerBody, CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerConfig, CircuitBreakerEvent,
+    CircuitBreakerHandle, CircuitBreakerLayer, CircuitState, KeyedCircuitBreakerHandle,
+    KeyedShared, NoFallback, ResponseFuture, call_http,
 };
 use crate::health::{Check, Kind};
 use crate::rejection::HttpMode;
-use crate::ConfigError;
 
 /// The route a request belongs to, as the per-route breaker sees it:
 /// axum's matched path (the route template, such as `/api/sleep/{ms}`), a
@@ -346,10 +346,7 @@ impl<S: Clone> Clone for RouteBreaker<S> {
 impl<S> fmt::Debug for RouteBreaker<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouteBreaker")
-            .field(
-                "per_route",
-                &matches!(self.inner, Inner::PerRoute { .. }),
-            )
+            .field("per_route", &matches!(self.inner, Inner::PerRoute { .. }))
             .finish_non_exhaustive()
     }
 }
