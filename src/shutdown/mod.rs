@@ -44,9 +44,8 @@
 //! the listener closes, the drain finishes and the process exits after its
 //! `shutdown_delay`, not at the drain deadline. A task that feeds a channel
 //! can do the same with `tokio::select!` on [`Shutdown::draining`]. The
-//! `grpc.health.v1` `Watch` streams served by
-//! [`GrpcHealthBuilder`](crate::health::GrpcHealthBuilder) end this way by
-//! themselves.
+//! `grpc.health.v1` `Watch` streams served by the health registry (feature
+//! `tonic`) end this way by themselves.
 //!
 //! The [`DrainLayer`] ([`Shutdown::drain_layer`]) counts requests in flight
 //! (from the call until the response body ends or is dropped): that count is
