@@ -137,11 +137,16 @@ fn config(delay: &str, drain: &str) -> RampartConfig {
 async fn serve(
     stack: &Stack,
     helper: bool,
+    max_watches: usize,
 ) -> (
     std::net::SocketAddr,
     tokio::task::JoinHandle<ShutdownReport>,
 ) {
-    let health = stack.grpc_health().build().unwrap();
+    let health = stack
+        .grpc_health()
+        .max_watches(max_watches)
+        .build()
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -174,7 +179,7 @@ async fn ticks(channel: &tonic::transport::Channel) -> tonic::Streaming<Tick> {
 #[tokio::test]
 async fn watch_and_app_streams_end_when_draining_starts() {
     let stack = config("200ms", "30s").stack().build().unwrap();
-    let (addr, server) = serve(&stack, true).await;
+    let (addr, server) = serve(&stack, true, 16).await;
     let channel = common::grpc_channel(addr).await;
 
     let mut watch = HealthClient::new(channel.clone())
@@ -218,7 +223,7 @@ async fn watch_and_app_streams_end_when_draining_starts() {
 #[tokio::test]
 async fn without_the_helper_a_stream_holds_the_drain_until_its_deadline() {
     let stack = config("0s", "1s").stack().build().unwrap();
-    let (addr, server) = serve(&stack, false).await;
+    let (addr, server) = serve(&stack, false, 16).await;
     let channel = common::grpc_channel(addr).await;
     let mut ticks = ticks(&channel).await;
     assert_eq!(ticks.message().await.unwrap().unwrap().n, 1);
@@ -238,4 +243,55 @@ async fn without_the_helper_a_stream_holds_the_drain_until_its_deadline() {
         .unwrap();
     assert!(report.drain_timed_out);
     assert_eq!(report.aborted, 1);
+}
+
+/// The health service is outside the rate limit: the number of `Watch`
+/// streams open at once is bounded instead, and a closed stream frees its
+/// place.
+#[tokio::test]
+async fn watch_streams_are_bounded() {
+    let stack = config("0s", "5s").stack().build().unwrap();
+    let (addr, _server) = serve(&stack, true, 2).await;
+    let channel = common::grpc_channel(addr).await;
+    let mut client = HealthClient::new(channel);
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut w = client
+            .watch(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            w.message().await.unwrap().unwrap().status(),
+            ServingStatus::Serving
+        );
+        open.push(w);
+    }
+    let err = client
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    // Check is not a stream: still answered.
+    let status = client
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::Serving);
+
+    // The client goes away from one stream: its place is freed.
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match client.watch(HealthCheckRequest::default()).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+                assert!(tokio::time::Instant::now() < deadline, "never freed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -58,7 +59,11 @@ pub struct GrpcHealthBuilder {
     registry: HealthRegistry,
     services: Vec<(String, Vec<String>)>,
     poll_interval: Duration,
+    max_watches: usize,
 }
+
+/// The default of [`GrpcHealthBuilder::max_watches`].
+pub const DEFAULT_MAX_WATCHES: usize = 1024;
 
 impl HealthRegistry {
     /// A builder of the `grpc.health.v1` service fed by this registry.
@@ -68,6 +73,7 @@ impl HealthRegistry {
             registry: self.clone(),
             services: Vec::new(),
             poll_interval: Duration::from_secs(1),
+            max_watches: DEFAULT_MAX_WATCHES,
         }
     }
 }
@@ -95,10 +101,23 @@ impl GrpcHealthBuilder {
         self
     }
 
+    /// The most `Watch` streams open at once (default
+    /// [`DEFAULT_MAX_WATCHES`]); one more is refused with
+    /// `RESOURCE_EXHAUSTED`. The health service is outside the rate limit,
+    /// and each stream costs a small task: this bounds what clients can
+    /// make it cost.
+    pub fn max_watches(mut self, n: usize) -> Self {
+        self.max_watches = n;
+        self
+    }
+
     /// Validates and returns the tonic service.
     pub fn build(self) -> Result<HealthServer<GrpcHealth>, ConfigError> {
         if self.poll_interval.is_zero() {
             return Err(ConfigError::new("poll_interval", "must be greater than 0"));
+        }
+        if self.max_watches == 0 {
+            return Err(ConfigError::new("max_watches", "must be greater than 0"));
         }
         let mut services = HashMap::with_capacity(self.services.len());
         for (i, (name, checks)) in self.services.into_iter().enumerate() {
@@ -120,6 +139,8 @@ impl GrpcHealthBuilder {
                 registry: self.registry,
                 services,
                 poll: self.poll_interval,
+                max_watches: self.max_watches,
+                watches: AtomicUsize::new(0),
             }),
         }))
     }
@@ -138,6 +159,29 @@ struct Inner {
     registry: HealthRegistry,
     services: HashMap<String, Vec<String>>,
     poll: Duration,
+    max_watches: usize,
+    watches: AtomicUsize,
+}
+
+/// One open `Watch` stream, counted until its task ends.
+struct WatchSlot(Arc<Inner>);
+
+impl WatchSlot {
+    fn take(inner: &Arc<Inner>) -> Option<Self> {
+        inner
+            .watches
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < inner.max_watches).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(inner)))
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.0.watches.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl fmt::Debug for GrpcHealth {
@@ -211,7 +255,12 @@ impl Health for GrpcHealth {
     ) -> Result<tonic::Response<WatchStream>, tonic::Status> {
         let service = request.into_inner().service;
         let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(watch(Arc::clone(&self.inner), service, tx));
+        let Some(slot) = WatchSlot::take(&self.inner) else {
+            return Err(tonic::Status::resource_exhausted(
+                "too many grpc.health.v1 Watch streams",
+            ));
+        };
+        tokio::spawn(watch(slot, service, tx));
         Ok(tonic::Response::new(WatchStream { rx }))
     }
 }
@@ -221,10 +270,11 @@ impl Health for GrpcHealth {
 /// (synchronous checks are only seen so). `NOT_SERVING` once shutdown is
 /// requested; the stream ends when draining starts.
 async fn watch(
-    inner: Arc<Inner>,
+    slot: WatchSlot,
     service: String,
     tx: mpsc::Sender<Result<HealthCheckResponse, tonic::Status>>,
 ) {
+    let inner = &slot.0;
     let mut changed = inner.registry.subscribe();
     let mut phase = inner.registry.shutdown_handle().map(|s| s.subscribe());
     let mut last = None;

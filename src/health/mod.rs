@@ -103,7 +103,7 @@ pub use check::{Check, CheckResult, Kind, Status};
 pub use config::ProbeConfig;
 pub use future::ResponseFuture;
 #[cfg(feature = "tonic")]
-pub use grpc::{GrpcHealth, GrpcHealthBuilder, WatchStream};
+pub use grpc::{DEFAULT_MAX_WATCHES, GrpcHealth, GrpcHealthBuilder, WatchStream};
 pub use layer::{ProbeLayer, ProbeLayerBuilder};
 pub use registry::{HealthRegistry, HealthRegistryBuilder};
 pub use report::{CheckReport, ProbeReport};
