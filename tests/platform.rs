@@ -8,6 +8,12 @@
 //! answers at that moment (the same registry, the same verdict), during
 //! shutdown too. The bypass is an exact path match: a client cannot route
 //! application traffic around the protections.
+//!
+//! The peer: the kube-apiserver serves `/livez`, `/readyz` and `/healthz`
+//! outside its own load protection (API Priority and Fairness sends them to
+//! the `exempt` priority level through the mandatory `probes` FlowSchema),
+//! for the same reason: a probe refused by overload protection reports the
+//! protection, not the server.
 #![cfg(all(feature = "config", feature = "axum", feature = "tonic"))]
 
 mod common;

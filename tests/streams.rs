@@ -8,6 +8,14 @@
 //! The contrast: the same stream without the helper is held until the drain
 //! deadline and aborted (`UNAVAILABLE`), as Go's `http.Server.Shutdown`
 //! leaves hijacked and streaming connections to the program.
+//!
+//! `Watch` follows the gRPC health-checking protocol
+//! (grpc/grpc `doc/health-checking.md`): the current status at once, then
+//! every change; an unknown service is `SERVICE_UNKNOWN` without ending the
+//! call. Turning every service `NOT_SERVING` at shutdown is what grpc-go's
+//! `health.Server.Shutdown` does (its `TestShutdown` in
+//! `health/server_internal_test.go`); ending the stream at drain is this
+//! crate's addition, so a watcher does not hold the connection.
 #![cfg(all(feature = "config", feature = "tonic"))]
 
 mod common;
@@ -294,4 +302,52 @@ async fn watch_streams_are_bounded() {
             }
         }
     }
+}
+
+/// The protocol's `Watch`: the current status at once, every change after
+/// (a synchronous check, the breaker's, seen within the poll interval), and
+/// `SERVICE_UNKNOWN` for an unknown service without ending the call.
+#[tokio::test]
+async fn watch_sends_every_change() {
+    let stack = RampartConfig::from_toml(
+        r#"
+        [shutdown]
+        shutdown_delay = "0s"
+        signals = false
+        [health]
+        breaker_readiness = "fail"
+        grpc_poll_interval = "20ms"
+        "#,
+    )
+    .unwrap()
+    .stack()
+    .build()
+    .unwrap();
+    let (addr, _server) = serve(&stack, true, 16).await;
+    let mut client = HealthClient::new(common::grpc_channel(addr).await);
+    let mut watch = client
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || watch.message().await.unwrap().unwrap().status();
+    assert_eq!(next().await, ServingStatus::Serving);
+    let breaker = stack.circuit_breaker().unwrap();
+    breaker.force_open();
+    assert_eq!(next().await, ServingStatus::NotServing);
+    breaker.reset();
+    assert_eq!(next().await, ServingStatus::Serving);
+
+    let mut unknown = client
+        .watch(HealthCheckRequest {
+            service: "no.Such".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = unknown.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::ServiceUnknown);
+    // Still open: nothing more, no end.
+    let more = tokio::time::timeout(Duration::from_millis(200), unknown.message()).await;
+    assert!(more.is_err(), "the call stays open: {more:?}");
 }
