@@ -240,10 +240,8 @@ impl Health for GrpcHealth {
         let service = &request.get_ref().service;
         match self.inner.status(service).await {
             Some(status) => Ok(tonic::Response::new(response(status))),
-            None => Err(tonic::Status::not_found(format!(
-                "unknown service `{}`",
-                service.escape_debug()
-            ))),
+            // The name is not echoed: it is the client's, of any length.
+            None => Err(tonic::Status::not_found("unknown service")),
         }
     }
 
