@@ -301,6 +301,11 @@ pub struct RoutesConfig {
     /// [`grpc_methods`](Self::grpc_methods); every other request shares one
     /// breaker named `unmatched`. A client cannot add routes, so the number
     /// of breakers is bounded by the application's routes.
+    ///
+    /// axum sets the matched path when it routes: apply the stack with
+    /// `Router::layer` (as the examples do). A stack wrapped around the
+    /// whole router from outside sees no route, and every HTTP request
+    /// shares the `unmatched` breaker.
     pub per_route_breaker: bool,
     /// gRPC methods (`/package.Service/Method`) that get a breaker of their
     /// own when [`per_route_breaker`](Self::per_route_breaker) is on.
