@@ -30,6 +30,11 @@
 //! (timeout, also bounded by the client's `grpc-timeout`). The server also
 //! answers HTTP/1.1, so Kubernetes' `httpGet` probes reach `/livez`,
 //! `/readyz`, `/startupz`; a `grpc:` probe uses `grpc.health.v1` instead.
+//! Both are served outside the protections (`[platform]`): `Check` answers
+//! what `/readyz` answers, at the moment of the call, while a breaker is
+//! open or a client is rate limited; a `Watch` stream turns `NOT_SERVING`
+//! when shutdown starts and ends when draining starts. `demo.Greeter/SayHello`
+//! has a breaker of its own (`[routes]`).
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write as _;
@@ -254,8 +259,9 @@ async fn main() -> ExitCode {
 
 async fn serve(config: RampartConfig) -> Result<(), Box<dyn std::error::Error>> {
     let stack = config.stack().build()?;
-    // grpc.health.v1: "" follows readiness; demo.Greeter too (no checks of
-    // its own); everything NOT_SERVING once shutdown starts.
+    // grpc.health.v1: "" answers what /readyz answers; demo.Greeter too (no
+    // checks of its own); everything NOT_SERVING once shutdown starts. The
+    // stack serves it outside the protections (`platform.grpc_health`).
     let health = stack
         .grpc_health()
         .service(Greeter::NAME, Vec::<String>::new())

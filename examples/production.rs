@@ -6,10 +6,14 @@
 //!     --config examples/configs/production.toml --listen 127.0.0.1:3000
 //! ```
 //!
-//! Routes: `GET /api/ok` (fast), `GET /api/fail` (always 500: watch the
-//! breaker open), `GET /api/sleep/{ms}` (watch the timeout), `GET /metrics`
-//! (Prometheus text), and the probes (`/livez`, `/readyz`, `/startupz` by
-//! default). `SIGTERM` starts the graceful shutdown: readiness fails at once,
+//! Routes: `GET /api/ok` (fast), `GET /api/fail` (always 500: watch its
+//! breaker open while the other routes keep answering, `[routes]`),
+//! `GET /api/sleep/{ms}` (watch the timeout), `GET /metrics` (Prometheus
+//! text), and the probes (`/livez`, `/readyz`, `/startupz` by default).
+//! `/metrics` and the probes are the platform's endpoints (`[platform]`):
+//! the stack serves them outside the drain, the rate limit, the breakers
+//! and the timeout, so a scrape answers while a breaker is open, a client
+//! has spent its quota or the server is draining. `SIGTERM` starts the graceful shutdown: readiness fails at once,
 //! requests are served for `shutdown.shutdown_delay`, then the listener
 //! closes and in-flight requests get `shutdown.drain_timeout` to finish.
 //!
@@ -189,6 +193,7 @@ async fn run(config: RampartConfig) -> Result<(), Box<dyn std::error::Error>> {
         .route("/api/ok", get(ok))
         .route("/api/fail", get(fail))
         .route("/api/sleep/{ms}", get(sleep))
+        // Served outside the protections: `platform.paths`.
         .route("/metrics", get(render_metrics))
         .with_state(AppState {
             served: served.clone(),

@@ -58,6 +58,12 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Started with extra `RAMPART_*` overrides (applied after the defaults
+    /// of [`start`](Self::start)).
+    fn start_with(env: &[(&str, &str)]) -> Self {
         let manifest = env!("CARGO_MANIFEST_DIR");
         let mut child = Command::new(binary())
             .current_dir(manifest)
@@ -74,6 +80,7 @@ impl Server {
             .env("RAMPART_RATE_LIMIT__QUOTAS__0__RATE", "1000000/s")
             .env("RAMPART_RATE_LIMIT__QUOTAS__1__RATE", "1000000/s")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -372,4 +379,65 @@ async fn sigterm_under_load_drops_nothing() {
         tally.ok,
         "{report} vs {tally:?}"
     );
+}
+
+/// The example's default shape (`[platform]`, `[routes]` in
+/// `production.toml`): `/api/fail` opening its breaker leaves the other
+/// routes answering; once a client has spent its quota too, `/metrics` and
+/// the probes still answer, and the scrape shows the open route (the alert
+/// on `rampart_circuit_breaker_state` can fire).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_route_and_a_spent_limit_leave_metrics_and_probes_answering() {
+    let mut server = Server::start_with(&[
+        // 30 requests per client, then one a minute.
+        ("RAMPART_RATE_LIMIT__QUOTAS__0__RATE", "1/m"),
+        ("RAMPART_RATE_LIMIT__QUOTAS__0__BURST", "30"),
+    ]);
+    let addr: SocketAddr = server
+        .expect("rampart-listening ", Duration::from_secs(60))
+        .parse()
+        .unwrap();
+    let c = client();
+    let mut sent = 0;
+    // The breaker judges 20 calls at least: 20 failures open /api/fail.
+    for _ in 0..20 {
+        let (status, _) = get(&c, addr, "/api/fail").await.unwrap();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        sent += 1;
+    }
+    let (status, body) = get(&c, addr, "/api/fail").await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    sent += 1;
+    let (status, body) = get(&c, addr, "/api/ok").await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
+    let (status, _) = get(&c, addr, "/api/sleep/1").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    sent += 2;
+    // Spend the rest of the quota.
+    while sent < 30 {
+        get(&c, addr, "/api/ok").await.unwrap();
+        sent += 1;
+    }
+    let (status, _) = get(&c, addr, "/api/ok").await.unwrap();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+
+    for _ in 0..5 {
+        let (status, metrics) = get(&c, addr, "/metrics").await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            metrics.contains("rampart_circuit_breaker_state{name=\"api\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(
+                "rampart_circuit_breaker_route_state{name=\"api\",route=\"/api/fail\"} 1"
+            ),
+            "{metrics}"
+        );
+    }
+    let (status, body) = get(&c, addr, "/readyz?verbose").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "breaker_readiness = warn: {body}");
+    assert!(body.contains("[!]api warn"), "{body}");
+    assert_eq!(get(&c, addr, "/livez").await.unwrap().0, StatusCode::OK);
+    server.signal("-KILL");
 }

@@ -112,7 +112,7 @@ async fn a_timeout_reaches_the_breaker_as_a_failure() {
         assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
         assert!(r.body.contains("timed-out"), "{}", r.body);
     }
-    assert_eq!(stack.circuit_breaker().state(), CircuitState::Open);
+    assert_eq!(stack.circuit_breaker().unwrap().state(), CircuitState::Open);
     // Now the breaker refuses before the timeout or the app see anything.
     let r = call(&svc, "/ok", &[]).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -127,8 +127,8 @@ async fn a_panic_answers_500_and_counts_as_a_failure() {
     let svc = stack.layer().layer(app(Arc::default()));
     let r = call(&svc, "/panic", &[]).await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(stack.circuit_breaker().counts().failures, 1);
-    assert_eq!(stack.circuit_breaker().state(), CircuitState::Open);
+    assert_eq!(stack.circuit_breaker().unwrap().counts().failures, 1);
+    assert_eq!(stack.circuit_breaker().unwrap().state(), CircuitState::Open);
 }
 
 #[tokio::test(start_paused = true)]
@@ -152,9 +152,12 @@ async fn rate_limit_refusals_never_reach_the_breaker() {
         assert!(r.headers.contains_key("retry-after"));
     }
     // One call recorded (the success); five refusals, none a failure.
-    let counts = stack.circuit_breaker().counts();
+    let counts = stack.circuit_breaker().unwrap().counts();
     assert_eq!((counts.calls, counts.failures), (1, 0));
-    assert_eq!(stack.circuit_breaker().state(), CircuitState::Closed);
+    assert_eq!(
+        stack.circuit_breaker().unwrap().state(),
+        CircuitState::Closed
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
@@ -174,15 +177,15 @@ async fn probes_bypass_every_layer() {
         call(&svc, "/ok", &[]).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
-    assert_eq!(stack.circuit_breaker().counts().calls, 1);
-    stack.circuit_breaker().force_open();
+    assert_eq!(stack.circuit_breaker().unwrap().counts().calls, 1);
+    stack.circuit_breaker().unwrap().force_open();
     for path in ["/livez", "/readyz", "/startupz", "/readyz", "/livez"] {
         let r = call(&svc, path, &[]).await;
         assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     // The forced-open breaker never saw the probes (none refused).
-    assert_eq!(stack.circuit_breaker().counts().not_permitted, 0);
+    assert_eq!(stack.circuit_breaker().unwrap().counts().not_permitted, 0);
     assert_eq!(stack.shutdown().in_flight(), 0);
 }
 
@@ -200,7 +203,7 @@ async fn the_breaker_is_a_readiness_check_when_asked() {
         let r = call(&svc, "/readyz?verbose", &[]).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         assert!(r.body.contains("[+]api ok"), "{}", r.body);
-        stack.circuit_breaker().force_open();
+        stack.circuit_breaker().unwrap().force_open();
         let r = call(&svc, "/readyz?verbose", &[]).await;
         assert_eq!(r.status, status, "{mode}: {}", r.body);
         assert!(r.body.contains(line), "{mode}: {}", r.body);

@@ -178,7 +178,7 @@ pub use state::{CircuitBreakerEvent, CircuitCounts, CircuitState, TransitionReas
 use crate::classify::{Classification, ClassifyBody, Outcome};
 use crate::rejection::{ErrorMode, HttpMode, Protocol, Refused, ResponseBody};
 use future::{Decision, decide};
-use keyed::KeyedShared;
+pub(crate) use keyed::KeyedShared;
 use state::Breaker;
 
 /// The response body of a breaker in [`HttpMode`]: the inner body, watched
@@ -345,7 +345,7 @@ fn map_fallback_http<B, E>(out: Result<Response<B>, E>) -> HttpOut<B, E> {
 }
 
 #[inline(always)]
-fn call_http<S, ReqB, ResB, F>(
+pub(crate) fn call_http<S, ReqB, ResB, F>(
     breaker: &Breaker,
     inner: &mut S,
     fallback: &F,

@@ -39,6 +39,14 @@
 //!
 //! [timeout]                     # optional: default 10s
 //! timeout = "2s"
+//!
+//! [platform]                    # optional: these are the defaults
+//! paths = ["/metrics"]          # served outside every protection
+//! grpc_health = true            # grpc.health.v1 too
+//!
+//! [routes]                      # optional
+//! per_route_breaker = true      # one breaker per route
+//! grpc_methods = ["/demo.Greeter/SayHello"]
 //! ```
 //!
 //! # Environment overrides
@@ -71,13 +79,22 @@
 //! 1. the [probe layer](crate::health::ProbeLayer): `/livez`, `/readyz`,
 //!    `/startupz` are answered before anything else, so probes are never
 //!    rate limited, refused by a breaker, counted in flight or timed out;
+//!    then the platform's endpoints ([`PlatformConfig`]: `/metrics` and
+//!    `grpc.health.v1.Health/{Check,Watch,List}` by default, matched by the
+//!    exact path) go to the application with panic catching only, skipping
+//!    layers 2 to 5: they are neither refused nor counted by them, so a
+//!    scrape answers while a breaker is open and a gRPC health check
+//!    answers what `/readyz` answers;
 //! 2. the [drain layer](crate::shutdown::DrainLayer): counts every request
 //!    in flight for the graceful shutdown and refuses new ones while
 //!    draining;
 //! 3. the [rate limit](crate::rate_limit) (if configured): the cheapest
 //!    refusal first, and a refused request never reaches the breaker's
 //!    statistics;
-//! 4. the [circuit breaker](crate::circuit_breaker);
+//! 4. the [circuit breaker](crate::circuit_breaker): one for every request,
+//!    or one per route with [`RoutesConfig::per_route_breaker`] (axum's
+//!    matched path, declared gRPC methods, and one `unmatched` breaker for
+//!    the rest, so clients cannot create breakers);
 //! 5. the [timeout](crate::timeout), inside the breaker, so a timed-out call
 //!    reaches the breaker as a failure (504) rather than as a dropped call;
 //! 6. tower-http's [`CatchPanicLayer`](tower_http::catch_panic::CatchPanicLayer),
@@ -85,8 +102,12 @@
 //!    too (and the connection survives).
 //!
 //! It hands back the [`Shutdown`](crate::shutdown::Shutdown) coordinator, the
-//! [`HealthRegistry`](crate::health::HealthRegistry) and the
-//! [`CircuitBreakerHandle`](crate::circuit_breaker::CircuitBreakerHandle).
+//! [`HealthRegistry`](crate::health::HealthRegistry) and the breaker's
+//! [`CircuitBreakerHandle`](crate::circuit_breaker::CircuitBreakerHandle)
+//! ([`Stack::circuit_breaker`]), or the [`RouteBreakers`]
+//! ([`Stack::route_breakers`]) when kept per route. The application
+//! service is cloned once per `layer()` call (one copy serves the
+//! platform's endpoints), never per request.
 //!
 //! ```
 //! use axum::{Router, routing::get};
@@ -134,6 +155,8 @@
 //! ```
 
 mod env;
+mod platform;
+mod routes;
 mod stack;
 
 use std::fmt;
@@ -150,6 +173,8 @@ use crate::rate_limit::RateLimitConfig;
 use crate::shutdown::ShutdownConfig;
 use crate::timeout::TimeoutConfig;
 
+pub use platform::{Platform, PlatformBody, PlatformFuture};
+pub use routes::{RouteBreaker, RouteBreakers, RouteKey};
 pub use stack::{
     OptionalFuture, OptionalRateLimit, RampartLayer, RampartService, Stack, StackBuilder,
 };
@@ -186,6 +211,13 @@ pub struct RampartConfig {
     /// The request timeout (default 10 s).
     #[serde(default = "default_timeout")]
     pub timeout: TimeoutConfig,
+    /// The platform's own endpoints, answered outside every protection
+    /// (default: `/metrics` and `grpc.health.v1`).
+    #[serde(default)]
+    pub platform: PlatformConfig,
+    /// How requests are told apart by route (a breaker per route).
+    #[serde(default)]
+    pub routes: RoutesConfig,
 }
 
 fn default_listen() -> String {
@@ -214,8 +246,74 @@ impl Default for RampartConfig {
             rate_limit: None,
             circuit_breaker: CircuitBreakerConfig::default(),
             timeout: default_timeout(),
+            platform: PlatformConfig::default(),
+            routes: RoutesConfig::default(),
         }
     }
+}
+
+/// The platform's own endpoints: requests to them skip the drain, the rate
+/// limit, the circuit breaker and the timeout (they are neither refused nor
+/// counted), so a scrape or a gRPC health probe answers while a breaker is
+/// open, a limit is spent or the server is draining. The probe paths
+/// (`[probes]`) are always treated so.
+///
+/// The match is on the exact request path (the query string is not part of
+/// it): `/metrics` bypasses, `/metrics/x`, `/metricsx` and
+/// `/metrics/../api` do not.
+///
+/// ```toml
+/// [platform]
+/// paths = ["/metrics"]
+/// grpc_health = true
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PlatformConfig {
+    /// Exact paths served outside the protections (default `["/metrics"]`).
+    pub paths: Vec<String>,
+    /// Serve `grpc.health.v1.Health`'s methods (`Check`, `Watch`, `List`)
+    /// outside the protections (default true).
+    pub grpc_health: bool,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        Self {
+            paths: vec!["/metrics".to_owned()],
+            grpc_health: true,
+        }
+    }
+}
+
+/// Routes as the stack sees them: whether the circuit breaker is kept per
+/// route, and which gRPC methods count as routes.
+///
+/// ```toml
+/// [routes]
+/// per_route_breaker = true
+/// grpc_methods = ["/demo.Greeter/SayHello"]
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RoutesConfig {
+    /// One circuit breaker per route instead of one for every request
+    /// (default false): the route is axum's matched path (the route
+    /// template, such as `/api/sleep/{ms}`) or one of
+    /// [`grpc_methods`](Self::grpc_methods); every other request shares one
+    /// breaker named `unmatched`. A client cannot add routes, so the number
+    /// of breakers is bounded by the application's routes.
+    ///
+    /// axum sets the matched path when it routes: apply the stack with
+    /// `Router::layer` (as the examples do). A stack wrapped around the
+    /// whole router from outside sees no route, and every HTTP request
+    /// shares the `unmatched` breaker.
+    pub per_route_breaker: bool,
+    /// gRPC methods (`/package.Service/Method`) that get a breaker of their
+    /// own when [`per_route_breaker`](Self::per_route_breaker) is on.
+    pub grpc_methods: Vec<String>,
 }
 
 /// Whether an open circuit breaker fails the readiness probe.
@@ -247,8 +345,9 @@ pub struct HealthConfig {
     /// Register the circuit breaker as a readiness check named after it
     /// (default `off`).
     pub breaker_readiness: BreakerReadiness,
-    /// How often the `grpc.health.v1` service re-reads the synchronous
-    /// checks, such as the breaker's (default 1s).
+    /// How often `grpc.health.v1` `Watch` streams re-read the synchronous
+    /// checks, such as the breaker's (default 1s); `Check` reads them when
+    /// called.
     #[serde(with = "crate::config_util::duration")]
     pub grpc_poll_interval: Duration,
 }
@@ -440,6 +539,12 @@ impl RampartConfig {
         }
         push(self.circuit_breaker.validate(), "circuit_breaker");
         push(self.timeout.build().map(drop), "timeout");
+        for e in self.validate_platform() {
+            push(Err(e), "platform");
+        }
+        for e in self.validate_routes() {
+            push(Err(e), "routes");
+        }
         if !self.timeout.timeout.is_zero() && self.shutdown.drain_timeout < self.timeout.timeout {
             push(
                 Err(ConfigError::new(
@@ -457,6 +562,51 @@ impl RampartConfig {
         } else {
             Err(ConfigErrors { errors })
         }
+    }
+
+    fn validate_platform(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let probes = [
+            ("probes.liveness_path", &self.probes.liveness_path),
+            ("probes.readiness_path", &self.probes.readiness_path),
+            ("probes.startup_path", &self.probes.startup_path),
+        ];
+        for (i, p) in self.platform.paths.iter().enumerate() {
+            let field = format!("paths[{i}]");
+            if let Err(message) = check_path(p) {
+                errors.push(ConfigError::new(field, message));
+            } else if self.platform.paths[..i].contains(p) {
+                errors.push(ConfigError::new(field, "is listed twice"));
+            } else if let Some((key, _)) = probes.iter().find(|(_, q)| *q == p) {
+                errors.push(ConfigError::new(
+                    field,
+                    format!("is already the probe path `{key}` (probes are answered first)"),
+                ));
+            }
+        }
+        errors
+    }
+
+    fn validate_routes(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        for (i, m) in self.routes.grpc_methods.iter().enumerate() {
+            let field = format!("grpc_methods[{i}]");
+            let shape = m
+                .strip_prefix('/')
+                .and_then(|rest| rest.split_once('/'))
+                .is_some_and(|(svc, method)| {
+                    !svc.is_empty() && !method.is_empty() && !method.contains('/')
+                });
+            if !shape || check_path(m).is_err() {
+                errors.push(ConfigError::new(
+                    field,
+                    "must be a gRPC method path such as `/package.Service/Method`",
+                ));
+            } else if self.routes.grpc_methods[..i].contains(m) {
+                errors.push(ConfigError::new(field, "is listed twice"));
+            }
+        }
+        errors
     }
 
     /// The stack builder: one layer and its handles from this config.
@@ -589,6 +739,19 @@ fn related(a: &str, b: &str) -> bool {
     !short.is_empty()
         && long.starts_with(short)
         && matches!(long.as_bytes().get(short.len()), None | Some(b'.' | b'['))
+}
+
+/// An exact request path: `/` then printable ASCII, no query or fragment.
+fn check_path(p: &str) -> Result<(), &'static str> {
+    if !p.starts_with('/') || p.len() < 2 {
+        return Err("must start with `/` and not be `/` alone");
+    }
+    if p.bytes()
+        .any(|b| b == b'?' || b == b'#' || !b.is_ascii_graphic())
+    {
+        return Err("must be printable ASCII without `?` or `#`");
+    }
+    Ok(())
 }
 
 /// `1500ms` -> `1.5s`, for messages.

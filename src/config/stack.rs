@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -10,8 +11,10 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 use tower_http::catch_panic::{CatchPanic, CatchPanicLayer, DefaultResponseForPanic};
 
+use super::platform::{Platform, PlatformPaths};
+use super::routes::{BreakerLayer, Breakers, RouteBreaker, RouteBreakers};
 use super::{BreakerReadiness, ConfigErrors, RampartConfig};
-use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer};
+use crate::circuit_breaker::CircuitBreakerHandle;
 use crate::health::{Check, HealthRegistry, Probe, ProbeLayer};
 use crate::rate_limit::{RateLimit, RateLimitLayer};
 use crate::rejection::ResponseBody;
@@ -64,12 +67,12 @@ impl<'a> StackBuilder<'a> {
             .clone()
             .build()
             .map_err(|e| ConfigErrors::from(e.at("shutdown")))?;
-        let breaker = config
-            .circuit_breaker
-            .clone()
-            .build()
-            .map_err(|e| ConfigErrors::from(e.at("circuit_breaker")))?;
-        let breaker_handle = breaker.handle();
+        let (breaker, breakers) = BreakerLayer::build(
+            &config.circuit_breaker,
+            config.routes.per_route_breaker,
+            &config.routes.grpc_methods,
+        )
+        .map_err(|e| ConfigErrors::from(e.at("circuit_breaker")))?;
         let timeout = config
             .timeout
             .build()
@@ -88,10 +91,10 @@ impl<'a> StackBuilder<'a> {
         match config.health.breaker_readiness {
             BreakerReadiness::Off => {}
             BreakerReadiness::Warn => {
-                registry = registry.check(Check::circuit_breaker(&breaker_handle).non_critical());
+                registry = registry.check(breakers.check().non_critical());
             }
             BreakerReadiness::Fail => {
-                registry = registry.check(Check::circuit_breaker(&breaker_handle));
+                registry = registry.check(breakers.check());
             }
         }
         for check in self.checks {
@@ -109,6 +112,7 @@ impl<'a> StackBuilder<'a> {
         Ok(Stack {
             layer: RampartLayer {
                 probe,
+                platform: Arc::new(PlatformPaths::new(&config.platform)),
                 drain: shutdown.drain_layer(),
                 rate_limit,
                 breaker,
@@ -117,20 +121,20 @@ impl<'a> StackBuilder<'a> {
             },
             shutdown,
             health,
-            breaker: breaker_handle,
+            breakers,
             grpc_poll_interval: config.health.grpc_poll_interval,
         })
     }
 }
 
 /// The built stack: the [layer](Self::layer) and the handles a program
-/// needs (shutdown coordinator, health registry, breaker handle).
+/// needs (shutdown coordinator, health registry, breaker handles).
 #[derive(Clone, Debug)]
 pub struct Stack {
     layer: RampartLayer,
     shutdown: Shutdown,
     health: HealthRegistry,
-    breaker: CircuitBreakerHandle,
+    breakers: Breakers,
     #[cfg_attr(not(feature = "tonic"), allow(dead_code))] // read by `grpc_health`
     grpc_poll_interval: Duration,
 }
@@ -154,14 +158,31 @@ impl Stack {
         &self.health
     }
 
-    /// The circuit breaker's handle (state, counts, manual control).
-    pub fn circuit_breaker(&self) -> &CircuitBreakerHandle {
-        &self.breaker
+    /// The circuit breaker's handle (state, counts, manual control), or
+    /// `None` when the stack keeps one breaker per route
+    /// (`routes.per_route_breaker`): see
+    /// [`route_breakers`](Self::route_breakers).
+    pub fn circuit_breaker(&self) -> Option<&CircuitBreakerHandle> {
+        match &self.breakers {
+            Breakers::Shared(handle) => Some(handle),
+            Breakers::PerRoute(_) => None,
+        }
     }
 
-    /// The `grpc.health.v1` service fed by the registry, re-reading the
-    /// synchronous checks every `health.grpc_poll_interval`; add named
-    /// services with [`GrpcHealthBuilder::service`](crate::health::GrpcHealthBuilder::service).
+    /// The breakers kept per route (`routes.per_route_breaker = true`), or
+    /// `None` when one breaker guards every request.
+    pub fn route_breakers(&self) -> Option<&RouteBreakers> {
+        match &self.breakers {
+            Breakers::Shared(_) => None,
+            Breakers::PerRoute(routes) => Some(routes),
+        }
+    }
+
+    /// The `grpc.health.v1` service reading the registry: `Check` answers
+    /// what `/readyz` answers at that moment, `Watch` streams re-read the
+    /// synchronous checks every `health.grpc_poll_interval` and end when
+    /// draining starts; add named services with
+    /// [`GrpcHealthBuilder::service`](crate::health::GrpcHealthBuilder::service).
     #[cfg(feature = "tonic")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
     pub fn grpc_health(&self) -> crate::health::GrpcHealthBuilder {
@@ -171,15 +192,17 @@ impl Stack {
     }
 }
 
-/// Every layer of the stack, applied outermost first: probes, drain, rate
-/// limit, circuit breaker, timeout, panic catching. Built by
+/// Every layer of the stack, applied outermost first: probes, the
+/// platform's endpoints (around everything below), drain, rate limit,
+/// circuit breaker, timeout, panic catching. Built by
 /// [`StackBuilder::build`]; see the [module docs](super#the-stack).
 #[derive(Clone)]
 pub struct RampartLayer {
     probe: ProbeLayer,
+    platform: Arc<PlatformPaths>,
     drain: DrainLayer,
     rate_limit: Option<RateLimitLayer>,
-    breaker: CircuitBreakerLayer,
+    breaker: BreakerLayer,
     timeout: TimeoutLayer,
     catch_panic: CatchPanicLayer<DefaultResponseForPanic>,
 }
@@ -188,9 +211,10 @@ impl fmt::Debug for RampartLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RampartLayer")
             .field("probe", &self.probe)
+            .field("platform", &self.platform)
             .field("drain", &self.drain)
             .field("rate_limit", &self.rate_limit.as_ref().map(|l| l.name()))
-            .field("breaker", &self.breaker.handle().name())
+            .field("breaker", &self.breaker.name())
             .field("timeout", &self.timeout.name())
             .finish_non_exhaustive()
     }
@@ -198,13 +222,19 @@ impl fmt::Debug for RampartLayer {
 
 /// The service made by [`RampartLayer`] around `S`.
 pub type RampartService<S> = Probe<
-    Drain<OptionalRateLimit<CircuitBreaker<Timeout<CatchPanic<S, DefaultResponseForPanic>>>>>,
+    Platform<
+        Drain<OptionalRateLimit<RouteBreaker<Timeout<CatchPanic<S, DefaultResponseForPanic>>>>>,
+        CatchPanic<S, DefaultResponseForPanic>,
+    >,
 >;
 
-impl<S> Layer<S> for RampartLayer {
+/// `S` is cloned once per `layer()` call (not per request): one copy for
+/// the platform's endpoints, one behind the protections.
+impl<S: Clone> Layer<S> for RampartLayer {
     type Service = RampartService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        let bypass = self.catch_panic.layer(inner.clone());
         let svc = self.catch_panic.layer(inner);
         let svc = self.timeout.layer(svc);
         let svc = self.breaker.layer(svc);
@@ -213,6 +243,7 @@ impl<S> Layer<S> for RampartLayer {
             None => OptionalRateLimit::Off(svc),
         };
         let svc = self.drain.layer(svc);
+        let svc = Platform::new(svc, bypass, Arc::clone(&self.platform));
         self.probe.layer(svc)
     }
 }

@@ -65,7 +65,13 @@
 //! ```
 //!
 //! Behind the `tonic` feature, [`HealthRegistry::grpc_health`] serves the
-//! same registry as `grpc.health.v1` (tonic-health).
+//! same registry as `grpc.health.v1` (with tonic-health's messages): `Check`
+//! evaluates the registry when called, so it answers what `/readyz`
+//! answers at that moment; `Watch` streams get every change, `NOT_SERVING`
+//! when shutdown is requested, and are ended (status OK) when draining
+//! starts. Serve it outside the protections (the config stack does, see
+//! `[platform]`): a health check refused by a breaker or a rate limit
+//! reports the protection, not the server.
 //!
 //! # Metrics and events
 //!
@@ -80,7 +86,7 @@
 //! | event (target `tower_rampart::health`) | level | fields |
 //! |---|---|---|
 //! | `health check changed` | INFO | `check`, `kind`, `status`, `error` |
-//! | `grpc health status` | INFO | `service`, `status` |
+//! | `grpc health watch ended: draining` | DEBUG | `service` |
 
 mod check;
 mod config;
@@ -103,7 +109,7 @@ pub use check::{Check, CheckResult, ComponentType, Kind, Status};
 pub use config::ProbeConfig;
 pub use future::ResponseFuture;
 #[cfg(feature = "tonic")]
-pub use grpc::GrpcHealthBuilder;
+pub use grpc::{DEFAULT_MAX_WATCHES, GrpcHealth, GrpcHealthBuilder, WatchStream};
 pub use layer::{ProbeLayer, ProbeLayerBuilder};
 pub use registry::{HealthRegistry, HealthRegistryBuilder};
 pub use report::{CheckReport, ProbeReport};

@@ -523,16 +523,6 @@ impl HealthRegistry {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changed.subscribe()
     }
-
-    #[cfg(feature = "tonic")]
-    pub(crate) fn downgrade(&self) -> Weak<RegistryInner> {
-        Arc::downgrade(&self.inner)
-    }
-
-    #[cfg(feature = "tonic")]
-    pub(crate) fn from_inner(inner: Arc<RegistryInner>) -> Self {
-        Self { inner }
-    }
 }
 
 /// Does `probe` run checks of `kind`?

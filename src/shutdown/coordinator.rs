@@ -361,6 +361,52 @@ impl Shutdown {
         }
     }
 
+    /// Ends `stream` when draining starts: items flow until then, and the
+    /// stream ends (`None`) the moment [`draining`](Self::draining)
+    /// resolves, so a long-lived response (gRPC server streaming,
+    /// server-sent events) finishes cleanly instead of holding the drain
+    /// until its deadline and being aborted.
+    ///
+    /// ```
+    /// use std::future::poll_fn;
+    /// use std::pin::pin;
+    /// use std::time::Duration;
+    /// use futures_core::Stream;
+    /// use tower_rampart::shutdown::Shutdown;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let shutdown = Shutdown::builder()
+    ///     .shutdown_delay(Duration::ZERO)
+    ///     .signals(false)
+    ///     .build()?;
+    /// // In a tonic handler: `Ok(Response::new(shutdown.until_draining(updates)))`.
+    /// let mut updates = pin!(shutdown.until_draining(ticks()));
+    /// assert_eq!(poll_fn(|cx| updates.as_mut().poll_next(cx)).await, Some(1));
+    /// shutdown.trigger();
+    /// shutdown.draining().await;
+    /// assert_eq!(poll_fn(|cx| updates.as_mut().poll_next(cx)).await, None);
+    /// # Ok(())
+    /// # }
+    /// # fn ticks() -> impl Stream<Item = u32> {
+    /// #     struct Ticks(u32);
+    /// #     impl Stream for Ticks {
+    /// #         type Item = u32;
+    /// #         fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<u32>> {
+    /// #             self.0 += 1;
+    /// #             std::task::Poll::Ready(Some(self.0))
+    /// #         }
+    /// #     }
+    /// #     Ticks(0)
+    /// # }
+    /// ```
+    pub fn until_draining<S>(&self, stream: S) -> super::UntilDraining<S>
+    where
+        S: futures_core::Stream,
+    {
+        super::UntilDraining::new(stream, self)
+    }
+
     /// Resolves with the report once the shutdown is [`Phase::Done`].
     pub fn done(&self) -> impl Future<Output = ShutdownReport> + Send + 'static {
         let mut rx = self.inner.report_tx.subscribe();

@@ -34,6 +34,19 @@
 //! (`force_exit_code`, default 1). After a programmatic trigger, the first
 //! signal is only logged and the next one forces the exit.
 //!
+//! # Long-lived streams
+//!
+//! A response stream (gRPC server streaming, server-sent events, a long
+//! poll) is in flight until it ends: left open, it holds the drain until
+//! `drain_timeout` and is then aborted, and the pod exits late. End it when
+//! draining starts instead, with [`Shutdown::until_draining`]: the stream
+//! ends cleanly (gRPC status `OK`; an HTTP body's last chunk) at the moment
+//! the listener closes, the drain finishes and the process exits after its
+//! `shutdown_delay`, not at the drain deadline. A task that feeds a channel
+//! can do the same with `tokio::select!` on [`Shutdown::draining`]. The
+//! `grpc.health.v1` `Watch` streams served by the health registry (feature
+//! `tonic`) end this way by themselves.
+//!
 //! The [`DrainLayer`] ([`Shutdown::drain_layer`]) counts requests in flight
 //! (from the call until the response body ends or is dropped): that count is
 //! what the coordinator waits on. On the happy path it costs two atomic
@@ -98,6 +111,7 @@ mod coordinator;
 mod future;
 mod layer;
 mod state;
+mod stream;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -113,6 +127,7 @@ pub use coordinator::{
 };
 pub use future::{DrainBody, ResponseFuture};
 pub use layer::DrainLayer;
+pub use stream::UntilDraining;
 
 use crate::rejection::{ErrorMode, HttpMode, Protocol, ResponseBody};
 use state::State;

@@ -1,0 +1,407 @@
+//! The stack's circuit breaker, shared or kept per route.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::Service;
+
+use crate::ConfigError;
+use crate::circuit_breaker::{
+    BreakerBody, CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerConfig, CircuitBreakerEvent,
+    CircuitBreakerHandle, CircuitBreakerLayer, CircuitState, KeyedCircuitBreakerHandle,
+    KeyedShared, NoFallback, ResponseFuture, call_http,
+};
+use crate::health::{Check, Kind};
+use crate::rejection::HttpMode;
+
+/// The route a request belongs to, as the per-route breaker sees it:
+/// axum's matched path (the route template, such as `/api/sleep/{ms}`), a
+/// declared gRPC method, or [`unmatched`](Self::UNMATCHED) for everything
+/// else. Compared and hashed by [`as_str`](Self::as_str).
+///
+/// A client cannot make up a route: unknown paths and undeclared gRPC
+/// methods all share the `unmatched` breaker.
+#[derive(Clone)]
+pub struct RouteKey(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    #[cfg(feature = "axum")]
+    Matched(axum::extract::MatchedPath),
+    Named(Arc<str>),
+    Unmatched,
+}
+
+impl RouteKey {
+    /// The name of the breaker shared by requests with no route.
+    pub const UNMATCHED: &'static str = "unmatched";
+
+    /// The route, or `unmatched`.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            #[cfg(feature = "axum")]
+            Repr::Matched(m) => m.as_str(),
+            Repr::Named(n) => n,
+            Repr::Unmatched => Self::UNMATCHED,
+        }
+    }
+
+    /// Is this the breaker of requests with no route?
+    pub fn is_unmatched(&self) -> bool {
+        self.as_str() == Self::UNMATCHED
+    }
+}
+
+impl PartialEq for RouteKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RouteKey {}
+
+impl Hash for RouteKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The declared routes: which gRPC methods have a breaker of their own.
+pub(crate) struct RouteTable {
+    grpc: Box<[Arc<str>]>,
+}
+
+impl RouteTable {
+    /// The route of `req`: no allocation (a reference count at most).
+    #[inline]
+    fn key<B>(&self, req: &Request<B>) -> RouteKey {
+        let path = req.uri().path();
+        if let Some(m) = self.grpc.iter().find(|m| ***m == *path) {
+            return RouteKey(Repr::Named(Arc::clone(m)));
+        }
+        #[cfg(feature = "axum")]
+        if let Some(m) = req.extensions().get::<axum::extract::MatchedPath>() {
+            return RouteKey(Repr::Matched(m.clone()));
+        }
+        RouteKey(Repr::Unmatched)
+    }
+}
+
+/// The stack's breaker, built from the config.
+#[derive(Clone)]
+pub(crate) enum BreakerLayer {
+    Shared(CircuitBreakerLayer),
+    PerRoute {
+        shared: Arc<KeyedShared<RouteKey>>,
+        table: Arc<RouteTable>,
+    },
+}
+
+impl BreakerLayer {
+    /// The shared breaker, or one per route (with the state gauges kept by
+    /// an event listener, since keyed breakers do not drive them).
+    pub(crate) fn build(
+        config: &CircuitBreakerConfig,
+        per_route: bool,
+        grpc_methods: &[String],
+    ) -> Result<(Self, Breakers), ConfigError> {
+        let builder = CircuitBreakerBuilder::from_config(config.clone());
+        if !per_route {
+            let layer = builder.build()?;
+            let handle = layer.handle();
+            return Ok((Self::Shared(layer), Breakers::Shared(handle)));
+        }
+        let cell: Arc<OnceLock<KeyedCircuitBreakerHandle<RouteKey>>> = Arc::new(OnceLock::new());
+        let name: Arc<str> = config.name.as_str().into();
+        let listener = {
+            let cell = Arc::clone(&cell);
+            let name = Arc::clone(&name);
+            move |event: &CircuitBreakerEvent| {
+                if matches!(event, CircuitBreakerEvent::Transition { .. }) {
+                    if let Some(handle) = cell.get() {
+                        report_states(&name, handle);
+                    }
+                }
+            }
+        };
+        let layer = builder
+            .on_event(listener)
+            .build_keyed(|_: &()| RouteKey(Repr::Unmatched))?;
+        let handle = layer.handle();
+        let _ = cell.set(handle.clone());
+        metrics::gauge!("rampart_circuit_breaker_state", "name" => name.to_string()).set(0.0);
+        let table = RouteTable {
+            grpc: grpc_methods.iter().map(|m| Arc::from(m.as_str())).collect(),
+        };
+        Ok((
+            Self::PerRoute {
+                shared: layer.shared,
+                table: Arc::new(table),
+            },
+            Breakers::PerRoute(RouteBreakers { handle, name }),
+        ))
+    }
+
+    pub(crate) fn layer<S>(&self, inner: S) -> RouteBreaker<S> {
+        match self {
+            Self::Shared(layer) => RouteBreaker {
+                inner: Inner::Shared(tower::Layer::layer(layer, inner)),
+            },
+            Self::PerRoute { shared, table } => RouteBreaker {
+                inner: Inner::PerRoute {
+                    inner,
+                    shared: Arc::clone(shared),
+                    table: Arc::clone(table),
+                },
+            },
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Self::Shared(layer) => layer.breaker.core().name(),
+            Self::PerRoute { .. } => "per-route",
+        }
+    }
+}
+
+/// The handles of the stack's breaker(s).
+#[derive(Clone, Debug)]
+pub(crate) enum Breakers {
+    Shared(CircuitBreakerHandle),
+    PerRoute(RouteBreakers),
+}
+
+impl Breakers {
+    /// The readiness check following the breaker(s): with one breaker per
+    /// route, it fails while any route's circuit is open and names them.
+    pub(crate) fn check(&self) -> Check {
+        match self {
+            Self::Shared(handle) => Check::circuit_breaker(handle),
+            Self::PerRoute(routes) => {
+                let routes = routes.clone();
+                Check::sync(Arc::clone(&routes.name), Kind::Readiness, move || {
+                    let open = routes.open_routes();
+                    if open.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(format!("circuit open for {}", open.join(", ")))
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// Sets `rampart_circuit_breaker_route_state{name, route}` for every route
+/// and `rampart_circuit_breaker_state{name}` to the worst of them (open,
+/// then forced open, then half-open, else closed), so the alert on the
+/// shared gauge still fires with one breaker per route.
+fn report_states(name: &Arc<str>, handle: &KeyedCircuitBreakerHandle<RouteKey>) {
+    let mut worst = CircuitState::Closed;
+    let rank = |s: CircuitState| match s {
+        CircuitState::Open => 3,
+        CircuitState::ForcedOpen => 2,
+        CircuitState::HalfOpen => 1,
+        _ => 0,
+    };
+    for key in handle.keys() {
+        let Some(breaker) = handle.get(&key) else {
+            continue;
+        };
+        let state = breaker.state();
+        metrics::gauge!(
+            "rampart_circuit_breaker_route_state",
+            "name" => name.to_string(),
+            "route" => key.as_str().to_owned()
+        )
+        .set(f64::from(state as u8));
+        if rank(state) > rank(worst) {
+            worst = state;
+        }
+    }
+    metrics::gauge!("rampart_circuit_breaker_state", "name" => name.to_string())
+        .set(f64::from(worst as u8));
+}
+
+/// The breakers of a stack built with `routes.per_route_breaker = true`:
+/// one per route, created on the route's first request.
+#[derive(Clone)]
+pub struct RouteBreakers {
+    handle: KeyedCircuitBreakerHandle<RouteKey>,
+    name: Arc<str>,
+}
+
+impl RouteBreakers {
+    /// The breaker of `route` (an axum route template such as
+    /// `/api/sleep/{ms}`, a declared gRPC method, or
+    /// [`RouteKey::UNMATCHED`]), if it has seen a request.
+    pub fn get(&self, route: &str) -> Option<CircuitBreakerHandle> {
+        self.handle.get(&RouteKey(Repr::Named(Arc::from(route))))
+    }
+
+    /// The routes that have a breaker now, sorted.
+    pub fn routes(&self) -> Vec<String> {
+        let mut routes: Vec<String> = self
+            .handle
+            .keys()
+            .iter()
+            .map(|k| k.as_str().to_owned())
+            .collect();
+        routes.sort();
+        routes
+    }
+
+    /// The routes whose circuit is open or forced open, sorted.
+    pub fn open_routes(&self) -> Vec<String> {
+        let mut open: Vec<String> = self
+            .handle
+            .keys()
+            .into_iter()
+            .filter(|k| {
+                self.handle.get(k).is_some_and(|h| {
+                    matches!(h.state(), CircuitState::Open | CircuitState::ForcedOpen)
+                })
+            })
+            .map(|k| k.as_str().to_owned())
+            .collect();
+        open.sort();
+        open
+    }
+
+    /// How many routes have a breaker now.
+    pub fn len(&self) -> usize {
+        self.handle.len()
+    }
+
+    /// Whether no route has a breaker yet.
+    pub fn is_empty(&self) -> bool {
+        self.handle.is_empty()
+    }
+
+    /// The breakers' name (labels their metrics).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Debug for RouteBreakers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteBreakers")
+            .field("name", &self.name)
+            .field("routes", &self.handle.len())
+            .finish()
+    }
+}
+
+/// The stack's circuit breaker around `S`: one breaker for every request,
+/// or one per [`RouteKey`] (`routes.per_route_breaker`).
+pub struct RouteBreaker<S> {
+    inner: Inner<S>,
+}
+
+enum Inner<S> {
+    Shared(CircuitBreaker<S>),
+    PerRoute {
+        inner: S,
+        shared: Arc<KeyedShared<RouteKey>>,
+        table: Arc<RouteTable>,
+    },
+}
+
+impl<S: Clone> Clone for RouteBreaker<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: match &self.inner {
+                Inner::Shared(s) => Inner::Shared(s.clone()),
+                Inner::PerRoute {
+                    inner,
+                    shared,
+                    table,
+                } => Inner::PerRoute {
+                    inner: inner.clone(),
+                    shared: Arc::clone(shared),
+                    table: Arc::clone(table),
+                },
+            },
+        }
+    }
+}
+
+impl<S> fmt::Debug for RouteBreaker<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteBreaker")
+            .field("per_route", &matches!(self.inner, Inner::PerRoute { .. }))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RouteBreaker<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<BreakerBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, HttpMode>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        match &mut self.inner {
+            Inner::Shared(s) => s.poll_ready(cx),
+            Inner::PerRoute { inner, .. } => inner.poll_ready(cx),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        match &mut self.inner {
+            Inner::Shared(s) => s.call(req),
+            Inner::PerRoute {
+                inner,
+                shared,
+                table,
+            } => {
+                let breaker = shared.breaker(table.key(&req));
+                call_http(&breaker, inner, &NoFallback, req)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_by_route() {
+        let table = RouteTable {
+            grpc: vec![Arc::from("/demo.Greeter/SayHello")].into_boxed_slice(),
+        };
+        let req = |path: &str| Request::post(path).body(()).unwrap();
+        let k = table.key(&req("/demo.Greeter/SayHello"));
+        assert_eq!(k.as_str(), "/demo.Greeter/SayHello");
+        assert!(!k.is_unmatched());
+        let unknown = table.key(&req("/demo.Greeter/Other"));
+        assert!(unknown.is_unmatched());
+        assert_eq!(unknown, table.key(&req("/made/up")));
+        assert_eq!(RouteKey(Repr::Named(Arc::from("unmatched"))), unknown);
+        assert_eq!(unknown.to_string(), "unmatched");
+    }
+}
