@@ -146,11 +146,13 @@ use crate::rate_limit::RateLimitConfig;
 use crate::shutdown::ShutdownConfig;
 use crate::timeout::TimeoutConfig;
 
+pub use env::{ConfigLoader, ConfigWarning, Loaded};
 pub use stack::{
     OptionalFuture, OptionalRateLimit, RampartLayer, RampartService, Stack, StackBuilder,
 };
 
-/// The prefix of the environment variables read by [`RampartConfig::load`].
+/// The default prefix of the environment variables read by
+/// [`RampartConfig::load`] (another one: [`ConfigLoader::env_prefix`]).
 pub const ENV_PREFIX: &str = "RAMPART_";
 
 /// Every setting of the stack: the listen address, the probes, the health
@@ -244,7 +246,7 @@ pub struct HealthConfig {
     /// (default `off`).
     pub breaker_readiness: BreakerReadiness,
     /// How often the `grpc.health.v1` service re-reads the synchronous
-    /// checks, such as the breaker's (default 1s).
+    /// checks, such as the breaker's (default 1s, at most 10m).
     #[serde(with = "crate::config_util::duration")]
     pub grpc_poll_interval: Duration,
 }
@@ -342,16 +344,17 @@ impl std::error::Error for ConfigErrors {}
 
 impl RampartConfig {
     /// Reads the TOML file at `path`, applies the `RAMPART_*` environment
-    /// overrides and validates the result.
+    /// overrides and validates the result. Variables that name no section
+    /// are logged as warnings and ignored; [`loader`](Self::loader) returns
+    /// them and takes another prefix.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigErrors> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors::one(ConfigError::new(
-                "",
-                format!("cannot read {}: {e}", path.display()),
-            ))
-        })?;
-        Self::from_toml_with_env(&text, std::env::vars())
+        ConfigLoader::default().load(path).map(|l| l.config)
+    }
+
+    /// A loader with a chosen environment prefix, which also returns the
+    /// warnings ([`ConfigLoader`]).
+    pub fn loader() -> ConfigLoader {
+        ConfigLoader::default()
     }
 
     /// Parses and validates TOML text, without environment overrides.
@@ -362,17 +365,33 @@ impl RampartConfig {
     /// Parses TOML text, applies the overrides found in `vars` (pairs of
     /// name and value; names not starting with [`ENV_PREFIX`] are
     /// ignored) and validates the result. [`load`](Self::load) passes
-    /// `std::env::vars()`.
+    /// the process environment. Variables that name no section are logged
+    /// as warnings and ignored.
     pub fn from_toml_with_env<I, K, V>(text: &str, vars: I) -> Result<Self, ConfigErrors>
     where
         I: IntoIterator<Item = (K, V)>,
         K: AsRef<str>,
         V: AsRef<str>,
     {
+        ConfigLoader::default()
+            .from_toml_with_env(text, vars)
+            .map(|l| l.config)
+    }
+
+    /// The file, the variables with `prefix` (already filtered), validation.
+    fn parse(
+        text: &str,
+        prefix: &str,
+        vars: Vec<(String, Option<String>)>,
+    ) -> Result<(Self, Vec<ConfigWarning>), ConfigErrors> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| {
             ConfigErrors::one(ConfigError::new("", e.to_string().trim().to_owned()))
         })?;
-        let applied = env::apply(&mut table, ENV_PREFIX, vars)?;
+        let sections = env::struct_fields::<RampartConfig>();
+        let env::Applied {
+            set: applied,
+            warnings,
+        } = env::apply(&mut table, prefix, sections, vars)?;
         let config: RampartConfig = serde_path_to_error::deserialize(table).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
@@ -386,7 +405,7 @@ impl RampartConfig {
             ConfigErrors::one(ConfigError::new(path, message))
         })?;
         config.validate()?;
-        Ok(config)
+        Ok((config, warnings))
     }
 
     /// The listen address, once [validated](Self::validate).
@@ -430,6 +449,14 @@ impl RampartConfig {
                 "health",
             );
         }
+        push(
+            crate::config_util::at_most(
+                "grpc_poll_interval",
+                self.health.grpc_poll_interval,
+                10 * crate::config_util::MINUTE,
+            ),
+            "health",
+        );
         if self.health.breaker_readiness != BreakerReadiness::Off
             && !crate::health::registry::valid_check_name(&self.circuit_breaker.name)
         {
@@ -506,8 +533,9 @@ fn format_duration(d: Duration) -> String {
 fn validate_rate_limit(rl: &RateLimitConfig) -> Vec<ConfigError> {
     // Validate against the in-process store: checking the quotas must not
     // open a Redis connection (nor need a runtime, so `load` works in sync
-    // code). A Redis store's own settings are checked, with their key paths,
-    // when the stack is built.
+    // code). A Redis store's durations are bounded here; its other
+    // settings are checked, with their key paths, when the stack is built.
+    let store = rl.check_store_durations().err();
     let rl = &RateLimitConfig {
         store: crate::rate_limit::StoreConfig::InProcess,
         ..rl.clone()
@@ -535,5 +563,6 @@ fn validate_rate_limit(rl: &RateLimitConfig) -> Vec<ConfigError> {
             errors.push(e);
         }
     }
+    errors.extend(store);
     errors
 }
