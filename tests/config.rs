@@ -426,6 +426,52 @@ fn kubernetes_service_variables_do_not_stop_the_pod() {
     assert_eq!(e.iter().next().unwrap().field(), "shutdown.port");
 }
 
+/// The shipped manifest's Service (`rampart-api`) makes Kubernetes inject
+/// `RAMPART_API_*` variables next to the manifest's own `RAMPART_*` key:
+/// the shipped config still loads, with a warning for each.
+#[test]
+fn the_shipped_manifest_and_config_load_together() {
+    let yaml = std::fs::read_to_string(format!(
+        "{}/examples/k8s/deployment.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let service = yaml
+        .split("kind: Service")
+        .nth(1)
+        .and_then(|rest| rest.lines().find_map(|l| l.trim().strip_prefix("name: ")))
+        .expect("a Service")
+        .trim()
+        .to_owned();
+    let svc = service.to_uppercase().replace('-', "_");
+    let injected = [
+        (format!("{svc}_SERVICE_HOST"), "10.96.0.7".to_owned()),
+        (format!("{svc}_SERVICE_PORT"), "80".to_owned()),
+        (format!("{svc}_SERVICE_PORT_HTTP"), "80".to_owned()),
+        (format!("{svc}_PORT"), "tcp://10.96.0.7:80".to_owned()),
+        (format!("{svc}_PORT_80_TCP"), "tcp://10.96.0.7:80".to_owned()),
+        (format!("{svc}_PORT_80_TCP_PROTO"), "tcp".to_owned()),
+        (format!("{svc}_PORT_80_TCP_PORT"), "80".to_owned()),
+        (format!("{svc}_PORT_80_TCP_ADDR"), "10.96.0.7".to_owned()),
+    ];
+    assert!(svc.starts_with("RAMPART_"), "{svc}");
+    let mut vars = injected.to_vec();
+    vars.push((
+        "RAMPART_RATE_LIMIT__QUOTAS__0__RATE".to_owned(),
+        "50/s".to_owned(),
+    ));
+    let text = std::fs::read_to_string(format!(
+        "{}/examples/configs/production.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let loaded = RampartConfig::loader()
+        .from_toml_with_env(&text, vars)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.warnings.len(), injected.len());
+    assert_eq!(loaded.config.rate_limit.unwrap().quotas[0].rate, "50/s");
+}
+
 #[test]
 fn the_environment_prefix_is_configurable() {
     let vars = [

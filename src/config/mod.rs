@@ -57,7 +57,40 @@
 //! array index may be at most the array's length (one past the end appends
 //! a new table). Overrides go through the same deserialisation and
 //! validation as the file, so `RAMPART_TIMEOUT__TIMOUT` is an unknown key
-//! and an error, naming the variable.
+//! and `RAMPART_TIMEOUT__TIMEOUT=banana` a bad value: errors, naming the
+//! key and the variable.
+//!
+//! A variable whose first level names no section (`listen`, `probes`,
+//! `health`, `shutdown`, `rate_limit`, `circuit_breaker`, `timeout`) is
+//! ignored with a warning, not an error: Kubernetes injects
+//! `RAMPART_PORT=tcp://10.0.0.1:80`, `RAMPART_SERVICE_HOST`,
+//! `RAMPART_SERVICE_PORT`, `RAMPART_PORT_8080_TCP_ADDR`... into every pod
+//! of a namespace with a Service named `rampart`, and such a pod must still
+//! start. [`RampartConfig::loader`] returns the warnings ([`Loaded`]) and
+//! takes another prefix ([`ConfigLoader::env_prefix`]), so no Service name
+//! can collide with it; [`load`](RampartConfig::load) and
+//! [`from_toml_with_env`](RampartConfig::from_toml_with_env) use
+//! `RAMPART_`. Every warning is logged:
+//!
+//! | event | target | level | fields |
+//! |---|---|---|---|
+//! | `environment variable ignored: it names no config section` | `tower_rampart::config` | WARN | `variable`, `prefix` |
+//!
+//! # Bounds
+//!
+//! Every duration has an upper bound for its key, so a `"100h"` typed for
+//! `"100ms"` is refused with the key path and the bound
+//! (`timeout.timeout: must be at most 1h (found 100h)`):
+//!
+//! | at most | keys |
+//! |---|---|
+//! | 1 minute | `rate_limit.store.timeout` |
+//! | 10 minutes | `shutdown.shutdown_delay`, `shutdown.sigint_delay`, `shutdown.abort_grace`, `shutdown.hook_timeout`, `rate_limit.wait`, `health.grpc_poll_interval` |
+//! | 1 hour | `timeout.timeout`, `shutdown.drain_timeout`, `shutdown.retry_after`, `rate_limit.idle_sweep`, `rate_limit.store.open_duration`, `circuit_breaker.open_duration`, `circuit_breaker.slow_call_duration_threshold`, `circuit_breaker.max_wait_in_half_open` |
+//! | 24 hours | `circuit_breaker.window.duration`, `circuit_breaker.backoff.max`, `circuit_breaker.key_idle_timeout` |
+//!
+//! `shutdown.force_exit_code` must be in `0..=255` (an exit status is one
+//! byte: 256 would exit 0, "success").
 //!
 //! # The stack
 //!
