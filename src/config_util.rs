@@ -23,11 +23,7 @@ pub(crate) fn at_most(
     if value > max {
         Err(ConfigError::new(
             field,
-            format!(
-                "must be at most {} (found {})",
-                human(max),
-                human(value)
-            ),
+            format!("must be at most {} (found {})", human(max), human(value)),
         ))
     } else {
         Ok(())

@@ -29,7 +29,12 @@ use hyper_util::rt::TokioExecutor;
 use tower_rampart::rate_limit::{ClientIp, ClientIpHeader, KeyExtractor, Quota, RateLimitLayer};
 
 /// The forwarding headers a proxy may write, and a client may forge.
-const HEADERS: [&str; 4] = ["forwarded", "x-forwarded-for", "x-real-ip", "cf-connecting-ip"];
+const HEADERS: [&str; 4] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-real-ip",
+    "cf-connecting-ip",
+];
 
 /// Burst 3 per client IP, no refill during the test.
 fn server_layer(client_ip: ClientIp) -> RateLimitLayer {

@@ -449,7 +449,10 @@ fn the_shipped_manifest_and_config_load_together() {
         (format!("{svc}_SERVICE_PORT"), "80".to_owned()),
         (format!("{svc}_SERVICE_PORT_HTTP"), "80".to_owned()),
         (format!("{svc}_PORT"), "tcp://10.96.0.7:80".to_owned()),
-        (format!("{svc}_PORT_80_TCP"), "tcp://10.96.0.7:80".to_owned()),
+        (
+            format!("{svc}_PORT_80_TCP"),
+            "tcp://10.96.0.7:80".to_owned(),
+        ),
         (format!("{svc}_PORT_80_TCP_PROTO"), "tcp".to_owned()),
         (format!("{svc}_PORT_80_TCP_PORT"), "80".to_owned()),
         (format!("{svc}_PORT_80_TCP_ADDR"), "10.96.0.7".to_owned()),
@@ -564,7 +567,12 @@ async fn a_pod_with_kubernetes_variables_starts_and_trusts_one_header() {
     for i in 0..4 {
         let forged = format!("for=198.51.100.{i}");
         let xff = format!("198.51.100.{i}, 203.0.113.7");
-        let reply = common::get_with(addr, "/", &[("forwarded", &forged), ("x-forwarded-for", &xff)]).await;
+        let reply = common::get_with(
+            addr,
+            "/",
+            &[("forwarded", &forged), ("x-forwarded-for", &xff)],
+        )
+        .await;
         statuses.push(reply.status.as_u16());
     }
     assert_eq!(statuses, [200, 200, 429, 429]);

@@ -13,7 +13,8 @@ use http_body_util::{BodyExt, Full};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_rampart::rate_limit::{
-    ClientIp, ClientIpHeader, Key, KeyExtractor, MissingKey, Quota, Rate, RateLimitBuilder, RateLimitLayer,
+    ClientIp, ClientIpHeader, Key, KeyExtractor, MissingKey, Quota, Rate, RateLimitBuilder,
+    RateLimitLayer,
 };
 use tower_rampart::rejection::ResponseBody;
 use tower_rampart::{Rejection, RejectionKind};

@@ -155,7 +155,11 @@ impl ConfigLoader {
         self.read(text, vars)
     }
 
-    fn read(&self, text: &str, vars: Vec<(String, Option<String>)>) -> Result<Loaded, ConfigErrors> {
+    fn read(
+        &self,
+        text: &str,
+        vars: Vec<(String, Option<String>)>,
+    ) -> Result<Loaded, ConfigErrors> {
         let (config, warnings) = RampartConfig::parse(text, &self.prefix, vars)?;
         for w in &warnings {
             tracing::warn!(
@@ -259,7 +263,11 @@ pub(super) fn apply(
     let mut root = Value::Table(std::mem::take(table));
     for (name, raw) in vars {
         let rest = &name[prefix.len()..];
-        let first = rest.split("__").next().unwrap_or_default().to_ascii_lowercase();
+        let first = rest
+            .split("__")
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         if !sections.is_empty() && !sections.contains(&first.as_str()) {
             warnings.push(ConfigWarning {
                 message: format!(

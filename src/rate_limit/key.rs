@@ -613,9 +613,10 @@ impl ClientIp {
 
     fn read(&self, header: &ClientIpHeader, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         match header {
-            ClientIpHeader::Forwarded => {
-                self.walk(peer, list_rev(headers, &FORWARDED).map(parse_forwarded_element))
-            }
+            ClientIpHeader::Forwarded => self.walk(
+                peer,
+                list_rev(headers, &FORWARDED).map(parse_forwarded_element),
+            ),
             ClientIpHeader::XForwardedFor => {
                 self.walk(peer, list_rev(headers, &X_FORWARDED_FOR).map(parse_node))
             }
@@ -735,7 +736,12 @@ fn valid_port(p: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         }
-        None => !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok(),
+        None => {
+            !p.is_empty()
+                && p.len() <= 5
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u16>().is_ok()
+        }
     }
 }
 
@@ -850,7 +856,10 @@ mod tests {
             Some(ip("2001:db8:cafe::17"))
         );
         assert_eq!(el(b"for=192.0.2.43"), Some(ip("192.0.2.43")));
-        assert_eq!(el(b"for=\"192.0.2.43:_gazonk\";by=10.0.0.1"), Some(ip("192.0.2.43")));
+        assert_eq!(
+            el(b"for=\"192.0.2.43:_gazonk\";by=10.0.0.1"),
+            Some(ip("192.0.2.43"))
+        );
         // Obfuscated and unknown nodes are absent (RFC 7239 §6.2, §6.3).
         assert_eq!(el(b"for=_hidden"), None);
         assert_eq!(el(b"for=\"_SEVKISEK\""), None);
@@ -900,7 +909,10 @@ mod tests {
             "client_ip_header"
         );
         let header_only = ClientIp::new().header(ClientIpHeader::XRealIp);
-        assert_eq!(header_only.validate().unwrap_err().field(), "trusted_proxies");
+        assert_eq!(
+            header_only.validate().unwrap_err().field(),
+            "trusted_proxies"
+        );
         assert!(via(ClientIpHeader::Forwarded).validate().is_ok());
         for everyone in ["0.0.0.0/0", "::/0"] {
             assert_eq!(
@@ -915,7 +927,10 @@ mod tests {
         // when used without a layer (which would refuse these configs).
         let h = [("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=2.2.2.2")];
         assert_eq!(resolve(&proxies_only, "10.0.0.1", &h), Some(ip("10.0.0.1")));
-        assert_eq!(resolve(&header_only, "10.0.0.1", &[("x-real-ip", "3.3.3.3")]), Some(ip("10.0.0.1")));
+        assert_eq!(
+            resolve(&header_only, "10.0.0.1", &[("x-real-ip", "3.3.3.3")]),
+            Some(ip("10.0.0.1"))
+        );
     }
 
     #[test]
@@ -956,7 +971,11 @@ mod tests {
                 .copied()
                 .filter(|(k, _)| *k != header.name().as_str())
                 .collect();
-            assert_eq!(resolve(&c, "10.0.0.1", &others), Some(ip("10.0.0.1")), "{header}");
+            assert_eq!(
+                resolve(&c, "10.0.0.1", &others),
+                Some(ip("10.0.0.1")),
+                "{header}"
+            );
         }
     }
 
@@ -991,24 +1010,36 @@ mod tests {
             resolve(
                 &c,
                 "10.0.0.1",
-                &[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "4.4.4.4")]
+                &[
+                    ("x-forwarded-for", "6.6.6.6"),
+                    ("x-forwarded-for", "4.4.4.4")
+                ]
             ),
             Some(ip("4.4.4.4"))
         );
 
         let f = via(ClientIpHeader::Forwarded);
         let h = |v| resolve(&f, "10.0.0.1", &[("forwarded", v)]);
-        assert_eq!(h("for=9.9.9.9, for=\"4.4.4.4:80\";proto=https"), Some(ip("4.4.4.4")));
+        assert_eq!(
+            h("for=9.9.9.9, for=\"4.4.4.4:80\";proto=https"),
+            Some(ip("4.4.4.4"))
+        );
         assert_eq!(
             h("for=9.9.9.9, for=\"[2001:db8:cafe::17]:4711\", for=10.0.0.9;by=10.0.0.1"),
             Some(ip("2001:db8:cafe::17"))
         );
         // An obfuscated client is unknown: the last trusted view is the key.
-        assert_eq!(h("for=9.9.9.9, for=_hidden, for=10.3.3.3"), Some(ip("10.3.3.3")));
+        assert_eq!(
+            h("for=9.9.9.9, for=_hidden, for=10.3.3.3"),
+            Some(ip("10.3.3.3"))
+        );
         assert_eq!(h("for=unknown"), Some(ip("10.0.0.1")));
         // A comma in a client's quoted string only breaks elements to the
         // left of the proxy's.
-        assert_eq!(h("for=\"1.1.1.1, for=2.2.2.2\", for=4.4.4.4"), Some(ip("4.4.4.4")));
+        assert_eq!(
+            h("for=\"1.1.1.1, for=2.2.2.2\", for=4.4.4.4"),
+            Some(ip("4.4.4.4"))
+        );
         assert_eq!(h("for=\", for=4.4.4.4"), Some(ip("4.4.4.4")));
     }
 
@@ -1031,7 +1062,12 @@ mod tests {
             // A trusted-looking address is still the client's: no walk.
             assert_eq!(h(&["10.7.7.7"]), Some(ip("10.7.7.7")), "{name}");
             // Malformed, a list, or duplicated: absent, so the peer.
-            for bad in [&["nonsense"][..], &["1.1.1.1, 2.2.2.2"], &["1.1.1.1", "2.2.2.2"], &[""]] {
+            for bad in [
+                &["nonsense"][..],
+                &["1.1.1.1, 2.2.2.2"],
+                &["1.1.1.1", "2.2.2.2"],
+                &[""],
+            ] {
                 assert_eq!(h(bad), Some(ip("10.0.0.1")), "{name} {bad:?}");
             }
             assert_eq!(h(&[]), Some(ip("10.0.0.1")), "{name}");

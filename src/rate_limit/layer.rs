@@ -20,8 +20,8 @@ use super::key::{
 };
 use super::quota::Quota;
 use super::store::{MemoryStore, QuotaCells, Slot, Store, TableMetrics, Verdict};
-use crate::rejection::{ErrorMode, HttpMode};
 use crate::config_util::{HOUR, MINUTE, at_most};
+use crate::rejection::{ErrorMode, HttpMode};
 use crate::{ConfigError, Rejection, RejectionKind};
 
 /// The most quotas one layer may have.

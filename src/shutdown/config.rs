@@ -134,7 +134,10 @@ mod tests {
             .drain_timeout(Duration::from_secs(3601))
             .build()
             .unwrap_err();
-        assert_eq!(err.to_string(), "drain_timeout: must be at most 1h (found 1h1s)");
+        assert_eq!(
+            err.to_string(),
+            "drain_timeout: must be at most 1h (found 1h1s)"
+        );
         let err = Shutdown::builder()
             .shutdown_delay(Duration::from_secs(601))
             .build()
