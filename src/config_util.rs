@@ -70,6 +70,11 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         let num_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("`{text}`: missing unit (use ns, us, ms, s, m or h)"))?;
+        if num_len == 0 {
+            return Err(format!(
+                "`{text}`: expected a number and a unit, such as \"250ms\" or \"5s\""
+            ));
+        }
         let (num, tail) = rest.split_at(num_len);
         let unit_len = tail
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -145,9 +150,22 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("10us"), Ok(Duration::from_micros(10)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        for bad in ["", "5", "ms", "5 parsecs", "1..2s", "-1s", "1e400s"] {
+        for bad in [
+            "",
+            "5",
+            "ms",
+            "5 parsecs",
+            "1..2s",
+            "-1s",
+            "1e400s",
+            "1s banana",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(
+            parse_duration("banana").unwrap_err(),
+            "`banana`: expected a number and a unit, such as \"250ms\" or \"5s\""
+        );
     }
 
     #[test]
