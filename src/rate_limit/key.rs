@@ -1074,6 +1074,54 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a client writes (any forwarding header the proxy does
+        /// not write, any number of lines, and anything in front of the
+        /// proxy's entry in a list header), the key is the address the
+        /// trusted proxy wrote.
+        #[test]
+        fn forged_headers_never_change_the_key(
+            named in 0usize..4,
+            forged in proptest::collection::vec((0usize..4, "[ -~]{0,30}"), 0..6),
+            in_front in proptest::collection::vec("[ -~]{0,30}", 0..3),
+            last in 1u8..255,
+        ) {
+            const NAMES: [&str; 4] = ["forwarded", "x-forwarded-for", "x-real-ip", "cf-connecting-ip"];
+            let header: ClientIpHeader = NAMES[named].parse().unwrap();
+            let c = via(header);
+            let client = IpAddr::from([203, 0, 113, last]);
+            let mut headers = HeaderMap::new();
+            for (i, value) in &forged {
+                if *i == named {
+                    continue;
+                }
+                if let Ok(v) = http::HeaderValue::from_str(value) {
+                    headers.append(NAMES[*i], v);
+                }
+            }
+            let list = named < 2;
+            if list {
+                // Client-written lines of the list header, then the
+                // proxy's line: what the client sent, its own entry appended.
+                let mut lines: Vec<String> = in_front.clone();
+                let mine = if named == 0 { format!("for={client}") } else { client.to_string() };
+                let last_line = lines.pop().map_or(mine.clone(), |l| format!("{l}, {mine}"));
+                lines.push(last_line);
+                for l in lines {
+                    let Ok(v) = http::HeaderValue::from_str(&l) else {
+                        return Ok(());
+                    };
+                    headers.append(NAMES[named], v);
+                }
+            } else {
+                headers.insert(NAMES[named], client.to_string().parse().unwrap());
+            }
+            let mut ext = Extensions::new();
+            ext.insert(SocketAddr::new(ip("10.0.0.1"), 4000));
+            proptest::prop_assert_eq!(c.resolve(&headers, &ext), Some(client));
+        }
+    }
+
     #[test]
     fn hop_cap_and_masking() {
         let c = ClientIp::new()
