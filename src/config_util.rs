@@ -1,7 +1,58 @@
 //! Parsing of the human-friendly values used in configs: durations such as
-//! `"250ms"` or `"5s"`. Used by every layer's `serde` config.
+//! `"250ms"` or `"5s"`, and the upper bound every duration setting has.
+//! Used by every layer's `serde` config and builder.
 
 use std::time::Duration;
+
+use crate::ConfigError;
+
+/// One minute.
+pub(crate) const MINUTE: Duration = Duration::from_secs(60);
+/// One hour.
+pub(crate) const HOUR: Duration = Duration::from_secs(3600);
+/// One day.
+pub(crate) const DAY: Duration = Duration::from_secs(86_400);
+
+/// Refuses a duration above `max`, naming `field` and the bound: a
+/// `"1000h"` where `"1000ms"` was meant is a typo, not a setting.
+pub(crate) fn at_most(
+    field: impl Into<std::borrow::Cow<'static, str>>,
+    value: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    if value > max {
+        Err(ConfigError::new(
+            field,
+            format!("must be at most {} (found {})", human(max), human(value)),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// `3600s` -> `1h`, `90s` -> `1m30s`, `1500ms` -> `1.5s`, for messages.
+pub(crate) fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 {
+        return if secs >= 60 {
+            format!("{}s", d.as_secs_f64())
+        } else {
+            format!("{d:?}")
+        };
+    }
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
 
 /// Parses a duration written as a number and a unit: `ns`, `us`, `ms`, `s`,
 /// `m`, `h` (e.g. `"250ms"`, `"1.5s"`, `"2m"`). Compound values such as
@@ -19,6 +70,11 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         let num_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("`{text}`: missing unit (use ns, us, ms, s, m or h)"))?;
+        if num_len == 0 {
+            return Err(format!(
+                "`{text}`: expected a number and a unit, such as \"250ms\" or \"5s\""
+            ));
+        }
         let (num, tail) = rest.split_at(num_len);
         let unit_len = tail
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -94,8 +150,36 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("10us"), Ok(Duration::from_micros(10)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        for bad in ["", "5", "ms", "5 parsecs", "1..2s", "-1s", "1e400s"] {
+        for bad in [
+            "",
+            "5",
+            "ms",
+            "5 parsecs",
+            "1..2s",
+            "-1s",
+            "1e400s",
+            "1s banana",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(
+            parse_duration("banana").unwrap_err(),
+            "`banana`: expected a number and a unit, such as \"250ms\" or \"5s\""
+        );
+    }
+
+    #[test]
+    fn bounds_name_the_field_and_the_bound() {
+        assert!(at_most("timeout", HOUR, HOUR).is_ok());
+        let e = at_most("timeout", HOUR + Duration::from_nanos(1), HOUR).unwrap_err();
+        assert_eq!(e.field(), "timeout");
+        assert_eq!(e.message(), "must be at most 1h (found 3600.000000001s)");
+        let e = at_most("x", parse_duration("1000h").unwrap(), DAY).unwrap_err();
+        assert_eq!(e.to_string(), "x: must be at most 24h (found 1000h)");
+        assert_eq!(human(Duration::from_secs(90)), "1m30s");
+        assert_eq!(human(Duration::from_secs(3661)), "1h1m1s");
+        assert_eq!(human(Duration::ZERO), "0s");
+        assert_eq!(human(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(human(10 * MINUTE), "10m");
     }
 }

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+mod common;
+
 use tower_rampart::circuit_breaker::SlidingWindow;
 use tower_rampart::config::{BreakerReadiness, RampartConfig};
 
@@ -421,4 +423,284 @@ async fn nested_probe_paths_from_a_file() {
     let errs = config.stack().check(hidden).build().unwrap_err();
     let fields: Vec<&str> = errs.iter().map(|e| e.field()).collect();
     assert_eq!(fields, ["probes.liveness_path"], "{errs}");
+}
+
+/// A process exit status is one byte: a forced-exit code outside 0..=255
+/// would be truncated by the OS (256 exits 0, "success").
+#[test]
+fn exit_codes_outside_a_byte_are_refused() {
+    for code in ["256", "-1", "1000"] {
+        let e = errors(&format!("[shutdown]\nforce_exit_code = {code}"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("shutdown.force_exit_code: must be in 0..=255"),
+            "{e:?}"
+        );
+    }
+    for code in [0, 255] {
+        let c = RampartConfig::from_toml(&format!("[shutdown]\nforce_exit_code = {code}")).unwrap();
+        assert_eq!(c.shutdown.force_exit_code, code);
+    }
+    // From the environment too, naming the variable's key.
+    let e = RampartConfig::from_toml_with_env("", [("RAMPART_SHUTDOWN__FORCE_EXIT_CODE", "256")])
+        .unwrap_err();
+    assert_eq!(e.iter().next().unwrap().field(), "shutdown.force_exit_code");
+}
+
+/// Every duration has an upper bound for its key: `"100h"` where `"100ms"`
+/// was meant is refused, naming the key and the bound, all at once.
+#[test]
+fn absurd_durations_are_refused_with_their_key() {
+    let errs = errors(
+        r#"
+        [health]
+        grpc_poll_interval = "1h"
+        [shutdown]
+        shutdown_delay = "100h"
+        drain_timeout = "2h"
+        retry_after = "2h"
+        [rate_limit]
+        quotas = [{ rate = "10/s" }]
+        idle_sweep = "1000h"
+        [rate_limit.store]
+        type = "redis"
+        url = "redis://127.0.0.1:1/"
+        timeout = "10m"
+        [circuit_breaker]
+        open_duration = "1000h"
+        "#,
+    );
+    assert_eq!(
+        errs,
+        [
+            "health.grpc_poll_interval: must be at most 10m (found 1h)",
+            "shutdown.shutdown_delay: must be at most 10m (found 100h)",
+            "rate_limit.idle_sweep: must be at most 1h (found 1000h)",
+            "rate_limit.store.timeout: must be at most 1m (found 10m)",
+            "circuit_breaker.open_duration: must be at most 1h (found 1000h)",
+        ],
+        "{errs:#?}"
+    );
+    let errs = errors("[timeout]\ntimeout = \"100h\"");
+    assert!(
+        errs.contains(&"timeout.timeout: must be at most 1h (found 100h)".to_owned()),
+        "{errs:#?}"
+    );
+    // At the bound is fine.
+    RampartConfig::from_toml(
+        "[shutdown]\nshutdown_delay = \"10m\"\ndrain_timeout = \"1h\"\n[timeout]\ntimeout = \"1h\"",
+    )
+    .unwrap();
+}
+
+/// What Kubernetes injects into every pod of a namespace that has a
+/// Service named `rampart` (service links are on by default).
+const KUBERNETES_SERVICE_VARS: [(&str, &str); 9] = [
+    ("RAMPART_PORT", "tcp://10.0.0.1:80"),
+    ("RAMPART_PORT_80_TCP", "tcp://10.0.0.1:80"),
+    ("RAMPART_PORT_80_TCP_PROTO", "tcp"),
+    ("RAMPART_PORT_80_TCP_PORT", "80"),
+    ("RAMPART_PORT_80_TCP_ADDR", "10.0.0.1"),
+    ("RAMPART_PORT_8080_TCP_ADDR", "10.0.0.1"),
+    ("RAMPART_SERVICE_HOST", "10.0.0.1"),
+    ("RAMPART_SERVICE_PORT", "80"),
+    ("RAMPART_SERVICE_PORT_HTTP", "80"),
+];
+
+#[test]
+fn kubernetes_service_variables_do_not_stop_the_pod() {
+    let mut vars = KUBERNETES_SERVICE_VARS.to_vec();
+    vars.push(("RAMPART_LISTEN", "127.0.0.1:9000"));
+    vars.push(("RAMPART_TIMEOUT__TIMEOUT", "2s"));
+    let loaded = RampartConfig::loader()
+        .from_toml_with_env("", vars.iter().copied())
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The real keys are applied...
+    assert_eq!(loaded.config.listen, "127.0.0.1:9000");
+    assert_eq!(loaded.config.timeout.timeout, Duration::from_secs(2));
+    // ...and every injected variable is a warning naming it.
+    let mut warned: Vec<&str> = loaded.warnings.iter().map(|w| w.variable()).collect();
+    warned.sort_unstable();
+    let mut injected: Vec<&str> = KUBERNETES_SERVICE_VARS.iter().map(|(k, _)| *k).collect();
+    injected.sort_unstable();
+    assert_eq!(warned, injected);
+    assert!(
+        loaded.warnings[0]
+            .message()
+            .contains("names no config section"),
+        "{}",
+        loaded.warnings[0]
+    );
+    // `from_toml_with_env` (and `load`) tolerate them too.
+    RampartConfig::from_toml_with_env("", KUBERNETES_SERVICE_VARS).unwrap();
+
+    // A variable naming a known key with a bad value is still an error,
+    // naming the key and the variable.
+    let mut bad = KUBERNETES_SERVICE_VARS.to_vec();
+    bad.push(("RAMPART_TIMEOUT__TIMEOUT", "banana"));
+    let e = RampartConfig::from_toml_with_env("", bad).unwrap_err();
+    assert_eq!(e.len(), 1, "{e}");
+    let e = e.iter().next().unwrap();
+    assert_eq!(e.field(), "timeout.timeout");
+    assert!(
+        e.message().ends_with("(set by RAMPART_TIMEOUT__TIMEOUT)"),
+        "{e}"
+    );
+    // So is an unknown key inside a known section.
+    let e = RampartConfig::from_toml_with_env("", [("RAMPART_SHUTDOWN__PORT", "80")]).unwrap_err();
+    assert_eq!(e.iter().next().unwrap().field(), "shutdown.port");
+}
+
+/// The shipped manifest's Service (`rampart-api`) makes Kubernetes inject
+/// `RAMPART_API_*` variables next to the manifest's own `RAMPART_*` key:
+/// the shipped config still loads, with a warning for each.
+#[test]
+fn the_shipped_manifest_and_config_load_together() {
+    let yaml = std::fs::read_to_string(format!(
+        "{}/examples/k8s/deployment.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let service = yaml
+        .split("kind: Service")
+        .nth(1)
+        .and_then(|rest| rest.lines().find_map(|l| l.trim().strip_prefix("name: ")))
+        .expect("a Service")
+        .trim()
+        .to_owned();
+    let svc = service.to_uppercase().replace('-', "_");
+    let injected = [
+        (format!("{svc}_SERVICE_HOST"), "10.96.0.7".to_owned()),
+        (format!("{svc}_SERVICE_PORT"), "80".to_owned()),
+        (format!("{svc}_SERVICE_PORT_HTTP"), "80".to_owned()),
+        (format!("{svc}_PORT"), "tcp://10.96.0.7:80".to_owned()),
+        (
+            format!("{svc}_PORT_80_TCP"),
+            "tcp://10.96.0.7:80".to_owned(),
+        ),
+        (format!("{svc}_PORT_80_TCP_PROTO"), "tcp".to_owned()),
+        (format!("{svc}_PORT_80_TCP_PORT"), "80".to_owned()),
+        (format!("{svc}_PORT_80_TCP_ADDR"), "10.96.0.7".to_owned()),
+    ];
+    assert!(svc.starts_with("RAMPART_"), "{svc}");
+    let mut vars = injected.to_vec();
+    vars.push((
+        "RAMPART_RATE_LIMIT__QUOTAS__0__RATE".to_owned(),
+        "50/s".to_owned(),
+    ));
+    let text = std::fs::read_to_string(format!(
+        "{}/examples/configs/production.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let loaded = RampartConfig::loader()
+        .from_toml_with_env(&text, vars)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.warnings.len(), injected.len());
+    assert_eq!(loaded.config.rate_limit.unwrap().quotas[0].rate, "50/s");
+}
+
+#[test]
+fn the_environment_prefix_is_configurable() {
+    let vars = [
+        ("CHECKOUT_TIMEOUT__TIMEOUT", "3s"),
+        ("CHECKOUT_SHUTDOWN__DRAIN_TIMEOUT", "40s"),
+        ("CHECKOUT_SERVICE_HOST", "10.0.0.9"),
+        // The default prefix is not read any more: no override, no warning.
+        ("RAMPART_TIMEOUT__TIMEOUT", "banana"),
+        ("RAMPART_PORT", "tcp://10.0.0.1:80"),
+    ];
+    let loader = RampartConfig::loader().env_prefix("CHECKOUT").unwrap();
+    assert_eq!(loader.prefix(), "CHECKOUT_");
+    let loaded = loader.from_toml_with_env("", vars).unwrap();
+    assert_eq!(loaded.config.timeout.timeout, Duration::from_secs(3));
+    assert_eq!(
+        loaded.config.shutdown.drain_timeout,
+        Duration::from_secs(40)
+    );
+    let warned: Vec<&str> = loaded.warnings.iter().map(|w| w.variable()).collect();
+    assert_eq!(warned, ["CHECKOUT_SERVICE_HOST"]);
+    let e = loader
+        .from_toml_with_env("", [("CHECKOUT_TIMEOUT__TIMEOUT", "banana")])
+        .unwrap_err();
+    assert_eq!(e.iter().next().unwrap().field(), "timeout.timeout");
+    assert_eq!(
+        RampartConfig::loader()
+            .env_prefix("check-out")
+            .unwrap_err()
+            .field(),
+        "env_prefix"
+    );
+    // `load` reads the file with the loader's prefix (this process has no
+    // CHECKOUT_* variables).
+    let path = format!(
+        "{}/examples/configs/development.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let loaded = loader.load(path).unwrap();
+    assert!(loaded.warnings.is_empty());
+    assert_eq!(loaded.config.timeout.timeout, Duration::from_secs(2));
+}
+
+/// Over a real server: a pod with the Kubernetes variables and a
+/// `client_ip_header` from its config starts, answers its probes, and
+/// keys its rate limit by the named header only.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn a_pod_with_kubernetes_variables_starts_and_trusts_one_header() {
+    let file = r#"
+        listen = "0.0.0.0:8080"
+        [shutdown]
+        shutdown_delay = "0s"
+        drain_timeout = "10s"
+        signals = false
+        [rate_limit]
+        client_ip_header = "forwarded"
+        trusted_proxies = ["10.0.0.0/8"]
+        quotas = [{ rate = "2/m", burst = 2, key = "client_ip" }]
+    "#;
+    let mut vars = KUBERNETES_SERVICE_VARS.to_vec();
+    vars.push(("RAMPART_LISTEN", "127.0.0.1:0"));
+    // The operator's proxy is this test's client: 127.0.0.1.
+    vars.push(("RAMPART_RATE_LIMIT__TRUSTED_PROXIES", "[\"127.0.0.1\"]"));
+    vars.push(("RAMPART_RATE_LIMIT__CLIENT_IP_HEADER", "x-forwarded-for"));
+    let loaded = RampartConfig::loader()
+        .from_toml_with_env(file, vars)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.warnings.len(), KUBERNETES_SERVICE_VARS.len());
+    let config = loaded.config;
+    let stack = config.stack().build().unwrap_or_else(|e| panic!("{e}"));
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "ok" }))
+        .layer(stack.layer());
+    let listener = tokio::net::TcpListener::bind(config.listen_addr())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    assert_eq!(common::get(addr, "/readyz").await.status, 200);
+    // The proxy appends X-Forwarded-For; the client forges Forwarded (the
+    // header the file named, overridden from the environment).
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let forged = format!("for=198.51.100.{i}");
+        let xff = format!("198.51.100.{i}, 203.0.113.7");
+        let reply = common::get_with(
+            addr,
+            "/",
+            &[("forwarded", &forged), ("x-forwarded-for", &xff)],
+        )
+        .await;
+        statuses.push(reply.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    let other = common::get_with(addr, "/", &[("x-forwarded-for", "203.0.113.8")]).await;
+    assert_eq!(other.status, 200);
 }

@@ -94,12 +94,12 @@ fn grpc_example_serves_behind_the_stack() {
     );
     // 20 calls at least before the breaker judges: open SayHello's.
     for _ in 0..19 {
-        call(&addr, &["--fail"]);
+        call(&addr, &["--fail"], false);
     }
     // Its breaker is open; grpc.health.v1 is outside the protections and
     // answers what /readyz answers (breaker_readiness = "warn": serving), so
     // a Kubernetes `grpc:` probe does not fail on every replica at once.
-    let out = call(&addr, &["--name", "Ada"]);
+    let out = call(&addr, &["--name", "Ada"], false);
     assert!(out.contains("health \"\": SERVING"), "{out}");
     assert!(out.contains("SayHello: Unavailable"), "{out}");
 

@@ -13,7 +13,8 @@ use http_body_util::{BodyExt, Full};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_rampart::rate_limit::{
-    ClientIp, Key, KeyExtractor, MissingKey, Quota, Rate, RateLimitBuilder, RateLimitLayer,
+    ClientIp, ClientIpHeader, Key, KeyExtractor, MissingKey, Quota, Rate, RateLimitBuilder,
+    RateLimitLayer,
 };
 use tower_rampart::rejection::ResponseBody;
 use tower_rampart::{Rejection, RejectionKind};
@@ -222,7 +223,12 @@ async fn cost_above_burst_is_never_admissible() {
 async fn trusted_proxy_walking_resists_spoofing() {
     let layer = builder()
         .quota(Quota::per_minute(1).burst(1).key(KeyExtractor::client_ip()))
-        .client_ip(ClientIp::new().trusted_proxies(["10.0.0.0/8"]).unwrap())
+        .client_ip(
+            ClientIp::new()
+                .header(ClientIpHeader::XForwardedFor)
+                .trusted_proxies(["10.0.0.0/8"])
+                .unwrap(),
+        )
         .build()
         .unwrap();
     let mut svc = service(&layer);
@@ -239,9 +245,14 @@ async fn trusted_proxy_walking_resists_spoofing() {
         429
     );
     assert_eq!(status(&mut svc, via_proxy("203.0.113.5")).await, 429);
+    // A header the operator did not name is ignored, whatever it says.
     let fwd = req_from(
         "10.0.0.1",
-        &[("forwarded", "for=8.8.8.8, for=\"203.0.113.5:1234\"")],
+        &[
+            ("forwarded", "for=8.8.8.8"),
+            ("x-real-ip", "8.8.4.4"),
+            ("x-forwarded-for", "203.0.113.5"),
+        ],
     );
     assert_eq!(status(&mut svc, fwd).await, 429);
     // Another real client behind the same proxy has its own key.

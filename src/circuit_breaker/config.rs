@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::ConfigError;
+use crate::config_util::{DAY, HOUR, at_most};
 
 /// How the breaker remembers recent calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +23,7 @@ pub enum SlidingWindow {
     /// not to the number of calls. The oldest bucket is dropped whole when a
     /// new one starts.
     Time {
-        /// How far back the window reaches.
+        /// How far back the window reaches (at most 24 h).
         #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
         duration: Duration,
         /// How many buckets the window is cut into (default 10).
@@ -55,7 +56,7 @@ pub struct Backoff {
     /// Growth factor per re-open, at least 1 (default 2).
     #[cfg_attr(feature = "config", serde(default = "default_multiplier"))]
     pub multiplier: f64,
-    /// The longest an opening may last.
+    /// The longest an opening may last (at most 24 h).
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub max: Duration,
     /// Random spread, a fraction in `[0, 1)` (default 0).
@@ -115,7 +116,8 @@ pub struct CircuitBreakerConfig {
     /// 100). Only used with a slow-call duration threshold.
     pub slow_call_rate_threshold: f32,
     /// A call is slow when it takes longer than this (default: none, no call
-    /// is slow and the breaker never reads the clock on the happy path).
+    /// is slow and the breaker never reads the clock on the happy path; at
+    /// most 1 h).
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::opt_duration"))]
     pub slow_call_duration_threshold: Option<Duration>,
     /// Trip after this many failures in a row, whatever the window says
@@ -126,7 +128,8 @@ pub struct CircuitBreakerConfig {
     /// Rates are judged only once the window holds this many calls
     /// (default 10).
     pub minimum_calls: u32,
-    /// How long the circuit stays open before trial calls (default 30 s).
+    /// How long the circuit stays open before trial calls (default 30 s, at
+    /// most 1 h).
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub open_duration: Duration,
     /// Move from open to half-open on a timer, as soon as the open duration
@@ -140,7 +143,7 @@ pub struct CircuitBreakerConfig {
     /// Trial calls let through in half-open (default 5).
     pub half_open_permits: u32,
     /// The longest a half-open circuit waits for a trial call in flight
-    /// (default 60 s), counted from the first trial: if one is still
+    /// (default 60 s, at most 1 h), counted from the first trial: if one is still
     /// running then, the circuit re-opens, so hung trials can never stick
     /// it. A half-open circuit with no trial in flight is not stuck and
     /// stays half-open until the next call.
@@ -154,7 +157,7 @@ pub struct CircuitBreakerConfig {
     /// Keyed breakers only: the most keys kept at once (default 10 000).
     pub max_keys: usize,
     /// Keyed breakers only: a key unused this long may be evicted
-    /// (default 10 min).
+    /// (default 10 min, at most 24 h).
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub key_idle_timeout: Duration,
 }
@@ -207,6 +210,7 @@ impl CircuitBreakerConfig {
         rate("slow_call_rate_threshold", self.slow_call_rate_threshold)?;
         if let Some(d) = self.slow_call_duration_threshold {
             positive("slow_call_duration_threshold", d)?;
+            at_most("slow_call_duration_threshold", d, HOUR)?;
         }
         if self.consecutive_failures == Some(0) {
             return Err(ConfigError::new(
@@ -231,6 +235,7 @@ impl CircuitBreakerConfig {
             }
             SlidingWindow::Time { duration, buckets } => {
                 positive("window.duration", duration)?;
+                at_most("window.duration", duration, DAY)?;
                 if buckets == 0 || buckets > 10_000 {
                     return Err(ConfigError::new("window.buckets", "must be in 1..=10000"));
                 }
@@ -246,10 +251,12 @@ impl CircuitBreakerConfig {
             return Err(ConfigError::new("minimum_calls", "must be at least 1"));
         }
         positive("open_duration", self.open_duration)?;
+        at_most("open_duration", self.open_duration, HOUR)?;
         if let Some(b) = &self.backoff {
             if !(b.multiplier.is_finite() && b.multiplier >= 1.0) {
                 return Err(ConfigError::new("backoff.multiplier", "must be at least 1"));
             }
+            at_most("backoff.max", b.max, DAY)?;
             if b.max < self.open_duration {
                 return Err(ConfigError::new(
                     "backoff.max",
@@ -267,6 +274,7 @@ impl CircuitBreakerConfig {
             ));
         }
         positive("max_wait_in_half_open", self.max_wait_in_half_open)?;
+        at_most("max_wait_in_half_open", self.max_wait_in_half_open, HOUR)?;
         if self
             .ignore_statuses
             .iter()
@@ -281,6 +289,7 @@ impl CircuitBreakerConfig {
             return Err(ConfigError::new("max_keys", "must be greater than 0"));
         }
         positive("key_idle_timeout", self.key_idle_timeout)?;
+        at_most("key_idle_timeout", self.key_idle_timeout, DAY)?;
         Ok(())
     }
 
@@ -430,6 +439,80 @@ mod tests {
             ..d()
         };
         assert_eq!(field(c), "name");
+    }
+
+    #[test]
+    fn durations_have_upper_bounds() {
+        let d = CircuitBreakerConfig::default;
+        let big = Duration::from_secs(100 * 3600);
+        let cases = [
+            (
+                CircuitBreakerConfig {
+                    open_duration: big,
+                    ..d()
+                },
+                "open_duration",
+            ),
+            (
+                CircuitBreakerConfig {
+                    slow_call_duration_threshold: Some(big),
+                    ..d()
+                },
+                "slow_call_duration_threshold",
+            ),
+            (
+                CircuitBreakerConfig {
+                    window: SlidingWindow::Time {
+                        duration: big,
+                        buckets: 10,
+                    },
+                    ..d()
+                },
+                "window.duration",
+            ),
+            (
+                CircuitBreakerConfig {
+                    backoff: Some(Backoff {
+                        multiplier: 2.0,
+                        max: big,
+                        jitter: 0.0,
+                    }),
+                    ..d()
+                },
+                "backoff.max",
+            ),
+            (
+                CircuitBreakerConfig {
+                    max_wait_in_half_open: big,
+                    ..d()
+                },
+                "max_wait_in_half_open",
+            ),
+            (
+                CircuitBreakerConfig {
+                    key_idle_timeout: big,
+                    ..d()
+                },
+                "key_idle_timeout",
+            ),
+        ];
+        for (c, want) in cases {
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.field(), want);
+            assert!(e.message().starts_with("must be at most"), "{e}");
+        }
+        // The bounds themselves are allowed.
+        CircuitBreakerConfig {
+            open_duration: Duration::from_secs(3600),
+            backoff: Some(Backoff {
+                multiplier: 2.0,
+                max: Duration::from_secs(86_400),
+                jitter: 0.0,
+            }),
+            ..d()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[cfg(feature = "config")]

@@ -69,7 +69,40 @@
 //! array index may be at most the array's length (one past the end appends
 //! a new table). Overrides go through the same deserialisation and
 //! validation as the file, so `RAMPART_TIMEOUT__TIMOUT` is an unknown key
-//! and an error, naming the variable.
+//! and `RAMPART_TIMEOUT__TIMEOUT=banana` a bad value: errors, naming the
+//! key and the variable.
+//!
+//! A variable whose first level names no section (`listen`, `probes`,
+//! `health`, `shutdown`, `rate_limit`, `circuit_breaker`, `timeout`) is
+//! ignored with a warning, not an error: Kubernetes injects
+//! `RAMPART_PORT=tcp://10.0.0.1:80`, `RAMPART_SERVICE_HOST`,
+//! `RAMPART_SERVICE_PORT`, `RAMPART_PORT_8080_TCP_ADDR`... into every pod
+//! of a namespace with a Service named `rampart`, and such a pod must still
+//! start. [`RampartConfig::loader`] returns the warnings ([`Loaded`]) and
+//! takes another prefix ([`ConfigLoader::env_prefix`]), so no Service name
+//! can collide with it; [`load`](RampartConfig::load) and
+//! [`from_toml_with_env`](RampartConfig::from_toml_with_env) use
+//! `RAMPART_`. Every warning is logged:
+//!
+//! | event | target | level | fields |
+//! |---|---|---|---|
+//! | `environment variable ignored: it names no config section` | `tower_rampart::config` | WARN | `variable`, `prefix` |
+//!
+//! # Bounds
+//!
+//! Every duration has an upper bound for its key, so a `"100h"` typed for
+//! `"100ms"` is refused with the key path and the bound
+//! (`timeout.timeout: must be at most 1h (found 100h)`):
+//!
+//! | at most | keys |
+//! |---|---|
+//! | 1 minute | `rate_limit.store.timeout` |
+//! | 10 minutes | `shutdown.shutdown_delay`, `shutdown.sigint_delay`, `shutdown.abort_grace`, `shutdown.hook_timeout`, `rate_limit.wait`, `health.grpc_poll_interval` |
+//! | 1 hour | `timeout.timeout`, `shutdown.drain_timeout`, `shutdown.retry_after`, `rate_limit.idle_sweep`, `rate_limit.store.open_duration`, `circuit_breaker.open_duration`, `circuit_breaker.slow_call_duration_threshold`, `circuit_breaker.max_wait_in_half_open` |
+//! | 24 hours | `circuit_breaker.window.duration`, `circuit_breaker.backoff.max`, `circuit_breaker.key_idle_timeout` |
+//!
+//! `shutdown.force_exit_code` must be in `0..=255` (an exit status is one
+//! byte: 256 would exit 0, "success").
 //!
 //! # The stack
 //!
@@ -173,13 +206,15 @@ use crate::rate_limit::RateLimitConfig;
 use crate::shutdown::ShutdownConfig;
 use crate::timeout::TimeoutConfig;
 
+pub use env::{ConfigLoader, ConfigWarning, Loaded};
 pub use platform::{Platform, PlatformBody, PlatformFuture};
 pub use routes::{RouteBreaker, RouteBreakers, RouteKey};
 pub use stack::{
     OptionalFuture, OptionalRateLimit, RampartLayer, RampartService, Stack, StackBuilder,
 };
 
-/// The prefix of the environment variables read by [`RampartConfig::load`].
+/// The default prefix of the environment variables read by
+/// [`RampartConfig::load`] (another one: [`ConfigLoader::env_prefix`]).
 pub const ENV_PREFIX: &str = "RAMPART_";
 
 /// Every setting of the stack: the listen address, the probes, the health
@@ -346,7 +381,7 @@ pub struct HealthConfig {
     /// (default `off`).
     pub breaker_readiness: BreakerReadiness,
     /// How often `grpc.health.v1` `Watch` streams re-read the synchronous
-    /// checks, such as the breaker's (default 1s); `Check` reads them when
+    /// checks, such as the breaker's (default 1s, at most 10m); `Check` reads them when
     /// called.
     #[serde(with = "crate::config_util::duration")]
     pub grpc_poll_interval: Duration,
@@ -445,16 +480,17 @@ impl std::error::Error for ConfigErrors {}
 
 impl RampartConfig {
     /// Reads the TOML file at `path`, applies the `RAMPART_*` environment
-    /// overrides and validates the result.
+    /// overrides and validates the result. Variables that name no section
+    /// are logged as warnings and ignored; [`loader`](Self::loader) returns
+    /// them and takes another prefix.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigErrors> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors::one(ConfigError::new(
-                "",
-                format!("cannot read {}: {e}", path.display()),
-            ))
-        })?;
-        Self::from_toml_with_env(&text, std::env::vars())
+        ConfigLoader::default().load(path).map(|l| l.config)
+    }
+
+    /// A loader with a chosen environment prefix, which also returns the
+    /// warnings ([`ConfigLoader`]).
+    pub fn loader() -> ConfigLoader {
+        ConfigLoader::default()
     }
 
     /// Parses and validates TOML text, without environment overrides.
@@ -465,18 +501,34 @@ impl RampartConfig {
     /// Parses TOML text, applies the overrides found in `vars` (pairs of
     /// name and value; names not starting with [`ENV_PREFIX`] are
     /// ignored) and validates the result. [`load`](Self::load) passes
-    /// `std::env::vars()`.
+    /// the process environment. Variables that name no section are logged
+    /// as warnings and ignored.
     pub fn from_toml_with_env<I, K, V>(text: &str, vars: I) -> Result<Self, ConfigErrors>
     where
         I: IntoIterator<Item = (K, V)>,
         K: AsRef<str>,
         V: AsRef<str>,
     {
+        ConfigLoader::default()
+            .from_toml_with_env(text, vars)
+            .map(|l| l.config)
+    }
+
+    /// The file, the variables with `prefix` (already filtered), validation.
+    fn parse(
+        text: &str,
+        prefix: &str,
+        vars: Vec<(String, Option<String>)>,
+    ) -> Result<(Self, Vec<ConfigWarning>), ConfigErrors> {
         let mut table = parse_table(text)?;
-        let applied = env::apply(&mut table, ENV_PREFIX, vars)?;
+        let sections = env::struct_fields::<RampartConfig>();
+        let env::Applied {
+            set: applied,
+            warnings,
+        } = env::apply(&mut table, prefix, sections, vars)?;
         let config = deserialize_all(table, &applied)?;
         config.validate()?;
-        Ok(config)
+        Ok((config, warnings))
     }
 
     /// The listen address, once [validated](Self::validate).
@@ -520,6 +572,14 @@ impl RampartConfig {
                 "health",
             );
         }
+        push(
+            crate::config_util::at_most(
+                "grpc_poll_interval",
+                self.health.grpc_poll_interval,
+                10 * crate::config_util::MINUTE,
+            ),
+            "health",
+        );
         if self.health.breaker_readiness != BreakerReadiness::Off
             && !crate::health::registry::valid_check_name(&self.circuit_breaker.name)
         {
@@ -770,8 +830,9 @@ fn format_duration(d: Duration) -> String {
 fn validate_rate_limit(rl: &RateLimitConfig) -> Vec<ConfigError> {
     // Validate against the in-process store: checking the quotas must not
     // open a Redis connection (nor need a runtime, so `load` works in sync
-    // code). A Redis store's own settings are checked, with their key paths,
-    // when the stack is built.
+    // code). A Redis store's durations are bounded here; its other
+    // settings are checked, with their key paths, when the stack is built.
+    let store = rl.check_store_durations().err();
     let rl = &RateLimitConfig {
         store: crate::rate_limit::StoreConfig::InProcess,
         ..rl.clone()
@@ -799,5 +860,6 @@ fn validate_rate_limit(rl: &RateLimitConfig) -> Vec<ConfigError> {
             errors.push(e);
         }
     }
+    errors.extend(store);
     errors
 }

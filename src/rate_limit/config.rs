@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::key::{ClientIp, Key, KeyExtractor};
+use super::key::{ClientIp, ClientIpHeader, Key, KeyExtractor};
 use super::layer::{MissingKey, RateLimitLayer};
 use super::quota::{Quota, Rate};
 use crate::ConfigError;
@@ -43,6 +43,7 @@ pub struct QuotaConfig {
 ///         { "rate": "10/s", "burst": 20, "key": "client_ip" },
 ///         { "rate": "1000/s", "name": "global" }
 ///     ],
+///     "client_ip_header": "x-forwarded-for",
 ///     "trusted_proxies": ["10.0.0.0/8"],
 ///     "max_keys": 50000
 /// }"#).unwrap();
@@ -58,7 +59,16 @@ pub struct RateLimitConfig {
     pub name: Option<String>,
     /// The quotas (at least one).
     pub quotas: Vec<QuotaConfig>,
-    /// Proxies whose forwarding headers are believed (CIDRs or addresses).
+    /// The one forwarding header the trusted proxies write: `forwarded`,
+    /// `x-forwarded-for`, `x-real-ip`, or another header holding one
+    /// address (`cf-connecting-ip`). Every other forwarding header is
+    /// ignored. Default: none, the client is the peer address. Requires
+    /// `trusted_proxies` (see [`ClientIp`] for the trust model).
+    #[serde(default)]
+    pub client_ip_header: Option<String>,
+    /// The proxies that write `client_ip_header` (CIDRs or addresses); its
+    /// value is believed only from these peers. Requires
+    /// `client_ip_header`.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     /// Forwarding entries walked at most (default 5).
@@ -74,7 +84,7 @@ pub struct RateLimitConfig {
     /// Keys kept at most per keyed quota (default 100 000).
     #[serde(default)]
     pub max_keys: Option<usize>,
-    /// How often idle keys are evicted (default "60s"). `"off"` (or
+    /// How often idle keys are evicted (default "60s", at most "1h"). `"off"` (or
     /// `"0s"`, read as `Some(Duration::ZERO)`) switches the sweep off: keys
     /// then leave only when `max_keys` is reached, least recently used
     /// first.
@@ -95,7 +105,8 @@ pub struct RateLimitConfig {
     /// Client networks never limited.
     #[serde(default)]
     pub allow_cidrs: Vec<String>,
-    /// Waiting mode: wait up to this long for room (e.g. "500ms").
+    /// Waiting mode: wait up to this long for room (e.g. "500ms", at most
+    /// "10m").
     #[serde(default, with = "crate::config_util::opt_duration")]
     pub wait: Option<Duration>,
     /// Where quota state lives: in this process (the default) or in Redis.
@@ -142,7 +153,7 @@ pub struct RedisConfig {
     /// First part of every key name (default `rampart`).
     #[serde(default)]
     pub prefix: Option<String>,
-    /// Timeout of one call to Redis (default "50ms").
+    /// Timeout of one call to Redis (default "50ms", at most "1m").
     #[serde(default, with = "crate::config_util::opt_duration")]
     pub timeout: Option<Duration>,
     /// `fail_open` (default), `fail_closed` or `fallback`.
@@ -154,7 +165,8 @@ pub struct RedisConfig {
     /// Consecutive failures that open the breaker guarding Redis (default 3).
     #[serde(default)]
     pub trip_after: Option<u32>,
-    /// How long the open breaker keeps requests away from Redis (default "1s").
+    /// How long the open breaker keeps requests away from Redis (default
+    /// "1s", at most "1h").
     #[serde(default, with = "crate::config_util::opt_duration")]
     pub open_duration: Option<Duration>,
 }
@@ -175,6 +187,7 @@ impl RateLimitConfig {
     /// Validates the config and builds the layer; errors name the field
     /// (`quotas[1].rate`).
     pub fn build(&self) -> Result<RateLimitLayer, ConfigError> {
+        self.check_store_durations()?;
         let mut b = RateLimitLayer::builder();
         if let Some(name) = &self.name {
             b = b.name(name.clone());
@@ -198,6 +211,9 @@ impl RateLimitConfig {
             b = b.quota(quota);
         }
         let mut ip = ClientIp::new().trusted_proxies(&self.trusted_proxies)?;
+        if let Some(h) = &self.client_ip_header {
+            ip = ip.header(h.parse::<ClientIpHeader>()?);
+        }
         if let Some(h) = self.max_hops {
             ip = ip.max_hops(h)?;
         }
@@ -264,6 +280,23 @@ impl RateLimitConfig {
     }
 }
 
+impl RateLimitConfig {
+    /// The Redis store's durations are bounded like every other, even when
+    /// the section is checked without connecting.
+    pub(crate) fn check_store_durations(&self) -> Result<(), ConfigError> {
+        use crate::config_util::{HOUR, MINUTE, at_most};
+        if let StoreConfig::Redis(r) = &self.store {
+            if let Some(t) = r.timeout {
+                at_most("store.timeout", t, MINUTE)?;
+            }
+            if let Some(d) = r.open_duration {
+                at_most("store.open_duration", d, HOUR)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl TryFrom<RateLimitConfig> for RateLimitLayer {
     type Error = ConfigError;
 
@@ -300,6 +333,38 @@ mod tests {
         assert_eq!(
             err(r#"{"quotas":[{"rate":"1/s"}],"trusted_proxies":["10.0.0.0/99"]}"#).field(),
             "trusted_proxies[0]"
+        );
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"1/s"}],"trusted_proxies":["10.0.0.0/8"]}"#).field(),
+            "client_ip_header"
+        );
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"1/s"}],"client_ip_header":"x-real-ip"}"#).field(),
+            "trusted_proxies"
+        );
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"1/s"}],"client_ip_header":"x real ip","trusted_proxies":["10.0.0.1"]}"#).field(),
+            "client_ip_header"
+        );
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"1/s"}],"client_ip_header":"forwarded","trusted_proxies":["10.0.0.1","0.0.0.0/0"]}"#).field(),
+            "trusted_proxies[1]"
+        );
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"1/s"}],"idle_sweep":"2h"}"#).field(),
+            "idle_sweep"
+        );
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"1/s"}],"wait":"11m"}"#).field(),
+            "wait"
+        );
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"1/s"}],"store":{"type":"redis","url":"redis://127.0.0.1:1/","timeout":"5m"}}"#).field(),
+            "store.timeout"
+        );
+        assert_eq!(
+            err(r#"{"quotas":[{"rate":"1/s"}],"store":{"type":"redis","url":"redis://127.0.0.1:1/","open_duration":"2h"}}"#).field(),
+            "store.open_duration"
         );
         assert_eq!(
             err(r#"{"quotas":[{"rate":"1/s"}],"allow_cidrs":["x"]}"#).field(),
@@ -354,5 +419,11 @@ mod tests {
         assert_eq!(c.missing_key, MissingKey::Reject);
         assert_eq!(c.wait, Some(Duration::from_millis(250)));
         assert!(RateLimitLayer::try_from(c).is_ok());
+        let c: RateLimitConfig = serde_json::from_str(
+            r#"{"quotas":[{"rate":"1/s","key":"client_ip"}],
+                "client_ip_header":"CF-Connecting-IP","trusted_proxies":["173.245.48.0/20"]}"#,
+        )
+        .unwrap();
+        assert!(c.build().is_ok());
     }
 }

@@ -20,6 +20,7 @@ use super::key::{
 };
 use super::quota::Quota;
 use super::store::{MemoryStore, QuotaCells, Slot, Store, TableMetrics, Verdict};
+use crate::config_util::{HOUR, MINUTE, at_most};
 use crate::rejection::{ErrorMode, HttpMode};
 use crate::{ConfigError, Rejection, RejectionKind};
 
@@ -113,7 +114,10 @@ impl RateLimitBuilder {
         self
     }
 
-    /// How client IPs are found (trusted proxies, hop cap).
+    /// How client IPs are found: the peer address (the default), or the
+    /// one forwarding header trusted proxies write (see [`ClientIp`]).
+    /// [`build`](Self::build) refuses trusted proxies without a header and
+    /// a header without trusted proxies.
     pub fn client_ip(mut self, client_ip: ClientIp) -> Self {
         self.client_ip = client_ip;
         self
@@ -144,9 +148,9 @@ impl RateLimitBuilder {
     }
 
     /// How often idle keys (whose bucket is full again) are evicted in the
-    /// background; `None` turns the background task off (default 60s). The
-    /// task is spawned on the tokio runtime current at [`build`](Self::build)
-    /// (none is spawned outside a runtime; use
+    /// background; `None` turns the background task off (default 60s, at
+    /// most 1h). The task is spawned on the tokio runtime current at
+    /// [`build`](Self::build) (none is spawned outside a runtime; use
     /// [`RateLimitLayer::evict_idle`]).
     pub fn idle_sweep(mut self, every: Option<Duration>) -> Self {
         self.idle_sweep = every;
@@ -199,8 +203,8 @@ impl RateLimitBuilder {
 
     /// Waiting mode, for outbound (client-side) use: a request that would be
     /// refused waits up to `max_delay` for room instead, and is refused only
-    /// if none comes in time. Waiting requests hold a clone of the inner
-    /// service.
+    /// if none comes in time (`max_delay` at most 10 minutes). Waiting
+    /// requests hold a clone of the inner service.
     pub fn wait(mut self, max_delay: Duration) -> Self {
         self.wait = Some(max_delay);
         self
@@ -238,6 +242,13 @@ impl RateLimitBuilder {
         if self.wait.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::new("wait", "must be greater than 0"));
         }
+        if let Some(d) = self.idle_sweep {
+            at_most("idle_sweep", d, HOUR)?;
+        }
+        if let Some(d) = self.wait {
+            at_most("wait", d, 10 * MINUTE)?;
+        }
+        self.client_ip.validate()?;
         let allow_cidrs = parse_cidrs(&self.allow_cidrs, "allow_cidrs")?;
         crate::metrics_help::describe();
         let layer: Arc<str> = Arc::from(self.name.as_ref());

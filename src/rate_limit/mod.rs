@@ -12,7 +12,7 @@
 //! use std::net::SocketAddr;
 //! use http::{Request, Response};
 //! use tower::{Service, ServiceExt, service_fn};
-//! use tower_rampart::rate_limit::{ClientIp, KeyExtractor, Quota, RateLimitLayer};
+//! use tower_rampart::rate_limit::{ClientIp, ClientIpHeader, KeyExtractor, Quota, RateLimitLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,8 +22,13 @@
 //!     .quota(Quota::per_second(2).key(KeyExtractor::client_ip()))
 //!     // Everybody together: 1000 per second.
 //!     .quota(Quota::per_second(1000).name("global"))
-//!     // Behind a load balancer in 10.0.0.0/8: believe its X-Forwarded-For.
-//!     .client_ip(ClientIp::new().trusted_proxies(["10.0.0.0/8"])?)
+//!     // Behind a load balancer in 10.0.0.0/8 that appends X-Forwarded-For:
+//!     // believe that header, from that network only.
+//!     .client_ip(
+//!         ClientIp::new()
+//!             .header(ClientIpHeader::XForwardedFor)
+//!             .trusted_proxies(["10.0.0.0/8"])?,
+//!     )
 //!     .build()?;
 //!
 //! let mut svc = tower::ServiceBuilder::new()
@@ -75,8 +80,9 @@
 //!
 //! # Keys, proxies, memory
 //!
-//! Quotas are counted by a [`KeyExtractor`]: global, client IP (see
-//! [`ClientIp`] for trusted proxies), a header value, the route or path, or a
+//! Quotas are counted by a [`KeyExtractor`]: global, client IP (the peer
+//! address, or behind trusted proxies the one forwarding header the
+//! operator names; see [`ClientIp`] for the trust model), a header value, the route or path, or a
 //! closure. Keyed state is kept per key fingerprint in a bounded table
 //! ([`RateLimitBuilder::max_keys`]); idle keys (whose bucket is full again,
 //! so forgetting them changes nothing) are evicted by a background task, and
@@ -154,7 +160,7 @@ use tower::Service;
 pub use config::{FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, StoreConfig};
 pub use error::RefusalReason;
 pub use future::ResponseFuture;
-pub use key::{ClientIp, Key, KeyExtractor, RequestInfo};
+pub use key::{ClientIp, ClientIpHeader, Key, KeyExtractor, RequestInfo};
 pub use layer::{MAX_QUOTAS, MissingKey, QuotaState, RateLimitBuilder, RateLimitLayer};
 pub use quota::{Quota, Rate};
 #[cfg(feature = "redis")]

@@ -325,6 +325,12 @@ impl RedisBackend {
         if cfg.timeout.is_zero() {
             return Err(ConfigError::new("store.timeout", "must be greater than 0"));
         }
+        crate::config_util::at_most("store.timeout", cfg.timeout, crate::config_util::MINUTE)?;
+        crate::config_util::at_most(
+            "store.open_duration",
+            cfg.open_duration,
+            crate::config_util::HOUR,
+        )?;
         if cfg.trip_after == 0 {
             return Err(ConfigError::new(
                 "store.trip_after",

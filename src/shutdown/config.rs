@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::Shutdown;
 use crate::ConfigError;
+use crate::config_util::{HOUR, MINUTE, at_most};
 
 /// Settings of a [`Shutdown`] coordinator.
 ///
@@ -23,27 +24,32 @@ use crate::ConfigError;
 pub struct ShutdownConfig {
     /// The name that labels metrics and events (default `shutdown`).
     pub name: String,
-    /// Time between the trigger and draining (default 5s; 0 allowed).
+    /// Time between the trigger and draining (default 5s; 0 allowed; at
+    /// most 10m).
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub shutdown_delay: Duration,
-    /// The delay used when `SIGINT` triggered (default 0).
+    /// The delay used when `SIGINT` triggered (default 0; at most 10m).
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub sigint_delay: Duration,
-    /// How long in-flight requests may take once draining (default 20s).
+    /// How long in-flight requests may take once draining (default 20s; at
+    /// most 1h).
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub drain_timeout: Duration,
-    /// How long to wait for aborted requests to unwind (default 1s).
+    /// How long to wait for aborted requests to unwind (default 1s; at most
+    /// 10m).
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub abort_grace: Duration,
-    /// Default time limit of each cleanup hook (default 5s).
+    /// Default time limit of each cleanup hook (default 5s; at most 10m).
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub hook_timeout: Duration,
-    /// `Retry-After` of requests refused while draining (default 1s).
+    /// `Retry-After` of requests refused while draining (default 1s; at most
+    /// 1h).
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub retry_after: Duration,
     /// Listen to `SIGTERM` and `SIGINT` (default true).
     pub signals: bool,
-    /// Exit code when a second signal forces the exit (default 1).
+    /// Exit code when a second signal forces the exit (default 1; a process
+    /// exit status is one byte, so it must be in `0..=255`).
     pub force_exit_code: i32,
 }
 
@@ -74,6 +80,21 @@ impl ShutdownConfig {
         if self.hook_timeout.is_zero() {
             return Err(ConfigError::new("hook_timeout", "must be greater than 0"));
         }
+        at_most("shutdown_delay", self.shutdown_delay, 10 * MINUTE)?;
+        at_most("sigint_delay", self.sigint_delay, 10 * MINUTE)?;
+        at_most("drain_timeout", self.drain_timeout, HOUR)?;
+        at_most("abort_grace", self.abort_grace, 10 * MINUTE)?;
+        at_most("hook_timeout", self.hook_timeout, 10 * MINUTE)?;
+        at_most("retry_after", self.retry_after, HOUR)?;
+        if !(0..=255).contains(&self.force_exit_code) {
+            return Err(ConfigError::new(
+                "force_exit_code",
+                format!(
+                    "must be in 0..=255, a process exit status is one byte (found {})",
+                    self.force_exit_code
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -102,6 +123,35 @@ mod tests {
         assert_eq!(err.field(), "hook_timeout");
         let err = Shutdown::builder().name("").build().unwrap_err();
         assert_eq!(err.field(), "name");
+        for code in [-1, 256, i32::MIN, i32::MAX] {
+            let err = Shutdown::builder()
+                .force_exit_code(code)
+                .build()
+                .unwrap_err();
+            assert_eq!(err.field(), "force_exit_code", "{code}");
+        }
+        let err = Shutdown::builder()
+            .drain_timeout(Duration::from_secs(3601))
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "drain_timeout: must be at most 1h (found 1h1s)"
+        );
+        let err = Shutdown::builder()
+            .shutdown_delay(Duration::from_secs(601))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "shutdown_delay");
+        for code in [0, 255] {
+            assert!(
+                Shutdown::builder()
+                    .force_exit_code(code)
+                    .signals(false)
+                    .build()
+                    .is_ok()
+            );
+        }
         assert!(
             Shutdown::builder()
                 .shutdown_delay(Duration::ZERO)

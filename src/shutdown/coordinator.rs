@@ -251,7 +251,8 @@ impl ShutdownBuilder {
     }
 
     /// The process exit code used when a second signal forces an immediate
-    /// exit (default 1).
+    /// exit (default 1; [`build`](Self::build) refuses a code outside
+    /// `0..=255`).
     pub fn force_exit_code(mut self, code: i32) -> Self {
         self.config.force_exit_code = code;
         self

@@ -36,7 +36,8 @@ pub struct TimeoutConfig {
     /// The name that labels metrics and events (default `"timeout"`).
     #[cfg_attr(feature = "config", serde(default = "default_name"))]
     pub name: String,
-    /// The server's maximum time to a response (`"250ms"`, `"5s"`).
+    /// The server's maximum time to a response (`"250ms"`, `"5s"`; at most
+    /// `"1h"`).
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub timeout: Duration,
     /// Subtracted from the caller's budget (default `"0s"`).
@@ -133,6 +134,8 @@ mod tests {
             field(r#"{"timeout": "1s", "safety_margin": "1s"}"#),
             "safety_margin"
         );
+        assert_eq!(field(r#"{"timeout": "61m"}"#), "timeout");
+        assert!(parse(r#"{"timeout": "1h"}"#).unwrap().build().is_ok());
         assert_eq!(field(r#"{"timeout": "1s", "status": 200}"#), "status");
         assert_eq!(field(r#"{"timeout": "1s", "status": 9999}"#), "status");
         assert_eq!(

@@ -217,7 +217,8 @@ impl TimeoutLayerBuilder {
         self
     }
 
-    /// The server's maximum time to a response (required, greater than 0).
+    /// The server's maximum time to a response (required, greater than 0,
+    /// at most one hour).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
@@ -287,6 +288,7 @@ impl TimeoutLayerBuilder {
         if timeout.is_zero() {
             return Err(ConfigError::new("timeout", "must be greater than 0"));
         }
+        crate::config_util::at_most("timeout", timeout, crate::config_util::HOUR)?;
         if self.safety_margin >= timeout {
             return Err(ConfigError::new(
                 "safety_margin",
