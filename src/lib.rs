@@ -69,6 +69,7 @@
 //! | `rampart_circuit_breaker_slow_calls_total` | counter | `name` | [`circuit_breaker`] |
 //! | `rampart_circuit_breaker_rejections_total` | counter | `name` | [`circuit_breaker`] |
 //! | `rampart_circuit_breaker_transitions_total` | counter | `name`, `from`, `to` | [`circuit_breaker`] |
+//! | `rampart_circuit_breaker_threshold_exceeded_total` | counter | `name`, `reason` | [`circuit_breaker`] (metrics-only mode) |
 //! | `rampart_circuit_breaker_route_state` | gauge | `name`, `route` | `config` (the stack's per-route breakers) |
 //! | `rampart_rate_limit_admitted_total` | counter | `name` | [`rate_limit`] |
 //! | `rampart_rate_limit_refused_total` | counter | `name`, `quota`, `reason` | [`rate_limit`] |

@@ -23,12 +23,14 @@ pub(crate) fn describe() {
 
 /// Every metric, in the order of the crate docs' table.
 #[cfg(test)]
-const NAMES: [&str; 20] = [
+const NAMES: [&str; 22] = [
     "rampart_circuit_breaker_state",
     "rampart_circuit_breaker_calls_total",
     "rampart_circuit_breaker_slow_calls_total",
     "rampart_circuit_breaker_rejections_total",
     "rampart_circuit_breaker_transitions_total",
+    "rampart_circuit_breaker_threshold_exceeded_total",
+    "rampart_circuit_breaker_route_state",
     "rampart_rate_limit_admitted_total",
     "rampart_rate_limit_refused_total",
     "rampart_rate_limit_dry_run_refusals_total",
@@ -71,6 +73,15 @@ fn describe_all() {
         "rampart_circuit_breaker_transitions_total",
         Unit::Count,
         "Circuit breaker state changes, by from and to state."
+    );
+    describe_counter!(
+        "rampart_circuit_breaker_threshold_exceeded_total",
+        Unit::Count,
+        "Times a metrics-only circuit breaker met a tripping rule (once per crossing), by reason."
+    );
+    describe_gauge!(
+        "rampart_circuit_breaker_route_state",
+        "State of one route's circuit breaker in the stack's per-route mode (same codes as rampart_circuit_breaker_state)."
     );
     // rate_limit
     describe_counter!(

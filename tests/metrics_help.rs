@@ -17,13 +17,20 @@ use tower_rampart::rate_limit::KeyExtractor;
 use tower_rampart::{CircuitBreakerLayer, Quota, RateLimitLayer, Shutdown, TimeoutLayer};
 
 /// The crate docs' metric table (`src/lib.rs`), without the Redis store's
-/// `rampart_rate_limit_decisions_total` (it needs a Redis server).
+/// `rampart_rate_limit_decisions_total` (it needs a Redis server) and
+/// `rampart_circuit_breaker_route_state` (the config stack's per-route
+/// breakers, rendered in `tests/production.rs`); both are described all the same
+/// (the unit test in `src/metrics_help.rs` checks the list).
 fn documented() -> BTreeSet<String> {
     include_str!("../src/lib.rs")
         .lines()
         .filter_map(|l| l.strip_prefix("//! | `"))
         .filter_map(|l| l.split('`').next())
-        .filter(|n| n.starts_with("rampart_") && *n != "rampart_rate_limit_decisions_total")
+        .filter(|n| {
+            n.starts_with("rampart_")
+                && *n != "rampart_rate_limit_decisions_total"
+                && *n != "rampart_circuit_breaker_route_state"
+        })
         .map(str::to_owned)
         .collect()
 }
@@ -81,6 +88,23 @@ async fn every_metric_has_help_and_histograms_have_buckets() {
     // A transition (counted when it happens).
     breaker.handle().force_open();
     breaker.handle().reset();
+    // A metrics-only breaker meeting a tripping rule.
+    let watcher = CircuitBreakerLayer::builder()
+        .name("watch")
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    watcher.handle().metrics_only();
+    let failing = tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::builder().status(500).body(()).unwrap())
+    });
+    let res = tower::ServiceExt::oneshot(
+        tower::Layer::layer(&watcher, failing),
+        http::Request::new(()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 500);
     // A drain, for the drain histogram.
     shutdown.trigger();
     let report = server.await.unwrap().unwrap();
@@ -106,7 +130,7 @@ async fn every_metric_has_help_and_histograms_have_buckets() {
         })
         .collect();
     let documented = documented();
-    assert_eq!(documented.len(), 19);
+    assert_eq!(documented.len(), 20);
     let missing: Vec<_> = documented.difference(&rendered).collect();
     assert!(missing.is_empty(), "not rendered: {missing:?}\n{body}");
     let undocumented: Vec<_> = rendered.difference(&documented).collect();
