@@ -218,7 +218,7 @@ fn type_and_syntax_problems_all_at_once() {
             "rate_limit.max_keys: invalid type: string \"many\", expected usize",
             "rate_limit.quotas[0].burst: invalid type: string \"x\", expected u32",
             "rate_limit.quotas[1].nme: unknown field `nme`, expected one of `rate`, `burst`, `key`, `name`",
-            "shutdown.drain_timeout: `ten`: `` is not a number",
+            "shutdown.drain_timeout: `ten`: expected a number and a unit, such as \"250ms\" or \"5s\"",
             "timeout.bogus: unknown field `bogus`, expected one of `name`, `timeout`, `safety_margin`, `grpc_timeout`, `budget_header`, `status`, `deadline_extension`",
             "timeout.timeout: invalid type: integer `3`, expected a string",
         ],
