@@ -54,7 +54,7 @@ fn config(extra: &str) -> RampartConfig {
 const GUARDED: &str = r#"
     [health]
     breaker_readiness = "fail"
-    grpc_poll_interval = "1h"
+    grpc_poll_interval = "10m"
     [circuit_breaker]
     name = "api"
     [rate_limit]
@@ -121,6 +121,10 @@ async fn scrapes_answer_while_the_breaker_is_open_and_the_limit_is_spent() {
         StatusCode::TOO_MANY_REQUESTS
     );
 
+    // The breaker saw the one admitted request only (scrapes and the
+    // limiter's refusal are not counted).
+    assert_eq!(breaker.counts().calls, 1);
+
     // The limit is spent and the breaker open: the application is refused,
     // the scrape and the probes answer, and /readyz tells the truth.
     breaker.force_open();
@@ -136,8 +140,8 @@ async fn scrapes_answer_while_the_breaker_is_open_and_the_limit_is_spent() {
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(seen.scrapes.load(Ordering::SeqCst), 11);
-    // The breaker saw the one admitted request only.
-    assert_eq!(breaker.counts().calls, 1);
+    // Forced open, it refused nothing but the application's request.
+    assert_eq!(breaker.counts().not_permitted, 0);
 
     // Once the limiter lets requests through again, the open breaker is
     // what refuses them; scrapes still answer.
@@ -343,7 +347,7 @@ async fn grpc_check_answers_what_readyz_answers() {
 async fn grpc_check_agrees_with_readyz_during_shutdown() {
     // Shutdown requested (a long delay: the test ends before it does).
     let mut delayed = config(GUARDED);
-    delayed.shutdown.shutdown_delay = std::time::Duration::from_secs(3600);
+    delayed.shutdown.shutdown_delay = std::time::Duration::from_secs(600);
     let stack = delayed.stack().build().unwrap();
     let addr = serve_tonic(&stack).await;
     let mut client = HealthClient::new(common::grpc_channel(addr).await);

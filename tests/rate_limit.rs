@@ -1048,7 +1048,8 @@ async fn allow_cidrs_use_the_trusted_forwarded_address_unmasked() {
                 .ipv6_prefix(48)
                 .unwrap()
                 .trusted_proxies(["10.0.0.0/8"])
-                .unwrap(),
+                .unwrap()
+                .header(ClientIpHeader::XForwardedFor),
         )
         .allow_cidrs(["2001:db8::5"])
         .build()
