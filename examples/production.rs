@@ -10,8 +10,11 @@
 //! breaker open), `GET /api/sleep/{ms}` (watch the timeout), `GET /metrics`
 //! (Prometheus text), and the probes (`/livez`, `/readyz`, `/startupz` by
 //! default). `SIGTERM` starts the graceful shutdown: readiness fails at once,
-//! requests are served for `shutdown.shutdown_delay`, then the listener
-//! closes and in-flight requests get `shutdown.drain_timeout` to finish.
+//! requests are served for `shutdown.shutdown_delay` (HTTP/1 answers carry
+//! `Connection: close`, HTTP/2 connections get GOAWAY), then the listener
+//! closes (connections already in its backlog are still answered) and
+//! in-flight requests get `shutdown.drain_timeout` to finish. The server
+//! loop is `tower_rampart::serve`, with the `[server]` settings.
 //!
 //! Settings come from the file, then the `RAMPART_*` environment variables
 //! (`RAMPART_TIMEOUT__TIMEOUT=2s`), then `--listen`. An invalid file stops
@@ -21,7 +24,6 @@
 //! `rampart-listening <addr>` once the listener is bound, and
 //! `rampart-shutdown-report {json}` when the shutdown is done.
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -178,12 +180,12 @@ async fn run(config: RampartConfig) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(%addr, "listening");
     say(&format!("rampart-listening {addr}"));
 
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stack.shutdown().draining());
-    let report = stack.shutdown().run_server(server).await?;
+    // The peer address reaches the rate limit as `ConnectInfo`; the
+    // listener closes after the delay, its backlog still answered.
+    let report = config
+        .server()?
+        .serve(listener, app, stack.shutdown())
+        .await;
 
     let line = serde_json::json!({
         "trigger": report.trigger.to_string(),

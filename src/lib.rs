@@ -113,6 +113,9 @@ mod error;
 pub mod health;
 pub mod rate_limit;
 pub mod rejection;
+#[cfg(feature = "serve")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serve")))]
+pub mod serve;
 pub mod shutdown;
 pub mod timeout;
 
@@ -125,5 +128,7 @@ pub use health::{Check, HealthRegistry, ProbeLayer};
 pub use rate_limit::{FailurePolicy, RedisStore};
 pub use rate_limit::{Quota, Rate, RateLimitLayer};
 pub use rejection::{Rejection, RejectionKind};
+#[cfg(feature = "serve")]
+pub use serve::{Server, serve};
 pub use shutdown::{DrainLayer, Shutdown};
 pub use timeout::{Deadline, TimeoutLayer};

@@ -182,6 +182,11 @@ pub struct RampartConfig {
     /// The request timeout (default 10 s).
     #[serde(default = "default_timeout")]
     pub timeout: TimeoutConfig,
+    /// The [`serve`](crate::serve) loop's connection hygiene (feature
+    /// `serve`; every key optional).
+    #[cfg(feature = "serve")]
+    #[serde(default)]
+    pub server: crate::serve::ServerConfig,
 }
 
 fn default_listen() -> String {
@@ -210,6 +215,8 @@ impl Default for RampartConfig {
             rate_limit: None,
             circuit_breaker: CircuitBreakerConfig::default(),
             timeout: default_timeout(),
+            #[cfg(feature = "serve")]
+            server: crate::serve::ServerConfig::default(),
         }
     }
 }
@@ -461,11 +468,20 @@ impl RampartConfig {
                 "shutdown",
             );
         }
+        #[cfg(feature = "serve")]
+        push(self.server.validate(), "server");
         if errors.is_empty() {
             Ok(())
         } else {
             Err(ConfigErrors { errors })
         }
+    }
+
+    /// The [`Server`](crate::serve::Server) built from the `[server]`
+    /// section (feature `serve`), once [validated](Self::validate).
+    #[cfg(feature = "serve")]
+    pub fn server(&self) -> Result<crate::serve::Server, ConfigError> {
+        self.server.clone().build().map_err(|e| e.at("server"))
     }
 
     /// The stack builder: one layer and its handles from this config.

@@ -301,6 +301,18 @@ impl Shutdown {
         Ok(Self { inner })
     }
 
+    /// The state shared with the drain layers and the `serve` loops.
+    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
+    pub(crate) fn state(&self) -> &Arc<State> {
+        &self.inner.state
+    }
+
+    /// The settings it was built with.
+    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
+    pub(crate) fn config(&self) -> &ShutdownConfig {
+        &self.inner.config
+    }
+
     /// The name that labels metrics and events.
     pub fn name(&self) -> &str {
         &self.inner.state.name
@@ -503,12 +515,12 @@ impl Inner {
             let notified = self.state.idle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.state.in_flight() == 0 {
+            if self.state.is_idle() {
                 return true;
             }
             tokio::select! {
                 () = notified => {}
-                () = tokio::time::sleep_until(deadline) => return self.state.in_flight() == 0,
+                () = tokio::time::sleep_until(deadline) => return self.state.is_idle(),
             }
         }
     }

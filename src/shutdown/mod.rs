@@ -115,7 +115,14 @@ pub use future::{DrainBody, ResponseFuture};
 pub use layer::DrainLayer;
 
 use crate::rejection::{ErrorMode, HttpMode, Protocol, ResponseBody};
-use state::State;
+pub(crate) use state::State;
+
+/// Request extension set by the `serve` loop on requests that arrive while
+/// draining on a connection it accepted before the listener closed: the
+/// server owes them an answer, so the drain layer admits them.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "serve"), allow(dead_code))]
+pub(crate) struct Owed;
 
 /// Counts requests in flight for the [`Shutdown`] coordinator, marks
 /// answers `Connection: close` once shutdown is requested, refuses new
@@ -187,7 +194,8 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let protocol = Protocol::of(&req);
         let http1 = req.version() <= Version::HTTP_11;
-        match self.state.admit() {
+        let owed = || req.extensions().get::<Owed>().is_some();
+        match self.state.admit_unless_draining(owed) {
             Some(guard) => ResponseFuture::admitted(self.inner.call(req), guard, protocol, http1),
             None => ResponseFuture::rejected(self.state.draining_rejection(http1), protocol, http1),
         }

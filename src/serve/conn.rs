@@ -1,0 +1,269 @@
+//! One connection: hyper-util's auto (HTTP/1.1 + h2c) connection, driven
+//! through the shutdown phases.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::time::{Instant, sleep_until};
+use tower::{BoxError, Service};
+
+use super::Shared;
+use super::service::HyperService;
+use crate::shutdown::{Phase, State};
+
+const UNKNOWN: u8 = 0;
+const HTTP1: u8 = 1;
+const HTTP2: u8 = 2;
+
+/// What the service side of a connection tells its task: the protocol, and
+/// requests started and ended (for the idle timeout).
+pub(crate) struct ConnShared {
+    state: Arc<State>,
+    proto: AtomicU8,
+    started: AtomicU64,
+    ended: AtomicU64,
+    /// Notified when the first HTTP/2 request shows the protocol.
+    h2_seen: Notify,
+}
+
+impl ConnShared {
+    fn new(state: Arc<State>) -> Self {
+        Self {
+            state,
+            proto: AtomicU8::new(UNKNOWN),
+            started: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            h2_seen: Notify::new(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn phase(&self) -> Phase {
+        self.state.phase()
+    }
+
+    /// Records the protocol on the first request.
+    #[inline]
+    pub(crate) fn seen(&self, http1: bool) {
+        if self.proto.load(Ordering::Relaxed) == UNKNOWN {
+            if http1 {
+                self.proto.store(HTTP1, Ordering::Relaxed);
+            } else {
+                self.proto.store(HTTP2, Ordering::Relaxed);
+                self.h2_seen.notify_one();
+            }
+        }
+    }
+
+    /// A request starts; it ends when the returned value is dropped (with
+    /// the response body, or with the future if no response came).
+    #[inline]
+    pub(crate) fn start(self: &Arc<Self>) -> Active {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        Active(Arc::clone(self))
+    }
+
+    fn is_h2(&self) -> bool {
+        self.proto.load(Ordering::Relaxed) == HTTP2
+    }
+}
+
+/// A request in progress on its connection.
+pub(crate) struct Active(Arc<ConnShared>);
+
+impl Active {
+    #[inline]
+    pub(crate) fn phase(&self) -> Phase {
+        self.0.phase()
+    }
+}
+
+impl Drop for Active {
+    #[inline]
+    fn drop(&mut self) {
+        self.0.ended.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts an open connection (or the listener) for the drain and the
+/// `rampart_connections` gauge, from before it is spawned until it closes.
+pub(crate) struct Hold {
+    shared: Arc<Shared>,
+    connection: bool,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Hold {
+    pub(crate) fn listener(shared: &Arc<Shared>) -> Self {
+        shared.state.hold();
+        Self {
+            shared: Arc::clone(shared),
+            connection: false,
+            _permit: None,
+        }
+    }
+
+    pub(crate) fn connection(shared: &Arc<Shared>, permit: Option<OwnedSemaphorePermit>) -> Self {
+        shared.state.hold();
+        shared.metrics.connections.increment(1.0);
+        Self {
+            shared: Arc::clone(shared),
+            connection: true,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.connection {
+            self.shared.metrics.connections.decrement(1.0);
+        }
+        // The permit is released after this (field order), which is fine:
+        // the drain only waits on the count.
+        self.shared.state.unhold();
+    }
+}
+
+/// Serves one accepted connection until it closes, following the phases:
+///
+/// - shutdown requested: HTTP/2 connections get GOAWAY (HTTP/1 answers
+///   carry `Connection: close`, see the service);
+/// - draining: a connection with no request in progress gets
+///   `connection_grace` to send one, then is closed gracefully (hyper
+///   finishes a request in progress first);
+/// - the drain deadline: graceful close of what is left (the drain layer
+///   answers aborted requests), then a hard close after `abort_grace`.
+pub(crate) async fn serve_connection<S, B>(
+    shared: Arc<Shared>,
+    hold: Hold,
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let _hold = hold;
+    if shared.config.tcp_nodelay {
+        let _ = stream.set_nodelay(true);
+    }
+    let conn_shared = Arc::new(ConnShared::new(Arc::clone(&shared.state)));
+    let service = HyperService::new(service, peer, Arc::clone(&conn_shared));
+    let conn = shared
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+
+    let mut phases = shared.shutdown.subscribe();
+    let mut phases_open = true;
+    let mut phase = *phases.borrow_and_update();
+    // Has hyper been asked to close (GOAWAY for HTTP/2)?
+    let mut closing = false;
+    let mut grace_at: Option<Instant> = None;
+    let mut abort_at: Option<Instant> = None;
+    let mut hard_close_at: Option<Instant> = None;
+
+    let idle = shared.config.keep_alive_timeout;
+    let tick = if idle.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        idle / IDLE_TICKS
+    };
+    let mut ticker = tokio::time::interval_at(Instant::now() + tick, tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle_ticks = 0u32;
+    let mut last_started = u64::MAX;
+
+    loop {
+        if phase == Phase::Done {
+            // The coordinator gave up waiting: nothing is owed any more.
+            break;
+        }
+        if phase >= Phase::ShutdownRequested && !closing && conn_shared.is_h2() {
+            // GOAWAY: the client opens no new streams here and moves on;
+            // streams it already opened are served.
+            conn.as_mut().graceful_shutdown();
+            closing = true;
+        }
+        if phase >= Phase::Draining && hard_close_at.is_none() {
+            let deadline = shared.drain_deadline();
+            grace_at = Some(deadline.min(Instant::now() + shared.config.connection_grace));
+            abort_at = Some(deadline);
+            hard_close_at = Some(deadline + shared.shutdown.config().abort_grace);
+        }
+        let waiting_for_proto = phase >= Phase::ShutdownRequested
+            && !closing
+            && conn_shared.proto.load(Ordering::Relaxed) == UNKNOWN;
+        tokio::select! {
+            biased;
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    shared.connection_error(peer, &*e);
+                }
+                return;
+            }
+            changed = phases.changed(), if phases_open => match changed {
+                Ok(()) => phase = *phases.borrow_and_update(),
+                Err(_) => phases_open = false,
+            },
+            () = conn_shared.h2_seen.notified(), if waiting_for_proto => {}
+            () = sleep_until(grace_at.unwrap_or_else(far)), if grace_at.is_some() && !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = sleep_until(abort_at.unwrap_or_else(far)), if abort_at.is_some() => {
+                abort_at = None;
+                if !closing {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            () = sleep_until(hard_close_at.unwrap_or_else(far)), if hard_close_at.is_some() => {
+                shared.metrics.aborted.increment(1);
+                break;
+            }
+            _ = ticker.tick(), if !idle.is_zero() && !closing => {
+                let started = conn_shared.started.load(Ordering::Relaxed);
+                let ended = conn_shared.ended.load(Ordering::Relaxed);
+                if started == ended && started == last_started {
+                    idle_ticks += 1;
+                    if idle_ticks >= IDLE_TICKS {
+                        shared.metrics.keep_alive_timeouts.increment(1);
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                } else {
+                    idle_ticks = 0;
+                    last_started = started;
+                }
+            }
+        }
+    }
+    tracing::debug!(
+        target: "tower_rampart::serve",
+        name = %shared.config.name,
+        %peer,
+        "connection closed at the drain deadline"
+    );
+}
+
+/// The idle timeout is checked this many times per `keep_alive_timeout`: a
+/// connection is closed after between 1 and 1.25 times the timeout idle.
+const IDLE_TICKS: u32 = 4;
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
