@@ -28,14 +28,17 @@
 //! Refusals reach gRPC clients as statuses: `RESOURCE_EXHAUSTED` (rate
 //! limit), `UNAVAILABLE` (open breaker, draining), `DEADLINE_EXCEEDED`
 //! (timeout, also bounded by the client's `grpc-timeout`). The server also
-//! answers HTTP/1.1, so Kubernetes' `httpGet` probes reach `/livez`,
-//! `/readyz`, `/startupz`; a `grpc:` probe uses `grpc.health.v1` instead.
+//! answers HTTP/1.1 (it is served by `tower_rampart::serve`, which also
+//! hands the peer address to the rate limit), so Kubernetes' `httpGet`
+//! probes reach `/livez`, `/readyz`, `/startupz`; a `grpc:` probe uses
+//! `grpc.health.v1` instead.
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -107,6 +110,9 @@ impl Service<http::Request<Body>> for Greeter {
 
 struct SayHello;
 
+/// Greetings answered, reported at exit to compare with what clients saw.
+static GREETED: AtomicU64 = AtomicU64::new(0);
+
 impl tonic::server::UnaryService<HelloRequest> for SayHello {
     type Response = HelloReply;
     type Future = BoxFuture<Result<tonic::Response<HelloReply>, tonic::Status>>;
@@ -120,6 +126,7 @@ impl tonic::server::UnaryService<HelloRequest> for SayHello {
             if req.fail {
                 return Err(tonic::Status::internal("failed on purpose"));
             }
+            GREETED.fetch_add(1, Ordering::Relaxed);
             Ok(tonic::Response::new(HelloReply {
                 message: format!("hello, {}", req.name),
             }))
@@ -256,6 +263,20 @@ async fn serve(config: RampartConfig) -> Result<(), Box<dyn std::error::Error>> 
         aborted = report.aborted,
         "stopped"
     );
+    let line = serde_json::json!({
+        "trigger": report.trigger.to_string(),
+        "delay_ms": report.delay.as_millis() as u64,
+        "drain_ms": report.drain.as_millis() as u64,
+        "in_flight_at_drain": report.in_flight_at_drain,
+        "finished": report.finished,
+        "aborted": report.aborted,
+        "left_in_flight": report.left_in_flight,
+        "drain_timed_out": report.drain_timed_out,
+        "greeted": GREETED.load(Ordering::Relaxed),
+    });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "rampart-shutdown-report {line}");
+    let _ = out.flush();
     Ok(())
 }
 

@@ -57,11 +57,11 @@ where
         ext.insert(self.peer);
         #[cfg(feature = "axum")]
         ext.insert(axum::extract::ConnectInfo(self.peer));
-        if self.conn.phase() >= Phase::Draining {
-            // The connection was accepted before the listener closed: its
-            // requests are answered, not refused by the drain layer.
-            ext.insert(Owed);
-        }
+        // This loop closes its connections gracefully once draining
+        // starts (the listener first): a request that still arrives on one
+        // is owed an answer, not the drain layer's refusal. Set on every
+        // request: the phase may change before the drain layer runs.
+        ext.insert(Owed);
         let active = self.conn.start();
         let mut inner = self.inner.borrow_mut();
         let mut cx = Context::from_waker(Waker::noop());

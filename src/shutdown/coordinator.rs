@@ -135,7 +135,9 @@ pub struct ShutdownReport {
     pub total: Duration,
     /// Requests in flight when draining began.
     pub in_flight_at_drain: usize,
-    /// Requests that completed while draining.
+    /// Requests that completed while draining: those in flight when it
+    /// began, and those the `serve` loop answered on
+    /// connections it had accepted before the listener closed.
     pub finished: u64,
     /// Requests cut off at the drain deadline.
     pub aborted: u64,

@@ -117,9 +117,10 @@ pub use layer::DrainLayer;
 use crate::rejection::{ErrorMode, HttpMode, Protocol, ResponseBody};
 pub(crate) use state::State;
 
-/// Request extension set by the `serve` loop on requests that arrive while
-/// draining on a connection it accepted before the listener closed: the
-/// server owes them an answer, so the drain layer admits them.
+/// Request extension set by the `serve` loop on every request: it closes
+/// its connections gracefully once draining starts (the listener first), so
+/// a request that still arrives on one was sent to a connection the server
+/// accepted and owes an answer; the drain layer admits it.
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(not(feature = "serve"), allow(dead_code))]
 pub(crate) struct Owed;
