@@ -1,17 +1,21 @@
 //! One connection: hyper-util's auto (HTTP/1.1 + h2c) connection, driven
 //! through the shutdown phases.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tower::{BoxError, Service};
 
@@ -160,11 +164,140 @@ pub(crate) async fn serve_connection<S, B>(
     if shared.config.tcp_nodelay {
         let _ = stream.set_nodelay(true);
     }
+    let (io, mut returned) = Io::new(stream);
+    let hard_close = drive(&shared, io, peer, service).await;
+    // hyper is done with the socket (and has dropped it, unless an upgrade
+    // took it): close it without a reset.
+    if let (false, Ok(stream)) = (hard_close, returned.try_recv()) {
+        linger(stream).await;
+    }
+}
+
+/// How long a closed connection is drained of what the client still sends,
+/// so that closing it does not reset it (Go's `net/http` waits 500 ms the
+/// same way before closing).
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Half-closes the socket, then reads and discards until the client
+/// closes too (or `LINGER` passes). Closing a socket with unread data
+/// makes the kernel send a reset, which can destroy the last response (or
+/// an HTTP/2 GOAWAY) before the client reads it.
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.shutdown().await;
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The connection's IO for hyper: the socket, handed back to the task when
+/// hyper drops it, for [`linger`].
+struct Io {
+    stream: Option<TcpStream>,
+    back: Option<oneshot::Sender<TcpStream>>,
+}
+
+impl Io {
+    fn new(stream: TcpStream) -> (Self, oneshot::Receiver<TcpStream>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Self {
+                stream: Some(stream),
+                back: Some(tx),
+            },
+            rx,
+        )
+    }
+
+    fn stream(self: Pin<&mut Self>) -> Pin<&mut TcpStream> {
+        Pin::new(
+            self.get_mut()
+                .stream
+                .as_mut()
+                .expect("the stream is taken on drop only"),
+        )
+    }
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        if let (Some(stream), Some(back)) = (self.stream.take(), self.back.take()) {
+            let _ = back.send(stream);
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.stream().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Io {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.stream
+            .as_ref()
+            .is_some_and(TcpStream::is_write_vectored)
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_shutdown(cx)
+    }
+}
+
+/// Runs hyper's connection through the phases; true if it was cut off at
+/// the hard-close deadline (or the coordinator gave up), false if it ended
+/// by itself.
+async fn drive<S, B>(shared: &Arc<Shared>, io: Io, peer: SocketAddr, service: S) -> bool
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let conn_shared = Arc::new(ConnShared::new(Arc::clone(&shared.state)));
     let service = HyperService::new(service, peer, Arc::clone(&conn_shared));
     let conn = shared
         .builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
 
     let mut phases = shared.shutdown.subscribe();
@@ -213,7 +346,7 @@ pub(crate) async fn serve_connection<S, B>(
                 if let Err(e) = res {
                     shared.connection_error(peer, &*e);
                 }
-                return;
+                return false;
             }
             changed = phases.changed(), if phases_open => match changed {
                 Ok(()) => phase = *phases.borrow_and_update(),
@@ -258,6 +391,7 @@ pub(crate) async fn serve_connection<S, B>(
         %peer,
         "connection closed at the drain deadline"
     );
+    true
 }
 
 /// The idle timeout is checked this many times per `keep_alive_timeout`: a

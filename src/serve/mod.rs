@@ -113,7 +113,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::Poll;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -525,27 +524,39 @@ where
     }
 
     shared.drain_started.get_or_init(Instant::now);
-    // Draining: take what the kernel already accepted (without yielding, so
-    // the window before the close is as short as it can be), then close the
+    // Draining: take what the kernel already accepted, then close the
     // listener: from now on connecting is refused, never left hanging.
+    // tokio's `accept` would trust the readiness its reactor last saw and
+    // miss connections queued since; the std listener asks the kernel each
+    // time, so the window between the last accept and the close is a few
+    // system calls.
     let mut backlog = 0u64;
-    loop {
-        let next = std::future::poll_fn(|cx| match listener.poll_accept(cx) {
-            Poll::Ready(res) => Poll::Ready(Some(res)),
-            Poll::Pending => Poll::Ready(None),
-        })
-        .await;
-        match next {
-            Some(Ok((stream, peer))) => {
-                backlog += 1;
-                // Owed an answer: served even above max_connections.
-                spawn(&shared, None, stream, peer, &service);
+    match listener.into_std() {
+        Ok(std_listener) => {
+            loop {
+                match std_listener.accept() {
+                    Ok((stream, peer)) => {
+                        let stream = stream
+                            .set_nonblocking(true)
+                            .and_then(|()| tokio::net::TcpStream::from_std(stream));
+                        if let Ok(stream) = stream {
+                            backlog += 1;
+                            // Owed an answer: served even above max_connections.
+                            spawn(&shared, None, stream, peer, &service);
+                        }
+                    }
+                    Err(e) if is_connection_error(&e) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // WouldBlock: the backlog is empty.
+                    Err(_) => break,
+                }
             }
-            Some(Err(e)) if is_connection_error(&e) => {}
-            Some(Err(_)) | None => break,
+            drop(std_listener);
+        }
+        Err(e) => {
+            tracing::warn!(target: "tower_rampart::serve", name, error = %e, "accept failed");
         }
     }
-    drop(listener);
     shared.metrics.backlog.increment(backlog);
     tracing::info!(
         target: "tower_rampart::serve",
