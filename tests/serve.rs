@@ -489,3 +489,41 @@ async fn idle_connections_get_a_grace_period_to_send_a_request() {
     assert_eq!(report.finished, 1, "{report:?}");
     assert!(!report.drain_timed_out);
 }
+
+/// The `[server]` section: keys, environment overrides, errors named by
+/// their key path.
+#[cfg(feature = "config")]
+#[test]
+fn the_server_section_of_the_config_file() {
+    use tower_rampart::config::RampartConfig;
+
+    let c = RampartConfig::from_toml_with_env(
+        r#"
+        [server]
+        header_read_timeout = "3s"
+        at_max_connections = "refuse"
+        "#,
+        [("RAMPART_SERVER__MAX_CONNECTIONS", "64")],
+    )
+    .unwrap();
+    assert_eq!(c.server.header_read_timeout, Duration::from_secs(3));
+    assert_eq!(c.server.max_connections, Some(64));
+    assert_eq!(c.server.at_max_connections, AtMaxConnections::Refuse);
+    assert_eq!(c.server.connection_grace, Duration::from_secs(5));
+    let server = c.server().unwrap();
+    assert_eq!(server.config().max_connections, Some(64));
+
+    let errors = RampartConfig::from_toml("[server]\nmax_connections = 0\n").unwrap_err();
+    let fields: Vec<&str> = errors.iter().map(|e| e.field()).collect();
+    assert_eq!(fields, ["server.max_connections"]);
+    let errors = RampartConfig::from_toml("[server]\nheader_timeout = \"1s\"\n").unwrap_err();
+    assert!(errors.to_string().contains("header_timeout"), "{errors}");
+
+    // The shipped file has every key.
+    let shipped = RampartConfig::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/configs/production.toml"
+    ))
+    .unwrap();
+    assert_eq!(shipped.server.max_connections, Some(10_000));
+}

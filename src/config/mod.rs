@@ -26,6 +26,10 @@
 //! shutdown_delay = "5s"
 //! drain_timeout = "20s"
 //!
+//! [server]                      # feature `serve`; every key optional
+//! header_read_timeout = "10s"
+//! max_connections = 10000
+//!
 //! [rate_limit]                  # optional: no section, no rate limit
 //! quotas = [{ rate = "100/s", burst = 50, key = "client_ip" }]
 //!
@@ -48,6 +52,7 @@
 //! | `RAMPART_LISTEN=0.0.0.0:9000` | `listen` |
 //! | `RAMPART_TIMEOUT__TIMEOUT=2s` | `timeout.timeout` |
 //! | `RAMPART_SHUTDOWN__DRAIN_TIMEOUT=30s` | `shutdown.drain_timeout` |
+//! | `RAMPART_SERVER__CONNECTION_GRACE=2s` | `server.connection_grace` |
 //! | `RAMPART_RATE_LIMIT__QUOTAS__0__RATE=200/s` | `rate_limit.quotas[0].rate` |
 //! | `RAMPART_CIRCUIT_BREAKER__MINIMUM_CALLS=20` | `circuit_breaker.minimum_calls` |
 //!

@@ -358,9 +358,10 @@ impl Shutdown {
         self.reached(Phase::ShutdownRequested)
     }
 
-    /// Resolves when draining starts: hand it to axum's
-    /// `serve(..).with_graceful_shutdown(..)` or tonic's
-    /// `serve_with_shutdown(..)` so the listener stops accepting then.
+    /// Resolves when draining starts. The crate's `serve` loop follows it
+    /// by itself; hand it to axum's `serve(..).with_graceful_shutdown(..)`
+    /// or tonic's `serve_with_shutdown(..)` so their listener stops
+    /// accepting then.
     pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
         self.reached(Phase::Draining)
     }
@@ -389,8 +390,9 @@ impl Shutdown {
         }
     }
 
-    /// Runs a server until it ends **or** the shutdown is done, whichever
-    /// comes first, and returns the report: the process exits in bounded
+    /// For servers other than the crate's own `serve` loop (which needs
+    /// none of this): runs a server until it ends **or** the shutdown is
+    /// done, whichever comes first, and returns the report: the process exits in bounded
     /// time (delay + drain + abort grace + hooks) even when a connection is
     /// stuck (a client that stopped reading holds axum's and tonic's
     /// graceful shutdown forever). `server` is the server future with its
@@ -468,7 +470,8 @@ impl Shutdown {
 
     /// The drain layer: counts in-flight requests (what the coordinator
     /// waits on), adds `Connection: close` once shutdown is requested and
-    /// refuses new requests while draining. Every layer built here shares
+    /// refuses new requests while draining (not those the `serve` loop
+    /// still owes an answer). Every layer built here shares
     /// this coordinator's state.
     pub fn drain_layer(&self) -> DrainLayer {
         DrainLayer::new(Arc::clone(&self.inner.state))
