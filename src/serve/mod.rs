@@ -147,7 +147,7 @@ where
 }
 
 /// A validated server configuration: call [`serve`](Self::serve) with it.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Server {
     config: ServerConfig,
 }
@@ -157,14 +157,6 @@ impl fmt::Debug for Server {
         f.debug_struct("Server")
             .field("config", &self.config)
             .finish()
-    }
-}
-
-impl Default for Server {
-    fn default() -> Self {
-        Self {
-            config: ServerConfig::default(),
-        }
     }
 }
 

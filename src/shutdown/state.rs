@@ -80,11 +80,13 @@ impl State {
     }
 
     /// A `serve` loop holds a listener or a connection open.
+    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
     pub(crate) fn hold(&self) {
         self.serving.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A listener or connection held by a `serve` loop is closed.
+    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
     pub(crate) fn unhold(&self) {
         if self.serving.fetch_sub(1, Ordering::SeqCst) == 1 && self.phase() >= Phase::Draining {
             self.idle.notify_one();
