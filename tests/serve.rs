@@ -176,7 +176,9 @@ async fn client_ip_rate_limiting_works_under_tonic() {
 }
 
 /// Slowloris: half a request line, then nothing. The connection is closed
-/// by `header_read_timeout`, not held open (Go's `ReadHeaderTimeout`).
+/// by `header_read_timeout`, not held open (Go's `ReadHeaderTimeout`, whose
+/// `TestServerTimeouts`-style checks this mirrors: a slow client is cut, a
+/// prompt one on the same server is served).
 #[tokio::test(start_paused = true)]
 async fn slow_header_clients_are_closed_by_the_header_read_timeout() {
     let sd = shutdown(Duration::ZERO);
@@ -191,6 +193,15 @@ async fn slow_header_clients_are_closed_by_the_header_read_timeout() {
     let sent = Instant::now();
     assert!(closed(&mut slow).await, "the slow client was answered");
     let after = sent.elapsed();
+    assert!(after >= Duration::from_secs(2), "closed after {after:?}");
+    assert!(after < Duration::from_secs(3), "closed after {after:?}");
+
+    // A client that connects and sends nothing is closed the same way
+    // (before the protocol is even known).
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let opened = Instant::now();
+    assert!(closed(&mut silent).await, "the silent client got an answer");
+    let after = opened.elapsed();
     assert!(after >= Duration::from_secs(2), "closed after {after:?}");
     assert!(after < Duration::from_secs(3), "closed after {after:?}");
 

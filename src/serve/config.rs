@@ -57,9 +57,12 @@ pub struct ServerConfig {
     /// The name that labels metrics and events (default `server`).
     pub name: String,
     /// How long an HTTP/1 client may take to send a request's headers,
-    /// from the moment the server waits for them (slowloris protection;
-    /// default 10s). hyper also runs it while an idle keep-alive connection
-    /// waits for its next request, so it bounds HTTP/1 idle time too.
+    /// counted from the moment the server waits for them: the connection's
+    /// start, or the end of the previous response (slowloris protection;
+    /// default 10s). It also applies before the protocol is known (a
+    /// connection that sends nothing), so it bounds HTTP/1 idle time too.
+    /// Checked a few times per period, not per request: a connection is
+    /// closed after 1 to 1.25 times it.
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub header_read_timeout: Duration,
     /// A connection with no request in progress for this long is closed

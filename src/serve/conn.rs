@@ -78,6 +78,11 @@ impl ConnShared {
     fn is_h2(&self) -> bool {
         self.proto.load(Ordering::Relaxed) == HTTP2
     }
+
+    /// No request in progress.
+    fn is_idle(&self) -> bool {
+        self.started.load(Ordering::Relaxed) == self.ended.load(Ordering::Relaxed)
+    }
 }
 
 /// A request in progress on its connection.
@@ -309,16 +314,23 @@ where
     let mut abort_at: Option<Instant> = None;
     let mut hard_close_at: Option<Instant> = None;
 
-    let idle = shared.config.keep_alive_timeout;
-    let tick = if idle.is_zero() {
-        Duration::from_secs(3600)
+    // Idle limits, checked by one ticker (no timer per request): on
+    // HTTP/1 (and before the protocol is known) `header_read_timeout` runs
+    // while no request is in progress, as hyper's own timer would (waiting
+    // for the headers of the first or the next request); the keep-alive
+    // timeout on both protocols.
+    let header_limit = shared.config.header_read_timeout;
+    let idle_limit = shared.config.keep_alive_timeout;
+    let shortest = if idle_limit.is_zero() {
+        header_limit
     } else {
-        idle / IDLE_TICKS
+        header_limit.min(idle_limit)
     };
+    let tick = (shortest / IDLE_TICKS).max(Duration::from_millis(1));
     let mut ticker = tokio::time::interval_at(Instant::now() + tick, tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut idle_ticks = 0u32;
-    let mut last_started = u64::MAX;
+    let mut last_started = 0u64;
 
     loop {
         if phase == Phase::Done {
@@ -354,6 +366,11 @@ where
             },
             () = conn_shared.h2_seen.notified(), if waiting_for_proto => {}
             () = sleep_until(grace_at.unwrap_or_else(far)), if grace_at.is_some() && !closing => {
+                if conn_shared.is_idle() && !conn_shared.is_h2() {
+                    // No request came (hyper would keep waiting for the
+                    // headers of a first request): close, lingering.
+                    return false;
+                }
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
@@ -368,13 +385,34 @@ where
                 shared.metrics.aborted.increment(1);
                 break;
             }
-            _ = ticker.tick(), if !idle.is_zero() && !closing => {
+            _ = ticker.tick(), if !closing => {
                 let started = conn_shared.started.load(Ordering::Relaxed);
                 let ended = conn_shared.ended.load(Ordering::Relaxed);
                 if started == ended && started == last_started {
                     idle_ticks += 1;
-                    if idle_ticks >= IDLE_TICKS {
-                        shared.metrics.keep_alive_timeouts.increment(1);
+                    // Idle at least this long (at most one tick more).
+                    let idle_for = tick * idle_ticks;
+                    let header_read = !conn_shared.is_h2() && idle_for >= header_limit;
+                    let keep_alive = !idle_limit.is_zero() && idle_for >= idle_limit;
+                    if header_read || keep_alive {
+                        if header_read {
+                            shared.metrics.header_read_timeouts.increment(1);
+                        } else {
+                            shared.metrics.keep_alive_timeouts.increment(1);
+                        }
+                        tracing::debug!(
+                            target: "tower_rampart::serve",
+                            name = %shared.config.name,
+                            %peer,
+                            kind = if header_read { "header_read" } else { "keep_alive" },
+                            "connection timed out"
+                        );
+                        if !conn_shared.is_h2() {
+                            // Nothing in progress: hyper's graceful close
+                            // would wait for the headers it is reading
+                            // (slowloris); close now, lingering.
+                            return false;
+                        }
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
@@ -394,8 +432,8 @@ where
     true
 }
 
-/// The idle timeout is checked this many times per `keep_alive_timeout`: a
-/// connection is closed after between 1 and 1.25 times the timeout idle.
+/// The idle limits are checked this many times per the shortest of them: a
+/// connection is closed after between 1 and 1.25 times that limit idle.
 const IDLE_TICKS: u32 = 4;
 
 fn far() -> Instant {

@@ -76,9 +76,11 @@
 //!
 //! # Cost
 //!
-//! Per request: two request extensions (the peer address), one phase read,
-//! two relaxed counters and a reference count for the idle timeout. A
-//! service that is ready at once is called in place, without a clone.
+//! Per request: two request extensions (the peer address) and a marker,
+//! one phase read, two relaxed counters and a reference count for the idle
+//! limits. No timer per request: the header read and keep-alive limits are
+//! checked by one ticker per connection. A service that is ready at once is
+//! called in place, without a clone.
 //!
 //! # Metrics and events
 //!
@@ -100,7 +102,7 @@
 //! | `max connections reached: accepting paused` | WARN | `name`, `max` |
 //! | `accept failed` | WARN | `name`, `error` |
 //! | `connection error` | DEBUG | `name`, `peer`, `error` |
-//! | `header read timeout` | DEBUG | `name`, `peer` |
+//! | `connection timed out` | DEBUG | `name`, `peer`, `kind` (`header_read`, `keep_alive`) |
 //! | `connection closed at the drain deadline` | DEBUG | `name`, `peer` |
 
 mod config;
@@ -212,8 +214,9 @@ impl ServerBuilder {
         self
     }
 
-    /// How long an HTTP/1 client may take to send a request's headers
-    /// (default 10s; must be > 0).
+    /// How long an HTTP/1 client may take to send a request's headers,
+    /// from the connection's start or the previous response (default 10s;
+    /// must be > 0).
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.config.header_read_timeout = timeout;
         self
@@ -323,7 +326,7 @@ pub(crate) struct Metrics {
     refused: Counter,
     paused: Counter,
     backlog: Counter,
-    header_read_timeouts: Counter,
+    pub(crate) header_read_timeouts: Counter,
     pub(crate) keep_alive_timeouts: Counter,
     pub(crate) aborted: Counter,
 }
@@ -401,8 +404,9 @@ fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        // The header read timeout is the connection task's ticker: hyper's
+        // own would arm (and allocate) a timer for every request.
+        .header_read_timeout(None)
         .keep_alive(true);
     let interval =
         (!config.http2_keep_alive_interval.is_zero()).then_some(config.http2_keep_alive_interval);
