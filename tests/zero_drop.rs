@@ -193,8 +193,11 @@ struct Tally {
     ok_after_signal: AtomicU64,
     /// Connections refused once the listener had closed (not lost).
     refused: AtomicU64,
-    /// Requests the client knows were never processed (retried).
-    not_sent: AtomicU64,
+    /// Requests the client knows were never processed (retried), per
+    /// protocol.
+    not_sent_h1: AtomicU64,
+    not_sent_h2: AtomicU64,
+    not_sent_grpc: AtomicU64,
     /// Lost requests, described.
     lost: Mutex<Vec<String>>,
 }
@@ -355,7 +358,12 @@ async fn record(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(Outcome::NotSent) => {
-            tally.not_sent.fetch_add(1, Ordering::Relaxed);
+            let counter = match what {
+                "h1" => &tally.not_sent_h1,
+                "h2c" => &tally.not_sent_h2,
+                _ => &tally.not_sent_grpc,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Err(e) => tally.lose(format!("{what}: {e}")),
@@ -543,10 +551,12 @@ async fn sigterm_under_load_loses_nothing_over_five_cycles() {
         );
     }
     eprintln!(
-        "zero-drop totals over {CYCLES} cycles: {} requests answered ({http} HTTP/1.1 + h2c, {grpc} gRPC), {} of them after SIGTERM; {refused} refused connections; {} requests not sent on a connection going away (retried); 0 lost",
+        "zero-drop totals over {CYCLES} cycles: {} requests answered ({http} HTTP/1.1 + h2c, {grpc} gRPC), {} of them after SIGTERM; {refused} refused connections; requests not sent on a connection going away (retried): {} HTTP/1.1, {} h2c, {} gRPC; 0 lost",
         http + grpc,
         tally.ok_after_signal.load(Ordering::Relaxed),
-        tally.not_sent.load(Ordering::Relaxed)
+        tally.not_sent_h1.load(Ordering::Relaxed),
+        tally.not_sent_h2.load(Ordering::Relaxed),
+        tally.not_sent_grpc.load(Ordering::Relaxed),
     );
     assert!(
         tally.h1_ok.load(Ordering::Relaxed) > 0,
