@@ -187,7 +187,7 @@ pub struct RampartConfig {
     /// The request timeout (default 10 s).
     #[serde(default = "default_timeout")]
     pub timeout: TimeoutConfig,
-    /// The [`serve`](crate::serve) loop's connection hygiene (feature
+    /// The [`serve`](mod@crate::serve) loop's connection hygiene (feature
     /// `serve`; every key optional).
     #[cfg(feature = "serve")]
     #[serde(default)]
