@@ -28,19 +28,21 @@
 //! Refusals reach gRPC clients as statuses: `RESOURCE_EXHAUSTED` (rate
 //! limit), `UNAVAILABLE` (open breaker, draining), `DEADLINE_EXCEEDED`
 //! (timeout, also bounded by the client's `grpc-timeout`). The server also
-//! answers HTTP/1.1, so Kubernetes' `httpGet` probes reach `/livez`,
-//! `/readyz`, `/startupz`; a `grpc:` probe uses `grpc.health.v1` instead.
-//! Both are served outside the protections (`[platform]`): `Check` answers
-//! what `/readyz` answers, at the moment of the call, while a breaker is
-//! open or a client is rate limited; a `Watch` stream turns `NOT_SERVING`
-//! when shutdown starts and ends when draining starts. `demo.Greeter/SayHello`
-//! has a breaker of its own (`[routes]`).
+//! answers HTTP/1.1 (it is served by `tower_rampart::serve`, which also
+//! hands the peer address to the rate limit), so Kubernetes' `httpGet`
+//! probes reach `/livez`, `/readyz`, `/startupz`; a `grpc:` probe uses
+//! `grpc.health.v1` instead. Both are served outside the protections
+//! (`[platform]`): `Check` answers what `/readyz` answers, at the moment of
+//! the call, while a breaker is open or a client is rate limited; a `Watch`
+//! stream turns `NOT_SERVING` when shutdown starts and ends when draining
+//! starts. `demo.Greeter/SayHello` has a breaker of its own (`[routes]`).
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -112,6 +114,9 @@ impl Service<http::Request<Body>> for Greeter {
 
 struct SayHello;
 
+/// Greetings answered, reported at exit to compare with what clients saw.
+static GREETED: AtomicU64 = AtomicU64::new(0);
+
 impl tonic::server::UnaryService<HelloRequest> for SayHello {
     type Response = HelloReply;
     type Future = BoxFuture<Result<tonic::Response<HelloReply>, tonic::Status>>;
@@ -125,24 +130,12 @@ impl tonic::server::UnaryService<HelloRequest> for SayHello {
             if req.fail {
                 return Err(tonic::Status::internal("failed on purpose"));
             }
+            GREETED.fetch_add(1, Ordering::Relaxed);
             Ok(tonic::Response::new(HelloReply {
                 message: format!("hello, {}", req.name),
             }))
         })
     }
-}
-
-/// Copies tonic's peer address into the request as a `SocketAddr`, where
-/// the rate limit's `client_ip` key looks for it.
-fn peer_addr(mut req: http::Request<Body>) -> http::Request<Body> {
-    let peer = req
-        .extensions()
-        .get::<tonic::transport::server::TcpConnectInfo>()
-        .and_then(|info| info.remote_addr());
-    if let Some(addr) = peer {
-        req.extensions_mut().insert(addr);
-    }
-    req
 }
 
 enum Mode {
@@ -275,22 +268,36 @@ async fn serve(config: RampartConfig) -> Result<(), Box<dyn std::error::Error>> 
         let _ = writeln!(out, "rampart-listening {addr}");
         let _ = out.flush();
     }
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let server = tonic::transport::Server::builder()
-        // HTTP/1.1 too, for Kubernetes' httpGet probes.
-        .accept_http1(true)
-        .layer(tower::util::MapRequestLayer::new(peer_addr))
+    let routes = tonic::service::Routes::new(health).add_service(Greeter);
+    // HTTP/1.1 and h2c on one port (Kubernetes' httpGet probes reach the
+    // stack too); the peer address reaches the rate limit with no extra code.
+    let app = tower::ServiceBuilder::new()
         .layer(stack.layer())
-        .add_service(health)
-        .add_service(Greeter)
-        .serve_with_incoming_shutdown(incoming, stack.shutdown().draining());
-    let report = stack.shutdown().run_server(server).await?;
+        .service(routes);
+    let report = config
+        .server()?
+        .serve(listener, app, stack.shutdown())
+        .await;
     tracing::info!(
         trigger = %report.trigger,
         finished = report.finished,
         aborted = report.aborted,
         "stopped"
     );
+    let line = serde_json::json!({
+        "trigger": report.trigger.to_string(),
+        "delay_ms": report.delay.as_millis() as u64,
+        "drain_ms": report.drain.as_millis() as u64,
+        "in_flight_at_drain": report.in_flight_at_drain,
+        "finished": report.finished,
+        "aborted": report.aborted,
+        "left_in_flight": report.left_in_flight,
+        "drain_timed_out": report.drain_timed_out,
+        "greeted": GREETED.load(Ordering::Relaxed),
+    });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "rampart-shutdown-report {line}");
+    let _ = out.flush();
     Ok(())
 }
 

@@ -13,9 +13,14 @@
 //! `/metrics` and the probes are the platform's endpoints (`[platform]`):
 //! the stack serves them outside the drain, the rate limit, the breakers
 //! and the timeout, so a scrape answers while a breaker is open, a client
-//! has spent its quota or the server is draining. `SIGTERM` starts the graceful shutdown: readiness fails at once,
-//! requests are served for `shutdown.shutdown_delay`, then the listener
-//! closes and in-flight requests get `shutdown.drain_timeout` to finish.
+//! has spent its quota or the server is draining.
+//!
+//! `SIGTERM` starts the graceful shutdown: readiness fails at once,
+//! requests are served for `shutdown.shutdown_delay` (HTTP/1 answers carry
+//! `Connection: close`, HTTP/2 connections get GOAWAY), then the listener
+//! closes (connections already in its backlog are still answered) and
+//! in-flight requests get `shutdown.drain_timeout` to finish. The server
+//! loop is `tower_rampart::serve`, with the `[server]` settings.
 //!
 //! Settings come from the file, then the `RAMPART_*` environment variables
 //! (`RAMPART_TIMEOUT__TIMEOUT=2s`), then `--listen`. An invalid file stops
@@ -25,7 +30,6 @@
 //! `rampart-listening <addr>` once the listener is bound, and
 //! `rampart-shutdown-report {json}` when the shutdown is done.
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -206,12 +210,12 @@ async fn run(config: RampartConfig) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(%addr, "listening");
     say(&format!("rampart-listening {addr}"));
 
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stack.shutdown().draining());
-    let report = stack.shutdown().run_server(server).await?;
+    // The peer address reaches the rate limit as `ConnectInfo`; the
+    // listener closes after the delay, its backlog still answered.
+    let report = config
+        .server()?
+        .serve(listener, app, stack.shutdown())
+        .await;
 
     let line = serde_json::json!({
         "trigger": report.trigger.to_string(),

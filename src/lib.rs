@@ -10,7 +10,10 @@
 //! - [`timeout`]: request timeouts with deadline propagation (`grpc-timeout`);
 //! - [`shutdown`]: graceful shutdown (SIGTERM, delay, drain, abort, hooks)
 //!   with a drain layer;
-//! - [`health`]: Kubernetes-style probes wired to shutdown and breakers.
+//! - [`health`]: Kubernetes-style probes wired to shutdown and breakers;
+//! - [`serve`](mod@serve) (feature `serve`): the server loop for axum,
+//!   tonic and any tower HTTP service, tied to the shutdown phases
+//!   (zero-drop restarts) with connection hygiene on by default.
 //!
 //! Shared pieces: [`rejection`] (what a layer refused, answered as HTTP,
 //! gRPC or a typed error), [`classify`] (was a call a success?) and
@@ -86,11 +89,18 @@
 //! | `rampart_requests_refused_total` | counter | `name`, `kind` | [`shutdown`] |
 //! | `rampart_health_check_status` | gauge | `name`, `check`, `kind` | [`health`] |
 //! | `rampart_health_check_duration_seconds` | histogram | `name`, `check`, `kind` | [`health`] |
+//! | `rampart_connections` | gauge | `name` | [`serve`](mod@serve) |
+//! | `rampart_connections_accepted_total` | counter | `name` | [`serve`](mod@serve) |
+//! | `rampart_connections_refused_total` | counter | `name` | [`serve`](mod@serve) |
+//! | `rampart_accept_paused_total` | counter | `name` | [`serve`](mod@serve) |
+//! | `rampart_connections_backlog_total` | counter | `name` | [`serve`](mod@serve) |
+//! | `rampart_connection_timeouts_total` | counter | `name`, `kind` | [`serve`](mod@serve) |
+//! | `rampart_connections_aborted_total` | counter | `name` | [`serve`](mod@serve) |
 //!
 //! `tracing` events use the module path as target
 //! (`tower_rampart::circuit_breaker`, `tower_rampart::rate_limit`,
 //! `tower_rampart::timeout`, `tower_rampart::shutdown`,
-//! `tower_rampart::health`); each module's docs list its events, levels and
+//! `tower_rampart::health`, `tower_rampart::serve`); each module's docs list its events, levels and
 //! fields.
 //!
 //! # Feature flags
@@ -100,6 +110,7 @@
 //! | `axum` | the client IP from axum's `ConnectInfo<SocketAddr>` for rate-limit keys |
 //! | `tonic` | the `grpc.health.v1` bridge ([`HealthRegistry::grpc_health`]) |
 //! | `redis` | a Redis-backed store for the rate limit ([`RedisStore`]): one limit shared by every replica |
+//! | `serve` | the server loop ([`serve()`](fn@serve), [`Server`]): HTTP/1.1 + h2c over hyper-util, the shutdown phases, connection hygiene, the peer address for rate-limit keys |
 //! | `config` | `serde::Deserialize` configs for every layer, TOML loading with `RAMPART_*` overrides, and the stack builder ([`RampartConfig`]) |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
@@ -116,6 +127,9 @@ pub mod health;
 mod metrics_help;
 pub mod rate_limit;
 pub mod rejection;
+#[cfg(feature = "serve")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serve")))]
+pub mod serve;
 pub mod shutdown;
 pub mod timeout;
 
@@ -128,5 +142,7 @@ pub use health::{Check, HealthRegistry, ProbeLayer};
 pub use rate_limit::{FailurePolicy, RedisStore};
 pub use rate_limit::{Quota, Rate, RateLimitLayer};
 pub use rejection::{Rejection, RejectionKind};
+#[cfg(feature = "serve")]
+pub use serve::{Server, serve};
 pub use shutdown::{DrainLayer, Shutdown};
 pub use timeout::{Deadline, TimeoutLayer};

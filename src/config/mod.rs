@@ -30,6 +30,10 @@
 //! shutdown_delay = "5s"
 //! drain_timeout = "20s"
 //!
+//! [server]                      # feature `serve`; every key optional
+//! header_read_timeout = "10s"
+//! max_connections = 10000
+//!
 //! [rate_limit]                  # optional: no section, no rate limit
 //! quotas = [{ rate = "100/s", burst = 50, key = "client_ip" }]
 //!
@@ -60,6 +64,7 @@
 //! | `RAMPART_LISTEN=0.0.0.0:9000` | `listen` |
 //! | `RAMPART_TIMEOUT__TIMEOUT=2s` | `timeout.timeout` |
 //! | `RAMPART_SHUTDOWN__DRAIN_TIMEOUT=30s` | `shutdown.drain_timeout` |
+//! | `RAMPART_SERVER__CONNECTION_GRACE=2s` | `server.connection_grace` |
 //! | `RAMPART_RATE_LIMIT__QUOTAS__0__RATE=200/s` | `rate_limit.quotas[0].rate` |
 //! | `RAMPART_CIRCUIT_BREAKER__MINIMUM_CALLS=20` | `circuit_breaker.minimum_calls` |
 //!
@@ -253,6 +258,11 @@ pub struct RampartConfig {
     /// How requests are told apart by route (a breaker per route).
     #[serde(default)]
     pub routes: RoutesConfig,
+    /// The [`serve`](mod@crate::serve) loop's connection hygiene (feature
+    /// `serve`; every key optional).
+    #[cfg(feature = "serve")]
+    #[serde(default)]
+    pub server: crate::serve::ServerConfig,
 }
 
 fn default_listen() -> String {
@@ -283,6 +293,8 @@ impl Default for RampartConfig {
             timeout: default_timeout(),
             platform: PlatformConfig::default(),
             routes: RoutesConfig::default(),
+            #[cfg(feature = "serve")]
+            server: crate::serve::ServerConfig::default(),
         }
     }
 }
@@ -617,6 +629,8 @@ impl RampartConfig {
                 "shutdown",
             );
         }
+        #[cfg(feature = "serve")]
+        push(self.server.validate(), "server");
         if errors.is_empty() {
             Ok(())
         } else {
@@ -667,6 +681,13 @@ impl RampartConfig {
             }
         }
         errors
+    }
+
+    /// The [`Server`](crate::serve::Server) built from the `[server]`
+    /// section (feature `serve`), once [validated](Self::validate).
+    #[cfg(feature = "serve")]
+    pub fn server(&self) -> Result<crate::serve::Server, ConfigError> {
+        self.server.clone().build().map_err(|e| e.at("server"))
     }
 
     /// The stack builder: one layer and its handles from this config.

@@ -135,7 +135,9 @@ pub struct ShutdownReport {
     pub total: Duration,
     /// Requests in flight when draining began.
     pub in_flight_at_drain: usize,
-    /// Requests that completed while draining.
+    /// Requests that completed while draining: those in flight when it
+    /// began, and those the `serve` loop answered on
+    /// connections it had accepted before the listener closed.
     pub finished: u64,
     /// Requests cut off at the drain deadline.
     pub aborted: u64,
@@ -303,6 +305,18 @@ impl Shutdown {
         Ok(Self { inner })
     }
 
+    /// The state shared with the drain layers and the `serve` loops.
+    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
+    pub(crate) fn state(&self) -> &Arc<State> {
+        &self.inner.state
+    }
+
+    /// The settings it was built with.
+    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
+    pub(crate) fn config(&self) -> &ShutdownConfig {
+        &self.inner.config
+    }
+
     /// The name that labels metrics and events.
     pub fn name(&self) -> &str {
         &self.inner.state.name
@@ -346,9 +360,10 @@ impl Shutdown {
         self.reached(Phase::ShutdownRequested)
     }
 
-    /// Resolves when draining starts: hand it to axum's
-    /// `serve(..).with_graceful_shutdown(..)` or tonic's
-    /// `serve_with_shutdown(..)` so the listener stops accepting then.
+    /// Resolves when draining starts. The crate's `serve` loop follows it
+    /// by itself; hand it to axum's `serve(..).with_graceful_shutdown(..)`
+    /// or tonic's `serve_with_shutdown(..)` so their listener stops
+    /// accepting then.
     pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
         self.reached(Phase::Draining)
     }
@@ -423,8 +438,9 @@ impl Shutdown {
         }
     }
 
-    /// Runs a server until it ends **or** the shutdown is done, whichever
-    /// comes first, and returns the report: the process exits in bounded
+    /// For servers other than the crate's own `serve` loop (which needs
+    /// none of this): runs a server until it ends **or** the shutdown is
+    /// done, whichever comes first, and returns the report: the process exits in bounded
     /// time (delay + drain + abort grace + hooks) even when a connection is
     /// stuck (a client that stopped reading holds axum's and tonic's
     /// graceful shutdown forever). `server` is the server future with its
@@ -502,7 +518,8 @@ impl Shutdown {
 
     /// The drain layer: counts in-flight requests (what the coordinator
     /// waits on), adds `Connection: close` once shutdown is requested and
-    /// refuses new requests while draining. Every layer built here shares
+    /// refuses new requests while draining (not those the `serve` loop
+    /// still owes an answer). Every layer built here shares
     /// this coordinator's state.
     pub fn drain_layer(&self) -> DrainLayer {
         DrainLayer::new(Arc::clone(&self.inner.state))
@@ -551,12 +568,12 @@ impl Inner {
             let notified = self.state.idle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.state.in_flight() == 0 {
+            if self.state.is_idle() {
                 return true;
             }
             tokio::select! {
                 () = notified => {}
-                () = tokio::time::sleep_until(deadline) => return self.state.in_flight() == 0,
+                () = tokio::time::sleep_until(deadline) => return self.state.is_idle(),
             }
         }
     }

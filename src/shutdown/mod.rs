@@ -10,11 +10,16 @@
 //!    SIGTERM is delivered: the two race) and HTTP/1 answers carry
 //!    `Connection: close` so clients move to other instances. `SIGINT` uses
 //!    `sigint_delay` (0 by default) so Ctrl-C in a terminal does not wait;
-//! 2. **draining**: [`Shutdown::draining`] resolves (hand it to axum's
-//!    `with_graceful_shutdown` or tonic's `serve_with_shutdown`: the
-//!    listener stops accepting), new requests get 503 with `Retry-After`
-//!    and `Connection: close` (gRPC `UNAVAILABLE`), and in-flight requests
-//!    have `drain_timeout` to finish. Then whatever is left, a handler that
+//! 2. **draining**: [`Shutdown::draining`] resolves and the listener stops
+//!    accepting; in-flight requests have `drain_timeout` to finish. With the
+//!    crate's own server loop (`tower_rampart::serve`, feature `serve`) the
+//!    connections already queued in the listen backlog are taken and
+//!    answered first, then the listener closes, and requests arriving on
+//!    connections the server still holds are answered (the drain waits for
+//!    those connections too). Under another server (axum's
+//!    `with_graceful_shutdown`, tonic's `serve_with_shutdown`), new requests
+//!    get 503 with `Retry-After` and `Connection: close` (gRPC
+//!    `UNAVAILABLE`). Then whatever is left, a handler that
 //!    never returns or an open stream included, is aborted: its response
 //!    future is dropped and answered 503 (gRPC `UNAVAILABLE`), or its body
 //!    is cut off (gRPC: `grpc-status: 14` trailers; otherwise an error, so
@@ -25,10 +30,12 @@
 //!    took, how many requests finished or were aborted, each hook) is
 //!    returned by [`Shutdown::done`] and emitted as a tracing event.
 //!
+//! `tower_rampart::serve` runs these phases for axum and tonic alike (see
+//! its docs for the timeline). Under axum's or tonic's own server loop,
 //! [`Shutdown::run_server`] runs the server future until it ends or the
-//! shutdown is done, whichever comes first: axum's and tonic's graceful
-//! shutdown wait for every connection, and a client that stopped reading
-//! would hold them forever.
+//! shutdown is done, whichever comes first: their graceful shutdown waits
+//! for every connection, and a client that stopped reading would hold them
+//! forever.
 //!
 //! A second signal while shutting down exits the process at once
 //! (`force_exit_code`, default 1). After a programmatic trigger, the first
@@ -130,12 +137,22 @@ pub use layer::DrainLayer;
 pub use stream::UntilDraining;
 
 use crate::rejection::{ErrorMode, HttpMode, Protocol, ResponseBody};
-use state::State;
+pub(crate) use state::State;
+
+/// Request extension set by the `serve` loop on every request: it closes
+/// its connections gracefully once draining starts (the listener first), so
+/// a request that still arrives on one was sent to a connection the server
+/// accepted and owes an answer; the drain layer admits it.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "serve"), allow(dead_code))]
+pub(crate) struct Owed;
 
 /// Counts requests in flight for the [`Shutdown`] coordinator, marks
 /// answers `Connection: close` once shutdown is requested, refuses new
-/// requests while draining and aborts what is left at the drain deadline.
-/// Built by [`DrainLayer`].
+/// requests while draining (except those the crate's `serve` loop still
+/// owes an answer: they arrive on connections it accepted and closes
+/// itself) and aborts what is left at the drain deadline. Built by
+/// [`DrainLayer`].
 pub struct Drain<S, M = HttpMode> {
     inner: S,
     state: Arc<State>,
@@ -202,7 +219,8 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let protocol = Protocol::of(&req);
         let http1 = req.version() <= Version::HTTP_11;
-        match self.state.admit() {
+        let owed = || req.extensions().get::<Owed>().is_some();
+        match self.state.admit_unless_draining(owed) {
             Some(guard) => ResponseFuture::admitted(self.inner.call(req), guard, protocol, http1),
             None => ResponseFuture::rejected(self.state.draining_rejection(http1), protocol, http1),
         }

@@ -18,6 +18,10 @@ pub(crate) struct State {
     pub(crate) name: Arc<str>,
     phase: AtomicU8,
     in_flight: AtomicUsize,
+    /// Listeners and connections held open by `serve` loops: the drain
+    /// waits for them too, so a connection taken from the listen backlog
+    /// after the delay is answered before the hooks run.
+    serving: AtomicUsize,
     /// Requests that completed while draining (or later).
     pub(crate) completed: AtomicU64,
     /// Requests cut off by the abort signal.
@@ -46,6 +50,7 @@ impl State {
             name,
             phase: AtomicU8::new(Phase::Running as u8),
             in_flight: AtomicUsize::new(0),
+            serving: AtomicUsize::new(0),
             completed: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
             idle: Notify::new(),
@@ -68,17 +73,49 @@ impl State {
         self.in_flight.load(Ordering::SeqCst)
     }
 
+    /// Requests in flight plus the listeners and connections held by
+    /// `serve` loops: the drain is over when this reaches 0.
+    #[inline]
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight() == 0 && self.serving.load(Ordering::SeqCst) == 0
+    }
+
+    /// A `serve` loop holds a listener or a connection open.
+    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
+    pub(crate) fn hold(&self) {
+        self.serving.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A listener or connection held by a `serve` loop is closed.
+    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
+    pub(crate) fn unhold(&self) {
+        if self.serving.fetch_sub(1, Ordering::SeqCst) == 1 && self.phase() >= Phase::Draining {
+            self.idle.notify_one();
+        }
+    }
+
     /// Admits a request (returns its guard) unless the server is draining.
     #[inline]
     pub(crate) fn admit(self: &Arc<Self>) -> Option<Guard> {
-        if self.phase() >= Phase::Draining {
+        self.admit_unless_draining(|| false)
+    }
+
+    /// Admits a request unless the server is draining and `accepted` says
+    /// the connection it came on may not be served any more (`serve` marks
+    /// requests on connections it still owes an answer).
+    #[inline]
+    pub(crate) fn admit_unless_draining(
+        self: &Arc<Self>,
+        accepted: impl Fn() -> bool,
+    ) -> Option<Guard> {
+        if self.phase() >= Phase::Draining && !accepted() {
             self.refused.increment(1);
             return None;
         }
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         // The coordinator stores the phase, then reads the count; we add to
         // the count, then read the phase: one of us sees the other.
-        if self.phase() >= Phase::Draining {
+        if self.phase() >= Phase::Draining && !accepted() {
             self.release();
             self.refused.increment(1);
             return None;
@@ -94,7 +131,10 @@ impl State {
 
     #[inline]
     fn release(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.phase() >= Phase::Draining {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.phase() >= Phase::Draining
+            && self.serving.load(Ordering::SeqCst) == 0
+        {
             self.idle.notify_one();
         }
     }
