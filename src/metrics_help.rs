@@ -23,7 +23,7 @@ pub(crate) fn describe() {
 
 /// Every metric, in the order of the crate docs' table.
 #[cfg(test)]
-const NAMES: [&str; 22] = [
+const NAMES: [&str; 29] = [
     "rampart_circuit_breaker_state",
     "rampart_circuit_breaker_calls_total",
     "rampart_circuit_breaker_slow_calls_total",
@@ -46,6 +46,13 @@ const NAMES: [&str; 22] = [
     "rampart_requests_refused_total",
     "rampart_health_check_status",
     "rampart_health_check_duration_seconds",
+    "rampart_connections",
+    "rampart_connections_accepted_total",
+    "rampart_connections_refused_total",
+    "rampart_accept_paused_total",
+    "rampart_connections_backlog_total",
+    "rampart_connection_timeouts_total",
+    "rampart_connections_aborted_total",
 ];
 
 fn describe_all() {
@@ -159,6 +166,42 @@ fn describe_all() {
         "rampart_health_check_duration_seconds",
         Unit::Seconds,
         "Duration of each health check run."
+    );
+    // serve
+    describe_gauge!(
+        "rampart_connections",
+        Unit::Count,
+        "Connections the serve loop holds open."
+    );
+    describe_counter!(
+        "rampart_connections_accepted_total",
+        Unit::Count,
+        "Connections the serve loop accepted."
+    );
+    describe_counter!(
+        "rampart_connections_refused_total",
+        Unit::Count,
+        "Connections closed at once because max_connections was reached (at_max_connections = \"refuse\")."
+    );
+    describe_counter!(
+        "rampart_accept_paused_total",
+        Unit::Count,
+        "Times the serve loop paused accepting because max_connections was reached."
+    );
+    describe_counter!(
+        "rampart_connections_backlog_total",
+        Unit::Count,
+        "Connections taken from the listen backlog when the listener closed, and answered."
+    );
+    describe_counter!(
+        "rampart_connection_timeouts_total",
+        Unit::Count,
+        "Connections closed by a timeout, by kind (header_read, keep_alive)."
+    );
+    describe_counter!(
+        "rampart_connections_aborted_total",
+        Unit::Count,
+        "Connections still open at the drain deadline, closed by force."
     );
 }
 

@@ -9,6 +9,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::future::IntoFuture as _;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -74,15 +75,8 @@ async fn every_metric_has_help_and_histograms_have_buckets() {
         .layer(ProbeLayer::new(&registry));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.draining());
-    let server = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { shutdown.run_server(server).await }
-    });
+    // The crate's own serve loop, so its connection metrics are rendered.
+    let server = tokio::spawn(tower_rampart::serve(listener, app, &shutdown).into_future());
     assert_eq!(common::get(addr, "/").await.status, 200);
     assert_eq!(common::get(addr, "/readyz").await.status, 200);
     // A transition (counted when it happens).
@@ -107,7 +101,7 @@ async fn every_metric_has_help_and_histograms_have_buckets() {
     assert_eq!(res.status(), 500);
     // A drain, for the drain histogram.
     shutdown.trigger();
-    let report = server.await.unwrap().unwrap();
+    let report = server.await.unwrap();
     assert_eq!(report.aborted, 0);
 
     let body = handle.render();
@@ -130,7 +124,7 @@ async fn every_metric_has_help_and_histograms_have_buckets() {
         })
         .collect();
     let documented = documented();
-    assert_eq!(documented.len(), 20);
+    assert_eq!(documented.len(), 27);
     let missing: Vec<_> = documented.difference(&rendered).collect();
     assert!(missing.is_empty(), "not rendered: {missing:?}\n{body}");
     let undocumented: Vec<_> = rendered.difference(&documented).collect();

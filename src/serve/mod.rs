@@ -333,6 +333,7 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     fn new(name: &str) -> Self {
+        crate::metrics_help::describe();
         let n = name.to_owned();
         Self {
             connections: metrics::gauge!("rampart_connections", "name" => n.clone()),
