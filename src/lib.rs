@@ -107,6 +107,7 @@
 
 pub mod circuit_breaker;
 pub mod classify;
+pub mod grpc;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
