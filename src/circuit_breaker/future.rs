@@ -7,8 +7,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use futures_core::TryFuture;
 use pin_project_lite::pin_project;
 
+use super::judge::Judge;
 use super::state::{Admission, Breaker, Lane, Refusal};
 use crate::classify::{OnOutcome, Outcome};
 
@@ -126,29 +128,17 @@ impl fmt::Debug for Permit {
 /// A boxed fallback future (the refusal path only).
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// How a breaker's response future turns the inner service's result into
-/// its own and reports the call's outcome: implemented by the two modes,
-/// [`HttpMode`](crate::rejection::HttpMode) (HTTP/gRPC classification) and
-/// [`ErrorMode`](crate::rejection::ErrorMode) (errors judged by the error
-/// classifier). Not meant to be implemented elsewhere.
-pub trait Finish<In> {
-    /// The future's output.
-    type Output;
-    /// Maps `input`, reporting the outcome through `permit`.
-    fn finish(input: In, permit: Permit) -> Self::Output;
-}
-
 pin_project! {
     /// The response future of [`CircuitBreaker`](super::CircuitBreaker) and
     /// [`KeyedCircuitBreaker`](super::KeyedCircuitBreaker): the inner call
     /// (holding its [`Permit`]), a refusal answered at once, or the fallback.
     pub struct ResponseFuture<F, M>
     where
-        F: Future,
-        M: Finish<F::Output>,
+        F: TryFuture,
+        M: Judge<F::Ok, F::Error>,
     {
         #[pin]
-        kind: Kind<F, M::Output>,
+        kind: Kind<F, Result<M::Response, M::Error>>,
         _mode: PhantomData<fn() -> M>,
     }
 }
@@ -170,7 +160,13 @@ pin_project! {
     }
 }
 
-impl<F: Future, M: Finish<F::Output>> ResponseFuture<F, M> {
+/// The output of a breaker's response future.
+type Output<F, M> = Result<
+    <M as Judge<<F as TryFuture>::Ok, <F as TryFuture>::Error>>::Response,
+    <M as Judge<<F as TryFuture>::Ok, <F as TryFuture>::Error>>::Error,
+>;
+
+impl<F: TryFuture, M: Judge<F::Ok, F::Error>> ResponseFuture<F, M> {
     #[inline(always)]
     pub(crate) fn admitted(fut: F, permit: Permit) -> Self {
         Self {
@@ -182,14 +178,14 @@ impl<F: Future, M: Finish<F::Output>> ResponseFuture<F, M> {
         }
     }
 
-    pub(crate) fn ready(out: M::Output) -> Self {
+    pub(crate) fn ready(out: Output<F, M>) -> Self {
         Self {
             kind: Kind::Ready { out: Some(out) },
             _mode: PhantomData,
         }
     }
 
-    pub(crate) fn fallback(fut: BoxFuture<M::Output>) -> Self {
+    pub(crate) fn fallback(fut: BoxFuture<Output<F, M>>) -> Self {
         Self {
             kind: Kind::Fallback { fut },
             _mode: PhantomData,
@@ -197,17 +193,17 @@ impl<F: Future, M: Finish<F::Output>> ResponseFuture<F, M> {
     }
 }
 
-impl<F: Future, M: Finish<F::Output>> Future for ResponseFuture<F, M> {
-    type Output = M::Output;
+impl<F: TryFuture, M: Judge<F::Ok, F::Error>> Future for ResponseFuture<F, M> {
+    type Output = Output<F, M>;
 
-    #[inline(always)]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<M::Output> {
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Admitted { fut, permit } => {
                 let guard = UnwindGuard(permit);
-                let out = ready!(fut.poll(cx));
+                let out = ready!(fut.try_poll(cx));
                 let permit = guard.0.take().expect("polled after completion");
-                Poll::Ready(M::finish(out, permit))
+                Poll::Ready(M::judge(out, permit))
             }
             KindProj::Ready { out } => Poll::Ready(out.take().expect("polled after completion")),
             KindProj::Fallback { fut } => fut.as_mut().poll(cx),
@@ -215,7 +211,7 @@ impl<F: Future, M: Finish<F::Output>> Future for ResponseFuture<F, M> {
     }
 }
 
-impl<F: Future, M: Finish<F::Output>> fmt::Debug for ResponseFuture<F, M> {
+impl<F: TryFuture, M: Judge<F::Ok, F::Error>> fmt::Debug for ResponseFuture<F, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("circuit_breaker::ResponseFuture")
     }
