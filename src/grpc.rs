@@ -298,7 +298,10 @@ mod tests {
         assert_eq!(encode_grpc_message("a\nb\u{7f}"), "a%0Ab%7F");
         // Always a valid header value, whatever the input.
         for s in ["\u{0}\u{1f}", "ünï", "%%", "\r\n"] {
-            assert!(HeaderValue::try_from(encode_grpc_message(s)).is_ok(), "{s:?}");
+            assert!(
+                HeaderValue::try_from(encode_grpc_message(s)).is_ok(),
+                "{s:?}"
+            );
         }
     }
 

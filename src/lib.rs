@@ -107,12 +107,12 @@
 
 pub mod circuit_breaker;
 pub mod classify;
-pub mod grpc;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
 mod config_util;
 mod error;
+pub mod grpc;
 pub mod health;
 mod metrics_help;
 pub mod rate_limit;

@@ -51,7 +51,7 @@ impl Permit {
     }
 
     /// Reports the call's outcome.
-    #[inline(always)]
+    #[inline]
     pub fn complete(mut self, outcome: Outcome) {
         if let Some(lane) = self.lane.take() {
             lane.core.record(self.word, self.start, outcome);
@@ -167,7 +167,7 @@ type Output<F, M> = Result<
 >;
 
 impl<F: TryFuture, M: Judge<F::Ok, F::Error>> ResponseFuture<F, M> {
-    #[inline(always)]
+    #[inline]
     pub(crate) fn admitted(fut: F, permit: Permit) -> Self {
         Self {
             kind: Kind::Admitted {
@@ -223,7 +223,7 @@ pub(crate) enum Decision {
     Refuse(Refusal),
 }
 
-#[inline(always)]
+#[inline]
 pub(crate) fn decide(breaker: &Breaker) -> Decision {
     match breaker.core().admit() {
         Admission::Admitted { word, start } => {

@@ -170,8 +170,8 @@ use tower::Service;
 pub use config::{Backoff, CircuitBreakerConfig, SlidingWindow};
 pub use fallback::{Fallback, FallbackFn, FallbackService, NoFallback};
 pub use future::{Permit, ResponseFuture};
-pub use judge::BreakerBody;
 pub use handle::CircuitBreakerHandle;
+pub use judge::BreakerBody;
 pub use keyed::{KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer};
 pub use layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
 pub use state::{CircuitBreakerEvent, CircuitCounts, CircuitState, TransitionReason};
@@ -257,11 +257,7 @@ pub(crate) fn call<S, Req, M, F>(
 where
     S: Service<Req>,
     M: Mode<Req, S::Response, S::Error>
-        + Judge<
-            S::Response,
-            S::Error,
-            Context = <M as Mode<Req, S::Response, S::Error>>::Context,
-        >,
+        + Judge<S::Response, S::Error, Context = <M as Mode<Req, S::Response, S::Error>>::Context>,
     F: Fallback<Req, S::Response, BreakerError<M, S, Req>>,
     S::Response: 'static,
     BreakerResponse<M, S, Req>: 'static,
@@ -275,10 +271,11 @@ where
             let map = |out| <M as Judge<S::Response, S::Error>>::fallback(out);
             match fallback.fallback(req, rejection, map) {
                 Ok(fut) => ResponseFuture::fallback(fut),
-                Err((_req, rejection)) => ResponseFuture::ready(<M as Judge<
-                    S::Response,
-                    S::Error,
-                >>::rejected(cx, rejection)),
+                Err((_req, rejection)) => {
+                    ResponseFuture::ready(<M as Judge<S::Response, S::Error>>::rejected(
+                        cx, rejection,
+                    ))
+                }
             }
         }
     }
@@ -288,11 +285,7 @@ impl<S, Req, M, F> Service<Req> for CircuitBreaker<S, M, F>
 where
     S: Service<Req>,
     M: Mode<Req, S::Response, S::Error>
-        + Judge<
-            S::Response,
-            S::Error,
-            Context = <M as Mode<Req, S::Response, S::Error>>::Context,
-        >,
+        + Judge<S::Response, S::Error, Context = <M as Mode<Req, S::Response, S::Error>>::Context>,
     F: Fallback<Req, S::Response, BreakerError<M, S, Req>>,
     S::Response: 'static,
     BreakerResponse<M, S, Req>: 'static,
@@ -360,11 +353,7 @@ where
     KF: Fn(&Req) -> K,
     K: std::hash::Hash + Eq + Clone,
     M: Mode<Req, S::Response, S::Error>
-        + Judge<
-            S::Response,
-            S::Error,
-            Context = <M as Mode<Req, S::Response, S::Error>>::Context,
-        >,
+        + Judge<S::Response, S::Error, Context = <M as Mode<Req, S::Response, S::Error>>::Context>,
     S::Response: 'static,
     BreakerResponse<M, S, Req>: 'static,
     BreakerError<M, S, Req>: 'static,

@@ -125,5 +125,4 @@ mod tests {
             assert_eq!(h.contains(st), (500..600).contains(&code), "{code}");
         }
     }
-
 }

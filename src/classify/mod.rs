@@ -392,5 +392,4 @@ mod tests {
         t.insert("grpc-status", HeaderValue::from_static("4"));
         assert_eq!(c.classify_trailers(Some(&t)), Outcome::Failure);
     }
-
 }
