@@ -185,3 +185,112 @@ impl<R, E: Into<BoxError>> Judge<R, E> for ErrorMode {
         err.into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+
+    use super::*;
+    use crate::circuit_breaker::{CircuitBreakerLayer, CircuitCounts, future};
+    use crate::rejection::RejectionKind;
+
+    /// A fresh breaker (never trips here) and a permit it admitted.
+    fn admitted() -> (CircuitBreakerLayer, Permit) {
+        let layer = CircuitBreakerLayer::builder()
+            .count_window(100)
+            .minimum_calls(100)
+            .build()
+            .unwrap();
+        match future::decide(&layer.breaker) {
+            future::Decision::Go(permit) => (layer, permit),
+            future::Decision::Refuse(_) => unreachable!("a closed breaker admits"),
+        }
+    }
+
+    fn counted(layer: &CircuitBreakerLayer) -> (u32, u32) {
+        let CircuitCounts {
+            calls, failures, ..
+        } = layer.handle().counts();
+        (calls, failures)
+    }
+
+    #[derive(Debug)]
+    struct Plain;
+    impl fmt::Display for Plain {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("plain")
+        }
+    }
+    impl std::error::Error for Plain {}
+
+    fn refusal(service_fault: bool) -> Rejection {
+        Rejection::new(RejectionKind::TimedOut, "inner").with_service_fault(service_fault)
+    }
+
+    /// The blame rules are the same in both modes: a refusal counts (as a
+    /// failure) only when it is the service's fault; any other error is a
+    /// failure; a success is a success.
+    #[test]
+    fn both_modes_blame_alike() {
+        // (calls, failures) recorded for each answer; an ignored call is
+        // not counted at all.
+        let ignored = (0, 0);
+        let failure = (1, 1);
+        let success = (1, 0);
+
+        for (fault, expected) in [(false, ignored), (true, failure)] {
+            // HttpMode: the refusal as a response with its marker ...
+            let (layer, permit) = admitted();
+            let res = refusal(fault).into_response::<()>(Protocol::Http);
+            let out = <HttpMode as Judge<_, BoxError>>::judge(Ok(res), permit);
+            assert!(out.is_ok());
+            assert_eq!(counted(&layer), expected, "http response, fault {fault}");
+            // ... or as an error (plain, and inside a `BoxError`).
+            let (layer, permit) = admitted();
+            let out = <HttpMode as Judge<Response<()>, _>>::judge(Err(refusal(fault)), permit);
+            assert!(out.is_err());
+            assert_eq!(counted(&layer), expected, "http error, fault {fault}");
+            let (layer, permit) = admitted();
+            let boxed: BoxError = Box::new(refusal(fault));
+            let _ = <HttpMode as Judge<Response<()>, _>>::judge(Err(boxed), permit);
+            assert_eq!(counted(&layer), expected, "http boxed, fault {fault}");
+            // ErrorMode: the refusal as an error.
+            let (layer, permit) = admitted();
+            let out = <ErrorMode as Judge<(), _>>::judge(Err(refusal(fault)), permit);
+            assert!(Rejection::find(out.unwrap_err().as_ref()).is_some());
+            assert_eq!(counted(&layer), expected, "error mode, fault {fault}");
+        }
+
+        let (layer, permit) = admitted();
+        let _ = <HttpMode as Judge<Response<()>, _>>::judge(Err(Plain), permit);
+        assert_eq!(counted(&layer), failure);
+        let (layer, permit) = admitted();
+        let _ = <ErrorMode as Judge<(), _>>::judge(Err(Plain), permit);
+        assert_eq!(counted(&layer), failure);
+
+        let (layer, permit) = admitted();
+        let _ = <HttpMode as Judge<_, Plain>>::judge(Ok(Response::new(())), permit);
+        assert_eq!(counted(&layer), success);
+        let (layer, permit) = admitted();
+        let _ = <ErrorMode as Judge<(), Plain>>::judge(Ok(()), permit);
+        assert_eq!(counted(&layer), success);
+    }
+
+    /// Refusals are answered by the mode: a response with the marker in
+    /// HttpMode (in the caller's protocol), the `Rejection` in ErrorMode.
+    #[test]
+    fn refusals_are_answered_by_the_mode() {
+        for protocol in [Protocol::Http, Protocol::Grpc] {
+            let res = <HttpMode as Judge<Response<()>, Plain>>::rejected(protocol, refusal(false))
+                .unwrap();
+            assert!(res.extensions().get::<Refused>().is_some());
+            let grpc = res.headers().contains_key(crate::grpc::GRPC_STATUS);
+            assert_eq!(grpc, protocol == Protocol::Grpc);
+        }
+        let err = <ErrorMode as Judge<(), Plain>>::rejected((), refusal(false)).unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<Rejection>().map(Rejection::kind),
+            Some(RejectionKind::TimedOut)
+        );
+    }
+}

@@ -149,6 +149,16 @@
 //!
 //! The same transitions, refusals and threshold crossings reach the callback set with
 //! [`CircuitBreakerBuilder::on_event`], never under a lock.
+//!
+//! # Where things are
+//!
+//! This file holds the services ([`CircuitBreaker`], [`KeyedCircuitBreaker`])
+//! and their one `Service` impl each, for both modes; `layer.rs` the layers'
+//! builder; `future.rs` the [`ResponseFuture`] and the [`Permit`];
+//! `judge.rs` how each mode judges a result; `state/` the engine (the state
+//! machine every clone shares); `window.rs` the sliding windows;
+//! `keyed.rs`, `handle.rs`, `fallback.rs` and `config.rs` what their names
+//! say.
 
 mod config;
 mod fallback;
