@@ -89,7 +89,7 @@
 //! [`ignore_status`](CircuitBreakerBuilder::ignore_status) leaves out a few
 //! statuses whatever the classifier says). A streaming gRPC
 //! response is judged when its trailers arrive: the response body is wrapped
-//! in a [`ClassifyBody`] holding the permit.
+//! in a [`ClassifyBody`](crate::classify::ClassifyBody) holding the permit.
 //! An `Err` from the inner service is a failure. In [`ErrorMode`](crate::rejection::ErrorMode) every
 //! `Ok` is a success and errors are judged by
 //! [`CircuitBreakerBuilder::classify_error`] (failure by default).
@@ -102,8 +102,8 @@
 //! - **Refusals by inner layers of this crate are ignored**: a rate limit's
 //!   429, a drain's 503, a nested breaker's 503 (or their gRPC statuses, or
 //!   their [`Rejection`](crate::Rejection) errors) never count. They carry a
-//!   [`Refused`] marker in the response extensions (never on the wire, so a
-//!   client cannot forge it) with [`is_service_fault`](Refused::is_service_fault)
+//!   [`Refused`](crate::rejection::Refused) marker in the response extensions (never on the wire, so a
+//!   client cannot forge it) with [`is_service_fault`](crate::rejection::Refused::is_service_fault)
 //!   false.
 //! - **A timeout counts only when the server's own budget ran out.** When a
 //!   [timeout layer](crate::timeout) inside the breaker refuses because the
@@ -120,7 +120,7 @@
 //!   one failure.
 //!
 //! Your own layers can have their refusals treated the same way by
-//! inserting a [`Refused`] into the response extensions (or returning a
+//! inserting a [`Refused`](crate::rejection::Refused) into the response extensions (or returning a
 //! [`Rejection`](crate::Rejection) error).
 //!
 //! # Metrics and events

@@ -251,7 +251,7 @@ impl Core {
 }
 
 /// What a breaker has seen, as a
-/// [`CircuitBreakerHandle`](super::CircuitBreakerHandle) reports it: the
+/// [`CircuitBreakerHandle`](crate::circuit_breaker::CircuitBreakerHandle) reports it: the
 /// sliding window when closed or metrics-only; in open, the calls that
 /// opened it (the window, or the failed trials); the trial calls when
 /// half-open (their rates once every permit was used); nothing in forced

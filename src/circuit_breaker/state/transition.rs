@@ -57,7 +57,7 @@ impl fmt::Display for TransitionReason {
 }
 
 /// Something a breaker did, given to the callback set with
-/// [`CircuitBreakerBuilder::on_event`](super::CircuitBreakerBuilder::on_event).
+/// [`CircuitBreakerBuilder::on_event`](crate::circuit_breaker::CircuitBreakerBuilder::on_event).
 /// The callback never runs under one of the breaker's locks.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
