@@ -108,11 +108,14 @@ impl fmt::Display for CircuitState {
     }
 }
 
+/// The state word: the generation above the 3 low bits of the state.
 #[inline]
 fn word(state: CircuitState, generation: u64) -> u64 {
     (generation << 3) | state as u64
 }
 
+/// `d` in nanoseconds, saturating (the core keeps times as nanoseconds since
+/// its epoch).
 #[inline]
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -170,9 +173,7 @@ impl Settings {
         report_state: bool,
     ) -> Self {
         let name: Arc<str> = config.name.as_str().into();
-        let slow_nanos = config
-            .slow_call_duration_threshold
-            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let slow_nanos = config.slow_call_duration_threshold.map(nanos);
         let needs_clock = slow_nanos.is_some()
             || matches!(config.window, super::config::SlidingWindow::Time { .. });
         let metrics = Metrics::new(&name);
@@ -299,8 +300,7 @@ impl Core {
 
     #[inline]
     fn now(&self) -> u64 {
-        let d = Instant::now().saturating_duration_since(self.epoch);
-        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+        nanos(Instant::now().saturating_duration_since(self.epoch))
     }
 
     pub(crate) fn name(&self) -> &Arc<str> {
