@@ -93,7 +93,7 @@ impl<B, E: 'static> Judge<Response<B>, E> for HttpMode {
     type Error = E;
     type Context = Protocol;
 
-    #[inline]
+    #[inline(always)] // receipt: `future.rs` module docs, "Inlining"
     fn judge(result: Result<Response<B>, E>, permit: Permit) -> Result<Self::Response, E> {
         let res = match result {
             Ok(res) => res,
@@ -151,7 +151,7 @@ impl<R, E: Into<BoxError>> Judge<R, E> for ErrorMode {
     type Error = BoxError;
     type Context = ();
 
-    #[inline]
+    #[inline(always)] // receipt: `future.rs` module docs, "Inlining"
     fn judge(result: Result<R, E>, permit: Permit) -> Result<R, BoxError> {
         match result {
             Ok(r) => {
