@@ -175,8 +175,9 @@ pin_project! {
     }
 }
 
-/// The output of a breaker's response future.
-type Output<F, M> = Result<
+/// The output of a breaker's response future: the inner result as the mode
+/// judged and mapped it.
+type Judged<F, M> = Result<
     <M as Judge<<F as TryFuture>::Ok, <F as TryFuture>::Error>>::Response,
     <M as Judge<<F as TryFuture>::Ok, <F as TryFuture>::Error>>::Error,
 >;
@@ -193,14 +194,14 @@ impl<F: TryFuture, M: Judge<F::Ok, F::Error>> ResponseFuture<F, M> {
         }
     }
 
-    pub(crate) fn ready(out: Output<F, M>) -> Self {
+    pub(crate) fn ready(out: Judged<F, M>) -> Self {
         Self {
             kind: Kind::Ready { out: Some(out) },
             _mode: PhantomData,
         }
     }
 
-    pub(crate) fn fallback(fut: BoxFuture<Output<F, M>>) -> Self {
+    pub(crate) fn fallback(fut: BoxFuture<Judged<F, M>>) -> Self {
         Self {
             kind: Kind::Fallback { fut },
             _mode: PhantomData,
@@ -209,7 +210,7 @@ impl<F: TryFuture, M: Judge<F::Ok, F::Error>> ResponseFuture<F, M> {
 }
 
 impl<F: TryFuture, M: Judge<F::Ok, F::Error>> Future for ResponseFuture<F, M> {
-    type Output = Output<F, M>;
+    type Output = Judged<F, M>;
 
     #[inline(always)] // receipt: module docs, "Inlining"
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
