@@ -123,6 +123,7 @@ pub mod classify;
 pub mod config;
 mod config_util;
 mod error;
+pub mod grpc;
 pub mod health;
 mod metrics_help;
 pub mod rate_limit;

@@ -56,7 +56,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::BoxError;
 
-use crate::classify::{GrpcCode, is_grpc};
+use crate::grpc::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode, encode_grpc_message, is_grpc};
 
 /// The reason a layer refused a request.
 #[non_exhaustive]
@@ -385,9 +385,9 @@ impl Rejection {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        headers.insert("grpc-status", code.to_header_value());
-        if let Ok(v) = HeaderValue::try_from(percent_encode_grpc_message(&message)) {
-            headers.insert("grpc-message", v);
+        headers.insert(GRPC_STATUS, code.to_header_value());
+        if let Ok(v) = HeaderValue::try_from(encode_grpc_message(&message)) {
+            headers.insert(GRPC_MESSAGE, v);
         }
         if let Some(after) = self.retry_after {
             let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -445,20 +445,6 @@ pub(crate) fn push_json_escaped(out: &mut String, s: &str) {
         start = i + 1;
     }
     out.push_str(&s[start..]);
-}
-
-/// The gRPC spec's percent-encoding of `grpc-message`: bytes outside
-/// printable ASCII, and `%`, become `%XX`.
-fn percent_encode_grpc_message(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
 }
 
 impl fmt::Debug for Rejection {

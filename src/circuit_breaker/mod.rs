@@ -16,7 +16,7 @@
 //! **Open**, it refuses every call at once with the remaining open time as
 //! retry-after: HTTP 503 + `Retry-After` + `application/problem+json`, or
 //! gRPC `UNAVAILABLE` (trailers-only) for gRPC requests, or a
-//! [`Rejection`](crate::Rejection) error in [`ErrorMode`]. A
+//! [`Rejection`](crate::Rejection) error in [`ErrorMode`](crate::rejection::ErrorMode). A
 //! [fallback](CircuitBreakerLayer::fallback_fn) may answer instead. The open
 //! duration is fixed or grows with each consecutive re-open after failed
 //! trials (backoff with a cap and jitter, reset when the circuit closes).
@@ -89,8 +89,8 @@
 //! [`ignore_status`](CircuitBreakerBuilder::ignore_status) leaves out a few
 //! statuses whatever the classifier says). A streaming gRPC
 //! response is judged when its trailers arrive: the response body is wrapped
-//! in a [`ClassifyBody`] holding the permit.
-//! An `Err` from the inner service is a failure. In [`ErrorMode`] every
+//! in a [`ClassifyBody`](crate::classify::ClassifyBody) holding the permit.
+//! An `Err` from the inner service is a failure. In [`ErrorMode`](crate::rejection::ErrorMode) every
 //! `Ok` is a success and errors are judged by
 //! [`CircuitBreakerBuilder::classify_error`] (failure by default).
 //!
@@ -102,8 +102,8 @@
 //! - **Refusals by inner layers of this crate are ignored**: a rate limit's
 //!   429, a drain's 503, a nested breaker's 503 (or their gRPC statuses, or
 //!   their [`Rejection`](crate::Rejection) errors) never count. They carry a
-//!   [`Refused`] marker in the response extensions (never on the wire, so a
-//!   client cannot forge it) with [`is_service_fault`](Refused::is_service_fault)
+//!   [`Refused`](crate::rejection::Refused) marker in the response extensions (never on the wire, so a
+//!   client cannot forge it) with [`is_service_fault`](crate::rejection::Refused::is_service_fault)
 //!   false.
 //! - **A timeout counts only when the server's own budget ran out.** When a
 //!   [timeout layer](crate::timeout) inside the breaker refuses because the
@@ -120,7 +120,7 @@
 //!   one failure.
 //!
 //! Your own layers can have their refusals treated the same way by
-//! inserting a [`Refused`] into the response extensions (or returning a
+//! inserting a [`Refused`](crate::rejection::Refused) into the response extensions (or returning a
 //! [`Rejection`](crate::Rejection) error).
 //!
 //! # Metrics and events
@@ -149,11 +149,22 @@
 //!
 //! The same transitions, refusals and threshold crossings reach the callback set with
 //! [`CircuitBreakerBuilder::on_event`], never under a lock.
+//!
+//! # Where things are
+//!
+//! This file holds the services ([`CircuitBreaker`], [`KeyedCircuitBreaker`])
+//! and their one `Service` impl each, for both modes; `layer.rs` the layers'
+//! builder; `future.rs` the [`ResponseFuture`] and the [`Permit`];
+//! `judge.rs` how each mode judges a result; `state/` the engine (the state
+//! machine every clone shares); `window.rs` the sliding windows;
+//! `keyed.rs`, `handle.rs`, `fallback.rs` and `config.rs` what their names
+//! say.
 
 mod config;
 mod fallback;
 mod future;
 mod handle;
+mod judge;
 mod keyed;
 mod layer;
 mod state;
@@ -164,26 +175,22 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
-use tower::{BoxError, Service};
+use tower::Service;
 
 pub use config::{Backoff, CircuitBreakerConfig, SlidingWindow};
 pub use fallback::{Fallback, FallbackFn, FallbackService, NoFallback};
-pub use future::{Finish, Permit, ResponseFuture};
+pub use future::{Permit, ResponseFuture};
 pub use handle::CircuitBreakerHandle;
+pub use judge::BreakerBody;
 pub use keyed::{KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer};
 pub use layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
 pub use state::{CircuitBreakerEvent, CircuitCounts, CircuitState, TransitionReason};
 
-use crate::classify::{Classification, ClassifyBody, Outcome};
-use crate::rejection::{ErrorMode, HttpMode, Protocol, Refused, ResponseBody};
+use crate::rejection::{HttpMode, Mode};
 use future::{Decision, decide};
+use judge::Judge;
 pub(crate) use keyed::KeyedShared;
 use state::Breaker;
-
-/// The response body of a breaker in [`HttpMode`]: the inner body, watched
-/// for gRPC trailers when the verdict waits for them, or a refusal's body.
-pub type BreakerBody<B> = ResponseBody<ClassifyBody<B, Permit>>;
 
 /// A service protected by a circuit breaker; made by [`CircuitBreakerLayer`].
 pub struct CircuitBreaker<S, M = HttpMode, F = NoFallback> {
@@ -240,206 +247,74 @@ impl<S: fmt::Debug, M, F> fmt::Debug for CircuitBreaker<S, M, F> {
     }
 }
 
-type HttpOut<B, E> = Result<Response<BreakerBody<B>>, E>;
+/// The response type of a breaker in mode `M` over `S` called with `Req`.
+type BreakerResponse<M, S, Req> =
+    <M as Judge<<S as Service<Req>>::Response, <S as Service<Req>>::Error>>::Response;
+/// The error type of a breaker in mode `M` over `S` called with `Req`.
+type BreakerError<M, S, Req> =
+    <M as Judge<<S as Service<Req>>::Response, <S as Service<Req>>::Error>>::Error;
 
-impl<B, E: 'static> Finish<Result<Response<B>, E>> for HttpMode {
-    type Output = HttpOut<B, E>;
-
-    #[inline(always)]
-    fn finish(out: Result<Response<B>, E>, permit: Permit) -> HttpOut<B, E> {
-        finish_http(out, permit)
-    }
-}
-
-impl<R, E: Into<BoxError>> Finish<Result<R, E>> for ErrorMode {
-    type Output = Result<R, BoxError>;
-
-    #[inline(always)]
-    fn finish(out: Result<R, E>, permit: Permit) -> Result<R, BoxError> {
-        finish_error(out, permit)
-    }
-}
-
-/// The outcome of a refusal by a layer of this crate: a failure only when
-/// the service itself caused it (the server's own timeout), otherwise
-/// ignored.
+/// Admits `req` to `inner` through `breaker`, or refuses it (with the
+/// fallback's answer if there is one): the one `call` of every breaker
+/// service.
 #[inline]
-fn refusal_outcome(service_fault: bool) -> Outcome {
-    if service_fault {
-        Outcome::Failure
-    } else {
-        Outcome::Ignored
-    }
-}
-
-/// The outcome of an error from the inner service of a breaker in
-/// [`HttpMode`]: a [`Rejection`](crate::Rejection) (plain or in a
-/// `BoxError`) is judged by its fault, anything else is a failure.
-#[cold]
-fn http_error_outcome<E: 'static>(e: &E) -> Outcome {
-    let any: &dyn std::any::Any = e;
-    let rejection = any.downcast_ref::<crate::Rejection>().or_else(|| {
-        any.downcast_ref::<BoxError>()
-            .and_then(|b| crate::Rejection::find(b.as_ref()))
-    });
-    match rejection {
-        Some(r) => refusal_outcome(r.is_service_fault()),
-        None => Outcome::Failure,
-    }
-}
-
-#[inline(always)]
-fn finish_http<B, E: 'static>(out: Result<Response<B>, E>, permit: Permit) -> HttpOut<B, E> {
-    match out {
-        Err(e) => {
-            permit.complete(http_error_outcome(&e));
-            Err(e)
-        }
-        Ok(res) => {
-            // A refusal by an inner layer of this crate is judged by whose
-            // fault it was, never by its status (an empty `Extensions` is
-            // one branch).
-            if let Some(refused) = res.extensions().get::<Refused>() {
-                permit.complete(refusal_outcome(refused.is_service_fault()));
-                return Ok(res.map(|b| ResponseBody::new(ClassifyBody::passthrough(b))));
-            }
-            let verdict = permit.lane().map(|l| {
-                let c = &l.core.settings.classifier;
-                (c.classify_response(&res), c.grpc_failure_codes())
-            });
-            match verdict {
-                Some((Classification::AwaitTrailers, failures)) => {
-                    Ok(res.map(|b| ResponseBody::new(ClassifyBody::deferred(b, failures, permit))))
-                }
-                Some((Classification::Done(outcome), _)) => {
-                    permit.complete(outcome);
-                    Ok(res.map(|b| ResponseBody::new(ClassifyBody::passthrough(b))))
-                }
-                None => Ok(res.map(|b| ResponseBody::new(ClassifyBody::passthrough(b)))),
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn finish_error<R, E: Into<BoxError>>(out: Result<R, E>, permit: Permit) -> Result<R, BoxError> {
-    match out {
-        Ok(r) => {
-            permit.complete(Outcome::Success);
-            Ok(r)
-        }
-        Err(e) => {
-            let e: BoxError = e.into();
-            let outcome = match crate::Rejection::find(e.as_ref()) {
-                Some(r) => refusal_outcome(r.is_service_fault()),
-                None => permit.classify_error(&*e),
-            };
-            permit.complete(outcome);
-            Err(e)
-        }
-    }
-}
-
-fn map_fallback_http<B, E>(out: Result<Response<B>, E>) -> HttpOut<B, E> {
-    out.map(|res| res.map(|b| ResponseBody::new(ClassifyBody::passthrough(b))))
-}
-
-#[inline(always)]
-pub(crate) fn call_http<S, ReqB, ResB, F>(
-    breaker: &Breaker,
-    inner: &mut S,
-    fallback: &F,
-    req: Request<ReqB>,
-) -> ResponseFuture<S::Future, HttpMode>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    F: Fallback<Request<ReqB>, Response<ResB>, S::Error>,
-    ResB: Send + 'static,
-    S::Error: Send + 'static,
-{
-    match decide(breaker) {
-        Decision::Go(permit) => ResponseFuture::admitted(inner.call(req), permit),
-        Decision::Refuse(refusal) => {
-            let rejection = breaker.rejection(refusal);
-            let protocol = Protocol::of(&req);
-            match fallback.fallback(req, rejection, map_fallback_http) {
-                Ok(fut) => ResponseFuture::fallback(fut),
-                Err((_req, rejection)) => {
-                    ResponseFuture::ready(Ok(rejection.into_response(protocol)))
-                }
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn call_error<S, Req, F>(
+pub(crate) fn call<S, Req, M, F>(
     breaker: &Breaker,
     inner: &mut S,
     fallback: &F,
     req: Req,
-) -> ResponseFuture<S::Future, ErrorMode>
+) -> ResponseFuture<S::Future, M>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
-    S::Response: Send + 'static,
-    F: Fallback<Req, S::Response, BoxError>,
+    M: Mode<Req, S::Response, S::Error>
+        + Judge<S::Response, S::Error, Context = <M as Mode<Req, S::Response, S::Error>>::Context>,
+    F: Fallback<Req, S::Response, BreakerError<M, S, Req>>,
+    S::Response: 'static,
+    BreakerResponse<M, S, Req>: 'static,
+    BreakerError<M, S, Req>: 'static,
 {
     match decide(breaker) {
         Decision::Go(permit) => ResponseFuture::admitted(inner.call(req), permit),
         Decision::Refuse(refusal) => {
             let rejection = breaker.rejection(refusal);
-            match fallback.fallback(req, rejection, |r| r) {
+            let cx = <M as Mode<Req, S::Response, S::Error>>::context(&req);
+            let map = |out| <M as Judge<S::Response, S::Error>>::fallback(out);
+            match fallback.fallback(req, rejection, map) {
                 Ok(fut) => ResponseFuture::fallback(fut),
                 Err((_req, rejection)) => {
-                    ResponseFuture::ready(Err(Box::new(rejection) as BoxError))
+                    ResponseFuture::ready(<M as Judge<S::Response, S::Error>>::rejected(
+                        cx, rejection,
+                    ))
                 }
             }
         }
     }
 }
 
-impl<S, ReqB, ResB, F> Service<Request<ReqB>> for CircuitBreaker<S, HttpMode, F>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    F: Fallback<Request<ReqB>, Response<ResB>, S::Error>,
-    ResB: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = Response<BreakerBody<ResB>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, HttpMode>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        call_http(&self.breaker, &mut self.inner, &self.fallback, req)
-    }
-}
-
-impl<S, Req, F> Service<Req> for CircuitBreaker<S, ErrorMode, F>
+impl<S, Req, M, F> Service<Req> for CircuitBreaker<S, M, F>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
-    S::Response: Send + 'static,
-    F: Fallback<Req, S::Response, BoxError>,
+    M: Mode<Req, S::Response, S::Error>
+        + Judge<S::Response, S::Error, Context = <M as Mode<Req, S::Response, S::Error>>::Context>,
+    F: Fallback<Req, S::Response, BreakerError<M, S, Req>>,
+    S::Response: 'static,
+    BreakerResponse<M, S, Req>: 'static,
+    BreakerError<M, S, Req>: 'static,
 {
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future, ErrorMode>;
+    type Response = BreakerResponse<M, S, Req>;
+    type Error = BreakerError<M, S, Req>;
+    type Future = ResponseFuture<S::Future, M>;
 
     #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(<M as Judge<S::Response, S::Error>>::ready_error)
     }
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        call_error(&self.breaker, &mut self.inner, &self.fallback, req)
+        call(&self.breaker, &mut self.inner, &self.fallback, req)
     }
 }
 
@@ -482,48 +357,30 @@ impl<S: fmt::Debug, K, KF, M> fmt::Debug for KeyedCircuitBreaker<S, K, KF, M> {
     }
 }
 
-impl<S, K, KF, ReqB, ResB> Service<Request<ReqB>> for KeyedCircuitBreaker<S, K, KF, HttpMode>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    KF: Fn(&Request<ReqB>) -> K,
-    K: std::hash::Hash + Eq + Clone,
-    ResB: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = Response<BreakerBody<ResB>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, HttpMode>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let breaker = self.shared.breaker((self.key_fn)(&req));
-        call_http(&breaker, &mut self.inner, &NoFallback, req)
-    }
-}
-
-impl<S, K, KF, Req> Service<Req> for KeyedCircuitBreaker<S, K, KF, ErrorMode>
+impl<S, K, KF, Req, M> Service<Req> for KeyedCircuitBreaker<S, K, KF, M>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
-    S::Response: Send + 'static,
     KF: Fn(&Req) -> K,
     K: std::hash::Hash + Eq + Clone,
+    M: Mode<Req, S::Response, S::Error>
+        + Judge<S::Response, S::Error, Context = <M as Mode<Req, S::Response, S::Error>>::Context>,
+    S::Response: 'static,
+    BreakerResponse<M, S, Req>: 'static,
+    BreakerError<M, S, Req>: 'static,
 {
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future, ErrorMode>;
+    type Response = BreakerResponse<M, S, Req>;
+    type Error = BreakerError<M, S, Req>;
+    type Future = ResponseFuture<S::Future, M>;
 
     #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(<M as Judge<S::Response, S::Error>>::ready_error)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
         let breaker = self.shared.breaker((self.key_fn)(&req));
-        call_error(&breaker, &mut self.inner, &NoFallback, req)
+        call(&breaker, &mut self.inner, &NoFallback, req)
     }
 }

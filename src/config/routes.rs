@@ -12,7 +12,7 @@ use crate::ConfigError;
 use crate::circuit_breaker::{
     BreakerBody, CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerConfig, CircuitBreakerEvent,
     CircuitBreakerHandle, CircuitBreakerLayer, CircuitState, KeyedCircuitBreakerHandle,
-    KeyedShared, NoFallback, ResponseFuture, call_http,
+    KeyedShared, NoFallback, ResponseFuture, call,
 };
 use crate::health::{Check, Kind};
 use crate::rejection::HttpMode;
@@ -379,7 +379,7 @@ where
                 table,
             } => {
                 let breaker = shared.breaker(table.key(&req));
-                call_http(&breaker, inner, &NoFallback, req)
+                call(&breaker, inner, &NoFallback, req)
             }
         }
     }

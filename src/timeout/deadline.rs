@@ -1,16 +1,14 @@
-//! The request deadline: `grpc-timeout` parsing and formatting, and the
-//! [`Deadline`] request extension handlers read.
+//! The request deadline: the [`Deadline`] request extension handlers read,
+//! and the budget headers it is read from. The `grpc-timeout` parsing and
+//! formatting live in the leaf [`grpc`](crate::grpc) module and are
+//! re-exported here at their former paths.
 
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use tokio::time::Instant;
 
-/// The gRPC timeout header name, `grpc-timeout`.
-pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-
-/// The largest value a `grpc-timeout` may carry: 8 ASCII digits.
-const GRPC_TIMEOUT_MAX_VALUE: u64 = 99_999_999;
+pub use crate::grpc::{GRPC_TIMEOUT, format_grpc_timeout, parse_grpc_timeout};
 
 /// When the work for a request must be finished.
 ///
@@ -274,75 +272,6 @@ pub(crate) fn instant_after(now: Instant, budget: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-/// Parses a `grpc-timeout` value: at most 8 ASCII digits followed by one
-/// unit, `H` (hours), `M` (minutes), `S` (seconds), `m` (milliseconds), `u`
-/// (microseconds) or `n` (nanoseconds). Anything else is `None`.
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_rampart::timeout::parse_grpc_timeout;
-///
-/// assert_eq!(parse_grpc_timeout(b"250m"), Some(Duration::from_millis(250)));
-/// assert_eq!(parse_grpc_timeout(b"3S"), Some(Duration::from_secs(3)));
-/// assert_eq!(parse_grpc_timeout(b"123456789S"), None); // 9 digits
-/// assert_eq!(parse_grpc_timeout(b"5s"), None); // unknown unit
-/// ```
-pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
-    let (&unit, digits) = value.split_last()?;
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        n = n * 10 + u64::from(d - b'0');
-    }
-    Some(match unit {
-        b'H' => Duration::from_secs(n * 3600),
-        b'M' => Duration::from_secs(n * 60),
-        b'S' => Duration::from_secs(n),
-        b'm' => Duration::from_millis(n),
-        b'u' => Duration::from_micros(n),
-        b'n' => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// Formats `budget` as a `grpc-timeout` value: the finest unit whose value
-/// fits in 8 digits, rounded up (as grpc-go does), so `1s` is `1000000u` and
-/// a week is `604800S`.
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_rampart::timeout::format_grpc_timeout;
-///
-/// assert_eq!(format_grpc_timeout(Duration::from_millis(250)), "250000u");
-/// assert_eq!(format_grpc_timeout(Duration::from_secs(3600 * 24 * 7)), "604800S");
-/// ```
-pub fn format_grpc_timeout(budget: Duration) -> HeaderValue {
-    const UNITS: [(u128, u8); 6] = [
-        (1, b'n'),
-        (1_000, b'u'),
-        (1_000_000, b'm'),
-        (1_000_000_000, b'S'),
-        (60_000_000_000, b'M'),
-        (3_600_000_000_000, b'H'),
-    ];
-    let nanos = budget.as_nanos();
-    let mut out = (GRPC_TIMEOUT_MAX_VALUE, b'H');
-    for (per, unit) in UNITS {
-        let value = nanos.div_ceil(per);
-        if value <= u128::from(GRPC_TIMEOUT_MAX_VALUE) {
-            out = (value as u64, unit);
-            break;
-        }
-    }
-    HeaderValue::try_from(format!("{}{}", out.0, out.1 as char))
-        .expect("digits and a unit letter are a valid header value")
-}
-
 /// Parses a budget header carrying whole milliseconds (ASCII digits only, at
 /// most 12 of them, about 31 years).
 pub(crate) fn parse_millis(value: &[u8]) -> Option<Duration> {
@@ -379,35 +308,6 @@ mod tests {
         ] {
             assert_eq!(parse_millis(bad), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn format_round_trips() {
-        for d in [
-            Duration::ZERO,
-            Duration::from_nanos(1),
-            Duration::from_nanos(99_999_999),
-            Duration::from_nanos(100_000_000),
-            Duration::from_millis(1500),
-            Duration::from_secs(99_999_999),
-            Duration::from_secs(100_000_000),
-            Duration::from_secs(u64::MAX),
-        ] {
-            let v = format_grpc_timeout(d);
-            let back = parse_grpc_timeout(v.as_bytes()).unwrap();
-            assert!(v.len() <= 9, "{v:?}");
-            // Never less than asked (rounded up), except when capped.
-            assert!(back >= d || back == Duration::from_secs(99_999_999 * 3600));
-        }
-        assert_eq!(format_grpc_timeout(Duration::ZERO), "0n");
-        assert_eq!(
-            format_grpc_timeout(Duration::from_nanos(100_000_001)),
-            "100001u"
-        );
-        assert_eq!(
-            format_grpc_timeout(Duration::from_secs(u64::MAX)),
-            "99999999H"
-        );
     }
 
     #[test]

@@ -144,7 +144,7 @@ pub use self::future::ResponseFuture;
 use self::layer::Shared;
 pub use self::layer::{DEFAULT_NAME, TimeoutLayer, TimeoutLayerBuilder};
 use self::sealed::ProtocolHint;
-use crate::classify::is_grpc;
+use crate::grpc::is_grpc;
 use crate::rejection::{HttpMode, Mode};
 
 pub use self::config::TimeoutConfig;
