@@ -118,6 +118,7 @@ pub mod rate_limit;
 pub mod rejection;
 pub mod shutdown;
 pub mod timeout;
+mod util;
 
 pub use circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, CircuitState};
 #[cfg(feature = "config")]

@@ -136,13 +136,17 @@
 //! | `rate limit store recovered` | `tower_rampart::rate_limit` | INFO | `name`, `from`, `to` (Redis store) |
 //! | `rate limit store call failed` | `tower_rampart::rate_limit` | DEBUG | `name`, `error` (Redis store) |
 
+mod clock;
 #[cfg(feature = "config")]
 mod config;
+mod engine;
 mod error;
 mod future;
+mod gcra;
 pub mod headers;
 mod key;
 mod layer;
+mod memory;
 mod quota;
 #[cfg(feature = "redis")]
 mod redis;
@@ -156,20 +160,24 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::Service;
 
+pub use clock::{TokioClock, TokioInstant};
 #[cfg(feature = "config")]
 pub use config::{FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, StoreConfig};
 pub use error::RefusalReason;
 pub use future::ResponseFuture;
 pub use key::{ClientIp, ClientIpHeader, Key, KeyExtractor, RequestInfo};
-pub use layer::{MAX_QUOTAS, MissingKey, QuotaState, RateLimitBuilder, RateLimitLayer};
+pub use layer::{MissingKey, QuotaState, RateLimitBuilder, RateLimitLayer};
 pub use quota::{Quota, Rate};
 #[cfg(feature = "redis")]
 pub use redis::{FailurePolicy, RedisStore};
-pub use store::{TokioClock, TokioInstant};
+pub use store::{StoreHealth, StoreState};
 
+use self::engine::{Decision, Shared};
 use self::future::Waiting;
-use self::layer::{Decision, Shared};
 use crate::rejection::{HttpMode, Mode};
+
+/// The most quotas one layer may have.
+pub const MAX_QUOTAS: usize = 8;
 
 /// The rate-limited service made by [`RateLimitLayer`].
 ///

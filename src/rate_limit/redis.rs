@@ -56,12 +56,17 @@ use metrics::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tower::{BoxError, Service};
 
-use super::key::KeyRef;
-use super::layer::Slots;
-use super::store::{Measured, MemoryStore, Verdict};
+use super::engine::{ANONYMOUS, Decision, Shared, Slots};
+use super::error::RefusalReason;
+use super::gcra::Gcra;
+use super::key::{KeyRef, RequestInfo};
+use super::layer::RateLimitBuilder;
+use super::memory::{Measured, MemoryStore, QuotaCells, Verdict};
+use super::store::Store;
 use crate::ConfigError;
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer};
 use crate::rejection::ErrorMode;
+use crate::util::keyed_map::MapMetrics;
 
 /// What the rate limit does when Redis cannot answer in time (down, slow,
 /// or the breaker guarding it is open).
@@ -543,13 +548,10 @@ impl RedisBackend {
                         );
                     }
                     let (path, verdict) = match (this.failure, &this.fallback) {
-                        (FailurePolicy::Fallback { .. }, Some(store)) => {
-                            use super::store::Store;
-                            (
-                                Path::Fallback,
-                                store.acquire(&mut slots.slots[..slots.len], cost, true),
-                            )
-                        }
+                        (FailurePolicy::Fallback { .. }, Some(store)) => (
+                            Path::Fallback,
+                            store.acquire(&mut slots.slots[..slots.len], cost),
+                        ),
                         // The layer builds the refusal (its wait is the
                         // breaker's remaining open time).
                         (FailurePolicy::FailClosed, _) => (
@@ -568,5 +570,143 @@ impl RedisBackend {
                 }
             }
         })
+    }
+}
+
+/// The layer's side of the Redis store: the request's key names and
+/// parameters in, the layer's decision out.
+impl Shared {
+    /// The Redis path: keys, cost and allow-lists as in process, then a
+    /// future that asks Redis.
+    #[cold]
+    pub(crate) fn decide_remote<B>(
+        &self,
+        req: &http::Request<B>,
+        redis: &Arc<RedisBackend>,
+    ) -> Decision {
+        let info = RequestInfo::new(req, &self.client_ip);
+        let mut slots = Slots::default();
+        if let Some(d) = self.prepare(&info, &mut slots) {
+            return d;
+        }
+        let Some(cost) = slots.cost else {
+            return Decision::Admit(None);
+        };
+        let mut keys = Vec::with_capacity(slots.len);
+        let mut t_cap = Vec::with_capacity(slots.len);
+        // A request costlier than a burst is refused whatever Redis says,
+        // but still asked about (nothing is written), so its refusal
+        // reports what remains, as in process.
+        let mut too_costly = None;
+        for (i, s) in slots.slots[..slots.len].iter().enumerate() {
+            if !s.active {
+                continue;
+            }
+            let q = &self.params[i];
+            if cost.get() > q.burst && too_costly.is_none() {
+                too_costly = Some(i);
+            }
+            let name = self.quotas[i]
+                .key
+                .with_key(&info, |k| redis.key_name(i, k))
+                .unwrap_or_else(|| redis.key_name(i, KeyRef::Bytes(ANONYMOUS)));
+            keys.push(name);
+            t_cap.push((q.t, q.cap()));
+        }
+        if keys.is_empty() {
+            return self.admit();
+        }
+        Decision::Deciding(redis.acquire(slots, keys, t_cap, cost, too_costly))
+    }
+
+    /// Turns the Redis store's answer into a decision.
+    pub(crate) fn finish_remote(&self, slots: &Slots, outcome: RemoteOutcome) -> Decision {
+        let Store::Redis(redis) = &self.store else {
+            unreachable!("only the redis store decides remotely");
+        };
+        let cost = slots.cost.unwrap_or(NonZeroU32::MIN);
+        let first_active = || {
+            slots.slots[..slots.len]
+                .iter()
+                .position(|s| s.active)
+                .unwrap_or(0)
+        };
+        match (outcome.path, outcome.verdict) {
+            // Never admissible, whatever the store's state: refused without
+            // the live state when the store could not tell it.
+            (Path::FailClosed | Path::FailOpen, Verdict::TooCostly { quota }) => self.refusal(
+                &self.params,
+                slots,
+                quota,
+                RefusalReason::TooCostly,
+                None,
+                cost,
+                false,
+            ),
+            (Path::FailClosed, _) => {
+                // Retry when the breaker guarding Redis lets a call through
+                // again (at least 1s: the breaker may still be closed).
+                let wait = redis
+                    .breaker()
+                    .open_remaining()
+                    .filter(|d| *d > Duration::from_secs(1))
+                    .unwrap_or(Duration::from_secs(1));
+                self.refusal(
+                    &self.params,
+                    slots,
+                    first_active(),
+                    RefusalReason::StoreUnavailable,
+                    Some(wait),
+                    cost,
+                    false,
+                )
+            }
+            (Path::FailOpen, _) => self.admit(),
+            (Path::Fallback, verdict) => {
+                let params = redis
+                    .fallback
+                    .as_ref()
+                    .map_or(&self.params[..], MemoryStore::params);
+                self.finish(params, slots, verdict, false, cost)
+            }
+            (Path::Redis, verdict) => self.finish(&self.params, slots, verdict, false, cost),
+        }
+    }
+}
+
+impl Store {
+    /// The Redis store of a checked builder, with its in-process fallback
+    /// (scaled to the replica's share) when the policy asks for one.
+    pub(crate) fn redis(
+        b: &RateLimitBuilder,
+        layer: &Arc<str>,
+        names: &[String],
+        params: &[Gcra],
+    ) -> Result<Self, ConfigError> {
+        let Some(cfg) = &b.redis else {
+            unreachable!("called with a redis store");
+        };
+        let fallback = match cfg.failure {
+            FailurePolicy::Fallback { share } if share > 0.0 && share <= 1.0 => {
+                let quotas = b
+                    .quotas
+                    .iter()
+                    .zip(params)
+                    .map(|(q, p)| {
+                        // `as` saturates: a tiny share makes a very slow
+                        // quota, never an overflow.
+                        let t = (p.t as f64 / share) as u64;
+                        let burst = ((f64::from(p.burst) * share).floor() as u32).max(1);
+                        let keyed = (!q.key.is_global()).then(|| (b.max_keys, MapMetrics::noop()));
+                        QuotaCells::new(Gcra::new(t, burst), keyed)
+                    })
+                    .collect();
+                Some(MemoryStore::new(quotas))
+            }
+            _ => None,
+        };
+        Ok(Store::Redis(Arc::new(RedisBackend::new(
+            cfg, layer, names, fallback,
+        )?)))
     }
 }
