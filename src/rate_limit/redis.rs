@@ -710,3 +710,146 @@ impl Store {
         )?)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The Lua script against [`gcra::step_all`]: the same states through
+    //! both, every answer compared. Needs a `redis-server` binary (skipped,
+    //! saying so, without one; failing under CI), like
+    //! `tests/rate_limit_redis.rs`.
+
+    use super::super::gcra::{self, Gcra, Outcome};
+    use super::SCRIPT;
+
+    /// A throwaway `redis-server` on a free loopback port.
+    struct Server(std::process::Child, u16);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn server() -> Option<Server> {
+        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new(&bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server not found ({bin})"
+            );
+            eprintln!("SKIPPED: redis-server not found ({bin})");
+            return None;
+        };
+        let server = Server(child, port);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    /// xorshift64: a fixed, reproducible sequence.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    // Every duration is a multiple of 1024 ns: the script computes in Lua
+    // numbers (doubles), exact for such values at today's epoch
+    // nanoseconds (below 2^61, spacing 256), so answers must match exactly.
+    const UNIT: u64 = 1024;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn lua_script_matches_the_rust_step_function() {
+        let Some(srv) = server() else { return };
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", srv.1)).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let script = redis::Script::new(SCRIPT);
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let (mut admitted, mut refused) = (0, 0);
+        for case in 0..300 {
+            let n = 1 + (next(&mut rng) % 3) as usize;
+            let quotas: Vec<Gcra> = (0..n)
+                .map(|_| {
+                    let t = UNIT * [1, 977, 976_563][(next(&mut rng) % 3) as usize];
+                    Gcra::new(t, 1 + (next(&mut rng) % 5) as u32)
+                })
+                .collect();
+            let min_burst = quotas.iter().map(|q| q.burst).min().unwrap();
+            let cost = 1 + (next(&mut rng) % u64::from(min_burst)) as u32;
+            let (sec, usec): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+            let base = (sec * 1_000_000_000 + usec * 1000) / UNIT * UNIT;
+            let keys: Vec<String> = (0..n).map(|i| format!("{{x}}:{case}:{i}")).collect();
+            let mut invoke = script.prepare_invoke();
+            invoke.arg(cost);
+            for (q, key) in quotas.iter().zip(&keys) {
+                // Absent, in the past, or up to two bursts ahead of now.
+                let r = next(&mut rng) % 4;
+                if r > 0 {
+                    let ahead = (next(&mut rng) % (2 * q.cap() / UNIT + 1)) * UNIT;
+                    let tat = if r == 1 { base - ahead } else { base + ahead };
+                    let _: () = redis::cmd("SET")
+                        .arg(key)
+                        .arg(tat)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                }
+                invoke.key(key).arg(q.t).arg(q.cap());
+            }
+            let out: Vec<i64> = invoke.invoke_async(&mut conn).await.unwrap();
+            let now = out[1] as u64;
+            let tats: Vec<u64> = (0..n).map(|i| out[3 + 2 * i] as u64).collect();
+            let mut nexts = vec![0; n];
+            let rust = gcra::step_all(&quotas, &tats, &mut nexts, now, cost);
+            let lua_nexts: Vec<u64> = (0..n).map(|i| out[4 + 2 * i] as u64).collect();
+            let ctx = format!("case {case}: {quotas:?} cost {cost} tats {tats:?} now {now}");
+            match rust {
+                Outcome::Admit => {
+                    admitted += 1;
+                    assert_eq!(out[0], 0, "{ctx}");
+                    assert_eq!(lua_nexts, nexts, "{ctx}");
+                    for (key, next) in keys.iter().zip(&nexts) {
+                        let stored: u64 = redis::cmd("GET")
+                            .arg(key)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                        assert_eq!(stored, *next, "{ctx}");
+                    }
+                }
+                Outcome::Refuse { quota, wait } => {
+                    refused += 1;
+                    assert_eq!(out[0], quota as i64 + 1, "{ctx}");
+                    assert_eq!(out[2] as u64, wait, "{ctx}");
+                    // Nothing written: the TATs are reported unchanged.
+                    assert_eq!(lua_nexts, tats, "{ctx}");
+                }
+                Outcome::TooCostly { .. } => unreachable!("cost is within every burst"),
+            }
+        }
+        // Both answers were exercised.
+        assert!(
+            admitted > 50 && refused > 50,
+            "{admitted} admitted, {refused} refused"
+        );
+    }
+}

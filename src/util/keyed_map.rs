@@ -243,3 +243,59 @@ where
         self.metrics.keys.increment(1.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::hash_map::RandomState;
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+
+    struct At(AtomicU64);
+
+    impl Expiring for At {
+        fn idle_at(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    fn map(max: usize) -> KeyedMap<u64, At, RandomState> {
+        KeyedMap::new(max, RandomState::new(), MapMetrics::noop())
+    }
+
+    #[test]
+    fn small_maps_evict_exactly_the_first_to_idle() {
+        let m = map(3);
+        for (k, at) in [(1, 30), (2, 10), (3, 20)] {
+            assert!(m.insert(k, 0, At(AtomicU64::new(at))));
+        }
+        assert!(!m.insert(1, 0, At(AtomicU64::new(99))), "present: unchanged");
+        assert_eq!(m.with(&1, |v| v.idle_at()), Some(30));
+        // Full, nothing idle at 5: key 2 (idle first) goes.
+        m.with_or_insert(4, 5, || At(AtomicU64::new(40)), |_| ());
+        assert_eq!(m.len(), 3);
+        assert!(m.with(&2, |_| ()).is_none());
+        // At 35 keys 1 and 3 are idle: both go to make room for one.
+        assert!(m.insert(5, 35, At(AtomicU64::new(50))));
+        let mut keys = Vec::new();
+        m.for_each(|k, _| keys.push(*k));
+        keys.sort_unstable();
+        assert_eq!(keys, [4, 5]);
+    }
+
+    #[test]
+    fn large_maps_stay_bounded_and_sweep_shard_by_shard() {
+        let m = map(1000);
+        assert!(m.shards.len() > 1);
+        for k in 0..20_000u64 {
+            m.with_or_insert(k, k, || At(AtomicU64::new(k + 500)), |_| ());
+            assert!(m.len() <= 1000);
+        }
+        assert!(m.len() > 900, "{}", m.len());
+        let mut live = 0;
+        m.for_each(|_, v| live += usize::from(v.idle_at() > 19_800));
+        let before = m.len();
+        assert_eq!(m.sweep(19_800), before - live);
+        assert_eq!(m.len(), live);
+    }
+}
