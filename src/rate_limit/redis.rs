@@ -828,12 +828,14 @@ mod tests {
                     assert_eq!(out[0], 0, "{ctx}");
                     assert_eq!(lua_nexts, nexts, "{ctx}");
                     for (key, next) in keys.iter().zip(&nexts) {
-                        let stored: u64 = redis::cmd("GET")
+                        // Written as returned (a key whose bucket is full
+                        // again within its 1ms TTL may already be gone).
+                        let stored: Option<u64> = redis::cmd("GET")
                             .arg(key)
                             .query_async(&mut conn)
                             .await
                             .unwrap();
-                        assert_eq!(stored, *next, "{ctx}");
+                        assert!(stored.is_none_or(|v| v == *next), "{ctx}");
                     }
                 }
                 Outcome::Refuse { quota, wait } => {

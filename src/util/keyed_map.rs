@@ -269,7 +269,10 @@ mod tests {
         for (k, at) in [(1, 30), (2, 10), (3, 20)] {
             assert!(m.insert(k, 0, At(AtomicU64::new(at))));
         }
-        assert!(!m.insert(1, 0, At(AtomicU64::new(99))), "present: unchanged");
+        assert!(
+            !m.insert(1, 0, At(AtomicU64::new(99))),
+            "present: unchanged"
+        );
         assert_eq!(m.with(&1, |v| v.idle_at()), Some(30));
         // Full, nothing idle at 5: key 2 (idle first) goes.
         m.with_or_insert(4, 5, || At(AtomicU64::new(40)), |_| ());
