@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use super::key::{ClientIp, ClientIpHeader, Key, KeyExtractor};
+use super::client_ip::{ClientIp, ClientIpHeader};
+use super::key::{Key, KeyExtractor};
 use super::layer::{MissingKey, RateLimitLayer};
 use super::quota::{Quota, Rate};
 use crate::ConfigError;

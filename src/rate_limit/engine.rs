@@ -19,12 +19,11 @@ use ipnet::IpNet;
 use metrics::Counter;
 
 use super::MAX_QUOTAS;
+use super::client_ip::{ClientIp, parse_cidrs};
 use super::error::RefusalReason;
 use super::gcra::Gcra;
 use super::headers::{HeaderTemplate, Item, Rendered};
-use super::key::{
-    ClientIp, Fingerprinter, Key, KeyExtractor, KeyRef, RequestInfo, fingerprint, parse_cidrs,
-};
+use super::key::{Fingerprinter, Key, KeyExtractor, KeyRef, RequestInfo, fingerprint};
 use super::layer::{CostFn, MissingKey, QuotaState, RateLimitBuilder};
 use super::memory::{MemoryStore, QuotaCells, Slot, Verdict};
 use super::store::Store;
@@ -153,7 +152,7 @@ impl Shared {
         let anonymous = fingerprint(&hasher, KeyRef::Bytes(ANONYMOUS));
         let name_label = [("name", layer.to_string())];
         let allow_ip = (!allow_cidrs.is_empty())
-            .then(|| unmasked(&b.client_ip))
+            .then(|| b.client_ip.unmasked())
             .flatten();
         let shared = Arc::new(Shared {
             name: Arc::clone(&layer),
@@ -594,22 +593,6 @@ impl Shared {
             Some(Decision::Refuse(Box::new(rejection)))
         }
     }
-}
-
-/// `client_ip` without IPv6 prefix masking, when it masks. Whether it masks
-/// is seen from outside: the all-ones IPv6 peer resolves to itself only
-/// unmasked (without forwarding headers, the peer is the client).
-fn unmasked(client_ip: &ClientIp) -> Option<ClientIp> {
-    let mut probe = http::Extensions::new();
-    probe.insert(std::net::SocketAddr::from((
-        std::net::Ipv6Addr::from(u128::MAX),
-        1,
-    )));
-    let peer = IpAddr::from(std::net::Ipv6Addr::from(u128::MAX));
-    let masks = client_ip.resolve(&http::HeaderMap::new(), &probe) != Some(peer);
-    masks
-        .then(|| client_ip.clone().ipv6_prefix(128).ok())
-        .flatten()
 }
 
 fn spawn_sweeper(shared: &Arc<Shared>, every: Duration) {

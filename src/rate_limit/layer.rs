@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use tower::Layer;
 
+use super::client_ip::{ClientIp, parse_cidrs};
 use super::engine::Shared;
-use super::key::{ClientIp, Key, RequestInfo, parse_cidrs};
+use super::key::{Key, RequestInfo};
 use super::quota::Quota;
 use super::store::StoreHealth;
 use super::{MAX_QUOTAS, RateLimit};

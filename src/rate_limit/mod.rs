@@ -136,6 +136,7 @@
 //! | `rate limit store recovered` | `tower_rampart::rate_limit` | INFO | `name`, `from`, `to` (Redis store) |
 //! | `rate limit store call failed` | `tower_rampart::rate_limit` | DEBUG | `name`, `error` (Redis store) |
 
+mod client_ip;
 mod clock;
 #[cfg(feature = "config")]
 mod config;
@@ -160,12 +161,13 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::Service;
 
+pub use client_ip::{ClientIp, ClientIpHeader};
 pub use clock::{TokioClock, TokioInstant};
 #[cfg(feature = "config")]
 pub use config::{FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, StoreConfig};
 pub use error::RefusalReason;
 pub use future::ResponseFuture;
-pub use key::{ClientIp, ClientIpHeader, Key, KeyExtractor, RequestInfo};
+pub use key::{Key, KeyExtractor, RequestInfo};
 pub use layer::{MissingKey, QuotaState, RateLimitBuilder, RateLimitLayer};
 pub use quota::{Quota, Rate};
 #[cfg(feature = "redis")]
