@@ -212,69 +212,85 @@ impl RateLimitBuilder {
         self
     }
 
-    /// Checks the settings and builds the layer.
+    /// Checks the settings and builds the layer (the first problem
+    /// found is returned).
     pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
-        self.validate()?;
+        if let Some(problem) = self.problems().into_iter().next() {
+            return Err(problem);
+        }
         Ok(RateLimitLayer {
             shared: Shared::new(self)?,
             _mode: PhantomData,
         })
     }
 
-    /// Every check [`build`](Self::build) makes that needs no runtime:
-    /// the first problem, named by its key path.
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Every problem with the settings, each named by its key path: the
+    /// checks [`build`](Self::build) makes, without building anything.
+    pub(crate) fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        let mut ok = |r: Result<(), ConfigError>| {
+            if let Err(e) = r {
+                problems.push(e);
+            }
+        };
         if self.name.is_empty() {
-            return Err(ConfigError::new("name", "must not be empty"));
+            ok(Err(ConfigError::new("name", "must not be empty")));
         }
         if self.quotas.is_empty() {
-            return Err(ConfigError::new("quotas", "at least one quota is required"));
+            ok(Err(ConfigError::new(
+                "quotas",
+                "at least one quota is required",
+            )));
         }
         if self.quotas.len() > MAX_QUOTAS {
-            return Err(ConfigError::new(
+            ok(Err(ConfigError::new(
                 "quotas",
                 format!("at most {MAX_QUOTAS} quotas per layer"),
-            ));
+            )));
         }
-        if self.max_keys == 0 {
-            return Err(ConfigError::new("max_keys", "must be greater than 0"));
-        }
-        if self.idle_sweep.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::new("idle_sweep", "must be greater than 0"));
-        }
-        if self.wait.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::new("wait", "must be greater than 0"));
-        }
-        if let Some(d) = self.idle_sweep {
-            at_most("idle_sweep", d, HOUR)?;
-        }
-        if let Some(d) = self.wait {
-            at_most("wait", d, 10 * MINUTE)?;
-        }
-        self.client_ip.validate()?;
-        parse_cidrs(&self.allow_cidrs, "allow_cidrs")?;
         let mut names: Vec<Cow<'_, str>> = Vec::with_capacity(self.quotas.len());
         for (i, q) in self.quotas.iter().enumerate() {
             let at = format!("quotas[{i}]");
-            q.gcra().map_err(|e| e.at(&at))?;
+            ok(q.gcra().map(drop).map_err(|e| e.at(&at)));
             let name = q.display_name();
             if names.contains(&name) {
-                return Err(ConfigError::new(
+                ok(Err(ConfigError::new(
                     "name",
                     format!("`{name}` is already the name of another quota"),
                 )
-                .at(&at));
+                .at(&at)));
             }
             names.push(name);
         }
-        #[cfg(feature = "redis")]
-        if self.redis.is_some() && self.wait.is_some() {
-            return Err(ConfigError::new(
-                "wait",
-                "waiting mode is not available with the redis store",
-            ));
+        if self.max_keys == 0 {
+            ok(Err(ConfigError::new("max_keys", "must be greater than 0")));
         }
-        Ok(())
+        match self.idle_sweep {
+            Some(d) if d.is_zero() => ok(Err(ConfigError::new(
+                "idle_sweep",
+                "must be greater than 0",
+            ))),
+            Some(d) => ok(at_most("idle_sweep", d, HOUR)),
+            None => {}
+        }
+        match self.wait {
+            Some(d) if d.is_zero() => ok(Err(ConfigError::new("wait", "must be greater than 0"))),
+            Some(d) => ok(at_most("wait", d, 10 * MINUTE)),
+            None => {}
+        }
+        ok(self.client_ip.validate());
+        ok(parse_cidrs(&self.allow_cidrs, "allow_cidrs").map(drop));
+        #[cfg(feature = "redis")]
+        if let Some(store) = &self.redis {
+            if self.wait.is_some() {
+                ok(Err(ConfigError::new(
+                    "wait",
+                    "waiting mode is not available with the redis store",
+                )));
+            }
+            problems.extend(store.problems(&self.name));
+        }
+        problems
     }
 }
 

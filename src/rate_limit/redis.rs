@@ -167,6 +167,58 @@ impl RedisStore {
         self.open_duration = d;
         self
     }
+
+    /// Every problem with these settings for layer `layer`, each named by
+    /// its key path (no connection made).
+    pub(crate) fn problems(&self, layer: &str) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            problems.push(ConfigError::new(
+                "store.prefix",
+                "must be non-empty, without `{` or `}`",
+            ));
+        }
+        if layer.contains(['{', '}']) {
+            problems.push(ConfigError::new(
+                "name",
+                "must not contain `{` or `}` with the redis store",
+            ));
+        }
+        if self.timeout.is_zero() {
+            problems.push(ConfigError::new("store.timeout", "must be greater than 0"));
+        }
+        problems.extend(
+            crate::config_util::at_most("store.timeout", self.timeout, crate::config_util::MINUTE)
+                .err(),
+        );
+        problems.extend(
+            crate::config_util::at_most(
+                "store.open_duration",
+                self.open_duration,
+                crate::config_util::HOUR,
+            )
+            .err(),
+        );
+        if self.trip_after == 0 {
+            problems.push(ConfigError::new(
+                "store.trip_after",
+                "must be greater than 0",
+            ));
+        }
+        if let FailurePolicy::Fallback { share } = self.failure {
+            if !(share > 0.0 && share <= 1.0) {
+                problems.push(ConfigError::new(
+                    "store.fallback_share",
+                    "must be in (0, 1]",
+                ));
+            }
+        }
+        // Parsing only: no connection is made.
+        if let Err(e) = redis::Client::open(self.url.as_str()) {
+            problems.push(ConfigError::new("store.url", e.to_string()));
+        }
+        problems
+    }
 }
 
 const SCRIPT: &str = r"
@@ -315,40 +367,8 @@ impl RedisBackend {
         quota_names: &[String],
         fallback: Option<MemoryStore>,
     ) -> Result<Self, ConfigError> {
-        if cfg.prefix.is_empty() || cfg.prefix.contains(['{', '}']) {
-            return Err(ConfigError::new(
-                "store.prefix",
-                "must be non-empty, without `{` or `}`",
-            ));
-        }
-        if layer.contains(['{', '}']) {
-            return Err(ConfigError::new(
-                "name",
-                "must not contain `{` or `}` with the redis store",
-            ));
-        }
-        if cfg.timeout.is_zero() {
-            return Err(ConfigError::new("store.timeout", "must be greater than 0"));
-        }
-        crate::config_util::at_most("store.timeout", cfg.timeout, crate::config_util::MINUTE)?;
-        crate::config_util::at_most(
-            "store.open_duration",
-            cfg.open_duration,
-            crate::config_util::HOUR,
-        )?;
-        if cfg.trip_after == 0 {
-            return Err(ConfigError::new(
-                "store.trip_after",
-                "must be greater than 0",
-            ));
-        }
-        if let FailurePolicy::Fallback { share } = cfg.failure {
-            if !(share > 0.0 && share <= 1.0) {
-                return Err(ConfigError::new(
-                    "store.fallback_share",
-                    "must be in (0, 1]",
-                ));
-            }
+        if let Some(problem) = cfg.problems(layer).into_iter().next() {
+            return Err(problem);
         }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ConfigError::new(
