@@ -1,5 +1,7 @@
 //! `serde` configuration (feature `config`).
 
+// Over ~500 lines because of its tests (about 250), one per key path.
+
 use std::time::Duration;
 
 use super::client_ip::{ClientIp, ClientIpHeader};

@@ -65,7 +65,9 @@ pub(crate) struct Shared {
     allowlisted: Counter,
 }
 
-/// One request's quota slots.
+/// One request's quota slots: a fixed array of [`MAX_QUOTAS`], so deciding
+/// a request allocates nothing (the crate's happy-path rule, not a speed
+/// trick).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Slots {
     pub(crate) slots: [Slot; MAX_QUOTAS],

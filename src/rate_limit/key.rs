@@ -78,9 +78,12 @@ impl Key {
 /// allocation, and not predictable by a client.
 ///
 /// IPv4 addresses (the common client-IP key) go through a seeded bijection
-/// (xor, odd multiply, murmur3's finaliser): distinct addresses never
-/// collide, and it costs a few instructions instead of a SipHash. Everything
-/// else is SipHash-1-3 (`RandomState`).
+/// (xor, odd multiply, murmur3's finaliser) so that distinct addresses
+/// never collide: two IPv4 clients never share a bucket, whatever their
+/// number. That guarantee is why it is kept; no bench row isolates its
+/// speed against SipHash. Everything else is SipHash-1-3 (`RandomState`),
+/// whose 64-bit collisions are unpredictable (per-layer random seed) and
+/// rare (about 3 in 10^8 at 10^6 keys).
 #[derive(Debug, Clone)]
 pub(crate) struct Fingerprinter {
     sip: RandomState,

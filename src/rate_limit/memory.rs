@@ -16,6 +16,9 @@
 //! already committed and the transaction starts again, so a refused
 //! request consumes from no quota.
 
+// Over ~500 lines because of its tests (about 170), among them the
+// two-thread all-or-nothing check.
+
 use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +30,8 @@ use super::MAX_QUOTAS;
 use super::gcra::{self, Gcra, Outcome, Step};
 use crate::util::keyed_map::{Expiring, KeyedMap, MapMetrics};
 
-/// The fingerprints are already uniform: the map hashes them as they are.
+/// The fingerprints are already seeded hashes (see `key::Fingerprinter`):
+/// the table uses them as they are rather than hashing a hash again.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct IdHasher(u64);
 
