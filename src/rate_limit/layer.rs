@@ -33,7 +33,7 @@ pub enum MissingKey {
     /// The quota does not apply to the request.
     Allow,
     /// Refused with HTTP 400 / gRPC `INVALID_ARGUMENT`
-    /// ([`RejectionKind::InvalidRequest`]).
+    /// ([`RejectionKind::InvalidRequest`](crate::RejectionKind::InvalidRequest)).
     Reject,
 }
 
@@ -326,7 +326,7 @@ impl RateLimitLayer {
         RateLimitBuilder::default()
     }
 
-    /// Refusals become errors (a boxed [`Rejection`]) instead of responses.
+    /// Refusals become errors (a boxed [`Rejection`](crate::Rejection)) instead of responses.
     pub fn into_error_mode(self) -> RateLimitLayer<ErrorMode> {
         RateLimitLayer {
             shared: self.shared,
