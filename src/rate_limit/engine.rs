@@ -25,9 +25,8 @@ use super::gcra::Gcra;
 use super::headers::{HeaderTemplate, Item, Rendered};
 use super::key::{Fingerprinter, Key, KeyExtractor, KeyRef, RequestInfo, fingerprint};
 use super::layer::{CostFn, MissingKey, QuotaState, RateLimitBuilder};
-use super::memory::{MemoryStore, QuotaCells, Slot, Verdict};
+use super::memory::{MemoryStore, Slot, Verdict};
 use super::store::Store;
-use crate::util::keyed_map::MapMetrics;
 use crate::{ConfigError, Rejection, RejectionKind};
 
 /// Per-quota data the layer needs besides the store.
@@ -110,31 +109,12 @@ impl Shared {
         for (i, q) in b.quotas.iter().enumerate() {
             params.push(q.gcra().map_err(|e| e.at(&format!("quotas[{i}]")))?);
         }
-        #[cfg(feature = "redis")]
-        let remote = b.redis.is_some();
-        #[cfg(not(feature = "redis"))]
-        let remote = false;
+        let store = Store::new(&b, &layer, &names, &params)?;
         let infos = names
             .iter()
             .zip(&b.quotas)
-            .map(|(qname, q)| QuotaInfo::new(&layer, qname, q.key.clone(), remote))
+            .map(|(qname, q)| QuotaInfo::new(&layer, qname, q.key.clone(), store.is_remote()))
             .collect();
-        let store = match () {
-            #[cfg(feature = "redis")]
-            () if b.redis.is_some() => Store::redis(&b, &layer, &names, &params)?,
-            () => Store::Memory(MemoryStore::new(
-                names
-                    .iter()
-                    .zip(&b.quotas)
-                    .zip(&params)
-                    .map(|((qname, q), gcra)| {
-                        let keyed =
-                            (!q.key.is_global()).then(|| (b.max_keys, key_metrics(&layer, qname)));
-                        QuotaCells::new(*gcra, keyed)
-                    })
-                    .collect(),
-            )),
-        };
         let headers = HeaderTemplate::new(
             &names
                 .iter()
@@ -187,28 +167,6 @@ impl Shared {
 
 /// The key of requests without one under [`MissingKey::Anonymous`].
 pub(crate) const ANONYMOUS: &[u8] = b"\0tower-rampart anonymous\0";
-
-/// The key table's metrics of quota `quota` of layer `layer`.
-fn key_metrics(layer: &str, quota: &str) -> MapMetrics {
-    let evicted = |reason: &str| {
-        metrics::counter!(
-            "rampart_rate_limit_evictions_total",
-            &[
-                ("name", layer.to_owned()),
-                ("quota", quota.to_owned()),
-                ("reason", reason.to_owned()),
-            ]
-        )
-    };
-    MapMetrics {
-        keys: metrics::gauge!(
-            "rampart_rate_limit_keys",
-            &[("name", layer.to_owned()), ("quota", quota.to_owned())]
-        ),
-        evicted_idle: evicted("idle"),
-        evicted_capacity: evicted("capacity"),
-    }
-}
 
 impl QuotaInfo {
     fn new(layer: &str, qname: &str, key: KeyExtractor, remote: bool) -> Self {

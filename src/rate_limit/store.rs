@@ -1,9 +1,14 @@
 //! Where quota state lives: in this process ([`MemoryStore`]) or in Redis
 //! (feature `redis`), and how an operator sees the store's health.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::memory::MemoryStore;
+use super::gcra::Gcra;
+use super::layer::RateLimitBuilder;
+use super::memory::{MemoryStore, QuotaCells};
+use crate::ConfigError;
+use crate::util::keyed_map::MapMetrics;
 
 /// The store a layer decides with.
 pub(crate) enum Store {
@@ -16,6 +21,36 @@ pub(crate) enum Store {
 }
 
 impl Store {
+    /// The store of a checked builder: Redis if it names one, else this
+    /// process's memory, each quota with `params` (keyed quotas get a table
+    /// of at most `max_keys` keys, with their metrics).
+    pub(crate) fn new(
+        b: &RateLimitBuilder,
+        layer: &Arc<str>,
+        names: &[String],
+        params: &[Gcra],
+    ) -> Result<Self, ConfigError> {
+        #[cfg(feature = "redis")]
+        if b.redis.is_some() {
+            return Store::redis(b, layer, names, params);
+        }
+        let quotas = names
+            .iter()
+            .zip(&b.quotas)
+            .zip(params)
+            .map(|((name, q), gcra)| {
+                let keyed = (!q.key.is_global()).then(|| (b.max_keys, key_metrics(layer, name)));
+                QuotaCells::new(*gcra, keyed)
+            })
+            .collect();
+        Ok(Store::Memory(MemoryStore::new(quotas)))
+    }
+
+    /// Whether the state lives outside this process.
+    pub(crate) fn is_remote(&self) -> bool {
+        !matches!(self, Store::Memory(_))
+    }
+
     /// The in-process tables this store keeps (the Redis store: its
     /// fallback's, if it has one).
     fn tables(&self) -> Option<&MemoryStore> {
@@ -54,6 +89,28 @@ impl Store {
                 remote: Some(r.breaker().clone()),
             },
         }
+    }
+}
+
+/// The key table's metrics of quota `quota` of layer `layer`.
+fn key_metrics(layer: &str, quota: &str) -> MapMetrics {
+    let evicted = |reason: &str| {
+        metrics::counter!(
+            "rampart_rate_limit_evictions_total",
+            &[
+                ("name", layer.to_owned()),
+                ("quota", quota.to_owned()),
+                ("reason", reason.to_owned()),
+            ]
+        )
+    };
+    MapMetrics {
+        keys: metrics::gauge!(
+            "rampart_rate_limit_keys",
+            &[("name", layer.to_owned()), ("quota", quota.to_owned())]
+        ),
+        evicted_idle: evicted("idle"),
+        evicted_capacity: evicted("capacity"),
     }
 }
 
