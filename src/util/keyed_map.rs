@@ -36,7 +36,7 @@ pub(crate) const EVICTION_SAMPLE: usize = 16;
 const MAX_SHARDS: usize = 64;
 
 /// Fewest entries a shard is given before the map is split further.
-const MIN_SHARD_CAP: usize = 32;
+const MIN_SHARD_CAP: usize = 16;
 
 /// A value that becomes idle at some instant of the owner's clock.
 pub(crate) trait Expiring {
