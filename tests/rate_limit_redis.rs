@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use tower::{Service, ServiceExt, service_fn};
-use tower_rampart::circuit_breaker::CircuitState;
 use tower_rampart::rate_limit::{
-    FailurePolicy, KeyExtractor, Quota, RateLimitConfig, RateLimitLayer, RedisStore,
+    FailurePolicy, KeyExtractor, Quota, RateLimitConfig, RateLimitLayer, RedisStore, StoreState,
 };
 
 const REDIS: &str = "/usr/bin/redis-server";
@@ -327,7 +326,8 @@ async fn outage(policy: FailurePolicy, during: &[u16], path: &str) {
     let l = metrics::with_local_recorder(&recorder, || {
         layer(&redis.url(), &[per_key("2/h", 2)], policy)
     });
-    let breaker = l.redis_breaker().unwrap();
+    let health = l.store_health();
+    assert!(health.is_remote());
     let mut s = svc(&l);
     assert_eq!(status(&mut s, "k").await, 200);
     assert_eq!(status(&mut s, "k").await, 200);
@@ -338,7 +338,7 @@ async fn outage(policy: FailurePolicy, during: &[u16], path: &str) {
         seen.push(status(&mut s, "k").await);
     }
     assert_eq!(seen, during, "{policy:?}");
-    assert_eq!(breaker.state(), CircuitState::Open, "{policy:?}");
+    assert_eq!(health.state(), StoreState::Unavailable, "{policy:?}");
     // Open: requests do not wait for Redis, and the policy still holds.
     assert_eq!(status(&mut s, "k").await, *during.last().unwrap());
     // Every decision during the outage took the policy's path.
@@ -366,7 +366,7 @@ async fn outage(policy: FailurePolicy, during: &[u16], path: &str) {
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let st = status(&mut s, "fresh").await;
-        if breaker.state() == CircuitState::Closed && st == 200 {
+        if health.state() == StoreState::Available && st == 200 {
             break;
         }
         assert!(
@@ -665,7 +665,7 @@ async fn fail_closed_refusal_is_counted_and_waits_for_the_breaker() {
         assert!(res.header("ratelimit").is_none());
         assert!(res.body.contains("the rate limit store is unavailable"));
     }
-    assert_eq!(l.redis_breaker().unwrap().state(), CircuitState::Open);
+    assert_eq!(l.store_health().state(), StoreState::Unavailable);
     // Dry run: refused only on paper.
     assert_eq!(send_cost(&mut d, "k", 1).await.status(), 200);
     // Counted like every refusal, by the first quota of the request.

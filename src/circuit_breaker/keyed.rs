@@ -1,11 +1,11 @@
 //! Keyed breakers: one breaker per upstream host, route or tenant.
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 
 use tokio::time::Instant;
 use tower::Layer;
@@ -13,20 +13,44 @@ use tower::Layer;
 use super::handle::CircuitBreakerHandle;
 use super::state::{Breaker, Settings};
 use crate::rejection::{ErrorMode, HttpMode};
+use crate::util::keyed_map::{Expiring, KeyedMap, MapMetrics};
 
 struct Entry {
     breaker: Breaker,
-    last_used: AtomicU64,
+    /// When the key has been unused for `key_idle_timeout` (nanoseconds
+    /// since the layer's epoch); pushed back on every use.
+    idle_at: AtomicU64,
+}
+
+impl Expiring for Entry {
+    fn idle_at(&self) -> u64 {
+        self.idle_at.load(Ordering::Relaxed)
+    }
 }
 
 pub(crate) struct KeyedShared<K> {
     settings: Arc<Settings>,
-    map: RwLock<HashMap<K, Entry>>,
+    /// Bounded by `max_keys`; a full shard evicts the idle keys of a
+    /// sample, else its least recently used key (see `util::keyed_map`).
+    map: KeyedMap<K, Entry, RandomState>,
     epoch: Instant,
     last_sweep: AtomicU64,
 }
 
 impl<K: Hash + Eq + Clone> KeyedShared<K> {
+    pub(crate) fn new(settings: Arc<Settings>) -> Self {
+        Self {
+            map: KeyedMap::new(
+                settings.config.max_keys,
+                RandomState::new(),
+                MapMetrics::noop(),
+            ),
+            settings,
+            epoch: Instant::now(),
+            last_sweep: AtomicU64::new(0),
+        }
+    }
+
     fn now(&self) -> u64 {
         u64::try_from(
             Instant::now()
@@ -39,47 +63,36 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
     /// The breaker of `key`, created on first use.
     pub(crate) fn breaker(&self, key: K) -> Breaker {
         let now = self.now();
+        let idle =
+            u64::try_from(self.settings.config.key_idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let idle_at = now.saturating_add(idle);
+        let touch = |e: &Entry| {
+            e.idle_at.store(idle_at, Ordering::Relaxed);
+            e.breaker.clone()
+        };
+        if let Some(b) = self.map.with(&key, touch) {
+            return b;
+        }
+        // A new key: first drop the keys idle for the timeout, at most once
+        // per timeout (one shard lock at a time).
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= idle
+            && self
+                .last_sweep
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
-            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = map.get(&key) {
-                e.last_used.store(now, Ordering::Relaxed);
-                return e.breaker.clone();
-            }
+            self.map.sweep(now);
         }
-        let cfg = &self.settings.config;
-        let idle = u64::try_from(cfg.key_idle_timeout.as_nanos()).unwrap_or(u64::MAX);
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = map.get(&key) {
-            e.last_used.store(now, Ordering::Relaxed);
-            return e.breaker.clone();
-        }
-        let due = now.saturating_sub(self.last_sweep.load(Ordering::Relaxed)) >= idle;
-        if due || map.len() >= cfg.max_keys {
-            map.retain(|_, e| now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle);
-            self.last_sweep.store(now, Ordering::Relaxed);
-        }
-        while map.len() >= cfg.max_keys {
-            // Still full of recently used keys: drop the least recently used.
-            let oldest = map
-                .iter()
-                .min_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed))
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => {
-                    map.remove(&k);
-                }
-                None => break,
-            }
-        }
-        let breaker = Breaker::new(self.settings.clone(), 1);
-        map.insert(
+        self.map.with_or_insert(
             key,
-            Entry {
-                breaker: breaker.clone(),
-                last_used: AtomicU64::new(now),
+            now,
+            || Entry {
+                breaker: Breaker::new(self.settings.clone(), 1),
+                idle_at: AtomicU64::new(idle_at),
             },
-        );
-        breaker
+            touch,
+        )
     }
 }
 
@@ -131,15 +144,10 @@ impl<K, KF, M> fmt::Debug for KeyedCircuitBreakerLayer<K, KF, M> {
     }
 }
 
-impl<K, KF> KeyedCircuitBreakerLayer<K, KF> {
+impl<K: Hash + Eq + Clone, KF> KeyedCircuitBreakerLayer<K, KF> {
     pub(crate) fn new(settings: Arc<Settings>, key_fn: KF) -> Self {
         Self {
-            shared: Arc::new(KeyedShared {
-                settings,
-                map: RwLock::new(HashMap::new()),
-                epoch: Instant::now(),
-                last_sweep: AtomicU64::new(0),
-            }),
+            shared: Arc::new(KeyedShared::new(settings)),
             key_fn,
             _mode: PhantomData,
         }
@@ -196,24 +204,21 @@ impl<K> fmt::Debug for KeyedCircuitBreakerHandle<K> {
 impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     /// The handle of `key`'s breaker, if it exists now.
     pub fn get(&self, key: &K) -> Option<CircuitBreakerHandle> {
-        let map = self.shared.map.read().unwrap_or_else(|e| e.into_inner());
-        map.get(key)
-            .map(|e| CircuitBreakerHandle::new(e.breaker.core().clone()))
+        self.shared
+            .map
+            .with(key, |e| CircuitBreakerHandle::new(e.breaker.core().clone()))
     }
 
     /// The keys that have a breaker now.
     pub fn keys(&self) -> Vec<K> {
-        let map = self.shared.map.read().unwrap_or_else(|e| e.into_inner());
-        map.keys().cloned().collect()
+        let mut keys = Vec::with_capacity(self.shared.map.len());
+        self.shared.map.for_each(|k, _| keys.push(k.clone()));
+        keys
     }
 
     /// How many keys have a breaker now.
     pub fn len(&self) -> usize {
-        self.shared
-            .map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.shared.map.len()
     }
 
     /// Whether no key has a breaker.

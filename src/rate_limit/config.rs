@@ -1,9 +1,12 @@
 //! `serde` configuration (feature `config`).
 
+// Over ~500 lines because of its tests (about 250), one per key path.
+
 use std::time::Duration;
 
-use super::key::{ClientIp, ClientIpHeader, Key, KeyExtractor};
-use super::layer::{MissingKey, RateLimitLayer};
+use super::client_ip::{ClientIp, ClientIpHeader};
+use super::key::{Key, KeyExtractor};
+use super::layer::{MissingKey, RateLimitBuilder, RateLimitLayer};
 use super::quota::{Quota, Rate};
 use crate::ConfigError;
 
@@ -185,43 +188,123 @@ fn idle_sweep<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>
 
 impl RateLimitConfig {
     /// Validates the config and builds the layer; errors name the field
-    /// (`quotas[1].rate`).
+    /// (`quotas[1].rate`). The first problem [`validate`](Self::validate)
+    /// reports is the one returned.
     pub fn build(&self) -> Result<RateLimitLayer, ConfigError> {
-        self.check_store_durations()?;
+        let (builder, mut problems) = self.builder();
+        if problems.is_empty() {
+            builder.build()
+        } else {
+            Err(problems.swap_remove(0))
+        }
+    }
+
+    /// Checks every setting without building anything (no metrics
+    /// registered, no task spawned, no Redis connection, no runtime needed)
+    /// and reports every problem, each named by its key path relative to
+    /// this section (`quotas[1].burst`, `store.timeout`).
+    ///
+    /// ```
+    /// # #[cfg(feature = "config")] {
+    /// use tower_rampart::rate_limit::RateLimitConfig;
+    ///
+    /// let config: RateLimitConfig = serde_json::from_str(r#"{
+    ///     "quotas": [{ "rate": "ten/s" }, { "rate": "5/s", "burst": 0, "name": "b" }],
+    ///     "max_keys": 0
+    /// }"#).unwrap();
+    /// let problems = config.validate().unwrap_err();
+    /// let fields: Vec<&str> = problems.iter().map(|e| e.field()).collect();
+    /// assert_eq!(fields, ["quotas[0].rate", "quotas[1].burst", "max_keys"]);
+    /// # }
+    /// ```
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let (builder, mut problems) = self.builder();
+        problems.extend(builder.problems());
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The builder this section describes, and the problems met turning
+    /// it into one (a setting with a problem is left at its default, so
+    /// the builder's own checks still run on the rest).
+    fn builder(&self) -> (RateLimitBuilder, Vec<ConfigError>) {
+        let mut problems: Vec<ConfigError> = Vec::new();
         let mut b = RateLimitLayer::builder();
         if let Some(name) = &self.name {
             b = b.name(name.clone());
         }
         for (i, q) in self.quotas.iter().enumerate() {
             let at = format!("quotas[{i}]");
-            let rate: Rate = q
-                .rate
-                .parse()
-                .map_err(|e: String| ConfigError::new("rate", e).at(&at))?;
+            let rate = match q.rate.parse::<Rate>() {
+                Ok(rate) => rate,
+                Err(e) => {
+                    problems.push(ConfigError::new("rate", e).at(&at));
+                    // Stands in for the broken rate, so the quota's other
+                    // settings are still checked.
+                    Rate::per_second(1)
+                }
+            };
             let mut quota = Quota::new(rate);
             if let Some(burst) = q.burst {
                 quota = quota.burst(burst);
             }
             if let Some(key) = &q.key {
-                quota = quota.key(key.parse::<KeyExtractor>().map_err(|e| e.at(&at))?);
+                match key.parse::<KeyExtractor>() {
+                    Ok(key) => quota = quota.key(key),
+                    Err(e) => {
+                        problems.push(e.at(&at));
+                        // A stand-in name: the broken key must not also
+                        // read as a second quota named `global`.
+                        quota = quota.name(at.clone());
+                    }
+                }
             }
             if let Some(name) = &q.name {
                 quota = quota.name(name.clone());
             }
             b = b.quota(quota);
         }
-        let mut ip = ClientIp::new().trusted_proxies(&self.trusted_proxies)?;
+        let mut ip = ClientIp::new();
+        match ip.clone().trusted_proxies(&self.trusted_proxies) {
+            Ok(with) => ip = with,
+            Err(e) => problems.push(e),
+        }
         if let Some(h) = &self.client_ip_header {
-            ip = ip.header(h.parse::<ClientIpHeader>()?);
+            match h.parse::<ClientIpHeader>() {
+                Ok(h) => ip = ip.header(h),
+                Err(e) => problems.push(e),
+            }
         }
         if let Some(h) = self.max_hops {
-            ip = ip.max_hops(h)?;
+            match ip.clone().max_hops(h) {
+                Ok(with) => ip = with,
+                Err(e) => problems.push(e),
+            }
         }
         if let Some(p) = self.ipv6_prefix {
-            ip = ip.ipv6_prefix(p)?;
+            match ip.clone().ipv6_prefix(p) {
+                Ok(with) => ip = with,
+                Err(e) => problems.push(e),
+            }
+        }
+        let ip_ok = problems.iter().all(|e| {
+            ![
+                "trusted_proxies",
+                "client_ip_header",
+                "max_hops",
+                "ipv6_prefix",
+            ]
+            .iter()
+            .any(|f| e.field().starts_with(f))
+        });
+        if ip_ok {
+            // A half-set client IP would add a second, misleading problem.
+            b = b.client_ip(ip);
         }
         b = b
-            .client_ip(ip)
             .missing_key(self.missing_key)
             .idle_sweep(match self.idle_sweep {
                 None => Some(Duration::from_secs(60)),
@@ -247,10 +330,15 @@ impl RateLimitConfig {
                 let failure = match r.failure {
                     FailureConfig::FailOpen => FailurePolicy::FailOpen,
                     FailureConfig::FailClosed => FailurePolicy::FailClosed,
-                    FailureConfig::Fallback => FailurePolicy::Fallback {
-                        share: r.fallback_share.ok_or_else(|| {
-                            ConfigError::new("store.fallback_share", "required with `fallback`")
-                        })?,
+                    FailureConfig::Fallback => match r.fallback_share {
+                        Some(share) => FailurePolicy::Fallback { share },
+                        None => {
+                            problems.push(ConfigError::new(
+                                "store.fallback_share",
+                                "required with `fallback`",
+                            ));
+                            FailurePolicy::FailOpen
+                        }
                     },
                 };
                 let mut store = RedisStore::new(r.url.clone()).failure_policy(failure);
@@ -269,14 +357,12 @@ impl RateLimitConfig {
                 b = b.redis(store);
             }
             #[cfg(not(feature = "redis"))]
-            StoreConfig::Redis(_) => {
-                return Err(ConfigError::new(
-                    "store",
-                    "the redis store needs the `redis` feature",
-                ));
-            }
+            StoreConfig::Redis(_) => problems.push(ConfigError::new(
+                "store",
+                "the redis store needs the `redis` feature",
+            )),
         }
-        b.build()
+        (b, problems)
     }
 }
 
@@ -425,5 +511,71 @@ mod tests {
         )
         .unwrap();
         assert!(c.build().is_ok());
+    }
+
+    #[test]
+    fn validate_reports_every_problem_and_builds_nothing() {
+        let c: RateLimitConfig = serde_json::from_str(
+            r#"{"name":"","quotas":[{"rate":"ten/s","key":"cookie"},{"rate":"1/s","burst":0}],
+                "trusted_proxies":["10.0.0.0/99"],"client_ip_header":"x-real-ip",
+                "max_keys":0,"wait":"11m","allow_cidrs":["x"]}"#,
+        )
+        .unwrap();
+        let fields: Vec<String> = c
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.field().to_owned())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "quotas[0].rate",
+                "quotas[0].key",
+                "trusted_proxies[0]",
+                "name",
+                "quotas[1].burst",
+                "max_keys",
+                "wait",
+                "allow_cidrs[0]",
+            ]
+        );
+        // The first one is what `build` returns.
+        assert_eq!(c.build().unwrap_err().field(), "quotas[0].rate");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn validate_needs_no_runtime_and_no_connection() {
+        // No tokio runtime here: building would fail, checking must not.
+        let c: RateLimitConfig = serde_json::from_str(
+            r#"{"quotas":[{"rate":"1/s"}],"store":{"type":"redis","url":"redis://127.0.0.1:1/",
+                "failure":"fallback","fallback_share":0.5}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.build().unwrap_err().field(), "store");
+        let bad: RateLimitConfig = serde_json::from_str(
+            r#"{"name":"a{b}","quotas":[{"rate":"1/s"}],"store":{"type":"redis","url":"nope://",
+                "prefix":"","timeout":"0s","trip_after":0,"failure":"fallback","fallback_share":2.0}}"#,
+        )
+        .unwrap();
+        let fields: Vec<String> = bad
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.field().to_owned())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "store.prefix",
+                "name",
+                "store.timeout",
+                "store.trip_after",
+                "store.fallback_share",
+                "store.url",
+            ]
+        );
     }
 }

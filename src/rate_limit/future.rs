@@ -11,8 +11,8 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
+use super::engine::{Decision, Shared, Slots};
 use super::headers::Rendered;
-use super::layer::{Decision, Shared, Slots};
 use crate::Rejection;
 use crate::rejection::Mode;
 
@@ -157,7 +157,7 @@ where
                     let context = *context;
                     ready!(waiting.sleep.as_mut().poll(cx));
                     let waiting = &mut **waiting;
-                    let decision = match waiting.shared.acquire(&mut waiting.slots, true) {
+                    let decision = match waiting.shared.acquire(&mut waiting.slots) {
                         Decision::Wait { wait, quota, .. }
                             if Instant::now() + wait > waiting.deadline =>
                         {

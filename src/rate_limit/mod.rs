@@ -1,5 +1,5 @@
-//! Rate limiting on `governor`'s GCRA: keyed, several quotas at once,
-//! bounded memory, honest headers.
+//! Rate limiting with GCRA (the algorithm of `governor` and redis-cell):
+//! keyed, several quotas at once, bounded memory, honest headers.
 //!
 //! A [`RateLimitLayer`] holds one or more [`Quota`]s (`10 per second per
 //! client IP, burst 20` and `1000 per second overall`). A request is admitted
@@ -100,7 +100,8 @@
 //! few hundred nanoseconds. Each call has a short timeout and a circuit
 //! breaker guards the connection; when Redis is slow or down a
 //! [`FailurePolicy`] admits, refuses, or limits in process with a share of
-//! each quota. See [`RedisStore`].
+//! each quota. See [`RedisStore`]; [`RateLimitLayer::store_health`] tells
+//! whether Redis answers.
 //!
 //! # Other modes
 //!
@@ -125,7 +126,7 @@
 //! | `rampart_rate_limit_refused_total` | counter | `name`, `quota`, `reason` | requests refused; `reason` is `exhausted`, `too-costly`, `missing-key` or `store-unavailable` (Redis store, fail closed) |
 //! | `rampart_rate_limit_dry_run_refusals_total` | counter | `name`, `quota`, `reason` | requests dry-run mode would have refused |
 //! | `rampart_rate_limit_allowlisted_total` | counter | `name` | requests let through by the allow-lists |
-//! | `rampart_rate_limit_keys` | gauge | `name`, `quota` | keys tracked by a keyed quota |
+//! | `rampart_rate_limit_keys` | gauge | `name`, `quota` | keys tracked by a keyed quota (in-process store) |
 //! | `rampart_rate_limit_evictions_total` | counter | `name`, `quota`, `reason` | keys evicted; `reason` is `idle` or `capacity` |
 //! | `rampart_rate_limit_decisions_total` | counter | `name`, `path` | Redis store only: decisions by path, `redis`, `fallback`, `fail_open` or `fail_closed` |
 //!
@@ -136,13 +137,26 @@
 //! | `rate limit store recovered` | `tower_rampart::rate_limit` | INFO | `name`, `from`, `to` (Redis store) |
 //! | `rate limit store call failed` | `tower_rampart::rate_limit` | DEBUG | `name`, `error` (Redis store) |
 
+// The rooms, for a newcomer: `layer.rs` the layer and its builder (the
+// checks); `engine.rs` the shared state and the decision for a request;
+// `future.rs` the response future; `gcra.rs` the arithmetic (pure);
+// `store.rs` where state lives (`Store`: in process or Redis) and its
+// health; `memory.rs` the in-process store on the shared bounded
+// `util::keyed_map`; `redis.rs` the Redis store and its Lua script;
+// `key.rs` key extractors and fingerprints; `client_ip.rs` the
+// trusted-proxy walk; `quota.rs`, `headers.rs`, `error.rs`, `config.rs`.
+mod client_ip;
+mod clock;
 #[cfg(feature = "config")]
 mod config;
+mod engine;
 mod error;
 mod future;
+mod gcra;
 pub mod headers;
 mod key;
 mod layer;
+mod memory;
 mod quota;
 #[cfg(feature = "redis")]
 mod redis;
@@ -156,20 +170,25 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::Service;
 
+pub use client_ip::{ClientIp, ClientIpHeader};
+pub use clock::{TokioClock, TokioInstant};
 #[cfg(feature = "config")]
 pub use config::{FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, StoreConfig};
 pub use error::RefusalReason;
 pub use future::ResponseFuture;
-pub use key::{ClientIp, ClientIpHeader, Key, KeyExtractor, RequestInfo};
-pub use layer::{MAX_QUOTAS, MissingKey, QuotaState, RateLimitBuilder, RateLimitLayer};
+pub use key::{Key, KeyExtractor, RequestInfo};
+pub use layer::{MissingKey, QuotaState, RateLimitBuilder, RateLimitLayer};
 pub use quota::{Quota, Rate};
 #[cfg(feature = "redis")]
 pub use redis::{FailurePolicy, RedisStore};
-pub use store::{TokioClock, TokioInstant};
+pub use store::{StoreHealth, StoreState};
 
+use self::engine::{Decision, Shared};
 use self::future::Waiting;
-use self::layer::{Decision, Shared};
 use crate::rejection::{HttpMode, Mode};
+
+/// The most quotas one layer may have.
+pub const MAX_QUOTAS: usize = 8;
 
 /// The rate-limited service made by [`RateLimitLayer`].
 ///

@@ -222,6 +222,15 @@ impl Quota {
             .unwrap_or_else(|| Cow::Owned(self.key.default_name()))
     }
 
+    /// The quota's GCRA parameters (checked as [`governor_quota`] checks).
+    ///
+    /// [`governor_quota`]: Self::governor_quota
+    pub(crate) fn gcra(&self) -> Result<super::gcra::Gcra, ConfigError> {
+        let q = self.governor_quota()?;
+        let t = u64::try_from(q.replenish_interval().as_nanos()).unwrap_or(u64::MAX);
+        Ok(super::gcra::Gcra::new(t, q.burst_size().get()))
+    }
+
     pub(crate) fn governor_quota(&self) -> Result<governor::Quota, ConfigError> {
         self.rate.validate()?;
         let burst = std::num::NonZeroU32::new(self.burst_size())

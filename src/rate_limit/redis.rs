@@ -45,6 +45,11 @@
 //! WARN when leaving Redis, INFO when back) and counted in
 //! `rampart_rate_limit_decisions_total{name, path}`.
 
+// Over ~500 lines: the store's settings, its Lua script, the connection
+// behind a breaker, the layer's side of a remote decision, and the test
+// that runs the script against `gcra.rs` (about 150 lines) read as one
+// unit, all behind the `redis` feature.
+
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
@@ -56,12 +61,17 @@ use metrics::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tower::{BoxError, Service};
 
-use super::key::KeyRef;
-use super::layer::Slots;
-use super::store::{Measured, MemoryStore, Verdict};
+use super::engine::{ANONYMOUS, Decision, Shared, Slots};
+use super::error::RefusalReason;
+use super::gcra::Gcra;
+use super::key::{KeyRef, RequestInfo};
+use super::layer::RateLimitBuilder;
+use super::memory::{Measured, MemoryStore, QuotaCells, Verdict};
+use super::store::Store;
 use crate::ConfigError;
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer};
 use crate::rejection::ErrorMode;
+use crate::util::keyed_map::MapMetrics;
 
 /// What the rate limit does when Redis cannot answer in time (down, slow,
 /// or the breaker guarding it is open).
@@ -94,7 +104,7 @@ pub enum FailurePolicy {
 /// again. The layer must be built inside a tokio runtime (the connection,
 /// a multiplexed `ConnectionManager`, is made lazily and reconnects by
 /// itself). A circuit breaker named `<layer>-redis` guards it
-/// ([`RateLimitLayer::redis_breaker`](super::RateLimitLayer::redis_breaker)).
+/// ([`RateLimitLayer::store_health`](super::RateLimitLayer::store_health)).
 ///
 /// ```
 /// use std::time::Duration;
@@ -161,6 +171,58 @@ impl RedisStore {
     pub fn open_duration(mut self, d: Duration) -> Self {
         self.open_duration = d;
         self
+    }
+
+    /// Every problem with these settings for layer `layer`, each named by
+    /// its key path (no connection made).
+    pub(crate) fn problems(&self, layer: &str) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            problems.push(ConfigError::new(
+                "store.prefix",
+                "must be non-empty, without `{` or `}`",
+            ));
+        }
+        if layer.contains(['{', '}']) {
+            problems.push(ConfigError::new(
+                "name",
+                "must not contain `{` or `}` with the redis store",
+            ));
+        }
+        if self.timeout.is_zero() {
+            problems.push(ConfigError::new("store.timeout", "must be greater than 0"));
+        }
+        problems.extend(
+            crate::config_util::at_most("store.timeout", self.timeout, crate::config_util::MINUTE)
+                .err(),
+        );
+        problems.extend(
+            crate::config_util::at_most(
+                "store.open_duration",
+                self.open_duration,
+                crate::config_util::HOUR,
+            )
+            .err(),
+        );
+        if self.trip_after == 0 {
+            problems.push(ConfigError::new(
+                "store.trip_after",
+                "must be greater than 0",
+            ));
+        }
+        if let FailurePolicy::Fallback { share } = self.failure {
+            if !(share > 0.0 && share <= 1.0) {
+                problems.push(ConfigError::new(
+                    "store.fallback_share",
+                    "must be in (0, 1]",
+                ));
+            }
+        }
+        // Parsing only: no connection is made.
+        if let Err(e) = redis::Client::open(self.url.as_str()) {
+            problems.push(ConfigError::new("store.url", e.to_string()));
+        }
+        problems
     }
 }
 
@@ -310,40 +372,8 @@ impl RedisBackend {
         quota_names: &[String],
         fallback: Option<MemoryStore>,
     ) -> Result<Self, ConfigError> {
-        if cfg.prefix.is_empty() || cfg.prefix.contains(['{', '}']) {
-            return Err(ConfigError::new(
-                "store.prefix",
-                "must be non-empty, without `{` or `}`",
-            ));
-        }
-        if layer.contains(['{', '}']) {
-            return Err(ConfigError::new(
-                "name",
-                "must not contain `{` or `}` with the redis store",
-            ));
-        }
-        if cfg.timeout.is_zero() {
-            return Err(ConfigError::new("store.timeout", "must be greater than 0"));
-        }
-        crate::config_util::at_most("store.timeout", cfg.timeout, crate::config_util::MINUTE)?;
-        crate::config_util::at_most(
-            "store.open_duration",
-            cfg.open_duration,
-            crate::config_util::HOUR,
-        )?;
-        if cfg.trip_after == 0 {
-            return Err(ConfigError::new(
-                "store.trip_after",
-                "must be greater than 0",
-            ));
-        }
-        if let FailurePolicy::Fallback { share } = cfg.failure {
-            if !(share > 0.0 && share <= 1.0) {
-                return Err(ConfigError::new(
-                    "store.fallback_share",
-                    "must be in (0, 1]",
-                ));
-            }
+        if let Some(problem) = cfg.problems(layer).into_iter().next() {
+            return Err(problem);
         }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ConfigError::new(
@@ -543,13 +573,10 @@ impl RedisBackend {
                         );
                     }
                     let (path, verdict) = match (this.failure, &this.fallback) {
-                        (FailurePolicy::Fallback { .. }, Some(store)) => {
-                            use super::store::Store;
-                            (
-                                Path::Fallback,
-                                store.acquire(&mut slots.slots[..slots.len], cost, true),
-                            )
-                        }
+                        (FailurePolicy::Fallback { .. }, Some(store)) => (
+                            Path::Fallback,
+                            store.acquire(&mut slots.slots[..slots.len], cost),
+                        ),
                         // The layer builds the refusal (its wait is the
                         // breaker's remaining open time).
                         (FailurePolicy::FailClosed, _) => (
@@ -568,5 +595,288 @@ impl RedisBackend {
                 }
             }
         })
+    }
+}
+
+/// The layer's side of the Redis store: the request's key names and
+/// parameters in, the layer's decision out.
+impl Shared {
+    /// The Redis path: keys, cost and allow-lists as in process, then a
+    /// future that asks Redis.
+    #[cold]
+    pub(crate) fn decide_remote<B>(
+        &self,
+        req: &http::Request<B>,
+        redis: &Arc<RedisBackend>,
+    ) -> Decision {
+        let info = RequestInfo::new(req, &self.client_ip);
+        let mut slots = Slots::default();
+        if let Some(d) = self.prepare(&info, &mut slots) {
+            return d;
+        }
+        let Some(cost) = slots.cost else {
+            return Decision::Admit(None);
+        };
+        let mut keys = Vec::with_capacity(slots.len);
+        let mut t_cap = Vec::with_capacity(slots.len);
+        // A request costlier than a burst is refused whatever Redis says,
+        // but still asked about (nothing is written), so its refusal
+        // reports what remains, as in process.
+        let mut too_costly = None;
+        for (i, s) in slots.slots[..slots.len].iter().enumerate() {
+            if !s.active {
+                continue;
+            }
+            let q = &self.params[i];
+            if cost.get() > q.burst && too_costly.is_none() {
+                too_costly = Some(i);
+            }
+            let name = self.quotas[i]
+                .key
+                .with_key(&info, |k| redis.key_name(i, k))
+                .unwrap_or_else(|| redis.key_name(i, KeyRef::Bytes(ANONYMOUS)));
+            keys.push(name);
+            t_cap.push((q.t, q.cap()));
+        }
+        if keys.is_empty() {
+            return self.admit();
+        }
+        Decision::Deciding(redis.acquire(slots, keys, t_cap, cost, too_costly))
+    }
+
+    /// Turns the Redis store's answer into a decision.
+    pub(crate) fn finish_remote(&self, slots: &Slots, outcome: RemoteOutcome) -> Decision {
+        let Store::Redis(redis) = &self.store else {
+            unreachable!("only the redis store decides remotely");
+        };
+        let cost = slots.cost.unwrap_or(NonZeroU32::MIN);
+        let first_active = || {
+            slots.slots[..slots.len]
+                .iter()
+                .position(|s| s.active)
+                .unwrap_or(0)
+        };
+        match (outcome.path, outcome.verdict) {
+            // Never admissible, whatever the store's state: refused without
+            // the live state when the store could not tell it.
+            (Path::FailClosed | Path::FailOpen, Verdict::TooCostly { quota }) => self.refusal(
+                &self.params,
+                slots,
+                quota,
+                RefusalReason::TooCostly,
+                None,
+                cost,
+                false,
+            ),
+            (Path::FailClosed, _) => {
+                // Retry when the breaker guarding Redis lets a call through
+                // again (at least 1s: the breaker may still be closed).
+                let wait = redis
+                    .breaker()
+                    .open_remaining()
+                    .filter(|d| *d > Duration::from_secs(1))
+                    .unwrap_or(Duration::from_secs(1));
+                self.refusal(
+                    &self.params,
+                    slots,
+                    first_active(),
+                    RefusalReason::StoreUnavailable,
+                    Some(wait),
+                    cost,
+                    false,
+                )
+            }
+            (Path::FailOpen, _) => self.admit(),
+            (Path::Fallback, verdict) => {
+                let params = redis
+                    .fallback
+                    .as_ref()
+                    .map_or(&self.params[..], MemoryStore::params);
+                self.finish(params, slots, verdict, false, cost)
+            }
+            (Path::Redis, verdict) => self.finish(&self.params, slots, verdict, false, cost),
+        }
+    }
+}
+
+impl Store {
+    /// The Redis store of a checked builder, with its in-process fallback
+    /// (scaled to the replica's share) when the policy asks for one.
+    pub(crate) fn redis(
+        b: &RateLimitBuilder,
+        layer: &Arc<str>,
+        names: &[String],
+        params: &[Gcra],
+    ) -> Result<Self, ConfigError> {
+        let Some(cfg) = &b.redis else {
+            unreachable!("called with a redis store");
+        };
+        let fallback = match cfg.failure {
+            FailurePolicy::Fallback { share } if share > 0.0 && share <= 1.0 => {
+                let quotas = b
+                    .quotas
+                    .iter()
+                    .zip(params)
+                    .map(|(q, p)| {
+                        // `as` saturates: a tiny share makes a very slow
+                        // quota, never an overflow.
+                        let t = (p.t as f64 / share) as u64;
+                        let burst = ((f64::from(p.burst) * share).floor() as u32).max(1);
+                        let keyed = (!q.key.is_global()).then(|| (b.max_keys, MapMetrics::noop()));
+                        QuotaCells::new(Gcra::new(t, burst), keyed)
+                    })
+                    .collect();
+                Some(MemoryStore::new(quotas))
+            }
+            _ => None,
+        };
+        Ok(Store::Redis(Arc::new(RedisBackend::new(
+            cfg, layer, names, fallback,
+        )?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The Lua script against [`gcra::step_all`]: the same states through
+    //! both, every answer compared. Needs a `redis-server` binary (skipped,
+    //! saying so, without one; failing under CI), like
+    //! `tests/rate_limit_redis.rs`.
+
+    use super::super::gcra::{self, Gcra, Outcome};
+    use super::SCRIPT;
+
+    /// A throwaway `redis-server` on a free loopback port.
+    struct Server(std::process::Child, u16);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn server() -> Option<Server> {
+        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new(&bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server not found ({bin})"
+            );
+            eprintln!("SKIPPED: redis-server not found ({bin})");
+            return None;
+        };
+        let server = Server(child, port);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    /// xorshift64: a fixed, reproducible sequence.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    // Every duration is a multiple of 1024 ns: the script computes in Lua
+    // numbers (doubles), exact for such values at today's epoch
+    // nanoseconds (below 2^61, spacing 256), so answers must match exactly.
+    const UNIT: u64 = 1024;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn lua_script_matches_the_rust_step_function() {
+        let Some(srv) = server() else { return };
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", srv.1)).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let script = redis::Script::new(SCRIPT);
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let (mut admitted, mut refused) = (0, 0);
+        for case in 0..300 {
+            let n = 1 + (next(&mut rng) % 3) as usize;
+            let quotas: Vec<Gcra> = (0..n)
+                .map(|_| {
+                    let t = UNIT * [1, 977, 976_563][(next(&mut rng) % 3) as usize];
+                    Gcra::new(t, 1 + (next(&mut rng) % 5) as u32)
+                })
+                .collect();
+            let min_burst = quotas.iter().map(|q| q.burst).min().unwrap();
+            let cost = 1 + (next(&mut rng) % u64::from(min_burst)) as u32;
+            let (sec, usec): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+            let base = (sec * 1_000_000_000 + usec * 1000) / UNIT * UNIT;
+            let keys: Vec<String> = (0..n).map(|i| format!("{{x}}:{case}:{i}")).collect();
+            let mut invoke = script.prepare_invoke();
+            invoke.arg(cost);
+            for (q, key) in quotas.iter().zip(&keys) {
+                // Absent, in the past, or up to two bursts ahead of now.
+                let r = next(&mut rng) % 4;
+                if r > 0 {
+                    let ahead = (next(&mut rng) % (2 * q.cap() / UNIT + 1)) * UNIT;
+                    let tat = if r == 1 { base - ahead } else { base + ahead };
+                    let _: () = redis::cmd("SET")
+                        .arg(key)
+                        .arg(tat)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                }
+                invoke.key(key).arg(q.t).arg(q.cap());
+            }
+            let out: Vec<i64> = invoke.invoke_async(&mut conn).await.unwrap();
+            let now = out[1] as u64;
+            let tats: Vec<u64> = (0..n).map(|i| out[3 + 2 * i] as u64).collect();
+            let mut nexts = vec![0; n];
+            let rust = gcra::step_all(&quotas, &tats, &mut nexts, now, cost);
+            let lua_nexts: Vec<u64> = (0..n).map(|i| out[4 + 2 * i] as u64).collect();
+            let ctx = format!("case {case}: {quotas:?} cost {cost} tats {tats:?} now {now}");
+            match rust {
+                Outcome::Admit => {
+                    admitted += 1;
+                    assert_eq!(out[0], 0, "{ctx}");
+                    assert_eq!(lua_nexts, nexts, "{ctx}");
+                    for (key, next) in keys.iter().zip(&nexts) {
+                        // Written as returned (a key whose bucket is full
+                        // again within its 1ms TTL may already be gone).
+                        let stored: Option<u64> = redis::cmd("GET")
+                            .arg(key)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                        assert!(stored.is_none_or(|v| v == *next), "{ctx}");
+                    }
+                }
+                Outcome::Refuse { quota, wait } => {
+                    refused += 1;
+                    assert_eq!(out[0], quota as i64 + 1, "{ctx}");
+                    assert_eq!(out[2] as u64, wait, "{ctx}");
+                    // Nothing written: the TATs are reported unchanged.
+                    assert_eq!(lua_nexts, tats, "{ctx}");
+                }
+                Outcome::TooCostly { .. } => unreachable!("cost is within every burst"),
+            }
+        }
+        // Both answers were exercised.
+        assert!(
+            admitted > 50 && refused > 50,
+            "{admitted} admitted, {refused} refused"
+        );
     }
 }

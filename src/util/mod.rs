@@ -1,0 +1,3 @@
+//! Crate-private utilities, one copy of each.
+
+pub(crate) mod keyed_map;
