@@ -20,8 +20,8 @@ use tower_rampart::{CircuitBreakerLayer, Quota, RateLimitLayer, Shutdown, Timeou
 /// The crate docs' metric table (`src/lib.rs`), without the Redis store's
 /// `rampart_rate_limit_decisions_total` (it needs a Redis server) and
 /// `rampart_circuit_breaker_route_state` (the config stack's per-route
-/// breakers, rendered in `tests/production.rs`); both are described all the same
-/// (the unit test in `src/metrics_help.rs` checks the list).
+/// breakers, rendered in `tests/production/sigterm_drains_cleanly.rs`); both
+/// are described all the same (the unit test in `src/metrics_help.rs` checks the list).
 fn documented() -> BTreeSet<String> {
     include_str!("../../src/lib.rs")
         .lines()
