@@ -15,6 +15,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args().nth(1).unwrap_or("127.0.0.1:3000".into());
 
     let shutdown = Shutdown::builder().build()?; // SIGTERM / SIGINT
+    let limit = RateLimitLayer::builder().quota(Quota::per_second(100));
+    let limit = limit.build()?; // one global quota: 100 a second, burst 100
     let breaker = CircuitBreakerLayer::builder().name("api").build()?;
     let health = HealthRegistry::builder()
         .shutdown(&shutdown) // /readyz fails once shutdown starts
@@ -26,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/", get(|| async { "hello\n" }))
         .layer(TimeoutLayer::new(Duration::from_secs(2))?)
         .layer(breaker)
-        .layer(RateLimitLayer::builder().quota(Quota::per_second(100)).build()?)
+        .layer(limit)
         .layer(shutdown.drain_layer())
         .layer(ProbeLayer::new(&health));
 
