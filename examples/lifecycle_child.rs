@@ -1,4 +1,4 @@
-//! A child process for the signal tests (`tests/shutdown_signal.rs`): an
+//! A child process for the signal tests (`tests/shutdown/real_signals.rs`): an
 //! axum server with probes and graceful shutdown that prints its address,
 //! every phase and its report on stdout, one line each.
 //!

@@ -1,0 +1,19 @@
+//! The stack built from a config file: the shipped files parse and validate,
+//! the layers are in the documented order, the platform endpoints sit
+//! outside every protection, and every refusal is the one shared answer.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+/// The TOML format: shipped files, key paths in errors, env overrides.
+mod files_and_validation;
+
+/// The order of the layers, seen from the outside.
+mod stack_order;
+
+/// `/metrics`, the probes and `grpc.health.v1` bypass every protection, by
+/// exact path.
+mod platform_bypass;
+
+/// The shared `Rejection` reaches a real client intact.
+mod rejection_answer;

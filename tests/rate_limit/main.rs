@@ -1,0 +1,17 @@
+//! The rate limit: timing rules on paused time, real servers and clients,
+//! the client-IP trust model, and the Redis store against a real
+//! `redis-server`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+/// GCRA timing, headers, keys and refusals, then real axum and tonic servers.
+mod limits;
+
+/// Issue 10: the client IP has one source of truth, trusted only from
+/// configured proxies.
+mod client_ip_trust;
+
+/// The Redis-backed store (global limits across replicas), its failure
+/// policy and guard, against a real `redis-server` on loopback.
+mod redis_store;
