@@ -365,7 +365,13 @@ async fn sigterm_under_load_drops_nothing() {
     assert_eq!(report["aborted"], 0, "{report}");
     assert_eq!(report["left_in_flight"], 0, "{report}");
     assert_eq!(report["drain_timed_out"], false, "{report}");
-    assert_eq!(report["in_flight_at_drain"], report["finished"], "{report}");
+    // Everything in flight when draining began finished; the serve loop also
+    // answers the requests of connections it took from the listen backlog
+    // after that moment, so `finished` may be larger (never smaller).
+    assert!(
+        report["finished"].as_u64().unwrap() >= report["in_flight_at_drain"].as_u64().unwrap(),
+        "{report}"
+    );
     assert!(
         report["in_flight_at_drain"].as_u64().unwrap() > 0,
         "nothing was in flight when draining began: the drain was not exercised ({report})"
