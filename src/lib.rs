@@ -132,6 +132,7 @@ pub mod rejection;
 pub mod serve;
 pub mod shutdown;
 pub mod timeout;
+mod util;
 
 pub use circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, CircuitState};
 #[cfg(feature = "config")]

@@ -94,6 +94,7 @@ mod future;
 #[cfg(feature = "tonic")]
 mod grpc;
 mod layer;
+mod state;
 pub(crate) mod registry;
 mod report;
 
@@ -115,7 +116,7 @@ pub use registry::{HealthRegistry, HealthRegistryBuilder};
 pub use report::{CheckReport, ProbeReport};
 
 use crate::rejection::ResponseBody;
-use layer::Shared;
+use state::Shared;
 
 /// Answers the probe paths from a [`HealthRegistry`]; passes everything
 /// else to the inner service after one path comparison. Built by

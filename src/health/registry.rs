@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
@@ -39,10 +39,7 @@ pub(crate) struct Entry {
 
 impl Entry {
     fn cached(&self) -> Cached {
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        crate::util::lock(&self.cache).clone()
     }
 
     fn status_of(&self, result: &Result<(), Arc<str>>) -> Status {
@@ -59,7 +56,7 @@ impl Entry {
         let status = self.status_of(&result);
         self.status_gauge.set(status.as_gauge());
         self.duration_hist.record(duration.as_secs_f64());
-        let mut c = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut c = crate::util::lock(&self.cache);
         let changed = c.result.as_ref().map(Result::is_ok) != Some(result.is_ok());
         if result.is_ok() && self.check.kind == Kind::Startup {
             c.latched = true;

@@ -6,79 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, StatusCode};
-use metrics::Counter;
 use tower::Layer;
 
 use super::deadline::DeadlineSource;
 use super::error::TimeoutCause;
-use super::{Binding, Timeout};
+use super::Timeout;
+use super::state::Shared;
 use crate::ConfigError;
-use crate::rejection::{ErrorMode, HttpMode, Rejection, RejectionKind};
+use crate::rejection::{ErrorMode, HttpMode};
 
 /// The default layer name (the `name` label of metrics and events).
 pub const DEFAULT_NAME: &str = "timeout";
-
-/// The layer's settings and metric handles, shared by every service it
-/// builds and every clone of it.
-pub(crate) struct Shared {
-    pub(crate) name: Arc<str>,
-    pub(crate) timeout: Duration,
-    pub(crate) safety_margin: Duration,
-    pub(crate) grpc_timeout: bool,
-    pub(crate) budget_header: Option<HeaderName>,
-    pub(crate) status: Option<StatusCode>,
-    pub(crate) deadline_extension: bool,
-    /// `[server, caller]` budgets.
-    elapsed: [Counter; 2],
-    budget_spent: [Counter; 2],
-}
-
-impl Shared {
-    /// Counts and logs a timeout of the budget `source` (refusal path only).
-    #[cold]
-    pub(crate) fn record(&self, cause: TimeoutCause, source: DeadlineSource) {
-        let i = usize::from(source == DeadlineSource::Caller);
-        match cause {
-            TimeoutCause::Elapsed => self.elapsed[i].increment(1),
-            TimeoutCause::BudgetSpent => self.budget_spent[i].increment(1),
-        }
-        tracing::debug!(
-            target: "tower_rampart::timeout",
-            name = %self.name,
-            cause = cause.as_str(),
-            source = source.as_str(),
-            "request timed out"
-        );
-    }
-
-    /// The refusal for `cause`: the service's fault only when the server's
-    /// own budget ran out. `binding` (a budget spent on arrival) says which
-    /// budget it was, for the detail.
-    #[cold]
-    pub(crate) fn rejection(
-        &self,
-        cause: TimeoutCause,
-        source: DeadlineSource,
-        binding: Option<Binding>,
-    ) -> Rejection {
-        let rejection = Rejection::new(RejectionKind::TimedOut, self.name.clone())
-            .with_service_fault(source == DeadlineSource::Server);
-        let rejection = match binding {
-            Some(Binding::Caller(budget)) if budget.is_zero() => {
-                rejection.with_detail("the caller's budget is zero")
-            }
-            Some(Binding::Caller(budget)) => rejection.with_detail(format!(
-                "the caller's budget ({budget:?}) is within the safety margin ({:?})",
-                self.safety_margin
-            )),
-            _ => rejection.with_detail(cause.detail()),
-        };
-        match self.status {
-            Some(status) => rejection.with_status(status),
-            None => rejection,
-        }
-    }
-}
 
 /// Bounds the time to a response and propagates the caller's deadline.
 ///
