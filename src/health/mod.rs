@@ -94,9 +94,9 @@ mod future;
 #[cfg(feature = "tonic")]
 mod grpc;
 mod layer;
-mod state;
 pub(crate) mod registry;
 mod report;
+mod state;
 
 use std::fmt;
 use std::sync::Arc;
@@ -107,7 +107,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use tower::Service;
 
 pub use check::{Check, CheckResult, ComponentType, Kind, Status};
-pub use config::ProbeConfig;
+pub use config::{BreakerReadiness, HealthConfig, ProbeConfig};
 pub use future::ResponseFuture;
 #[cfg(feature = "tonic")]
 pub use grpc::{DEFAULT_MAX_WATCHES, GrpcHealth, GrpcHealthBuilder, WatchStream};

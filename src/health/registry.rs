@@ -283,7 +283,10 @@ impl HealthRegistryBuilder {
     pub fn build(self) -> Result<HealthRegistry, ConfigError> {
         let name: Arc<str> = Arc::from(self.name.as_deref().unwrap_or("health"));
         if name.is_empty() {
-            return Err(ConfigError::new("name", "must not be empty"));
+            return Err(ConfigError::new(
+                "name",
+                crate::config_util::MUST_NOT_BE_EMPTY,
+            ));
         }
         let mut checks = self.checks;
         if let Some(sd) = &self.shutdown {
@@ -322,11 +325,15 @@ impl HealthRegistryBuilder {
                 .at(&at));
             }
             if c.timeout.is_zero() {
-                return Err(ConfigError::new("timeout", "must be greater than 0").at(&at));
+                return Err(
+                    ConfigError::new("timeout", crate::config_util::MUST_BE_POSITIVE).at(&at),
+                );
             }
             if let (Runner::Async(_), Schedule::Background(i)) = (&c.runner, c.schedule) {
                 if i.is_zero() {
-                    return Err(ConfigError::new("interval", "must be greater than 0").at(&at));
+                    return Err(
+                        ConfigError::new("interval", crate::config_util::MUST_BE_POSITIVE).at(&at),
+                    );
                 }
             }
         }

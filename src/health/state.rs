@@ -4,8 +4,8 @@
 //!
 //! [`ProbeLayer`]: super::ProbeLayer
 
-use super::{HealthRegistry, ProbeConfig};
 use super::check::Kind;
+use super::{HealthRegistry, ProbeConfig};
 
 /// The registry and the probe paths, shared by every service of a layer.
 pub(crate) struct Shared {
@@ -70,7 +70,7 @@ impl Shared {
     }
 
     /// The probe whose path is exactly `path` (paths are distinct).
-    #[inline(always)]
+    #[inline]
     fn exact(&self, path: &str) -> Option<Kind> {
         let is = |p: &str| !p.is_empty() && p == path;
         if is(&self.ready) {

@@ -134,10 +134,10 @@ use tower::{BoxError, Service};
 
 pub use config::ShutdownConfig;
 pub use coordinator::{Shutdown, ShutdownBuilder};
-pub use phase::{Phase, Trigger};
-pub use report::{HookOutcome, HookReport, ShutdownReport};
 pub use future::{DrainBody, ResponseFuture};
 pub use layer::DrainLayer;
+pub use phase::{Phase, Trigger};
+pub use report::{HookOutcome, HookReport, ShutdownReport};
 pub use stream::UntilDraining;
 
 use crate::rejection::{ErrorMode, HttpMode, Protocol};
@@ -233,20 +233,20 @@ where
     }
 }
 
-/// What the drain layer learns from a request before it moves into the
-/// inner service.
-#[derive(Debug, Clone, Copy)]
-pub struct Facts {
-    /// HTTP/1.x: answers carry `Connection: close` once shutdown starts.
-    pub(crate) http1: bool,
-    /// A gRPC request: a body cut off at the drain deadline ends with
-    /// `grpc-status` trailers.
-    pub(crate) grpc: bool,
-}
-
 mod sealed {
-    use super::{Facts, Guard};
+    use super::Guard;
     use crate::rejection::Mode;
+
+    /// What the drain layer learns from a request before it moves into the
+    /// inner service.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Facts {
+        /// HTTP/1.x: answers carry `Connection: close` once shutdown starts.
+        pub(crate) http1: bool,
+        /// A gRPC request: a body cut off at the drain deadline ends with
+        /// `grpc-status` trailers.
+        pub(crate) grpc: bool,
+    }
 
     /// The drain layer's part of a [`Mode`]: what it reads from the request
     /// and how an admitted answer keeps the request counted until it ends.
@@ -272,7 +272,7 @@ mod sealed {
     }
 }
 
-pub(crate) use sealed::DrainMode;
+pub(crate) use sealed::{DrainMode, Facts};
 
 impl<ReqB, ResB, E> DrainMode<Request<ReqB>, Response<ResB>, E> for HttpMode {
     type Tracked = Response<DrainBody<ResB>>;

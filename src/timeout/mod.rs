@@ -140,10 +140,10 @@ pub use self::deadline::{
 };
 pub use self::error::{TimeoutCause, is_timeout};
 pub use self::future::ResponseFuture;
-use self::state::Shared;
-pub(crate) use self::state::Binding;
 pub use self::layer::{DEFAULT_NAME, TimeoutLayer, TimeoutLayerBuilder};
 use self::sealed::ProtocolHint;
+pub(crate) use self::state::Binding;
+use self::state::Shared;
 use crate::rejection::{HttpMode, Mode};
 
 pub use self::config::TimeoutConfig;

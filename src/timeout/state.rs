@@ -181,4 +181,3 @@ fn malformed(shared: &Shared, name: &HeaderName, value: &http::HeaderValue) {
         "malformed budget header ignored"
     );
 }
-

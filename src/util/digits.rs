@@ -31,8 +31,20 @@ mod tests {
         assert_eq!(parse_u64(b"007", 3), Some(7));
         assert_eq!(parse_u64(b"999", 3), Some(999));
         assert_eq!(parse_u64(b"1000", 3), None);
-        assert_eq!(parse_u64(b"9999999999999999999", 19), Some(9_999_999_999_999_999_999));
-        for bad in [&b""[..], b"-1", b"+1", b" 1", b"1 ", b"1.0", b"1e3", b"\xff"] {
+        assert_eq!(
+            parse_u64(b"9999999999999999999", 19),
+            Some(9_999_999_999_999_999_999)
+        );
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"1.0",
+            b"1e3",
+            b"\xff",
+        ] {
             assert_eq!(parse_u64(bad, 19), None, "{bad:?}");
         }
     }
