@@ -37,7 +37,9 @@ impl Default for ProbeConfig {
 }
 
 impl ProbeConfig {
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every setting without building anything (no task, signal
+    /// handler or metric is registered); the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let mut seen: Vec<&str> = Vec::new();
         for (field, p) in [
             ("liveness_path", &self.liveness_path),

@@ -70,7 +70,9 @@ impl Default for ShutdownConfig {
 }
 
 impl ShutdownConfig {
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every setting without building anything (no task, signal
+    /// handler or metric is registered); the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.name.is_empty() {
             return Err(ConfigError::new(
                 "name",

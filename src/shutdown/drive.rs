@@ -1,7 +1,7 @@
 //! The shutdown sequence, one named step after the other: wait for the
-//! trigger, [`delay`] (still serving), [`stop_accepting`], [`drain`],
-//! [`abort`] what is left at the deadline, [`run_hooks`], then [`finish`]
-//! with the report.
+//! trigger, `delay` (still serving), `stop_accepting`, `drain`, `abort`
+//! what is left at the deadline, `run_hooks`, then `finish` with the
+//! report.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -136,7 +136,7 @@ pub(crate) enum Binding {
     Own,
     /// The caller's budget, as sent (before the safety margin).
     Caller(Duration),
-    /// An outer layer's [`Deadline`].
+    /// An outer layer's [`Deadline`](super::Deadline).
     Outer,
 }
 
