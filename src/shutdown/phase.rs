@@ -5,8 +5,8 @@ use std::fmt;
 /// Where the process is in its shutdown.
 ///
 /// Phases only move forward: `Running` -> `ShutdownRequested` -> `Draining`
-/// -> `Done`. Observe them with [`Shutdown::phase`] (an atomic read) or
-/// [`Shutdown::subscribe`] (a `tokio::sync::watch` channel).
+/// -> `Done`. Observe them with [`Shutdown::phase`](super::Shutdown::phase) (an atomic read) or
+/// [`Shutdown::subscribe`](super::Shutdown::subscribe) (a `tokio::sync::watch` channel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
 pub enum Phase {
@@ -59,7 +59,7 @@ pub enum Trigger {
     /// `SIGINT` (Ctrl-C); skips `shutdown_delay` unless `sigint_delay` says
     /// otherwise.
     Sigint,
-    /// [`Shutdown::trigger`].
+    /// [`Shutdown::trigger`](super::Shutdown::trigger).
     Programmatic,
 }
 

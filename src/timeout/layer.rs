@@ -47,7 +47,8 @@ impl TimeoutLayer {
 
 impl<M> TimeoutLayer<M> {
     /// Switches refusals to errors: the service returns a boxed
-    /// [`Rejection`] of kind [`TimedOut`](RejectionKind::TimedOut) in a
+    /// [`Rejection`](crate::Rejection) of kind
+    /// [`TimedOut`](crate::RejectionKind::TimedOut) in a
     /// `BoxError` instead of an HTTP or gRPC response.
     pub fn into_error_mode(self) -> TimeoutLayer<ErrorMode> {
         TimeoutLayer {
