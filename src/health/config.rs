@@ -164,10 +164,8 @@ impl Default for HealthConfig {
 
 impl HealthConfig {
     /// Checks every setting without building anything; the error names the
-    /// field (the first problem; [`RampartConfig::validate`] reports them
-    /// all).
-    ///
-    /// [`RampartConfig::validate`]: crate::config::RampartConfig::validate
+    /// field (the first problem; `RampartConfig::validate`, feature
+    /// `config`, reports them all).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.problems().into_iter().next().map_or(Ok(()), Err)
     }
