@@ -13,6 +13,25 @@ pub(crate) const HOUR: Duration = Duration::from_secs(3600);
 /// One day.
 pub(crate) const DAY: Duration = Duration::from_secs(86_400);
 
+/// Refuses a zero duration, naming `field`: the common "must be greater
+/// than 0".
+pub(crate) fn positive(
+    field: impl Into<std::borrow::Cow<'static, str>>,
+    value: Duration,
+) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        Err(ConfigError::new(field, MUST_BE_POSITIVE))
+    } else {
+        Ok(())
+    }
+}
+
+/// The message of a zero (or empty) value where one is required.
+pub(crate) const MUST_BE_POSITIVE: &str = "must be greater than 0";
+
+/// The message of an empty name.
+pub(crate) const MUST_NOT_BE_EMPTY: &str = "must not be empty";
+
 /// Refuses a duration above `max`, naming `field` and the bound: a
 /// `"1000h"` where `"1000ms"` was meant is a typo, not a setting.
 pub(crate) fn at_most(

@@ -1,5 +1,7 @@
 //! Probe paths, deserialisable behind the `config` feature.
 
+use std::time::Duration;
+
 use super::{HealthRegistry, Kind, ProbeLayer};
 use crate::ConfigError;
 
@@ -35,7 +37,9 @@ impl Default for ProbeConfig {
 }
 
 impl ProbeConfig {
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every setting without building anything (no task, signal
+    /// handler or metric is registered); the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let mut seen: Vec<&str> = Vec::new();
         for (field, p) in [
             ("liveness_path", &self.liveness_path),
@@ -107,5 +111,85 @@ impl ProbeConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether an open circuit breaker fails the readiness probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "config", derive(serde::Deserialize))]
+#[cfg_attr(feature = "config", serde(rename_all = "snake_case"))]
+pub enum BreakerReadiness {
+    /// The breaker is not a readiness check (default). An open breaker
+    /// usually means a dependency every replica shares is down: failing
+    /// readiness on all of them at once would take the whole service out
+    /// of its load balancer, turning fast refusals into connection errors.
+    #[default]
+    Off,
+    /// A non-critical readiness check: `/readyz?verbose` shows
+    /// `[!]<name> warn` while the circuit is open, the probe still passes.
+    Warn,
+    /// A critical readiness check: the pod is unready while the circuit is
+    /// open (for a dependency only this replica uses).
+    Fail,
+}
+
+/// The health registry's options (the probe paths are in
+/// [`ProbeConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "config", derive(serde::Deserialize))]
+#[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
+pub struct HealthConfig {
+    /// The registry's name, labelling its metrics (default `health`).
+    pub name: String,
+    /// Register the circuit breaker as a readiness check named after it
+    /// (default `off`).
+    pub breaker_readiness: BreakerReadiness,
+    /// How often `grpc.health.v1` `Watch` streams re-read the synchronous
+    /// checks, such as the breaker's (default 1s, at most 10m); `Check` reads them when
+    /// called.
+    #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
+    pub grpc_poll_interval: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            name: "health".to_owned(),
+            breaker_readiness: BreakerReadiness::Off,
+            grpc_poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl HealthConfig {
+    /// Checks every setting without building anything; the error names the
+    /// field (the first problem; `RampartConfig::validate`, feature
+    /// `config`, reports them all).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every problem, each naming its field.
+    pub(crate) fn problems(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if self.name.is_empty() {
+            errors.push(ConfigError::new(
+                "name",
+                crate::config_util::MUST_NOT_BE_EMPTY,
+            ));
+        }
+        let poll = "grpc_poll_interval";
+        if let Err(e) = crate::config_util::positive(poll, self.grpc_poll_interval) {
+            errors.push(e);
+        }
+        if let Err(e) = crate::config_util::at_most(
+            poll,
+            self.grpc_poll_interval,
+            10 * crate::config_util::MINUTE,
+        ) {
+            errors.push(e);
+        }
+        errors
     }
 }

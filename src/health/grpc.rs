@@ -114,16 +114,24 @@ impl GrpcHealthBuilder {
     /// Validates and returns the tonic service.
     pub fn build(self) -> Result<HealthServer<GrpcHealth>, ConfigError> {
         if self.poll_interval.is_zero() {
-            return Err(ConfigError::new("poll_interval", "must be greater than 0"));
+            return Err(ConfigError::new(
+                "poll_interval",
+                crate::config_util::MUST_BE_POSITIVE,
+            ));
         }
         if self.max_watches == 0 {
-            return Err(ConfigError::new("max_watches", "must be greater than 0"));
+            return Err(ConfigError::new(
+                "max_watches",
+                crate::config_util::MUST_BE_POSITIVE,
+            ));
         }
         let mut services = HashMap::with_capacity(self.services.len());
         for (i, (name, checks)) in self.services.into_iter().enumerate() {
             let at = format!("services[{i}]");
             if name.is_empty() {
-                return Err(ConfigError::new("name", "must not be empty").at(&at));
+                return Err(
+                    ConfigError::new("name", crate::config_util::MUST_NOT_BE_EMPTY).at(&at),
+                );
             }
             for c in &checks {
                 if !self.registry.has_check(c) {

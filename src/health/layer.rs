@@ -5,56 +5,9 @@ use std::sync::Arc;
 
 use tower::Layer;
 
-use super::check::Kind;
+use super::state::Shared;
 use super::{HealthRegistry, Probe, ProbeConfig};
 use crate::ConfigError;
-
-pub(crate) struct Shared {
-    pub(crate) registry: HealthRegistry,
-    /// The byte after the leading `/` of each enabled path: most requests
-    /// are told apart from the probes by this one byte.
-    first: [u8; 3],
-    live: Box<str>,
-    ready: Box<str>,
-    startup: Box<str>,
-}
-
-impl Shared {
-    /// Which probe (and which single check) `path` asks for: a probe path
-    /// exactly (a trailing `/` allowed), or a probe path, `/` and one
-    /// segment (the check's name). Paths may nest (`/health` and
-    /// `/health/live`): the exact match wins, so `/health/live` is the
-    /// liveness probe and `/health/db` the readiness check `db`. A few
-    /// length checks and byte comparisons, no allocation.
-    #[inline]
-    pub(crate) fn match_path<'a>(&self, path: &'a str) -> Option<(Kind, Option<&'a str>)> {
-        match path.as_bytes().get(1) {
-            Some(b) if self.first.contains(b) => {}
-            _ => return None,
-        }
-        if let Some(kind) = self.exact(path) {
-            return Some((kind, None));
-        }
-        let (dir, name) = path.rsplit_once('/')?;
-        let kind = self.exact(dir)?;
-        Some((kind, (!name.is_empty()).then_some(name)))
-    }
-
-    /// The probe whose path is exactly `path` (paths are distinct).
-    #[inline(always)]
-    fn exact(&self, path: &str) -> Option<Kind> {
-        let is = |p: &str| !p.is_empty() && p == path;
-        if is(&self.ready) {
-            Some(Kind::Readiness)
-        } else if is(&self.live) {
-            Some(Kind::Liveness)
-        } else if is(&self.startup) {
-            Some(Kind::Startup)
-        } else {
-            None
-        }
-    }
-}
 
 /// Answers the probe paths (`/livez`, `/readyz`, `/startupz` by default)
 /// from a [`HealthRegistry`] before the request reaches anything else; every
@@ -79,19 +32,8 @@ impl ProbeLayer {
     }
 
     pub(crate) fn from_parts(registry: HealthRegistry, config: ProbeConfig) -> Self {
-        let second = |p: &str| p.as_bytes().get(1).copied().unwrap_or(0);
         Self {
-            shared: Arc::new(Shared {
-                first: [
-                    second(&config.liveness_path),
-                    second(&config.readiness_path),
-                    second(&config.startup_path),
-                ],
-                registry,
-                live: config.liveness_path.into(),
-                ready: config.readiness_path.into(),
-                startup: config.startup_path.into(),
-            }),
+            shared: Arc::new(Shared::new(registry, config)),
         }
     }
 }
@@ -99,9 +41,9 @@ impl ProbeLayer {
 impl fmt::Debug for ProbeLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProbeLayer")
-            .field("liveness_path", &self.shared.live)
-            .field("readiness_path", &self.shared.ready)
-            .field("startup_path", &self.shared.startup)
+            .field("liveness_path", &self.shared.live())
+            .field("readiness_path", &self.shared.ready())
+            .field("startup_path", &self.shared.startup())
             .finish_non_exhaustive()
     }
 }

@@ -96,6 +96,7 @@ mod grpc;
 mod layer;
 pub(crate) mod registry;
 mod report;
+mod state;
 
 use std::fmt;
 use std::sync::Arc;
@@ -106,7 +107,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use tower::Service;
 
 pub use check::{Check, CheckResult, ComponentType, Kind, Status};
-pub use config::ProbeConfig;
+pub use config::{BreakerReadiness, HealthConfig, ProbeConfig};
 pub use future::ResponseFuture;
 #[cfg(feature = "tonic")]
 pub use grpc::{DEFAULT_MAX_WATCHES, GrpcHealth, GrpcHealthBuilder, WatchStream};
@@ -115,7 +116,7 @@ pub use registry::{HealthRegistry, HealthRegistryBuilder};
 pub use report::{CheckReport, ProbeReport};
 
 use crate::rejection::ResponseBody;
-use layer::Shared;
+use state::Shared;
 
 /// Answers the probe paths from a [`HealthRegistry`]; passes everything
 /// else to the inner service after one path comparison. Built by

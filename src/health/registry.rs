@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
@@ -39,10 +39,7 @@ pub(crate) struct Entry {
 
 impl Entry {
     fn cached(&self) -> Cached {
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        crate::util::lock(&self.cache).clone()
     }
 
     fn status_of(&self, result: &Result<(), Arc<str>>) -> Status {
@@ -59,7 +56,7 @@ impl Entry {
         let status = self.status_of(&result);
         self.status_gauge.set(status.as_gauge());
         self.duration_hist.record(duration.as_secs_f64());
-        let mut c = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut c = crate::util::lock(&self.cache);
         let changed = c.result.as_ref().map(Result::is_ok) != Some(result.is_ok());
         if result.is_ok() && self.check.kind == Kind::Startup {
             c.latched = true;
@@ -286,7 +283,10 @@ impl HealthRegistryBuilder {
     pub fn build(self) -> Result<HealthRegistry, ConfigError> {
         let name: Arc<str> = Arc::from(self.name.as_deref().unwrap_or("health"));
         if name.is_empty() {
-            return Err(ConfigError::new("name", "must not be empty"));
+            return Err(ConfigError::new(
+                "name",
+                crate::config_util::MUST_NOT_BE_EMPTY,
+            ));
         }
         let mut checks = self.checks;
         if let Some(sd) = &self.shutdown {
@@ -325,11 +325,15 @@ impl HealthRegistryBuilder {
                 .at(&at));
             }
             if c.timeout.is_zero() {
-                return Err(ConfigError::new("timeout", "must be greater than 0").at(&at));
+                return Err(
+                    ConfigError::new("timeout", crate::config_util::MUST_BE_POSITIVE).at(&at),
+                );
             }
             if let (Runner::Async(_), Schedule::Background(i)) = (&c.runner, c.schedule) {
                 if i.is_zero() {
-                    return Err(ConfigError::new("interval", "must be greater than 0").at(&at));
+                    return Err(
+                        ConfigError::new("interval", crate::config_util::MUST_BE_POSITIVE).at(&at),
+                    );
                 }
             }
         }

@@ -112,9 +112,14 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every setting without building anything (no task, signal
+    /// handler or metric is registered); the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.name.is_empty() {
-            return Err(ConfigError::new("name", "must not be empty"));
+            return Err(ConfigError::new(
+                "name",
+                crate::config_util::MUST_NOT_BE_EMPTY,
+            ));
         }
         if self.header_read_timeout.is_zero() {
             return Err(ConfigError::new(
@@ -131,7 +136,7 @@ impl ServerConfig {
         if self.http2_max_concurrent_streams == 0 {
             return Err(ConfigError::new(
                 "http2_max_concurrent_streams",
-                "must be greater than 0",
+                crate::config_util::MUST_BE_POSITIVE,
             ));
         }
         if !self.http2_keep_alive_interval.is_zero() && self.http2_keep_alive_timeout.is_zero() {

@@ -19,8 +19,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tower::{BoxError, Service};
 
-use super::Shared;
 use super::service::HyperService;
+use super::state::Shared;
 use crate::shutdown::{Phase, State};
 
 const UNKNOWN: u8 = 0;

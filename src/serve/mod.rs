@@ -105,34 +105,29 @@
 //! | `connection timed out` | DEBUG | `name`, `peer`, `kind` (`header_read`, `keep_alive`) |
 //! | `connection closed at the drain deadline` | DEBUG | `name`, `peer` |
 
+mod accept;
 mod config;
 mod conn;
 mod service;
+mod state;
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
-use metrics::{Counter, Gauge};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::time::Instant;
 use tower::{BoxError, Service};
 
 pub use config::{AtMaxConnections, ServerConfig};
 
 use crate::ConfigError;
-use crate::shutdown::{Shutdown, ShutdownReport, State};
-use conn::Hold;
+use crate::shutdown::{Shutdown, ShutdownReport};
 
 /// Serves `service` on `listener` with the default [`ServerConfig`] until
 /// `shutdown` is done; see the [module docs](self).
@@ -315,278 +310,6 @@ where
     type IntoFuture = Pin<Box<dyn Future<Output = ShutdownReport> + Send + 'static>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(run(self))
+        Box::pin(accept::run(self))
     }
-}
-
-/// Metric handles, registered once per server.
-pub(crate) struct Metrics {
-    pub(crate) connections: Gauge,
-    accepted: Counter,
-    refused: Counter,
-    paused: Counter,
-    backlog: Counter,
-    pub(crate) header_read_timeouts: Counter,
-    pub(crate) keep_alive_timeouts: Counter,
-    pub(crate) aborted: Counter,
-}
-
-impl Metrics {
-    fn new(name: &str) -> Self {
-        crate::metrics_help::describe();
-        let n = name.to_owned();
-        Self {
-            connections: metrics::gauge!("rampart_connections", "name" => n.clone()),
-            accepted: metrics::counter!("rampart_connections_accepted_total", "name" => n.clone()),
-            refused: metrics::counter!("rampart_connections_refused_total", "name" => n.clone()),
-            paused: metrics::counter!("rampart_accept_paused_total", "name" => n.clone()),
-            backlog: metrics::counter!("rampart_connections_backlog_total", "name" => n.clone()),
-            header_read_timeouts: metrics::counter!(
-                "rampart_connection_timeouts_total",
-                "name" => n.clone(),
-                "kind" => "header_read"
-            ),
-            keep_alive_timeouts: metrics::counter!(
-                "rampart_connection_timeouts_total",
-                "name" => n.clone(),
-                "kind" => "keep_alive"
-            ),
-            aborted: metrics::counter!("rampart_connections_aborted_total", "name" => n),
-        }
-    }
-}
-
-/// What every connection task of one server shares.
-pub(crate) struct Shared {
-    pub(crate) config: ServerConfig,
-    pub(crate) builder: auto::Builder<TokioExecutor>,
-    pub(crate) shutdown: Shutdown,
-    pub(crate) state: Arc<State>,
-    pub(crate) metrics: Metrics,
-    drain_started: OnceLock<Instant>,
-}
-
-impl Shared {
-    /// When the drain ends (the abort): `drain_timeout` after the first
-    /// task saw draining start.
-    pub(crate) fn drain_deadline(&self) -> Instant {
-        *self.drain_started.get_or_init(Instant::now) + self.shutdown.config().drain_timeout
-    }
-
-    pub(crate) fn connection_error(
-        &self,
-        peer: SocketAddr,
-        error: &(dyn std::error::Error + 'static),
-    ) {
-        let header_timeout = error
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_timeout);
-        if header_timeout {
-            self.metrics.header_read_timeouts.increment(1);
-            tracing::debug!(
-                target: "tower_rampart::serve",
-                name = %self.config.name,
-                %peer,
-                "header read timeout"
-            );
-        } else {
-            tracing::debug!(
-                target: "tower_rampart::serve",
-                name = %self.config.name,
-                %peer,
-                error = %error,
-                "connection error"
-            );
-        }
-    }
-}
-
-fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // The header read timeout is the connection task's ticker: hyper's
-        // own would arm (and allocate) a timer for every request.
-        .header_read_timeout(None)
-        .keep_alive(true);
-    let interval =
-        (!config.http2_keep_alive_interval.is_zero()).then_some(config.http2_keep_alive_interval);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(config.http2_max_concurrent_streams)
-        .keep_alive_interval(interval)
-        .keep_alive_timeout(config.http2_keep_alive_timeout);
-    builder
-}
-
-/// Accept errors that concern one connection only.
-fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
-}
-
-async fn run<S, B>(serve: Serve<S>) -> ShutdownReport
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    let Serve {
-        server,
-        listener,
-        service,
-        shutdown,
-    } = serve;
-    let config = server.config;
-    let shared = Arc::new(Shared {
-        builder: builder(&config),
-        metrics: Metrics::new(&config.name),
-        state: Arc::clone(shutdown.state()),
-        shutdown: shutdown.clone(),
-        drain_started: OnceLock::new(),
-        config,
-    });
-    let name = shared.config.name.as_str();
-    let addr = listener.local_addr().ok();
-    // The drain waits for the listener too, so the connections taken from
-    // its backlog are counted before the coordinator looks.
-    let listener_hold = Hold::listener(&shared);
-    let limit = shared
-        .config
-        .max_connections
-        .map(|max| Arc::new(Semaphore::new(max)));
-    let draining = shutdown.draining();
-    tokio::pin!(draining);
-
-    'accept: loop {
-        let mut permit = None;
-        if let Some(limit) = &limit {
-            if shared.config.at_max_connections == AtMaxConnections::Pause {
-                if limit.available_permits() == 0 {
-                    shared.metrics.paused.increment(1);
-                    tracing::warn!(
-                        target: "tower_rampart::serve",
-                        name,
-                        max = shared.config.max_connections,
-                        "max connections reached: accepting paused"
-                    );
-                }
-                tokio::select! {
-                    biased;
-                    () = &mut draining => break 'accept,
-                    p = Arc::clone(limit).acquire_owned() => {
-                        permit = Some(p.expect("the semaphore is never closed"));
-                    }
-                }
-            }
-        }
-        let (stream, peer) = tokio::select! {
-            biased;
-            () = &mut draining => break 'accept,
-            res = listener.accept() => match res {
-                Ok(accepted) => accepted,
-                Err(e) if is_connection_error(&e) => continue,
-                Err(e) => {
-                    // Out of file descriptors, say: back off, keep serving
-                    // what is open.
-                    tracing::warn!(target: "tower_rampart::serve", name, error = %e, "accept failed");
-                    tokio::select! {
-                        () = &mut draining => break 'accept,
-                        () = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                    }
-                }
-            },
-        };
-        if permit.is_none() {
-            if let Some(limit) = &limit {
-                match Arc::clone(limit).try_acquire_owned() {
-                    Ok(p) => permit = Some(p),
-                    Err(_) => {
-                        shared.metrics.refused.increment(1);
-                        drop(stream);
-                        continue;
-                    }
-                }
-            }
-        }
-        spawn(&shared, permit, stream, peer, &service);
-    }
-
-    shared.drain_started.get_or_init(Instant::now);
-    // Draining: take what the kernel already accepted, then close the
-    // listener: from now on connecting is refused, never left hanging.
-    // tokio's `accept` would trust the readiness its reactor last saw and
-    // miss connections queued since; the std listener asks the kernel each
-    // time, so the window between the last accept and the close is a few
-    // system calls.
-    let mut backlog = 0u64;
-    match listener.into_std() {
-        Ok(std_listener) => {
-            loop {
-                match std_listener.accept() {
-                    Ok((stream, peer)) => {
-                        let stream = stream
-                            .set_nonblocking(true)
-                            .and_then(|()| tokio::net::TcpStream::from_std(stream));
-                        if let Ok(stream) = stream {
-                            backlog += 1;
-                            // Owed an answer: served even above max_connections.
-                            spawn(&shared, None, stream, peer, &service);
-                        }
-                    }
-                    Err(e) if is_connection_error(&e) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    // WouldBlock: the backlog is empty.
-                    Err(_) => break,
-                }
-            }
-            drop(std_listener);
-        }
-        Err(e) => {
-            tracing::warn!(target: "tower_rampart::serve", name, error = %e, "accept failed");
-        }
-    }
-    shared.metrics.backlog.increment(backlog);
-    tracing::info!(
-        target: "tower_rampart::serve",
-        name,
-        addr = ?addr,
-        backlog,
-        "listener closed"
-    );
-    drop(listener_hold);
-    shutdown.done().await
-}
-
-fn spawn<S, B>(
-    shared: &Arc<Shared>,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    service: &S,
-) where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    shared.metrics.accepted.increment(1);
-    let hold = Hold::connection(shared, permit);
-    tokio::spawn(conn::serve_connection(
-        Arc::clone(shared),
-        hold,
-        stream,
-        peer,
-        service.clone(),
-    ));
 }

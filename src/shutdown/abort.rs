@@ -6,7 +6,7 @@
 //! long stream polled many times keeps one slot.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::task::Waker;
 
 /// No slot owned yet.
@@ -26,7 +26,7 @@ struct Slots {
 
 impl AbortSignal {
     fn lock(&self) -> MutexGuard<'_, Slots> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::util::lock(&self.slots)
     }
 
     /// Has the signal fired?

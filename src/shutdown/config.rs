@@ -70,15 +70,26 @@ impl Default for ShutdownConfig {
 }
 
 impl ShutdownConfig {
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every setting without building anything (no task, signal
+    /// handler or metric is registered); the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.name.is_empty() {
-            return Err(ConfigError::new("name", "must not be empty"));
+            return Err(ConfigError::new(
+                "name",
+                crate::config_util::MUST_NOT_BE_EMPTY,
+            ));
         }
         if self.drain_timeout.is_zero() {
-            return Err(ConfigError::new("drain_timeout", "must be greater than 0"));
+            return Err(ConfigError::new(
+                "drain_timeout",
+                crate::config_util::MUST_BE_POSITIVE,
+            ));
         }
         if self.hook_timeout.is_zero() {
-            return Err(ConfigError::new("hook_timeout", "must be greater than 0"));
+            return Err(ConfigError::new(
+                "hook_timeout",
+                crate::config_util::MUST_BE_POSITIVE,
+            ));
         }
         at_most("shutdown_delay", self.shutdown_delay, 10 * MINUTE)?;
         at_most("sigint_delay", self.sigint_delay, 10 * MINUTE)?;

@@ -1,10 +1,11 @@
-//! The shutdown coordinator: triggers, phases, drain, hooks and the report.
+//! The shutdown coordinator: its handle ([`Shutdown`]), its builder and
+//! the state its steps share ([`Inner`]). The sequence itself is in
+//! `drive.rs`, the signals in `signals.rs`, the report in `report.rs`.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{Gauge, Histogram};
@@ -12,161 +13,33 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::config::ShutdownConfig;
+use super::drive::drive;
 use super::layer::DrainLayer;
+use super::phase::{Phase, Trigger};
+use super::report::ShutdownReport;
+use super::signals::Signals;
 use super::state::State;
 use crate::ConfigError;
 
-/// Where the process is in its shutdown.
-///
-/// Phases only move forward: `Running` -> `ShutdownRequested` -> `Draining`
-/// -> `Done`. Observe them with [`Shutdown::phase`] (an atomic read) or
-/// [`Shutdown::subscribe`] (a `tokio::sync::watch` channel).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[repr(u8)]
-pub enum Phase {
-    /// Serving normally.
-    Running = 0,
-    /// Shutdown was requested: readiness fails, requests are still served
-    /// (HTTP/1 answers carry `Connection: close`) for `shutdown_delay`.
-    ShutdownRequested = 1,
-    /// The listener stops accepting, new requests get 503 / UNAVAILABLE,
-    /// in-flight requests finish (up to `drain_timeout`, then are aborted).
-    Draining = 2,
-    /// Drain and cleanup hooks are over; the report is available.
-    Done = 3,
-}
-
-impl Phase {
-    pub(crate) fn from_u8(v: u8) -> Self {
-        match v {
-            0 => Phase::Running,
-            1 => Phase::ShutdownRequested,
-            2 => Phase::Draining,
-            _ => Phase::Done,
-        }
-    }
-
-    /// A stable snake_case name (`running`, `shutdown_requested`,
-    /// `draining`, `done`).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Phase::Running => "running",
-            Phase::ShutdownRequested => "shutdown_requested",
-            Phase::Draining => "draining",
-            Phase::Done => "done",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What started the shutdown.
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Trigger {
-    /// `SIGTERM` (what Kubernetes sends).
-    Sigterm,
-    /// `SIGINT` (Ctrl-C); skips `shutdown_delay` unless `sigint_delay` says
-    /// otherwise.
-    Sigint,
-    /// [`Shutdown::trigger`].
-    Programmatic,
-}
-
-impl Trigger {
-    /// A stable name (`sigterm`, `sigint`, `programmatic`).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Sigterm => "sigterm",
-            Trigger::Sigint => "sigint",
-            Trigger::Programmatic => "programmatic",
-        }
-    }
-}
-
-impl fmt::Display for Trigger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How one cleanup hook ended.
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HookOutcome {
-    /// It finished in time.
-    Completed,
-    /// It ran out of time and was cancelled.
-    TimedOut,
-    /// It panicked.
-    Panicked,
-}
-
-/// The record of one cleanup hook.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HookReport {
-    /// The name it was registered with.
-    pub name: String,
-    /// How it ended.
-    pub outcome: HookOutcome,
-    /// How long it ran.
-    pub duration: Duration,
-}
-
-/// What a shutdown did: returned by [`Shutdown::done`] and emitted as the
-/// `shutdown complete` tracing event.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShutdownReport {
-    /// What started it.
-    pub trigger: Trigger,
-    /// Time spent in [`Phase::ShutdownRequested`] (the shutdown delay).
-    pub delay: Duration,
-    /// Time spent in [`Phase::Draining`], abort included.
-    pub drain: Duration,
-    /// Time spent running cleanup hooks.
-    pub hooks_duration: Duration,
-    /// From the trigger to [`Phase::Done`].
-    pub total: Duration,
-    /// Requests in flight when draining began.
-    pub in_flight_at_drain: usize,
-    /// Requests that completed while draining: those in flight when it
-    /// began, and those the `serve` loop answered on
-    /// connections it had accepted before the listener closed.
-    pub finished: u64,
-    /// Requests cut off at the drain deadline.
-    pub aborted: u64,
-    /// Requests still counted in flight when the coordinator gave up
-    /// waiting for the aborted ones (normally 0).
-    pub left_in_flight: usize,
-    /// Did the drain hit `drain_timeout`?
-    pub drain_timed_out: bool,
-    /// Every cleanup hook, in the order they ran.
-    pub hooks: Vec<HookReport>,
-}
-
 type HookFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-struct Hook {
-    name: String,
-    timeout: Duration,
-    future: HookFuture,
+/// A cleanup hook, waiting for its turn.
+pub(super) struct Hook {
+    pub(super) name: String,
+    pub(super) timeout: Duration,
+    pub(super) future: HookFuture,
 }
 
+/// What the coordinator's handle and its `drive` task share.
 pub(crate) struct Inner {
     pub(crate) state: Arc<State>,
-    config: ShutdownConfig,
+    pub(super) config: ShutdownConfig,
     phase_tx: watch::Sender<Phase>,
-    trigger_tx: watch::Sender<Option<(Trigger, Instant)>>,
-    report_tx: watch::Sender<Option<ShutdownReport>>,
-    hooks: Mutex<Option<Vec<Hook>>>,
+    pub(super) trigger_tx: watch::Sender<Option<(Trigger, Instant)>>,
+    pub(super) report_tx: watch::Sender<Option<ShutdownReport>>,
+    pub(super) hooks: Mutex<Option<Vec<Hook>>>,
     phase_gauge: Gauge,
-    drain_histogram: Histogram,
+    pub(super) drain_histogram: Histogram,
 }
 
 /// The shutdown coordinator: built once, cheap to clone (one `Arc`).
@@ -498,11 +371,7 @@ impl Shutdown {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let mut hooks = self
-            .inner
-            .hooks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut hooks = crate::util::lock(&self.inner.hooks);
         match hooks.as_mut() {
             Some(list) => {
                 list.push(Hook {
@@ -528,7 +397,7 @@ impl Shutdown {
 
 impl Inner {
     /// Starts the shutdown (once): readiness fails from this very moment.
-    fn request(&self, trigger: Trigger) -> bool {
+    pub(super) fn request(&self, trigger: Trigger) -> bool {
         let won = self.trigger_tx.send_if_modified(|t| {
             if t.is_none() {
                 *t = Some((trigger, Instant::now()));
@@ -549,7 +418,7 @@ impl Inner {
         won
     }
 
-    fn set_phase(&self, phase: Phase) {
+    pub(super) fn set_phase(&self, phase: Phase) {
         self.state.set_phase(phase);
         self.phase_gauge.set(f64::from(phase as u8));
         self.phase_tx.send_replace(phase);
@@ -563,7 +432,7 @@ impl Inner {
     }
 
     /// Waits until nothing is in flight or `deadline` passes; true if idle.
-    async fn wait_idle(&self, deadline: Instant) -> bool {
+    pub(super) async fn wait_idle(&self, deadline: Instant) -> bool {
         loop {
             let notified = self.state.idle.notified();
             tokio::pin!(notified);
@@ -576,252 +445,5 @@ impl Inner {
                 () = tokio::time::sleep_until(deadline) => return self.state.is_idle(),
             }
         }
-    }
-}
-
-/// The installed signal streams.
-struct Signals {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    int: Option<tokio::signal::unix::Signal>,
-    #[cfg(not(unix))]
-    enabled: bool,
-}
-
-impl Signals {
-    fn none() -> Self {
-        Self {
-            #[cfg(unix)]
-            term: None,
-            #[cfg(unix)]
-            int: None,
-            #[cfg(not(unix))]
-            enabled: false,
-        }
-    }
-
-    fn install() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let install = |kind: SignalKind, what: &str| match signal(kind) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(
-                        target: "tower_rampart::shutdown",
-                        signal = what,
-                        error = %e,
-                        "cannot listen to signal"
-                    );
-                    None
-                }
-            };
-            Self {
-                term: install(SignalKind::terminate(), "SIGTERM"),
-                int: install(SignalKind::interrupt(), "SIGINT"),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            Self { enabled: true }
-        }
-    }
-
-    /// The next signal; pending forever if none is installed.
-    async fn recv(&mut self) -> Trigger {
-        #[cfg(unix)]
-        {
-            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
-                match s {
-                    Some(s) => {
-                        if s.recv().await.is_none() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    None => std::future::pending().await,
-                }
-            }
-            tokio::select! {
-                () = next(&mut self.term) => Trigger::Sigterm,
-                () = next(&mut self.int) => Trigger::Sigint,
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            if self.enabled && tokio::signal::ctrl_c().await.is_ok() {
-                Trigger::Sigint
-            } else {
-                std::future::pending().await
-            }
-        }
-    }
-}
-
-async fn drive(inner: Arc<Inner>, mut signals: Signals) {
-    let mut trigger_rx = inner.trigger_tx.subscribe();
-    let (trigger, started) = tokio::select! {
-        t = trigger_rx.wait_for(Option::is_some) => match t {
-            Ok(t) => t.expect("checked by wait_for"),
-            Err(_) => return,
-        },
-        t = signals.recv() => {
-            inner.request(t);
-            inner.trigger_tx.borrow().expect("set by request")
-        }
-    };
-
-    // A second signal forces an immediate exit. After a programmatic
-    // trigger the first signal (Kubernetes' SIGTERM, say) is only the first.
-    let force_code = inner.config.force_exit_code;
-    let force_name = Arc::clone(&inner.state.name);
-    let force = tokio::spawn(async move {
-        if trigger == Trigger::Programmatic {
-            let first = signals.recv().await;
-            tracing::warn!(
-                target: "tower_rampart::shutdown",
-                name = %force_name,
-                signal = first.as_str(),
-                "signal during shutdown: already shutting down, a second one forces the exit"
-            );
-        }
-        let second = signals.recv().await;
-        tracing::error!(
-            target: "tower_rampart::shutdown",
-            name = %force_name,
-            signal = second.as_str(),
-            code = force_code,
-            "second signal: exiting now"
-        );
-        std::process::exit(force_code);
-    });
-
-    let delay = if trigger == Trigger::Sigint {
-        inner.config.sigint_delay
-    } else {
-        inner.config.shutdown_delay
-    };
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-
-    let drain_start = Instant::now();
-    let completed_before = inner.state.completed.load(Ordering::Relaxed);
-    inner.set_phase(Phase::Draining);
-    let in_flight_at_drain = inner.state.in_flight();
-    let drained = inner
-        .wait_idle(drain_start + inner.config.drain_timeout)
-        .await;
-    if !drained {
-        tracing::warn!(
-            target: "tower_rampart::shutdown",
-            name = %inner.state.name,
-            in_flight = inner.state.in_flight(),
-            "drain deadline reached: aborting in-flight requests"
-        );
-        inner.state.abort.fire();
-        inner
-            .wait_idle(Instant::now() + inner.config.abort_grace)
-            .await;
-    }
-    let drain = drain_start.elapsed();
-    inner.drain_histogram.record(drain.as_secs_f64());
-    let finished = inner.state.completed.load(Ordering::Relaxed) - completed_before;
-    let aborted = inner.state.aborted.load(Ordering::Relaxed);
-    let left_in_flight = inner.state.in_flight();
-
-    let hooks_start = Instant::now();
-    let hooks = inner
-        .hooks
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-        .unwrap_or_default();
-    let mut hook_reports = Vec::with_capacity(hooks.len());
-    for hook in hooks {
-        hook_reports.push(run_hook(&inner.state.name, hook).await);
-    }
-    let hooks_duration = hooks_start.elapsed();
-
-    let report = ShutdownReport {
-        trigger,
-        delay: drain_start - started,
-        drain,
-        hooks_duration,
-        total: started.elapsed(),
-        in_flight_at_drain,
-        finished,
-        aborted,
-        left_in_flight,
-        drain_timed_out: !drained,
-        hooks: hook_reports,
-    };
-    emit(&inner.state.name, &report);
-    inner.set_phase(Phase::Done);
-    inner.report_tx.send_replace(Some(report));
-    // The process may keep running (tests, embedded servers): stop
-    // listening for a forcing signal once everything is over.
-    force.abort();
-}
-
-async fn run_hook(name: &str, hook: Hook) -> HookReport {
-    let start = Instant::now();
-    let mut task = tokio::spawn(hook.future);
-    let outcome = match tokio::time::timeout(hook.timeout, &mut task).await {
-        Ok(Ok(())) => HookOutcome::Completed,
-        Ok(Err(e)) if e.is_panic() => HookOutcome::Panicked,
-        Ok(Err(_)) => HookOutcome::TimedOut,
-        Err(_) => {
-            task.abort();
-            HookOutcome::TimedOut
-        }
-    };
-    let duration = start.elapsed();
-    if outcome != HookOutcome::Completed {
-        tracing::warn!(
-            target: "tower_rampart::shutdown",
-            name,
-            hook = %hook.name,
-            outcome = ?outcome,
-            duration_ms = duration.as_millis() as u64,
-            "cleanup hook failed"
-        );
-    }
-    HookReport {
-        name: hook.name,
-        outcome,
-        duration,
-    }
-}
-
-fn emit(name: &str, r: &ShutdownReport) {
-    let hooks_failed = r
-        .hooks
-        .iter()
-        .filter(|h| h.outcome != HookOutcome::Completed)
-        .count();
-    macro_rules! event {
-        ($level:ident) => {
-            tracing::$level!(
-                target: "tower_rampart::shutdown",
-                name,
-                trigger = r.trigger.as_str(),
-                delay_ms = r.delay.as_millis() as u64,
-                drain_ms = r.drain.as_millis() as u64,
-                hooks_ms = r.hooks_duration.as_millis() as u64,
-                total_ms = r.total.as_millis() as u64,
-                in_flight_at_drain = r.in_flight_at_drain,
-                finished = r.finished,
-                aborted = r.aborted,
-                hooks = r.hooks.len(),
-                hooks_failed,
-                "shutdown complete"
-            )
-        };
-    }
-    if r.aborted > 0 || hooks_failed > 0 || r.left_in_flight > 0 {
-        event!(warn);
-    } else {
-        event!(info);
     }
 }

@@ -7,25 +7,25 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, header};
+use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::BoxError;
 
-use super::Phase;
 use super::state::Guard;
+use super::{DrainMode, Facts};
 use crate::Rejection;
-use crate::rejection::{ErrorMode, HttpMode, Protocol, ResponseBody};
+use crate::rejection::{HttpMode, Protocol};
 
 pin_project! {
     /// The response future of [`Drain`](super::Drain): the inner future,
     /// raced against the coordinator's abort signal, or a refusal.
-    pub struct ResponseFuture<F, M = HttpMode> {
+    pub struct ResponseFuture<F, Req, M = HttpMode, C = Protocol> {
         #[pin]
         kind: Kind<F>,
-        protocol: Protocol,
-        http1: bool,
-        _mode: PhantomData<fn() -> M>,
+        cx: C,
+        facts: Facts,
+        _mode: PhantomData<fn(Req) -> M>,
     }
 }
 
@@ -37,85 +37,55 @@ pin_project! {
     }
 }
 
-impl<F, M> ResponseFuture<F, M> {
+impl<F, Req, M, C> ResponseFuture<F, Req, M, C> {
     #[inline]
-    pub(crate) fn admitted(future: F, guard: Guard, protocol: Protocol, http1: bool) -> Self {
+    pub(crate) fn admitted(future: F, guard: Guard, cx: C, facts: Facts) -> Self {
         Self {
             kind: Kind::Inner {
                 future,
                 guard: Some(guard),
             },
-            protocol,
-            http1,
+            cx,
+            facts,
             _mode: PhantomData,
         }
     }
 
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn rejected(rejection: Rejection, protocol: Protocol, http1: bool) -> Self {
+    pub(crate) fn rejected(rejection: Rejection, cx: C, facts: Facts) -> Self {
         Self {
             kind: Kind::Rejected {
                 rejection: Some(Box::new(rejection)),
             },
-            protocol,
-            http1,
+            cx,
+            facts,
             _mode: PhantomData,
         }
     }
 }
 
-/// Aborted at the drain deadline: drops the guard (counted as aborted) and
-/// builds the answer; the inner future is dropped with the response future.
-#[cold]
-#[inline(never)]
-fn abort(guard: &mut Option<Guard>, http1: bool) -> Rejection {
-    let g = guard.take().expect("present");
-    g.state().aborted_rejection(http1)
-}
-
-/// The refusal as a response (off the hot path).
-#[cold]
-#[inline(never)]
-fn refusal<B>(rejection: Rejection, protocol: Protocol) -> Response<ResponseBody<DrainBody<B>>> {
-    rejection.into_response(protocol)
-}
-
-impl<F, B, E> Future for ResponseFuture<F, HttpMode>
+impl<F, Req, M, C, Res, E> Future for ResponseFuture<F, Req, M, C>
 where
-    F: Future<Output = Result<Response<B>, E>>,
+    F: Future<Output = Result<Res, E>>,
+    M: DrainMode<Req, Res, E, Context = C>,
+    C: Copy,
 {
-    type Output = Result<Response<ResponseBody<DrainBody<B>>>, E>;
+    type Output = Result<M::Response, M::Error>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        match this.kind.project() {
-            KindProj::Rejected { rejection } => Poll::Ready(Ok(refusal(
-                *rejection.take().expect("polled after completion"),
-                *this.protocol,
-            ))),
+        let rejection = match this.kind.project() {
+            KindProj::Rejected { rejection } => *rejection.take().expect("polled after completion"),
             KindProj::Inner { future, guard } => {
                 let g = guard.as_mut().expect("polled after completion");
                 if !g.check_aborted() {
                     match future.poll(cx) {
-                        Poll::Ready(Ok(res)) => {
+                        Poll::Ready(result) => {
                             let g = guard.take().expect("present");
-                            let close =
-                                *this.http1 && g.state().phase() >= Phase::ShutdownRequested;
-                            let grpc = *this.protocol == Protocol::Grpc;
-                            let (mut parts, body) = res.into_parts();
-                            if close {
-                                parts
-                                    .headers
-                                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                            }
-                            let body = ResponseBody::new(DrainBody::new(body, g, grpc));
-                            return Poll::Ready(Ok(Response::from_parts(parts, body)));
-                        }
-                        Poll::Ready(Err(e)) => {
-                            guard.take();
-                            return Poll::Ready(Err(e));
+                            let facts = *this.facts;
+                            return Poll::Ready(M::admitted(
+                                result.map(|res| M::track(res, g, facts)),
+                            ));
                         }
                         Poll::Pending => {
                             if !g.register(cx.waker()) {
@@ -124,51 +94,20 @@ where
                         }
                     }
                 }
-                Poll::Ready(Ok(refusal(abort(guard, *this.http1), *this.protocol)))
+                // Aborted at the drain deadline: the guard is dropped
+                // (counted as aborted), the inner future with this one.
+                let g = guard.take().expect("present");
+                g.state().aborted_rejection(this.facts.http1)
             }
-        }
+        };
+        Poll::Ready(M::rejected(*this.cx, rejection))
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F, ErrorMode>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match this.kind.project() {
-            KindProj::Rejected { rejection } => {
-                Poll::Ready(Err(rejection.take().expect("polled after completion")))
-            }
-            KindProj::Inner { future, guard } => {
-                let g = guard.as_mut().expect("polled after completion");
-                if !g.check_aborted() {
-                    match future.poll(cx) {
-                        Poll::Ready(out) => {
-                            guard.take();
-                            return Poll::Ready(out.map_err(Into::into));
-                        }
-                        Poll::Pending => {
-                            if !g.register(cx.waker()) {
-                                return Poll::Pending;
-                            }
-                        }
-                    }
-                }
-                Poll::Ready(Err(Box::new(abort(guard, *this.http1))))
-            }
-        }
-    }
-}
-
-impl<F, M> fmt::Debug for ResponseFuture<F, M> {
+impl<F, Req, M, C: fmt::Debug> fmt::Debug for ResponseFuture<F, Req, M, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("protocol", &self.protocol)
+            .field("cx", &self.cx)
             .finish_non_exhaustive()
     }
 }

@@ -115,8 +115,12 @@
 mod abort;
 mod config;
 mod coordinator;
+mod drive;
 mod future;
 mod layer;
+mod phase;
+mod report;
+mod signals;
 mod state;
 mod stream;
 
@@ -125,18 +129,19 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response, Version};
+use http::{HeaderValue, Request, Response, Version, header};
 use tower::{BoxError, Service};
 
 pub use config::ShutdownConfig;
-pub use coordinator::{
-    HookOutcome, HookReport, Phase, Shutdown, ShutdownBuilder, ShutdownReport, Trigger,
-};
+pub use coordinator::{Shutdown, ShutdownBuilder};
 pub use future::{DrainBody, ResponseFuture};
 pub use layer::DrainLayer;
+pub use phase::{Phase, Trigger};
+pub use report::{HookOutcome, HookReport, ShutdownReport};
 pub use stream::UntilDraining;
 
-use crate::rejection::{ErrorMode, HttpMode, Protocol, ResponseBody};
+use crate::rejection::{ErrorMode, HttpMode, Protocol};
+use state::Guard;
 pub(crate) use state::State;
 
 /// Request extension set by the `serve` loop on every request: it closes
@@ -202,39 +207,15 @@ impl<S, M> fmt::Debug for Drain<S, M> {
     }
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for Drain<S, HttpMode>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-{
-    type Response = Response<ResponseBody<DrainBody<ResB>>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, HttpMode>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let protocol = Protocol::of(&req);
-        let http1 = req.version() <= Version::HTTP_11;
-        let owed = || req.extensions().get::<Owed>().is_some();
-        match self.state.admit_unless_draining(owed) {
-            Some(guard) => ResponseFuture::admitted(self.inner.call(req), guard, protocol, http1),
-            None => ResponseFuture::rejected(self.state.draining_rejection(http1), protocol, http1),
-        }
-    }
-}
-
-impl<S, Req> Service<Req> for Drain<S, ErrorMode>
+impl<S, M, Req> Service<Req> for Drain<S, M>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
+    M: DrainMode<Req, S::Response, S::Error>,
+    S::Error: Into<M::Error>,
 {
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future, ErrorMode>;
+    type Response = M::Response;
+    type Error = M::Error;
+    type Future = ResponseFuture<S::Future, Req, M, M::Context>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -243,15 +224,104 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.state.admit() {
-            Some(guard) => {
-                ResponseFuture::admitted(self.inner.call(req), guard, Protocol::Http, false)
-            }
-            None => ResponseFuture::rejected(
-                self.state.draining_rejection(false),
-                Protocol::Http,
-                false,
-            ),
+        let cx = M::context(&req);
+        let facts = M::facts(&req, cx);
+        match self.state.admit_unless_draining(|| M::owed(&req)) {
+            Some(guard) => ResponseFuture::admitted(self.inner.call(req), guard, cx, facts),
+            None => ResponseFuture::rejected(self.state.draining_rejection(facts.http1), cx, facts),
         }
+    }
+}
+
+mod sealed {
+    use super::Guard;
+    use crate::rejection::Mode;
+
+    /// What the drain layer learns from a request before it moves into the
+    /// inner service.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Facts {
+        /// HTTP/1.x: answers carry `Connection: close` once shutdown starts.
+        pub(crate) http1: bool,
+        /// A gRPC request: a body cut off at the drain deadline ends with
+        /// `grpc-status` trailers.
+        pub(crate) grpc: bool,
+    }
+
+    /// The drain layer's part of a [`Mode`]: what it reads from the request
+    /// and how an admitted answer keeps the request counted until it ends.
+    /// Implemented by [`HttpMode`](crate::rejection::HttpMode) (the body is
+    /// wrapped in a `DrainBody`) and [`ErrorMode`](crate::rejection::ErrorMode)
+    /// (the request is done when the inner future is).
+    pub trait DrainMode<Req, Res, E>: Mode<Req, Self::Tracked, E> {
+        /// The inner service's response, made to hold the request's guard.
+        type Tracked;
+
+        /// What the drain layer needs to know about `req` (`cx` is the
+        /// mode's context, already captured: the protocol is read once).
+        fn facts(req: &Req, cx: <Self as Mode<Req, Self::Tracked, E>>::Context) -> Facts;
+
+        /// Whether `req` came on a connection the crate's `serve` loop
+        /// accepted and still owes an answer (it is admitted while
+        /// draining). Only asked while draining.
+        fn owed(req: &Req) -> bool;
+
+        /// Hands `guard` to the admitted response (or drops it: the
+        /// request is done).
+        fn track(res: Res, guard: Guard, facts: Facts) -> Self::Tracked;
+    }
+}
+
+pub(crate) use sealed::{DrainMode, Facts};
+
+impl<ReqB, ResB, E> DrainMode<Request<ReqB>, Response<ResB>, E> for HttpMode {
+    type Tracked = Response<DrainBody<ResB>>;
+
+    #[inline]
+    fn facts(req: &Request<ReqB>, protocol: Protocol) -> Facts {
+        Facts {
+            http1: req.version() <= Version::HTTP_11,
+            grpc: protocol == Protocol::Grpc,
+        }
+    }
+
+    #[inline]
+    fn owed(req: &Request<ReqB>) -> bool {
+        req.extensions().get::<Owed>().is_some()
+    }
+
+    #[inline]
+    fn track(res: Response<ResB>, guard: Guard, facts: Facts) -> Response<DrainBody<ResB>> {
+        let close = facts.http1 && guard.state().phase() >= Phase::ShutdownRequested;
+        let (mut parts, body) = res.into_parts();
+        if close {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Response::from_parts(parts, DrainBody::new(body, guard, facts.grpc))
+    }
+}
+
+impl<Req, Res, E: Into<BoxError>> DrainMode<Req, Res, E> for ErrorMode {
+    type Tracked = Res;
+
+    #[inline]
+    fn facts(_: &Req, (): ()) -> Facts {
+        Facts {
+            http1: false,
+            grpc: false,
+        }
+    }
+
+    #[inline]
+    fn owed(_: &Req) -> bool {
+        false
+    }
+
+    #[inline]
+    fn track(res: Res, guard: Guard, _: Facts) -> Res {
+        drop(guard);
+        res
     }
 }

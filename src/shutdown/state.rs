@@ -94,12 +94,6 @@ impl State {
         }
     }
 
-    /// Admits a request (returns its guard) unless the server is draining.
-    #[inline]
-    pub(crate) fn admit(self: &Arc<Self>) -> Option<Guard> {
-        self.admit_unless_draining(|| false)
-    }
-
     /// Admits a request unless the server is draining and `accepted` says
     /// the connection it came on may not be served any more (`serve` marks
     /// requests on connections it still owes an answer).
@@ -168,7 +162,7 @@ fn close_if(r: Rejection, http1: bool) -> Rejection {
 
 /// One admitted request: counted in flight until dropped.
 #[derive(Debug)]
-pub(crate) struct Guard {
+pub struct Guard {
     state: Arc<State>,
     key: usize,
     /// The waker registered in slot `key`, so that polls by the same task

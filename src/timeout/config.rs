@@ -73,25 +73,67 @@ fn default_true() -> bool {
 }
 
 impl TimeoutConfig {
-    /// Validates the settings and builds the layer.
+    /// A config with the defaults and no `timeout` yet (0: refused by
+    /// [`validate`](Self::validate)).
+    pub(crate) fn unset() -> Self {
+        Self {
+            name: super::DEFAULT_NAME.to_owned(),
+            timeout: Duration::ZERO,
+            safety_margin: None,
+            grpc_timeout: true,
+            budget_header: None,
+            status: None,
+            deadline_extension: true,
+        }
+    }
+
+    /// Checks every setting without building anything (no metric is
+    /// registered); the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.budget_header()?;
+        self.status()?;
+        if self.name.is_empty() {
+            return Err(ConfigError::new(
+                "name",
+                crate::config_util::MUST_NOT_BE_EMPTY,
+            ));
+        }
+        crate::config_util::positive("timeout", self.timeout)?;
+        crate::config_util::at_most("timeout", self.timeout, crate::config_util::HOUR)?;
+        if self.safety_margin.unwrap_or_default() >= self.timeout {
+            return Err(ConfigError::new(
+                "safety_margin",
+                "must be less than `timeout`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The budget header, parsed.
+    pub(crate) fn budget_header(&self) -> Result<Option<HeaderName>, ConfigError> {
+        self.budget_header
+            .as_deref()
+            .map(|h| {
+                HeaderName::try_from(h)
+                    .map_err(|_| ConfigError::new("budget_header", "must be a valid header name"))
+            })
+            .transpose()
+    }
+
+    /// The refusal status, parsed.
+    pub(crate) fn status(&self) -> Result<Option<StatusCode>, ConfigError> {
+        let Some(status) = self.status else {
+            return Ok(None);
+        };
+        match StatusCode::from_u16(status) {
+            Ok(s) if s.is_client_error() || s.is_server_error() => Ok(Some(s)),
+            _ => Err(ConfigError::new("status", "must be a 4xx or 5xx status")),
+        }
+    }
+
+    /// Builds the layer (validated first).
     pub fn build(&self) -> Result<TimeoutLayer, ConfigError> {
-        let mut b = TimeoutLayer::builder()
-            .name(self.name.clone())
-            .timeout(self.timeout)
-            .safety_margin(self.safety_margin.unwrap_or_default())
-            .honor_grpc_timeout(self.grpc_timeout)
-            .deadline_extension(self.deadline_extension);
-        if let Some(header) = &self.budget_header {
-            let name = HeaderName::try_from(header.as_str())
-                .map_err(|_| ConfigError::new("budget_header", "must be a valid header name"))?;
-            b = b.budget_header(name);
-        }
-        if let Some(status) = self.status {
-            let status = StatusCode::from_u16(status)
-                .map_err(|_| ConfigError::new("status", "must be a 4xx or 5xx status"))?;
-            b = b.status(status);
-        }
-        b.build()
+        TimeoutLayer::from_config(self)
     }
 }
 

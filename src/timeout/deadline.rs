@@ -275,17 +275,7 @@ pub(crate) fn instant_after(now: Instant, budget: Duration) -> Instant {
 /// Parses a budget header carrying whole milliseconds (ASCII digits only, at
 /// most 12 of them, about 31 years).
 pub(crate) fn parse_millis(value: &[u8]) -> Option<Duration> {
-    if value.is_empty() || value.len() > 12 {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &d in value {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        n = n * 10 + u64::from(d - b'0');
-    }
-    Some(Duration::from_millis(n))
+    crate::util::digits::parse_u64(value, 12).map(Duration::from_millis)
 }
 
 #[cfg(test)]

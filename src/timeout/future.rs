@@ -14,7 +14,7 @@ use tokio::time::{Instant, Sleep};
 use super::Binding;
 use super::deadline::DeadlineSource;
 use super::error::TimeoutCause;
-use super::layer::Shared;
+use super::state::Shared;
 use crate::rejection::{HttpMode, Mode, Protocol};
 
 pin_project! {

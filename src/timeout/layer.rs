@@ -6,79 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, StatusCode};
-use metrics::Counter;
 use tower::Layer;
 
 use super::deadline::DeadlineSource;
 use super::error::TimeoutCause;
-use super::{Binding, Timeout};
+use super::state::Shared;
+use super::{Timeout, TimeoutConfig};
 use crate::ConfigError;
-use crate::rejection::{ErrorMode, HttpMode, Rejection, RejectionKind};
+use crate::rejection::{ErrorMode, HttpMode};
 
 /// The default layer name (the `name` label of metrics and events).
 pub const DEFAULT_NAME: &str = "timeout";
-
-/// The layer's settings and metric handles, shared by every service it
-/// builds and every clone of it.
-pub(crate) struct Shared {
-    pub(crate) name: Arc<str>,
-    pub(crate) timeout: Duration,
-    pub(crate) safety_margin: Duration,
-    pub(crate) grpc_timeout: bool,
-    pub(crate) budget_header: Option<HeaderName>,
-    pub(crate) status: Option<StatusCode>,
-    pub(crate) deadline_extension: bool,
-    /// `[server, caller]` budgets.
-    elapsed: [Counter; 2],
-    budget_spent: [Counter; 2],
-}
-
-impl Shared {
-    /// Counts and logs a timeout of the budget `source` (refusal path only).
-    #[cold]
-    pub(crate) fn record(&self, cause: TimeoutCause, source: DeadlineSource) {
-        let i = usize::from(source == DeadlineSource::Caller);
-        match cause {
-            TimeoutCause::Elapsed => self.elapsed[i].increment(1),
-            TimeoutCause::BudgetSpent => self.budget_spent[i].increment(1),
-        }
-        tracing::debug!(
-            target: "tower_rampart::timeout",
-            name = %self.name,
-            cause = cause.as_str(),
-            source = source.as_str(),
-            "request timed out"
-        );
-    }
-
-    /// The refusal for `cause`: the service's fault only when the server's
-    /// own budget ran out. `binding` (a budget spent on arrival) says which
-    /// budget it was, for the detail.
-    #[cold]
-    pub(crate) fn rejection(
-        &self,
-        cause: TimeoutCause,
-        source: DeadlineSource,
-        binding: Option<Binding>,
-    ) -> Rejection {
-        let rejection = Rejection::new(RejectionKind::TimedOut, self.name.clone())
-            .with_service_fault(source == DeadlineSource::Server);
-        let rejection = match binding {
-            Some(Binding::Caller(budget)) if budget.is_zero() => {
-                rejection.with_detail("the caller's budget is zero")
-            }
-            Some(Binding::Caller(budget)) => rejection.with_detail(format!(
-                "the caller's budget ({budget:?}) is within the safety margin ({:?})",
-                self.safety_margin
-            )),
-            _ => rejection.with_detail(cause.detail()),
-        };
-        match self.status {
-            Some(status) => rejection.with_status(status),
-            None => rejection,
-        }
-    }
-}
 
 /// Bounds the time to a response and propagates the caller's deadline.
 ///
@@ -109,7 +47,8 @@ impl TimeoutLayer {
 
 impl<M> TimeoutLayer<M> {
     /// Switches refusals to errors: the service returns a boxed
-    /// [`Rejection`] of kind [`TimedOut`](RejectionKind::TimedOut) in a
+    /// [`Rejection`](crate::Rejection) of kind
+    /// [`TimedOut`](crate::RejectionKind::TimedOut) in a
     /// `BoxError` instead of an HTTP or gRPC response.
     pub fn into_error_mode(self) -> TimeoutLayer<ErrorMode> {
         TimeoutLayer {
@@ -186,25 +125,15 @@ impl<S, M> Layer<S> for TimeoutLayer<M> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct TimeoutLayerBuilder {
-    name: String,
-    timeout: Option<Duration>,
-    safety_margin: Duration,
-    grpc_timeout: bool,
-    budget_header: Option<HeaderName>,
-    status: Option<StatusCode>,
-    deadline_extension: bool,
+    config: TimeoutConfig,
+    timeout_set: bool,
 }
 
 impl Default for TimeoutLayerBuilder {
     fn default() -> Self {
         Self {
-            name: DEFAULT_NAME.to_owned(),
-            timeout: None,
-            safety_margin: Duration::ZERO,
-            grpc_timeout: true,
-            budget_header: None,
-            status: None,
-            deadline_extension: true,
+            config: TimeoutConfig::unset(),
+            timeout_set: false,
         }
     }
 }
@@ -213,7 +142,7 @@ impl TimeoutLayerBuilder {
     /// The name that labels metrics and events (default `"timeout"`).
     #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.config.name = name.into();
         self
     }
 
@@ -221,7 +150,8 @@ impl TimeoutLayerBuilder {
     /// at most one hour).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+        self.config.timeout = timeout;
+        self.timeout_set = true;
         self
     }
 
@@ -231,7 +161,7 @@ impl TimeoutLayerBuilder {
     /// shorten the server's own `timeout`.
     #[must_use]
     pub fn safety_margin(mut self, margin: Duration) -> Self {
-        self.safety_margin = margin;
+        self.config.safety_margin = Some(margin);
         self
     }
 
@@ -240,7 +170,7 @@ impl TimeoutLayerBuilder {
     /// HTTP requests use the [`budget_header`](Self::budget_header).
     #[must_use]
     pub fn honor_grpc_timeout(mut self, honor: bool) -> Self {
-        self.grpc_timeout = honor;
+        self.config.grpc_timeout = honor;
         self
     }
 
@@ -249,7 +179,7 @@ impl TimeoutLayerBuilder {
     /// and `grpc-timeout` are present the smaller budget wins.
     #[must_use]
     pub fn budget_header(mut self, name: HeaderName) -> Self {
-        self.budget_header = Some(name);
+        self.config.budget_header = Some(name.as_str().to_owned());
         self
     }
 
@@ -258,7 +188,7 @@ impl TimeoutLayerBuilder {
     /// `DEADLINE_EXCEEDED`. Must be a 4xx or 5xx status.
     #[must_use]
     pub fn status(mut self, status: StatusCode) -> Self {
-        self.status = Some(status);
+        self.config.status = Some(status.as_u16());
         self
     }
 
@@ -272,36 +202,28 @@ impl TimeoutLayerBuilder {
     /// nested timeout layer needs to see this one.
     #[must_use]
     pub fn deadline_extension(mut self, insert: bool) -> Self {
-        self.deadline_extension = insert;
+        self.config.deadline_extension = insert;
         self
     }
 
     /// Validates the settings and builds the layer (and registers its
     /// metrics with the installed recorder).
     pub fn build(self) -> Result<TimeoutLayer, ConfigError> {
-        if self.name.is_empty() {
-            return Err(ConfigError::new("name", "must not be empty"));
+        if !self.timeout_set {
+            return Err(ConfigError::new("timeout", "must be set"));
         }
-        let timeout = self
-            .timeout
-            .ok_or_else(|| ConfigError::new("timeout", "must be set"))?;
-        if timeout.is_zero() {
-            return Err(ConfigError::new("timeout", "must be greater than 0"));
-        }
-        crate::config_util::at_most("timeout", timeout, crate::config_util::HOUR)?;
-        if self.safety_margin >= timeout {
-            return Err(ConfigError::new(
-                "safety_margin",
-                "must be less than `timeout`",
-            ));
-        }
-        if let Some(status) = self.status {
-            if !(status.is_client_error() || status.is_server_error()) {
-                return Err(ConfigError::new("status", "must be a 4xx or 5xx status"));
-            }
-        }
+        TimeoutLayer::from_config(&self.config)
+    }
+}
+
+impl TimeoutLayer {
+    /// The layer of a config, validated first.
+    pub(crate) fn from_config(config: &TimeoutConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let budget_header = config.budget_header()?;
+        let status = config.status()?;
         crate::metrics_help::describe();
-        let name: Arc<str> = Arc::from(self.name);
+        let name: Arc<str> = Arc::from(config.name.as_str());
         let counter = |cause: TimeoutCause, source: DeadlineSource| {
             metrics::counter!(
                 "rampart_timeouts_total",
@@ -320,12 +242,12 @@ impl TimeoutLayerBuilder {
             elapsed: counters(TimeoutCause::Elapsed),
             budget_spent: counters(TimeoutCause::BudgetSpent),
             name,
-            timeout,
-            safety_margin: self.safety_margin,
-            grpc_timeout: self.grpc_timeout,
-            budget_header: self.budget_header,
-            status: self.status,
-            deadline_extension: self.deadline_extension,
+            timeout: config.timeout,
+            safety_margin: config.safety_margin.unwrap_or_default(),
+            grpc_timeout: config.grpc_timeout,
+            budget_header,
+            status,
+            deadline_extension: config.deadline_extension,
         };
         Ok(TimeoutLayer {
             shared: Arc::new(shared),

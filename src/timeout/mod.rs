@@ -122,6 +122,7 @@ mod deadline;
 mod error;
 mod future;
 mod layer;
+mod state;
 
 mod config;
 
@@ -129,9 +130,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use http::{HeaderMap, HeaderName};
 use tokio::time::Instant;
 use tower::Service;
 
@@ -141,10 +140,10 @@ pub use self::deadline::{
 };
 pub use self::error::{TimeoutCause, is_timeout};
 pub use self::future::ResponseFuture;
-use self::layer::Shared;
 pub use self::layer::{DEFAULT_NAME, TimeoutLayer, TimeoutLayerBuilder};
 use self::sealed::ProtocolHint;
-use crate::grpc::is_grpc;
+pub(crate) use self::state::Binding;
+use self::state::Shared;
 use crate::rejection::{HttpMode, Mode};
 
 pub use self::config::TimeoutConfig;
@@ -179,111 +178,6 @@ impl<S, M> Timeout<S, M> {
     pub fn into_inner(self) -> S {
         self.inner
     }
-
-    /// The effective deadline of a request arriving now with `req`'s
-    /// budget headers and outer deadline, whose budget it is, and whether
-    /// there was an outer deadline. `grpc` is what the mode's request
-    /// context knows of the protocol (`None`: unknown, look it up).
-    ///
-    /// The earliest deadline binds; at the same instant the server's own
-    /// budget binds before the caller's, and this layer's own before an
-    /// outer one's.
-    #[inline]
-    fn deadline_for<Req: DeadlineCarrier>(
-        &self,
-        req: &Req,
-        now: Instant,
-        grpc: Option<bool>,
-    ) -> Effective {
-        let shared = &*self.shared;
-        let mut eff = Effective {
-            at: deadline::instant_after(now, shared.timeout),
-            source: DeadlineSource::Server,
-            binding: Binding::Own,
-            nested: false,
-        };
-        if let Some(headers) = req.budget_headers() {
-            if let Some(budget) = client_budget(shared, headers, grpc) {
-                let at = deadline::instant_after(now, budget.saturating_sub(shared.safety_margin));
-                if at < eff.at {
-                    eff.at = at;
-                    eff.source = DeadlineSource::Caller;
-                    eff.binding = Binding::Caller(budget);
-                }
-            }
-        }
-        if let Some(outer) = req.deadline() {
-            eff.nested = true;
-            if (outer.instant(), outer.source()) < (eff.at, eff.source) {
-                eff.at = outer.instant();
-                eff.source = outer.source();
-                eff.binding = Binding::Outer;
-            }
-        }
-        eff
-    }
-}
-
-/// A request's effective deadline and where it came from.
-#[derive(Debug, Clone, Copy)]
-struct Effective {
-    at: Instant,
-    source: DeadlineSource,
-    binding: Binding,
-    nested: bool,
-}
-
-/// Which budget set a request's deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Binding {
-    /// This layer's own `timeout`.
-    Own,
-    /// The caller's budget, as sent (before the safety margin).
-    Caller(Duration),
-    /// An outer layer's [`Deadline`].
-    Outer,
-}
-
-/// The smaller of the budgets the caller sent (malformed ones are absent).
-/// `grpc-timeout` counts on gRPC requests only.
-#[inline]
-fn client_budget(shared: &Shared, headers: &HeaderMap, grpc: Option<bool>) -> Option<Duration> {
-    let mut budget = None;
-    if shared.grpc_timeout && grpc.unwrap_or_else(|| is_grpc(headers)) {
-        budget = read_budget(shared, headers, &GRPC_TIMEOUT, parse_grpc_timeout);
-    }
-    if let Some(name) = &shared.budget_header {
-        if let Some(ms) = read_budget(shared, headers, name, deadline::parse_millis) {
-            budget = Some(budget.map_or(ms, |b: Duration| b.min(ms)));
-        }
-    }
-    budget
-}
-
-#[inline]
-fn read_budget(
-    shared: &Shared,
-    headers: &HeaderMap,
-    name: &HeaderName,
-    parse: fn(&[u8]) -> Option<Duration>,
-) -> Option<Duration> {
-    let value = headers.get(name)?;
-    let parsed = parse(value.as_bytes());
-    if parsed.is_none() {
-        malformed(shared, name, value);
-    }
-    parsed
-}
-
-#[cold]
-fn malformed(shared: &Shared, name: &HeaderName, value: &http::HeaderValue) {
-    tracing::debug!(
-        target: "tower_rampart::timeout",
-        name = %shared.name,
-        header = %name,
-        value = ?value,
-        "malformed budget header ignored"
-    );
 }
 
 impl<S, M, Req> Service<Req> for Timeout<S, M>
@@ -307,7 +201,7 @@ where
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = Instant::now();
         let cx = M::context(&req);
-        let eff = self.deadline_for(&req, now, cx.is_grpc());
+        let eff = self.shared.deadline_for(&req, now, cx.is_grpc());
         if eff.at <= now {
             self.shared.record(TimeoutCause::BudgetSpent, eff.source);
             return ResponseFuture::spent(cx, self.shared.clone(), eff.source, eff.binding);

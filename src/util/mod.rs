@@ -1,3 +1,10 @@
-//! Crate-private utilities, one copy of each.
+//! Small crate-private utilities, each written once and used by every layer
+//! that needs it. One file per utility.
 
+pub(crate) mod clock;
+pub(crate) mod digits;
 pub(crate) mod keyed_map;
+pub(crate) mod poison;
+pub(crate) mod round;
+
+pub(crate) use poison::lock;
