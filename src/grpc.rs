@@ -2,8 +2,8 @@
 //! request is recognised, the `grpc-message` encoding and the
 //! `grpc-timeout` header.
 //!
-//! A leaf module: it depends on `http` only, never on another module of
-//! this crate, so the refusal answers ([`rejection`](crate::rejection)),
+//! A leaf module: it depends on `http` and the crate-private `util` leaf
+//! (digit parsing) only, never on another module of this crate, so the refusal answers ([`rejection`](crate::rejection)),
 //! the classifiers ([`classify`](crate::classify)) and the deadline
 //! ([`timeout`](crate::timeout)) all read it without reading each other.
 //! The items are also re-exported at their former paths
@@ -199,16 +199,8 @@ pub fn encode_grpc_message(message: &str) -> String {
 /// ```
 pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
     let (&unit, digits) = value.split_last()?;
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        n = n * 10 + u64::from(d - b'0');
-    }
+    // At most 8 digits (the gRPC spec's TimeoutValue).
+    let n = crate::util::digits::parse_u64(digits, 8)?;
     Some(match unit {
         b'H' => Duration::from_secs(n * 3600),
         b'M' => Duration::from_secs(n * 60),

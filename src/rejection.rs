@@ -417,8 +417,7 @@ fn merge_headers(into: &mut HeaderMap, from: HeaderMap) {
 
 /// Whole seconds, rounded up, never 0 (the `Retry-After` rule).
 pub(crate) fn retry_after_secs(d: Duration) -> u64 {
-    let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
-    secs.max(1)
+    crate::util::round::secs_ceil(d).max(1)
 }
 
 pub(crate) fn push_json_escaped(out: &mut String, s: &str) {

@@ -195,13 +195,7 @@ fn rate(field: &'static str, v: f32) -> Result<(), ConfigError> {
     }
 }
 
-fn positive(field: &'static str, d: Duration) -> Result<(), ConfigError> {
-    if d.is_zero() {
-        Err(ConfigError::new(field, "must be greater than 0"))
-    } else {
-        Ok(())
-    }
-}
+use crate::config_util::positive;
 
 impl CircuitBreakerConfig {
     /// Checks every setting; the error names the first bad field.

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::time::Instant;
+use crate::util::clock::EpochClock;
 use tower::Layer;
 
 use super::handle::CircuitBreakerHandle;
@@ -33,7 +33,7 @@ pub(crate) struct KeyedShared<K> {
     /// Bounded by `max_keys`; a full shard evicts the idle keys of a
     /// sample, else its least recently used key (see `util::keyed_map`).
     map: KeyedMap<K, Entry, RandomState>,
-    epoch: Instant,
+    clock: EpochClock,
     last_sweep: AtomicU64,
 }
 
@@ -46,18 +46,13 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
                 MapMetrics::noop(),
             ),
             settings,
-            epoch: Instant::now(),
+            clock: EpochClock::new(),
             last_sweep: AtomicU64::new(0),
         }
     }
 
     fn now(&self) -> u64 {
-        u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.epoch)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX)
+        self.clock.now()
     }
 
     /// The breaker of `key`, created on first use.

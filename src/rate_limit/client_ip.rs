@@ -233,7 +233,10 @@ impl ClientIp {
     /// At most this many forwarding entries are walked (default 5, at least 1).
     pub fn max_hops(mut self, hops: usize) -> Result<Self, ConfigError> {
         if hops == 0 {
-            return Err(ConfigError::new("max_hops", "must be greater than 0"));
+            return Err(ConfigError::new(
+                "max_hops",
+                crate::config_util::MUST_BE_POSITIVE,
+            ));
         }
         self.max_hops = hops;
         Ok(self)

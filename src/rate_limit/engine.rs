@@ -502,10 +502,7 @@ impl Shared {
         // Whole milliseconds, rounded up: gRPC's `grpc-retry-pushback-ms`
         // (and the event's `retry_after_ms`) never tell a client to come
         // back before the quota has room (`Retry-After` rounds up anyway).
-        let wait = wait.map(|w| {
-            let ms = w.as_nanos().div_ceil(1_000_000);
-            Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
-        });
+        let wait = wait.map(|w| Duration::from_millis(crate::util::round::millis_ceil(w)));
         let mut rejection = Rejection::new(RejectionKind::RateLimited, Arc::clone(&self.name))
             .with_retry_after_opt(wait)
             .with_detail(detail);

@@ -52,9 +52,7 @@ pub(crate) fn policy_qw(rate: Rate) -> (u64, u64) {
 }
 
 /// Whole seconds, rounded up (0 stays 0).
-pub(crate) fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
+pub(crate) use crate::util::round::secs_ceil as ceil_secs;
 
 /// Appends `n` in decimal (without `core::fmt`, on the refusal path).
 fn push_u64(out: &mut String, mut n: u64) {

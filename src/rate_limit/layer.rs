@@ -263,18 +263,24 @@ impl RateLimitBuilder {
             names.push(name);
         }
         if self.max_keys == 0 {
-            ok(Err(ConfigError::new("max_keys", "must be greater than 0")));
+            ok(Err(ConfigError::new(
+                "max_keys",
+                crate::config_util::MUST_BE_POSITIVE,
+            )));
         }
         match self.idle_sweep {
             Some(d) if d.is_zero() => ok(Err(ConfigError::new(
                 "idle_sweep",
-                "must be greater than 0",
+                crate::config_util::MUST_BE_POSITIVE,
             ))),
             Some(d) => ok(at_most("idle_sweep", d, HOUR)),
             None => {}
         }
         match self.wait {
-            Some(d) if d.is_zero() => ok(Err(ConfigError::new("wait", "must be greater than 0"))),
+            Some(d) if d.is_zero() => ok(Err(ConfigError::new(
+                "wait",
+                crate::config_util::MUST_BE_POSITIVE,
+            ))),
             Some(d) => ok(at_most("wait", d, 10 * MINUTE)),
             None => {}
         }

@@ -72,7 +72,10 @@ impl Rate {
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.count == 0 {
-            return Err(ConfigError::new("rate", "must be greater than 0"));
+            return Err(ConfigError::new(
+                "rate",
+                crate::config_util::MUST_BE_POSITIVE,
+            ));
         }
         if self.per.is_zero() {
             return Err(ConfigError::new(
@@ -234,7 +237,7 @@ impl Quota {
     pub(crate) fn governor_quota(&self) -> Result<governor::Quota, ConfigError> {
         self.rate.validate()?;
         let burst = std::num::NonZeroU32::new(self.burst_size())
-            .ok_or_else(|| ConfigError::new("burst", "must be greater than 0"))?;
+            .ok_or_else(|| ConfigError::new("burst", crate::config_util::MUST_BE_POSITIVE))?;
         let quota = governor::Quota::with_period(self.rate.replenish_one())
             .ok_or_else(|| ConfigError::new("rate", "the period must be greater than 0"))?;
         let name = self.display_name();

@@ -190,7 +190,10 @@ impl RedisStore {
             ));
         }
         if self.timeout.is_zero() {
-            problems.push(ConfigError::new("store.timeout", "must be greater than 0"));
+            problems.push(ConfigError::new(
+                "store.timeout",
+                crate::config_util::MUST_BE_POSITIVE,
+            ));
         }
         problems.extend(
             crate::config_util::at_most("store.timeout", self.timeout, crate::config_util::MINUTE)
@@ -207,7 +210,7 @@ impl RedisStore {
         if self.trip_after == 0 {
             problems.push(ConfigError::new(
                 "store.trip_after",
-                "must be greater than 0",
+                crate::config_util::MUST_BE_POSITIVE,
             ));
         }
         if let FailurePolicy::Fallback { share } = self.failure {

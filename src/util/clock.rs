@@ -7,12 +7,10 @@ use tokio::time::Instant;
 
 /// Nanoseconds since the instant it was created.
 #[derive(Debug, Clone, Copy)]
-#[allow(dead_code)] // used by the breakers and the rate limiter's store
 pub(crate) struct EpochClock {
     epoch: Instant,
 }
 
-#[allow(dead_code)] // used by the breakers and the rate limiter's store
 impl EpochClock {
     /// A clock whose zero is now.
     pub(crate) fn new() -> Self {

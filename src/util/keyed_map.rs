@@ -24,10 +24,12 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{PoisonError, RwLock};
 
 use metrics::{Counter, Gauge};
+
+use super::poison::{read, write};
 
 /// How many entries of a full shard are looked at to make room.
 pub(crate) const EVICTION_SAMPLE: usize = 16;
@@ -120,10 +122,7 @@ where
     /// `f` of `key`'s value, if it is present.
     #[inline]
     pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
-        let map = self
-            .shard(key)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let map = read(self.shard(key));
         map.get(key).map(f)
     }
 
@@ -139,12 +138,12 @@ where
     ) -> R {
         let shard = self.shard(&key);
         {
-            let map = shard.read().unwrap_or_else(PoisonError::into_inner);
+            let map = read(shard);
             if let Some(v) = map.get(&key) {
                 return f(v);
             }
         }
-        let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
+        let mut map = write(shard);
         if let Some(v) = map.get(&key) {
             return f(v);
         }
@@ -158,10 +157,7 @@ where
     /// nothing changed) if it is present. In a full shard, a sample of
     /// entries makes room (idle ones at `now`, else the first to idle).
     pub(crate) fn insert(&self, key: K, now: u64, value: V) -> bool {
-        let mut map = self
-            .shard(&key)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut map = write(self.shard(&key));
         if map.contains_key(&key) {
             return false;
         }
@@ -176,7 +172,7 @@ where
     pub(crate) fn sweep(&self, now: u64) -> usize {
         let mut total = 0;
         for shard in self.shards.iter() {
-            let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
+            let mut map = write(shard);
             let before = map.len();
             map.retain(|_, v| v.idle_at() > now);
             total += before - map.len();
@@ -191,7 +187,7 @@ where
     /// Calls `f` on every entry, one shard (read lock) at a time.
     pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
         for shard in self.shards.iter() {
-            for (k, v) in shard.read().unwrap_or_else(PoisonError::into_inner).iter() {
+            for (k, v) in read(shard).iter() {
                 f(k, v);
             }
         }

@@ -15,14 +15,12 @@ pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Read-locks `l`, recovering it if a panic poisoned it.
 #[inline]
-#[allow(dead_code)] // used by the keyed maps
 pub(crate) fn read<T: ?Sized>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Write-locks `l`, recovering it if a panic poisoned it.
 #[inline]
-#[allow(dead_code)] // used by the keyed maps
 pub(crate) fn write<T: ?Sized>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(PoisonError::into_inner)
 }

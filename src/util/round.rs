@@ -7,14 +7,12 @@ use std::time::Duration;
 
 /// Whole seconds, rounded up (0 stays 0).
 #[inline]
-#[allow(dead_code)] // used by Retry-After and the rate limit's headers
 pub(crate) fn secs_ceil(d: Duration) -> u64 {
     d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 /// Whole milliseconds, rounded up (0 stays 0), saturating at `u64::MAX`.
 #[inline]
-#[allow(dead_code)] // used by the rate limit's grpc-retry-pushback-ms
 pub(crate) fn millis_ceil(d: Duration) -> u64 {
     u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }

@@ -29,11 +29,11 @@ mod transition;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::util::clock::EpochClock;
 use metrics::{Counter, Gauge};
-use tokio::time::Instant;
 
 use super::config::CircuitBreakerConfig;
 use super::window::Window;
@@ -245,17 +245,15 @@ pub(crate) struct Core {
     not_permitted: AtomicU64,
     /// Metrics-only mode: a rule is met and its event was emitted.
     exceeded: AtomicBool,
-    epoch: Instant,
+    clock: EpochClock,
     pub(crate) settings: Arc<Settings>,
     window: Mutex<Window>,
     inner: Mutex<Inner>,
     me: Weak<Core>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere (e.g. in a user classifier) must not wedge the breaker.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+// A panic elsewhere (e.g. in a user classifier) must not wedge the breaker.
+pub(super) use crate::util::lock;
 
 impl Core {
     pub(crate) fn new(settings: Arc<Settings>) -> Arc<Self> {
@@ -276,7 +274,7 @@ impl Core {
             open_until: AtomicU64::new(0),
             not_permitted: AtomicU64::new(0),
             exceeded: AtomicBool::new(false),
-            epoch: Instant::now(),
+            clock: EpochClock::new(),
             settings,
             window: Mutex::new(window),
             inner: Mutex::new(Inner {
@@ -300,7 +298,7 @@ impl Core {
 
     #[inline]
     fn now(&self) -> u64 {
-        nanos(Instant::now().saturating_duration_since(self.epoch))
+        self.clock.now()
     }
 
     pub(crate) fn name(&self) -> &Arc<str> {

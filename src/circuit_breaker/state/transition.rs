@@ -285,7 +285,7 @@ impl Core {
             return;
         };
         let me = self.me.clone();
-        let deadline = self.epoch + Duration::from_nanos(at);
+        let deadline = self.clock.instant(at);
         rt.spawn(async move {
             tokio::time::sleep_until(deadline).await;
             if let Some(core) = me.upgrade() {
