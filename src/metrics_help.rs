@@ -2,10 +2,11 @@
 //! to the current `metrics` recorder whenever a layer registers its
 //! metrics.
 //!
-//! Each layer's metric registration calls [`describe`] in one line; this
-//! file is the one list of names, kinds, units and meanings, kept equal to
-//! the table in the crate docs (a test over the Prometheus exporter checks
-//! that every `rampart_` metric rendered has a `# HELP` line).
+//! Each module lists its own metrics (a `METRICS` constant next to its
+//! docs) and describes them with [`describe`] when its layer registers its
+//! metrics, so a new layer touches no list outside its folder; a test over
+//! the Prometheus exporter (`tests/metrics/`) checks that every metric of
+//! the crate docs' table is rendered with a `# HELP` line.
 //!
 //! Not a `std::sync::Once`: layers are also built before the recorder is
 //! installed (`RampartConfig::load` builds the rate limit and the timeout
@@ -16,218 +17,34 @@
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
-/// Describes every metric of the crate to the current recorder.
-pub(crate) fn describe() {
-    describe_all();
+/// What a metric is, for its `# HELP` line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
 }
 
-/// Every metric, in the order of the crate docs' table.
-#[cfg(test)]
-const NAMES: [&str; 29] = [
-    "rampart_circuit_breaker_state",
-    "rampart_circuit_breaker_calls_total",
-    "rampart_circuit_breaker_slow_calls_total",
-    "rampart_circuit_breaker_rejections_total",
-    "rampart_circuit_breaker_transitions_total",
-    "rampart_circuit_breaker_threshold_exceeded_total",
-    "rampart_circuit_breaker_route_state",
-    "rampart_rate_limit_admitted_total",
-    "rampart_rate_limit_refused_total",
-    "rampart_rate_limit_dry_run_refusals_total",
-    "rampart_rate_limit_allowlisted_total",
-    "rampart_rate_limit_keys",
-    "rampart_rate_limit_evictions_total",
-    "rampart_rate_limit_decisions_total",
-    "rampart_timeouts_total",
-    "rampart_in_flight_requests",
-    "rampart_shutdown_phase",
-    "rampart_drain_duration_seconds",
-    "rampart_drain_aborted_total",
-    "rampart_requests_refused_total",
-    "rampart_health_check_status",
-    "rampart_health_check_duration_seconds",
-    "rampart_connections",
-    "rampart_connections_accepted_total",
-    "rampart_connections_refused_total",
-    "rampart_accept_paused_total",
-    "rampart_connections_backlog_total",
-    "rampart_connection_timeouts_total",
-    "rampart_connections_aborted_total",
-];
-
-fn describe_all() {
-    // circuit_breaker
-    describe_gauge!(
-        "rampart_circuit_breaker_state",
-        "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled, 5 metrics-only."
-    );
-    describe_counter!(
-        "rampart_circuit_breaker_calls_total",
-        Unit::Count,
-        "Calls whose outcome the circuit breaker recorded, by outcome (success, failure, ignored)."
-    );
-    describe_counter!(
-        "rampart_circuit_breaker_slow_calls_total",
-        Unit::Count,
-        "Calls slower than the circuit breaker's slow-call threshold."
-    );
-    describe_counter!(
-        "rampart_circuit_breaker_rejections_total",
-        Unit::Count,
-        "Calls refused by the circuit breaker (including those answered by a fallback)."
-    );
-    describe_counter!(
-        "rampart_circuit_breaker_transitions_total",
-        Unit::Count,
-        "Circuit breaker state changes, by from and to state."
-    );
-    describe_counter!(
-        "rampart_circuit_breaker_threshold_exceeded_total",
-        Unit::Count,
-        "Times a metrics-only circuit breaker met a tripping rule (once per crossing), by reason."
-    );
-    describe_gauge!(
-        "rampart_circuit_breaker_route_state",
-        "State of one route's circuit breaker in the stack's per-route mode (same codes as rampart_circuit_breaker_state)."
-    );
-    // rate_limit
-    describe_counter!(
-        "rampart_rate_limit_admitted_total",
-        Unit::Count,
-        "Requests admitted by the rate limit."
-    );
-    describe_counter!(
-        "rampart_rate_limit_refused_total",
-        Unit::Count,
-        "Requests refused by the rate limit, by quota and reason."
-    );
-    describe_counter!(
-        "rampart_rate_limit_dry_run_refusals_total",
-        Unit::Count,
-        "Requests a dry-run rate limit would have refused, by quota and reason."
-    );
-    describe_counter!(
-        "rampart_rate_limit_allowlisted_total",
-        Unit::Count,
-        "Requests that skipped the rate limit through its allow list."
-    );
-    describe_gauge!(
-        "rampart_rate_limit_keys",
-        Unit::Count,
-        "Keys currently tracked by a keyed rate-limit quota."
-    );
-    describe_counter!(
-        "rampart_rate_limit_evictions_total",
-        Unit::Count,
-        "Rate-limit keys evicted, by quota and reason (idle, capacity)."
-    );
-    describe_counter!(
-        "rampart_rate_limit_decisions_total",
-        Unit::Count,
-        "Rate-limit decisions of the Redis store, by the path they took (redis, fallback, fail_open, fail_closed)."
-    );
-    // timeout
-    describe_counter!(
-        "rampart_timeouts_total",
-        Unit::Count,
-        "Requests answered by the timeout layer, by cause (elapsed, budget_spent)."
-    );
-    // shutdown
-    describe_gauge!(
-        "rampart_in_flight_requests",
-        Unit::Count,
-        "Requests in flight through the drain layer."
-    );
-    describe_gauge!(
-        "rampart_shutdown_phase",
-        "Shutdown phase: 0 running, 1 shutdown requested, 2 draining, 3 done."
-    );
-    describe_histogram!(
-        "rampart_drain_duration_seconds",
-        Unit::Seconds,
-        "How long draining in-flight requests took at shutdown."
-    );
-    describe_counter!(
-        "rampart_drain_aborted_total",
-        Unit::Count,
-        "Requests aborted at the drain deadline."
-    );
-    describe_counter!(
-        "rampart_requests_refused_total",
-        Unit::Count,
-        "Requests refused by the drain layer, by kind (draining)."
-    );
-    // health
-    describe_gauge!(
-        "rampart_health_check_status",
-        "Last result of a health check: 1 pass, 0.5 warn, 0 fail."
-    );
-    describe_histogram!(
-        "rampart_health_check_duration_seconds",
-        Unit::Seconds,
-        "Duration of each health check run."
-    );
-    // serve
-    describe_gauge!(
-        "rampart_connections",
-        Unit::Count,
-        "Connections the serve loop holds open."
-    );
-    describe_counter!(
-        "rampart_connections_accepted_total",
-        Unit::Count,
-        "Connections the serve loop accepted."
-    );
-    describe_counter!(
-        "rampart_connections_refused_total",
-        Unit::Count,
-        "Connections closed at once because max_connections was reached (at_max_connections = \"refuse\")."
-    );
-    describe_counter!(
-        "rampart_accept_paused_total",
-        Unit::Count,
-        "Times the serve loop paused accepting because max_connections was reached."
-    );
-    describe_counter!(
-        "rampart_connections_backlog_total",
-        Unit::Count,
-        "Connections taken from the listen backlog when the listener closed, and answered."
-    );
-    describe_counter!(
-        "rampart_connection_timeouts_total",
-        Unit::Count,
-        "Connections closed by a timeout, by kind (header_read, keep_alive)."
-    );
-    describe_counter!(
-        "rampart_connections_aborted_total",
-        Unit::Count,
-        "Connections still open at the drain deadline, closed by force."
-    );
+/// One metric's description: name, kind, unit and meaning.
+#[derive(Debug)]
+pub(crate) struct Help {
+    pub(crate) name: &'static str,
+    pub(crate) kind: MetricKind,
+    pub(crate) unit: Option<Unit>,
+    pub(crate) text: &'static str,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::NAMES;
-
-    /// The list above is the crate docs' table, row for row, and
-    /// `describe_all` describes each of them.
-    #[test]
-    fn every_metric_of_the_docs_table_is_described() {
-        let lib = include_str!("lib.rs");
-        let table: Vec<&str> = lib
-            .lines()
-            .filter_map(|l| l.strip_prefix("//! | `rampart_"))
-            .filter_map(|l| l.split('`').next())
-            .collect();
-        let names: Vec<String> = NAMES
-            .iter()
-            .map(|n| n["rampart_".len()..].to_owned())
-            .collect();
-        assert_eq!(table, names);
-        let this = include_str!("metrics_help.rs");
-        let body = &this[this.find("fn describe_all").unwrap()..];
-        for n in NAMES {
-            assert!(body.contains(&format!("\"{n}\",")), "{n} is not described");
+/// Describes `metrics` to the current recorder (idempotent; called when a
+/// layer is built, never per request).
+pub(crate) fn describe(metrics: &[Help]) {
+    for m in metrics {
+        match (m.kind, m.unit) {
+            (MetricKind::Counter, Some(u)) => describe_counter!(m.name, u, m.text),
+            (MetricKind::Counter, None) => describe_counter!(m.name, m.text),
+            (MetricKind::Gauge, Some(u)) => describe_gauge!(m.name, u, m.text),
+            (MetricKind::Gauge, None) => describe_gauge!(m.name, m.text),
+            (MetricKind::Histogram, Some(u)) => describe_histogram!(m.name, u, m.text),
+            (MetricKind::Histogram, None) => describe_histogram!(m.name, m.text),
         }
     }
 }

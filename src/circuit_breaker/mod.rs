@@ -192,6 +192,50 @@ use judge::Judge;
 pub(crate) use keyed::KeyedShared;
 use state::Breaker;
 
+use crate::metrics_help::{Help, MetricKind};
+use metrics::Unit;
+
+/// The `# HELP` text and unit of every metric this module records,
+/// described to the recorder when the layer registers its metrics.
+pub(crate) const METRICS: &[Help] = &[
+    Help {
+        name: "rampart_circuit_breaker_state",
+        kind: MetricKind::Gauge,
+        unit: None,
+        text: "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled, 5 metrics-only.",
+    },
+    Help {
+        name: "rampart_circuit_breaker_calls_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Calls whose outcome the circuit breaker recorded, by outcome (success, failure, ignored).",
+    },
+    Help {
+        name: "rampart_circuit_breaker_slow_calls_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Calls slower than the circuit breaker's slow-call threshold.",
+    },
+    Help {
+        name: "rampart_circuit_breaker_rejections_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Calls refused by the circuit breaker (including those answered by a fallback).",
+    },
+    Help {
+        name: "rampart_circuit_breaker_transitions_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Circuit breaker state changes, by from and to state.",
+    },
+    Help {
+        name: "rampart_circuit_breaker_threshold_exceeded_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Times a metrics-only circuit breaker met a tripping rule (once per crossing), by reason.",
+    },
+];
+
 /// A service protected by a circuit breaker; made by [`CircuitBreakerLayer`].
 pub struct CircuitBreaker<S, M = HttpMode, F = NoFallback> {
     inner: S,

@@ -17,6 +17,17 @@ use crate::circuit_breaker::{
 use crate::health::{Check, Kind};
 use crate::rejection::HttpMode;
 
+use crate::metrics_help::{Help, MetricKind};
+
+/// The `# HELP` text and unit of every metric this module records,
+/// described to the recorder when the layer registers its metrics.
+pub(crate) const METRICS: &[Help] = &[Help {
+    name: "rampart_circuit_breaker_route_state",
+    kind: MetricKind::Gauge,
+    unit: None,
+    text: "State of one route's circuit breaker in the stack's per-route mode (same codes as rampart_circuit_breaker_state).",
+}];
+
 /// The route a request belongs to, as the per-route breaker sees it:
 /// axum's matched path (the route template, such as `/api/sleep/{ms}`), a
 /// declared gRPC method, or [`unmatched`](Self::UNMATCHED) for everything
@@ -144,6 +155,7 @@ impl BreakerLayer {
             .build_keyed(|_: &()| RouteKey(Repr::Unmatched))?;
         let handle = layer.handle();
         let _ = cell.set(handle.clone());
+        crate::metrics_help::describe(METRICS);
         metrics::gauge!("rampart_circuit_breaker_state", "name" => name.to_string()).set(0.0);
         let table = RouteTable {
             grpc: grpc_methods.iter().map(|m| Arc::from(m.as_str())).collect(),

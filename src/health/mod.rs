@@ -118,6 +118,26 @@ pub use report::{CheckReport, ProbeReport};
 use crate::rejection::ResponseBody;
 use state::Shared;
 
+use crate::metrics_help::{Help, MetricKind};
+use metrics::Unit;
+
+/// The `# HELP` text and unit of every metric this module records,
+/// described to the recorder when the layer registers its metrics.
+pub(crate) const METRICS: &[Help] = &[
+    Help {
+        name: "rampart_health_check_status",
+        kind: MetricKind::Gauge,
+        unit: None,
+        text: "Last result of a health check: 1 pass, 0.5 warn, 0 fail.",
+    },
+    Help {
+        name: "rampart_health_check_duration_seconds",
+        kind: MetricKind::Histogram,
+        unit: Some(Unit::Seconds),
+        text: "Duration of each health check run.",
+    },
+];
+
 /// Answers the probe paths from a [`HealthRegistry`]; passes everything
 /// else to the inner service after one path comparison. Built by
 /// [`ProbeLayer`].

@@ -348,7 +348,7 @@ impl HealthRegistryBuilder {
             }
             Err(_) => None,
         };
-        crate::metrics_help::describe();
+        crate::metrics_help::describe(super::METRICS);
         let label = name.to_string();
         let entries: Vec<Arc<Entry>> = checks
             .into_iter()

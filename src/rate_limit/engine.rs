@@ -97,7 +97,7 @@ impl Shared {
     /// [`RateLimitBuilder::build`]): metric handles registered once, the
     /// store made, the idle sweep spawned.
     pub(crate) fn new(b: RateLimitBuilder) -> Result<Arc<Self>, ConfigError> {
-        crate::metrics_help::describe();
+        crate::metrics_help::describe(super::METRICS);
         let layer: Arc<str> = Arc::from(b.name.as_ref());
         let allow_cidrs = parse_cidrs(&b.allow_cidrs, "allow_cidrs")?;
         let names: Vec<String> = b

@@ -187,6 +187,56 @@ use self::engine::{Decision, Shared};
 use self::future::Waiting;
 use crate::rejection::{HttpMode, Mode};
 
+use crate::metrics_help::{Help, MetricKind};
+use metrics::Unit;
+
+/// The `# HELP` text and unit of every metric this module records,
+/// described to the recorder when the layer registers its metrics.
+pub(crate) const METRICS: &[Help] = &[
+    Help {
+        name: "rampart_rate_limit_admitted_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Requests admitted by the rate limit.",
+    },
+    Help {
+        name: "rampart_rate_limit_refused_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Requests refused by the rate limit, by quota and reason.",
+    },
+    Help {
+        name: "rampart_rate_limit_dry_run_refusals_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Requests a dry-run rate limit would have refused, by quota and reason.",
+    },
+    Help {
+        name: "rampart_rate_limit_allowlisted_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Requests that skipped the rate limit through its allow list.",
+    },
+    Help {
+        name: "rampart_rate_limit_keys",
+        kind: MetricKind::Gauge,
+        unit: Some(Unit::Count),
+        text: "Keys currently tracked by a keyed rate-limit quota.",
+    },
+    Help {
+        name: "rampart_rate_limit_evictions_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Rate-limit keys evicted, by quota and reason (idle, capacity).",
+    },
+    Help {
+        name: "rampart_rate_limit_decisions_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Rate-limit decisions of the Redis store, by the path they took (redis, fallback, fail_open, fail_closed).",
+    },
+];
+
 /// The most quotas one layer may have.
 pub const MAX_QUOTAS: usize = 8;
 

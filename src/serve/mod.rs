@@ -129,6 +129,56 @@ pub use config::{AtMaxConnections, ServerConfig};
 use crate::ConfigError;
 use crate::shutdown::{Shutdown, ShutdownReport};
 
+use crate::metrics_help::{Help, MetricKind};
+use metrics::Unit;
+
+/// The `# HELP` text and unit of every metric this module records,
+/// described to the recorder when the layer registers its metrics.
+pub(crate) const METRICS: &[Help] = &[
+    Help {
+        name: "rampart_connections",
+        kind: MetricKind::Gauge,
+        unit: Some(Unit::Count),
+        text: "Connections the serve loop holds open.",
+    },
+    Help {
+        name: "rampart_connections_accepted_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Connections the serve loop accepted.",
+    },
+    Help {
+        name: "rampart_connections_refused_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Connections closed at once because max_connections was reached (at_max_connections = \"refuse\").",
+    },
+    Help {
+        name: "rampart_accept_paused_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Times the serve loop paused accepting because max_connections was reached.",
+    },
+    Help {
+        name: "rampart_connections_backlog_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Connections taken from the listen backlog when the listener closed, and answered.",
+    },
+    Help {
+        name: "rampart_connection_timeouts_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Connections closed by a timeout, by kind (header_read, keep_alive).",
+    },
+    Help {
+        name: "rampart_connections_aborted_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Connections still open at the drain deadline, closed by force.",
+    },
+];
+
 /// Serves `service` on `listener` with the default [`ServerConfig`] until
 /// `shutdown` is done; see the [module docs](self).
 pub fn serve<S, B>(listener: TcpListener, service: S, shutdown: &Shutdown) -> Serve<S>

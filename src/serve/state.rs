@@ -27,7 +27,7 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(super) fn new(name: &str) -> Self {
-        crate::metrics_help::describe();
+        crate::metrics_help::describe(super::METRICS);
         let n = name.to_owned();
         Self {
             connections: metrics::gauge!("rampart_connections", "name" => n.clone()),

@@ -161,7 +161,7 @@ impl Shutdown {
         } else {
             Signals::none()
         };
-        crate::metrics_help::describe();
+        crate::metrics_help::describe(super::METRICS);
         let label = config.name.clone();
         let inner = Arc::new(Inner {
             state,

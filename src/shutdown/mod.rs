@@ -274,6 +274,44 @@ mod sealed {
 
 pub(crate) use sealed::{DrainMode, Facts};
 
+use crate::metrics_help::{Help, MetricKind};
+use metrics::Unit;
+
+/// The `# HELP` text and unit of every metric this module records,
+/// described to the recorder when the layer registers its metrics.
+pub(crate) const METRICS: &[Help] = &[
+    Help {
+        name: "rampart_in_flight_requests",
+        kind: MetricKind::Gauge,
+        unit: Some(Unit::Count),
+        text: "Requests in flight through the drain layer.",
+    },
+    Help {
+        name: "rampart_shutdown_phase",
+        kind: MetricKind::Gauge,
+        unit: None,
+        text: "Shutdown phase: 0 running, 1 shutdown requested, 2 draining, 3 done.",
+    },
+    Help {
+        name: "rampart_drain_duration_seconds",
+        kind: MetricKind::Histogram,
+        unit: Some(Unit::Seconds),
+        text: "How long draining in-flight requests took at shutdown.",
+    },
+    Help {
+        name: "rampart_drain_aborted_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Requests aborted at the drain deadline.",
+    },
+    Help {
+        name: "rampart_requests_refused_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Requests refused by the drain layer, by kind (draining).",
+    },
+];
+
 impl<ReqB, ResB, E> DrainMode<Request<ReqB>, Response<ResB>, E> for HttpMode {
     type Tracked = Response<DrainBody<ResB>>;
 

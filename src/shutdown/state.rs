@@ -37,7 +37,7 @@ pub(crate) struct State {
 
 impl State {
     pub(crate) fn new(name: Arc<str>, retry_after: Duration) -> Self {
-        crate::metrics_help::describe();
+        crate::metrics_help::describe(super::METRICS);
         let label = name.to_string();
         Self {
             in_flight_gauge: metrics::gauge!("rampart_in_flight_requests", "name" => label.clone()),

@@ -222,7 +222,7 @@ impl TimeoutLayer {
         config.validate()?;
         let budget_header = config.budget_header()?;
         let status = config.status()?;
-        crate::metrics_help::describe();
+        crate::metrics_help::describe(super::METRICS);
         let name: Arc<str> = Arc::from(config.name.as_str());
         let counter = |cause: TimeoutCause, source: DeadlineSource| {
             metrics::counter!(

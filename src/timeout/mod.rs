@@ -148,6 +148,18 @@ use crate::rejection::{HttpMode, Mode};
 
 pub use self::config::TimeoutConfig;
 
+use crate::metrics_help::{Help, MetricKind};
+use metrics::Unit;
+
+/// The `# HELP` text and unit of every metric this module records,
+/// described to the recorder when the layer registers its metrics.
+pub(crate) const METRICS: &[Help] = &[Help {
+    name: "rampart_timeouts_total",
+    kind: MetricKind::Counter,
+    unit: Some(Unit::Count),
+    text: "Requests answered by the timeout layer, by cause (elapsed, budget_spent).",
+}];
+
 /// The timeout service: see [`TimeoutLayer`] and the [module docs](self).
 pub struct Timeout<S, M = HttpMode> {
     inner: S,

@@ -137,7 +137,7 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     fn new(name: &Arc<str>) -> Self {
-        crate::metrics_help::describe();
+        crate::metrics_help::describe(crate::circuit_breaker::METRICS);
         let n = name.to_string();
         Self {
             state: metrics::gauge!("rampart_circuit_breaker_state", "name" => n.clone()),
