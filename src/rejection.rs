@@ -1,3 +1,5 @@
+// Past ~500 lines: about 730 lines of code and docs (the kinds table, both
+// answer formats, the sealed `Mode`, the response body), the rest tests.
 //! What a layer refused, and how the refusal is answered.
 //!
 //! Every layer in this crate refuses work the same way: it builds a

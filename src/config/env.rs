@@ -1,3 +1,4 @@
+// Past ~500 lines: about 400 lines of code, the rest its unit tests.
 //! Environment-variable overrides: `RAMPART_TIMEOUT__TIMEOUT=2s` sets
 //! `timeout.timeout` (see the module docs of [`crate::config`]), and the
 //! [`ConfigLoader`] that chooses their prefix.

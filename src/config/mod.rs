@@ -1,3 +1,5 @@
+// Past ~500 lines: about 190 lines are the module docs (the reference of
+// the config file and its environment overrides).
 //! One configuration file for the whole stack, and the builder that turns it
 //! into one layer (feature `config`).
 //!
@@ -792,38 +794,7 @@ fn format_duration(d: Duration) -> String {
 /// free, every problem with its key path), this function becomes a call to
 /// it, like the timeout, health and shutdown sections above.
 fn validate_rate_limit(rl: &RateLimitConfig) -> Vec<ConfigError> {
-    // Validate against the in-process store: checking the quotas must not
-    // open a Redis connection (nor need a runtime, so `load` works in sync
-    // code). A Redis store's durations are bounded here; its other
-    // settings are checked, with their key paths, when the stack is built.
-    let store = rl.check_store_durations().err();
-    let rl = &RateLimitConfig {
-        store: crate::rate_limit::StoreConfig::InProcess,
-        ..rl.clone()
-    };
-    let mut errors = Vec::new();
-    if rl.quotas.len() > 1 {
-        for (i, q) in rl.quotas.iter().enumerate() {
-            let single = RateLimitConfig {
-                quotas: vec![q.clone()],
-                ..rl.clone()
-            };
-            if let Err(e) = single.build().map(drop) {
-                let field = e.field();
-                if let Some(rest) = field.strip_prefix("quotas[0]") {
-                    errors.push(ConfigError::new(
-                        format!("quotas[{i}]{rest}"),
-                        e.message().to_owned(),
-                    ));
-                }
-            }
-        }
-    }
-    if errors.is_empty() {
-        if let Err(e) = rl.build().map(drop) {
-            errors.push(e);
-        }
-    }
-    errors.extend(store);
-    errors
+    // Side-effect free: no layer is built, no Redis connection opened, no
+    // runtime needed (so `load` works in sync code).
+    rl.validate().err().unwrap_or_default()
 }

@@ -1,3 +1,5 @@
+// Past ~500 lines: the registry's builder, cache and probe evaluation
+// share one private state; about 50 lines are doc comments.
 //! The check registry: cached results, background runs, probe evaluation.
 
 use std::collections::HashSet;

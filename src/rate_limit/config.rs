@@ -366,23 +366,6 @@ impl RateLimitConfig {
     }
 }
 
-impl RateLimitConfig {
-    /// The Redis store's durations are bounded like every other, even when
-    /// the section is checked without connecting.
-    pub(crate) fn check_store_durations(&self) -> Result<(), ConfigError> {
-        use crate::config_util::{HOUR, MINUTE, at_most};
-        if let StoreConfig::Redis(r) = &self.store {
-            if let Some(t) = r.timeout {
-                at_most("store.timeout", t, MINUTE)?;
-            }
-            if let Some(d) = r.open_duration {
-                at_most("store.open_duration", d, HOUR)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 impl TryFrom<RateLimitConfig> for RateLimitLayer {
     type Error = ConfigError;
 

@@ -1,3 +1,6 @@
+// Past ~500 lines: the whole per-request decision (allow-lists, cost, keys,
+// the store's verdict, the refusal with its headers, metrics, tracing) is
+// one path read top to bottom; split, the request path would be scattered.
 //! The rate limit's engine: the state every clone of the layer shares,
 //! and the decision for one request (allow-lists, cost, keys, the store's
 //! verdict, the refusal and its headers, metrics and tracing).

@@ -1,3 +1,4 @@
+// Past ~500 lines: about 390 lines of code, the rest its unit tests.
 //! The in-process store: quota state in this process's memory, and the
 //! all-or-nothing decision over several quotas.
 //!

@@ -1,3 +1,6 @@
+// Past ~500 lines: about 740 lines of code (the Lua script, the guard that
+// trips on Redis failures and the failure policies belong together), the
+// rest its unit tests.
 //! A Redis-backed quota store (feature `redis`): one limit shared by every
 //! replica.
 //!

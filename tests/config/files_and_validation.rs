@@ -131,8 +131,11 @@ fn every_problem_at_once_with_key_paths() {
             "listen: must be an address such as 0.0.0.0:8080",
             "probes.readiness_path: must start with `/`, not end with `/`, and not be `/` alone",
             "health.grpc_poll_interval: must be greater than 0",
-            "rate_limit.quotas[1].burst: must be greater than 0",
             "rate_limit.quotas[2].rate: `ten per second`: expected `<count>/<unit>` such as \"100/s\" or \"1000/h\"",
+            "rate_limit.quotas[1].burst: must be greater than 0",
+            // Three unnamed global quotas share the default name.
+            "rate_limit.quotas[1].name: `global` is already the name of another quota",
+            "rate_limit.quotas[2].name: `global` is already the name of another quota",
             "circuit_breaker.failure_rate_threshold: must be in (0, 100]",
             "timeout.status: must be a 4xx or 5xx status",
             "shutdown.drain_timeout: must be at least timeout.timeout (2s), so a request admitted before draining can finish",
