@@ -10,9 +10,6 @@ use super::{HealthRegistry, ProbeConfig};
 /// The registry and the probe paths, shared by every service of a layer.
 pub(crate) struct Shared {
     pub(crate) registry: HealthRegistry,
-    /// The byte after the leading `/` of each enabled path: most requests
-    /// are told apart from the probes by this one byte.
-    first: [u8; 3],
     live: Box<str>,
     ready: Box<str>,
     startup: Box<str>,
@@ -20,13 +17,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(registry: HealthRegistry, config: ProbeConfig) -> Self {
-        let second = |p: &str| p.as_bytes().get(1).copied().unwrap_or(0);
         Self {
-            first: [
-                second(&config.liveness_path),
-                second(&config.readiness_path),
-                second(&config.startup_path),
-            ],
             registry,
             live: config.liveness_path.into(),
             ready: config.readiness_path.into(),
@@ -57,10 +48,6 @@ impl Shared {
     /// length checks and byte comparisons, no allocation.
     #[inline]
     pub(crate) fn match_path<'a>(&self, path: &'a str) -> Option<(Kind, Option<&'a str>)> {
-        match path.as_bytes().get(1) {
-            Some(b) if self.first.contains(b) => {}
-            _ => return None,
-        }
         if let Some(kind) = self.exact(path) {
             return Some((kind, None));
         }
