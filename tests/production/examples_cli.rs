@@ -12,21 +12,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// `target/<profile>/examples/<name>`: `cargo test` builds the examples
-/// first; when only this test was asked for, build it.
 fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let bin = profile_dir.join("examples").join(name);
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", name, "--all-features"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cannot run cargo");
-        assert!(status.success(), "cannot build the {name} example");
-    }
-    bin
+    common::example_binary(name)
 }
 
 fn run(name: &str, args: &[&str]) -> Output {

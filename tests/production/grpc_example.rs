@@ -4,30 +4,14 @@
 //! answers DEADLINE_EXCEEDED, and SIGTERM stops the server cleanly.
 #![cfg(unix)]
 
+use crate::common;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `target/<profile>/examples/grpc` (built by `cargo test`, or here).
 fn binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("grpc");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "grpc", "--all-features"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cannot run cargo");
-        assert!(status.success(), "cannot build the grpc example");
-    }
-    bin
+    common::example_binary("grpc")
 }
 
 struct Server(Child);

@@ -16,10 +16,9 @@
 use crate::common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,121 +31,35 @@ const DELAY: Duration = Duration::from_secs(1);
 const DRAIN: Duration = Duration::from_secs(5);
 const WORKERS: usize = 16;
 
-/// `target/<profile>/examples/production`: `cargo test` builds the examples
-/// first; when only this test was asked for, build it.
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let bin = profile_dir.join("examples").join("production");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "production", "--all-features"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cannot run cargo");
-        assert!(status.success(), "cannot build the production example");
-    }
-    bin
+/// The `production` example, with test timings.
+type Server = common::Running;
+
+fn start() -> Server {
+    start_with(&[])
 }
 
-/// The child process; killed with SIGKILL if the test fails before it exits.
-struct Server {
-    child: Option<Child>,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Server {
-    fn start() -> Self {
-        Self::start_with(&[])
-    }
-
-    /// Started with extra `RAMPART_*` overrides (applied after the defaults
-    /// of [`start`](Self::start)).
-    fn start_with(env: &[(&str, &str)]) -> Self {
-        let manifest = env!("CARGO_MANIFEST_DIR");
-        let mut child = Command::new(binary())
-            .current_dir(manifest)
-            .args([
-                "--config",
-                "examples/configs/production.toml",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            // The documented override scheme: shorter timings for a test,
-            // and limits no test load reaches (the limiter stays in place).
-            .env("RAMPART_SHUTDOWN__SHUTDOWN_DELAY", "1s")
-            .env("RAMPART_SHUTDOWN__DRAIN_TIMEOUT", "5s")
-            .env("RAMPART_RATE_LIMIT__QUOTAS__0__RATE", "1000000/s")
-            .env("RAMPART_RATE_LIMIT__QUOTAS__1__RATE", "1000000/s")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let lines = common::stdout_lines(&mut child);
-        Self {
-            child: Some(child),
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    /// The rest of the first stdout line starting with `prefix`.
-    fn expect(&mut self, prefix: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.trim().to_owned();
-                    }
-                }
-                Err(_) => panic!("no `{prefix}` line; saw {:?}", self.seen),
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
-    }
-
-    /// Waits for the exit, up to `within`.
-    fn wait(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        let child = self.child.as_mut().unwrap();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Started with extra `RAMPART_*` overrides (applied after the defaults of
+/// [`start`]).
+fn start_with(env: &[(&str, &str)]) -> Server {
+    let mut command = Command::new(common::example_binary("production"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "--config",
+            "examples/configs/production.toml",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        // The documented override scheme: shorter timings for a test, and
+        // limits no test load reaches (the limiter stays in place).
+        .env("RAMPART_SHUTDOWN__SHUTDOWN_DELAY", "1s")
+        .env("RAMPART_SHUTDOWN__DRAIN_TIMEOUT", "5s")
+        .env("RAMPART_RATE_LIMIT__QUOTAS__0__RATE", "1000000/s")
+        .env("RAMPART_RATE_LIMIT__QUOTAS__1__RATE", "1000000/s")
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stderr(Stdio::inherit());
+    common::Running::spawn("production", command)
 }
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
@@ -208,7 +121,7 @@ struct Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drops_nothing() {
-    let mut server = Server::start();
+    let mut server = start();
     let addr: SocketAddr = server
         .expect("rampart-listening ", Duration::from_secs(60))
         .parse()
@@ -394,7 +307,7 @@ async fn sigterm_under_load_drops_nothing() {
 /// on `rampart_circuit_breaker_state` can fire).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_route_and_a_spent_limit_leave_metrics_and_probes_answering() {
-    let mut server = Server::start_with(&[
+    let mut server = start_with(&[
         // 30 requests per client, then one a minute.
         ("RAMPART_RATE_LIMIT__QUOTAS__0__RATE", "1/m"),
         ("RAMPART_RATE_LIMIT__QUOTAS__0__BURST", "30"),

@@ -26,10 +26,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -50,119 +49,31 @@ const H2_STREAMS: usize = 4;
 const GRPC_CLIENTS: usize = 16;
 const GRPC_CALLS: usize = 2;
 
-/// `target/<profile>/examples/<name>`, built here when missing.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", name, "--all-features"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cannot run cargo");
-        assert!(status.success(), "cannot build the {name} example");
-    }
-    bin
-}
+/// A running example, with test timings and limits no load reaches.
+type Process = common::Running;
 
-/// A running example; killed if the test fails before it exits.
-struct Process {
-    name: &'static str,
-    child: Option<Child>,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Process {
-    fn start(name: &'static str) -> Self {
-        let mut child = Command::new(binary(name))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "--config",
-                "examples/configs/production.toml",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .env("RAMPART_SHUTDOWN__SHUTDOWN_DELAY", "1s")
-            .env("RAMPART_SHUTDOWN__DRAIN_TIMEOUT", "5s")
-            .env("RAMPART_SHUTDOWN__ABORT_GRACE", "1s")
-            .env("RAMPART_SERVER__CONNECTION_GRACE", "1s")
-            // Limits no test load reaches (the limiter stays in place).
-            .env("RAMPART_RATE_LIMIT__QUOTAS__0__RATE", "1000000/s")
-            .env("RAMPART_RATE_LIMIT__QUOTAS__0__BURST", "100000")
-            .env("RAMPART_RATE_LIMIT__QUOTAS__1__RATE", "1000000/s")
-            .env("RAMPART_RATE_LIMIT__QUOTAS__1__BURST", "100000")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let lines = common::stdout_lines(&mut child);
-        Self {
-            name,
-            child: Some(child),
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The rest of the first stdout line starting with `prefix`.
-    fn expect(&mut self, prefix: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.trim().to_owned();
-                    }
-                }
-                Err(_) => panic!("{}: no `{prefix}` line; saw {:?}", self.name, self.seen),
-            }
-        }
-    }
-
-    fn sigterm(&self) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        let ok = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM {pid} failed");
-    }
-
-    /// Waits for the exit, up to `within`.
-    fn wait(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        let child = self.child.as_mut().unwrap();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+fn start(name: &'static str) -> Process {
+    let mut command = Command::new(common::example_binary(name));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "--config",
+            "examples/configs/production.toml",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RAMPART_SHUTDOWN__SHUTDOWN_DELAY", "1s")
+        .env("RAMPART_SHUTDOWN__DRAIN_TIMEOUT", "5s")
+        .env("RAMPART_SHUTDOWN__ABORT_GRACE", "1s")
+        .env("RAMPART_SERVER__CONNECTION_GRACE", "1s")
+        // Limits no test load reaches (the limiter stays in place).
+        .env("RAMPART_RATE_LIMIT__QUOTAS__0__RATE", "1000000/s")
+        .env("RAMPART_RATE_LIMIT__QUOTAS__0__BURST", "100000")
+        .env("RAMPART_RATE_LIMIT__QUOTAS__1__RATE", "1000000/s")
+        .env("RAMPART_RATE_LIMIT__QUOTAS__1__BURST", "100000")
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::inherit());
+    common::Running::spawn(name, command)
 }
 
 /// `demo.HelloRequest` of the `grpc` example.
@@ -378,8 +289,8 @@ struct Cycle {
 }
 
 async fn cycle(index: usize, tally: Arc<Tally>) -> Cycle {
-    let mut http = Process::start("production");
-    let mut grpc = Process::start("grpc");
+    let mut http = start("production");
+    let mut grpc = start("grpc");
     let http_addr: SocketAddr = http
         .expect("rampart-listening ", Duration::from_secs(60))
         .parse()
@@ -451,8 +362,8 @@ async fn cycle(index: usize, tally: Arc<Tally>) -> Cycle {
     }
 
     tokio::time::sleep(LOAD_BEFORE_SIGNAL).await;
-    http.sigterm();
-    grpc.sigterm();
+    http.signal("-TERM");
+    grpc.signal("-TERM");
     let signal_at = Instant::now();
     *signalled.lock().unwrap() = Some(signal_at);
 
