@@ -118,6 +118,7 @@
 
 pub mod circuit_breaker;
 pub mod classify;
+pub mod concurrency;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
