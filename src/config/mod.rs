@@ -137,9 +137,12 @@
 //!    the rest, so clients cannot create breakers);
 //! 5. the [timeout](crate::timeout), inside the breaker, so a timed-out call
 //!    reaches the breaker as a failure (504) rather than as a dropped call;
-//! 6. tower-http's [`CatchPanicLayer`](tower_http::catch_panic::CatchPanicLayer),
-//!    innermost, so a panicking handler answers 500 and counts as a failure
-//!    too (and the connection survives).
+//! 6. the panic catcher ([`CatchPanic`]), innermost, so a panicking
+//!    handler answers 500 (gRPC: `INTERNAL`) and counts as a failure too
+//!    (and the connection survives); the panic is logged once (event
+//!    `service panicked`, target `tower_rampart::config`, ERROR, field
+//!    `panic`). Unlike tower-http's `CatchPanic` it does not box the
+//!    response body.
 //!
 //! It hands back the [`Shutdown`](crate::shutdown::Shutdown) coordinator, the
 //! [`HealthRegistry`](crate::health::HealthRegistry) and the breaker's
@@ -194,6 +197,7 @@
 //! assert_eq!(fields, ["listen", "circuit_breaker.failure_rate_threshold", "timeout.timeout"]);
 //! ```
 
+mod catch_panic;
 mod env;
 mod platform;
 mod routes;
@@ -214,6 +218,7 @@ use crate::rate_limit::RateLimitConfig;
 use crate::shutdown::ShutdownConfig;
 use crate::timeout::TimeoutConfig;
 
+pub use catch_panic::{CatchPanic, CatchPanicFuture};
 pub use env::{ConfigLoader, ConfigWarning, Loaded};
 pub use platform::{Platform, PlatformBody, PlatformFuture};
 pub use routes::{RouteBreaker, RouteBreakers, RouteKey};

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use tower::Service;
+use tower::{BoxError, Service};
 
 use super::PlatformConfig;
 
@@ -210,10 +210,12 @@ impl<P, B> fmt::Debug for PlatformBody<P, B> {
 impl<P, B> Body for PlatformBody<P, B>
 where
     P: Body<Data = Bytes>,
-    B: Body<Data = Bytes, Error = P::Error>,
+    P::Error: Into<BoxError>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = P::Error;
+    type Error = BoxError;
 
     #[inline]
     fn poll_frame(
@@ -221,8 +223,8 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().inner.project() {
-            BodyProj::Protected { body } => body.poll_frame(cx),
-            BodyProj::Bypass { body } => body.poll_frame(cx),
+            BodyProj::Protected { body } => body.poll_frame(cx).map_err(Into::into),
+            BodyProj::Bypass { body } => body.poll_frame(cx).map_err(Into::into),
         }
     }
 

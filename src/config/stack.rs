@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use tower::{Layer, Service};
-use tower_http::catch_panic::{CatchPanic, CatchPanicLayer, DefaultResponseForPanic};
 
+use super::catch_panic::{CatchPanic, CatchPanicLayer};
 use super::platform::{Platform, PlatformPaths};
 use super::routes::{BreakerLayer, Breakers, RouteBreaker, RouteBreakers};
 use super::{BreakerReadiness, ConfigErrors, RampartConfig};
@@ -117,7 +117,7 @@ impl<'a> StackBuilder<'a> {
                 rate_limit,
                 breaker,
                 timeout,
-                catch_panic: CatchPanicLayer::new(),
+                catch_panic: CatchPanicLayer,
             },
             shutdown,
             health,
@@ -204,7 +204,7 @@ pub struct RampartLayer {
     rate_limit: Option<RateLimitLayer>,
     breaker: BreakerLayer,
     timeout: TimeoutLayer,
-    catch_panic: CatchPanicLayer<DefaultResponseForPanic>,
+    catch_panic: CatchPanicLayer,
 }
 
 impl fmt::Debug for RampartLayer {
@@ -221,12 +221,8 @@ impl fmt::Debug for RampartLayer {
 }
 
 /// The service made by [`RampartLayer`] around `S`.
-pub type RampartService<S> = Probe<
-    Platform<
-        Drain<OptionalRateLimit<RouteBreaker<Timeout<CatchPanic<S, DefaultResponseForPanic>>>>>,
-        CatchPanic<S, DefaultResponseForPanic>,
-    >,
->;
+pub type RampartService<S> =
+    Probe<Platform<Drain<OptionalRateLimit<RouteBreaker<Timeout<CatchPanic<S>>>>>, CatchPanic<S>>>;
 
 /// `S` is cloned once per `layer()` call (not per request): one copy for
 /// the platform's endpoints, one behind the protections.

@@ -1,0 +1,593 @@
+//! The production stack under a real server and a real client (issue 14):
+//! the `production` example's handler bare, and behind the whole stack as
+//! `examples/production.rs` assembles it (config file, Prometheus recorder
+//! installed, `tower_rampart::serve`), over HTTP/1.1 and h2c.
+//!
+//! ```sh
+//! cargo bench -p tower-rampart-benches --bench real_server
+//! ```
+//!
+//! Servers (all in this process, on the server runtime):
+//!
+//! - `axum::serve`: the handler with no middleware under `axum::serve`
+//!   (what the issue compared with);
+//! - `serve`: the same router under `tower_rampart::serve` with the
+//!   config's `[server]` settings, no middleware: the fair baseline for the
+//!   stack, which is served by the same loop;
+//! - `stack`: the router with `.layer(stack.layer())`, built from
+//!   `examples/configs/production.toml` with the rate limits raised so
+//!   nothing is refused (`shutdown.signals = false` too), under the same
+//!   loop. Every answer is checked to be `200 ok`.
+//!
+//! With `REAL_SERVER_ABLATE=1`, the stack minus one thing at a time, as the
+//! config can say it: `stack -rate_limit` (no `[rate_limit]`), `stack
+//! -per_route` (one shared breaker), `stack -deadline_ext`
+//! (`timeout.deadline_extension = false`). `REAL_SERVER_NO_RECORDER=1`
+//! runs without the Prometheus recorder (the `metrics` facade's no-op),
+//! for the recorder's share.
+//!
+//! The load: a closed loop of `CONNECTIONS` requests in flight from one
+//! hyper client, `GET /api/ok` back to back for `ROUND` per server, the
+//! servers alternated round after round so the machine's drift hits them
+//! alike. HTTP/1.1: `CONNECTIONS` keep-alive connections, one request at a
+//! time each (wrk's model); h2c: `H2_CONNECTIONS` connections with
+//! `CONNECTIONS / H2_CONNECTIONS` streams each (h2load's `-c -m`).
+//!
+//! The server runtime and the client runtime have one worker thread each
+//! (`REAL_SERVER_THREADS` sets the server's), pinned with `taskset` to CPU
+//! 0 (server) and CPU 1 (client, and the thread driving it) when the
+//! machine has two CPUs or more, so the client's work is not counted
+//! against the server. Printed per round: requests per second, server CPU
+//! per request (the server threads' user + system time from
+//! `/proc/self/task`), p50 and p99; then per protocol the medians and the
+//! per-round ratios against `serve`. Not a criterion bench: it measures a
+//! server over sockets. Tuning: `REAL_SERVER_CONNECTIONS`,
+//! `REAL_SERVER_SECS`, `REAL_SERVER_ROUNDS`.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpStream;
+use tower_rampart::config::RampartConfig;
+
+const SERVER_THREAD: &str = "rs-server";
+const CLIENT_THREAD: &str = "rs-client";
+const PATH: &str = "/api/ok";
+
+/// The same buckets as `examples/production.rs`.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+// ---------------------------------------------------------------------------
+// The application: the handlers of `examples/production.rs`.
+
+#[derive(Default)]
+struct Served {
+    started: AtomicU64,
+    completed: AtomicU64,
+}
+
+#[derive(Clone)]
+struct AppState {
+    served: Arc<Served>,
+    metrics: Option<PrometheusHandle>,
+}
+
+async fn ok(State(s): State<AppState>) -> &'static str {
+    s.served.started.fetch_add(1, Ordering::Relaxed);
+    s.served.completed.fetch_add(1, Ordering::Relaxed);
+    "ok\n"
+}
+
+async fn fail(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    s.served.started.fetch_add(1, Ordering::Relaxed);
+    s.served.completed.fetch_add(1, Ordering::Relaxed);
+    (StatusCode::INTERNAL_SERVER_ERROR, "failed on purpose\n")
+}
+
+async fn sleep(State(s): State<AppState>, Path(ms): Path<u64>) -> String {
+    s.served.started.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
+    s.served.completed.fetch_add(1, Ordering::Relaxed);
+    format!("slept {ms}ms\n")
+}
+
+async fn render_metrics(State(s): State<AppState>) -> String {
+    match s.metrics {
+        Some(m) => {
+            m.run_upkeep();
+            m.render()
+        }
+        None => String::new(),
+    }
+}
+
+fn router(metrics: Option<PrometheusHandle>) -> Router {
+    Router::new()
+        .route("/api/ok", get(ok))
+        .route("/api/fail", get(fail))
+        .route("/api/sleep/{ms}", get(sleep))
+        .route("/metrics", get(render_metrics))
+        .with_state(AppState {
+            served: Arc::new(Served::default()),
+            metrics,
+        })
+}
+
+/// `examples/configs/production.toml`, with the limits raised so that
+/// nothing is refused and no signal handler installed.
+fn production_config() -> RampartConfig {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/configs/production.toml"
+    );
+    let mut config = RampartConfig::load(file).expect("examples/configs/production.toml");
+    config.shutdown.signals = false;
+    let rl = config
+        .rate_limit
+        .as_mut()
+        .expect("production.toml has [rate_limit]");
+    for q in &mut rl.quotas {
+        q.rate = "100000000/s".to_owned();
+        q.burst = Some(1_000_000);
+    }
+    config
+}
+
+// ---------------------------------------------------------------------------
+// The servers.
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Axum,
+    Serve,
+    Stack(Ablation),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Ablation {
+    None,
+    NoRateLimit,
+    SharedBreaker,
+    NoDeadlineExtension,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Axum => "axum::serve",
+            Kind::Serve => "serve",
+            Kind::Stack(Ablation::None) => "stack",
+            Kind::Stack(Ablation::NoRateLimit) => "stack -rate_limit",
+            Kind::Stack(Ablation::SharedBreaker) => "stack -per_route",
+            Kind::Stack(Ablation::NoDeadlineExtension) => "stack -deadline_ext",
+        }
+    }
+}
+
+/// Starts one server of `kind` on the current (server) runtime.
+async fn start(kind: Kind, metrics: Option<PrometheusHandle>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = production_config();
+    match kind {
+        Kind::Axum => {
+            use axum::serve::ListenerExt;
+            // `TCP_NODELAY`, as `[server] tcp_nodelay = true`.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            tokio::spawn(async move { axum::serve(listener, router(metrics)).await.unwrap() });
+        }
+        Kind::Serve => {
+            let shutdown = tower_rampart::Shutdown::builder()
+                .signals(false)
+                .build()
+                .unwrap();
+            let server = config.server().unwrap();
+            tokio::spawn(async move {
+                server
+                    .serve(listener, router(metrics), &shutdown)
+                    .into_future()
+                    .await
+            });
+        }
+        Kind::Stack(ablation) => {
+            match ablation {
+                Ablation::None => {}
+                Ablation::NoRateLimit => config.rate_limit = None,
+                Ablation::SharedBreaker => config.routes.per_route_breaker = false,
+                Ablation::NoDeadlineExtension => config.timeout.deadline_extension = false,
+            }
+            // As `examples/production.rs`: the stack from the config, the
+            // router with `.layer(stack.layer())`, the config's server.
+            let stack = config.stack().build().unwrap();
+            let app = router(metrics).layer(stack.layer());
+            let server = config.server().unwrap();
+            tokio::spawn(async move {
+                server
+                    .serve(listener, app, stack.shutdown())
+                    .into_future()
+                    .await
+            });
+        }
+    }
+    addr
+}
+
+// ---------------------------------------------------------------------------
+// The client.
+
+#[derive(Clone, Copy, PartialEq)]
+enum Proto {
+    H1,
+    H2,
+}
+
+impl Proto {
+    fn name(self) -> &'static str {
+        match self {
+            Proto::H1 => "HTTP/1.1",
+            Proto::H2 => "h2c",
+        }
+    }
+}
+
+fn request() -> Request<Empty<Bytes>> {
+    Request::get(format!("http://bench{PATH}"))
+        .header("host", "bench")
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// One side of a client connection.
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    async fn send(&mut self) -> hyper::Result<http::Response<hyper::body::Incoming>> {
+        match self {
+            Sender::H1(s) => {
+                s.ready().await?;
+                s.send_request(request()).await
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(request()).await
+            }
+        }
+    }
+}
+
+/// Back-to-back requests on `send` until `until`; every answer must be
+/// `200 ok`. Returns the latencies.
+async fn closed_loop(until: Instant, mut send: Sender) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(100_000);
+    while Instant::now() < until {
+        let start = Instant::now();
+        let res = send.send().await.expect("request failed");
+        assert_eq!(res.status(), 200, "refused or failed: nothing may be");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok\n");
+        latencies.push(start.elapsed());
+    }
+    latencies
+}
+
+async fn connect(addr: SocketAddr) -> TokioIo<TcpStream> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    TokioIo::new(stream)
+}
+
+struct Load {
+    connections: usize,
+    h2_connections: usize,
+    round: Duration,
+}
+
+/// One round against `addr`: sorted latencies of every request.
+async fn load(addr: SocketAddr, proto: Proto, l: &Load) -> Vec<Duration> {
+    let until = Instant::now() + l.round;
+    let mut tasks = Vec::new();
+    match proto {
+        Proto::H1 => {
+            for _ in 0..l.connections {
+                let io = connect(addr).await;
+                let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                tokio::spawn(conn);
+                tasks.push(tokio::spawn(closed_loop(until, Sender::H1(send))));
+            }
+        }
+        Proto::H2 => {
+            let streams = (l.connections / l.h2_connections).max(1);
+            for _ in 0..l.h2_connections {
+                let io = connect(addr).await;
+                let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                for _ in 0..streams {
+                    let send = Sender::H2(send.clone());
+                    tasks.push(tokio::spawn(closed_loop(until, send)));
+                }
+            }
+        }
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    latencies.sort_unstable();
+    latencies
+}
+
+// ---------------------------------------------------------------------------
+// Measuring.
+
+/// CPU time (user + system) used so far by the threads named `name`, from
+/// `/proc/self/task/*/stat` (Linux; ticks of 1/100 s, the kernel's
+/// `USER_HZ`).
+fn threads_cpu(name: &str) -> Option<Duration> {
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Pins the threads named `name` (and `extra` thread ids) to `cpu` with
+/// `taskset`; says whether it could.
+fn pin(name: &str, extra: &[String], cpu: usize) -> bool {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    let mut tids: Vec<String> = extra.to_vec();
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            tids.push(task.file_name().to_string_lossy().into_owned());
+        }
+    }
+    tids.iter().all(|tid| {
+        std::process::Command::new("taskset")
+            .args(["-pc", &cpu.to_string(), tid])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+struct Sample {
+    rate: f64,
+    cpu_us: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not: one
+    // request to every server is enough there.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let server_threads = env_or("REAL_SERVER_THREADS", 1usize);
+    let load_cfg = Load {
+        connections: env_or("REAL_SERVER_CONNECTIONS", 64usize),
+        h2_connections: 8,
+        round: Duration::from_secs_f64(env_or("REAL_SERVER_SECS", 2.0)),
+    };
+    let rounds = env_or("REAL_SERVER_ROUNDS", 5usize);
+
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(server_threads)
+        .thread_name(SERVER_THREAD)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(CLIENT_THREAD)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // The recorder first, as in the example: the layers register their
+    // metrics when built.
+    let recorder = !flag("REAL_SERVER_NO_RECORDER");
+    let metrics = recorder.then(|| {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
+            .unwrap()
+            .install_recorder()
+            .unwrap()
+    });
+
+    let mut kinds = vec![Kind::Axum, Kind::Serve, Kind::Stack(Ablation::None)];
+    if flag("REAL_SERVER_ABLATE") {
+        kinds.extend([
+            Kind::Stack(Ablation::NoRateLimit),
+            Kind::Stack(Ablation::SharedBreaker),
+            Kind::Stack(Ablation::NoDeadlineExtension),
+        ]);
+    }
+    let addrs: Vec<SocketAddr> = server_rt.block_on(async {
+        let mut addrs = Vec::new();
+        for &k in &kinds {
+            addrs.push(start(k, metrics.clone()).await);
+        }
+        addrs
+    });
+
+    if quick {
+        let quick_load = Load {
+            connections: 2,
+            h2_connections: 1,
+            round: Duration::from_millis(50),
+        };
+        client_rt.block_on(async {
+            for &addr in &addrs {
+                for proto in [Proto::H1, Proto::H2] {
+                    assert!(!load(addr, proto, &quick_load).await.is_empty());
+                }
+            }
+        });
+        return;
+    }
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinned = cpus >= 2 && {
+        // The client's worker and this thread (which drives `block_on`).
+        let me = std::fs::read_link("/proc/thread-self")
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        pin(SERVER_THREAD, &[], 0) && pin(CLIENT_THREAD, &me.into_iter().collect::<Vec<_>>(), 1)
+    };
+    println!(
+        "{} requests in flight (HTTP/1.1: {0} connections; h2c: {} connections x {} streams), \
+         GET {PATH}, {:?} per round, {rounds} rounds; server: {server_threads} worker thread(s), \
+         client: 1; {}; Prometheus recorder {}\n",
+        load_cfg.connections,
+        load_cfg.h2_connections,
+        load_cfg.connections / load_cfg.h2_connections,
+        load_cfg.round,
+        if pinned {
+            "server pinned to CPU 0, client to CPU 1 (taskset)"
+        } else {
+            "not pinned"
+        },
+        if recorder {
+            "installed"
+        } else {
+            "NOT installed"
+        },
+    );
+
+    for proto in [Proto::H1, Proto::H2] {
+        println!("### {}\n", proto.name());
+        println!("| round | server | requests/s | server CPU per request | p50 | p99 |");
+        println!("|---|---|---|---|---|---|");
+        // A warm-up round each, not reported.
+        for &addr in &addrs {
+            client_rt.block_on(load(
+                addr,
+                proto,
+                &Load {
+                    round: Duration::from_millis(500),
+                    ..load_cfg
+                },
+            ));
+        }
+        let mut samples: Vec<Vec<Sample>> = kinds.iter().map(|_| Vec::new()).collect();
+        for round in 1..=rounds {
+            for (i, &addr) in addrs.iter().enumerate() {
+                let before = threads_cpu(SERVER_THREAD).unwrap_or_default();
+                let lat = client_rt.block_on(load(addr, proto, &load_cfg));
+                let cpu = threads_cpu(SERVER_THREAD)
+                    .unwrap_or_default()
+                    .saturating_sub(before);
+                let s = Sample {
+                    rate: lat.len() as f64 / load_cfg.round.as_secs_f64(),
+                    cpu_us: us(cpu) / lat.len() as f64,
+                    p50: percentile(&lat, 0.5),
+                    p99: percentile(&lat, 0.99),
+                };
+                println!(
+                    "| {round} | `{}` | {:.0} | {:.2} µs | {:.0} µs | {:.0} µs |",
+                    kinds[i].name(),
+                    s.rate,
+                    s.cpu_us,
+                    us(s.p50),
+                    us(s.p99),
+                );
+                samples[i].push(s);
+            }
+        }
+        let base = kinds.iter().position(|&k| k == Kind::Serve).unwrap();
+        println!(
+            "\n{} medians over the rounds; ratios are the median of the per-round ratios \
+             against `serve` (same round):\n",
+            proto.name()
+        );
+        println!(
+            "| server | requests/s | x `serve` | p50 | p99 | p99 x `serve` | server CPU per request | x `serve` |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        for (i, k) in kinds.iter().enumerate() {
+            let ratio = |f: &dyn Fn(&Sample) -> f64| {
+                median(
+                    samples[i]
+                        .iter()
+                        .zip(&samples[base])
+                        .map(|(s, b)| f(s) / f(b))
+                        .collect(),
+                )
+            };
+            let s = &samples[i];
+            println!(
+                "| `{}` | {:.0} | {:.3} | {:.0} µs | {:.0} µs | {:.3} | {:.2} µs | {:.3} |",
+                k.name(),
+                median(s.iter().map(|s| s.rate).collect()),
+                ratio(&|s| s.rate),
+                median(s.iter().map(|s| us(s.p50)).collect()),
+                median(s.iter().map(|s| us(s.p99)).collect()),
+                ratio(&|s| us(s.p99)),
+                median(s.iter().map(|s| s.cpu_us).collect()),
+                ratio(&|s| s.cpu_us),
+            );
+        }
+        println!();
+    }
+}
