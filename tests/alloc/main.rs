@@ -225,3 +225,64 @@ async fn the_full_stack_allocates_nothing_per_admitted_request() {
     // panic catching only: zero.
     assert_eq!(allocations_per_request(&no_extension, "/metrics"), 0);
 }
+
+/// The same handler in an axum `Router`, bare and with the stack, the two
+/// ways it can be applied. Shows what the stack costs *through axum* on
+/// top of the zero above: axum itself allocates per request (the handler's
+/// boxed future, the boxed response body, its route service's boxed clone),
+/// and a stack applied with `Router::layer` is part of the route service
+/// that axum clones for every request.
+#[tokio::test(flavor = "current_thread")]
+async fn through_an_axum_router() {
+    use axum::Router;
+    use axum::routing::get;
+
+    let mut config = production_config();
+    config.timeout.deadline_extension = false;
+    let router = || Router::new().route("/api/ok", get(|| async { "ok\n" }));
+
+    let measure = |mut svc: axum::routing::RouterIntoService<Full<Bytes>>| {
+        for _ in 0..100 {
+            assert_eq!(one(&mut svc, request("/api/ok")), (StatusCode::OK, 3));
+        }
+        let requests: Vec<_> = (0..N).map(|_| request("/api/ok")).collect();
+        let (_, n) = count(|| {
+            for req in requests {
+                assert_eq!(one(&mut svc, req), (StatusCode::OK, 3));
+            }
+        });
+        assert_eq!(n % N as u64, 0, "{n} allocations for {N} requests");
+        n / N as u64
+    };
+    let bare = measure(router().into_service());
+
+    // `Router::layer` (as the production example does, for the breaker
+    // per route): five more, all axum's way of calling a route, none in
+    // the stack's own code. axum clones the route's service for every
+    // request, and the stack's service holds the application twice (the
+    // protected path and the platform bypass), each a boxed axum `Route`:
+    // 2 boxed clones. The protected copy is then called as a `Route`
+    // itself: its own boxed clone and its boxed future, 2. The stack's
+    // response body is boxed into axum's `Body`, 1.
+    let stack = config.stack().build().unwrap();
+    let per_route = measure(router().layer(stack.layer()).into_service());
+    assert_eq!(per_route, bare + 5, "bare router: {bare}");
+
+    // Around the whole router (one breaker: the matched path is set inside
+    // the router), the stack is called in place: nothing more than the
+    // bare router.
+    config.routes.per_route_breaker = false;
+    let stack = config.stack().build().unwrap();
+    let svc = stack.layer().layer(router());
+    let mut svc = svc;
+    for _ in 0..100 {
+        assert_eq!(one(&mut svc, request("/api/ok")), (StatusCode::OK, 3));
+    }
+    let requests: Vec<_> = (0..N).map(|_| request("/api/ok")).collect();
+    let (_, around) = count(|| {
+        for req in requests {
+            assert_eq!(one(&mut svc, req), (StatusCode::OK, 3));
+        }
+    });
+    assert_eq!(around, bare * N as u64, "bare router: {bare}");
+}

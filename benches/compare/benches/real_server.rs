@@ -22,9 +22,12 @@
 //! With `REAL_SERVER_ABLATE=1`, the stack minus one thing at a time, as the
 //! config can say it: `stack -rate_limit` (no `[rate_limit]`), `stack
 //! -per_route` (one shared breaker), `stack -deadline_ext`
-//! (`timeout.deadline_extension = false`). `REAL_SERVER_NO_RECORDER=1`
+//! (`timeout.deadline_extension = false`), and `stack around router`:
+//! the stack wrapped around the whole router instead of applied with
+//! `Router::layer` (one breaker). `REAL_SERVER_NO_RECORDER=1`
 //! runs without the Prometheus recorder (the `metrics` facade's no-op),
-//! for the recorder's share.
+//! for the recorder's share. `REAL_SERVER_ONLY=stack` runs only the named
+//! servers (comma-separated), to profile one of them.
 //!
 //! The load: a closed loop of `CONNECTIONS` requests in flight from one
 //! hyper client, `GET /api/ok` back to back for `ROUND` per server, the
@@ -174,6 +177,12 @@ enum Ablation {
     NoRateLimit,
     SharedBreaker,
     NoDeadlineExtension,
+    /// Around the whole router (`tower::Layer::layer(&stack.layer(),
+    /// router)`) instead of `Router::layer`: axum clones a route's service
+    /// (boxed) for every request, so a stack applied per route is cloned
+    /// per request; around the router it is called in place. One breaker
+    /// (no matched path from outside the router).
+    OutsideRouter,
 }
 
 impl Kind {
@@ -185,6 +194,7 @@ impl Kind {
             Kind::Stack(Ablation::NoRateLimit) => "stack -rate_limit",
             Kind::Stack(Ablation::SharedBreaker) => "stack -per_route",
             Kind::Stack(Ablation::NoDeadlineExtension) => "stack -deadline_ext",
+            Kind::Stack(Ablation::OutsideRouter) => "stack around router",
         }
     }
 }
@@ -222,6 +232,19 @@ async fn start(kind: Kind, metrics: Option<PrometheusHandle>) -> SocketAddr {
                 Ablation::NoRateLimit => config.rate_limit = None,
                 Ablation::SharedBreaker => config.routes.per_route_breaker = false,
                 Ablation::NoDeadlineExtension => config.timeout.deadline_extension = false,
+                Ablation::OutsideRouter => {
+                    config.routes.per_route_breaker = false;
+                    let stack = config.stack().build().unwrap();
+                    let app = tower::Layer::layer(&stack.layer(), router(metrics));
+                    let server = config.server().unwrap();
+                    tokio::spawn(async move {
+                        server
+                            .serve(listener, app, stack.shutdown())
+                            .into_future()
+                            .await
+                    });
+                    return addr;
+                }
             }
             // As `examples/production.rs`: the stack from the config, the
             // router with `.layer(stack.layer())`, the config's server.
@@ -461,7 +484,13 @@ fn main() {
             Kind::Stack(Ablation::NoRateLimit),
             Kind::Stack(Ablation::SharedBreaker),
             Kind::Stack(Ablation::NoDeadlineExtension),
+            Kind::Stack(Ablation::OutsideRouter),
         ]);
+    }
+    // `REAL_SERVER_ONLY=stack` (names, comma-separated): only these, for a
+    // profile of one server (`perf record`); no ratios without `serve`.
+    if let Ok(only) = std::env::var("REAL_SERVER_ONLY") {
+        kinds.retain(|k| only.split(',').any(|n| n.trim() == k.name()));
     }
     let addrs: Vec<SocketAddr> = server_rt.block_on(async {
         let mut addrs = Vec::new();
@@ -555,7 +584,9 @@ fn main() {
                 samples[i].push(s);
             }
         }
-        let base = kinds.iter().position(|&k| k == Kind::Serve).unwrap();
+        let Some(base) = kinds.iter().position(|&k| k == Kind::Serve) else {
+            continue;
+        };
         println!(
             "\n{} medians over the rounds; ratios are the median of the per-round ratios \
              against `serve` (same round):\n",
