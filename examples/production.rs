@@ -203,6 +203,12 @@ async fn run(config: RampartConfig) -> Result<(), Box<dyn std::error::Error>> {
             served: served.clone(),
             metrics,
         })
+        // `Router::layer`: each route gets the stack inside the router, where
+        // axum has set the matched path the per-route breakers need. axum
+        // clones a route's service for every request, so this costs a few
+        // allocations per request (`benches/README.md`, "Under a real
+        // server"); without `routes.per_route_breaker`, wrap the whole
+        // router instead: `tower::Layer::layer(&stack.layer(), router)`.
         .layer(stack.layer());
 
     let listener = tokio::net::TcpListener::bind(config.listen_addr()).await?;

@@ -100,7 +100,12 @@ struct AppState {
     metrics: Option<PrometheusHandle>,
 }
 
+/// `/api/ok` calls of every server, printed at the end (for instruction
+/// counts per request under `valgrind`).
+static HANDLED: AtomicU64 = AtomicU64::new(0);
+
 async fn ok(State(s): State<AppState>) -> &'static str {
+    HANDLED.fetch_add(1, Ordering::Relaxed);
     s.served.started.fetch_add(1, Ordering::Relaxed);
     s.served.completed.fetch_add(1, Ordering::Relaxed);
     "ok\n"
@@ -544,7 +549,13 @@ fn main() {
         },
     );
 
-    for proto in [Proto::H1, Proto::H2] {
+    // `REAL_SERVER_PROTO=h1` or `h2`: one protocol only.
+    let protos: Vec<Proto> = match std::env::var("REAL_SERVER_PROTO").as_deref() {
+        Ok("h1") => vec![Proto::H1],
+        Ok("h2") => vec![Proto::H2],
+        _ => vec![Proto::H1, Proto::H2],
+    };
+    for &proto in &protos {
         println!("### {}\n", proto.name());
         println!("| round | server | requests/s | server CPU per request | p50 | p99 |");
         println!("|---|---|---|---|---|---|");
@@ -621,4 +632,8 @@ fn main() {
         }
         println!();
     }
+    println!(
+        "handler calls, every server, warm-up included: {}",
+        HANDLED.load(Ordering::Relaxed)
+    );
 }
