@@ -8,9 +8,9 @@
 //!
 //! A counting global allocator (so this is a test binary of its own,
 //! `[[test]] name = "alloc"`) counts, on the test's thread only, every
-//! `alloc`/`realloc` made during `poll_ready` + `call` + polling the
-//! response future to completion + reading the response body to its end
-//! + dropping the response, for `N` requests after a warm-up. The requests
+//! `alloc`/`realloc` made during `poll_ready`, `call`, polling the
+//! response future to completion, reading the response body to its end
+//! and dropping the response, for `N` requests after a warm-up. The requests
 //! are built before counting, with the extensions the `serve` loop gives
 //! every request (the peer address as `SocketAddr` and axum's
 //! `ConnectInfo`).
@@ -104,12 +104,15 @@ fn production_config() -> RampartConfig {
     config
 }
 
+/// The answer of [`app`].
+type Answer = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>;
+
 /// Ready at once; the response body is a static `Bytes` (no allocation).
 fn app() -> impl Service<
     Request<Full<Bytes>>,
     Response = Response<Full<Bytes>>,
     Error = Infallible,
-    Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
+    Future = Answer,
 > + Clone {
     tower::service_fn(|_req: Request<Full<Bytes>>| {
         std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"ok\n")))))

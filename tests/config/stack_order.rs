@@ -131,6 +131,29 @@ async fn a_panic_answers_500_and_counts_as_a_failure() {
     assert_eq!(stack.circuit_breaker().unwrap().state(), CircuitState::Open);
 }
 
+/// The stack's own panic catcher (it replaced tower-http's, which boxed
+/// every body): an HTTP caller gets a 500 problem, a gRPC caller a gRPC
+/// `INTERNAL`; both count as failures and the service keeps answering.
+#[tokio::test]
+async fn a_panic_answers_in_the_callers_protocol() {
+    let config = config("[circuit_breaker]\nconsecutive_failures = 3");
+    let stack = config.stack().build().unwrap();
+    let svc = stack.layer().layer(app(Arc::default()));
+
+    let r = call(&svc, "/panic", &[]).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    assert!(r.body.contains("panicked"), "{}", r.body);
+
+    let r = call(&svc, "/panic", &[("content-type", "application/grpc")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["grpc-status"], "13");
+    assert!(r.body.is_empty());
+
+    assert_eq!(stack.circuit_breaker().unwrap().counts().failures, 2);
+    assert_eq!(call(&svc, "/ok", &[]).await.status, StatusCode::OK);
+}
+
 #[tokio::test(start_paused = true)]
 async fn rate_limit_refusals_never_reach_the_breaker() {
     let config = config(
