@@ -3,8 +3,8 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use tower::{BoxError, Service};
 
 use super::PlatformConfig;
+use crate::util::poison::lock;
 
 /// The methods of `grpc.health.v1.Health`, matched exactly.
 const GRPC_HEALTH_METHODS: [&str; 3] = [
@@ -58,9 +59,16 @@ impl fmt::Debug for PlatformPaths {
 /// `B`, the application with panic catching only, and every other request
 /// to `P`, the application behind the protections. Made by
 /// [`RampartLayer`](super::RampartLayer).
+///
+/// The bypass copy is shared by every clone behind a `std` mutex, held only
+/// while it is called (never across an await): axum clones a route's
+/// service for every request (`Router::layer`), and the bypass, an axum
+/// `Route` itself there, would otherwise be a boxed clone per request.
+/// When it is not ready at once, a clone waits for readiness in the
+/// response future, as `tower::util::Oneshot` would.
 pub struct Platform<P, B> {
     protected: P,
-    bypass: B,
+    bypass: Arc<Mutex<B>>,
     paths: Arc<PlatformPaths>,
 }
 
@@ -68,7 +76,7 @@ impl<P, B> Platform<P, B> {
     pub(crate) fn new(protected: P, bypass: B, paths: Arc<PlatformPaths>) -> Self {
         Self {
             protected,
-            bypass,
+            bypass: Arc::new(Mutex::new(bypass)),
             paths,
         }
     }
@@ -79,11 +87,11 @@ impl<P, B> Platform<P, B> {
     }
 }
 
-impl<P: Clone, B: Clone> Clone for Platform<P, B> {
+impl<P: Clone, B> Clone for Platform<P, B> {
     fn clone(&self) -> Self {
         Self {
             protected: self.protected.clone(),
-            bypass: self.bypass.clone(),
+            bypass: Arc::clone(&self.bypass),
             paths: Arc::clone(&self.paths),
         }
     }
@@ -100,86 +108,116 @@ impl<P, B> fmt::Debug for Platform<P, B> {
 impl<P, B, ReqB, PB, BB> Service<Request<ReqB>> for Platform<P, B>
 where
     P: Service<Request<ReqB>, Response = Response<PB>>,
-    B: Service<Request<ReqB>, Response = Response<BB>, Error = P::Error>,
+    B: Service<Request<ReqB>, Response = Response<BB>, Error = P::Error> + Clone,
 {
     type Response = Response<PlatformBody<PB, BB>>;
     type Error = P::Error;
-    type Future = PlatformFuture<P::Future, B::Future>;
+    type Future = PlatformFuture<P::Future, B, Request<ReqB>>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Either may take the next call. Both wrap clones of the same
-        // application service, which axum and tonic keep always ready.
-        match self.protected.poll_ready(cx)? {
-            Poll::Ready(()) => self.bypass.poll_ready(cx),
-            Poll::Pending => Poll::Pending,
-        }
+        // The bypass's readiness is checked when a request goes to it.
+        self.protected.poll_ready(cx)
     }
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         if self.paths.matches(req.uri().path()) {
-            PlatformFuture {
-                inner: Either::Bypass {
-                    future: self.bypass.call(req),
-                },
-            }
-        } else {
-            PlatformFuture {
-                inner: Either::Protected {
-                    future: self.protected.call(req),
-                },
-            }
+            return self.call_bypass(req);
         }
+        PlatformFuture {
+            inner: Either::Protected {
+                future: self.protected.call(req),
+            },
+        }
+    }
+}
+
+impl<P, B> Platform<P, B> {
+    #[cold]
+    fn call_bypass<ReqB, PF>(&mut self, req: Request<ReqB>) -> PlatformFuture<PF, B, Request<ReqB>>
+    where
+        B: Service<Request<ReqB>> + Clone,
+    {
+        let mut bypass = lock(&self.bypass);
+        let mut cx = Context::from_waker(Waker::noop());
+        let inner = match bypass.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Either::Bypass {
+                future: bypass.call(req),
+            },
+            Poll::Ready(Err(error)) => Either::Failed { error: Some(error) },
+            Poll::Pending => Either::NotReady {
+                service: bypass.clone(),
+                request: Some(req),
+            },
+        };
+        PlatformFuture { inner }
     }
 }
 
 pin_project_lite::pin_project! {
     /// The response future of [`Platform`].
-    pub struct PlatformFuture<P, B> {
+    pub struct PlatformFuture<PF, B: Service<Req>, Req> {
         #[pin]
-        inner: Either<P, B>,
+        inner: Either<PF, B, Req>,
     }
 }
 
 pin_project_lite::pin_project! {
     #[project = EitherProj]
-    enum Either<P, B> {
-        Protected { #[pin] future: P },
-        Bypass { #[pin] future: B },
+    enum Either<PF, B: Service<Req>, Req> {
+        Protected { #[pin] future: PF },
+        Bypass { #[pin] future: B::Future },
+        NotReady { service: B, request: Option<Req> },
+        Failed { error: Option<B::Error> },
     }
 }
 
-impl<P, B> fmt::Debug for PlatformFuture<P, B> {
+impl<PF, B: Service<Req>, Req> fmt::Debug for PlatformFuture<PF, B, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("PlatformFuture")
     }
 }
 
-impl<P, B, PB, BB, E> Future for PlatformFuture<P, B>
+impl<PF, B, Req, PB, BB, E> Future for PlatformFuture<PF, B, Req>
 where
-    P: Future<Output = Result<Response<PB>, E>>,
-    B: Future<Output = Result<Response<BB>, E>>,
+    PF: Future<Output = Result<Response<PB>, E>>,
+    B: Service<Req, Response = Response<BB>, Error = E>,
 {
     type Output = Result<Response<PlatformBody<PB, BB>>, E>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().inner.project() {
-            EitherProj::Protected { future } => future.poll(cx).map(|r| {
-                r.map(|res| {
-                    res.map(|body| PlatformBody {
-                        inner: BodyEither::Protected { body },
+        let mut inner = self.project().inner;
+        loop {
+            return match inner.as_mut().project() {
+                EitherProj::Protected { future } => future.poll(cx).map(|r| {
+                    r.map(|res| {
+                        res.map(|body| PlatformBody {
+                            inner: BodyEither::Protected { body },
+                        })
                     })
-                })
-            }),
-            EitherProj::Bypass { future } => future.poll(cx).map(|r| {
-                r.map(|res| {
-                    res.map(|body| PlatformBody {
-                        inner: BodyEither::Bypass { body },
+                }),
+                EitherProj::Bypass { future } => future.poll(cx).map(|r| {
+                    r.map(|res| {
+                        res.map(|body| PlatformBody {
+                            inner: BodyEither::Bypass { body },
+                        })
                     })
-                })
-            }),
+                }),
+                EitherProj::NotReady { service, request } => {
+                    if let Err(e) = std::task::ready!(service.poll_ready(cx)) {
+                        return Poll::Ready(Err(e));
+                    }
+                    let req = request.take().expect("polled after completion");
+                    let future = service.call(req);
+                    inner.set(Either::Bypass { future });
+                    continue;
+                }
+                EitherProj::Failed { error } => {
+                    Poll::Ready(Err(error.take().expect("polled after completion")))
+                }
+            };
         }
     }
 }

@@ -78,7 +78,9 @@
 //!
 //! Per request: two request extensions (the peer address) and a marker,
 //! one phase read, two relaxed counters and a reference count for the idle
-//! limits. No timer per request: the header read and keep-alive limits are
+//! limits. An axum `Router` is given its (unit) state once, as
+//! `axum::serve` does: a `Router<()>` that never was would apply its
+//! route layers again on every request. No timer per request: the header read and keep-alive limits are
 //! checked by one ticker per connection. A service that is ready at once is
 //! called in place, without a clone.
 //!
@@ -238,10 +240,29 @@ impl Server {
         Serve {
             server: self,
             listener,
-            service,
+            service: finalize_router(service),
             shutdown: shutdown.clone(),
         }
     }
+}
+
+/// An axum `Router<()>` that was never given its state turns its handlers
+/// into routes, applying every `Router::layer` again, on every request;
+/// `with_state(())` does it once (`axum::serve` does the same through
+/// `into_make_service`). Any other service is returned unchanged.
+#[cfg(feature = "axum")]
+fn finalize_router<S: 'static>(service: S) -> S {
+    let any: Box<dyn std::any::Any> = Box::new(service);
+    let any = match any.downcast::<axum::Router>() {
+        Ok(router) => Box::new(router.with_state::<()>(())) as Box<dyn std::any::Any>,
+        Err(other) => other,
+    };
+    *any.downcast::<S>().expect("the same type")
+}
+
+#[cfg(not(feature = "axum"))]
+fn finalize_router<S>(service: S) -> S {
+    service
 }
 
 /// Builds a [`Server`]; every setting is validated by

@@ -242,7 +242,8 @@ async fn through_an_axum_router() {
 
     let mut config = production_config();
     config.timeout.deadline_extension = false;
-    let router = || Router::new().route("/api/ok", get(|| async { "ok\n" }));
+    let router0 = || Router::new().route("/api/ok", get(|| async { "ok\n" }));
+    let router = || router0().with_state(());
 
     let measure = |mut svc: axum::routing::RouterIntoService<Full<Bytes>>| {
         for _ in 0..100 {
@@ -258,18 +259,27 @@ async fn through_an_axum_router() {
         n / N as u64
     };
     let bare = measure(router().into_service());
+    let lazy = measure(router0().layer(stack_for_lazy(&config)).into_service());
+    let bare_lazy = measure(router0().into_service());
+    // A `Router<()>` that was never given its state (no `.with_state(())`,
+    // which `axum::serve` and `tower_rampart::serve` call for you) turns
+    // its handlers into routes, applying every route layer, on every
+    // request: the stack's `layer()` itself runs per request (its
+    // shared bypass, axum's boxing of the new route) on top of the three
+    // below.
+    assert_eq!(lazy, bare_lazy + 6, "bare lazy router: {bare_lazy}");
 
     // `Router::layer` (as the production example does, for the breaker
-    // per route): five more, all axum's way of calling a route, none in
+    // per route): three more, all axum's way of calling a route, none in
     // the stack's own code. axum clones the route's service for every
-    // request, and the stack's service holds the application twice (the
-    // protected path and the platform bypass), each a boxed axum `Route`:
-    // 2 boxed clones. The protected copy is then called as a `Route`
-    // itself: its own boxed clone and its boxed future, 2. The stack's
-    // response body is boxed into axum's `Body`, 1.
+    // request, and the stack's service holds the application (a boxed
+    // axum `Route`): 1 boxed clone (the platform bypass copy is shared,
+    // not cloned). That copy is then called as a `Route` itself: its
+    // boxed future, 1. The stack's response body is boxed into axum's
+    // `Body`, 1.
     let stack = config.stack().build().unwrap();
     let per_route = measure(router().layer(stack.layer()).into_service());
-    assert_eq!(per_route, bare + 5, "bare router: {bare}");
+    assert_eq!(per_route, bare + 3, "bare router: {bare}");
 
     // Around the whole router (one breaker: the matched path is set inside
     // the router), the stack is called in place: nothing more than the
@@ -288,4 +298,8 @@ async fn through_an_axum_router() {
         }
     });
     assert_eq!(around, bare * N as u64, "bare router: {bare}");
+}
+
+fn stack_for_lazy(config: &RampartConfig) -> tower_rampart::config::RampartLayer {
+    config.stack().build().unwrap().layer()
 }

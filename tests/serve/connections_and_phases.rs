@@ -538,3 +538,41 @@ fn the_server_section_of_the_config_file() {
     .unwrap();
     assert_eq!(shipped.server.max_connections, Some(10_000));
 }
+
+/// Counts how many times it wraps a service.
+#[derive(Clone)]
+struct CountingLayer(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl<S> tower::Layer<S> for CountingLayer {
+    type Service = S;
+    fn layer(&self, inner: S) -> S {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        inner
+    }
+}
+
+/// A `Router<()>` never given its state re-applies its route layers on
+/// every request (axum turns handlers into routes at call time); `serve`
+/// gives it its state once, as `axum::serve` does, so a stack applied
+/// with `Router::layer` is built once, not once per request.
+#[tokio::test]
+async fn route_layers_of_a_stateless_router_are_applied_once() {
+    use std::sync::atomic::Ordering;
+    let layered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(CountingLayer(layered.clone()));
+    let sd = shutdown(Duration::ZERO);
+    let (addr, task) = start(Server::default(), app, &sd).await;
+    let before = layered.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        assert_eq!(common::get(addr, "/").await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        layered.load(Ordering::SeqCst),
+        before,
+        "layers applied per request"
+    );
+    sd.trigger();
+    task.await.unwrap();
+}
