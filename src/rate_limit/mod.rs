@@ -173,12 +173,16 @@ use tower::Service;
 pub use client_ip::{ClientIp, ClientIpHeader};
 pub use clock::{TokioClock, TokioInstant};
 #[cfg(feature = "config")]
-pub use config::{FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, StoreConfig};
+pub use config::{
+    FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, RedisTlsConfig, StoreConfig,
+};
 pub use error::RefusalReason;
 pub use future::ResponseFuture;
 pub use key::{Key, KeyExtractor, RequestInfo};
 pub use layer::{MissingKey, QuotaState, RateLimitBuilder, RateLimitLayer};
 pub use quota::{Quota, Rate};
+#[cfg(feature = "redis-tls")]
+pub use redis::RedisTls;
 #[cfg(feature = "redis")]
 pub use redis::{FailurePolicy, RedisStore};
 pub use store::{StoreHealth, StoreState};

@@ -288,6 +288,14 @@ impl RedisStore {
                 ));
             }
         }
+        #[cfg(feature = "redis-tls")]
+        if let Some(tls) = &self.tls {
+            let pem = tls.problems();
+            if !pem.is_empty() {
+                problems.extend(pem);
+                return problems;
+            }
+        }
         // Parsing only: no connection is made.
         problems.extend(RedisConnection::check(self).err());
         problems
