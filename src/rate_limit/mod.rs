@@ -101,7 +101,10 @@
 //! breaker guards the connection; when Redis is slow or down a
 //! [`FailurePolicy`] admits, refuses, or limits in process with a share of
 //! each quota. See [`RedisStore`]; [`RateLimitLayer::store_health`] tells
-//! whether Redis answers.
+//! whether Redis answers. The store reaches one server, over TLS too
+//! (`rediss://`, a private CA, client certificates: feature `redis-tls`),
+//! or a Redis Cluster ([`RedisStore::cluster`]: hash-tagged keys keep each
+//! decision on one slot, still one round trip).
 //!
 //! # Other modes
 //!
@@ -173,12 +176,16 @@ use tower::Service;
 pub use client_ip::{ClientIp, ClientIpHeader};
 pub use clock::{TokioClock, TokioInstant};
 #[cfg(feature = "config")]
-pub use config::{FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, StoreConfig};
+pub use config::{
+    FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, RedisTlsConfig, StoreConfig,
+};
 pub use error::RefusalReason;
 pub use future::ResponseFuture;
 pub use key::{Key, KeyExtractor, RequestInfo};
 pub use layer::{MissingKey, QuotaState, RateLimitBuilder, RateLimitLayer};
 pub use quota::{Quota, Rate};
+#[cfg(feature = "redis-tls")]
+pub use redis::RedisTls;
 #[cfg(feature = "redis")]
 pub use redis::{FailurePolicy, RedisStore};
 pub use store::{StoreHealth, StoreState};

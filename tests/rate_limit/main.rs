@@ -15,3 +15,10 @@ mod client_ip_trust;
 /// The Redis-backed store (global limits across replicas), its failure
 /// policy and guard, against a real `redis-server` on loopback.
 mod redis_store;
+
+/// `redis-server` processes in temporary directories (TLS, Cluster).
+mod redis_procs;
+
+/// Issue 16: the Redis store over TLS, against a TLS-only `redis-server`
+/// and certificates the test generates.
+mod redis_tls;
