@@ -156,6 +156,8 @@ mod gcra;
 pub mod headers;
 mod key;
 mod layer;
+#[cfg(feature = "redis")]
+mod lease;
 mod memory;
 mod quota;
 #[cfg(feature = "redis")]
@@ -173,12 +175,16 @@ use tower::Service;
 pub use client_ip::{ClientIp, ClientIpHeader};
 pub use clock::{TokioClock, TokioInstant};
 #[cfg(feature = "config")]
-pub use config::{FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, StoreConfig};
+pub use config::{
+    FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, RedisModeConfig, StoreConfig,
+};
 pub use error::RefusalReason;
 pub use future::ResponseFuture;
 pub use key::{Key, KeyExtractor, RequestInfo};
 pub use layer::{MissingKey, QuotaState, RateLimitBuilder, RateLimitLayer};
 pub use quota::{Quota, Rate};
+#[cfg(feature = "redis")]
+pub use lease::{Lease, RedisMode};
 #[cfg(feature = "redis")]
 pub use redis::{FailurePolicy, RedisStore};
 pub use store::{StoreHealth, StoreState};

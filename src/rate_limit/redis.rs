@@ -68,6 +68,7 @@ use super::engine::{ANONYMOUS, Decision, Shared, Slots};
 use super::error::RefusalReason;
 use super::gcra::Gcra;
 use super::key::{KeyRef, RequestInfo};
+use super::lease::{Leases, RedisMode};
 use super::layer::RateLimitBuilder;
 use super::memory::{Measured, MemoryStore, QuotaCells, Verdict};
 use super::store::Store;
@@ -128,6 +129,7 @@ pub struct RedisStore {
     pub(crate) failure: FailurePolicy,
     pub(crate) trip_after: u32,
     pub(crate) open_duration: Duration,
+    pub(crate) mode: RedisMode,
 }
 
 impl RedisStore {
@@ -141,7 +143,17 @@ impl RedisStore {
             failure: FailurePolicy::FailOpen,
             trip_after: 3,
             open_duration: Duration::from_secs(1),
+            mode: RedisMode::Exact,
         }
+    }
+
+    /// Exact (the default: one round trip per decided request) or leased
+    /// (slices of each quota decided locally, at most replicas x
+    /// [`Lease::max`](super::Lease::max) per key beyond the limit; see
+    /// [`RedisMode`](super::RedisMode)).
+    pub fn mode(mut self, mode: RedisMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// The first part of every key name (default `rampart`; no `{`, `}`).
@@ -224,6 +236,9 @@ impl RedisStore {
                 ));
             }
         }
+        if let RedisMode::Leased(lease) = &self.mode {
+            problems.extend(lease.problems());
+        }
         // Parsing only: no connection is made.
         if let Err(e) = redis::Client::open(self.url.as_str()) {
             problems.push(ConfigError::new("store.url", e.to_string()));
@@ -276,12 +291,26 @@ pub(crate) struct RedisCall {
     conn: ConnectionManager,
     timeout: Duration,
     script: Arc<redis::Script>,
+    lease_script: Arc<redis::Script>,
 }
 
 /// One script invocation: key names and arguments.
 pub(crate) struct Invocation {
     keys: Vec<Vec<u8>>,
     args: Vec<u64>,
+    /// The lease script (leased mode), not the GCRA one.
+    lease: bool,
+}
+
+impl Invocation {
+    /// A call of the lease script ([`super::lease::SCRIPT`]).
+    pub(crate) fn lease(keys: Vec<Vec<u8>>, args: Vec<u64>) -> Self {
+        Self {
+            keys,
+            args,
+            lease: true,
+        }
+    }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -300,7 +329,11 @@ impl Service<Invocation> for RedisCall {
 
     fn call(&mut self, inv: Invocation) -> Self::Future {
         let mut conn = self.conn.clone();
-        let script = Arc::clone(&self.script);
+        let script = Arc::clone(if inv.lease {
+            &self.lease_script
+        } else {
+            &self.script
+        });
         let timeout = self.timeout;
         Box::pin(async move {
             let mut call = script.prepare_invoke();
@@ -327,15 +360,26 @@ pub(crate) enum Path {
     Fallback = 1,
     FailOpen = 2,
     FailClosed = 3,
+    /// Leased mode: decided from this replica's slice, no round trip.
+    Lease = 4,
+    /// Leased mode: decided after a refresh of a short slice.
+    LeaseRefresh = 5,
 }
 
 impl Path {
-    const ALL: [Path; 4] = [
+    const ALL: [Path; 6] = [
         Path::Redis,
         Path::Fallback,
         Path::FailOpen,
         Path::FailClosed,
+        Path::Lease,
+        Path::LeaseRefresh,
     ];
+
+    /// Whether Redis (or a slice leased from it) decided.
+    fn healthy(self) -> bool {
+        matches!(self, Path::Redis | Path::Lease | Path::LeaseRefresh)
+    }
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -343,6 +387,8 @@ impl Path {
             Path::Fallback => "fallback",
             Path::FailOpen => "fail_open",
             Path::FailClosed => "fail_closed",
+            Path::Lease => "lease",
+            Path::LeaseRefresh => "lease_refresh",
         }
     }
 }
@@ -359,15 +405,21 @@ pub(crate) struct RemoteOutcome {
 
 /// The Redis store as the layer holds it.
 pub(crate) struct RedisBackend {
-    name: Arc<str>,
+    pub(crate) name: Arc<str>,
     service: CircuitBreaker<RedisCall, ErrorMode>,
     breaker: CircuitBreakerHandle,
     key_heads: Box<[Vec<u8>]>,
     hash_tag_key: bool,
-    failure: FailurePolicy,
+    pub(crate) failure: FailurePolicy,
     pub(crate) fallback: Option<MemoryStore>,
-    decisions: [Counter; 4],
+    decisions: [Counter; Path::ALL.len()],
     last_path: AtomicU8,
+    /// One Redis call's timeout.
+    pub(crate) timeout: Duration,
+    /// Leased mode's slices (`None`: exact mode).
+    pub(crate) lease: Option<Leases>,
+    /// Lease script calls (leased mode).
+    pub(crate) lease_refreshes: Counter,
 }
 
 impl RedisBackend {
@@ -377,6 +429,7 @@ impl RedisBackend {
         layer: &Arc<str>,
         quota_names: &[String],
         fallback: Option<MemoryStore>,
+        lease: Option<Leases>,
     ) -> Result<Self, ConfigError> {
         if let Some(problem) = cfg.problems(layer).into_iter().next() {
             return Err(problem);
@@ -413,6 +466,7 @@ impl RedisBackend {
                 conn,
                 timeout: cfg.timeout,
                 script: Arc::new(redis::Script::new(SCRIPT)),
+                lease_script: Arc::new(redis::Script::new(super::lease::SCRIPT)),
             },
         );
         let multi = quota_names.len() > 1;
@@ -442,6 +496,16 @@ impl RedisBackend {
             fallback,
             decisions,
             last_path: AtomicU8::new(Path::Redis as u8),
+            timeout: cfg.timeout,
+            lease_refreshes: if lease.is_some() {
+                metrics::counter!(
+                    "rampart_rate_limit_lease_refreshes_total",
+                    &[("name", layer.to_string())]
+                )
+            } else {
+                Counter::noop()
+            },
+            lease,
         })
     }
 
@@ -469,13 +533,22 @@ impl RedisBackend {
         out
     }
 
-    /// Counts a decision's path and logs a change of path.
-    fn record(&self, path: Path) {
+    /// Counts a decision taken from a leased slice (no round trip; a
+    /// change of path is seen by the calls to Redis).
+    #[inline]
+    pub(crate) fn record_lease(&self) {
+        self.decisions[Path::Lease as usize].increment(1);
+    }
+
+    /// Counts a decision's path and logs a change between Redis (or its
+    /// leases) and a failure policy.
+    pub(crate) fn record(&self, path: Path) {
         self.decisions[path as usize].increment(1);
         let prev = self.last_path.swap(path as u8, Ordering::Relaxed);
-        if prev != path as u8 {
-            let from = Path::ALL[usize::from(prev)].as_str();
-            if path == Path::Redis {
+        let prev = Path::ALL[usize::from(prev)];
+        if prev != path && !(prev.healthy() && path.healthy()) {
+            let from = prev.as_str();
+            if path.healthy() {
                 tracing::info!(
                     target: "tower_rampart::rate_limit",
                     name = %self.name,
@@ -491,6 +564,31 @@ impl RedisBackend {
                     to = path.as_str(),
                     "rate limit store unavailable, using the failure policy"
                 );
+            }
+        }
+    }
+
+    /// One script call through the breaker (an error at once when the
+    /// breaker is open).
+    pub(crate) fn run(
+        &self,
+        inv: Invocation,
+    ) -> impl Future<Output = Result<Vec<i64>, BoxError>> + Send + 'static {
+        // The breaker forwards readiness to `RedisCall`, which is always
+        // ready: polled once, with a no-op waker, before the call.
+        let mut svc = self.service.clone();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let call = match svc.poll_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => {
+                let call: BoxFuture<Result<Vec<i64>, BoxError>> = Box::pin(svc.call(inv));
+                Some(call)
+            }
+            _ => None,
+        };
+        async move {
+            match call {
+                Some(call) => call.await,
+                None => Err(BoxError::from("the redis call was not ready")),
             }
         }
     }
@@ -512,24 +610,14 @@ impl RedisBackend {
             args.push(*t);
             args.push(*cap);
         }
-        // The breaker forwards readiness to `RedisCall`, which is always
-        // ready: polled once, with a no-op waker, before the call.
-        let mut svc = self.service.clone();
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let call = match svc.poll_ready(&mut cx) {
-            std::task::Poll::Ready(Ok(())) => {
-                let call: BoxFuture<Result<Vec<i64>, BoxError>> =
-                    Box::pin(svc.call(Invocation { keys, args }));
-                Some(call)
-            }
-            _ => None,
-        };
+        let call = self.run(Invocation {
+            keys,
+            args,
+            lease: false,
+        });
         Box::pin(async move {
             let mut slots = slots;
-            let result = match call {
-                Some(call) => call.await,
-                None => Err(BoxError::from("the redis call was not ready")),
-            };
+            let result = call.await;
             match result {
                 Ok(v) if v.len() >= 3 => {
                     let refused = v[0];
@@ -615,6 +703,9 @@ impl Shared {
         req: &http::Request<B>,
         redis: &Arc<RedisBackend>,
     ) -> Decision {
+        if let Some(leases) = &redis.lease {
+            return self.decide_leased(req, redis, leases);
+        }
         let info = RequestInfo::new(req, &self.client_ip);
         let mut slots = Slots::default();
         if let Some(d) = self.prepare(&info, &mut slots) {
@@ -700,7 +791,9 @@ impl Shared {
                     .map_or(&self.params[..], MemoryStore::params);
                 self.finish(params, slots, verdict, false, cost)
             }
-            (Path::Redis, verdict) => self.finish(&self.params, slots, verdict, false, cost),
+            (Path::Redis | Path::Lease | Path::LeaseRefresh, verdict) => {
+                self.finish(&self.params, slots, verdict, false, cost)
+            }
         }
     }
 }
@@ -736,8 +829,24 @@ impl Store {
             }
             _ => None,
         };
+        let lease = match &cfg.mode {
+            RedisMode::Exact => None,
+            RedisMode::Leased(lease) => Some(Leases::new(
+                lease,
+                b.quotas
+                    .iter()
+                    .zip(params)
+                    .zip(names)
+                    .map(|((q, p), name)| {
+                        let keyed = (!q.key.is_global())
+                            .then(|| (b.max_keys, super::store::key_metrics(layer, name)));
+                        (*p, keyed)
+                    })
+                    .collect(),
+            )),
+        };
         Ok(Store::Redis(Arc::new(RedisBackend::new(
-            cfg, layer, names, fallback,
+            cfg, layer, names, fallback, lease,
         )?)))
     }
 }
