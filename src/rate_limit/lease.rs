@@ -36,10 +36,13 @@
 //!
 //! # Refreshing ahead of need
 //!
-//! When a request leaves the slice below half its target size, and the
-//! measured rate would spend a full lease within half its life, that request
-//! spawns one background refresh (a flag per slice: one refresh in flight,
-//! never a herd), asking for what brings the slice back to its target. A
+//! When a request leaves the slice with what the measured rate spends in
+//! two round trips (the last refresh's duration; at least one unit, at
+//! most half the target), and that rate would spend a full lease within
+//! half its life, that request spawns one background refresh (a flag per
+//! slice: one refresh in flight, never a herd), asking for what brings the
+//! slice back to its target. A lease is then nearly a full target's worth
+//! of units, so round trips per request stay near 1 / lease size. A
 //! request that finds the slice short waits for the refresh in flight, or
 //! makes one itself; the others wait for it (a `tokio::sync::Notify`, not a
 //! lock). A request waits for Redis only on a miss.
@@ -315,8 +318,10 @@ pub(crate) struct Cell {
     rate: AtomicU64,
     /// Units spent since `since`.
     spent: AtomicU64,
-    /// Local ns of the last refresh.
+    /// Local ns of the last refresh's start.
     since: AtomicU64,
+    /// How long the last refresh took, ns.
+    rtt: AtomicU64,
     /// A refresh is in flight.
     refreshing: AtomicBool,
     /// Wakes the requests waiting for the refresh in flight.
@@ -333,6 +338,7 @@ impl Cell {
             rate: AtomicU64::new(0f64.to_bits()),
             spent: AtomicU64::new(0),
             since: AtomicU64::new(0),
+            rtt: AtomicU64::new(0),
             refreshing: AtomicBool::new(false),
             notify: Notify::new(),
         }
@@ -374,17 +380,24 @@ impl Cell {
     }
 
     /// Whether a request that left `after` units should start a refresh
-    /// ahead of need: below half the target, and at the measured rate a
-    /// full lease would be spent within half its life (a slow key leases
-    /// on demand and wastes nothing). Claims the refresh when it should.
+    /// ahead of need: at the measured rate the slice would run out within
+    /// two round trips (the last refresh's), and a full lease would be
+    /// spent within half its life (a slow key leases on demand and wastes
+    /// nothing). Claims the refresh when it should.
     #[inline]
     fn claim_ahead(&self, after: u64, now: u64, ttl: u64, q: &Quota) -> bool {
         let target = self.target.load(Ordering::Relaxed);
-        if after.saturating_mul(2) >= target || self.refreshing.load(Ordering::Relaxed) {
+        if after > target / 2 || self.refreshing.load(Ordering::Relaxed) {
             return false;
         }
         let rate = f64::from_bits(self.rate.load(Ordering::Relaxed));
         if rate * (ttl as f64 / 1e9) < 2.0 * target as f64 {
+            return false;
+        }
+        // `as` saturates; at least one unit, at most half the lease.
+        let rtt = self.rtt.load(Ordering::Relaxed) as f64;
+        let low = ((rate * 2.0 * rtt / 1e9).ceil() as u64).clamp(1, (target / 2).max(1));
+        if after > low {
             return false;
         }
         // Not while the bucket, as last seen, lacks half a lease: the
@@ -431,6 +444,9 @@ impl Cell {
     /// Ends a refresh with Redis's answer: `granted` units, the key's TAT
     /// on the local clock (`view`), at local `now`.
     fn apply(&self, now: u64, granted: u64, view: u64, ttl: u64) {
+        let started = self.since.load(Ordering::Relaxed);
+        self.rtt
+            .store(now.saturating_sub(started), Ordering::Relaxed);
         if granted > 0 {
             if self.expires.load(Ordering::Acquire) <= now {
                 self.tokens.store(0, Ordering::Release);
@@ -1230,16 +1246,21 @@ mod tests {
         let cell = Arc::clone(l.quotas[0].cells_single());
         assert_eq!(cell.target.load(Ordering::Relaxed), 20);
         assert_eq!(cell.live(l.now()), 20);
-        // Down to 10 (half): no refresh yet; below: one claim, one only.
+        // The refresh took no time here: the watermark is one unit.
         let mut claims = 0;
-        for _ in 0..15 {
+        for left in (1..20).rev() {
             ahead = 0;
             assert_eq!(l.take(&mut s, 1, &mut ahead), Local::Admitted);
+            assert_eq!(ahead != 0, left == 1, "{left}");
             claims += ahead.count_ones();
         }
-        assert_eq!(claims, 1);
         assert!(cell.refreshing.load(Ordering::Relaxed));
-        // It ends, topping the slice up to the target (5 + 15).
+        // In flight: the last unit claims nothing more.
+        ahead = 0;
+        assert_eq!(l.take(&mut s, 1, &mut ahead), Local::Admitted);
+        claims += ahead.count_ones();
+        assert_eq!(claims, 1);
+        // It ends, topping the slice up to the target (0 + 20).
         refresh(&l, &mut redis, 0, 0, 0, true);
         assert_eq!(cell.live(l.now()), 20);
         assert!(!cell.refreshing.load(Ordering::Relaxed));

@@ -15,3 +15,7 @@ mod client_ip_trust;
 /// The Redis-backed store (global limits across replicas), its failure
 /// policy and guard, against a real `redis-server` on loopback.
 mod redis_store;
+
+/// Leased mode of the Redis store (issue 16): round trips, a dead
+/// replica's lease, outages mid-lease, refusals without round trips.
+mod redis_lease;
