@@ -187,10 +187,10 @@ pub use layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
 pub use state::{CircuitBreakerEvent, CircuitCounts, CircuitState, TransitionReason};
 
 use crate::rejection::{HttpMode, Mode};
-use future::{Decision, decide};
+pub(crate) use future::{Decision, decide};
 use judge::Judge;
 pub(crate) use keyed::KeyedShared;
-use state::Breaker;
+pub(crate) use state::Breaker;
 
 use crate::metrics_help::{Help, MetricKind};
 use metrics::Unit;

@@ -246,6 +246,20 @@ impl Shared {
     /// Allow-lists, cost and keys; `None` when the store must decide.
     #[inline]
     pub(crate) fn prepare(&self, info: &RequestInfo<'_>, slots: &mut Slots) -> Option<Decision> {
+        self.prepare_with(info, slots, |_, _| {})
+    }
+
+    /// [`prepare`](Self::prepare), handing `key` each quota's key as it is
+    /// extracted, in quota order (a global quota's: empty; an anonymous
+    /// one's: [`ANONYMOUS`]): the Redis store names its keys by them
+    /// without extracting them again.
+    #[inline]
+    pub(crate) fn prepare_with(
+        &self,
+        info: &RequestInfo<'_>,
+        slots: &mut Slots,
+        mut key: impl FnMut(usize, KeyRef<'_>),
+    ) -> Option<Decision> {
         if !self.allow_cidrs.is_empty() {
             // The allow-list names addresses: match the client's own, not
             // the IPv6 network its quota key is masked to.
@@ -270,9 +284,14 @@ impl Shared {
             let slot = &mut slots.slots[i];
             if q.key.is_global() {
                 slot.active = true;
+                key(i, KeyRef::Bytes(b""));
                 continue;
             }
-            match q.key.fingerprint(info, &self.hasher) {
+            let fp = q.key.with_key(info, |k| {
+                key(i, k);
+                fingerprint(&self.hasher, k)
+            });
+            match fp {
                 Some(fp) => {
                     if !self.allow_keys.is_empty() && self.allow_keys.binary_search(&fp).is_ok() {
                         return Some(self.allowlisted());
@@ -284,6 +303,7 @@ impl Shared {
                     MissingKey::Anonymous => {
                         slot.active = true;
                         slot.fp = self.anonymous;
+                        key(i, KeyRef::Bytes(ANONYMOUS));
                     }
                     MissingKey::Allow => {}
                     MissingKey::Reject => {

@@ -56,7 +56,7 @@ impl From<String> for Key {
 
 /// The borrowed form keys are hashed in (so a header key costs no
 /// allocation).
-#[derive(Hash)]
+#[derive(Hash, Clone, Copy)]
 pub(crate) enum KeyRef<'a> {
     Ip(IpAddr),
     Number(u64),
@@ -248,42 +248,10 @@ impl KeyExtractor {
         }
     }
 
-    /// The key's fingerprint, or `None` when the request has no such key.
-    /// Never called for a global key.
-    pub(crate) fn fingerprint(&self, req: &RequestInfo<'_>, hasher: &Fingerprinter) -> Option<u64> {
-        match &self.0 {
-            KeyKind::Global => Some(0),
-            KeyKind::ClientIp => req
-                .client_ip()
-                .map(|ip| fingerprint(hasher, KeyRef::Ip(ip))),
-            KeyKind::Header(name) => req
-                .headers
-                .get(name)
-                .map(|v| v.as_bytes())
-                .filter(|b| !b.is_empty())
-                .map(|b| fingerprint(hasher, KeyRef::Bytes(b))),
-            KeyKind::Path => Some(fingerprint(
-                hasher,
-                KeyRef::Bytes(req.uri.path().as_bytes()),
-            )),
-            KeyKind::Route => {
-                #[cfg(feature = "axum")]
-                if let Some(m) = req.extensions.get::<axum::extract::MatchedPath>() {
-                    return Some(fingerprint(hasher, KeyRef::Bytes(m.as_str().as_bytes())));
-                }
-                Some(fingerprint(
-                    hasher,
-                    KeyRef::Bytes(req.uri.path().as_bytes()),
-                ))
-            }
-            KeyKind::Custom(f) => f(req).map(|k| fingerprint(hasher, k.as_ref())),
-        }
-    }
-
-    /// The key itself, handed to `f` (the Redis store names keys by it), or
-    /// `None` when the request has no such key. Mirrors
-    /// [`fingerprint`](Self::fingerprint).
-    #[cfg(feature = "redis")]
+    /// The key itself, handed to `f` (the engine fingerprints it, the
+    /// Redis store also names its keys by it), or `None` when the request
+    /// has no such key.
+    #[inline]
     pub(crate) fn with_key<R>(
         &self,
         req: &RequestInfo<'_>,

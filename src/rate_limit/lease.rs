@@ -115,7 +115,7 @@ use super::engine::{ANONYMOUS, Decision, Shared, Slots};
 use super::gcra::Gcra;
 use super::key::{KeyRef, RequestInfo};
 use super::memory::{IdHasher, Measured, Slot, Verdict};
-use super::redis::{FailurePolicy, Invocation, Path, RedisBackend, RemoteOutcome};
+use super::redis::{FailurePolicy, Path, RedisBackend, RemoteOutcome};
 use crate::ConfigError;
 use crate::config_util::{HOUR, MINUTE, MUST_BE_POSITIVE, at_most};
 use crate::util::keyed_map::{Expiring, KeyedMap, MapMetrics};
@@ -740,11 +740,13 @@ impl RedisBackend {
             return Ok(());
         }
         self.lease_refreshes.increment(1);
-        let inv = Invocation::lease(
-            vec![r.name.clone()],
-            vec![need, q.gcra.t, q.gcra.cap(), want],
-        );
-        match self.run(inv).await {
+        let mut cmd = self.lease_command(1, 4);
+        cmd.arg(r.name.as_slice())
+            .arg(need)
+            .arg(q.gcra.t)
+            .arg(q.gcra.cap())
+            .arg(want);
+        match self.call_lease(&cmd).await {
             Ok(v) if v.len() >= 5 => {
                 let now = leases.now();
                 let redis_now = u64::try_from(v[1]).unwrap_or(0);
@@ -877,19 +879,25 @@ impl RedisBackend {
             unreachable!("the leased path has leases");
         };
         let units = u64::from(cost.get());
-        let mut keys = Vec::new();
-        let mut args = vec![units];
         let mut index = [0usize; MAX_QUOTAS];
+        let mut n = 0;
         for (i, s) in slots.slots[..slots.len].iter().enumerate() {
             if s.active {
-                let q = &leases.quotas[i].gcra;
-                index[keys.len()] = i;
-                keys.push(names[i].clone().unwrap_or_default());
-                args.extend([q.t, q.cap(), units]);
+                index[n] = i;
+                n += 1;
             }
         }
+        let mut cmd = self.lease_command(n, 1 + 3 * n);
+        for &i in &index[..n] {
+            cmd.arg(names[i].as_deref().unwrap_or_default());
+        }
+        cmd.arg(units);
+        for &i in &index[..n] {
+            let q = &leases.quotas[i].gcra;
+            cmd.arg(q.t).arg(q.cap()).arg(units);
+        }
         self.lease_refreshes.increment(1);
-        match self.run(Invocation::lease(keys, args)).await {
+        match self.call_lease(&cmd).await {
             Ok(v) if v.len() >= 3 => {
                 let now = leases.now();
                 let redis_now = u64::try_from(v[1]).unwrap_or(0);

@@ -62,9 +62,11 @@ use std::time::Duration;
 
 use metrics::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tower::{BoxError, Service};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use tower::BoxError;
 
-use super::engine::{ANONYMOUS, Decision, Shared, Slots};
+use super::engine::{Decision, Shared, Slots};
 use super::error::RefusalReason;
 use super::gcra::Gcra;
 use super::key::{KeyRef, RequestInfo};
@@ -73,8 +75,8 @@ use super::layer::RateLimitBuilder;
 use super::memory::{Measured, MemoryStore, QuotaCells, Verdict};
 use super::store::Store;
 use crate::ConfigError;
-use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer};
-use crate::rejection::ErrorMode;
+use crate::circuit_breaker::{self, Breaker, CircuitBreakerHandle, CircuitBreakerLayer, Permit};
+use crate::classify::Outcome;
 use crate::util::keyed_map::MapMetrics;
 
 /// What the rate limit does when Redis cannot answer in time (down, slow,
@@ -96,19 +98,32 @@ pub enum FailurePolicy {
     },
 }
 
+/// Where the store's Redis is: one server, or a Redis Cluster.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// One server (`redis://` or `rediss://`).
+    Single(String),
+    /// A Redis Cluster, through these seed nodes.
+    Cluster(Vec<String>),
+}
+
 /// Settings of the Redis store; give it to
 /// [`RateLimitBuilder::redis`](super::RateLimitBuilder::redis).
 ///
 /// Use it when a limit must hold for all replicas together. It costs one
-/// Redis round trip per decided request (one `EVALSHA`), a boxed future and
-/// the key names per request; keys are
+/// Redis round trip per decided request (one `EVALSHA`) and one boxed
+/// future per request; keys are
 /// `<prefix>:<layer>:<quota>:{<key>}` (one quota) or
 /// `<prefix>:{<layer>}:<quota>:<key>` (several: one hash slot, so the one
 /// atomic script may touch them all) and expire when their bucket is full
 /// again. The layer must be built inside a tokio runtime (the connection,
-/// a multiplexed `ConnectionManager`, is made lazily and reconnects by
-/// itself). A circuit breaker named `<layer>-redis` guards it
+/// a multiplexed `ConnectionManager` or the cluster client, is made lazily
+/// and reconnects by itself). A circuit breaker named `<layer>-redis`
+/// guards it
 /// ([`RateLimitLayer::store_health`](super::RateLimitLayer::store_health)).
+///
+/// One server, plain text or TLS (`rediss://`, feature `redis-tls`, see
+/// `RedisStore::tls`), or a Redis Cluster ([`RedisStore::cluster`]):
 ///
 /// ```
 /// use std::time::Duration;
@@ -118,12 +133,15 @@ pub enum FailurePolicy {
 ///     .prefix("myapp")
 ///     .timeout(Duration::from_millis(20))
 ///     .failure_policy(FailurePolicy::Fallback { share: 0.25 });
-/// # drop(store);
+/// let cluster = RedisStore::cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]);
+/// # drop((store, cluster));
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RedisStore {
-    pub(crate) url: String,
+    pub(crate) target: Target,
+    #[cfg(feature = "redis-tls")]
+    pub(crate) tls: Option<RedisTls>,
     pub(crate) prefix: String,
     pub(crate) timeout: Duration,
     pub(crate) failure: FailurePolicy,
@@ -133,11 +151,31 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A store on the Redis at `url` (`redis://host:port/db`,
-    /// `rediss://...` is not enabled).
+    /// A store on the Redis at `url`: `redis://[user:password@]host:port/db`,
+    /// or `rediss://...` for TLS (feature `redis-tls`; the system's roots
+    /// unless [`tls`](Self::tls) names a CA).
     pub fn new(url: impl Into<String>) -> Self {
+        Self::with_target(Target::Single(url.into()))
+    }
+
+    /// A store on the Redis Cluster reached through `nodes` (seed URLs,
+    /// `redis://host:port` or all `rediss://`; the client discovers the
+    /// other nodes, follows `MOVED`/`ASK` redirections and a failover by
+    /// itself). The keys' hash tags keep each decision's keys in one slot,
+    /// so the one script still runs atomically on one node.
+    pub fn cluster<I>(nodes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        Self::with_target(Target::Cluster(nodes.into_iter().map(Into::into).collect()))
+    }
+
+    fn with_target(target: Target) -> Self {
         Self {
-            url: url.into(),
+            target,
+            #[cfg(feature = "redis-tls")]
+            tls: None,
             prefix: "rampart".into(),
             timeout: Duration::from_millis(50),
             failure: FailurePolicy::FailOpen,
@@ -153,6 +191,32 @@ impl RedisStore {
     /// [`RedisMode`](super::RedisMode)).
     pub fn mode(mut self, mode: RedisMode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// TLS settings for `rediss://` URLs (feature `redis-tls`): a custom
+    /// CA instead of the system's roots, a client certificate for mutual
+    /// TLS.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_rampart::rate_limit::{RedisStore, RedisTls};
+    ///
+    /// let store = RedisStore::new("rediss://redis.internal:6380/").tls(
+    ///     RedisTls::new()
+    ///         .ca_pem(std::fs::read("/etc/redis-tls/ca.pem")?)
+    ///         .client_cert_pem(
+    ///             std::fs::read("/etc/redis-tls/client.pem")?,
+    ///             std::fs::read("/etc/redis-tls/client.key")?,
+    ///         ),
+    /// );
+    /// # drop(store);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "redis-tls")]
+    pub fn tls(mut self, tls: RedisTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -240,15 +304,301 @@ impl RedisStore {
             problems.extend(lease.problems());
         }
         // Parsing only: no connection is made.
-        if let Err(e) = redis::Client::open(self.url.as_str()) {
-            problems.push(ConfigError::new("store.url", e.to_string()));
-        }
+        problems.extend(RedisConnection::check(self).err());
         problems
     }
 }
 
+/// TLS settings of the Redis store (feature `redis-tls`), for `rediss://`
+/// URLs: whom to trust and who this client is. Certificates and keys are
+/// PEM text; the config file names PEM files instead (`store.tls.ca_file`,
+/// `store.tls.client_cert_file`, `store.tls.client_key_file`).
+///
+/// Without a CA the system's roots are trusted. The connection uses rustls
+/// with the process's default `CryptoProvider`; when none is installed the
+/// store installs `ring`'s.
+#[cfg(feature = "redis-tls")]
+#[derive(Clone, Default)]
+#[must_use]
+pub struct RedisTls {
+    pub(crate) ca: Option<Vec<u8>>,
+    pub(crate) client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+#[cfg(feature = "redis-tls")]
+impl RedisTls {
+    /// The system's roots, no client certificate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trust only the CA certificate(s) in `pem` (a private CA).
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca = Some(pem.into());
+        self
+    }
+
+    /// Present this certificate chain and private key (PEM; mutual TLS,
+    /// `tls-auth-clients yes` on the server).
+    pub fn client_cert_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.client = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// The PEM text is well formed: each problem named by its config key.
+    fn problems(&self) -> Vec<ConfigError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = |field: &'static str, pem: &[u8]| -> Option<ConfigError> {
+            let mut n = 0;
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                if let Err(e) = cert {
+                    return Some(ConfigError::new(
+                        field,
+                        format!("not a PEM certificate: {e}"),
+                    ));
+                }
+                n += 1;
+            }
+            (n == 0).then(|| ConfigError::new(field, "holds no PEM certificate"))
+        };
+        let mut problems = Vec::new();
+        if let Some(ca) = &self.ca {
+            problems.extend(certs("store.tls.ca_file", ca));
+        }
+        if let Some((cert, key)) = &self.client {
+            problems.extend(certs("store.tls.client_cert_file", cert));
+            if let Err(e) = PrivateKeyDer::from_pem_slice(key) {
+                problems.push(ConfigError::new(
+                    "store.tls.client_key_file",
+                    format!("not a PEM private key: {e}"),
+                ));
+            }
+        }
+        problems
+    }
+
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.ca.clone(),
+        }
+    }
+}
+
+#[cfg(feature = "redis-tls")]
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.is_some())
+            .field("client_cert", &self.client.is_some())
+            .finish()
+    }
+}
+
+/// The connection the store talks through: one server (plain text or
+/// TLS, a multiplexed [`ConnectionManager`] that reconnects by itself) or
+/// a Redis Cluster (the `redis` crate's async cluster client: slot map,
+/// `MOVED`/`ASK`, failover). Cheap to clone: clones share the connection.
+///
+/// Everything that talks to Redis goes through [`run`](Self::run), so a
+/// new kind of connection changes nothing above it.
+#[derive(Clone)]
+pub(crate) enum RedisConnection {
+    /// One server.
+    Single(ConnectionManager),
+    /// A Redis Cluster, connected on first use.
+    Cluster(Arc<LazyCluster>),
+}
+
+/// The cluster client and its connection, made on the first call (the
+/// layer is built synchronously; the cluster client connects only
+/// asynchronously). A failed first connection is tried again by the next
+/// call.
+pub(crate) struct LazyCluster {
+    client: ClusterClient,
+    conn: tokio::sync::OnceCell<ClusterConnection>,
+}
+
+impl RedisConnection {
+    /// Parses the settings' URLs and TLS material into clients, without
+    /// connecting.
+    fn clients(cfg: &RedisStore) -> Result<Clients, ConfigError> {
+        let url_field = match cfg.target {
+            Target::Single(_) => "store.url",
+            Target::Cluster(_) => "store.cluster",
+        };
+        #[cfg(feature = "redis-tls")]
+        if let Some(tls) = &cfg.tls {
+            if let Some(problem) = tls.problems().into_iter().next() {
+                return Err(problem);
+            }
+            let plain = match &cfg.target {
+                Target::Single(url) => !url.starts_with("rediss://"),
+                Target::Cluster(nodes) => nodes.iter().any(|u| !u.starts_with("rediss://")),
+            };
+            if plain {
+                return Err(ConfigError::new(
+                    url_field,
+                    "TLS settings need `rediss://` URLs",
+                ));
+            }
+        }
+        let err = |e: redis::RedisError| ConfigError::new(url_field, e.to_string());
+        match &cfg.target {
+            Target::Single(url) => {
+                #[cfg(feature = "redis-tls")]
+                if let Some(tls) = &cfg.tls {
+                    return redis::Client::build_with_tls(url.as_str(), tls.certificates())
+                        .map(Clients::Single)
+                        .map_err(err);
+                }
+                redis::Client::open(url.as_str())
+                    .map(Clients::Single)
+                    .map_err(err)
+            }
+            Target::Cluster(nodes) => {
+                if nodes.is_empty() {
+                    return Err(ConfigError::new(url_field, "needs at least one seed node"));
+                }
+                for (i, node) in nodes.iter().enumerate() {
+                    if let Err(e) = redis::Client::open(node.as_str()) {
+                        return Err(ConfigError::new(format!("{url_field}[{i}]"), e.to_string()));
+                    }
+                }
+                let b = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                    // A redirection (`MOVED`, `ASK`) or a refreshed slot map
+                    // is followed within the call's timeout; past it the
+                    // breaker and the failure policy take over.
+                    .retries(2)
+                    .min_retry_wait(2)
+                    .max_retry_wait(cfg.timeout.as_millis().max(10) as u64)
+                    .connection_timeout(cfg.timeout.max(Duration::from_millis(100)))
+                    .response_timeout(cfg.timeout);
+                #[cfg(feature = "redis-tls")]
+                let b = match &cfg.tls {
+                    Some(tls) => b.certs(tls.certificates()),
+                    None => b,
+                };
+                b.build().map(Clients::Cluster).map_err(err)
+            }
+        }
+    }
+
+    /// Whether [`open`](Self::open) would accept these settings (no
+    /// connection made).
+    fn check(cfg: &RedisStore) -> Result<(), ConfigError> {
+        Self::clients(cfg).map(drop)
+    }
+
+    /// The connection for `cfg`, made lazily (inside a tokio runtime).
+    pub(crate) fn open(cfg: &RedisStore) -> Result<Self, ConfigError> {
+        let clients = Self::clients(cfg)?;
+        #[cfg(feature = "redis-tls")]
+        {
+            let tls = match &cfg.target {
+                Target::Single(url) => url.starts_with("rediss://"),
+                Target::Cluster(nodes) => nodes.iter().any(|u| u.starts_with("rediss://")),
+            };
+            if tls && rustls::crypto::CryptoProvider::get_default().is_none() {
+                // Lost a race with another installer: theirs is used.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
+        }
+        match clients {
+            Clients::Single(client) => {
+                let conn_cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(100))))
+                    .set_response_timeout(Some(cfg.timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                ConnectionManager::new_lazy_with_config(client, conn_cfg)
+                    .map(RedisConnection::Single)
+                    .map_err(|e| ConfigError::new("store.url", e.to_string()))
+            }
+            Clients::Cluster(client) => Ok(RedisConnection::Cluster(Arc::new(LazyCluster {
+                client,
+                conn: tokio::sync::OnceCell::new(),
+            }))),
+        }
+    }
+
+    /// Runs `cmd` in one round trip (on a cluster: on the node serving its
+    /// key's slot). An `EVALSHA` of `script` that finds the script missing
+    /// (`NOSCRIPT`: a new or restarted server, a failed-over replica)
+    /// loads it and runs again. No timeout here: the caller bounds the
+    /// whole call.
+    pub(crate) async fn run<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        script: Option<&redis::Script>,
+    ) -> redis::RedisResult<T> {
+        match self {
+            RedisConnection::Single(conn) => run_on(&mut conn.clone(), cmd, script).await,
+            RedisConnection::Cluster(lazy) => {
+                let conn = lazy
+                    .conn
+                    .get_or_try_init(|| lazy.client.get_async_connection())
+                    .await?;
+                run_on(&mut conn.clone(), cmd, script).await
+            }
+        }
+    }
+}
+
+/// What the settings parse into.
+enum Clients {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+async fn run_on<C, T>(
+    conn: &mut C,
+    cmd: &redis::Cmd,
+    script: Option<&redis::Script>,
+) -> redis::RedisResult<T>
+where
+    C: redis::aio::ConnectionLike,
+    T: redis::FromRedisValue,
+{
+    match cmd.query_async(conn).await {
+        Err(e)
+            if script.is_some()
+                && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            if let Some(script) = script {
+                script.load_async(conn).await?;
+            }
+            cmd.query_async(conn).await
+        }
+        other => other,
+    }
+}
+
+/// An `EVALSHA` of `script` with room for `keys` keys and `args`
+/// arguments, key names and arguments to be appended.
+pub(crate) fn evalsha(
+    script: &redis::Script,
+    keys: usize,
+    args: usize,
+    bytes: usize,
+) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(2 + keys + args, 64 + bytes);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
+    cmd
+}
+
 const SCRIPT: &str = r"
--- ARGV[1] = cost; then per key: t (ns per unit), cap (burst * t, ns).
+-- ARGV[1] = cost; then per key: t (ns per unit), cap (burst * t, ns);
+-- t = 0 marks a quota this request skips (no key, `missing_key = allow`):
+-- its key is neither read nor written.
 -- Returns {refused (1-based, 0 = admitted), now, wait, prev1, next1, ...}:
 -- a refusal names the quota that needs longest to admit the cost, and waits
 -- for it, so a client obeying the wait is not refused by another quota.
@@ -260,24 +610,31 @@ local nexts = {}
 for i = 1, #KEYS do
   local t = tonumber(ARGV[2 * i])
   local cap = tonumber(ARGV[2 * i + 1])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
-  local base = tat
-  if base < now then base = now end
-  local new = base + cost * t
-  local allow_at = new - cap
-  nexts[i] = new
-  out[2 + 2 * i] = tat
-  out[3 + 2 * i] = new
-  if allow_at > now and allow_at - now > out[3] then
-    out[1] = i
-    out[3] = allow_at - now
+  if t > 0 then
+    local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+    local base = tat
+    if base < now then base = now end
+    local new = base + cost * t
+    local allow_at = new - cap
+    nexts[i] = new
+    out[2 + 2 * i] = tat
+    out[3 + 2 * i] = new
+    if allow_at > now and allow_at - now > out[3] then
+      out[1] = i
+      out[3] = allow_at - now
+    end
+  else
+    out[2 + 2 * i] = 0
+    out[3 + 2 * i] = 0
   end
 end
 if out[1] == 0 then
   for i = 1, #KEYS do
-    local ms = math.ceil((nexts[i] - now) / 1000000)
-    if ms < 1 then ms = 1 end
-    redis.call('SET', KEYS[i], string.format('%.0f', nexts[i]), 'PX', ms)
+    if nexts[i] then
+      local ms = math.ceil((nexts[i] - now) / 1000000)
+      if ms < 1 then ms = 1 end
+      redis.call('SET', KEYS[i], string.format('%.0f', nexts[i]), 'PX', ms)
+    end
   end
 else
   for i = 1, #KEYS do out[3 + 2 * i] = out[2 + 2 * i] end
@@ -285,73 +642,7 @@ end
 return out
 ";
 
-/// The tower service the breaker wraps: one script call with a timeout.
-#[derive(Clone)]
-pub(crate) struct RedisCall {
-    conn: ConnectionManager,
-    timeout: Duration,
-    script: Arc<redis::Script>,
-    lease_script: Arc<redis::Script>,
-}
-
-/// One script invocation: key names and arguments.
-pub(crate) struct Invocation {
-    keys: Vec<Vec<u8>>,
-    args: Vec<u64>,
-    /// The lease script (leased mode), not the GCRA one.
-    lease: bool,
-}
-
-impl Invocation {
-    /// A call of the lease script ([`super::lease::SCRIPT`]).
-    pub(crate) fn lease(keys: Vec<Vec<u8>>, args: Vec<u64>) -> Self {
-        Self {
-            keys,
-            args,
-            lease: true,
-        }
-    }
-}
-
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-impl Service<Invocation> for RedisCall {
-    type Response = Vec<i64>;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Vec<i64>, BoxError>>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), BoxError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, inv: Invocation) -> Self::Future {
-        let mut conn = self.conn.clone();
-        let script = Arc::clone(if inv.lease {
-            &self.lease_script
-        } else {
-            &self.script
-        });
-        let timeout = self.timeout;
-        Box::pin(async move {
-            let mut call = script.prepare_invoke();
-            for k in &inv.keys {
-                call.key(k.as_slice());
-            }
-            for a in &inv.args {
-                call.arg(*a);
-            }
-            // EVALSHA; on NOSCRIPT the client loads the script and retries.
-            match tokio::time::timeout(timeout, call.invoke_async::<Vec<i64>>(&mut conn)).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(Box::new(e) as BoxError),
-                Err(_) => Err("redis call timed out".into()),
-            }
-        })
-    }
-}
 
 /// The path a decision took (the `path` label).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -394,7 +685,7 @@ impl Path {
 }
 
 /// The Redis store deciding one request: owns its slots and yields them
-/// back with the outcome.
+/// back with the outcome (the one box of the Redis path).
 pub(crate) type Deciding = BoxFuture<(Slots, RemoteOutcome)>;
 
 /// What the store answered for one request.
@@ -406,7 +697,15 @@ pub(crate) struct RemoteOutcome {
 /// The Redis store as the layer holds it.
 pub(crate) struct RedisBackend {
     pub(crate) name: Arc<str>,
-    service: CircuitBreaker<RedisCall, ErrorMode>,
+    conn: RedisConnection,
+    script: redis::Script,
+    /// Leased mode's script ([`super::lease::SCRIPT`]).
+    lease_script: redis::Script,
+    /// One Redis call's timeout.
+    pub(crate) timeout: Duration,
+    /// Guards the connection: admits each call (a [`Permit`] that records
+    /// its outcome) or refuses it while open.
+    guard: Breaker,
     breaker: CircuitBreakerHandle,
     key_heads: Box<[Vec<u8>]>,
     hash_tag_key: bool,
@@ -414,12 +713,33 @@ pub(crate) struct RedisBackend {
     pub(crate) fallback: Option<MemoryStore>,
     decisions: [Counter; Path::ALL.len()],
     last_path: AtomicU8,
-    /// One Redis call's timeout.
-    pub(crate) timeout: Duration,
     /// Leased mode's slices (`None`: exact mode).
     pub(crate) lease: Option<Leases>,
     /// Lease script calls (leased mode).
     pub(crate) lease_refreshes: Counter,
+}
+
+/// One quota's Redis key name, written straight into the command.
+struct KeyName<'a> {
+    head: &'a [u8],
+    key: KeyRef<'a>,
+    close_tag: bool,
+}
+
+impl redis::ToRedisArgs for KeyName<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut w = out.writer_for_next_arg();
+        let _ = w.write_all(self.head);
+        let _ = match self.key {
+            KeyRef::Ip(ip) => write!(w, "{ip}"),
+            KeyRef::Number(n) => write!(w, "{n}"),
+            KeyRef::Bytes(b) => w.write_all(b),
+        };
+        if self.close_tag {
+            let _ = w.write_all(b"}");
+        }
+    }
 }
 
 impl RedisBackend {
@@ -440,15 +760,7 @@ impl RedisBackend {
                 "the redis store must be built inside a tokio runtime",
             ));
         }
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| ConfigError::new("store.url", e.to_string()))?;
-        let conn_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(100))))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, conn_cfg)
-            .map_err(|e| ConfigError::new("store.url", e.to_string()))?;
+        let conn = RedisConnection::open(cfg)?;
         let breaker_layer = CircuitBreakerLayer::builder()
             .name(format!("{layer}-redis"))
             .consecutive_failures(cfg.trip_after)
@@ -459,16 +771,6 @@ impl RedisBackend {
             .half_open_permits(1)
             .build()
             .map_err(|e| e.at("store"))?;
-        let breaker = breaker_layer.handle();
-        let service = tower::Layer::layer(
-            &breaker_layer.into_error_mode(),
-            RedisCall {
-                conn,
-                timeout: cfg.timeout,
-                script: Arc::new(redis::Script::new(SCRIPT)),
-                lease_script: Arc::new(redis::Script::new(super::lease::SCRIPT)),
-            },
-        );
         let multi = quota_names.len() > 1;
         let key_heads = quota_names
             .iter()
@@ -488,15 +790,18 @@ impl RedisBackend {
         });
         Ok(Self {
             name: Arc::clone(layer),
-            service,
-            breaker,
+            conn,
+            script: redis::Script::new(SCRIPT),
+            lease_script: redis::Script::new(super::lease::SCRIPT),
+            timeout: cfg.timeout,
+            breaker: breaker_layer.handle(),
+            guard: breaker_layer.breaker,
             key_heads,
             hash_tag_key: !multi,
             failure: cfg.failure,
             fallback,
             decisions,
             last_path: AtomicU8::new(Path::Redis as u8),
-            timeout: cfg.timeout,
             lease_refreshes: if lease.is_some() {
                 metrics::counter!(
                     "rampart_rate_limit_lease_refreshes_total",
@@ -514,23 +819,20 @@ impl RedisBackend {
         &self.breaker
     }
 
-    /// The Redis key name of quota `i` for `key`.
-    pub(crate) fn key_name(&self, i: usize, key: KeyRef<'_>) -> Vec<u8> {
-        use std::io::Write;
-        let mut out = self.key_heads[i].clone();
-        match key {
-            KeyRef::Ip(ip) => {
-                let _ = write!(out, "{ip}");
-            }
-            KeyRef::Number(n) => {
-                let _ = write!(out, "{n}");
-            }
-            KeyRef::Bytes(b) => out.extend_from_slice(b),
-        }
-        if self.hash_tag_key {
-            out.push(b'}');
-        }
-        out
+    /// The decision's command: `EVALSHA <sha> <quotas>`, key names next.
+    fn command(&self) -> redis::Cmd {
+        let n = self.key_heads.len();
+        let bytes: usize = self.key_heads.iter().map(|h| h.len() + 48).sum();
+        evalsha(&self.script, n, 1 + 2 * n, bytes + 24 * (1 + 2 * n))
+    }
+
+    /// Appends quota `i`'s key name for `key`.
+    fn push_key(&self, cmd: &mut redis::Cmd, i: usize, key: KeyRef<'_>) {
+        cmd.arg(KeyName {
+            head: &self.key_heads[i],
+            key,
+            close_tag: self.hash_tag_key,
+        });
     }
 
     /// Counts a decision taken from a leased slice (no round trip; a
@@ -568,75 +870,111 @@ impl RedisBackend {
         }
     }
 
-    /// One script call through the breaker (an error at once when the
-    /// breaker is open).
-    pub(crate) fn run(
-        &self,
-        inv: Invocation,
-    ) -> impl Future<Output = Result<Vec<i64>, BoxError>> + Send + 'static {
-        // The breaker forwards readiness to `RedisCall`, which is always
-        // ready: polled once, with a no-op waker, before the call.
-        let mut svc = self.service.clone();
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let call = match svc.poll_ready(&mut cx) {
-            std::task::Poll::Ready(Ok(())) => {
-                let call: BoxFuture<Result<Vec<i64>, BoxError>> = Box::pin(svc.call(inv));
-                Some(call)
-            }
-            _ => None,
+    /// One call to Redis through the breaker, within the timeout.
+    async fn call(&self, permit: Option<Permit>, cmd: &redis::Cmd) -> Result<Vec<i64>, BoxError> {
+        self.call_script(permit, cmd, &self.script).await
+    }
+
+    /// A call of the lease script (leased mode) through the breaker,
+    /// within the timeout.
+    pub(crate) async fn call_lease(&self, cmd: &redis::Cmd) -> Result<Vec<i64>, BoxError> {
+        let permit = match circuit_breaker::decide(&self.guard) {
+            circuit_breaker::Decision::Go(permit) => Some(permit),
+            circuit_breaker::Decision::Refuse(_) => None,
         };
-        async move {
-            match call {
-                Some(call) => call.await,
-                None => Err(BoxError::from("the redis call was not ready")),
+        self.call_script(permit, cmd, &self.lease_script).await
+    }
+
+    /// An `EVALSHA` of the lease script for `keys` keys and `args`
+    /// arguments (to be appended).
+    pub(crate) fn lease_command(&self, keys: usize, args: usize) -> redis::Cmd {
+        evalsha(&self.lease_script, keys, args, 64 * keys + 24 * args)
+    }
+
+    /// Quota `i`'s Redis key name for `key`, as bytes (leased mode keeps
+    /// it for refreshes in the background).
+    pub(crate) fn key_name(&self, i: usize, key: KeyRef<'_>) -> Vec<u8> {
+        use redis::ToRedisArgs;
+        KeyName {
+            head: &self.key_heads[i],
+            key,
+            close_tag: self.hash_tag_key,
+        }
+        .to_redis_args()
+        .pop()
+        .unwrap_or_default()
+    }
+
+    async fn call_script(
+        &self,
+        permit: Option<Permit>,
+        cmd: &redis::Cmd,
+        script: &redis::Script,
+    ) -> Result<Vec<i64>, BoxError> {
+        let Some(permit) = permit else {
+            return Err("the breaker guarding redis is open".into());
+        };
+        match tokio::time::timeout(self.timeout, self.conn.run(cmd, Some(script))).await {
+            Ok(Ok(v)) => {
+                permit.complete(Outcome::Success);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                permit.complete(Outcome::Failure);
+                Err(Box::new(e))
+            }
+            Err(_) => {
+                permit.complete(Outcome::Failure);
+                Err("redis call timed out".into())
             }
         }
     }
 
-    /// Starts the decision for `slots` (keys: the Redis key of each active
-    /// slot, in order). The future owns all it needs.
-    pub(crate) fn acquire(
+    /// Starts the decision for `slots`: `cmd` holds the key of every quota
+    /// of the layer (a skipped one's too); the cost and each quota's
+    /// parameters are appended here. The future owns all it needs.
+    fn acquire(
         self: &Arc<Self>,
         slots: Slots,
-        keys: Vec<Vec<u8>>,
-        t_cap: Vec<(u64, u64)>,
+        mut cmd: redis::Cmd,
+        params: &[Gcra],
         cost: NonZeroU32,
         too_costly: Option<usize>,
     ) -> Deciding {
-        let this = Arc::clone(self);
-        let mut args = Vec::with_capacity(1 + 2 * t_cap.len());
-        args.push(u64::from(cost.get()));
-        for (t, cap) in &t_cap {
-            args.push(*t);
-            args.push(*cap);
+        cmd.arg(cost.get());
+        for (s, q) in slots.slots[..slots.len].iter().zip(params) {
+            if s.active {
+                cmd.arg(q.t).arg(q.cap());
+            } else {
+                cmd.arg(0).arg(0);
+            }
         }
-        let call = self.run(Invocation {
-            keys,
-            args,
-            lease: false,
-        });
+        // Admitted or refused by the breaker now, before the request moves.
+        let permit = match circuit_breaker::decide(&self.guard) {
+            circuit_breaker::Decision::Go(permit) => Some(permit),
+            circuit_breaker::Decision::Refuse(_) => None,
+        };
+        let this = Arc::clone(self);
         Box::pin(async move {
             let mut slots = slots;
-            let result = call.await;
+            let result = this.call(permit, &cmd).await;
             match result {
-                Ok(v) if v.len() >= 3 => {
+                Ok(v) if v.len() >= 3 + 2 * slots.len => {
                     let refused = v[0];
                     let now = u64::try_from(v[1]).unwrap_or(0);
                     let wait = u64::try_from(v[2]).unwrap_or(0);
-                    let mut n = 0;
                     let mut refused_quota = None;
                     for (i, s) in slots.slots[..slots.len].iter_mut().enumerate() {
                         if !s.active {
                             continue;
                         }
-                        n += 1;
-                        let at = 1 + 2 * n;
+                        let at = 3 + 2 * i;
                         s.measured = Measured {
-                            prev: v.get(at).map_or(0, |x| u64::try_from(*x).unwrap_or(0)),
-                            next: v.get(at + 1).map_or(0, |x| u64::try_from(*x).unwrap_or(0)),
+                            prev: u64::try_from(v[at]).unwrap_or(0),
+                            next: u64::try_from(v[at + 1]).unwrap_or(0),
                             now,
                         };
-                        if i64::try_from(n).is_ok_and(|n| n == refused) {
+                        if i64::try_from(i + 1).is_ok_and(|n| n == refused) {
                             refused_quota = Some(i);
                         }
                     }
@@ -658,13 +996,19 @@ impl RedisBackend {
                     )
                 }
                 other => {
-                    if let Err(e) = &other {
-                        tracing::debug!(
+                    match &other {
+                        Err(e) => tracing::debug!(
                             target: "tower_rampart::rate_limit",
                             name = %this.name,
                             error = %e,
                             "rate limit store call failed"
-                        );
+                        ),
+                        Ok(v) => tracing::debug!(
+                            target: "tower_rampart::rate_limit",
+                            name = %this.name,
+                            error = %format_args!("unexpected answer of {} values", v.len()),
+                            "rate limit store call failed"
+                        ),
                     }
                     let (path, verdict) = match (this.failure, &this.fallback) {
                         (FailurePolicy::Fallback { .. }, Some(store)) => (
@@ -695,8 +1039,9 @@ impl RedisBackend {
 /// The layer's side of the Redis store: the request's key names and
 /// parameters in, the layer's decision out.
 impl Shared {
-    /// The Redis path: keys, cost and allow-lists as in process, then a
-    /// future that asks Redis.
+    /// The Redis path: keys, cost and allow-lists as in process (each key
+    /// extracted once, its Redis name written straight into the command),
+    /// then a future that asks Redis.
     #[cold]
     pub(crate) fn decide_remote<B>(
         &self,
@@ -708,37 +1053,39 @@ impl Shared {
         }
         let info = RequestInfo::new(req, &self.client_ip);
         let mut slots = Slots::default();
-        if let Some(d) = self.prepare(&info, &mut slots) {
+        let mut cmd = redis.command();
+        // Every quota gets a key name, in order: a quota the request skips
+        // (no key, `missing_key = allow`) its bare head (one hash slot with
+        // the others: several quotas share the `{layer}` tag), never read.
+        let mut named = 0;
+        if let Some(d) = self.prepare_with(&info, &mut slots, |i, key| {
+            while named < i {
+                redis.push_key(&mut cmd, named, KeyRef::Bytes(b""));
+                named += 1;
+            }
+            redis.push_key(&mut cmd, i, key);
+            named = i + 1;
+        }) {
             return d;
         }
         let Some(cost) = slots.cost else {
             return Decision::Admit(None);
         };
-        let mut keys = Vec::with_capacity(slots.len);
-        let mut t_cap = Vec::with_capacity(slots.len);
+        if !slots.slots[..slots.len].iter().any(|s| s.active) {
+            return self.admit();
+        }
+        while named < slots.len {
+            redis.push_key(&mut cmd, named, KeyRef::Bytes(b""));
+            named += 1;
+        }
         // A request costlier than a burst is refused whatever Redis says,
         // but still asked about (nothing is written), so its refusal
         // reports what remains, as in process.
-        let mut too_costly = None;
-        for (i, s) in slots.slots[..slots.len].iter().enumerate() {
-            if !s.active {
-                continue;
-            }
-            let q = &self.params[i];
-            if cost.get() > q.burst && too_costly.is_none() {
-                too_costly = Some(i);
-            }
-            let name = self.quotas[i]
-                .key
-                .with_key(&info, |k| redis.key_name(i, k))
-                .unwrap_or_else(|| redis.key_name(i, KeyRef::Bytes(ANONYMOUS)));
-            keys.push(name);
-            t_cap.push((q.t, q.cap()));
-        }
-        if keys.is_empty() {
-            return self.admit();
-        }
-        Decision::Deciding(redis.acquire(slots, keys, t_cap, cost, too_costly))
+        let too_costly = slots.slots[..slots.len]
+            .iter()
+            .zip(self.params.iter())
+            .position(|(s, q)| s.active && cost.get() > q.burst);
+        Decision::Deciding(redis.acquire(slots, cmd, &self.params, cost, too_costly))
     }
 
     /// Turns the Redis store's answer into a decision.
