@@ -109,7 +109,8 @@
 //! |---|---|
 //! | `axum` | the client IP from axum's `ConnectInfo<SocketAddr>` for rate-limit keys |
 //! | `tonic` | the `grpc.health.v1` bridge ([`HealthRegistry::grpc_health`]) |
-//! | `redis` | a Redis-backed store for the rate limit ([`RedisStore`]): one limit shared by every replica |
+//! | `redis` | a Redis-backed store for the rate limit ([`RedisStore`]): one limit shared by every replica, on one server or a Redis Cluster |
+//! | `redis-tls` | TLS to Redis (`rediss://`, a custom CA, client certificates: `rate_limit::RedisTls`) through rustls with the `ring` provider; implies `redis` |
 //! | `serve` | the server loop ([`serve()`](fn@serve), [`Server`]): HTTP/1.1 + h2c over hyper-util, the shutdown phases, connection hygiene, the peer address for rate-limit keys |
 //! | `config` | `serde::Deserialize` configs for every layer, TOML loading with `RAMPART_*` overrides, and the stack builder ([`RampartConfig`]) |
 #![forbid(unsafe_code)]

@@ -147,12 +147,32 @@ pub enum FailureConfig {
     Fallback,
 }
 
-/// The Redis store's settings.
+/// The Redis store's settings: one server (`url`) or a Redis Cluster
+/// (`cluster`), exactly one of them.
+///
+/// ```json
+/// { "type": "redis", "url": "rediss://redis.internal:6380/",
+///   "tls": { "ca_file": "/etc/redis-tls/ca.pem",
+///            "client_cert_file": "/etc/redis-tls/client.pem",
+///            "client_key_file": "/etc/redis-tls/client.key" } }
+/// { "type": "redis", "cluster": ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"] }
+/// ```
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`.
-    pub url: String,
+    /// One server: `redis://host:port/db`, or `rediss://...` for TLS
+    /// (feature `redis-tls`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A Redis Cluster: seed node URLs (`redis://host:port`, or all
+    /// `rediss://`); the client finds the other nodes.
+    #[serde(default)]
+    pub cluster: Vec<String>,
+    /// TLS for `rediss://` URLs (feature `redis-tls`): PEM files, read
+    /// when the layer is built (a missing or unreadable file is an error
+    /// naming its key).
+    #[serde(default)]
+    pub tls: Option<RedisTlsConfig>,
     /// First part of every key name (default `rampart`).
     #[serde(default)]
     pub prefix: Option<String>,
@@ -203,6 +223,22 @@ pub enum RedisModeConfig {
     Exact,
     /// Slices leased from Redis, decided locally.
     Leased,
+}
+
+/// TLS settings of the Redis store (`store.tls`): PEM files.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTlsConfig {
+    /// The CA certificate(s) to trust instead of the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// This client's certificate chain, for mutual TLS (with
+    /// `client_key_file`).
+    #[serde(default)]
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// The private key of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<std::path::PathBuf>,
 }
 
 /// `idle_sweep`: a duration, or `"off"` (= `"0s"`).
@@ -372,7 +408,25 @@ impl RateLimitConfig {
                         }
                     },
                 };
-                let mut store = RedisStore::new(r.url.clone()).failure_policy(failure);
+                let mut store = match (&r.url, r.cluster.is_empty()) {
+                    (Some(url), true) => RedisStore::new(url.clone()),
+                    (None, false) => RedisStore::cluster(r.cluster.iter().cloned()),
+                    (url, _) => {
+                        problems.push(ConfigError::new(
+                            "store.url",
+                            if url.is_some() {
+                                "set either `url` or `cluster`, not both"
+                            } else {
+                                "required (or `cluster`)"
+                            },
+                        ));
+                        RedisStore::new(url.clone().unwrap_or_default())
+                    }
+                }
+                .failure_policy(failure);
+                if let Some(tls) = &r.tls {
+                    store = redis_tls(store, tls, &mut problems);
+                }
                 if let Some(p) = &r.prefix {
                     store = store.prefix(p.clone());
                 }
@@ -428,6 +482,65 @@ impl RateLimitConfig {
             )),
         }
         (b, problems)
+    }
+}
+
+/// Reads the `store.tls` files into `store`'s TLS settings; a missing or
+/// unreadable file, or a certificate without its key, is a problem named
+/// by its key.
+#[cfg(feature = "redis")]
+fn redis_tls(
+    store: super::redis::RedisStore,
+    tls: &RedisTlsConfig,
+    problems: &mut Vec<ConfigError>,
+) -> super::redis::RedisStore {
+    let mut read = |field: &str, path: &Option<std::path::PathBuf>| -> Option<Vec<u8>> {
+        let path = path.as_ref()?;
+        std::fs::read(path)
+            .map_err(|e| {
+                problems.push(ConfigError::new(
+                    format!("store.tls.{field}"),
+                    format!("cannot read `{}`: {e}", path.display()),
+                ));
+            })
+            .ok()
+    };
+    let ca = read("ca_file", &tls.ca_file);
+    let cert = read("client_cert_file", &tls.client_cert_file);
+    let key = read("client_key_file", &tls.client_key_file);
+    match (
+        tls.client_cert_file.is_some(),
+        tls.client_key_file.is_some(),
+    ) {
+        (true, false) => problems.push(ConfigError::new(
+            "store.tls.client_key_file",
+            "required with `client_cert_file`",
+        )),
+        (false, true) => problems.push(ConfigError::new(
+            "store.tls.client_cert_file",
+            "required with `client_key_file`",
+        )),
+        _ => {}
+    }
+    #[cfg(feature = "redis-tls")]
+    {
+        let mut settings = super::redis::RedisTls::new();
+        if let Some(ca) = ca {
+            settings = settings.ca_pem(ca);
+        }
+        if let (Some(cert), Some(key)) = (cert, key) {
+            settings = settings.client_cert_pem(cert, key);
+        }
+        store.tls(settings)
+    }
+    #[cfg(not(feature = "redis-tls"))]
+    {
+        let _ = (ca, cert, key);
+        problems.push(ConfigError::new(
+            "store.tls",
+            "TLS to Redis needs the `redis-tls` feature",
+        ));
+        store
     }
 }
 

@@ -176,13 +176,16 @@ pub use client_ip::{ClientIp, ClientIpHeader};
 pub use clock::{TokioClock, TokioInstant};
 #[cfg(feature = "config")]
 pub use config::{
-    FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, RedisModeConfig, StoreConfig,
+    FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, RedisModeConfig, RedisTlsConfig,
+    StoreConfig,
 };
 pub use error::RefusalReason;
 pub use future::ResponseFuture;
 pub use key::{Key, KeyExtractor, RequestInfo};
 pub use layer::{MissingKey, QuotaState, RateLimitBuilder, RateLimitLayer};
 pub use quota::{Quota, Rate};
+#[cfg(feature = "redis-tls")]
+pub use redis::RedisTls;
 #[cfg(feature = "redis")]
 pub use lease::{Lease, RedisMode};
 #[cfg(feature = "redis")]

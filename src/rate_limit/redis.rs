@@ -303,6 +303,14 @@ impl RedisStore {
         if let RedisMode::Leased(lease) = &self.mode {
             problems.extend(lease.problems());
         }
+        #[cfg(feature = "redis-tls")]
+        if let Some(tls) = &self.tls {
+            let pem = tls.problems();
+            if !pem.is_empty() {
+                problems.extend(pem);
+                return problems;
+            }
+        }
         // Parsing only: no connection is made.
         problems.extend(RedisConnection::check(self).err());
         problems

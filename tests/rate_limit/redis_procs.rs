@@ -1,0 +1,182 @@
+//! `redis-server` processes for the TLS and Cluster tests: found like the
+//! other Redis tests do (`REDIS_SERVER`, Debian's path, `PATH`; a missing
+//! binary skips the test, saying so, except under `CI`, where it fails),
+//! each in its own temporary directory, killed (and the directory removed)
+//! on drop.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The `redis-server` binary, or `None` (after saying so) when it is
+/// missing outside CI. Under CI a missing binary fails the test.
+pub fn redis_server_bin() -> Option<PathBuf> {
+    find(
+        "REDIS_SERVER",
+        "/usr/bin/redis-server",
+        "redis-server",
+        "redis-server",
+    )
+}
+
+/// `redis-cli`, found next to `redis-server` or on `PATH` (same rules).
+pub fn redis_cli_bin() -> Option<PathBuf> {
+    find("REDIS_CLI", "/usr/bin/redis-cli", "redis-cli", "redis-tools")
+}
+
+fn find(env: &str, debian: &str, name: &str, package: &str) -> Option<PathBuf> {
+    let wanted = std::env::var(env).unwrap_or_else(|_| debian.to_owned());
+    let found = Some(PathBuf::from(&wanted))
+        .filter(|p| p.exists())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|p| p.join(name))
+                    .find(|p| p.exists())
+            })
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} not found ({wanted}): CI must install it (.ci/run installs Debian's {package})"
+        );
+        eprintln!("SKIPPED: {name} not found ({wanted}); install it to run the Redis tests");
+    }
+    found
+}
+
+/// A free loopback port (bound then released: a test starts its server on
+/// it at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "rampart-{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `contents` to `name` in the directory; returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One `redis-server` child, started with `args` in directory `dir`,
+/// listening on `port` (TCP or TLS); killed on drop. Its log is
+/// `redis.log` in `dir`, shown when it does not start.
+pub struct RedisProc {
+    bin: PathBuf,
+    pub port: u16,
+    dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisProc {
+    /// Starts `bin` with `args` (plus `--dir`, `--logfile`, no persistence)
+    /// and waits until `port` accepts connections.
+    pub fn start(bin: &Path, dir: &Path, port: u16, args: &[String]) -> Self {
+        let mut p = Self {
+            bin: bin.to_owned(),
+            port,
+            dir: dir.to_owned(),
+            args: args.to_vec(),
+            child: None,
+        };
+        p.spawn();
+        p
+    }
+
+    /// Starts it (again, after [`kill`](Self::kill): same port, directory
+    /// and arguments).
+    pub fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let child = Command::new(&self.bin)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--logfile", "redis.log"])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+                panic!("redis-server on {} did not start:\n{log}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it at once (SIGKILL: a crash, not a shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Calls of the named commands since the last reset, from
+/// `INFO commandstats` text (`cmdstat_<name>:calls=N,...`).
+pub fn command_calls(info: &str, names: &[&str]) -> u64 {
+    info.lines()
+        .filter(|l| {
+            names
+                .iter()
+                .any(|n| l.starts_with(&format!("cmdstat_{n}:")))
+        })
+        .filter_map(|l| l.split("calls=").nth(1))
+        .filter_map(|s| s.split(',').next())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
+/// The round trips a client can make for one decision: the script call,
+/// and its loading after a `NOSCRIPT`.
+pub const ROUND_TRIPS: [&str; 3] = ["evalsha", "eval", "script|load"];
