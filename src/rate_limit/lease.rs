@@ -30,9 +30,10 @@
 //! two refreshes) and asks for enough to cover [`Lease::horizon`] of that
 //! traffic (default 100ms), within [`Lease::min`]..=[`Lease::max`] (default
 //! 1..=100, and never more than the quota's burst). A key a replica sees
-//! once a minute leases one unit at a time (a round trip per request, as in
-//! exact mode: the round trips do not matter at that rate); a key it sees
-//! 10 000 times a second leases 100 at a time.
+//! once a minute leases [`Lease::min`] units at a time (with the default of
+//! 1, a round trip per request, as in exact mode: round trips do not matter
+//! at that rate, and no unit is wasted); a key it sees 10 000 times a
+//! second leases 100 at a time.
 //!
 //! # Refreshing ahead of need
 //!
@@ -78,9 +79,21 @@
 //! knows of: Redis's TAT only moves forward, so a client that waits it is
 //! not refused for lack of units this replica could have seen.
 //!
-//! A key whose bucket Redis reported empty is refused by the replica
-//! itself until that view says there is room again: a client hammering a
-//! spent key costs no round trip (exact mode costs one per refusal).
+//! A request the slice cannot serve is refused by the replica itself while
+//! its view says the bucket lacks the units (near the limit: half a lease,
+//! so a refresh is never for a crumb): a client hammering a spent key costs
+//! no round trip (exact mode costs one per refusal), and its `Retry-After`
+//! is when this replica will ask Redis again.
+//!
+//! # Round trips
+//!
+//! Below the limit, about one per lease: a busy replica's lease is
+//! [`Lease::max`] units (topped up a round trip or two before it runs out),
+//! so round trips per request are near 1 / `lease_max` (between that and
+//! twice that when a refresh takes long against the replica's rate). At the
+//! limit the bucket refills at the quota's rate and replicas lease what has
+//! dripped in, half a lease or more at a time. Both are measured in
+//! `tests/rate_limit/lease_fleet.rs` and `benches/README.md`.
 //!
 //! # Memory
 //!
@@ -122,6 +135,38 @@ use crate::util::keyed_map::{Expiring, KeyedMap, MapMetrics};
 
 /// How the Redis store decides: every request in Redis (the default), or
 /// from slices leased from Redis (approximate; see [`Lease`]).
+///
+/// **Exact** (the default): one round trip per decided request; the fleet
+/// never admits more than the limit.
+///
+/// **Leased**: a replica takes a *lease* of `n` units of a quota and key in
+/// one round trip (the script advances the key's GCRA state in Redis by `n`
+/// emission intervals, as `n` admitted requests would, granting what the
+/// bucket holds up to `n`) and admits requests from that local slice with
+/// no round trip. The lease size follows the replica's observed rate on
+/// the key (enough for [`Lease::horizon`] of its traffic, within
+/// [`Lease::min`]..=[`Lease::max`] and the burst); one refresh per slice is
+/// in flight at a time, started ahead of need by a busy slice.
+///
+/// - **Accuracy**: in any interval the fleet admits at most what exact mode
+///   would, plus what the replicas held unspent when it began: at most
+///   replicas x `min(lease_max, burst)` units per key. Over a long run the
+///   rate is the quota's.
+/// - **Expiry**: a slice is dropped [`Lease::ttl`] after its last refresh;
+///   unspent units are never returned (they could be counted twice). A
+///   replica that dies holding a lease returns nothing either: the bucket
+///   refills at the quota's rate as usual.
+/// - **Headers**: `RateLimit` and `x-ratelimit-*` describe this replica's
+///   view (Redis's answer at its last refresh, plus its slice, minus what it
+///   spent), so `remaining` may be optimistic by what other replicas spent
+///   since. A request the slice cannot serve is refused locally while that
+///   view says the bucket lacks the units (near the limit, half a lease):
+///   hammering a spent key costs no round trip.
+/// - **Failures**: while a slice lasts, decisions need no Redis (`path =
+///   "lease"`); a refresh that fails, times out or meets the open breaker
+///   hands the request to the [`FailurePolicy`](super::FailurePolicy).
+/// - **Memory**: slices are per key, in the same bounded table as the
+///   in-process store's keys (`max_keys`, eviction, idle sweep).
 ///
 /// ```
 /// use tower_rampart::rate_limit::{Lease, RedisMode, RedisStore};
@@ -988,10 +1033,14 @@ impl Shared {
             }
             None => leases.take(&mut slots.slots[..slots.len], units, &mut ahead),
         };
+        // The names exact mode gives the same keys (a fleet may switch
+        // modes replica by replica): a global quota's key is empty.
         let name = |i: usize| {
-            self.quotas[i]
-                .key
-                .with_key(&info, |k| redis.key_name(i, k))
+            let key = &self.quotas[i].key;
+            if key.is_global() {
+                return redis.key_name(i, KeyRef::Bytes(b""));
+            }
+            key.with_key(&info, |k| redis.key_name(i, k))
                 .unwrap_or_else(|| redis.key_name(i, KeyRef::Bytes(ANONYMOUS)))
         };
         if ahead != 0 {

@@ -103,6 +103,14 @@
 //! each quota. See [`RedisStore`]; [`RateLimitLayer::store_health`] tells
 //! whether Redis answers.
 //!
+//! Leased mode ([`RedisMode::Leased`], `mode = "leased"`) trades accuracy
+//! for latency: each replica leases a slice of a quota (up to
+//! [`Lease::max`] units, sized to its own traffic) in one round trip and
+//! decides locally until the slice runs low, so most decisions cost what an
+//! in-process decision costs; the fleet may admit up to replicas x
+//! `lease_max` per key beyond the limit, and the headers describe this
+//! replica's view. Exact mode stays the default.
+//!
 //! # Other modes
 //!
 //! - [`RateLimitBuilder::dry_run`]: count and trace what would be refused,
@@ -126,9 +134,10 @@
 //! | `rampart_rate_limit_refused_total` | counter | `name`, `quota`, `reason` | requests refused; `reason` is `exhausted`, `too-costly`, `missing-key` or `store-unavailable` (Redis store, fail closed) |
 //! | `rampart_rate_limit_dry_run_refusals_total` | counter | `name`, `quota`, `reason` | requests dry-run mode would have refused |
 //! | `rampart_rate_limit_allowlisted_total` | counter | `name` | requests let through by the allow-lists |
-//! | `rampart_rate_limit_keys` | gauge | `name`, `quota` | keys tracked by a keyed quota (in-process store) |
+//! | `rampart_rate_limit_keys` | gauge | `name`, `quota` | keys tracked by a keyed quota (in-process store; leased mode's slices) |
 //! | `rampart_rate_limit_evictions_total` | counter | `name`, `quota`, `reason` | keys evicted; `reason` is `idle` or `capacity` |
-//! | `rampart_rate_limit_decisions_total` | counter | `name`, `path` | Redis store only: decisions by path, `redis`, `fallback`, `fail_open` or `fail_closed` |
+//! | `rampart_rate_limit_decisions_total` | counter | `name`, `path` | Redis store only: decisions by path, `redis`, `fallback`, `fail_open` or `fail_closed`; leased mode: `lease` (from this replica's slice, no round trip) or `lease_refresh` (after a refresh the request waited for) |
+//! | `rampart_rate_limit_lease_refreshes_total` | counter | `name` | leased mode: lease script calls (round trips), ahead of need or on a miss |
 //!
 //! | event | target | level | fields |
 //! |---|---|---|---|
@@ -242,7 +251,13 @@ pub(crate) const METRICS: &[Help] = &[
         name: "rampart_rate_limit_decisions_total",
         kind: MetricKind::Counter,
         unit: Some(Unit::Count),
-        text: "Rate-limit decisions of the Redis store, by the path they took (redis, fallback, fail_open, fail_closed).",
+        text: "Rate-limit decisions of the Redis store, by the path they took (redis, fallback, fail_open, fail_closed, lease, lease_refresh).",
+    },
+    Help {
+        name: "rampart_rate_limit_lease_refreshes_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Lease refreshes (Redis round trips) of a rate limit's Redis store in leased mode.",
     },
 ];
 

@@ -26,6 +26,11 @@
 //! so its refusal reports what remains. The in-process path is unchanged by
 //! this module.
 //!
+//! Leased mode ([`RedisMode::Leased`](super::RedisMode::Leased)) decides
+//! most requests from a slice each replica leases from Redis, with no round
+//! trip, at the price of a bounded over-admission (replicas x the max lease
+//! size per key); its design is in `lease.rs`.
+//!
 //! # Keys
 //!
 //! `<prefix>:<layer>:<quota>:{<key>}` for a layer with one quota (keys spread

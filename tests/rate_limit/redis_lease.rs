@@ -322,3 +322,39 @@ async fn a_spent_key_is_refused_without_round_trips() {
     let trips = round_trips(&redis.url()).await - before;
     assert!(trips <= 1, "{trips} round trips for 50 refusals");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_and_leased_replicas_share_the_keys() {
+    let Some(redis) = RedisProcess::start() else {
+        return;
+    };
+    // A fleet switched to leased mode replica by replica: both modes
+    // count in the same keys (here a global quota's).
+    let quota = || Quota::new("100/h".parse().unwrap()).name("global");
+    let lease = Lease::new().min(10).max(10);
+    let leased = leased(&redis.url(), quota(), lease, FailurePolicy::FailClosed);
+    let exact = RateLimitLayer::builder()
+        .name("api")
+        .quota(quota())
+        .redis(
+            RedisStore::new(redis.url())
+                .prefix("t")
+                .failure_policy(FailurePolicy::FailClosed),
+        )
+        .build()
+        .unwrap();
+    let (mut l, mut e) = (svc(&leased), svc(&exact));
+    assert_eq!(status(&mut l, "any").await, 200);
+    let mut admitted = 0;
+    for _ in 0..120 {
+        if status(&mut e, "any").await == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 90, "the leased replica holds 10 of the 100");
+    // The leased replica still spends its slice.
+    for _ in 0..9 {
+        assert_eq!(status(&mut l, "any").await, 200);
+    }
+    assert_eq!(status(&mut l, "any").await, 429);
+}
