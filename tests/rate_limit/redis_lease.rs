@@ -9,6 +9,8 @@
 use crate::common::{self, RedisProcess};
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -357,4 +359,51 @@ async fn exact_and_leased_replicas_share_the_keys() {
         assert_eq!(status(&mut l, "any").await, 200);
     }
     assert_eq!(status(&mut l, "any").await, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_quotas_under_concurrency_never_exceed_what_redis_granted() {
+    let Some(redis) = RedisProcess::start() else {
+        return;
+    };
+    // Per key 30, together 50, of hourly quotas (no refill during the
+    // test): whatever the timing, the fleet spends only units Redis
+    // granted, so these bounds are exact even in leased mode.
+    let l = RateLimitLayer::builder()
+        .name("api")
+        .quota(per_key("100/h", 30))
+        .quota(Quota::new("100/h".parse().unwrap()).burst(50).name("global"))
+        .redis(
+            RedisStore::new(redis.url())
+                .prefix("t")
+                .timeout(Duration::from_millis(500))
+                .failure_policy(FailurePolicy::FailClosed)
+                .mode(RedisMode::Leased(Lease::new().max(5))),
+        )
+        .build()
+        .unwrap();
+    let counts: Arc<Vec<AtomicU32>> = Arc::new((0..8).map(|_| AtomicU32::new(0)).collect());
+    let mut tasks = Vec::new();
+    for k in 0..8usize {
+        for _ in 0..4 {
+            let mut s = svc(&l);
+            let counts = Arc::clone(&counts);
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..10 {
+                    if status(&mut s, &format!("k{k}")).await == 200 {
+                        counts[k].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let per: Vec<u32> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let total: u32 = per.iter().sum();
+    assert!(total <= 50, "{per:?}");
+    // At most one global slice (5) left unspent.
+    assert!(total >= 45, "{per:?}");
+    assert!(per.iter().all(|&n| n <= 30), "{per:?}");
 }
