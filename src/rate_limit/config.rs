@@ -123,7 +123,11 @@ pub struct RateLimitConfig {
 /// { "type": "in_process" }
 /// { "type": "redis", "url": "redis://redis:6379/", "prefix": "myapp",
 ///   "timeout": "50ms", "failure": "fallback", "fallback_share": 0.25 }
+/// { "type": "redis", "url": "redis://redis:6379/", "mode": "leased",
+///   "lease_max": 100, "lease_horizon": "100ms", "lease_ttl": "1s" }
 /// ```
+// Read once from a file: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StoreConfig {
@@ -448,10 +452,8 @@ impl RateLimitConfig {
                             (r.lease_ttl.is_some(), "store.lease_ttl"),
                         ] {
                             if set {
-                                problems.push(ConfigError::new(
-                                    field,
-                                    "only with `mode = \"leased\"`",
-                                ));
+                                problems
+                                    .push(ConfigError::new(field, "only with `mode = \"leased\"`"));
                             }
                         }
                     }
@@ -785,8 +787,6 @@ mod tests {
         );
         // Lease settings without leased mode are a mistake, not ignored.
         assert_eq!(fields(r#","lease_max":50"#), ["store.lease_max"]);
-        assert!(
-            serde_json::from_str::<RateLimitConfig>(&store(r#","mode":"sloppy""#)).is_err()
-        );
+        assert!(serde_json::from_str::<RateLimitConfig>(&store(r#","mode":"sloppy""#)).is_err());
     }
 }

@@ -496,7 +496,8 @@ impl Cell {
             if self.expires.load(Ordering::Acquire) <= now {
                 self.tokens.store(0, Ordering::Release);
             }
-            self.expires.store(now.saturating_add(ttl), Ordering::Release);
+            self.expires
+                .store(now.saturating_add(ttl), Ordering::Release);
             self.tokens.fetch_add(granted, Ordering::AcqRel);
         }
         self.view.store(view, Ordering::Release);
@@ -1017,8 +1018,8 @@ impl Shared {
         }
         let units = u64::from(cost.get());
         let mut ahead = 0u32;
-        let too_costly = (0..slots.len)
-            .find(|&i| slots.slots[i].active && cost.get() > self.params[i].burst);
+        let too_costly =
+            (0..slots.len).find(|&i| slots.slots[i].active && cost.get() > self.params[i].burst);
         let local = match too_costly {
             // Never admissible: the state as seen, nothing taken.
             Some(quota) => {
@@ -1163,7 +1164,14 @@ mod tests {
 
     /// A refresh of quota `i`'s slice for `fp` against `redis`, as
     /// `RedisBackend::refresh` makes it (claimed here unless `claimed`).
-    fn refresh(l: &Leases, redis: &mut FakeRedis, i: usize, fp: u64, need: u64, claimed: bool) -> u64 {
+    fn refresh(
+        l: &Leases,
+        redis: &mut FakeRedis,
+        i: usize,
+        fp: u64,
+        need: u64,
+        claimed: bool,
+    ) -> u64 {
         let cell = l.cell(i, fp, l.now());
         assert!(claimed || cell.claim(), "one refresh in flight");
         let q = &l.quotas[i];
@@ -1298,7 +1306,10 @@ mod tests {
         let mut ahead = 0;
         assert_eq!(l.take(&mut s, 1, &mut ahead), Local::Admitted);
         tokio::time::advance(Duration::from_millis(1)).await;
-        l.quotas[0].cells_single().spent.store(10, Ordering::Relaxed);
+        l.quotas[0]
+            .cells_single()
+            .spent
+            .store(10, Ordering::Relaxed);
         refresh(&l, &mut redis, 0, 0, 1, false);
         let cell = Arc::clone(l.quotas[0].cells_single());
         assert_eq!(cell.target.load(Ordering::Relaxed), 20);
@@ -1401,9 +1412,7 @@ mod tests {
         // 200, leases of at most 50: over 3s the fleet admits at most
         // burst + rate * 3s + replicas * lease_max.
         let lease = Lease::new().max(50);
-        let fleet: Vec<Leases> = (0..3)
-            .map(|_| leases(lease, &[(MS, 200, false)]))
-            .collect();
+        let fleet: Vec<Leases> = (0..3).map(|_| leases(lease, &[(MS, 200, false)])).collect();
         let mut redis = FakeRedis::default();
         let (mut admitted, mut requests) = (0u64, 0u64);
         for _ in 0..6000 {
@@ -1457,7 +1466,10 @@ mod tests {
         let server = Server(child, port);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Some(server)
@@ -1474,7 +1486,13 @@ mod tests {
         let q = Gcra::new(t, 5);
         // (units already used per key (None: absent), need, want per key)
         // -> (refused key, grant per key).
-        type Case = (&'static [Option<u64>], u64, &'static [u64], usize, &'static [u64]);
+        type Case = (
+            &'static [Option<u64>],
+            u64,
+            &'static [u64],
+            usize,
+            &'static [u64],
+        );
         let cases: &[Case] = &[
             (&[None], 1, &[3], 0, &[3]),
             // Partial: the bucket holds 5.
@@ -1491,7 +1509,9 @@ mod tests {
         for (case, &(used, need, want, refused, grants)) in cases.iter().enumerate() {
             let (sec, usec): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
             let base = (sec * 1_000_000_000 + usec * 1000) / 1024 * 1024;
-            let keys: Vec<String> = (0..used.len()).map(|i| format!("{{l}}:{case}:{i}")).collect();
+            let keys: Vec<String> = (0..used.len())
+                .map(|i| format!("{{l}}:{case}:{i}"))
+                .collect();
             let mut invoke = script.prepare_invoke();
             invoke.arg(need);
             for (i, key) in keys.iter().enumerate() {
@@ -1515,13 +1535,25 @@ mod tests {
                 assert_eq!(granted, grants[i], "{ctx}");
                 let before = used[i].map_or(0, |u| base + u * t).max(now);
                 assert_eq!(out[3 + 2 * i] as u64, before + granted * t, "{ctx}");
-                let stored: Option<u64> = redis::cmd("GET").arg(key).query_async(&mut conn).await.unwrap();
+                let stored: Option<u64> = redis::cmd("GET")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
                 if granted > 0 {
                     assert_eq!(stored, Some(before + granted * t), "{ctx}");
-                    let pttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();
+                    let pttl: i64 = redis::cmd("PTTL")
+                        .arg(key)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
                     assert!(pttl > 0, "{ctx}: idle keys expire");
                 } else {
-                    assert_eq!(stored, used[i].map(|u| base + u * t), "{ctx}: nothing written");
+                    assert_eq!(
+                        stored,
+                        used[i].map(|u| base + u * t),
+                        "{ctx}: nothing written"
+                    );
                 }
             }
             if refused != 0 {

@@ -192,11 +192,11 @@ pub use error::RefusalReason;
 pub use future::ResponseFuture;
 pub use key::{Key, KeyExtractor, RequestInfo};
 pub use layer::{MissingKey, QuotaState, RateLimitBuilder, RateLimitLayer};
+#[cfg(feature = "redis")]
+pub use lease::{Lease, RedisMode};
 pub use quota::{Quota, Rate};
 #[cfg(feature = "redis-tls")]
 pub use redis::RedisTls;
-#[cfg(feature = "redis")]
-pub use lease::{Lease, RedisMode};
 #[cfg(feature = "redis")]
 pub use redis::{FailurePolicy, RedisStore};
 pub use store::{StoreHealth, StoreState};

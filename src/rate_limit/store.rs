@@ -63,7 +63,8 @@ impl Store {
 
     /// Whether some in-process table has keys to sweep.
     pub(crate) fn is_keyed(&self) -> bool {
-        self.tables().is_some_and(MemoryStore::is_keyed) || self.leases().is_some_and(|l| l.is_keyed())
+        self.tables().is_some_and(MemoryStore::is_keyed)
+            || self.leases().is_some_and(|l| l.is_keyed())
     }
 
     /// Evicts the idle keys of the in-process tables; returns how many.

@@ -266,14 +266,17 @@ impl RedisProcess {
     /// missing outside CI. Under CI (`CI` set) a missing binary fails.
     pub fn start() -> Option<Self> {
         let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "/usr/bin/redis-server".into());
-        let found = std::path::Path::new(&bin).exists().then(|| bin.clone()).or_else(|| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|p| p.join("redis-server"))
-                    .find(|p| p.exists())
-                    .map(|p| p.to_string_lossy().into_owned())
-            })
-        });
+        let found = std::path::Path::new(&bin)
+            .exists()
+            .then(|| bin.clone())
+            .or_else(|| {
+                std::env::var_os("PATH").and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|p| p.join("redis-server"))
+                        .find(|p| p.exists())
+                        .map(|p| p.to_string_lossy().into_owned())
+                })
+            });
         let Some(bin) = found else {
             assert!(
                 std::env::var_os("CI").is_none(),

@@ -74,7 +74,14 @@ async fn round_trips(url: &str) -> u64 {
                 .iter()
                 .any(|n| l.starts_with(&format!("cmdstat_{n}:")))
         })
-        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum()
 }
 
@@ -99,7 +106,13 @@ async fn drive(url: String, mode: &'static str, every: Duration, per_tick: u32) 
     // Every replica connected and the scripts loaded before counting.
     for l in &layers {
         let mut s = tower::Layer::layer(l, service_fn(ok as fn(_) -> _) as Inner);
-        let _ = s.ready().await.unwrap().call(Request::new(())).await.unwrap();
+        let _ = s
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
     }
     // The bucket full again after the warm-up.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -118,7 +131,13 @@ async fn drive(url: String, mode: &'static str, every: Duration, per_tick: u32) 
                 while start.elapsed() < RUN {
                     tick.tick().await;
                     for _ in 0..per_tick {
-                        let res = s.ready().await.unwrap().call(Request::new(())).await.unwrap();
+                        let res = s
+                            .ready()
+                            .await
+                            .unwrap()
+                            .call(Request::new(()))
+                            .await
+                            .unwrap();
                         requests.fetch_add(1, Ordering::Relaxed);
                         if res.status() == 200 {
                             admitted.fetch_add(1, Ordering::Relaxed);
@@ -179,13 +198,31 @@ async fn three_replicas_for_ten_seconds_exact_and_leased() {
     // more than ours).
     let limit = |r: &Run| BURST + (RATE * (r.secs + 0.05)) as u64;
 
-    assert!(exact.requests > limit(&exact), "the load was above the limit");
-    assert!(exact.admitted <= limit(&exact), "exact: {} > {}", exact.admitted, limit(&exact));
-    assert_eq!(exact.trips, exact.requests, "exact: one round trip per request");
+    assert!(
+        exact.requests > limit(&exact),
+        "the load was above the limit"
+    );
+    assert!(
+        exact.admitted <= limit(&exact),
+        "exact: {} > {}",
+        exact.admitted,
+        limit(&exact)
+    );
+    assert_eq!(
+        exact.trips, exact.requests,
+        "exact: one round trip per request"
+    );
 
-    assert!(leased.requests > limit(&leased), "the load was above the limit");
+    assert!(
+        leased.requests > limit(&leased),
+        "the load was above the limit"
+    );
     let bound = limit(&leased) + REPLICAS as u64 * LEASE_MAX;
-    assert!(leased.admitted <= bound, "leased: {} > {bound}", leased.admitted);
+    assert!(
+        leased.admitted <= bound,
+        "leased: {} > {bound}",
+        leased.admitted
+    );
     // Not starved by the batching: most of the limit is used (loose: no
     // assertion on the machine's speed).
     assert!(

@@ -94,7 +94,14 @@ async fn round_trips(url: &str) -> u64 {
                 .iter()
                 .any(|n| l.starts_with(&format!("cmdstat_{n}:")))
         })
-        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum()
 }
 
@@ -155,13 +162,19 @@ async fn most_decisions_cost_no_round_trip() {
     // units, about 40 here, so under 1 round trip per 25 requests
     // whatever the machine's speed, and exactly one when leases are full.
     eprintln!("{trips} round trips for {n} requests");
-    assert!(trips <= 2 * n / 50 + 2, "{trips} round trips for {n} requests");
+    assert!(
+        trips <= 2 * n / 50 + 2,
+        "{trips} round trips for {n} requests"
+    );
     let local = counter(
         &snapshot(&recorder),
         "rampart_rate_limit_decisions_total",
         &[("name", "api"), ("path", "lease")],
     );
-    assert!(local >= n - 2 * n / 50 - 2, "{local} decided from the slice");
+    assert!(
+        local >= n - 2 * n / 50 - 2,
+        "{local} decided from the slice"
+    );
     // The slices are keyed and counted like in-process keys.
     assert_eq!(layer.key_count(), 2);
     // Redis holds the key's TAT, with every leased unit charged.
@@ -372,7 +385,11 @@ async fn several_quotas_under_concurrency_never_exceed_what_redis_granted() {
     let l = RateLimitLayer::builder()
         .name("api")
         .quota(per_key("100/h", 30))
-        .quota(Quota::new("100/h".parse().unwrap()).burst(50).name("global"))
+        .quota(
+            Quota::new("100/h".parse().unwrap())
+                .burst(50)
+                .name("global"),
+        )
         .redis(
             RedisStore::new(redis.url())
                 .prefix("t")

@@ -145,18 +145,74 @@ fn start_tls_redis() -> Option<(Server, TempDir, u16, Vec<u8>)> {
             .is_ok_and(|s| s.success())
     };
     std::fs::write(d("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").ok()?;
-    let made = ok(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=bench CA", "-keyout", &d("ca.key"), "-out", &d("ca.pem")])
-        && ok(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", &d("server.key"), "-out", &d("server.csr")])
-        && ok(&["x509", "-req", "-in", &d("server.csr"), "-CA", &d("ca.pem"), "-CAkey", &d("ca.key"), "-CAcreateserial", "-days", "1", "-extfile", &d("san.cnf"), "-out", &d("server.pem")]);
+    let made = ok(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=bench CA",
+        "-keyout",
+        &d("ca.key"),
+        "-out",
+        &d("ca.pem"),
+    ]) && ok(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &d("server.key"),
+        "-out",
+        &d("server.csr"),
+    ]) && ok(&[
+        "x509",
+        "-req",
+        "-in",
+        &d("server.csr"),
+        "-CA",
+        &d("ca.pem"),
+        "-CAkey",
+        &d("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &d("san.cnf"),
+        "-out",
+        &d("server.pem"),
+    ]);
     if !made {
         eprintln!("SKIPPED: the TLS row needs the `openssl` command");
         return None;
     }
     let port = free_port();
     let child = Command::new("/usr/bin/redis-server")
-        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--tls-cert-file", &d("server.pem"), "--tls-key-file", &d("server.key")])
-        .args(["--tls-ca-cert-file", &d("ca.pem"), "--tls-auth-clients", "no"])
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &d("server.pem"),
+            "--tls-key-file",
+            &d("server.key"),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &d("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ])
         .args(["--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -184,7 +240,12 @@ fn start_cluster() -> Option<(Vec<Server>, TempDir, Vec<String>)> {
         let child = Command::new("/usr/bin/redis-server")
             .current_dir(&node_dir)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -209,7 +270,10 @@ fn start_cluster() -> Option<(Vec<Server>, TempDir, Vec<String>)> {
         eprintln!("SKIPPED: the cluster row needs `redis-cli --cluster create`");
         return None;
     }
-    let urls: Vec<String> = ports.iter().map(|p| format!("redis://127.0.0.1:{p}/")).collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}/"))
+        .collect();
     // Every node agrees the cluster is up.
     let deadline = Instant::now() + Duration::from_secs(20);
     for url in &urls {
@@ -302,7 +366,11 @@ fn table(rt: &tokio::runtime::Runtime, url: &str) {
     match start_cluster() {
         Some((_servers, _dir, urls)) => {
             let store = RedisStore::cluster(urls);
-            table_row(rt, "exact Redis Cluster (3 masters)", &layer_on(Some(store), rate));
+            table_row(
+                rt,
+                "exact Redis Cluster (3 masters)",
+                &layer_on(Some(store), rate),
+            );
         }
         None => println!("| exact Redis Cluster | skipped | | |"),
     }
@@ -313,7 +381,9 @@ fn table(rt: &tokio::runtime::Runtime, url: &str) {
     let before = calls(url, &["evalsha", "eval", "script|load"]);
     table_row(rt, "leased (lease_max 100)", &leased);
     let trips = calls(url, &["evalsha", "eval", "script|load"]) - before;
-    println!("(leased: {trips} round trips over the row's warm-up, 2 s run and 20 000 single decisions)");
+    println!(
+        "(leased: {trips} round trips over the row's warm-up, 2 s run and 20 000 single decisions)"
+    );
 }
 
 async fn one<S>(svc: &mut S) -> u16
