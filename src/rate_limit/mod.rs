@@ -101,7 +101,10 @@
 //! breaker guards the connection; when Redis is slow or down a
 //! [`FailurePolicy`] admits, refuses, or limits in process with a share of
 //! each quota. See [`RedisStore`]; [`RateLimitLayer::store_health`] tells
-//! whether Redis answers.
+//! whether Redis answers. The store reaches one server, over TLS too
+//! (`rediss://`, a private CA, client certificates: feature `redis-tls`),
+//! or a Redis Cluster ([`RedisStore::cluster`]: hash-tagged keys keep each
+//! decision on one slot, still one round trip).
 //!
 //! Leased mode ([`RedisMode::Leased`], `mode = "leased"`) trades accuracy
 //! for latency: each replica leases a slice of a quota (up to

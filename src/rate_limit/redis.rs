@@ -19,8 +19,9 @@
 //! clocks never matter), applies GCRA to every quota of the request, writes
 //! all of them or none, and sets a TTL so idle keys expire by themselves.
 //! On loopback that is tens of microseconds instead of a few hundred
-//! nanoseconds, plus one boxed future and a few small allocations (key
-//! names) per request; see `benches/README.md`. Requests that need no
+//! nanoseconds, plus one boxed future and the command's buffer per
+//! request (each key is extracted once and its Redis name written straight
+//! into the `EVALSHA`); see `benches/README.md`. Requests that need no
 //! decision (allow-listed, free) never reach Redis; one too costly for a
 //! burst is refused whatever Redis says but still read (nothing written),
 //! so its refusal reports what remains. The in-process path is unchanged by
@@ -39,6 +40,27 @@
 //! script may touch all of them). A key holds the quota's theoretical
 //! arrival time in nanoseconds since the Unix epoch, as text.
 //!
+//! # TLS (feature `redis-tls`)
+//!
+//! `rediss://` URLs connect through rustls (with the `ring` provider,
+//! installed as the process default when none is). `RedisTls` names a
+//! private CA and a client certificate for mutual TLS
+//! (`store.tls.ca_file`, `client_cert_file`, `client_key_file` in the
+//! config). A failed handshake is a failed call: the breaker and the
+//! failure policy treat it like Redis being down.
+//!
+//! # Redis Cluster
+//!
+//! [`RedisStore::cluster`] (`store.cluster` in the config) talks to a
+//! cluster through the `redis` crate's async cluster client, which keeps
+//! the slot map, follows `MOVED`/`ASK` and finds a promoted replica after a
+//! failover. The keys' hash tags (above) keep each decision's keys in one
+//! slot, so the script runs atomically on one node, in one round trip. A
+//! layer with several quotas puts all its keys in one slot, so one master
+//! carries it. While a master is down its slots' decisions follow the
+//! failure policy; the promoted replica has the state replicated before the
+//! crash (asynchronous replication: the last writes may be lost).
+//!
 //! # When Redis is slow or down
 //!
 //! Every call has a short timeout ([`RedisStore::timeout`], default 50ms),
@@ -47,9 +69,9 @@
 //! requests stop waiting for Redis at all (microseconds, not the timeout)
 //! until a trial call after [`RedisStore::open_duration`] succeeds. Meanwhile
 //! the [`FailurePolicy`] decides: admit, refuse, or use an in-process limiter
-//! with a share of each quota. The connection
-//! ([`redis::aio::ConnectionManager`]: multiplexed, reconnects by itself)
-//! needs no care. Every change of path is logged (`tower_rampart::rate_limit`,
+//! with a share of each quota. The connection (a multiplexed
+//! [`redis::aio::ConnectionManager`], or the cluster client; both
+//! reconnect by themselves) needs no care. Every change of path is logged (`tower_rampart::rate_limit`,
 //! WARN when leaving Redis, INFO when back) and counted in
 //! `rampart_rate_limit_decisions_total{name, path}`.
 
@@ -883,19 +905,10 @@ impl RedisBackend {
         }
     }
 
-    /// One call to Redis through the breaker, within the timeout.
-    async fn call(&self, permit: Option<Permit>, cmd: &redis::Cmd) -> Result<Vec<i64>, BoxError> {
-        self.call_script(permit, cmd, &self.script).await
-    }
-
     /// A call of the lease script (leased mode) through the breaker,
     /// within the timeout.
     pub(crate) async fn call_lease(&self, cmd: &redis::Cmd) -> Result<Vec<i64>, BoxError> {
-        let permit = match circuit_breaker::decide(&self.guard) {
-            circuit_breaker::Decision::Go(permit) => Some(permit),
-            circuit_breaker::Decision::Refuse(_) => None,
-        };
-        self.call_script(permit, cmd, &self.lease_script).await
+        self.call(self.permit(), cmd, &self.lease_script).await
     }
 
     /// An `EVALSHA` of the lease script for `keys` keys and `args`
@@ -918,12 +931,25 @@ impl RedisBackend {
         .unwrap_or_default()
     }
 
-    async fn call_script(
+    /// The breaker's answer for one call, taken before the request moves
+    /// on: a permit that records the call's outcome, or `None` while the
+    /// breaker is open.
+    pub(crate) fn permit(&self) -> Option<Permit> {
+        match circuit_breaker::decide(&self.guard) {
+            circuit_breaker::Decision::Go(permit) => Some(permit),
+            circuit_breaker::Decision::Refuse(_) => None,
+        }
+    }
+
+    /// One call to Redis (`cmd`, an `EVALSHA` of `script`) under `permit`,
+    /// within the timeout; its outcome is recorded by the breaker. Every
+    /// mode of the store talks to Redis through this.
+    pub(crate) async fn call<T: redis::FromRedisValue>(
         &self,
         permit: Option<Permit>,
         cmd: &redis::Cmd,
         script: &redis::Script,
-    ) -> Result<Vec<i64>, BoxError> {
+    ) -> Result<T, BoxError> {
         let Some(permit) = permit else {
             return Err("the breaker guarding redis is open".into());
         };
@@ -962,15 +988,11 @@ impl RedisBackend {
                 cmd.arg(0).arg(0);
             }
         }
-        // Admitted or refused by the breaker now, before the request moves.
-        let permit = match circuit_breaker::decide(&self.guard) {
-            circuit_breaker::Decision::Go(permit) => Some(permit),
-            circuit_breaker::Decision::Refuse(_) => None,
-        };
+        let permit = self.permit();
         let this = Arc::clone(self);
         Box::pin(async move {
             let mut slots = slots;
-            let result = this.call(permit, &cmd).await;
+            let result = this.call::<Vec<i64>>(permit, &cmd, &this.script).await;
             match result {
                 Ok(v) if v.len() >= 3 + 2 * slots.len => {
                     let refused = v[0];

@@ -16,6 +16,13 @@ mod client_ip_trust;
 /// policy and guard, against a real `redis-server` on loopback.
 mod redis_store;
 
+/// `redis-server` processes in temporary directories (TLS, Cluster).
+mod redis_procs;
+
+/// Issue 16: the Redis store over TLS, against a TLS-only `redis-server`
+/// and certificates the test generates.
+mod redis_tls;
+
 /// Leased mode of the Redis store (issue 16): round trips, a dead
 /// replica's lease, outages mid-lease, refusals without round trips.
 mod redis_lease;

@@ -24,7 +24,12 @@ pub fn redis_server_bin() -> Option<PathBuf> {
 
 /// `redis-cli`, found next to `redis-server` or on `PATH` (same rules).
 pub fn redis_cli_bin() -> Option<PathBuf> {
-    find("REDIS_CLI", "/usr/bin/redis-cli", "redis-cli", "redis-tools")
+    find(
+        "REDIS_CLI",
+        "/usr/bin/redis-cli",
+        "redis-cli",
+        "redis-tools",
+    )
 }
 
 fn find(env: &str, debian: &str, name: &str, package: &str) -> Option<PathBuf> {
