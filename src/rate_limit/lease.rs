@@ -189,8 +189,9 @@ pub enum RedisMode {
 }
 
 /// The settings of leased mode ([`RedisMode::Leased`]): how big a slice a
-/// replica takes from Redis, and for how long it may spend it. See the
-/// over-admission bound in the [`RedisStore`](super::RedisStore) docs.
+/// replica takes from Redis, and for how long it may spend it. See
+/// [`RedisMode::Leased`] for what a lease is and the over-admission bound
+/// (replicas x `max` per key).
 ///
 /// ```
 /// use std::time::Duration;
