@@ -155,7 +155,8 @@
 // `store.rs` where state lives (`Store`: in process or Redis) and its
 // health; `memory.rs` the in-process store on the shared bounded
 // `util::keyed_map`; `redis.rs` the Redis store and its Lua script;
-// `key.rs` key extractors and fingerprints; `client_ip.rs` the
+// `lease.rs` its leased mode (slices of a quota leased from Redis, spent
+// in process); `key.rs` key extractors and fingerprints; `client_ip.rs` the
 // trusted-proxy walk; `quota.rs`, `headers.rs`, `error.rs`, `config.rs`.
 mod client_ip;
 mod clock;
