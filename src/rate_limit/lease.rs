@@ -345,8 +345,9 @@ return out
 /// right after another does not make a huge estimate.
 const MIN_ELAPSED: u64 = 1_000_000;
 
-/// Tries of the miss path before it asks Redis for this request alone.
-const MAX_ROUNDS: usize = 6;
+/// The fewest tries of the miss path before it asks Redis for this
+/// request alone (after its deadline, one Redis timeout).
+const MIN_ROUNDS: usize = 2;
 
 /// One quota and key's slice on this replica. Shared through `Arc` so the
 /// miss path can wait for a refresh without holding the table's lock.
@@ -834,8 +835,8 @@ impl RedisBackend {
     }
 
     /// The miss path: some slice is short. Refreshes it (or waits for the
-    /// refresh in flight) and tries again; after [`MAX_ROUNDS`] asks Redis
-    /// for this request's units alone.
+    /// refresh in flight) and tries again; past one Redis timeout (and
+    /// [`MIN_ROUNDS`] tries) asks Redis for this request's units alone.
     async fn acquire_leased(
         self: Arc<Self>,
         mut slots: Slots,
@@ -847,7 +848,16 @@ impl RedisBackend {
         };
         let units = u64::from(cost.get());
         let len = slots.len;
-        for _ in 0..MAX_ROUNDS {
+        // Waiting for refreshes others make, for up to one Redis timeout:
+        // each refresh serves a lease's worth of waiters, so a herd of
+        // misses costs a round trip per lease, not per request.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut round = 0;
+        loop {
+            round += 1;
+            if round > MIN_ROUNDS && tokio::time::Instant::now() >= deadline {
+                break;
+            }
             let mut ahead = 0;
             let quota = match leases.take(&mut slots.slots[..len], units, &mut ahead) {
                 Local::Admitted => {
@@ -887,7 +897,7 @@ impl RedisBackend {
                 }
             } else {
                 // Bounded: the refresh in flight has Redis's timeout.
-                let _ = tokio::time::timeout(self.timeout * 2, notified).await;
+                let _ = tokio::time::timeout_at(deadline, notified).await;
             }
         }
         self.exact_leased(slots, &names, cost).await
