@@ -80,8 +80,9 @@
 //! not refused for lack of units this replica could have seen.
 //!
 //! A request the slice cannot serve is refused by the replica itself while
-//! its view says the bucket lacks the units (near the limit: half a lease,
-//! so a refresh is never for a crumb): a client hammering a spent key costs
+//! its view says the bucket lacks the units (near the limit of a quota
+//! that refills half a lease within the lease horizon: half a lease, so a
+//! refresh is never for a crumb): a client hammering a spent key costs
 //! no round trip (exact mode costs one per refusal), and its `Retry-After`
 //! is when this replica will ask Redis again.
 //!
@@ -160,8 +161,8 @@ use crate::util::keyed_map::{Expiring, KeyedMap, MapMetrics};
 ///   view (Redis's answer at its last refresh, plus its slice, minus what it
 ///   spent), so `remaining` may be optimistic by what other replicas spent
 ///   since. A request the slice cannot serve is refused locally while that
-///   view says the bucket lacks the units (near the limit, half a lease):
-///   hammering a spent key costs no round trip.
+///   view says the bucket lacks the units (near the limit of a fast quota,
+///   half a lease): hammering a spent key costs no round trip.
 /// - **Failures**: while a slice lasts, decisions need no Redis (`path =
 ///   "lease"`); a refresh that fails, times out or meets the open breaker
 ///   hands the request to the [`FailurePolicy`](super::FailurePolicy).
@@ -707,13 +708,22 @@ impl Leases {
                     let live = c.live(now);
                     let need = cost.saturating_sub(live);
                     // Near the limit a slice is refilled when the bucket,
-                    // as last seen, holds half a lease: refusals meanwhile
-                    // cost no round trip, and no refresh is for a crumb.
+                    // as last seen, holds half a lease, if that comes at
+                    // most a lease horizon after the units needed (a fast
+                    // quota): refusals meanwhile cost no round trip, and
+                    // no refresh is for a crumb. A slow quota's units are
+                    // asked for as soon as they are there.
                     let wait = if need == 0 {
                         0
                     } else {
                         let batch = c.batch(c.target.load(Ordering::Relaxed));
-                        c.view_wait(need.max(batch), now, q)
+                        let for_need = c.view_wait(need, now, q);
+                        let for_batch = c.view_wait(need.max(batch), now, q);
+                        if for_batch - for_need <= self.size.horizon {
+                            for_batch
+                        } else {
+                            for_need
+                        }
                     };
                     (live, c.seen_tat(live, q), wait)
                 })

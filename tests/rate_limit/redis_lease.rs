@@ -167,14 +167,26 @@ async fn most_decisions_cost_no_round_trip() {
         trips <= 2 * n / 50 + 2,
         "{trips} round trips for {n} requests"
     );
+    let snap = snapshot(&recorder);
     let local = counter(
-        &snapshot(&recorder),
+        &snap,
         "rampart_rate_limit_decisions_total",
         &[("name", "api"), ("path", "lease")],
     );
     assert!(
         local >= n - 2 * n / 50 - 2,
         "{local} decided from the slice"
+    );
+    // An operator sees the round trips: the refreshes counter (from the
+    // start: the warm-up's lease too, and one ahead maybe in flight).
+    let refreshes = counter(
+        &snap,
+        "rampart_rate_limit_lease_refreshes_total",
+        &[("name", "api")],
+    );
+    assert!(
+        (trips..=trips + 3).contains(&refreshes),
+        "{refreshes} refreshes counted, {trips} round trips seen by Redis"
     );
     // The slices are keyed and counted like in-process keys.
     assert_eq!(layer.key_count(), 2);
@@ -429,4 +441,67 @@ async fn several_quotas_under_concurrency_never_exceed_what_redis_granted() {
     // At most one global slice (5) left unspent.
     assert!(total >= 45, "{per:?}");
     assert!(per.iter().all(|&n| n <= 30), "{per:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_tell_this_replicas_view() {
+    let Some(redis) = RedisProcess::start() else {
+        return;
+    };
+    // 10 per hour, burst 10, leases of exactly 5, headers on admitted
+    // responses too.
+    let build = || {
+        RateLimitLayer::builder()
+            .name("api")
+            .admitted_headers(true)
+            .quota(per_key("10/h", 10))
+            .redis(
+                RedisStore::new(redis.url())
+                    .prefix("t")
+                    .failure_policy(FailurePolicy::FailClosed)
+                    .mode(RedisMode::Leased(
+                        Lease::new().min(5).max(5).ttl(Duration::from_secs(30)),
+                    )),
+            )
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
+    let (mut sa, mut sb) = (svc(&a), svc(&b));
+    async fn call(s: &mut Svc) -> Response<tower_rampart::rejection::ResponseBody<String>> {
+        let req = Request::builder()
+            .header("x-key", "k")
+            .body(String::new())
+            .unwrap();
+        s.ready().await.unwrap().call(req).await.unwrap()
+    }
+    let remaining = |res: &Response<_>| -> String {
+        let v = res.headers()["ratelimit"].to_str().unwrap();
+        v.split(";r=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    // Alone, a replica's view is exact mode's answer: 10 - 1.
+    let res = call(&mut sa).await;
+    assert_eq!((res.status().as_u16(), remaining(&res)), (200, "9".into()));
+    // Replica B leases 5 more and spends one: its view counts A's lease.
+    let res = call(&mut sb).await;
+    assert_eq!((res.status().as_u16(), remaining(&res)), (200, "4".into()));
+    // A has not seen B's lease: its view is optimistic by B's 5 (what the
+    // docs promise: off by what other replicas took since A's last lease).
+    let res = call(&mut sa).await;
+    assert_eq!((res.status().as_u16(), remaining(&res)), (200, "8".into()));
+    // A's slice (3 left) and B's (4 left) are all there is: 7 more in all.
+    let mut admitted = 0;
+    for i in 0..20 {
+        let s = if i % 2 == 0 { &mut sa } else { &mut sb };
+        if call(s).await.status() == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 7);
 }
