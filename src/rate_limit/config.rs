@@ -126,10 +126,11 @@ pub struct RateLimitConfig {
 /// { "type": "redis", "url": "redis://redis:6379/", "mode": "leased",
 ///   "lease_max": 100, "lease_horizon": "100ms", "lease_ttl": "1s" }
 /// ```
-// Read once from a file: the variants' sizes do not matter.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+// Read once at start-up: a few hundred bytes inline cost nothing, and a
+// `Box` would make every `match` on the section awkward.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreConfig {
     /// In this process's memory (the default).
     #[default]
@@ -424,7 +425,8 @@ impl RateLimitConfig {
                                 "required (or `cluster`)"
                             },
                         ));
-                        RedisStore::new(url.clone().unwrap_or_default())
+                        // A stand-in, so the other settings are checked.
+                        RedisStore::new(url.clone().unwrap_or_else(|| "redis://localhost/".into()))
                     }
                 }
                 .failure_policy(failure);
@@ -740,6 +742,37 @@ mod tests {
                 "store.url",
             ]
         );
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn url_or_cluster() {
+        let problems = |store: &str| -> Vec<String> {
+            let c: RateLimitConfig = serde_json::from_str(&format!(
+                r#"{{"quotas":[{{"rate":"1/s"}}],"store":{{"type":"redis"{store}}}}}"#
+            ))
+            .unwrap();
+            c.validate()
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e.field().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            problems(r#","cluster":["redis://10.0.0.1:6379","redis://10.0.0.2:6379"]"#),
+            Vec::<String>::new()
+        );
+        assert_eq!(problems(""), ["store.url"]);
+        assert_eq!(
+            problems(r#","url":"redis://127.0.0.1:1/","cluster":["redis://10.0.0.1:6379"]"#),
+            ["store.url"]
+        );
+        assert_eq!(
+            problems(r#","cluster":["redis://10.0.0.1:6379","nope://x"]"#),
+            ["store.cluster[1]"]
+        );
+        assert_eq!(problems(r#","cluster":[]"#), ["store.url"]);
     }
 
     #[cfg(feature = "redis")]

@@ -96,8 +96,8 @@ impl Drop for TempDir {
     }
 }
 
-/// One `redis-server` child, started with `args` in directory `dir`,
-/// listening on `port` (TCP or TLS); killed on drop. Its log is
+/// One `redis-server` child, started with its arguments in directory
+/// `dir`, listening on `port` (TCP or TLS); killed on drop. Its log is
 /// `redis.log` in `dir`, shown when it does not start.
 pub struct RedisProc {
     bin: PathBuf,
@@ -108,25 +108,45 @@ pub struct RedisProc {
 }
 
 impl RedisProc {
-    /// Starts `bin` with `args` (plus `--dir`, `--logfile`, no persistence)
-    /// and waits until `port` accepts connections.
-    pub fn start(bin: &Path, dir: &Path, port: u16, args: &[String]) -> Self {
-        let mut p = Self {
-            bin: bin.to_owned(),
-            port,
-            dir: dir.to_owned(),
-            args: args.to_vec(),
-            child: None,
-        };
-        p.spawn();
-        p
+    /// Starts `bin` on a free loopback port with the arguments `args`
+    /// makes for it (plus `--dir`, `--logfile`, no persistence) and waits
+    /// until the port accepts connections. A server that exits at once
+    /// (another process took the port between the probe and the bind) is
+    /// started again on another port.
+    pub fn start(bin: &Path, dir: &Path, args: impl Fn(u16) -> Vec<String>) -> Self {
+        let mut tries = 0;
+        loop {
+            let port = free_port();
+            let mut p = Self {
+                bin: bin.to_owned(),
+                port,
+                dir: dir.to_owned(),
+                args: args(port),
+                child: None,
+            };
+            match p.try_spawn() {
+                Ok(()) => return p,
+                Err(why) if tries < 4 => {
+                    eprintln!("redis-server on {port}: {why}; another port");
+                    tries += 1;
+                }
+                Err(why) => panic!("redis-server on {port} did not start: {why}"),
+            }
+        }
     }
 
-    /// Starts it (again, after [`kill`](Self::kill): same port, directory
-    /// and arguments).
+    /// Starts it again after [`kill`](Self::kill): same port, directory
+    /// and arguments.
     pub fn spawn(&mut self) {
+        if let Err(why) = self.try_spawn() {
+            panic!("redis-server on {} did not start: {why}", self.port);
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir).unwrap();
-        let child = Command::new(&self.bin)
+        let stderr = std::fs::File::create(self.dir.join("stderr.log")).unwrap();
+        let mut child = Command::new(&self.bin)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -134,18 +154,29 @@ impl RedisProc {
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let log = |dir: &Path| {
+            ["redis.log", "stderr.log"]
+                .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default())
+                .join("")
+        };
+        // Generous: the CI machine may be busy compiling beside us.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("exited ({status}):\n{}", log(&self.dir)));
+            }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-                panic!("redis-server on {} did not start:\n{log}", self.port);
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer in 30s:\n{}", log(&self.dir)));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
+        Ok(())
     }
 
     /// Kills it at once (SIGKILL: a crash, not a shutdown).

@@ -89,24 +89,24 @@ impl TlsRedis {
         dir.write("client.pem", &pki.client_cert);
         dir.write("client.key", &pki.client_key);
         dir.write("wrong-ca.pem", ca_pem_nobody_trusts());
-        let port = redis_procs::free_port();
-        let args: Vec<String> = [
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--tls-cert-file",
-            &cert.to_string_lossy(),
-            "--tls-key-file",
-            &key.to_string_lossy(),
-            "--tls-ca-cert-file",
-            &ca.to_string_lossy(),
-            "--tls-auth-clients",
-            "yes",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        let proc = RedisProc::start(&bin, dir.path(), port, &args);
+        let proc = RedisProc::start(&bin, dir.path(), |port| {
+            [
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &cert.to_string_lossy(),
+                "--tls-key-file",
+                &key.to_string_lossy(),
+                "--tls-ca-cert-file",
+                &ca.to_string_lossy(),
+                "--tls-auth-clients",
+                "yes",
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        });
         Some(Self { dir, pki, proc })
     }
 
