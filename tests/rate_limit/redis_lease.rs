@@ -505,3 +505,32 @@ async fn headers_tell_this_replicas_view() {
     }
     assert_eq!(admitted, 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slices_of_many_keys_stay_bounded() {
+    let Some(redis) = RedisProcess::start() else {
+        return;
+    };
+    // An attacker rotating keys: each new key costs its lease's round trip
+    // (as exact mode costs one per request), and the replica's memory
+    // stays within `max_keys` slices.
+    let l = RateLimitLayer::builder()
+        .name("api")
+        .max_keys(64)
+        .quota(per_key("100/s", 100))
+        .redis(
+            RedisStore::new(redis.url())
+                .prefix("t")
+                .timeout(Duration::from_millis(500))
+                .failure_policy(FailurePolicy::FailClosed)
+                .mode(RedisMode::Leased(Lease::new())),
+        )
+        .build()
+        .unwrap();
+    let mut s = svc(&l);
+    for k in 0..500 {
+        assert_eq!(status(&mut s, &format!("k{k}")).await, 200);
+        assert!(l.key_count() <= 64, "{} slices", l.key_count());
+    }
+    assert!(l.key_count() >= 32, "{} slices", l.key_count());
+}
