@@ -208,6 +208,12 @@ async fn most_decisions_cost_no_round_trip() {
     assert!(ttl >= 7200 - took - 10, "pttl {ttl}, {took}ms");
 }
 
+// Doorman (github.com/youtube/doorman, doc/design.md) gives capacity
+// leases that expire; its server re-divides the capacity of a client that
+// stops refreshing once the lease runs out. Here the lease is units
+// already charged to the GCRA state, so a dead replica's units are simply
+// spent: nothing comes back, and the bucket refills at the quota's rate,
+// as it would after the same number of admitted requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_replicas_lease_returns_nothing() {
     let Some(redis) = RedisProcess::start() else {
@@ -443,6 +449,11 @@ async fn several_quotas_under_concurrency_never_exceed_what_redis_granted() {
     assert!(per.iter().all(|&n| n <= 30), "{per:?}");
 }
 
+// Kong's rate-limiting plugin with `sync_rate` (docs.konghq.com, the
+// plugin's `sync_rate` option) counts locally between synchronisations and
+// documents that its counters, and so its headers, are approximate. Here
+// the approximation is stated exactly: the replica's view is Redis's
+// answer at its last lease, off by what other replicas took since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_tell_this_replicas_view() {
     let Some(redis) = RedisProcess::start() else {
