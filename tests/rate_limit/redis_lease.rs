@@ -208,9 +208,10 @@ async fn most_decisions_cost_no_round_trip() {
     assert!(ttl >= 7200 - took - 10, "pttl {ttl}, {took}ms");
 }
 
-// Doorman (github.com/youtube/doorman, doc/design.md) gives capacity
-// leases that expire; its server re-divides the capacity of a client that
-// stops refreshing once the lease runs out. Here the lease is units
+// Doorman (github.com/youtube/doorman, README.md, "Lease length and
+// refresh interval") grants capacity as leases with a length and a refresh
+// interval; a client that stops refreshing loses its capacity when the
+// lease runs out, and the server gives it to others. Here the lease is units
 // already charged to the GCRA state, so a dead replica's units are simply
 // spent: nothing comes back, and the bucket refills at the quota's rate,
 // as it would after the same number of admitted requests.
@@ -449,9 +450,10 @@ async fn several_quotas_under_concurrency_never_exceed_what_redis_granted() {
     assert!(per.iter().all(|&n| n <= 30), "{per:?}");
 }
 
-// Kong's rate-limiting plugin with `sync_rate` (docs.konghq.com, the
-// plugin's `sync_rate` option) counts locally between synchronisations and
-// documents that its counters, and so its headers, are approximate. Here
+// Kong's rate-limiting plugins (developer.konghq.com, rate-limiting and
+// rate-limiting-advanced, `sync_rate`) count in the node between
+// synchronisations with the central store every `sync_rate` seconds,
+// trading accuracy for less load on it. Here
 // the approximation is stated exactly: the replica's view is Redis's
 // answer at its last lease, off by what other replicas took since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
