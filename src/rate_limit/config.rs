@@ -123,6 +123,8 @@ pub struct RateLimitConfig {
 /// { "type": "in_process" }
 /// { "type": "redis", "url": "redis://redis:6379/", "prefix": "myapp",
 ///   "timeout": "50ms", "failure": "fallback", "fallback_share": 0.25 }
+/// { "type": "redis", "url": "redis://redis:6379/", "mode": "leased",
+///   "lease_max": 100, "lease_horizon": "100ms", "lease_ttl": "1s" }
 /// ```
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -195,6 +197,37 @@ pub struct RedisConfig {
     /// "1s", at most "1h").
     #[serde(default, with = "crate::config_util::opt_duration")]
     pub open_duration: Option<Duration>,
+    /// `exact` (default: one round trip per decided request) or `leased`
+    /// (each replica decides from slices leased from Redis; the fleet may
+    /// admit up to replicas x `lease_max` per key beyond the limit).
+    #[serde(default)]
+    pub mode: RedisModeConfig,
+    /// Leased mode: the fewest units one lease asks for (default 1).
+    #[serde(default)]
+    pub lease_min: Option<u32>,
+    /// Leased mode: the most units one lease holds (default 100, capped
+    /// at each quota's burst).
+    #[serde(default)]
+    pub lease_max: Option<u32>,
+    /// Leased mode: how much of a replica's observed traffic a lease
+    /// covers (default "100ms", at most "1m").
+    #[serde(default, with = "crate::config_util::opt_duration")]
+    pub lease_horizon: Option<Duration>,
+    /// Leased mode: how long a slice stays good after its last refresh
+    /// (default "1s", at most "1h", at least `lease_horizon`).
+    #[serde(default, with = "crate::config_util::opt_duration")]
+    pub lease_ttl: Option<Duration>,
+}
+
+/// How the Redis store decides (`store.mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisModeConfig {
+    /// One round trip per decided request (the default).
+    #[default]
+    Exact,
+    /// Slices leased from Redis, decided locally.
+    Leased,
 }
 
 /// TLS settings of the Redis store (`store.tls`): PEM files.
@@ -411,6 +444,38 @@ impl RateLimitConfig {
                 }
                 if let Some(d) = r.open_duration {
                     store = store.open_duration(d);
+                }
+                match r.mode {
+                    RedisModeConfig::Exact => {
+                        for (set, field) in [
+                            (r.lease_min.is_some(), "store.lease_min"),
+                            (r.lease_max.is_some(), "store.lease_max"),
+                            (r.lease_horizon.is_some(), "store.lease_horizon"),
+                            (r.lease_ttl.is_some(), "store.lease_ttl"),
+                        ] {
+                            if set {
+                                problems
+                                    .push(ConfigError::new(field, "only with `mode = \"leased\"`"));
+                            }
+                        }
+                    }
+                    RedisModeConfig::Leased => {
+                        use super::lease::{Lease, RedisMode};
+                        let mut lease = Lease::new();
+                        if let Some(n) = r.lease_min {
+                            lease = lease.min(n);
+                        }
+                        if let Some(n) = r.lease_max {
+                            lease = lease.max(n);
+                        }
+                        if let Some(d) = r.lease_horizon {
+                            lease = lease.horizon(d);
+                        }
+                        if let Some(d) = r.lease_ttl {
+                            lease = lease.ttl(d);
+                        }
+                        store = store.mode(RedisMode::Leased(lease));
+                    }
                 }
                 b = b.redis(store);
             }
@@ -708,5 +773,53 @@ mod tests {
             ["store.cluster[1]"]
         );
         assert_eq!(problems(r#","cluster":[]"#), ["store.url"]);
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn leased_mode_keys_are_validated_by_name() {
+        let store = |extra: &str| {
+            format!(
+                r#"{{"quotas":[{{"rate":"1/s"}}],"store":{{"type":"redis","url":"redis://127.0.0.1:1/"{extra}}}}}"#
+            )
+        };
+        let fields = |extra: &str| -> Vec<String> {
+            serde_json::from_str::<RateLimitConfig>(&store(extra))
+                .unwrap()
+                .validate()
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e.field().to_owned())
+                .collect()
+        };
+        assert!(fields(r#","mode":"leased""#).is_empty());
+        assert!(
+            fields(r#","mode":"leased","lease_min":5,"lease_max":500,"lease_horizon":"20ms","lease_ttl":"2s""#)
+                .is_empty()
+        );
+        assert_eq!(
+            fields(r#","mode":"leased","lease_min":0,"lease_horizon":"0s""#),
+            ["store.lease_min", "store.lease_horizon"]
+        );
+        assert_eq!(
+            fields(r#","mode":"leased","lease_min":10,"lease_max":5"#),
+            ["store.lease_max"]
+        );
+        assert_eq!(
+            fields(r#","mode":"leased","lease_max":0,"lease_ttl":"2h""#),
+            ["store.lease_max", "store.lease_ttl"]
+        );
+        assert_eq!(
+            fields(r#","mode":"leased","lease_horizon":"2s","lease_ttl":"1s""#),
+            ["store.lease_ttl"]
+        );
+        assert_eq!(
+            fields(r#","mode":"leased","lease_horizon":"2m","lease_ttl":"1h""#),
+            ["store.lease_horizon"]
+        );
+        // Lease settings without leased mode are a mistake, not ignored.
+        assert_eq!(fields(r#","lease_max":50"#), ["store.lease_max"]);
+        assert!(serde_json::from_str::<RateLimitConfig>(&store(r#","mode":"sloppy""#)).is_err());
     }
 }

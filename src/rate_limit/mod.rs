@@ -106,6 +106,14 @@
 //! or a Redis Cluster ([`RedisStore::cluster`]: hash-tagged keys keep each
 //! decision on one slot, still one round trip).
 //!
+//! Leased mode ([`RedisMode::Leased`], `mode = "leased"`) trades accuracy
+//! for latency: each replica leases a slice of a quota (up to
+//! [`Lease::max`] units, sized to its own traffic) in one round trip and
+//! decides locally until the slice runs low, so most decisions cost what an
+//! in-process decision costs; the fleet may admit up to replicas x
+//! `lease_max` per key beyond the limit, and the headers describe this
+//! replica's view. Exact mode stays the default.
+//!
 //! # Other modes
 //!
 //! - [`RateLimitBuilder::dry_run`]: count and trace what would be refused,
@@ -129,9 +137,10 @@
 //! | `rampart_rate_limit_refused_total` | counter | `name`, `quota`, `reason` | requests refused; `reason` is `exhausted`, `too-costly`, `missing-key` or `store-unavailable` (Redis store, fail closed) |
 //! | `rampart_rate_limit_dry_run_refusals_total` | counter | `name`, `quota`, `reason` | requests dry-run mode would have refused |
 //! | `rampart_rate_limit_allowlisted_total` | counter | `name` | requests let through by the allow-lists |
-//! | `rampart_rate_limit_keys` | gauge | `name`, `quota` | keys tracked by a keyed quota (in-process store) |
+//! | `rampart_rate_limit_keys` | gauge | `name`, `quota` | keys tracked by a keyed quota (in-process store; leased mode's slices) |
 //! | `rampart_rate_limit_evictions_total` | counter | `name`, `quota`, `reason` | keys evicted; `reason` is `idle` or `capacity` |
-//! | `rampart_rate_limit_decisions_total` | counter | `name`, `path` | Redis store only: decisions by path, `redis`, `fallback`, `fail_open` or `fail_closed` |
+//! | `rampart_rate_limit_decisions_total` | counter | `name`, `path` | Redis store only: decisions by path, `redis`, `fallback`, `fail_open` or `fail_closed`; leased mode: `lease` (from this replica's slice, no round trip) or `lease_refresh` (after a refresh the request waited for) |
+//! | `rampart_rate_limit_lease_refreshes_total` | counter | `name` | leased mode: lease script calls (round trips), ahead of need or on a miss |
 //!
 //! | event | target | level | fields |
 //! |---|---|---|---|
@@ -146,7 +155,8 @@
 // `store.rs` where state lives (`Store`: in process or Redis) and its
 // health; `memory.rs` the in-process store on the shared bounded
 // `util::keyed_map`; `redis.rs` the Redis store and its Lua script;
-// `key.rs` key extractors and fingerprints; `client_ip.rs` the
+// `lease.rs` its leased mode (slices of a quota leased from Redis, spent
+// in process); `key.rs` key extractors and fingerprints; `client_ip.rs` the
 // trusted-proxy walk; `quota.rs`, `headers.rs`, `error.rs`, `config.rs`.
 mod client_ip;
 mod clock;
@@ -159,6 +169,8 @@ mod gcra;
 pub mod headers;
 mod key;
 mod layer;
+#[cfg(feature = "redis")]
+mod lease;
 mod memory;
 mod quota;
 #[cfg(feature = "redis")]
@@ -177,12 +189,15 @@ pub use client_ip::{ClientIp, ClientIpHeader};
 pub use clock::{TokioClock, TokioInstant};
 #[cfg(feature = "config")]
 pub use config::{
-    FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, RedisTlsConfig, StoreConfig,
+    FailureConfig, QuotaConfig, RateLimitConfig, RedisConfig, RedisModeConfig, RedisTlsConfig,
+    StoreConfig,
 };
 pub use error::RefusalReason;
 pub use future::ResponseFuture;
 pub use key::{Key, KeyExtractor, RequestInfo};
 pub use layer::{MissingKey, QuotaState, RateLimitBuilder, RateLimitLayer};
+#[cfg(feature = "redis")]
+pub use lease::{Lease, RedisMode};
 pub use quota::{Quota, Rate};
 #[cfg(feature = "redis-tls")]
 pub use redis::RedisTls;
@@ -240,7 +255,13 @@ pub(crate) const METRICS: &[Help] = &[
         name: "rampart_rate_limit_decisions_total",
         kind: MetricKind::Counter,
         unit: Some(Unit::Count),
-        text: "Rate-limit decisions of the Redis store, by the path they took (redis, fallback, fail_open, fail_closed).",
+        text: "Rate-limit decisions of the Redis store, by the path they took (redis, fallback, fail_open, fail_closed, lease, lease_refresh).",
+    },
+    Help {
+        name: "rampart_rate_limit_lease_refreshes_total",
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        text: "Lease refreshes (Redis round trips) of a rate limit's Redis store in leased mode.",
     },
 ];
 

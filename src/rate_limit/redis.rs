@@ -27,6 +27,11 @@
 //! so its refusal reports what remains. The in-process path is unchanged by
 //! this module.
 //!
+//! Leased mode ([`RedisMode::Leased`](super::RedisMode::Leased)) decides
+//! most requests from a slice each replica leases from Redis, with no round
+//! trip, at the price of a bounded over-admission (replicas x the max lease
+//! size per key); its design is in `lease.rs`.
+//!
 //! # Keys
 //!
 //! `<prefix>:<layer>:<quota>:{<key>}` for a layer with one quota (keys spread
@@ -93,6 +98,7 @@ use super::error::RefusalReason;
 use super::gcra::Gcra;
 use super::key::{KeyRef, RequestInfo};
 use super::layer::RateLimitBuilder;
+use super::lease::{Leases, RedisMode};
 use super::memory::{Measured, MemoryStore, QuotaCells, Verdict};
 use super::store::Store;
 use crate::ConfigError;
@@ -168,6 +174,7 @@ pub struct RedisStore {
     pub(crate) failure: FailurePolicy,
     pub(crate) trip_after: u32,
     pub(crate) open_duration: Duration,
+    pub(crate) mode: RedisMode,
 }
 
 impl RedisStore {
@@ -201,7 +208,17 @@ impl RedisStore {
             failure: FailurePolicy::FailOpen,
             trip_after: 3,
             open_duration: Duration::from_secs(1),
+            mode: RedisMode::Exact,
         }
+    }
+
+    /// Exact (the default: one round trip per decided request) or leased
+    /// (slices of each quota decided locally, at most replicas x
+    /// [`Lease::max`](super::Lease::max) per key beyond the limit; see
+    /// [`RedisMode`](super::RedisMode)).
+    pub fn mode(mut self, mode: RedisMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// TLS settings for `rediss://` URLs (feature `redis-tls`): a custom
@@ -309,6 +326,9 @@ impl RedisStore {
                     "must be in (0, 1]",
                 ));
             }
+        }
+        if let RedisMode::Leased(lease) = &self.mode {
+            problems.extend(lease.problems());
         }
         #[cfg(feature = "redis-tls")]
         if let Some(tls) = &self.tls {
@@ -666,15 +686,26 @@ pub(crate) enum Path {
     Fallback = 1,
     FailOpen = 2,
     FailClosed = 3,
+    /// Leased mode: decided from this replica's slice, no round trip.
+    Lease = 4,
+    /// Leased mode: decided after a refresh of a short slice.
+    LeaseRefresh = 5,
 }
 
 impl Path {
-    const ALL: [Path; 4] = [
+    const ALL: [Path; 6] = [
         Path::Redis,
         Path::Fallback,
         Path::FailOpen,
         Path::FailClosed,
+        Path::Lease,
+        Path::LeaseRefresh,
     ];
+
+    /// Whether Redis (or a slice leased from it) decided.
+    fn healthy(self) -> bool {
+        matches!(self, Path::Redis | Path::Lease | Path::LeaseRefresh)
+    }
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -682,6 +713,8 @@ impl Path {
             Path::Fallback => "fallback",
             Path::FailOpen => "fail_open",
             Path::FailClosed => "fail_closed",
+            Path::Lease => "lease",
+            Path::LeaseRefresh => "lease_refresh",
         }
     }
 }
@@ -698,20 +731,27 @@ pub(crate) struct RemoteOutcome {
 
 /// The Redis store as the layer holds it.
 pub(crate) struct RedisBackend {
-    name: Arc<str>,
+    pub(crate) name: Arc<str>,
     conn: RedisConnection,
     script: redis::Script,
-    timeout: Duration,
+    /// Leased mode's script ([`super::lease::SCRIPT`]).
+    lease_script: redis::Script,
+    /// One Redis call's timeout.
+    pub(crate) timeout: Duration,
     /// Guards the connection: admits each call (a [`Permit`] that records
     /// its outcome) or refuses it while open.
     guard: Breaker,
     breaker: CircuitBreakerHandle,
     key_heads: Box<[Vec<u8>]>,
     hash_tag_key: bool,
-    failure: FailurePolicy,
+    pub(crate) failure: FailurePolicy,
     pub(crate) fallback: Option<MemoryStore>,
-    decisions: [Counter; 4],
+    decisions: [Counter; Path::ALL.len()],
     last_path: AtomicU8,
+    /// Leased mode's slices (`None`: exact mode).
+    pub(crate) lease: Option<Leases>,
+    /// Lease script calls (leased mode).
+    pub(crate) lease_refreshes: Counter,
 }
 
 /// One quota's Redis key name, written straight into the command.
@@ -744,6 +784,7 @@ impl RedisBackend {
         layer: &Arc<str>,
         quota_names: &[String],
         fallback: Option<MemoryStore>,
+        lease: Option<Leases>,
     ) -> Result<Self, ConfigError> {
         if let Some(problem) = cfg.problems(layer).into_iter().next() {
             return Err(problem);
@@ -786,6 +827,7 @@ impl RedisBackend {
             name: Arc::clone(layer),
             conn,
             script: redis::Script::new(SCRIPT),
+            lease_script: redis::Script::new(super::lease::SCRIPT),
             timeout: cfg.timeout,
             breaker: breaker_layer.handle(),
             guard: breaker_layer.breaker,
@@ -795,6 +837,15 @@ impl RedisBackend {
             fallback,
             decisions,
             last_path: AtomicU8::new(Path::Redis as u8),
+            lease_refreshes: if lease.is_some() {
+                metrics::counter!(
+                    "rampart_rate_limit_lease_refreshes_total",
+                    &[("name", layer.to_string())]
+                )
+            } else {
+                Counter::noop()
+            },
+            lease,
         })
     }
 
@@ -819,13 +870,22 @@ impl RedisBackend {
         });
     }
 
-    /// Counts a decision's path and logs a change of path.
-    fn record(&self, path: Path) {
+    /// Counts a decision taken from a leased slice (no round trip; a
+    /// change of path is seen by the calls to Redis).
+    #[inline]
+    pub(crate) fn record_lease(&self) {
+        self.decisions[Path::Lease as usize].increment(1);
+    }
+
+    /// Counts a decision's path and logs a change between Redis (or its
+    /// leases) and a failure policy.
+    pub(crate) fn record(&self, path: Path) {
         self.decisions[path as usize].increment(1);
         let prev = self.last_path.swap(path as u8, Ordering::Relaxed);
-        if prev != path as u8 {
-            let from = Path::ALL[usize::from(prev)].as_str();
-            if path == Path::Redis {
+        let prev = Path::ALL[usize::from(prev)];
+        if prev != path && !(prev.healthy() && path.healthy()) {
+            let from = prev.as_str();
+            if path.healthy() {
                 tracing::info!(
                     target: "tower_rampart::rate_limit",
                     name = %self.name,
@@ -843,6 +903,32 @@ impl RedisBackend {
                 );
             }
         }
+    }
+
+    /// A call of the lease script (leased mode) through the breaker,
+    /// within the timeout.
+    pub(crate) async fn call_lease(&self, cmd: &redis::Cmd) -> Result<Vec<i64>, BoxError> {
+        self.call(self.permit(), cmd, &self.lease_script).await
+    }
+
+    /// An `EVALSHA` of the lease script for `keys` keys and `args`
+    /// arguments (to be appended).
+    pub(crate) fn lease_command(&self, keys: usize, args: usize) -> redis::Cmd {
+        evalsha(&self.lease_script, keys, args, 64 * keys + 24 * args)
+    }
+
+    /// Quota `i`'s Redis key name for `key`, as bytes (leased mode keeps
+    /// it for refreshes in the background).
+    pub(crate) fn key_name(&self, i: usize, key: KeyRef<'_>) -> Vec<u8> {
+        use redis::ToRedisArgs;
+        KeyName {
+            head: &self.key_heads[i],
+            key,
+            close_tag: self.hash_tag_key,
+        }
+        .to_redis_args()
+        .pop()
+        .unwrap_or_default()
     }
 
     /// The breaker's answer for one call, taken before the request moves
@@ -997,6 +1083,9 @@ impl Shared {
         req: &http::Request<B>,
         redis: &Arc<RedisBackend>,
     ) -> Decision {
+        if let Some(leases) = &redis.lease {
+            return self.decide_leased(req, redis, leases);
+        }
         let info = RequestInfo::new(req, &self.client_ip);
         let mut slots = Slots::default();
         let mut cmd = redis.command();
@@ -1084,7 +1173,9 @@ impl Shared {
                     .map_or(&self.params[..], MemoryStore::params);
                 self.finish(params, slots, verdict, false, cost)
             }
-            (Path::Redis, verdict) => self.finish(&self.params, slots, verdict, false, cost),
+            (Path::Redis | Path::Lease | Path::LeaseRefresh, verdict) => {
+                self.finish(&self.params, slots, verdict, false, cost)
+            }
         }
     }
 }
@@ -1120,8 +1211,24 @@ impl Store {
             }
             _ => None,
         };
+        let lease = match &cfg.mode {
+            RedisMode::Exact => None,
+            RedisMode::Leased(lease) => Some(Leases::new(
+                lease,
+                b.quotas
+                    .iter()
+                    .zip(params)
+                    .zip(names)
+                    .map(|((q, p), name)| {
+                        let keyed = (!q.key.is_global())
+                            .then(|| (b.max_keys, super::store::key_metrics(layer, name)));
+                        (*p, keyed)
+                    })
+                    .collect(),
+            )),
+        };
         Ok(Store::Redis(Arc::new(RedisBackend::new(
-            cfg, layer, names, fallback,
+            cfg, layer, names, fallback, lease,
         )?)))
     }
 }

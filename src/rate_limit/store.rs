@@ -64,19 +64,30 @@ impl Store {
     /// Whether some in-process table has keys to sweep.
     pub(crate) fn is_keyed(&self) -> bool {
         self.tables().is_some_and(MemoryStore::is_keyed)
+            || self.leases().is_some_and(|l| l.is_keyed())
     }
 
     /// Evicts the idle keys of the in-process tables; returns how many.
     pub(crate) fn sweep(&self) -> usize {
-        self.tables().map_or(0, MemoryStore::sweep)
+        self.tables().map_or(0, MemoryStore::sweep) + self.leases().map_or(0, |l| l.sweep())
     }
 
-    /// Keys tracked by the main in-process store (0 for Redis).
+    /// Leased mode's slices, if the store has them.
+    fn leases(&self) -> Option<&super::lease::Leases> {
+        match self {
+            Store::Memory(_) => None,
+            #[cfg(feature = "redis")]
+            Store::Redis(r) => r.lease.as_ref(),
+        }
+    }
+
+    /// Keys tracked by the main in-process store (0 for exact Redis; the
+    /// slices of leased mode).
     pub(crate) fn key_count(&self) -> usize {
         match self {
             Store::Memory(m) => m.key_count(),
             #[cfg(feature = "redis")]
-            Store::Redis(_) => 0,
+            Store::Redis(r) => r.lease.as_ref().map_or(0, |l| l.key_count()),
         }
     }
 
@@ -93,7 +104,7 @@ impl Store {
 }
 
 /// The key table's metrics of quota `quota` of layer `layer`.
-fn key_metrics(layer: &str, quota: &str) -> MapMetrics {
+pub(crate) fn key_metrics(layer: &str, quota: &str) -> MapMetrics {
     let evicted = |reason: &str| {
         metrics::counter!(
             "rampart_rate_limit_evictions_total",

@@ -249,3 +249,92 @@ impl Drop for Running {
         }
     }
 }
+
+/// A `redis-server` child process on a loopback port (no persistence),
+/// killed on drop; `stop` and `restart` (same port) simulate an outage.
+/// For the Redis-backed rate-limit tests.
+pub struct RedisProcess {
+    bin: String,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisProcess {
+    /// Starts one on a free port, or returns `None` (saying so) when the
+    /// binary (`REDIS_SERVER`, `/usr/bin/redis-server`, or on `PATH`) is
+    /// missing outside CI. Under CI (`CI` set) a missing binary fails.
+    pub fn start() -> Option<Self> {
+        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "/usr/bin/redis-server".into());
+        let found = std::path::Path::new(&bin)
+            .exists()
+            .then(|| bin.clone())
+            .or_else(|| {
+                std::env::var_os("PATH").and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|p| p.join("redis-server"))
+                        .find(|p| p.exists())
+                        .map(|p| p.to_string_lossy().into_owned())
+                })
+            });
+        let Some(bin) = found else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server not found ({bin}): CI must install it"
+            );
+            eprintln!("SKIPPED: redis-server not found ({bin})");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = Self {
+            bin,
+            port,
+            child: None,
+        };
+        s.restart();
+        Some(s)
+    }
+
+    /// Starts the server (again) on its port and waits until it accepts.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new(&self.bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (an outage).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -22,3 +22,7 @@ mod redis_procs;
 /// Issue 16: the Redis store over TLS, against a TLS-only `redis-server`
 /// and certificates the test generates.
 mod redis_tls;
+
+/// Leased mode of the Redis store (issue 16): round trips, a dead
+/// replica's lease, outages mid-lease, refusals without round trips.
+mod redis_lease;
