@@ -5,4 +5,4 @@
 
 pub mod limit;
 
-pub use limit::{Fixed, LimitAlgorithm, Outcome, Sample};
+pub use limit::{Aimd, Fixed, Gradient2, LimitAlgorithm, Outcome, Sample, Vegas};
