@@ -163,7 +163,7 @@ pub use self::future::ResponseFuture;
 pub use self::layer::{ConcurrencyLimitLayer, ConcurrencyLimitLayerBuilder, DEFAULT_NAME};
 pub use self::partition::{Criticality, RequestInfo};
 pub use self::queue::QueueOrder;
-pub use limit::{Fixed, LimitAlgorithm, Outcome, Sample};
+pub use limit::{Aimd, Fixed, Gradient2, LimitAlgorithm, Outcome, Sample, Vegas};
 
 use self::queue::Enqueued;
 use self::state::{Reason, Shared};

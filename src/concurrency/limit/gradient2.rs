@@ -1,0 +1,622 @@
+//! [`Gradient2`]: the limit follows the ratio of the baseline RTT to each
+//! RTT, against a minRTT probed at low concurrency.
+
+use std::time::Duration;
+
+use super::{Jitter, LimitAlgorithm, Outcome, Sample, check_bounds, check_range, nanos, whole};
+use crate::ConfigError;
+
+/// The gradient algorithm: per success admitted with at least half the
+/// limit in flight,
+///
+/// ```text
+/// gradient = clamp(rtt_tolerance * min_rtt / rtt, 0.5, 1.0)
+/// new      = limit * gradient + queue_size
+/// limit    = clamp((1 - smoothing) * limit + smoothing * new, min_limit, max_limit)
+/// ```
+///
+/// so the limit creeps up by `queue_size` while latency stays within
+/// `rtt_tolerance` of the baseline and shrinks (at most by half per
+/// sample, to ride out outliers) when it does not.
+///
+/// The formula and its defaults are Netflix's `Gradient2Limit.java`
+/// (concurrency-limits): `initial_limit` 20, `min_limit` 20, `max_limit`
+/// 200, `smoothing` 0.2, `queue_size` 4, `rtt_tolerance` 1.5.
+///
+/// The baseline is where this differs. Netflix compares against a long
+/// exponential average of the RTT, which follows a standing queue upward:
+/// under sustained overload the average becomes the congested latency and
+/// the limit climbs to `max_limit`. Here the baseline is Envoy's adaptive
+/// concurrency filter's minRTT: the limit is pinned to `probe_limit`
+/// (Envoy's `min_concurrency`, 3) until `probe_samples` requests (Envoy's
+/// `request_count`, 50) admitted with at most `probe_limit` in flight have
+/// completed; their median RTT (Envoy's default p50 aggregate) is the
+/// baseline; the limit then resumes where it was. This happens first when
+/// the algorithm starts (so [`initial_limit`](LimitAlgorithm::initial_limit)
+/// is `probe_limit`, and `initial_limit` is where it resumes), again every
+/// `probe_interval` round trips (counted in samples, see the
+/// [module docs](super); shortened at random by up to `probe_jitter`), and
+/// early when the limit has sat at `min_limit` for 5 round trips (Envoy's
+/// rule for a limit stuck at its minimum): a service that got permanently
+/// slower is re-learned within a few round trips instead of being held at
+/// `min_limit` forever.
+///
+/// Because the median of 50 samples, not the fastest sample, is the
+/// baseline, request-to-request variance does not read as queueing.
+///
+/// A [`Dropped`](Outcome::Dropped) request multiplies the limit by
+/// `backoff_ratio` (0.9, as [`Aimd`](super::Aimd); Netflix's gradient
+/// ignores drops); an [`Ignored`](Outcome::Ignored) one is no sample.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::concurrency::limit::{Gradient2, LimitAlgorithm, Outcome, Sample};
+///
+/// let mut g = Gradient2::default();
+/// assert_eq!(g.initial_limit(), 3); // measuring the minRTT first
+/// let sample = |ms, in_flight| Sample {
+///     rtt: Duration::from_millis(ms),
+///     in_flight,
+///     outcome: Outcome::Success,
+/// };
+/// for _ in 0..50 {
+///     g.update(&sample(10, 1));
+/// }
+/// assert_eq!(g.min_rtt(), Some(Duration::from_millis(10)));
+/// assert_eq!(g.update(&sample(10, 20)), 20); // resumed, then + 0.2 * 4
+/// # Ok::<(), tower_rampart::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Gradient2 {
+    config: Gradient2Config,
+    limit: f64,
+    min_rtt: Option<f64>,
+    /// While probing: the minRTT samples so far (capacity `probe_samples`,
+    /// allocated once).
+    probe: Vec<Duration>,
+    probing: bool,
+    /// The limit to resume at after a probe.
+    resume: f64,
+    /// Round trips since the last probe, and the count that triggers the
+    /// next one.
+    rounds: f64,
+    rounds_to_probe: f64,
+    /// Round trips spent at `min_limit` in a row.
+    rounds_at_min: f64,
+    jitter: Jitter,
+}
+
+/// Round trips at `min_limit` after which the minRTT is re-measured.
+const ROUNDS_AT_MIN_BEFORE_PROBE: f64 = 5.0;
+
+impl Gradient2 {
+    /// A builder starting from the defaults.
+    pub fn builder() -> Gradient2Builder {
+        Gradient2Builder::default()
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> usize {
+        if self.probing {
+            self.config.probe_limit
+        } else {
+            whole(self.limit)
+        }
+    }
+
+    /// The baseline RTT (`None` until the first probe completes).
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt.map(|n| Duration::from_nanos(n as u64))
+    }
+
+    /// Whether the minRTT is being measured (the limit is pinned to
+    /// `probe_limit`).
+    pub fn is_probing(&self) -> bool {
+        self.probing
+    }
+
+    fn from_valid(config: &Gradient2Config) -> Self {
+        let mut g = Self {
+            config: config.clone(),
+            limit: config.initial_limit as f64,
+            min_rtt: None,
+            probe: Vec::with_capacity(config.probe_samples),
+            probing: false,
+            resume: config.initial_limit as f64,
+            rounds: 0.0,
+            rounds_to_probe: 0.0,
+            rounds_at_min: 0.0,
+            jitter: Jitter::new(),
+        };
+        g.start_probe();
+        g
+    }
+
+    fn start_probe(&mut self) {
+        self.probing = true;
+        self.resume = self.limit;
+        self.probe.clear();
+    }
+
+    fn finish_probe(&mut self) {
+        let mid = self.probe.len() / 2;
+        let (_, median, _) = self.probe.select_nth_unstable(mid);
+        self.min_rtt = Some(nanos(*median));
+        self.probe.clear();
+        self.probing = false;
+        self.limit = self.resume;
+        self.rounds = 0.0;
+        self.rounds_at_min = 0.0;
+        self.rounds_to_probe = self
+            .jitter
+            .shorten(self.config.probe_interval as f64, self.config.probe_jitter);
+    }
+
+    fn clamp(&self, limit: f64) -> f64 {
+        limit.clamp(self.config.min_limit as f64, self.config.max_limit as f64)
+    }
+}
+
+impl Default for Gradient2 {
+    /// Netflix's defaults with Envoy's probing (see the type docs).
+    fn default() -> Self {
+        Self::from_valid(&Gradient2Config::default())
+    }
+}
+
+impl LimitAlgorithm for Gradient2 {
+    fn initial_limit(&self) -> usize {
+        self.limit()
+    }
+
+    fn update(&mut self, sample: &Sample) -> usize {
+        if self.probing {
+            // Only requests admitted at low concurrency measure the
+            // service unloaded; the ones admitted before the pin are
+            // still draining and are not counted, nor are drops.
+            if sample.outcome == Outcome::Success && sample.in_flight <= self.config.probe_limit {
+                self.probe.push(sample.rtt);
+                if self.probe.len() >= self.config.probe_samples {
+                    self.finish_probe();
+                }
+            }
+            return self.limit();
+        }
+        let Some(min_rtt) = self.min_rtt else {
+            unreachable!("not probing, so a minRTT was measured");
+        };
+        match sample.outcome {
+            Outcome::Ignored => return self.limit(),
+            Outcome::Dropped => {
+                self.limit = self.clamp(self.limit * self.config.backoff_ratio);
+            }
+            Outcome::Success => {
+                // Netflix's guard against growing while idle.
+                if (sample.in_flight as f64) < self.limit / 2.0 {
+                    return self.limit();
+                }
+                let gradient =
+                    (self.config.rtt_tolerance * min_rtt / nanos(sample.rtt)).clamp(0.5, 1.0);
+                let new = self.limit * gradient + self.config.queue_size as f64;
+                let s = self.config.smoothing;
+                self.limit = self.clamp((1.0 - s) * self.limit + s * new);
+            }
+        }
+        let round = 1.0 / self.limit;
+        self.rounds += round;
+        if self.limit <= self.config.min_limit as f64 {
+            self.rounds_at_min += round;
+        } else {
+            self.rounds_at_min = 0.0;
+        }
+        if self.rounds >= self.rounds_to_probe || self.rounds_at_min >= ROUNDS_AT_MIN_BEFORE_PROBE {
+            self.start_probe();
+        }
+        self.limit()
+    }
+}
+
+/// The settings of a [`Gradient2`] limit, as read from a config file (every
+/// field optional; the defaults are Netflix's and Envoy's).
+///
+/// ```
+/// # #[cfg(feature = "config")]
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_rampart::concurrency::limit::Gradient2Config;
+///
+/// let config: Gradient2Config =
+///     serde_json::from_str(r#"{ "max_limit": 500, "rtt_tolerance": 2.0 }"#)?;
+/// assert!(config.build()?.is_probing());
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "config"))]
+/// # fn main() {}
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "config", derive(serde::Deserialize))]
+#[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
+pub struct Gradient2Config {
+    /// The limit after the first minRTT measurement (default 20).
+    pub initial_limit: usize,
+    /// The limit never goes below this outside probes (default 20).
+    pub min_limit: usize,
+    /// The limit never goes above this (default 200).
+    pub max_limit: usize,
+    /// How much of each new estimate is taken, in `(0, 1]` (default 0.2).
+    pub smoothing: f64,
+    /// How far the limit may grow per sample while latency is fine, before
+    /// smoothing (default 4).
+    pub queue_size: usize,
+    /// How much slower than the minRTT still counts as unqueued, at least
+    /// 1.0 (default 1.5).
+    pub rtt_tolerance: f64,
+    /// The factor applied on a drop, in `[0.5, 1.0)` (default 0.9).
+    pub backoff_ratio: f64,
+    /// The limit while the minRTT is measured (default 3, at least 1, at
+    /// most `max_limit`).
+    pub probe_limit: usize,
+    /// Successes at `probe_limit` whose median is the minRTT (default 50).
+    pub probe_samples: usize,
+    /// Round trips between minRTT measurements (default 2000).
+    pub probe_interval: u32,
+    /// The fraction of that interval taken off at random, in `[0, 1)`
+    /// (default 0.1, Envoy's jitter).
+    pub probe_jitter: f64,
+}
+
+impl Default for Gradient2Config {
+    fn default() -> Self {
+        Self {
+            initial_limit: 20,
+            min_limit: 20,
+            max_limit: 200,
+            smoothing: 0.2,
+            queue_size: 4,
+            rtt_tolerance: 1.5,
+            backoff_ratio: 0.9,
+            probe_limit: 3,
+            probe_samples: 50,
+            probe_interval: 2000,
+            probe_jitter: 0.1,
+        }
+    }
+}
+
+impl Gradient2Config {
+    /// Checks every setting; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_bounds(self.initial_limit, self.min_limit, self.max_limit)?;
+        if self.smoothing <= 0.0 {
+            return Err(ConfigError::new("smoothing", "must be in (0, 1]"));
+        }
+        check_range("smoothing", self.smoothing, 0.0, 1.0, true)?;
+        check_range("rtt_tolerance", self.rtt_tolerance, 1.0, 100.0, true)?;
+        check_range("backoff_ratio", self.backoff_ratio, 0.5, 1.0, false)?;
+        if self.probe_limit == 0 || self.probe_limit > self.max_limit {
+            return Err(ConfigError::new(
+                "probe_limit",
+                format!(
+                    "must be between 1 and `max_limit` ({}), found {}",
+                    self.max_limit, self.probe_limit
+                ),
+            ));
+        }
+        if self.probe_samples == 0 || self.probe_samples > 10_000 {
+            return Err(ConfigError::new(
+                "probe_samples",
+                format!("must be between 1 and 10000, found {}", self.probe_samples),
+            ));
+        }
+        if self.probe_interval == 0 {
+            return Err(ConfigError::new(
+                "probe_interval",
+                crate::config_util::MUST_BE_POSITIVE,
+            ));
+        }
+        check_range("probe_jitter", self.probe_jitter, 0.0, 1.0, false)
+    }
+
+    /// Builds the algorithm (validated first).
+    pub fn build(&self) -> Result<Gradient2, ConfigError> {
+        self.validate()?;
+        Ok(Gradient2::from_valid(self))
+    }
+}
+
+/// Builds a [`Gradient2`] limit; [`build`](Self::build) validates.
+#[derive(Clone, Debug, Default)]
+pub struct Gradient2Builder {
+    config: Gradient2Config,
+}
+
+impl Gradient2Builder {
+    /// The limit after the first minRTT measurement (default 20).
+    pub fn initial_limit(mut self, limit: usize) -> Self {
+        self.config.initial_limit = limit;
+        self
+    }
+
+    /// The lowest limit outside probes (default 20).
+    pub fn min_limit(mut self, limit: usize) -> Self {
+        self.config.min_limit = limit;
+        self
+    }
+
+    /// The highest limit (default 200).
+    pub fn max_limit(mut self, limit: usize) -> Self {
+        self.config.max_limit = limit;
+        self
+    }
+
+    /// How much of each new estimate is taken, in `(0, 1]` (default 0.2).
+    pub fn smoothing(mut self, smoothing: f64) -> Self {
+        self.config.smoothing = smoothing;
+        self
+    }
+
+    /// Growth per sample while latency is fine, before smoothing
+    /// (default 4).
+    pub fn queue_size(mut self, queue_size: usize) -> Self {
+        self.config.queue_size = queue_size;
+        self
+    }
+
+    /// How much slower than the minRTT still counts as unqueued, at least
+    /// 1.0 (default 1.5).
+    pub fn rtt_tolerance(mut self, tolerance: f64) -> Self {
+        self.config.rtt_tolerance = tolerance;
+        self
+    }
+
+    /// The factor applied on a drop, in `[0.5, 1.0)` (default 0.9).
+    pub fn backoff_ratio(mut self, ratio: f64) -> Self {
+        self.config.backoff_ratio = ratio;
+        self
+    }
+
+    /// The limit while the minRTT is measured (default 3).
+    pub fn probe_limit(mut self, limit: usize) -> Self {
+        self.config.probe_limit = limit;
+        self
+    }
+
+    /// Successes whose median is the minRTT (default 50).
+    pub fn probe_samples(mut self, samples: usize) -> Self {
+        self.config.probe_samples = samples;
+        self
+    }
+
+    /// Round trips between minRTT measurements (default 2000).
+    pub fn probe_interval(mut self, rounds: u32) -> Self {
+        self.config.probe_interval = rounds;
+        self
+    }
+
+    /// The fraction of the probe interval taken off at random, in `[0, 1)`
+    /// (default 0.1; 0 makes probing exactly periodic).
+    pub fn probe_jitter(mut self, jitter: f64) -> Self {
+        self.config.probe_jitter = jitter;
+        self
+    }
+
+    /// The algorithm, or the first invalid setting.
+    pub fn build(self) -> Result<Gradient2, ConfigError> {
+        self.config.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::concurrency::limit::test_support::{dropped, ignored, ok};
+
+    /// A gradient whose minRTT is `ms` (measured by a first probe).
+    fn measured(ms: u64) -> Gradient2 {
+        let mut g = Gradient2::builder().probe_jitter(0.0).build().unwrap();
+        for _ in 0..50 {
+            g.update(&ok(ms, 1));
+        }
+        assert!(!g.is_probing());
+        g
+    }
+
+    #[test]
+    fn starts_by_measuring_the_min_rtt_at_low_concurrency() {
+        let mut g = Gradient2::default();
+        assert_eq!(g.initial_limit(), 3);
+        // Requests admitted above the probe limit do not count.
+        for _ in 0..100 {
+            assert_eq!(g.update(&ok(500, 20)), 3);
+        }
+        // The median, not the minimum: variance is not queueing.
+        for i in 0..50 {
+            g.update(&ok(10 + i % 11, 2));
+        }
+        assert_eq!(g.min_rtt(), Some(Duration::from_millis(15)));
+        assert_eq!(g.limit(), 20);
+    }
+
+    #[test]
+    fn grows_under_steady_low_latency_up_to_max() {
+        let mut g = measured(10);
+        for _ in 0..1000 {
+            let l = g.limit();
+            g.update(&ok(14, l));
+        }
+        assert_eq!(g.limit(), 200);
+    }
+
+    #[test]
+    fn does_not_grow_while_idle() {
+        let mut g = measured(10);
+        for _ in 0..1000 {
+            g.update(&ok(10, 9));
+        }
+        assert_eq!(g.limit(), 20);
+    }
+
+    #[test]
+    fn shrinks_when_latency_rises() {
+        let mut g = Gradient2::builder()
+            .initial_limit(150)
+            .probe_jitter(0.0)
+            .build()
+            .unwrap();
+        for _ in 0..50 {
+            g.update(&ok(10, 1));
+        }
+        assert_eq!(g.limit(), 150);
+        // 40 ms against 1.5 x 10 ms: the gradient is at its floor, 0.5.
+        let mut last = g.limit();
+        for _ in 0..10 {
+            let l = g.limit();
+            let now = g.update(&ok(40, l));
+            assert!(now < last, "{now} < {last}");
+            last = now;
+        }
+        // (150 * 0.8 + (75 + 4) * 0.2) = 135.8 after one sample, ...
+        assert!(last < 70, "{last}");
+    }
+
+    #[test]
+    fn settles_where_latency_is_within_tolerance() {
+        // A service of 50 workers taking 10 ms: with `limit` in flight the
+        // RTT is 10 ms * max(1, limit / 50).
+        let mut g = measured(10);
+        for _ in 0..20_000 {
+            let l = g.limit();
+            let rtt = 10.0 * (l as f64 / 50.0).max(1.0);
+            g.update(&Sample {
+                rtt: Duration::from_secs_f64(rtt / 1000.0),
+                in_flight: l,
+                outcome: Outcome::Success,
+            });
+        }
+        let l = g.limit();
+        assert!((50..=80).contains(&l), "{l}");
+    }
+
+    #[test]
+    fn drops_back_off_and_respect_min() {
+        let mut g = measured(10);
+        for _ in 0..1000 {
+            let l = g.limit();
+            g.update(&ok(10, l));
+        }
+        assert_eq!(g.update(&dropped(10, 200)), 180);
+        for _ in 0..30 {
+            g.update(&dropped(10, 200));
+        }
+        assert_eq!(g.limit(), 20);
+    }
+
+    #[test]
+    fn ignored_is_no_sample() {
+        let mut g = measured(10);
+        for _ in 0..1000 {
+            assert_eq!(g.update(&ignored(1000, 20)), 20);
+        }
+        assert!(!g.is_probing());
+    }
+
+    #[test]
+    fn reprobes_periodically() {
+        let mut g = Gradient2::builder()
+            .min_limit(10)
+            .max_limit(20)
+            .probe_interval(10)
+            .probe_jitter(0.0)
+            .build()
+            .unwrap();
+        for _ in 0..50 {
+            g.update(&ok(10, 1));
+        }
+        // Ten round trips at limit 20: about 200 samples, then a probe.
+        let mut samples = 0;
+        while !g.is_probing() {
+            let l = g.limit();
+            g.update(&ok(10, l));
+            samples += 1;
+            assert!(samples <= 200, "no probe after {samples} samples");
+        }
+        assert!(samples >= 190, "{samples}");
+        assert_eq!(g.limit(), 3);
+        // The service got faster meanwhile: the new baseline is learned.
+        for _ in 0..50 {
+            g.update(&ok(4, 3));
+        }
+        assert_eq!(g.min_rtt(), Some(Duration::from_millis(4)));
+        assert_eq!(g.limit(), 20);
+    }
+
+    #[test]
+    fn relearns_a_service_that_got_permanently_slower() {
+        let mut g = measured(10);
+        for _ in 0..1000 {
+            let l = g.limit();
+            g.update(&ok(10, l));
+        }
+        assert_eq!(g.limit(), 200);
+        // Now every request takes 40 ms, at any concurrency. The limit
+        // falls to the minimum, sits there a few round trips, then a probe
+        // re-measures the minRTT and the limit grows again.
+        let mut probed = false;
+        for _ in 0..2000 {
+            let l = g.limit();
+            g.update(&ok(40, l));
+            probed |= g.is_probing();
+        }
+        assert!(probed);
+        assert_eq!(g.min_rtt(), Some(Duration::from_millis(40)));
+        assert_eq!(g.limit(), 200);
+    }
+
+    #[test]
+    fn respects_bounds() {
+        let mut g = Gradient2::builder()
+            .min_limit(5)
+            .initial_limit(5)
+            .max_limit(30)
+            .probe_jitter(0.0)
+            .build()
+            .unwrap();
+        for _ in 0..50 {
+            g.update(&ok(10, 1));
+        }
+        for _ in 0..500 {
+            let l = g.limit();
+            g.update(&ok(10, l));
+        }
+        assert_eq!(g.limit(), 30);
+        for _ in 0..20 {
+            let l = g.limit();
+            g.update(&ok(1000, l));
+            assert!(g.limit() >= 5 || g.is_probing());
+        }
+    }
+
+    #[test]
+    fn builder_names_the_bad_field() {
+        let e = |b: Gradient2Builder| b.build().unwrap_err().field().to_owned();
+        assert_eq!(e(Gradient2::builder().initial_limit(5)), "initial_limit");
+        assert_eq!(e(Gradient2::builder().max_limit(10)), "max_limit");
+        assert_eq!(e(Gradient2::builder().smoothing(0.0)), "smoothing");
+        assert_eq!(e(Gradient2::builder().rtt_tolerance(0.9)), "rtt_tolerance");
+        assert_eq!(e(Gradient2::builder().backoff_ratio(1.0)), "backoff_ratio");
+        assert_eq!(e(Gradient2::builder().probe_limit(0)), "probe_limit");
+        assert_eq!(e(Gradient2::builder().probe_limit(201)), "probe_limit");
+        assert_eq!(e(Gradient2::builder().probe_samples(0)), "probe_samples");
+        assert_eq!(e(Gradient2::builder().probe_interval(0)), "probe_interval");
+        assert_eq!(e(Gradient2::builder().probe_jitter(-0.1)), "probe_jitter");
+    }
+
+    #[cfg(feature = "config")]
+    #[test]
+    fn config_refuses_unknown_fields() {
+        let c: Gradient2Config =
+            serde_json::from_str(r#"{"probe_interval": 500, "queue_size": 8}"#).unwrap();
+        assert_eq!(c.probe_interval, 500);
+        assert!(c.build().is_ok());
+        assert!(serde_json::from_str::<Gradient2Config>(r#"{"long_window": 600}"#).is_err());
+    }
+}
