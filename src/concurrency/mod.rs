@@ -149,6 +149,9 @@ mod partition;
 mod queue;
 mod state;
 
+#[cfg(feature = "config")]
+mod config;
+
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -159,6 +162,10 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tower::{BoxError, Service};
 
+#[cfg(feature = "config")]
+pub use self::config::{
+    ConcurrencyConfig, FixedConfig, LimitConfig, PartitionsConfig, QueueConfig,
+};
 pub use self::future::ResponseFuture;
 pub use self::layer::{ConcurrencyLimitLayer, ConcurrencyLimitLayerBuilder, DEFAULT_NAME};
 pub use self::partition::{Criticality, RequestInfo};
