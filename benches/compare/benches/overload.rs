@@ -39,9 +39,11 @@
 //! bench `concurrency.rs`, not here. The clock has millisecond resolution,
 //! so latencies are whole milliseconds.
 
+use std::fmt::Write as _;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -50,9 +52,10 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{BoxError, Layer, Service, ServiceExt};
-use tower_rampart::concurrency::limit::{
-    Aimd, Fixed, Gradient2, LimitAlgorithm, Outcome, Sample, Vegas,
-};
+use tower_rampart::concurrency::ConcurrencyLimitLayer;
+use tower_rampart::concurrency::limit::{Aimd, Fixed, Gradient2, LimitAlgorithm, Vegas};
+use tower_rampart::rejection::ResponseBody;
+use tower_rampart::timeout::TimeoutLayer;
 
 /// Workers of the simulated service.
 const WORKERS: usize = 50;
@@ -105,12 +108,18 @@ impl Service<Req> for Sim {
     }
 }
 
-/// The service with the server's timeout: 200, or an `Elapsed` error.
-fn inner()
--> impl Service<Req, Response = Response<()>, Error = BoxError, Future: Send> + Clone + Send {
-    tower::timeout::TimeoutLayer::new(SERVER_TIMEOUT).layer(Sim {
-        workers: Arc::new(Semaphore::new(WORKERS)),
-    })
+/// What the server's stack answers: the simulated service behind the
+/// crate's own timeout layer (504 with its refusal marker, which the
+/// concurrency layer reads as a drop).
+type Inner = Response<ResponseBody<()>>;
+
+/// The service with the server's timeout.
+fn inner() -> impl Service<Req, Response = Inner, Error = BoxError, Future: Send> + Clone + Send {
+    TimeoutLayer::new(SERVER_TIMEOUT)
+        .expect("timeout")
+        .layer(Sim {
+            workers: Arc::new(Semaphore::new(WORKERS)),
+        })
 }
 
 // ---------------------------------------------------------------------------
@@ -169,9 +178,9 @@ impl Strategy {
 }
 
 /// Maps a tower stack's answers to statuses.
-fn boxed<S>(svc: S) -> Svc
+fn boxed<S, B>(svc: S) -> Svc
 where
-    S: Service<Req, Response = Response<()>, Error = BoxError> + Clone + Send + 'static,
+    S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     BoxCloneService::new(svc.map_result(|r| match r {
@@ -179,112 +188,23 @@ where
         Err(e) if e.is::<tower::load_shed::error::Overloaded>() => {
             Ok(StatusCode::SERVICE_UNAVAILABLE)
         }
-        Err(e) if e.is::<tower::timeout::error::Elapsed>() => Ok(StatusCode::GATEWAY_TIMEOUT),
         Err(e) => Err(e),
     }))
 }
 
-/// Our limit around `inner`.
+/// The crate's `ConcurrencyLimitLayer` with `limit` (its defaults otherwise)
+/// around `inner`.
 fn ours<S>(limit: impl LimitAlgorithm, inner: S) -> Svc
 where
-    S: Service<Req, Response = Response<()>, Error = BoxError> + Clone + Send + 'static,
+    S: Service<Req, Response = Inner, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    boxed(sketch::Limited::new(limit, inner))
-}
-
-/// A stand-in for the concurrency layer until it lands.
-mod sketch {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    struct Shared {
-        algo: Mutex<Box<dyn LimitAlgorithm>>,
-        limit: AtomicUsize,
-        in_flight: AtomicUsize,
-    }
-
-    #[derive(Clone)]
-    pub struct Limited<S> {
-        shared: Arc<Shared>,
-        inner: S,
-    }
-
-    impl<S> Limited<S> {
-        pub fn new(algo: impl LimitAlgorithm, inner: S) -> Self {
-            let limit = algo.initial_limit();
-            Self {
-                shared: Arc::new(Shared {
-                    algo: Mutex::new(Box::new(algo)),
-                    limit: AtomicUsize::new(limit),
-                    in_flight: AtomicUsize::new(0),
-                }),
-                inner,
-            }
-        }
-    }
-
-    struct Guard {
-        shared: Arc<Shared>,
-        start: Instant,
-        in_flight: usize,
-        outcome: Outcome,
-    }
-
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-            let sample = Sample {
-                rtt: self.start.elapsed(),
-                in_flight: self.in_flight,
-                outcome: self.outcome,
-            };
-            let limit = self.shared.algo.lock().unwrap().update(&sample);
-            self.shared.limit.store(limit, Ordering::Release);
-        }
-    }
-
-    impl<S> Service<Req> for Limited<S>
-    where
-        S: Service<Req, Response = Response<()>, Error = BoxError> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-    {
-        type Response = Response<()>;
-        type Error = BoxError;
-        type Future = Pin<Box<dyn Future<Output = Result<Response<()>, BoxError>> + Send>>;
-
-        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-            self.inner.poll_ready(cx)
-        }
-
-        fn call(&mut self, req: Req) -> Self::Future {
-            let n = self.shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-            if n > self.shared.limit.load(Ordering::Acquire) {
-                self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-                return Box::pin(async {
-                    let mut res = Response::new(());
-                    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                    Ok(res)
-                });
-            }
-            let guard = Guard {
-                shared: self.shared.clone(),
-                start: Instant::now(),
-                in_flight: n,
-                outcome: Outcome::Ignored,
-            };
-            let fut = self.inner.call(req);
-            Box::pin(async move {
-                let mut guard = guard;
-                let r = fut.await;
-                guard.outcome = match &r {
-                    Ok(_) => Outcome::Success,
-                    Err(_) => Outcome::Dropped,
-                };
-                r
-            })
-        }
-    }
+    let layer = ConcurrencyLimitLayer::builder()
+        .name("overload")
+        .limit(limit)
+        .build()
+        .expect("layer");
+    boxed(layer.layer(inner))
 }
 
 // ---------------------------------------------------------------------------
@@ -432,9 +352,275 @@ fn main() {
                 .start_paused(true)
                 .build()
                 .expect("runtime");
-            let row = rt.block_on(run(strategy, load, seconds));
-            println!("{row:?}");
-            rows.push(row);
+            rows.push(rt.block_on(run(strategy, load, seconds)));
         }
     }
+    println!(
+        "{WORKERS} workers x {}..={} ms: capacity {CAPACITY:.0} req/s; deadline {} ms; \
+         {} s per run, the first {} s not counted\n",
+        SERVICE_MS.0,
+        SERVICE_MS.1,
+        DEADLINE.as_millis(),
+        seconds,
+        WARMUP_MS / 1000
+    );
+    print!("{}", markdown(&rows));
+    println!();
+    verdicts(&rows);
+
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"))
+        .join("overload");
+    std::fs::create_dir_all(&out).expect("output dir");
+    std::fs::write(out.join("overload.csv"), csv(&rows)).expect("csv");
+    std::fs::write(out.join("overload.json"), json(&rows)).expect("json");
+    println!("\nwrote {}/overload.{{csv,json}}", out.display());
+    let png = workspace.join("docs/overload.png");
+    match plot(&rows, &png) {
+        Ok(()) => println!("drew {}", png.display()),
+        Err(e) => println!("no plot: {e}"),
+    }
+}
+
+fn markdown(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| strategy | offered load | goodput (req/s) | goodput / capacity | shed | late | p50 admitted | p99 admitted |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {}x ({:.0}/s) | {:.0} | {:.1} % | {:.1} % | {:.1} % | {} ms | {} ms |",
+            r.strategy,
+            r.load,
+            r.offered_rps,
+            r.goodput_rps,
+            r.goodput_pct_capacity,
+            r.shed_pct,
+            r.late_pct,
+            r.p50_ms,
+            r.p99_ms
+        );
+    }
+    s
+}
+
+fn csv(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "strategy,load,offered_rps,goodput_rps,goodput_pct_capacity,shed_pct,late_pct,p50_ms,p99_ms\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{},{},{:.1},{:.1},{:.2},{:.2},{:.2},{},{}",
+            r.strategy,
+            r.load,
+            r.offered_rps,
+            r.goodput_rps,
+            r.goodput_pct_capacity,
+            r.shed_pct,
+            r.late_pct,
+            r.p50_ms,
+            r.p99_ms
+        );
+    }
+    s
+}
+
+fn json(rows: &[Row]) -> String {
+    let items: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "  {{\"strategy\": \"{}\", \"load\": {}, \"offered_rps\": {:.1}, \"goodput_rps\": {:.1}, \
+                 \"goodput_pct_capacity\": {:.2}, \"shed_pct\": {:.2}, \"late_pct\": {:.2}, \
+                 \"p50_ms\": {}, \"p99_ms\": {}}}",
+                r.strategy,
+                r.load,
+                r.offered_rps,
+                r.goodput_rps,
+                r.goodput_pct_capacity,
+                r.shed_pct,
+                r.late_pct,
+                r.p50_ms,
+                r.p99_ms
+            )
+        })
+        .collect();
+    format!("[\n{}\n]\n", items.join(",\n"))
+}
+
+/// The issue's targets, checked on this run.
+fn verdicts(rows: &[Row]) {
+    let at = |strategy: Strategy, load: f64| {
+        rows.iter()
+            .find(|r| r.strategy == strategy.name() && r.load == load)
+            .expect("row")
+    };
+    let uncongested_p99 = at(Strategy::NoLimit, 0.5).p99_ms;
+    let adaptive = [Strategy::Aimd, Strategy::Vegas, Strategy::Gradient2];
+    let best = adaptive
+        .iter()
+        .map(|&s| at(s, 4.0))
+        .max_by(|a, b| a.goodput_rps.total_cmp(&b.goodput_rps))
+        .expect("rows");
+    let meets = |r: &Row| r.goodput_pct_capacity >= 90.0 && r.p99_ms <= 2 * uncongested_p99;
+    println!(
+        "uncongested p99 (no limit, 0.5x): {uncongested_p99} ms; target at 4x: goodput >= 90 % of capacity, p99 <= {} ms",
+        2 * uncongested_p99
+    );
+    for &s in &adaptive {
+        let r = at(s, 4.0);
+        println!(
+            "  {:<20} at 4x: {:5.1} % of capacity, p99 {:3} ms: {}",
+            r.strategy,
+            r.goodput_pct_capacity,
+            r.p99_ms,
+            if meets(r) {
+                "meets the target"
+            } else {
+                "misses the target"
+            }
+        );
+    }
+    println!(
+        "best adaptive at 4x: {} ({})",
+        best.strategy,
+        if meets(best) {
+            "target met"
+        } else {
+            "target NOT met"
+        }
+    );
+    let none = at(Strategy::NoLimit, 4.0);
+    println!(
+        "no limit at 4x: {:.1} % of capacity ({})",
+        none.goodput_pct_capacity,
+        if none.goodput_pct_capacity < 10.0 {
+            "collapsed"
+        } else {
+            "did not collapse"
+        }
+    );
+}
+
+/// Goodput and p99 against offered load, one line per strategy, two panels.
+fn plot(rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    use plotters::style::FontStyle;
+
+    let font = std::env::var_os("OVERLOAD_FONT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into());
+    let bytes = std::fs::read(&font)
+        .map_err(|e| format!("{}: {e} (set OVERLOAD_FONT to a .ttf file)", font.display()))?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into()))
+        .map_err(|_| format!("{}: not a TrueType font", font.display()))?;
+
+    let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(700);
+    let colors = [
+        RGBColor(120, 120, 120),
+        RGBColor(230, 159, 0),
+        RGBColor(86, 180, 233),
+        RGBColor(0, 158, 115),
+        RGBColor(204, 121, 167),
+        RGBColor(213, 94, 0),
+        RGBColor(0, 114, 178),
+    ];
+    let uncongested_p99 = rows
+        .iter()
+        .find(|r| r.strategy == Strategy::NoLimit.name() && r.load == 0.5)
+        .map_or(0, |r| r.p99_ms) as f64;
+    type Pick = fn(&Row) -> f64;
+    type Panel<'a, 'b> = (
+        &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+        &'static str,
+        &'static str,
+        f64,
+        Pick,
+        (f64, String),
+        bool,
+    );
+    let panels: [Panel<'_, '_>; 2] = [
+        (
+            &left,
+            "Goodput (200 within the 100 ms deadline)",
+            "requests/s",
+            CAPACITY * 1.6,
+            |r: &Row| r.goodput_rps,
+            (CAPACITY, "capacity".to_owned()),
+            true,
+        ),
+        (
+            &right,
+            "p99 latency of admitted requests",
+            "ms",
+            110.0,
+            |r: &Row| r.p99_ms as f64,
+            (
+                2.0 * uncongested_p99,
+                "target: 2x the uncongested p99".to_owned(),
+            ),
+            false,
+        ),
+    ];
+    for (area, title, y_desc, y_max, pick, (reference, ref_label), legend) in panels {
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(42)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0.0..4.3f64, 0.0..y_max)?;
+        chart
+            .configure_mesh()
+            .x_desc("offered load (x capacity, open loop)")
+            .y_desc(y_desc)
+            .x_label_formatter(&|x| format!("{x}x"))
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 15))
+            .draw()?;
+        chart.draw_series(LineSeries::new(
+            [(0.0, reference), (4.3, reference)],
+            BLACK.mix(0.35).stroke_width(1),
+        ))?;
+        chart.draw_series(std::iter::once(Text::new(
+            ref_label,
+            (2.6, reference + y_max * 0.015),
+            ("sans-serif", 13).into_font().color(&BLACK.mix(0.6)),
+        )))?;
+        for (i, strategy) in STRATEGIES.iter().enumerate() {
+            let color = colors[i % colors.len()];
+            let points: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.strategy == strategy.name())
+                .map(|r| (r.load, pick(r)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                .label(strategy.name())
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            chart.draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, color.filled())),
+            )?;
+        }
+        if legend {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .label_font(("sans-serif", 13))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.3))
+                .draw()?;
+        }
+    }
+    root.present()?;
+    Ok(())
 }
