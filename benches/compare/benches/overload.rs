@@ -6,7 +6,7 @@
 //! `target/overload/overload.{csv,json}` and draws `docs/overload.png`.
 //!
 //! Run: `cargo bench -p tower-rampart-benches --bench overload`
-//! (about a minute; `OVERLOAD_SECONDS` shortens or lengthens each run,
+//! (about 15 s after the build; `OVERLOAD_SECONDS` shortens or lengthens each run,
 //! `OVERLOAD_FONT` names the TTF for the plot's text, default DejaVu Sans).
 //!
 //! # The model
@@ -369,6 +369,7 @@ fn main() {
     verdicts(&rows);
 
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let workspace = workspace.canonicalize().unwrap_or(workspace);
     let out = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"))
