@@ -34,6 +34,7 @@ use crate::ConfigError;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Aimd {
+    initial: usize,
     limit: usize,
     min_limit: usize,
     max_limit: usize,
@@ -62,7 +63,7 @@ impl Default for Aimd {
 
 impl LimitAlgorithm for Aimd {
     fn initial_limit(&self) -> usize {
-        self.limit
+        self.initial
     }
 
     fn update(&mut self, sample: &Sample) -> usize {
@@ -87,6 +88,7 @@ impl Aimd {
 
     fn from_valid(config: &AimdConfig) -> Self {
         Self {
+            initial: config.initial_limit,
             limit: config.initial_limit,
             min_limit: config.min_limit,
             max_limit: config.max_limit,

@@ -64,6 +64,10 @@ use crate::ConfigError;
 ///   per round trip (after smoothing) while latency is well under
 ///   tolerance.
 ///
+/// `max_limit` is Netflix's 200: raise it for a service that can work on
+/// more than 200 requests at once, or the cap leaves part of it idle (the
+/// limit would settle near `rtt_tolerance` times that concurrency).
+///
 /// A [`Dropped`](Outcome::Dropped) request multiplies the limit by
 /// `backoff_ratio` (0.9, as [`Aimd`](super::Aimd); Netflix's gradient
 /// ignores drops) at the end of its round trip, once however many requests
@@ -213,8 +217,9 @@ impl Default for Gradient2 {
 }
 
 impl LimitAlgorithm for Gradient2 {
+    /// `probe_limit`: the algorithm starts by measuring the minRTT.
     fn initial_limit(&self) -> usize {
-        self.limit()
+        self.config.probe_limit
     }
 
     fn update(&mut self, sample: &Sample) -> usize {
