@@ -1,9 +1,9 @@
 //! Limit algorithms: how many requests may be in flight, learned from what
 //! admitted requests experienced.
 //!
-//! The layer owns admission (an atomic in-flight count checked against
-//! [`LimitAlgorithm::limit`]); an algorithm only sees one [`Sample`] per
-//! finished request and answers the new limit. The layer calls
+//! The layer owns admission (an atomic in-flight count checked against the
+//! limit the algorithm last returned); an algorithm only sees one
+//! [`Sample`] per finished request and answers the new limit. The layer calls
 //! [`LimitAlgorithm::update`] under a short synchronous lock, once per
 //! finished request, never on the admit path.
 //!
