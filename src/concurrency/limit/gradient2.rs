@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::{Jitter, LimitAlgorithm, Outcome, Sample, check_bounds, check_range, nanos, whole};
+use super::baseline::{MinRtt, ProbeSettings, Window};
+use super::{LimitAlgorithm, Outcome, Sample, check_bounds, check_range, whole};
 use crate::ConfigError;
 
 /// The gradient algorithm: once per round trip (a window of `limit`
@@ -104,36 +105,11 @@ use crate::ConfigError;
 pub struct Gradient2 {
     config: Gradient2Config,
     limit: f64,
-    min_rtt: Option<f64>,
-    /// While probing: the minRTT samples so far (capacity `probe_samples`,
-    /// allocated once).
-    probe: Vec<Duration>,
-    probing: bool,
-    /// The limit to resume at after a probe.
-    resume: f64,
+    min_rtt: MinRtt,
     /// The current round trip's samples.
     window: Window,
-    /// Round trips since the last probe, and the count that triggers the
-    /// next one.
-    rounds: u32,
-    rounds_to_probe: f64,
-    /// Round trips spent at `min_limit` in a row.
-    rounds_at_min: u32,
-    jitter: Jitter,
 }
 
-/// One round trip's samples, summed.
-#[derive(Clone, Debug, Default)]
-struct Window {
-    successes: usize,
-    drops: usize,
-    rtt_sum: f64,
-    max_in_flight: usize,
-}
-
-/// Round trips at `min_limit` after which the minRTT is re-measured
-/// (Envoy: 5 sampling windows).
-const ROUNDS_AT_MIN_BEFORE_PROBE: u32 = 5;
 /// The gradient's floor (Netflix, Envoy): at most halve per round trip.
 const MIN_GRADIENT: f64 = 0.5;
 /// The gradient's ceiling (Envoy): at most double per round trip.
@@ -147,8 +123,8 @@ impl Gradient2 {
 
     /// The current limit.
     pub fn limit(&self) -> usize {
-        if self.probing {
-            self.config.probe_limit
+        if self.min_rtt.is_probing() {
+            self.min_rtt.probe_limit()
         } else {
             whole(self.limit)
         }
@@ -156,52 +132,22 @@ impl Gradient2 {
 
     /// The baseline RTT (`None` until the first probe completes).
     pub fn min_rtt(&self) -> Option<Duration> {
-        self.min_rtt.map(|n| Duration::from_nanos(n as u64))
+        self.min_rtt.get()
     }
 
     /// Whether the minRTT is being measured (the limit is pinned to
     /// `probe_limit`).
     pub fn is_probing(&self) -> bool {
-        self.probing
+        self.min_rtt.is_probing()
     }
 
     fn from_valid(config: &Gradient2Config) -> Self {
-        let mut g = Self {
+        Self {
             config: config.clone(),
             limit: config.initial_limit as f64,
-            min_rtt: None,
-            probe: Vec::with_capacity(config.probe_samples),
-            probing: false,
-            resume: config.initial_limit as f64,
+            min_rtt: MinRtt::new(config.probe_settings()),
             window: Window::default(),
-            rounds: 0,
-            rounds_to_probe: 0.0,
-            rounds_at_min: 0,
-            jitter: Jitter::new(),
-        };
-        g.start_probe();
-        g
-    }
-
-    fn start_probe(&mut self) {
-        self.probing = true;
-        self.resume = self.limit;
-        self.probe.clear();
-        self.window = Window::default();
-    }
-
-    fn finish_probe(&mut self) {
-        let mid = self.probe.len() / 2;
-        let (_, median, _) = self.probe.select_nth_unstable(mid);
-        self.min_rtt = Some(nanos(*median));
-        self.probe.clear();
-        self.probing = false;
-        self.limit = self.resume;
-        self.rounds = 0;
-        self.rounds_at_min = 0;
-        self.rounds_to_probe = self
-            .jitter
-            .shorten(self.config.probe_interval as f64, self.config.probe_jitter);
+        }
     }
 
     fn clamp(&self, limit: f64) -> f64 {
@@ -223,28 +169,10 @@ impl LimitAlgorithm for Gradient2 {
     }
 
     fn update(&mut self, sample: &Sample) -> usize {
-        if self.probing {
-            // Only requests admitted at low concurrency measure the
-            // service unloaded; the ones admitted before the pin are
-            // still draining and are not counted, nor are drops.
-            if sample.outcome == Outcome::Success && sample.in_flight <= self.config.probe_limit {
-                self.probe.push(sample.rtt);
-                if self.probe.len() >= self.config.probe_samples {
-                    self.finish_probe();
-                }
-            }
-            return self.limit();
-        }
-        match sample.outcome {
-            Outcome::Ignored => return self.limit(),
-            Outcome::Dropped => self.window.drops += 1,
-            Outcome::Success => {
-                self.window.successes += 1;
-                self.window.rtt_sum += nanos(sample.rtt);
-            }
-        }
-        self.window.max_in_flight = self.window.max_in_flight.max(sample.in_flight);
-        if self.window.successes + self.window.drops >= whole(self.limit) {
+        if self.min_rtt.is_probing() {
+            // The limit resumes where it was when the probe ends.
+            self.min_rtt.feed(sample);
+        } else if self.window.add(sample, whole(self.limit)) {
             self.end_window();
         }
         self.limit()
@@ -255,36 +183,24 @@ impl Gradient2 {
     /// One round trip's worth of samples is in: move the limit once.
     fn end_window(&mut self) {
         let window = std::mem::take(&mut self.window);
-        let Some(min_rtt) = self.min_rtt else {
+        let Some(min_rtt) = self.min_rtt.nanos() else {
             unreachable!("not probing, so a minRTT was measured");
         };
-        // Netflix's guard against growing while idle: a limit not in use
-        // says nothing about the service.
-        let in_use = (window.max_in_flight as f64) >= self.limit / 2.0;
+        let in_use = window.in_use(self.limit);
         if window.drops > 0 {
             // One back-off per round trip, however many requests of that
             // round trip timed out (TCP's one reduction per window).
             self.limit = self.clamp(self.limit * self.config.backoff_ratio);
-        } else if in_use {
-            let rtt = window.rtt_sum / window.successes as f64;
+        } else if let (true, Some(rtt)) = (in_use, window.mean_rtt()) {
             let gradient =
                 (self.config.rtt_tolerance * min_rtt / rtt).clamp(MIN_GRADIENT, MAX_GRADIENT);
             let new = self.limit * gradient + self.config.queue_size as f64;
             let s = self.config.smoothing;
             self.limit = self.clamp((1.0 - s) * self.limit + s * new);
         }
-        self.rounds += 1;
         // Stuck at the minimum while in use: the baseline may be stale.
-        if self.limit <= self.config.min_limit as f64 && (in_use || window.drops > 0) {
-            self.rounds_at_min += 1;
-        } else {
-            self.rounds_at_min = 0;
-        }
-        if f64::from(self.rounds) >= self.rounds_to_probe
-            || self.rounds_at_min >= ROUNDS_AT_MIN_BEFORE_PROBE
-        {
-            self.start_probe();
-        }
+        let stuck = self.limit <= self.config.min_limit as f64 && (in_use || window.drops > 0);
+        self.min_rtt.end_round(stuck);
     }
 }
 
@@ -364,28 +280,16 @@ impl Gradient2Config {
         check_range("smoothing", self.smoothing, 0.0, 1.0, true)?;
         check_range("rtt_tolerance", self.rtt_tolerance, 1.0, 100.0, true)?;
         check_range("backoff_ratio", self.backoff_ratio, 0.5, 1.0, false)?;
-        if self.probe_limit == 0 || self.probe_limit > self.max_limit {
-            return Err(ConfigError::new(
-                "probe_limit",
-                format!(
-                    "must be between 1 and `max_limit` ({}), found {}",
-                    self.max_limit, self.probe_limit
-                ),
-            ));
+        self.probe_settings().validate(self.max_limit)
+    }
+
+    fn probe_settings(&self) -> ProbeSettings {
+        ProbeSettings {
+            limit: self.probe_limit,
+            samples: self.probe_samples,
+            interval: self.probe_interval,
+            jitter: self.probe_jitter,
         }
-        if self.probe_samples == 0 || self.probe_samples > 10_000 {
-            return Err(ConfigError::new(
-                "probe_samples",
-                format!("must be between 1 and 10000, found {}", self.probe_samples),
-            ));
-        }
-        if self.probe_interval == 0 {
-            return Err(ConfigError::new(
-                "probe_interval",
-                crate::config_util::MUST_BE_POSITIVE,
-            ));
-        }
-        check_range("probe_jitter", self.probe_jitter, 0.0, 1.0, false)
     }
 
     /// Builds the algorithm (validated first).

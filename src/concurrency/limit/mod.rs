@@ -42,6 +42,7 @@ use std::time::Duration;
 use crate::ConfigError;
 
 mod aimd;
+mod baseline;
 mod gradient2;
 mod vegas;
 
