@@ -15,8 +15,8 @@ use crate::ConfigError;
 /// 20, `max_limit` 200, `backoff_ratio` 0.9, `timeout` 5 s. It needs no
 /// latency baseline, so it never probes; it only moves when requests fail
 /// or become very slow, so under overload it lets latency grow up to the
-/// point where requests time out. Prefer [`Gradient2`](super::Gradient2)
-/// to keep latency low; use `Aimd` where the service signals overload
+/// point where requests time out. Prefer [`Vegas`](super::Vegas) or
+/// [`Gradient2`](super::Gradient2) to keep latency low; use `Aimd` where the service signals overload
 /// itself (429/503 from a downstream, timeouts).
 ///
 /// "In use" is Netflix's rule against growing while idle: a success grows
@@ -34,6 +34,7 @@ use crate::ConfigError;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Aimd {
+    initial: usize,
     limit: usize,
     min_limit: usize,
     max_limit: usize,
@@ -62,7 +63,7 @@ impl Default for Aimd {
 
 impl LimitAlgorithm for Aimd {
     fn initial_limit(&self) -> usize {
-        self.limit
+        self.initial
     }
 
     fn update(&mut self, sample: &Sample) -> usize {
@@ -87,6 +88,7 @@ impl Aimd {
 
     fn from_valid(config: &AimdConfig) -> Self {
         Self {
+            initial: config.initial_limit,
             limit: config.initial_limit,
             min_limit: config.min_limit,
             max_limit: config.max_limit,

@@ -1,9 +1,9 @@
 //! Limit algorithms: how many requests may be in flight, learned from what
 //! admitted requests experienced.
 //!
-//! The layer owns admission (an atomic in-flight count checked against
-//! [`LimitAlgorithm::limit`]); an algorithm only sees one [`Sample`] per
-//! finished request and answers the new limit. The layer calls
+//! The layer owns admission (an atomic in-flight count checked against the
+//! limit the algorithm last returned); an algorithm only sees one
+//! [`Sample`] per finished request and answers the new limit. The layer calls
 //! [`LimitAlgorithm::update`] under a short synchronous lock, once per
 //! finished request, never on the admit path.
 //!
@@ -11,13 +11,14 @@
 //! |---|---|---|---|
 //! | [`Fixed`] | nothing (a bulkhead) | - | - |
 //! | [`Aimd`] | drops (timeouts, downstream refusals) and a latency ceiling | none | Netflix `AIMDLimit` |
-//! | [`Vegas`] | the queue estimated from RTT against the no-load RTT | minimum RTT, re-taken every `probe_multiplier x limit` samples | Netflix `VegasLimit` |
-//! | [`Gradient2`] | the ratio of the baseline RTT to each RTT | minRTT measured at pinned low concurrency, re-probed every `probe_interval` round trips | Netflix `Gradient2Limit`, Envoy's adaptive concurrency filter |
+//! | [`Vegas`] | the queue estimated from each round trip's mean RTT against the no-load RTT | median RTT at pinned low concurrency, re-probed every `probe_interval` round trips | Netflix `VegasLimit`, Envoy's minRTT |
+//! | [`Gradient2`] | the ratio of the baseline RTT to each round trip's mean RTT | the same | Netflix `Gradient2Limit`, Envoy's adaptive concurrency filter |
 //!
 //! Every algorithm treats the outcomes the same way: a
 //! [`Success`](Outcome::Success) is a latency sample, a
 //! [`Dropped`](Outcome::Dropped) request (a timeout, a downstream refusal)
-//! multiplies the limit by a `backoff_ratio` at once, and an
+//! multiplies the limit by a `backoff_ratio` (at once for [`Aimd`], once
+//! per round trip for the latency-driven two), and an
 //! [`Ignored`](Outcome::Ignored) one (a client's cancellation) is no sample
 //! at all: a client that hangs up cannot move the limit.
 //!
@@ -26,10 +27,13 @@
 //! A [`Sample`] carries a duration, not a clock reading, so the periodic
 //! parts (re-probing the baseline) count samples. Divided by the limit, a
 //! count of samples is a count of round trips: with `limit` requests in
-//! flight, about `limit` complete per round trip (Little's law). "Every
-//! 2000 round trips" is the unit congestion control thinks in, it needs no
-//! clock on the update path, and it stops when traffic stops, which is
-//! right: with no traffic nothing can have changed that a probe would see.
+//! flight, about `limit` complete per round trip (Little's law). So
+//! [`Vegas`] and [`Gradient2`] gather `limit` samples (one round trip) and
+//! move the limit once on their mean RTT, and re-probe their baseline every
+//! `probe_interval` such windows. The round trip is the unit congestion
+//! control thinks in, it needs no clock on the update path, and it stops
+//! when traffic stops, which is right: with no traffic nothing can have
+//! changed that a probe would see.
 //!
 //! # Defaults
 //!
@@ -42,6 +46,7 @@ use std::time::Duration;
 use crate::ConfigError;
 
 mod aimd;
+mod baseline;
 mod gradient2;
 mod vegas;
 

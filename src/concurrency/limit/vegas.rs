@@ -1,19 +1,21 @@
 //! [`Vegas`]: TCP Vegas applied to concurrency, the queue estimated from
 //! the RTT against the no-load RTT.
 
-use super::{Jitter, LimitAlgorithm, Outcome, Sample, check_bounds, check_range, nanos, whole};
+use std::time::Duration;
+
+use super::baseline::{MinRtt, ProbeSettings, Window};
+use super::{LimitAlgorithm, Outcome, Sample, check_bounds, check_range, whole};
 use crate::ConfigError;
 
-/// TCP Vegas for requests: from each RTT and the no-load RTT (the smallest
-/// seen), estimate how many requests are queued,
-/// `queue = ceil(limit * (1 - rtt_noload / rtt))`, and keep it between
-/// `alpha` and `beta`.
+/// TCP Vegas for requests: from the RTT and the no-load RTT, estimate how
+/// many requests are queued, `queue = ceil(limit * (1 - rtt_noload / rtt))`,
+/// and keep it between `alpha` and `beta`.
 ///
-/// This is Netflix's `VegasLimit.java` (concurrency-limits), with its
-/// defaults: `initial_limit` 20, `max_limit` 1000, `smoothing` 1.0,
-/// `alpha = 3 * log10(limit)`, `beta = 6 * log10(limit)`, threshold
-/// `log10(limit)` (each `log10` at least 1). Per success admitted with at
-/// least half the limit in flight:
+/// The control law and its defaults are Netflix's `VegasLimit.java`
+/// (concurrency-limits): `initial_limit` 20, `max_limit` 1000, `smoothing`
+/// 1.0, `alpha = 3 * log10(limit)`, `beta = 6 * log10(limit)`, threshold
+/// `log10(limit)` (each `log10` at least 1). Once per round trip in which
+/// at least half the limit was in flight:
 ///
 /// - `queue <= threshold`: grow fast, `limit + beta`;
 /// - `queue < alpha`: grow, `limit + log10(limit)`;
@@ -23,25 +25,35 @@ use crate::ConfigError;
 /// The new limit is clamped to the bounds, then smoothed:
 /// `(1 - smoothing) * limit + smoothing * new`.
 ///
-/// Re-probing, as Netflix does it: every `probe_multiplier * limit`
-/// successes (shortened at random by up to `probe_jitter`, default half,
-/// so replicas do not probe together) the next RTT replaces the no-load
-/// RTT, and smaller RTTs lower it again from there. A service that got
-/// permanently slower is therefore re-learned within about
-/// `probe_multiplier` round trips.
+/// # Where it differs from Netflix
 ///
-/// Deviations from Netflix, for this crate's outcome contract: a
-/// [`Dropped`](Outcome::Dropped) request multiplies the limit by
-/// `backoff_ratio` (0.9, as [`Aimd`](super::Aimd)) instead of subtracting
-/// `log10(limit)`, a strong back-off; an [`Ignored`](Outcome::Ignored) one
-/// is no sample; and a `min_limit` bound exists (default 1, Netflix's
-/// floor).
+/// Netflix's class updates on every sample, against the smallest RTT ever
+/// seen, re-taken every `30 * limit` samples from whatever the next sample
+/// is. Measured in the overload experiment (`benches/README.md`,
+/// "Overload"), that wastes capacity: with service times spread over 15 to
+/// 25 ms the fastest sample is 15 ms, most uncongested samples then look
+/// queued, and the limit settled near 30 for a service of 50 workers (58 %
+/// of capacity at every overload). So, as [`Gradient2`](super::Gradient2):
 ///
-/// Vegas reads every sample against the *smallest* RTT, so a service whose
-/// latency varies a lot from request to request looks queued when it is
-/// not and the limit settles low; [`Gradient2`](super::Gradient2) compares
-/// against a median and tolerates variance. The overload experiment in
-/// `benches/README.md` shows both.
+/// - `rtt` is the **mean RTT of a round trip** (a window of `limit`
+///   samples; Netflix's `WindowedLimit`, Envoy's sampling window), and the
+///   limit moves once per round trip;
+/// - `rtt_noload` is the **median RTT at pinned low concurrency**, Envoy's
+///   minRTT: the limit is pinned to `probe_limit` (3) until `probe_samples`
+///   (50) requests admitted with at most that many in flight have
+///   completed; then it resumes where it was. This happens at the start
+///   (so [`initial_limit`](LimitAlgorithm::initial_limit) is
+///   `probe_limit`), every `probe_interval` round trips (2000, shortened
+///   at random by up to `probe_jitter`, 0.1), and early when the limit has
+///   sat at `min_limit` for 5 round trips: a service that got permanently
+///   slower is re-learned within `probe_interval` round trips at most. Netflix's re-probe, which takes the next RTT as
+///   the no-load RTT, would under sustained overload take a queued RTT and
+///   let latency ratchet upward with every probe;
+/// - a [`Dropped`](Outcome::Dropped) request multiplies the limit by
+///   `backoff_ratio` (0.9, as [`Aimd`](super::Aimd)) once per round trip,
+///   instead of subtracting `log10(limit)`: a strong back-off; an
+///   [`Ignored`](Outcome::Ignored) one is no sample; and a `min_limit`
+///   bound exists (default 1, Netflix's floor).
 ///
 /// ```
 /// use std::time::Duration;
@@ -53,18 +65,24 @@ use crate::ConfigError;
 ///     in_flight,
 ///     outcome: Outcome::Success,
 /// };
-/// vegas.update(&sample(10, 10)); // the first RTT is the no-load RTT
-/// assert_eq!(vegas.update(&sample(10, 10)), 16); // no queue: + beta
+/// assert_eq!(vegas.initial_limit(), 3); // measuring the no-load RTT first
+/// for _ in 0..50 {
+///     vegas.update(&sample(10, 1));
+/// }
+/// assert_eq!(vegas.limit(), 10);
+/// // One round trip (10 samples) with no queue: + beta (6 * log10(10)).
+/// for _ in 0..10 {
+///     vegas.update(&sample(10, 10));
+/// }
+/// assert_eq!(vegas.limit(), 16);
 /// # Ok::<(), tower_rampart::ConfigError>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct Vegas {
     config: VegasConfig,
     limit: f64,
-    rtt_noload: f64,
-    probe_count: u64,
-    probe_at: f64,
-    jitter: Jitter,
+    rtt_noload: MinRtt,
+    window: Window,
 }
 
 /// Netflix's `Log10RootIntFunction`: `floor(log10(n))`, at least 1.
@@ -80,97 +98,94 @@ impl Vegas {
 
     /// The current limit.
     pub fn limit(&self) -> usize {
-        whole(self.limit)
+        if self.rtt_noload.is_probing() {
+            self.rtt_noload.probe_limit()
+        } else {
+            whole(self.limit)
+        }
     }
 
-    /// The no-load RTT the queue is estimated against (zero before the
-    /// first sample).
-    pub fn rtt_noload(&self) -> std::time::Duration {
-        std::time::Duration::from_nanos(self.rtt_noload as u64)
+    /// The no-load RTT the queue is estimated against (`None` until the
+    /// first probe ends).
+    pub fn rtt_noload(&self) -> Option<Duration> {
+        self.rtt_noload.get()
+    }
+
+    /// Whether the no-load RTT is being measured (the limit is pinned to
+    /// `probe_limit`).
+    pub fn is_probing(&self) -> bool {
+        self.rtt_noload.is_probing()
     }
 
     fn from_valid(config: &VegasConfig) -> Self {
-        let mut vegas = Self {
+        Self {
             config: config.clone(),
             limit: config.initial_limit as f64,
-            rtt_noload: 0.0,
-            probe_count: 0,
-            probe_at: 0.0,
-            jitter: Jitter::new(),
+            rtt_noload: MinRtt::new(config.probe_settings()),
+            window: Window::default(),
+        }
+    }
+
+    fn clamp(&self, limit: f64) -> f64 {
+        limit.clamp(self.config.min_limit as f64, self.config.max_limit as f64)
+    }
+
+    /// One round trip's worth of samples is in: move the limit once.
+    fn end_window(&mut self) {
+        let window = std::mem::take(&mut self.window);
+        let Some(noload) = self.rtt_noload.nanos() else {
+            unreachable!("not probing, so a no-load RTT was measured");
         };
-        vegas.reset_probe();
-        vegas
-    }
-
-    fn reset_probe(&mut self) {
-        self.probe_count = 0;
-        self.probe_at = self.jitter.shorten(
-            self.config.probe_multiplier as f64,
-            self.config.probe_jitter,
-        );
-    }
-
-    fn set(&mut self, new: f64) -> usize {
-        let clamped = new.clamp(self.config.min_limit as f64, self.config.max_limit as f64);
-        let s = self.config.smoothing;
-        self.limit = (1.0 - s) * self.limit + s * clamped;
-        self.limit()
+        let in_use = window.in_use(self.limit);
+        if window.drops > 0 {
+            // One back-off per round trip, however many requests of it
+            // were dropped (TCP's one reduction per window); no smoothing.
+            self.limit = self.clamp(self.limit * self.config.backoff_ratio);
+        } else if let (true, Some(rtt)) = (in_use, window.mean_rtt()) {
+            let limit = self.limit;
+            let queue = (limit * (1.0 - noload / rtt)).ceil();
+            let log = log10(limit);
+            let alpha = self.config.alpha.map_or(3.0 * log, |a| a as f64);
+            let beta = self.config.beta.map_or(6.0 * log, |b| b as f64);
+            let new = if queue <= log {
+                Some(limit + beta)
+            } else if queue < alpha {
+                Some(limit + log)
+            } else if queue > beta {
+                Some(limit - log)
+            } else {
+                None
+            };
+            if let Some(new) = new {
+                let s = self.config.smoothing;
+                self.limit = (1.0 - s) * limit + s * self.clamp(new);
+            }
+        }
+        let stuck = self.limit <= self.config.min_limit as f64 && (in_use || window.drops > 0);
+        self.rtt_noload.end_round(stuck);
     }
 }
 
 impl Default for Vegas {
-    /// Netflix's defaults (see the type docs).
+    /// Netflix's defaults with Envoy's probing (see the type docs).
     fn default() -> Self {
         Self::from_valid(&VegasConfig::default())
     }
 }
 
 impl LimitAlgorithm for Vegas {
+    /// `probe_limit`: the algorithm starts by measuring the no-load RTT.
     fn initial_limit(&self) -> usize {
-        self.config.initial_limit
+        self.config.probe_limit
     }
 
     fn update(&mut self, sample: &Sample) -> usize {
-        match sample.outcome {
-            Outcome::Ignored => return self.limit(),
-            Outcome::Dropped => {
-                // A drop shrinks without smoothing: it is the strong signal.
-                self.limit = (self.limit * self.config.backoff_ratio)
-                    .clamp(self.config.min_limit as f64, self.config.max_limit as f64);
-                return self.limit();
-            }
-            Outcome::Success => {}
+        if self.rtt_noload.is_probing() {
+            self.rtt_noload.feed(sample);
+        } else if self.window.add(sample, whole(self.limit)) {
+            self.end_window();
         }
-        let rtt = nanos(sample.rtt);
-        self.probe_count += 1;
-        if self.probe_count as f64 >= self.probe_at * self.limit {
-            self.reset_probe();
-            self.rtt_noload = rtt;
-            return self.limit();
-        }
-        if self.rtt_noload == 0.0 || rtt < self.rtt_noload {
-            self.rtt_noload = rtt;
-            return self.limit();
-        }
-        // Netflix's guard against growing while idle.
-        if (sample.in_flight as f64) * 2.0 < self.limit {
-            return self.limit();
-        }
-        let limit = self.limit;
-        let queue = (limit * (1.0 - self.rtt_noload / rtt)).ceil();
-        let log = log10(limit);
-        let alpha = self.config.alpha.map_or(3.0 * log, |a| a as f64);
-        let beta = self.config.beta.map_or(6.0 * log, |b| b as f64);
-        let new = if queue <= log {
-            limit + beta
-        } else if queue < alpha {
-            limit + log
-        } else if queue > beta {
-            limit - log
-        } else {
-            return self.limit();
-        };
-        self.set(new)
+        self.limit()
     }
 }
 
@@ -183,7 +198,7 @@ impl LimitAlgorithm for Vegas {
 /// use tower_rampart::concurrency::limit::VegasConfig;
 ///
 /// let config: VegasConfig = serde_json::from_str(r#"{ "max_limit": 300, "smoothing": 0.5 }"#)?;
-/// assert_eq!(config.build()?.limit(), 20);
+/// assert!(config.build()?.is_probing());
 /// # Ok(())
 /// # }
 /// # #[cfg(not(feature = "config"))]
@@ -208,11 +223,16 @@ pub struct VegasConfig {
     /// Shrink while more requests than this are queued (default
     /// `6 * log10(limit)`; at least `alpha`).
     pub beta: Option<usize>,
-    /// Re-take the no-load RTT every `probe_multiplier * limit` successes
-    /// (default 30, at least 1).
-    pub probe_multiplier: u32,
+    /// The limit while the no-load RTT is measured (default 3, at least 1,
+    /// at most `max_limit`).
+    pub probe_limit: usize,
+    /// Successes at `probe_limit` whose median is the no-load RTT (default
+    /// 50).
+    pub probe_samples: usize,
+    /// Round trips between measurements (default 2000).
+    pub probe_interval: u32,
     /// The fraction of that interval taken off at random, in `[0, 1)`
-    /// (default 0.5).
+    /// (default 0.1).
     pub probe_jitter: f64,
     /// The factor applied on a drop, in `[0.5, 1.0)` (default 0.9).
     pub backoff_ratio: f64,
@@ -227,8 +247,10 @@ impl Default for VegasConfig {
             smoothing: 1.0,
             alpha: None,
             beta: None,
-            probe_multiplier: 30,
-            probe_jitter: 0.5,
+            probe_limit: 3,
+            probe_samples: 50,
+            probe_interval: 2000,
+            probe_jitter: 0.1,
             backoff_ratio: 0.9,
         }
     }
@@ -250,14 +272,17 @@ impl VegasConfig {
                 ));
             }
         }
-        if self.probe_multiplier == 0 {
-            return Err(ConfigError::new(
-                "probe_multiplier",
-                crate::config_util::MUST_BE_POSITIVE,
-            ));
+        check_range("backoff_ratio", self.backoff_ratio, 0.5, 1.0, false)?;
+        self.probe_settings().validate(self.max_limit)
+    }
+
+    fn probe_settings(&self) -> ProbeSettings {
+        ProbeSettings {
+            limit: self.probe_limit,
+            samples: self.probe_samples,
+            interval: self.probe_interval,
+            jitter: self.probe_jitter,
         }
-        check_range("probe_jitter", self.probe_jitter, 0.0, 1.0, false)?;
-        check_range("backoff_ratio", self.backoff_ratio, 0.5, 1.0, false)
     }
 
     /// Builds the algorithm (validated first).
@@ -310,15 +335,26 @@ impl VegasBuilder {
         self
     }
 
-    /// Re-take the no-load RTT every `multiplier * limit` successes
-    /// (default 30).
-    pub fn probe_multiplier(mut self, multiplier: u32) -> Self {
-        self.config.probe_multiplier = multiplier;
+    /// The limit while the no-load RTT is measured (default 3).
+    pub fn probe_limit(mut self, limit: usize) -> Self {
+        self.config.probe_limit = limit;
+        self
+    }
+
+    /// Successes whose median is the no-load RTT (default 50).
+    pub fn probe_samples(mut self, samples: usize) -> Self {
+        self.config.probe_samples = samples;
+        self
+    }
+
+    /// Round trips between measurements (default 2000).
+    pub fn probe_interval(mut self, rounds: u32) -> Self {
+        self.config.probe_interval = rounds;
         self
     }
 
     /// The fraction of the probe interval taken off at random, in `[0, 1)`
-    /// (default 0.5; 0 makes probing exactly periodic).
+    /// (default 0.1; 0 makes probing exactly periodic).
     pub fn probe_jitter(mut self, jitter: f64) -> Self {
         self.config.probe_jitter = jitter;
         self
@@ -341,101 +377,167 @@ mod tests {
     use super::*;
     use crate::concurrency::limit::test_support::{dropped, ignored, ok};
 
-    /// Netflix's `VegasLimitTest.create()`.
+    /// `builder` with its no-load RTT measured at `ms`.
+    fn measured(builder: VegasBuilder, ms: u64) -> Vegas {
+        let mut v = builder.probe_jitter(0.0).build().unwrap();
+        for _ in 0..50 {
+            v.update(&ok(ms, 1));
+        }
+        assert!(!v.is_probing());
+        v
+    }
+
+    /// Feeds one round trip (`limit` samples) of `rtt_ms` with `in_flight`.
+    fn round(v: &mut Vegas, rtt_ms: u64, in_flight: usize) -> usize {
+        for _ in 0..v.limit() {
+            v.update(&ok(rtt_ms, in_flight));
+        }
+        v.limit()
+    }
+
+    /// Netflix's `VegasLimitTest.create()`, its no-load RTT 10 ms.
     fn netflix() -> Vegas {
-        Vegas::builder()
-            .alpha(3)
-            .beta(6)
-            .smoothing(1.0)
-            .initial_limit(10)
-            .max_limit(20)
-            .build()
-            .unwrap()
+        measured(
+            Vegas::builder()
+                .alpha(3)
+                .beta(6)
+                .smoothing(1.0)
+                .initial_limit(10)
+                .max_limit(20),
+            10,
+        )
     }
 
     // The scenarios of Netflix's `VegasLimitTest.java`
-    // (concurrency-limits-core/src/test/java/com/netflix/concurrency/limits/limit/).
+    // (concurrency-limits-core/src/test/java/com/netflix/concurrency/limits/limit/),
+    // one Netflix sample becoming one round trip of samples; Netflix's
+    // first sample (which sets the no-load RTT) becoming the probe.
 
     #[test]
     fn netflix_large_limit_increase() {
-        let mut v = Vegas::builder()
-            .initial_limit(10_000)
-            .max_limit(20_000)
-            .build()
-            .unwrap();
-        assert_eq!(v.update(&ok(10_000, 5000)), 10_000);
-        assert_eq!(v.update(&ok(10_000, 6000)), 10_024);
+        let mut v = measured(
+            Vegas::builder().initial_limit(10_000).max_limit(20_000),
+            10_000,
+        );
+        assert_eq!(v.limit(), 10_000);
+        assert_eq!(round(&mut v, 10_000, 6000), 10_024);
     }
 
     #[test]
     fn netflix_increase_limit() {
         let mut v = netflix();
-        assert_eq!(v.update(&ok(10, 10)), 10);
-        assert_eq!(v.update(&ok(10, 11)), 16);
+        assert_eq!(v.limit(), 10);
+        assert_eq!(round(&mut v, 10, 11), 16);
     }
 
     #[test]
     fn netflix_decrease_limit() {
         let mut v = netflix();
-        assert_eq!(v.update(&ok(10, 10)), 10);
-        assert_eq!(v.update(&ok(50, 11)), 9);
+        assert_eq!(round(&mut v, 50, 11), 9);
     }
 
     #[test]
     fn netflix_no_change_if_within_thresholds() {
         let mut v = netflix();
-        assert_eq!(v.update(&ok(10, 10)), 10);
-        assert_eq!(v.update(&ok(14, 14)), 10);
+        assert_eq!(round(&mut v, 14, 14), 10);
     }
 
     #[test]
     fn netflix_decrease_smoothing() {
         // Netflix halves with a custom decrease function; with the default
         // one (`- log10`) the smoothing arithmetic is the same check:
-        // 100 -> (100 + 98) / 2 = 99 -> (99 + 97) / 2 = 98.
-        let mut v = Vegas::builder()
-            .smoothing(0.5)
-            .initial_limit(100)
-            .max_limit(200)
-            .probe_jitter(0.0)
-            .build()
-            .unwrap();
-        assert_eq!(v.update(&ok(10, 100)), 100);
-        assert_eq!(v.update(&ok(20, 100)), 99);
-        assert_eq!(v.update(&ok(20, 100)), 98);
+        // 100 -> (100 + 98) / 2 = 99 -> (99 + 98) / 2 = 98.5.
+        let mut v = measured(
+            Vegas::builder()
+                .smoothing(0.5)
+                .initial_limit(100)
+                .max_limit(200),
+            10,
+        );
+        assert_eq!(round(&mut v, 20, 100), 99);
+        assert_eq!(round(&mut v, 20, 100), 98);
+    }
+
+    #[test]
+    fn moves_once_per_round_trip() {
+        let mut v = netflix();
+        for _ in 0..9 {
+            assert_eq!(v.update(&ok(10, 10)), 10);
+        }
+        assert_eq!(v.update(&ok(10, 10)), 16);
     }
 
     #[test]
     fn grows_under_steady_low_latency() {
-        let mut v = Vegas::default();
-        for _ in 0..50 {
+        let mut v = measured(Vegas::builder(), 10);
+        let mut last = v.limit();
+        for _ in 0..30 {
             let l = v.limit();
-            v.update(&ok(10, l));
+            let now = round(&mut v, 10, l);
+            assert!(now > last, "{now} > {last}");
+            last = now;
         }
-        assert!(v.limit() > 200, "{}", v.limit());
+        assert!(last > 200, "{last}");
+    }
+
+    #[test]
+    fn does_not_grow_while_idle() {
+        let mut v = measured(Vegas::builder(), 10);
+        for _ in 0..20 {
+            round(&mut v, 10, 9);
+        }
+        assert_eq!(v.limit(), 20);
     }
 
     #[test]
     fn shrinks_when_latency_rises() {
-        let mut v = Vegas::builder().initial_limit(100).build().unwrap();
-        v.update(&ok(10, 100));
-        for _ in 0..100 {
+        let mut v = measured(Vegas::builder().initial_limit(100), 10);
+        let mut last = v.limit();
+        for _ in 0..20 {
             let l = v.limit();
-            v.update(&ok(30, l));
+            let now = round(&mut v, 30, l);
+            assert!(now < last, "{now} < {last}");
+            last = now;
         }
-        assert!(v.limit() < 40, "{}", v.limit());
+        assert!(last < 85, "{last}");
     }
 
     #[test]
-    fn drops_back_off_strongly_and_respect_min() {
-        let mut v = Vegas::builder()
-            .initial_limit(100)
-            .min_limit(10)
-            .build()
-            .unwrap();
-        assert_eq!(v.update(&dropped(10, 100)), 90);
-        for _ in 0..100 {
-            v.update(&dropped(10, 100));
+    fn settles_with_a_short_queue() {
+        // 50 workers taking 10 ms: with `limit` in flight the RTT is
+        // 10 ms * max(1, limit / 50). Vegas keeps alpha..beta queued.
+        let mut v = measured(Vegas::builder(), 10);
+        for _ in 0..200 {
+            let l = v.limit();
+            let rtt = Duration::from_secs_f64(0.010 * (l as f64 / 50.0).max(1.0));
+            for _ in 0..l {
+                v.update(&Sample {
+                    rtt,
+                    in_flight: l,
+                    outcome: Outcome::Success,
+                });
+            }
+        }
+        let l = v.limit();
+        assert!((50..=60).contains(&l), "{l}");
+    }
+
+    #[test]
+    fn drops_back_off_strongly_once_per_round_trip_and_respect_min() {
+        let mut v = measured(Vegas::builder().initial_limit(100).min_limit(10), 10);
+        for i in 0..100 {
+            if i % 10 == 0 {
+                v.update(&dropped(10, 100));
+            } else {
+                v.update(&ok(10, 100));
+            }
+        }
+        assert_eq!(v.limit(), 90);
+        while v.limit() > 10 {
+            let l = v.limit();
+            for _ in 0..l {
+                v.update(&dropped(10, l));
+            }
         }
         assert_eq!(v.limit(), 10);
     }
@@ -443,41 +545,73 @@ mod tests {
     #[test]
     fn ignored_is_no_sample() {
         let mut v = netflix();
-        v.update(&ok(10, 10));
         for _ in 0..1000 {
             assert_eq!(v.update(&ignored(1, 10)), 10);
         }
-        assert_eq!(v.rtt_noload(), std::time::Duration::from_millis(10));
+        assert_eq!(v.rtt_noload(), Some(Duration::from_millis(10)));
     }
 
     #[test]
     fn respects_max() {
         let mut v = netflix();
-        for _ in 0..100 {
-            v.update(&ok(10, 20));
+        for _ in 0..10 {
+            round(&mut v, 10, 20);
         }
         assert_eq!(v.limit(), 20);
     }
 
     #[test]
-    fn reprobes_the_noload_rtt_of_a_service_that_got_slower() {
-        let mut v = Vegas::builder()
-            .initial_limit(20)
-            .probe_jitter(0.0)
-            .build()
-            .unwrap();
-        v.update(&ok(10, 20));
-        // The service is now 4x slower for good: the limit falls at first...
-        let mut lowest = usize::MAX;
-        for _ in 0..2000 {
+    fn relearns_a_service_that_got_permanently_slower() {
+        let mut v = measured(Vegas::builder().probe_interval(200), 10);
+        // The service is now 4x slower for good. Vegas reads the extra
+        // latency as a queue and shrinks to where `queue` is within
+        // alpha..beta (about 8), until the next probe re-measures the
+        // no-load RTT and the limit grows again.
+        let mut rounds = 0;
+        while !v.is_probing() {
             let l = v.limit();
-            v.update(&ok(40, l));
-            lowest = lowest.min(v.limit());
+            round(&mut v, 40, l);
+            rounds += 1;
+            assert!(rounds <= 200, "no probe after {rounds} round trips");
         }
-        assert!(lowest < 10, "{lowest}");
-        // ...until a probe takes 40 ms as the no-load RTT and it recovers.
-        assert_eq!(v.rtt_noload(), std::time::Duration::from_millis(40));
+        assert!(v.limit() <= 3);
+        for _ in 0..50 {
+            v.update(&ok(40, 1));
+        }
+        assert_eq!(v.rtt_noload(), Some(Duration::from_millis(40)));
+        for _ in 0..30 {
+            let l = v.limit();
+            round(&mut v, 40, l);
+        }
         assert!(v.limit() > 100, "{}", v.limit());
+    }
+
+    #[test]
+    fn relearns_early_when_stuck_at_min() {
+        let mut v = measured(Vegas::builder().min_limit(15), 10);
+        let mut rounds = 0;
+        while !v.is_probing() {
+            let l = v.limit();
+            round(&mut v, 40, l);
+            rounds += 1;
+            assert!(rounds <= 20, "no probe after {rounds} round trips");
+        }
+    }
+
+    #[test]
+    fn reprobes_periodically() {
+        let mut v = measured(Vegas::builder().max_limit(20).probe_interval(10), 10);
+        let mut samples = 0;
+        while !v.is_probing() {
+            v.update(&ok(10, 20));
+            samples += 1;
+            assert!(samples <= 200, "no probe after {samples} samples");
+        }
+        assert_eq!(samples, 200);
+        for _ in 0..50 {
+            v.update(&ok(4, 3));
+        }
+        assert_eq!(v.rtt_noload(), Some(Duration::from_millis(4)));
     }
 
     #[test]
@@ -487,7 +621,9 @@ mod tests {
         assert_eq!(e(Vegas::builder().smoothing(0.0)), "smoothing");
         assert_eq!(e(Vegas::builder().smoothing(1.5)), "smoothing");
         assert_eq!(e(Vegas::builder().alpha(5).beta(4)), "beta");
-        assert_eq!(e(Vegas::builder().probe_multiplier(0)), "probe_multiplier");
+        assert_eq!(e(Vegas::builder().probe_limit(0)), "probe_limit");
+        assert_eq!(e(Vegas::builder().probe_samples(0)), "probe_samples");
+        assert_eq!(e(Vegas::builder().probe_interval(0)), "probe_interval");
         assert_eq!(e(Vegas::builder().probe_jitter(1.0)), "probe_jitter");
         assert_eq!(e(Vegas::builder().backoff_ratio(0.1)), "backoff_ratio");
     }
