@@ -19,3 +19,6 @@ mod real_server;
 /// The `[concurrency]` config section in the stack: the platform's
 /// endpoints are never limited.
 mod in_the_stack;
+
+/// A real tonic server and client: `UNAVAILABLE` over the limit.
+mod grpc;
