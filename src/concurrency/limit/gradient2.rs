@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::baseline::{MinRtt, ProbeSettings, Window};
-use super::{LimitAlgorithm, Outcome, Sample, check_bounds, check_range, whole};
+use super::{LimitAlgorithm, Sample, check_bounds, check_range, whole};
 use crate::ConfigError;
 
 /// The gradient algorithm: once per round trip (a window of `limit`
@@ -69,11 +69,11 @@ use crate::ConfigError;
 /// more than 200 requests at once, or the cap leaves part of it idle (the
 /// limit would settle near `rtt_tolerance` times that concurrency).
 ///
-/// A [`Dropped`](Outcome::Dropped) request multiplies the limit by
+/// A [`Dropped`](super::Outcome::Dropped) request multiplies the limit by
 /// `backoff_ratio` (0.9, as [`Aimd`](super::Aimd); Netflix's gradient
 /// ignores drops) at the end of its round trip, once however many requests
 /// of that round trip were dropped (TCP's one reduction per window); an
-/// [`Ignored`](Outcome::Ignored) one is no sample. A round trip in which
+/// [`Ignored`](super::Outcome::Ignored) one is no sample. A round trip in which
 /// fewer than half the limit were ever in flight leaves the limit alone
 /// (Netflix's guard against growing while idle).
 ///
@@ -165,7 +165,7 @@ impl Default for Gradient2 {
 impl LimitAlgorithm for Gradient2 {
     /// `probe_limit`: the algorithm starts by measuring the minRTT.
     fn initial_limit(&self) -> usize {
-        self.config.probe_limit
+        self.min_rtt.probe_limit()
     }
 
     fn update(&mut self, sample: &Sample) -> usize {
@@ -384,6 +384,7 @@ impl Gradient2Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::concurrency::limit::Outcome;
     use crate::concurrency::limit::test_support::{dropped, ignored, ok};
 
     /// A gradient whose minRTT is `ms` (measured by a first probe).

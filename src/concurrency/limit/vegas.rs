@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::baseline::{MinRtt, ProbeSettings, Window};
-use super::{LimitAlgorithm, Outcome, Sample, check_bounds, check_range, whole};
+use super::{LimitAlgorithm, Sample, check_bounds, check_range, whole};
 use crate::ConfigError;
 
 /// TCP Vegas for requests: from the RTT and the no-load RTT, estimate how
@@ -49,10 +49,10 @@ use crate::ConfigError;
 ///   slower is re-learned within `probe_interval` round trips at most. Netflix's re-probe, which takes the next RTT as
 ///   the no-load RTT, would under sustained overload take a queued RTT and
 ///   let latency ratchet upward with every probe;
-/// - a [`Dropped`](Outcome::Dropped) request multiplies the limit by
+/// - a [`Dropped`](super::Outcome::Dropped) request multiplies the limit by
 ///   `backoff_ratio` (0.9, as [`Aimd`](super::Aimd)) once per round trip,
 ///   instead of subtracting `log10(limit)`: a strong back-off; an
-///   [`Ignored`](Outcome::Ignored) one is no sample; and a `min_limit`
+///   [`Ignored`](super::Outcome::Ignored) one is no sample; and a `min_limit`
 ///   bound exists (default 1, Netflix's floor).
 ///
 /// ```
@@ -176,7 +176,7 @@ impl Default for Vegas {
 impl LimitAlgorithm for Vegas {
     /// `probe_limit`: the algorithm starts by measuring the no-load RTT.
     fn initial_limit(&self) -> usize {
-        self.config.probe_limit
+        self.rtt_noload.probe_limit()
     }
 
     fn update(&mut self, sample: &Sample) -> usize {
@@ -375,6 +375,7 @@ impl VegasBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::concurrency::limit::Outcome;
     use crate::concurrency::limit::test_support::{dropped, ignored, ok};
 
     /// `builder` with its no-load RTT measured at `ms`.
