@@ -88,11 +88,7 @@ async fn attacker_claiming_critical_cannot_exceed_the_limit() {
 /// A metric's name, labels and value.
 type Row = (String, Vec<(String, String)>, DebugValue);
 
-fn metric(
-    snapshot: &[Row],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn metric(snapshot: &[Row], name: &str, labels: &[(&str, &str)]) -> f64 {
     snapshot
         .iter()
         .filter(|(n, l, _)| {

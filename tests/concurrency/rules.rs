@@ -384,3 +384,62 @@ async fn the_algorithms_limit_is_published_to_the_admit_path() {
     svc.ready().await.unwrap().call(req()).await.unwrap();
     assert_eq!(layer.limit(), 1);
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn limit_changes_are_logged_at_most_once_a_second() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rec = Recorder::default();
+    let layer = ConcurrencyLimitLayer::builder()
+        .name("logged")
+        .limit(rec.algorithm(5))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(slow(10, 200, None));
+    // Three changes within a second, then one more a second later.
+    for limit in [6, 7, 8] {
+        *rec.next_limit.lock().unwrap() = Some(limit);
+        svc.ready().await.unwrap().call(req()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    *rec.next_limit.lock().unwrap() = Some(4);
+    svc.ready().await.unwrap().call(req()).await.unwrap();
+    assert_eq!(layer.limit(), 4);
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let events: Vec<_> = text
+        .lines()
+        .filter(|l| l.contains("concurrency limit changed"))
+        .collect();
+    assert_eq!(events.len(), 2, "{text}");
+    assert!(
+        events[0].contains("from=5") && events[0].contains("to=6"),
+        "{text}"
+    );
+    // The second event reports the change since the first: 6 -> 4.
+    assert!(
+        events[1].contains("from=6") && events[1].contains("to=4"),
+        "{text}"
+    );
+    assert!(events[1].contains("name=logged"), "{text}");
+}
