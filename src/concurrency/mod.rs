@@ -12,7 +12,7 @@
 //! |---|---|
 //! | HTTP | `503 Service Unavailable`, `Retry-After` (the [`retry_after`](ConcurrencyLimitLayerBuilder::retry_after) setting, default 1 s) and a short `application/problem+json` body |
 //! | gRPC (`content-type: application/grpc*`) | trailers-only, `grpc-status: 14` (`UNAVAILABLE`), `grpc-retry-pushback-ms` |
-//! | any service, [`into_error_mode`](ConcurrencyLimitLayer::into_error_mode) | `Err(BoxError)` holding a [`Rejection`](crate::Rejection) of kind [`Overloaded`](crate::RejectionKind::Overloaded) |
+//! | any service, [`into_error_mode`](ConcurrencyLimitLayer::into_error_mode) | `Err(BoxError)` holding a [`Rejection`] of kind [`Overloaded`](crate::RejectionKind::Overloaded) |
 //!
 //! The limit is fixed ([`Fixed`], a bulkhead: [`ConcurrencyLimitLayer::fixed`])
 //! or learned by a [`LimitAlgorithm`] from what admitted requests
@@ -32,7 +32,7 @@
 //! | what happened | outcome |
 //! |---|---|
 //! | a response that is not an overload signal (any other status, 4xx and 5xx included) | [`Success`](Outcome::Success): the RTT is a latency sample |
-//! | the **server's own** timeout inside fired (a [`Refused`](crate::rejection::Refused) marker of kind `TimedOut` that is the service's fault), or the future was dropped after the server's [`Deadline`] (an outer timeout layer gave up on it), or the inner service failed with `tokio::time::error::Elapsed` (a `tokio::time::timeout` or [`Deadline::bound`] that ran out) | [`Dropped`](Outcome::Dropped): back off |
+//! | the **server's own** timeout inside fired (a [`Refused`] marker of kind `TimedOut` that is the service's fault), or the future was dropped after the server's [`Deadline`] (an outer timeout layer gave up on it), or the inner service failed with `tokio::time::error::Elapsed` (a `tokio::time::timeout` or [`Deadline::bound`] that ran out) | [`Dropped`](Outcome::Dropped): back off |
 //! | the inner service answered **503**, or gRPC `UNAVAILABLE` (14) or `RESOURCE_EXHAUSTED` (8) in the response headers (a trailers-only answer, which is how tonic answers an error status), or an inner concurrency limit of this crate refused it | [`Dropped`](Outcome::Dropped): something downstream is overloaded |
 //! | the future was dropped before completing (the client went away), or the handler panicked | [`Ignored`](Outcome::Ignored) |
 //! | a refusal by another layer of this crate that is not about capacity (rate limit, open breaker, draining, a timeout whose budget the **caller** chose), or an error that is not a timeout | [`Ignored`](Outcome::Ignored) |
