@@ -10,7 +10,7 @@ use http::HeaderName;
 use tower::Layer;
 
 use super::ConcurrencyLimit;
-use super::limit::{Fixed, LimitAlgorithm};
+use super::limit::{Fixed, Gradient2, LimitAlgorithm};
 use super::partition::{Classifier, Criticality, Partitions, RequestInfo};
 use super::queue::{Queue, QueueOrder};
 use super::state::Shared;
@@ -206,8 +206,9 @@ impl ConcurrencyLimitLayerBuilder {
         self
     }
 
-    /// The limit algorithm (default: a [`Fixed`] limit of 100). A
-    /// [`Fixed`] limit takes no lock when requests end.
+    /// The limit algorithm (default: [`Gradient2`] with its defaults, as in
+    /// the `[concurrency]` config section). A [`Fixed`] limit reads no clock
+    /// and takes no lock when requests end.
     #[must_use]
     pub fn limit<A: LimitAlgorithm>(mut self, algorithm: A) -> Self {
         let fixed = TypeId::of::<A>() == TypeId::of::<Fixed>();
@@ -352,7 +353,10 @@ impl ConcurrencyLimitLayerBuilder {
         };
         let (algorithm, fixed) = match self.algorithm {
             Some(a) => a,
-            None => (Box::new(Fixed::new(100)) as Box<dyn LimitAlgorithm>, true),
+            None => (
+                Box::new(Gradient2::default()) as Box<dyn LimitAlgorithm>,
+                false,
+            ),
         };
         if algorithm.initial_limit() == 0 {
             return Err(ConfigError::new(
