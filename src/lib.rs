@@ -25,7 +25,9 @@
 //!
 //! Outermost first: probes (answered before anything can refuse them), the
 //! drain layer, the rate limit (the cheapest refusal first, so refused
-//! requests never reach the breaker's statistics), the circuit breaker, and
+//! requests never reach the breaker's statistics), the
+//! [concurrency limit](concurrency) where one is wanted (it sheds what the
+//! service cannot absorb), the circuit breaker, and
 //! the timeout inside it (so a timeout counts as a failure). axum applies the
 //! *last* `.layer(...)` outermost:
 //!

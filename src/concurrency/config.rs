@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use super::ConcurrencyLimitLayer;
 use super::layer::{DEFAULT_NAME, MAX_QUEUE_LEN, validate_shares};
 use super::limit::{AimdConfig, Fixed, Gradient2Config, VegasConfig};
 use super::partition::Criticality;
 use super::queue::QueueOrder;
-use super::ConcurrencyLimitLayer;
 use crate::ConfigError;
 use crate::config_util::{HOUR, MINUTE, MUST_NOT_BE_EMPTY, at_most, positive};
 
@@ -186,7 +186,10 @@ impl ConcurrencyConfig {
             if q.max_len == 0 || q.max_len > MAX_QUEUE_LEN {
                 return Err(ConfigError::new(
                     "queue.max_len",
-                    format!("must be between 1 and {MAX_QUEUE_LEN} (found {})", q.max_len),
+                    format!(
+                        "must be between 1 and {MAX_QUEUE_LEN} (found {})",
+                        q.max_len
+                    ),
                 ));
             }
             positive("queue.max_wait", q.max_wait)?;
@@ -253,7 +256,12 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c, ConcurrencyConfig::default());
         assert!(matches!(c.limit, LimitConfig::Gradient2(_)));
-        for algo in ["\"fixed\"\nlimit = 3", "\"aimd\"", "\"vegas\"", "\"gradient2\""] {
+        for algo in [
+            "\"fixed\"\nlimit = 3",
+            "\"aimd\"",
+            "\"vegas\"",
+            "\"gradient2\"",
+        ] {
             let c = parse(&format!("[limit]\nalgorithm = {algo}\n")).unwrap();
             c.build().unwrap();
         }
@@ -263,7 +271,10 @@ mod tests {
         )
         .unwrap();
         let q = c.queue.unwrap();
-        assert_eq!((q.max_len, q.max_wait, q.order), (5, Duration::from_millis(10), QueueOrder::Fifo));
+        assert_eq!(
+            (q.max_len, q.max_wait, q.order),
+            (5, Duration::from_millis(10), QueueOrder::Fifo)
+        );
         assert_eq!(c.partitions.as_ref().unwrap().default, 0.3);
         c.build().unwrap();
     }
@@ -282,12 +293,27 @@ mod tests {
         let field = |s: &str| parse(s).unwrap().validate().unwrap_err().field().to_owned();
         assert_eq!(field("name = \"\""), "name");
         assert_eq!(field("retry_after = \"0s\""), "retry_after");
-        assert_eq!(field("[limit]\nalgorithm = \"fixed\"\nlimit = 0"), "limit.limit");
-        assert_eq!(field("[queue]\nmax_len = 0\nmax_wait = \"1s\""), "queue.max_len");
-        assert_eq!(field("[queue]\nmax_len = 1\nmax_wait = \"2m\""), "queue.max_wait");
-        assert_eq!(field("[partitions]\nheader = \"bad header\""), "partitions.header");
+        assert_eq!(
+            field("[limit]\nalgorithm = \"fixed\"\nlimit = 0"),
+            "limit.limit"
+        );
+        assert_eq!(
+            field("[queue]\nmax_len = 0\nmax_wait = \"1s\""),
+            "queue.max_len"
+        );
+        assert_eq!(
+            field("[queue]\nmax_len = 1\nmax_wait = \"2m\""),
+            "queue.max_wait"
+        );
+        assert_eq!(
+            field("[partitions]\nheader = \"bad header\""),
+            "partitions.header"
+        );
         assert_eq!(field("[partitions]\ncritical = 0.9"), "partitions");
-        assert_eq!(field("[partitions]\nsheddable = 2.0"), "partitions.sheddable");
+        assert_eq!(
+            field("[partitions]\nsheddable = 2.0"),
+            "partitions.sheddable"
+        );
         assert!(field("[limit]\nalgorithm = \"aimd\"\nmin_limit = 0").starts_with("limit."));
     }
 }

@@ -69,7 +69,11 @@ struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            let queue = self.shared.queue.as_ref().expect("a waiting request has a queue");
+            let queue = self
+                .shared
+                .queue
+                .as_ref()
+                .expect("a waiting request has a queue");
             if queue.leave(&slot) {
                 self.shared.release(self.class);
             }
@@ -166,7 +170,10 @@ where
                     let w = waiting.project();
                     let slot = w.ticket.slot.as_ref().expect("in the queue");
                     let shared = Arc::clone(&w.ticket.shared);
-                    let queue = shared.queue.as_ref().expect("a waiting request has a queue");
+                    let queue = shared
+                        .queue
+                        .as_ref()
+                        .expect("a waiting request has a queue");
                     let mut granted = queue.poll_slot(slot, cx.waker());
                     if !granted {
                         if w.sleep.poll(cx).is_pending() {

@@ -355,7 +355,10 @@ impl ConcurrencyLimitLayerBuilder {
             None => (Box::new(Fixed::new(100)) as Box<dyn LimitAlgorithm>, true),
         };
         if algorithm.initial_limit() == 0 {
-            return Err(ConfigError::new("limit", "the initial limit must be at least 1"));
+            return Err(ConfigError::new(
+                "limit",
+                "the initial limit must be at least 1",
+            ));
         }
         let shared = Shared::new(
             Arc::from(self.name.as_str()),
@@ -403,13 +406,23 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let field = |r: Result<ConcurrencyLimitLayer, ConfigError>| r.unwrap_err().field().to_owned();
+        let field =
+            |r: Result<ConcurrencyLimitLayer, ConfigError>| r.unwrap_err().field().to_owned();
         let b = ConcurrencyLimitLayer::builder;
         assert_eq!(field(b().name("").build()), "name");
-        assert_eq!(field(b().retry_after(Duration::ZERO).build()), "retry_after");
+        assert_eq!(
+            field(b().retry_after(Duration::ZERO).build()),
+            "retry_after"
+        );
         assert_eq!(field(b().retry_after(2 * HOUR).build()), "retry_after");
-        assert_eq!(field(b().queue(0, Duration::from_millis(5)).build()), "queue.max_len");
-        assert_eq!(field(b().queue(10, Duration::ZERO).build()), "queue.max_wait");
+        assert_eq!(
+            field(b().queue(0, Duration::from_millis(5)).build()),
+            "queue.max_len"
+        );
+        assert_eq!(
+            field(b().queue(10, Duration::ZERO).build()),
+            "queue.max_wait"
+        );
         assert_eq!(field(b().queue(10, 2 * MINUTE).build()), "queue.max_wait");
         assert_eq!(
             field(b().partition(Criticality::Sheddable, -0.1).build()),

@@ -12,7 +12,7 @@
 //! |---|---|
 //! | HTTP | `503 Service Unavailable`, `Retry-After` (the [`retry_after`](ConcurrencyLimitLayerBuilder::retry_after) setting, default 1 s) and a short `application/problem+json` body |
 //! | gRPC (`content-type: application/grpc*`) | trailers-only, `grpc-status: 14` (`UNAVAILABLE`), `grpc-retry-pushback-ms` |
-//! | any service, [`into_error_mode`](ConcurrencyLimitLayer::into_error_mode) | `Err(BoxError)` holding a [`Rejection`](crate::Rejection) of kind [`Overloaded`](crate::RejectionKind::Overloaded) |
+//! | any service, [`into_error_mode`](ConcurrencyLimitLayer::into_error_mode) | `Err(BoxError)` holding a [`Rejection`] of kind [`Overloaded`](crate::RejectionKind::Overloaded) |
 //!
 //! The limit is fixed ([`Fixed`], a bulkhead: [`ConcurrencyLimitLayer::fixed`])
 //! or learned by a [`LimitAlgorithm`] from what admitted requests
@@ -32,12 +32,14 @@
 //! | what happened | outcome |
 //! |---|---|
 //! | a response that is not an overload signal (any other status, 4xx and 5xx included) | [`Success`](Outcome::Success): the RTT is a latency sample |
-//! | the **server's own** timeout inside fired (a [`Refused`](crate::rejection::Refused) marker of kind `TimedOut` that is the service's fault), or the future was dropped after the server's [`Deadline`] (an outer timeout layer gave up on it), or the inner service failed with `tokio::time::error::Elapsed` (a `tokio::time::timeout` or [`Deadline::bound`] that ran out) | [`Dropped`](Outcome::Dropped): back off |
+//! | the **server's own** timeout inside fired (a [`Refused`] marker of kind `TimedOut` that is the service's fault), or the future was dropped after the server's [`Deadline`] (an outer timeout layer gave up on it), or the inner service failed with `tokio::time::error::Elapsed` (a `tokio::time::timeout` or [`Deadline::bound`] that ran out) | [`Dropped`](Outcome::Dropped): back off |
 //! | the inner service answered **503**, or gRPC `UNAVAILABLE` (14) or `RESOURCE_EXHAUSTED` (8) in the response headers (a trailers-only answer, which is how tonic answers an error status), or an inner concurrency limit of this crate refused it | [`Dropped`](Outcome::Dropped): something downstream is overloaded |
 //! | the future was dropped before completing (the client went away), or the handler panicked | [`Ignored`](Outcome::Ignored) |
 //! | a refusal by another layer of this crate that is not about capacity (rate limit, open breaker, draining, a timeout whose budget the **caller** chose), or an error that is not a timeout | [`Ignored`](Outcome::Ignored) |
 //!
 //! Ignored outcomes are not given to the algorithm (no lock is taken). A
+//! [`Fixed`] limit learns nothing from samples: it reads no clock and takes
+//! no lock, and the RTT metrics stay empty. A
 //! client cannot shrink the limit for everyone: its own tiny `grpc-timeout`
 //! or budget header, its cancellations and its refusals by a rate limit are
 //! all ignored. A handler that answers 503 for reasons that are not
@@ -134,8 +136,8 @@
 //! | `rampart_concurrency_queued` | gauge | `name` | requests waiting in the queue |
 //! | `rampart_concurrency_rejections_total` | counter | `name`, `partition`, `reason` = `limit` \| `queue_full` \| `queue_timeout` | refusals, by class (`default` without partitions) |
 //! | `rampart_concurrency_samples_total` | counter | `name`, `outcome` = `success` \| `dropped` \| `ignored` | finished requests, by what the algorithm was told |
-//! | `rampart_concurrency_rtt_seconds` | histogram | `name` | round-trip time of successful requests (from admission) |
-//! | `rampart_concurrency_min_rtt_seconds` | gauge | `name` | the smallest RTT seen in the last 10 s window |
+//! | `rampart_concurrency_rtt_seconds` | histogram | `name` | round-trip time of successful requests (from admission), with an adaptive limit |
+//! | `rampart_concurrency_min_rtt_seconds` | gauge | `name` | the smallest RTT seen in the last 10 s window, with an adaptive limit |
 //! | `rampart_concurrency_limit_changes_total` | counter | `name` | times the algorithm changed the limit |
 //!
 //! | event (target `tower_rampart::concurrency`) | level | fields |
@@ -151,7 +153,6 @@ mod state;
 
 #[cfg(feature = "config")]
 mod config;
-
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -413,7 +414,13 @@ where
         let Some(queue) = queue else {
             return ResponseFuture::rejected(Arc::clone(shared), class, Reason::Limit, cx);
         };
-        self.queue(req, queue_wait(queue.max_wait, deadline), class, server_deadline, cx)
+        self.queue(
+            req,
+            queue_wait(queue.max_wait, deadline),
+            class,
+            server_deadline,
+            cx,
+        )
     }
 }
 
@@ -460,16 +467,7 @@ impl<S, M> ConcurrencyLimit<S, M> {
                 // Take the service that was polled ready; leave a clone.
                 let clone = self.inner.clone();
                 let svc = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(
-                    shared,
-                    slot,
-                    class,
-                    server_deadline,
-                    until,
-                    svc,
-                    req,
-                    cx,
-                )
+                ResponseFuture::waiting(shared, slot, class, server_deadline, until, svc, req, cx)
             }
         }
     }

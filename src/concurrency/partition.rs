@@ -86,6 +86,17 @@ pub struct RequestInfo<'a> {
     pub extensions: &'a Extensions,
 }
 
+impl<'a> RequestInfo<'a> {
+    /// A view of a request's headers and extensions (for
+    /// [`LimitedRequest`](super::LimitedRequest) implementations).
+    pub fn new(headers: &'a HeaderMap, extensions: &'a Extensions) -> Self {
+        Self {
+            headers,
+            extensions,
+        }
+    }
+}
+
 type ClassifyFn = dyn Fn(&RequestInfo<'_>) -> Criticality + Send + Sync;
 
 /// How a request's class is chosen.

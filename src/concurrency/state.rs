@@ -226,7 +226,14 @@ impl Shared {
         self.metrics.in_flight.increment(1.0);
         Permit {
             shared: Arc::clone(self),
-            start: self.clock.now(),
+            // A fixed limit learns nothing from the RTT: no clock read
+            // (`benches/compare/benches/concurrency.rs`, `admit` rows: two
+            // clock reads cost more than tower's whole pair).
+            start: if self.algorithm.is_some() {
+                self.clock.now()
+            } else {
+                0
+            },
             in_flight: self.in_flight(),
             class,
             deadline,
@@ -268,6 +275,9 @@ impl Shared {
         if outcome == Outcome::Ignored {
             return;
         }
+        let Some(algorithm) = &self.algorithm else {
+            return;
+        };
         let now = self.clock.now();
         let rtt_ns = now.saturating_sub(start);
         let rtt = Duration::from_nanos(rtt_ns);
@@ -275,9 +285,6 @@ impl Shared {
             self.metrics.rtt.record(rtt.as_secs_f64());
             self.observe_min_rtt(now, rtt_ns);
         }
-        let Some(algorithm) = &self.algorithm else {
-            return;
-        };
         let sample = Sample {
             rtt,
             in_flight,

@@ -15,3 +15,10 @@ mod queue_and_partitions;
 /// A real axum server with a slow handler, overloaded and recovering; the
 /// attacker's criticality header; what an operator's metrics show.
 mod real_server;
+
+/// The `[concurrency]` config section in the stack: the platform's
+/// endpoints are never limited.
+mod in_the_stack;
+
+/// A real tonic server and client: `UNAVAILABLE` over the limit.
+mod grpc;

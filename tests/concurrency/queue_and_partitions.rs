@@ -23,8 +23,14 @@ fn req_with(id: &str, class: Option<&str>) -> Req {
 fn logging(
     ms: u64,
     log: Arc<Mutex<Vec<String>>>,
-) -> impl Service<Req, Response = Res, Error = Infallible, Future = impl std::future::Future<Output = Result<Res, Infallible>> + Send> + Clone + Send + 'static
-{
+) -> impl Service<
+    Req,
+    Response = Res,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Res, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
     tower::service_fn(move |req: Req| {
         let log = Arc::clone(&log);
         async move {
@@ -85,8 +91,9 @@ async fn queue_fifo_serves_the_oldest_first() {
 #[tokio::test(start_paused = true)]
 async fn queue_lifo_serves_the_newest_first() {
     // Netflix's LIFO for servers: the newest waiter is likeliest to still
-    // have a caller (concurrency-limits' LifoBlockingLimiter tests check
-    // the same order).
+    // have a caller. Translates concurrency-limits'
+    // `LifoBlockingLimiterTest.verifyFifoOrder` (which checks the reverse
+    // order of arrival).
     assert_eq!(order_of(QueueOrder::Lifo).await, ["first", "c", "b", "a"]);
 }
 
@@ -194,7 +201,10 @@ async fn classes_borrow_free_capacity_and_sheddable_is_refused_first() {
     settle().await;
     assert_eq!(layer.in_flight_of(Criticality::Sheddable), 10);
     // At the limit: more sheddable is refused...
-    assert_eq!(start(&svc, req_with("s", Some("sheddable"))).await.unwrap(), 503);
+    assert_eq!(
+        start(&svc, req_with("s", Some("sheddable"))).await.unwrap(),
+        503
+    );
     // ...critical still gets its guaranteed 5 slots, default its 2.
     let crit: Vec<_> = (0..6)
         .map(|i| start(&svc, req_with(&format!("c{i}"), Some("critical"))))
@@ -276,4 +286,81 @@ async fn a_classifier_closure_reads_what_authentication_put_in_extensions() {
     assert_eq!(start(&svc, r).await.unwrap(), 200);
     assert_eq!(a.await.unwrap(), 200);
     assert_eq!(b.await.unwrap(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_raised_limit_admits_waiters_at_once() {
+    // concurrency-limits' `LifoBlockingLimiterTest.adaptWhenLimitIncreases`:
+    // a limit raised while the limiter is full admits without waiting for a
+    // release.
+    let rec = crate::rules::Recorder::default();
+    let layer = ConcurrencyLimitLayer::builder()
+        .limit(rec.algorithm(2))
+        .queue(10, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let svc = layer.layer(logging(100, Arc::clone(&log)));
+    let quick = layer.layer(logging(1, Arc::clone(&log)));
+    let a = start(&svc, req_with("a", None));
+    let b = start(&quick, req_with("b", None));
+    settle().await;
+    let waiter = start(&svc, req_with("w", None));
+    settle().await;
+    // `b` ends after 1 ms; the algorithm raises the limit to 3 on its
+    // sample: the raise admits the waiter, `b`'s release frees one more.
+    *rec.next_limit.lock().unwrap() = Some(3);
+    assert_eq!(b.await.unwrap(), 200);
+    settle().await;
+    assert_eq!(layer.limit(), 3);
+    assert_eq!(layer.queued(), 0);
+    // One more fits at once, without a release.
+    let t0 = tokio::time::Instant::now();
+    let c = start(&svc, req_with("c", None));
+    settle().await;
+    assert_eq!(layer.in_flight(), 3);
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    for h in [a, waiter, c] {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_slot_is_lost_when_a_release_races_the_wait_expiry() {
+    // concurrency-limits' `LifoBlockingLimiterTest.timeoutAcquireRaceCondition`:
+    // a slot released at the instant waiters time out is either taken by
+    // one of them or given back, never lost.
+    let layer = ConcurrencyLimitLayer::builder()
+        .limit(Fixed::new(4))
+        .queue(1000, Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let long = layer.layer(logging(1_000_000, Arc::clone(&log)));
+    let _held: Vec<_> = (0..3)
+        .map(|i| start(&long, req_with(&format!("h{i}"), None)))
+        .collect();
+    settle().await;
+    for round in 0..10 {
+        // The last slot, released exactly when the waiters give up.
+        let last = layer.layer(logging(10, Arc::clone(&log)));
+        let one = start(&last, req_with("last", None));
+        settle().await;
+        let waiters: Vec<_> = (0..10)
+            .map(|i| start(&last, req_with(&format!("w{round}-{i}"), None)))
+            .collect();
+        let mut served = 0;
+        for w in waiters {
+            served += usize::from(w.await.unwrap() == 200);
+        }
+        assert_eq!(one.await.unwrap(), 200);
+        settle().await;
+        assert!(served <= 10);
+        assert_eq!(layer.queued(), 0, "round {round}");
+        assert_eq!(
+            layer.in_flight(),
+            3,
+            "round {round}: a slot was lost or leaked"
+        );
+    }
 }

@@ -18,7 +18,11 @@ async fn server(layer: ConcurrencyLimitLayer) -> SocketAddr {
 }
 
 /// Sends `n` requests at once (each with `headers`) and returns the replies.
-async fn burst(addr: SocketAddr, n: usize, headers: &'static [(&'static str, &'static str)]) -> Vec<common::Reply> {
+async fn burst(
+    addr: SocketAddr,
+    n: usize,
+    headers: &'static [(&'static str, &'static str)],
+) -> Vec<common::Reply> {
     let handles: Vec<_> = (0..n)
         .map(|_| tokio::spawn(async move { common::get_with(addr, "/", headers).await }))
         .collect();
@@ -37,7 +41,8 @@ async fn overload_is_refused_with_retry_after_then_recovers() {
     let ok = replies.iter().filter(|r| r.status == 200).count();
     let refused: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
     assert_eq!(ok + refused.len(), 16);
-    assert!(ok >= 1 && ok <= 4 * 2, "{ok} admitted");
+    // At most 4 at a time; a late connection may find a slot freed.
+    assert!((1..=8).contains(&ok), "{ok} admitted");
     assert!(refused.len() >= 8, "{} refused", refused.len());
     for r in &refused {
         assert_eq!(r.header("retry-after"), "1");
@@ -80,11 +85,17 @@ async fn attacker_claiming_critical_cannot_exceed_the_limit() {
     assert_eq!(layer.in_flight_of(Criticality::Critical), 0);
 }
 
-fn metric(snapshot: &[(String, Vec<(String, String)>, DebugValue)], name: &str, labels: &[(&str, &str)]) -> f64 {
+/// A metric's name, labels and value.
+type Row = (String, Vec<(String, String)>, DebugValue);
+
+fn metric(snapshot: &[Row], name: &str, labels: &[(&str, &str)]) -> f64 {
     snapshot
         .iter()
         .filter(|(n, l, _)| {
-            n == name && labels.iter().all(|(k, v)| l.iter().any(|(a, b)| a == k && b == v))
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(a, b)| a == k && b == v))
         })
         .map(|(_, _, v)| match v {
             DebugValue::Counter(c) => *c as f64,
@@ -101,7 +112,8 @@ async fn operator_sees_limit_in_flight_and_refusals() {
     let layer = metrics::with_local_recorder(&recorder, || {
         ConcurrencyLimitLayer::builder()
             .name("api")
-            .limit(Fixed::new(2))
+            // Adaptive in type (RTTs are measured), fixed at 2 in value.
+            .limit(crate::rules::Recorder::default().algorithm(2))
             .build()
             .unwrap()
     });
@@ -129,15 +141,26 @@ async fn operator_sees_limit_in_flight_and_refusals() {
         metric(
             &snap,
             "rampart_concurrency_rejections_total",
-            &[("name", "api"), ("partition", "default"), ("reason", "limit")]
+            &[
+                ("name", "api"),
+                ("partition", "default"),
+                ("reason", "limit")
+            ]
         ),
         refused as f64
     );
     let served = (8 - refused) as f64;
     assert_eq!(
-        metric(&snap, "rampart_concurrency_samples_total", &[("name", "api"), ("outcome", "success")]),
+        metric(
+            &snap,
+            "rampart_concurrency_samples_total",
+            &[("name", "api"), ("outcome", "success")]
+        ),
         served
     );
-    assert_eq!(metric(&snap, "rampart_concurrency_rtt_seconds", &api), served);
+    assert_eq!(
+        metric(&snap, "rampart_concurrency_rtt_seconds", &api),
+        served
+    );
     assert!(metric(&snap, "rampart_concurrency_min_rtt_seconds", &api) >= 0.3);
 }

@@ -6,9 +6,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{BoxError, Layer, Service, ServiceExt};
-use tower_rampart::concurrency::{
-    ConcurrencyLimitLayer, Fixed, LimitAlgorithm, Outcome, Sample,
-};
+use tower_rampart::concurrency::{ConcurrencyLimitLayer, Fixed, LimitAlgorithm, Outcome, Sample};
 use tower_rampart::rejection::Refused;
 use tower_rampart::{Rejection, RejectionKind, TimeoutLayer};
 
@@ -37,7 +35,12 @@ impl Recorder {
     }
 
     pub(crate) fn outcomes(&self) -> Vec<Outcome> {
-        self.samples.lock().unwrap().iter().map(|s| s.outcome).collect()
+        self.samples
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.outcome)
+            .collect()
     }
 }
 
@@ -72,7 +75,12 @@ fn slow(
     ms: u64,
     status: u16,
     grpc: Option<&'static str>,
-) -> impl Service<Req, Response = Res, Error = Infallible, Future = impl std::future::Future<Output = Result<Res, Infallible>> + Send> + Clone {
+) -> impl Service<
+    Req,
+    Response = Res,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Res, Infallible>> + Send,
+> + Clone {
     tower::service_fn(move |_req: Req| async move {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         let mut res = Response::builder().status(status);
@@ -175,7 +183,16 @@ async fn a_cancelled_request_frees_its_slot_and_is_ignored() {
     );
     assert_eq!(layer.in_flight(), 0);
     assert!(rec.outcomes().is_empty(), "cancellations teach nothing");
-    assert_eq!(svc.ready().await.unwrap().call(req()).await.unwrap().status(), 200);
+    assert_eq!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(req())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -223,13 +240,31 @@ async fn outcomes_fed_to_the_algorithm() {
         (Outcome::Success, Duration::from_millis(120))
     );
     // 4xx and 500 are answers, not overload.
-    assert_eq!(outcome_of(slow(1, 404, None), req()).await.0, Outcome::Success);
-    assert_eq!(outcome_of(slow(1, 500, None), req()).await.0, Outcome::Success);
+    assert_eq!(
+        outcome_of(slow(1, 404, None), req()).await.0,
+        Outcome::Success
+    );
+    assert_eq!(
+        outcome_of(slow(1, 500, None), req()).await.0,
+        Outcome::Success
+    );
     // Downstream overload: 503, gRPC UNAVAILABLE / RESOURCE_EXHAUSTED.
-    assert_eq!(outcome_of(slow(1, 503, None), req()).await.0, Outcome::Dropped);
-    assert_eq!(outcome_of(slow(1, 200, Some("14")), grpc_req()).await.0, Outcome::Dropped);
-    assert_eq!(outcome_of(slow(1, 200, Some("8")), grpc_req()).await.0, Outcome::Dropped);
-    assert_eq!(outcome_of(slow(1, 200, Some("5")), grpc_req()).await.0, Outcome::Success);
+    assert_eq!(
+        outcome_of(slow(1, 503, None), req()).await.0,
+        Outcome::Dropped
+    );
+    assert_eq!(
+        outcome_of(slow(1, 200, Some("14")), grpc_req()).await.0,
+        Outcome::Dropped
+    );
+    assert_eq!(
+        outcome_of(slow(1, 200, Some("8")), grpc_req()).await.0,
+        Outcome::Dropped
+    );
+    assert_eq!(
+        outcome_of(slow(1, 200, Some("5")), grpc_req()).await.0,
+        Outcome::Success
+    );
 }
 
 type Timed<S> = tower_rampart::timeout::Timeout<S>;
@@ -258,7 +293,10 @@ async fn the_servers_timeout_is_dropped_the_callers_is_ignored() {
     assert_eq!(res.headers()["grpc-status"], "4");
     // Ignored outcomes are not given to the algorithm at all.
     assert_eq!(rec.outcomes(), [Outcome::Dropped]);
-    assert_eq!(rec.samples.lock().unwrap()[0].rtt, Duration::from_millis(100));
+    assert_eq!(
+        rec.samples.lock().unwrap()[0].rtt,
+        Duration::from_millis(100)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -292,8 +330,26 @@ async fn other_layers_refusals_are_ignored() {
         .build()
         .unwrap();
     let mut svc = layer.layer(rl.layer(slow(1, 200, None)));
-    assert_eq!(svc.ready().await.unwrap().call(req()).await.unwrap().status(), 200);
-    assert_eq!(svc.ready().await.unwrap().call(req()).await.unwrap().status(), 429);
+    assert_eq!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(req())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(req())
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
     assert_eq!(rec.outcomes(), [Outcome::Success]);
 }
 
@@ -312,7 +368,9 @@ async fn the_algorithms_limit_is_published_to_the_admit_path() {
     let calls: Vec<_> = (0..4)
         .map(|_| {
             let mut s = svc.clone();
-            tokio::spawn(async move { s.ready().await.unwrap().call(req()).await.unwrap().status() })
+            tokio::spawn(
+                async move { s.ready().await.unwrap().call(req()).await.unwrap().status() },
+            )
         })
         .collect();
     let mut statuses = Vec::new();
@@ -325,4 +383,63 @@ async fn the_algorithms_limit_is_published_to_the_admit_path() {
     *rec.next_limit.lock().unwrap() = Some(0);
     svc.ready().await.unwrap().call(req()).await.unwrap();
     assert_eq!(layer.limit(), 1);
+}
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn limit_changes_are_logged_at_most_once_a_second() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rec = Recorder::default();
+    let layer = ConcurrencyLimitLayer::builder()
+        .name("logged")
+        .limit(rec.algorithm(5))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(slow(10, 200, None));
+    // Three changes within a second, then one more a second later.
+    for limit in [6, 7, 8] {
+        *rec.next_limit.lock().unwrap() = Some(limit);
+        svc.ready().await.unwrap().call(req()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    *rec.next_limit.lock().unwrap() = Some(4);
+    svc.ready().await.unwrap().call(req()).await.unwrap();
+    assert_eq!(layer.limit(), 4);
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let events: Vec<_> = text
+        .lines()
+        .filter(|l| l.contains("concurrency limit changed"))
+        .collect();
+    assert_eq!(events.len(), 2, "{text}");
+    assert!(
+        events[0].contains("from=5") && events[0].contains("to=6"),
+        "{text}"
+    );
+    // The second event reports the change since the first: 6 -> 4.
+    assert!(
+        events[1].contains("from=6") && events[1].contains("to=4"),
+        "{text}"
+    );
+    assert!(events[1].contains("name=logged"), "{text}");
 }

@@ -124,9 +124,7 @@ fn per_call(c: &mut Criterion) {
         .build()
         .unwrap()
         .layer(Holdable);
-    g.bench_function("rampart_gradient2", |b| {
-        b.iter(|| call_once(&mut adaptive))
-    });
+    g.bench_function("rampart_gradient2", |b| b.iter(|| call_once(&mut adaptive)));
     let mut tower = tower_pair(1000);
     g.bench_function("tower_concurrency_limit_load_shed", |b| {
         b.iter(|| call_once(&mut tower))
