@@ -6,16 +6,19 @@
 //! `target/overload/overload.{csv,json}` and draws `docs/overload.png`.
 //!
 //! Run: `cargo bench -p tower-rampart-benches --bench overload`
-//! (about 15 s after the build; `OVERLOAD_SECONDS` shortens or lengthens each run,
-//! `OVERLOAD_FONT` names the TTF for the plot's text, default DejaVu Sans).
+//! (about 15 s after the build; `OVERLOAD_SECONDS` shortens or lengthens
+//! each run, `OVERLOAD_FONT` names the TTF for the plot's text, default
+//! DejaVu Sans). `OVERLOAD_WORKERS=8 OVERLOAD_SERVICE_MS=40-60` simulates
+//! another service (the plot then goes to `target/overload/overload.png`,
+//! leaving `docs/` alone).
 //!
 //! # The model
 //!
-//! - The service has `WORKERS` (50) workers; a request takes a service time
-//!   drawn uniformly from 15..=25 ms (mean 20 ms), so its capacity is
-//!   2500 requests/s. Beyond 50 in flight, requests wait for a worker in a
-//!   FIFO queue (a tokio semaphore), so latency grows with the queue, as in
-//!   a thread pool or a database connection pool.
+//! - The service has 50 workers; a request takes a service time drawn
+//!   uniformly from 15..=25 ms (mean 20 ms), so its capacity is 2500
+//!   requests/s. Beyond 50 in flight, requests wait for a worker in a FIFO
+//!   queue (a tokio semaphore), so latency grows with the queue, as in a
+//!   thread pool or a database connection pool.
 //! - The server has a timeout of 95 ms inside the concurrency strategy (the
 //!   crate's stack order: concurrency limit outside the timeout), so an
 //!   admitted request that waits too long is answered 504 and the limit
@@ -57,22 +60,61 @@ use tower_rampart::concurrency::limit::{Aimd, Fixed, Gradient2, LimitAlgorithm, 
 use tower_rampart::rejection::ResponseBody;
 use tower_rampart::timeout::TimeoutLayer;
 
-/// Workers of the simulated service.
-const WORKERS: usize = 50;
-/// Service time range, in ms.
-const SERVICE_MS: (u64, u64) = (15, 25);
-/// Requests per second the service can complete.
-const CAPACITY: f64 = WORKERS as f64 * 1000.0 / ((SERVICE_MS.0 + SERVICE_MS.1) as f64 / 2.0);
-/// The client's deadline.
-const DEADLINE: Duration = Duration::from_millis(100);
-/// The server's timeout, inside the concurrency strategy.
-const SERVER_TIMEOUT: Duration = Duration::from_millis(95);
+/// The simulated service and its clients.
+struct Model {
+    /// Workers of the simulated service.
+    workers: usize,
+    /// Service time range, in ms.
+    service_ms: (u64, u64),
+    /// Requests per second the service can complete.
+    capacity: f64,
+    /// The client's deadline: 5x the mean service time.
+    deadline: Duration,
+    /// The server's timeout, inside the concurrency strategy: 95 % of the
+    /// deadline.
+    server_timeout: Duration,
+    /// The fixed limits (tower's and ours): an operator's guess at twice
+    /// the real concurrency, as one configures without measuring.
+    fixed_limit: usize,
+    /// Whether this is the documented model (its plot goes to `docs/`).
+    documented: bool,
+}
+
+/// The model: 50 workers x 15..=25 ms unless `OVERLOAD_WORKERS` and
+/// `OVERLOAD_SERVICE_MS` (`"lo-hi"`) say otherwise.
+fn model() -> &'static Model {
+    static MODEL: std::sync::OnceLock<Model> = std::sync::OnceLock::new();
+    MODEL.get_or_init(|| {
+        let workers: usize = std::env::var("OVERLOAD_WORKERS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(50)
+            .max(1);
+        let service_ms = std::env::var("OVERLOAD_SERVICE_MS")
+            .ok()
+            .and_then(|s| {
+                let (lo, hi) = s.split_once('-')?;
+                Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?))
+            })
+            .filter(|&(lo, hi): &(u64, u64)| lo >= 1 && hi >= lo)
+            .unwrap_or((15, 25));
+        let mean_ms = (service_ms.0 + service_ms.1) as f64 / 2.0;
+        let deadline = Duration::from_secs_f64(5.0 * mean_ms / 1000.0);
+        Model {
+            workers,
+            service_ms,
+            capacity: workers as f64 * 1000.0 / mean_ms,
+            deadline,
+            server_timeout: deadline.mul_f64(0.95),
+            fixed_limit: 2 * workers,
+            documented: workers == 50 && service_ms == (15, 25),
+        }
+    })
+}
+
 /// Not counted: the start, while adaptive limits learn.
 const WARMUP_MS: u64 = 2000;
-/// The fixed limits (tower's and ours): an operator's guess at twice the
-/// real concurrency, as one configures without measuring.
-const FIXED_LIMIT: usize = 2 * WORKERS;
-/// Offered load as multiples of `CAPACITY`.
+/// Offered load as multiples of `model().capacity`.
 const LOADS: [f64; 4] = [0.5, 1.0, 2.0, 4.0];
 
 type Req = Request<Duration>;
@@ -81,7 +123,7 @@ type Svc = BoxCloneService<Req, StatusCode, BoxError>;
 // ---------------------------------------------------------------------------
 // The simulated service
 
-/// `WORKERS` workers behind a FIFO queue; the request carries its service
+/// `model().workers` workers behind a FIFO queue; the request carries its service
 /// time (drawn by the driver, so runs are reproducible).
 #[derive(Clone)]
 struct Sim {
@@ -115,10 +157,10 @@ type Inner = Response<ResponseBody<()>>;
 
 /// The service with the server's timeout.
 fn inner() -> impl Service<Req, Response = Inner, Error = BoxError, Future: Send> + Clone + Send {
-    TimeoutLayer::new(SERVER_TIMEOUT)
+    TimeoutLayer::new(model().server_timeout)
         .expect("timeout")
         .layer(Sim {
-            workers: Arc::new(Semaphore::new(WORKERS)),
+            workers: Arc::new(Semaphore::new(model().workers)),
         })
 }
 
@@ -148,11 +190,21 @@ const STRATEGIES: [Strategy; 7] = [
 
 impl Strategy {
     fn name(self) -> &'static str {
+        static FIXED: std::sync::OnceLock<[&'static str; 3]> = std::sync::OnceLock::new();
+        let [tower, shed, fixed] = *FIXED.get_or_init(|| {
+            let n = model().fixed_limit;
+            [
+                format!("tower ConcurrencyLimit({n})"),
+                format!("tower ConcurrencyLimit({n})+LoadShed"),
+                format!("rampart Fixed({n})"),
+            ]
+            .map(|s| &*Box::leak(s.into_boxed_str()))
+        });
         match self {
             Strategy::NoLimit => "no limit",
-            Strategy::TowerLimit => "tower ConcurrencyLimit(100)",
-            Strategy::TowerLimitShed => "tower ConcurrencyLimit(100)+LoadShed",
-            Strategy::Fixed => "rampart Fixed(100)",
+            Strategy::TowerLimit => tower,
+            Strategy::TowerLimitShed => shed,
+            Strategy::Fixed => fixed,
             Strategy::Aimd => "rampart Aimd",
             Strategy::Vegas => "rampart Vegas",
             Strategy::Gradient2 => "rampart Gradient2",
@@ -165,11 +217,14 @@ impl Strategy {
         let inner = inner();
         match self {
             Strategy::NoLimit => boxed(inner),
-            Strategy::TowerLimit => boxed(tower::limit::ConcurrencyLimit::new(inner, FIXED_LIMIT)),
-            Strategy::TowerLimitShed => boxed(tower::load_shed::LoadShed::new(
-                tower::limit::ConcurrencyLimit::new(inner, FIXED_LIMIT),
+            Strategy::TowerLimit => boxed(tower::limit::ConcurrencyLimit::new(
+                inner,
+                model().fixed_limit,
             )),
-            Strategy::Fixed => ours(Fixed::new(FIXED_LIMIT), inner),
+            Strategy::TowerLimitShed => boxed(tower::load_shed::LoadShed::new(
+                tower::limit::ConcurrencyLimit::new(inner, model().fixed_limit),
+            )),
+            Strategy::Fixed => ours(Fixed::new(model().fixed_limit), inner),
             Strategy::Aimd => ours(Aimd::default(), inner),
             Strategy::Vegas => ours(Vegas::default(), inner),
             Strategy::Gradient2 => ours(Gradient2::default(), inner),
@@ -240,8 +295,8 @@ impl Rng {
     }
 
     fn service_time(&mut self) -> Duration {
-        let span = SERVICE_MS.1 - SERVICE_MS.0 + 1;
-        Duration::from_millis(SERVICE_MS.0 + self.next() % span)
+        let (lo, hi) = model().service_ms;
+        Duration::from_millis(lo + self.next() % (hi - lo + 1))
     }
 }
 
@@ -281,16 +336,16 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 async fn run(strategy: Strategy, load: f64, seconds: u64) -> Row {
     let svc = strategy.build();
     let mut rng = Rng(0x0ddba11 ^ (load * 1000.0) as u64);
-    let per_ms = CAPACITY * load / 1000.0;
+    let per_ms = model().capacity * load / 1000.0;
     let start = Instant::now();
-    let mut tasks = Vec::with_capacity((CAPACITY * load * seconds as f64 * 1.1) as usize);
+    let mut tasks = Vec::with_capacity((model().capacity * load * seconds as f64 * 1.1) as usize);
     for ms in 0..seconds * 1000 {
         for _ in 0..rng.poisson(per_ms) {
             let svc = svc.clone();
             let req = Request::new(rng.service_time());
             tasks.push(tokio::spawn(async move {
                 let sent = Instant::now();
-                let answer = tokio::time::timeout(DEADLINE, svc.oneshot(req)).await;
+                let answer = tokio::time::timeout(model().deadline, svc.oneshot(req)).await;
                 let waited = sent.elapsed().as_millis() as u64;
                 let seen = match answer {
                     Ok(Ok(StatusCode::OK)) => Seen::Ok(waited),
@@ -328,9 +383,9 @@ async fn run(strategy: Strategy, load: f64, seconds: u64) -> Row {
     Row {
         strategy: strategy.name(),
         load,
-        offered_rps: CAPACITY * load,
+        offered_rps: model().capacity * load,
         goodput_rps: goodput,
-        goodput_pct_capacity: 100.0 * goodput / CAPACITY,
+        goodput_pct_capacity: 100.0 * goodput / model().capacity,
         shed_pct: 100.0 * shed as f64 / total,
         late_pct: 100.0 * late as f64 / total,
         p50_ms: percentile(&admitted, 0.50),
@@ -356,11 +411,13 @@ fn main() {
         }
     }
     println!(
-        "{WORKERS} workers x {}..={} ms: capacity {CAPACITY:.0} req/s; deadline {} ms; \
+        "{} workers x {}..={} ms: capacity {:.0} req/s; deadline {} ms; \
          {} s per run, the first {} s not counted\n",
-        SERVICE_MS.0,
-        SERVICE_MS.1,
-        DEADLINE.as_millis(),
+        model().workers,
+        model().service_ms.0,
+        model().service_ms.1,
+        model().capacity,
+        model().deadline.as_millis(),
         seconds,
         WARMUP_MS / 1000
     );
@@ -378,7 +435,11 @@ fn main() {
     std::fs::write(out.join("overload.csv"), csv(&rows)).expect("csv");
     std::fs::write(out.join("overload.json"), json(&rows)).expect("json");
     println!("\nwrote {}/overload.{{csv,json}}", out.display());
-    let png = workspace.join("docs/overload.png");
+    let png = if model().documented {
+        workspace.join("docs/overload.png")
+    } else {
+        out.join("overload.png")
+    };
     match plot(&rows, &png) {
         Ok(()) => println!("drew {}", png.display()),
         Err(e) => println!("no plot: {e}"),
@@ -549,18 +610,18 @@ fn plot(rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let panels: [Panel<'_, '_>; 2] = [
         (
             &left,
-            "Goodput (200 within the 100 ms deadline)",
+            "Goodput (200 within the client's deadline)",
             "requests/s",
-            CAPACITY * 1.6,
+            model().capacity * 1.6,
             |r: &Row| r.goodput_rps,
-            (CAPACITY, "capacity".to_owned()),
+            (model().capacity, "capacity".to_owned()),
             true,
         ),
         (
             &right,
             "p99 latency of admitted requests",
             "ms",
-            110.0,
+            model().deadline.as_secs_f64() * 1000.0 * 1.1,
             |r: &Row| r.p99_ms as f64,
             (
                 2.0 * uncongested_p99,
