@@ -152,7 +152,66 @@ fn per_call(c: &mut Criterion) {
 
 criterion_group!(benches, per_call);
 
+/// `CONCURRENCY_BENCH_CALLS=<variant>,<calls>`: instead of criterion, make
+/// `calls` calls through one variant and exit; run under
+/// `perf stat -e instructions:u` at two call counts for instructions per
+/// call, which the machine's load does not disturb. Variants: `bare`,
+/// `fixed`, `gradient2`, `tower` (admit); `refuse_http`, `refuse_error`,
+/// `refuse_tower` (refuse).
+fn count_calls(spec: &str) {
+    let (variant, calls) = spec.split_once(',').expect("<variant>,<calls>");
+    let calls: u64 = calls.parse().expect("<calls>");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    fn run<S: Service<Req>>(svc: &mut S, calls: u64) {
+        for _ in 0..calls {
+            call_once(svc);
+        }
+    }
+    match variant {
+        "bare" => run(&mut Holdable, calls),
+        "fixed" => run(
+            &mut ConcurrencyLimitLayer::fixed(1000).layer(Holdable),
+            calls,
+        ),
+        "gradient2" => run(
+            &mut ConcurrencyLimitLayer::builder()
+                .limit(tower_rampart::concurrency::Gradient2::default())
+                .build()
+                .unwrap()
+                .layer(Holdable),
+            calls,
+        ),
+        "tower" => run(&mut tower_pair(1000), calls),
+        "refuse_http" => {
+            let mut svc = ConcurrencyLimitLayer::fixed(1).layer(Holdable);
+            let _held = hold(&mut svc);
+            run(&mut svc, calls);
+        }
+        "refuse_error" => {
+            let mut svc = ConcurrencyLimitLayer::fixed(1)
+                .into_error_mode()
+                .layer(Holdable);
+            let _held = hold(&mut svc);
+            run(&mut svc, calls);
+        }
+        "refuse_tower" => {
+            let mut svc = tower_pair(1);
+            let _held = hold(&mut svc);
+            run(&mut svc, calls);
+        }
+        other => panic!("unknown variant `{other}`"),
+    }
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("CONCURRENCY_BENCH_CALLS") {
+        count_calls(&spec);
+        return;
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
 }
