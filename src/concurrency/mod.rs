@@ -34,7 +34,7 @@
 //! | a response that is not an overload signal (any other status, 4xx and 5xx included) | [`Success`](Outcome::Success): the RTT is a latency sample |
 //! | the **server's own** timeout inside fired (a [`Refused`] marker of kind `TimedOut` that is the service's fault), or the future was dropped after the server's [`Deadline`] (an outer timeout layer gave up on it), or the inner service failed with `tokio::time::error::Elapsed` (a `tokio::time::timeout` or [`Deadline::bound`] that ran out) | [`Dropped`](Outcome::Dropped): back off |
 //! | the inner service answered **503**, or gRPC `UNAVAILABLE` (14) or `RESOURCE_EXHAUSTED` (8) in the response headers (a trailers-only answer, which is how tonic answers an error status), or an inner concurrency limit of this crate refused it | [`Dropped`](Outcome::Dropped): something downstream is overloaded |
-//! | the future was dropped before completing (the client went away), or the handler panicked | [`Ignored`](Outcome::Ignored) |
+//! | the future was dropped before completing (the client went away), or a panic unwound through the layer (with a panic-catching layer inside, as in the config stack, the 500 it answers is a response like any other: a success) | [`Ignored`](Outcome::Ignored) |
 //! | a refusal by another layer of this crate that is not about capacity (rate limit, open breaker, draining, a timeout whose budget the **caller** chose), or an error that is not a timeout | [`Ignored`](Outcome::Ignored) |
 //!
 //! Ignored outcomes are not given to the algorithm (no lock is taken). A
