@@ -8,6 +8,8 @@
 //! - [`rate_limit`]: keyed, multi-quota GCRA limits with bounded memory and
 //!   the IETF `RateLimit` headers;
 //! - [`timeout`]: request timeouts with deadline propagation (`grpc-timeout`);
+//! - [`concurrency`]: a concurrency limit, fixed or learned from latency,
+//!   that sheds what the service cannot absorb;
 //! - [`shutdown`]: graceful shutdown (SIGTERM, delay, drain, abort, hooks)
 //!   with a drain layer;
 //! - [`health`]: Kubernetes-style probes wired to shutdown and breakers;
@@ -23,7 +25,9 @@
 //!
 //! Outermost first: probes (answered before anything can refuse them), the
 //! drain layer, the rate limit (the cheapest refusal first, so refused
-//! requests never reach the breaker's statistics), the circuit breaker, and
+//! requests never reach the breaker's statistics), the
+//! [concurrency limit](concurrency) where one is wanted (it sheds what the
+//! service cannot absorb), the circuit breaker, and
 //! the timeout inside it (so a timeout counts as a failure). axum applies the
 //! *last* `.layer(...)` outermost:
 //!
@@ -81,6 +85,14 @@
 //! | `rampart_rate_limit_keys` | gauge | `name`, `quota` | [`rate_limit`] |
 //! | `rampart_rate_limit_evictions_total` | counter | `name`, `quota`, `reason` | [`rate_limit`] |
 //! | `rampart_rate_limit_decisions_total` | counter | `name`, `path` | [`rate_limit`] (Redis store) |
+//! | `rampart_concurrency_limit` | gauge | `name` | [`concurrency`] |
+//! | `rampart_concurrency_in_flight` | gauge | `name` | [`concurrency`] |
+//! | `rampart_concurrency_queued` | gauge | `name` | [`concurrency`] |
+//! | `rampart_concurrency_rejections_total` | counter | `name`, `partition`, `reason` | [`concurrency`] |
+//! | `rampart_concurrency_samples_total` | counter | `name`, `outcome` | [`concurrency`] |
+//! | `rampart_concurrency_rtt_seconds` | histogram | `name` | [`concurrency`] |
+//! | `rampart_concurrency_min_rtt_seconds` | gauge | `name` | [`concurrency`] |
+//! | `rampart_concurrency_limit_changes_total` | counter | `name` | [`concurrency`] |
 //! | `rampart_timeouts_total` | counter | `name`, `cause`, `source` | [`timeout`] |
 //! | `rampart_in_flight_requests` | gauge | `name` | [`shutdown`] |
 //! | `rampart_shutdown_phase` | gauge | `name` | [`shutdown`] |
@@ -99,7 +111,7 @@
 //!
 //! `tracing` events use the module path as target
 //! (`tower_rampart::circuit_breaker`, `tower_rampart::rate_limit`,
-//! `tower_rampart::timeout`, `tower_rampart::shutdown`,
+//! `tower_rampart::concurrency`, `tower_rampart::timeout`, `tower_rampart::shutdown`,
 //! `tower_rampart::health`, `tower_rampart::serve`); each module's docs list its events, levels and
 //! fields.
 //!
@@ -138,6 +150,7 @@ pub mod timeout;
 mod util;
 
 pub use circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, CircuitState};
+pub use concurrency::ConcurrencyLimitLayer;
 #[cfg(feature = "config")]
 pub use config::{RampartConfig, Stack};
 pub use error::ConfigError;

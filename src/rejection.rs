@@ -13,6 +13,7 @@
 //! | [`RateLimited`](RejectionKind::RateLimited) | 429 | 8 `RESOURCE_EXHAUSTED` |
 //! | [`TimedOut`](RejectionKind::TimedOut) | 504 | 4 `DEADLINE_EXCEEDED` |
 //! | [`InvalidRequest`](RejectionKind::InvalidRequest) | 400 | 3 `INVALID_ARGUMENT` |
+//! | [`Overloaded`](RejectionKind::Overloaded) | 503 | 14 `UNAVAILABLE` |
 //!
 //! Every answer also carries a [`Refused`] marker in its response
 //! *extensions* (never on the wire, so a client cannot forge it): which kind
@@ -75,13 +76,19 @@ pub enum RejectionKind {
     /// The request cannot be processed as sent (for example a rate limit
     /// that requires a key the request does not carry).
     InvalidRequest,
+    /// A concurrency limit is reached: the service has as many requests in
+    /// flight as it can absorb (and its queue, if any, is full or the wait
+    /// ran out).
+    Overloaded,
 }
 
 impl RejectionKind {
     /// The HTTP status a refusal of this kind gets by default.
     pub const fn status(self) -> StatusCode {
         match self {
-            RejectionKind::CircuitOpen | RejectionKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            RejectionKind::CircuitOpen | RejectionKind::Draining | RejectionKind::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             RejectionKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             RejectionKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
             RejectionKind::InvalidRequest => StatusCode::BAD_REQUEST,
@@ -91,7 +98,9 @@ impl RejectionKind {
     /// The gRPC status a refusal of this kind gets.
     pub const fn grpc_code(self) -> GrpcCode {
         match self {
-            RejectionKind::CircuitOpen | RejectionKind::Draining => GrpcCode::Unavailable,
+            RejectionKind::CircuitOpen | RejectionKind::Draining | RejectionKind::Overloaded => {
+                GrpcCode::Unavailable
+            }
             RejectionKind::RateLimited => GrpcCode::ResourceExhausted,
             RejectionKind::TimedOut => GrpcCode::DeadlineExceeded,
             RejectionKind::InvalidRequest => GrpcCode::InvalidArgument,
@@ -106,6 +115,7 @@ impl RejectionKind {
             RejectionKind::TimedOut => "Timed out",
             RejectionKind::Draining => "Shutting down",
             RejectionKind::InvalidRequest => "Invalid request",
+            RejectionKind::Overloaded => "Overloaded",
         }
     }
 
@@ -118,6 +128,7 @@ impl RejectionKind {
             RejectionKind::TimedOut => "timed-out",
             RejectionKind::Draining => "draining",
             RejectionKind::InvalidRequest => "invalid-request",
+            RejectionKind::Overloaded => "overloaded",
         }
     }
 
@@ -129,6 +140,7 @@ impl RejectionKind {
             RejectionKind::TimedOut => "urn:tower-rampart:problem:timed-out",
             RejectionKind::Draining => "urn:tower-rampart:problem:draining",
             RejectionKind::InvalidRequest => "urn:tower-rampart:problem:invalid-request",
+            RejectionKind::Overloaded => "urn:tower-rampart:problem:overloaded",
         }
     }
 }
@@ -756,6 +768,7 @@ mod tests {
             (RejectionKind::RateLimited, 429),
             (RejectionKind::TimedOut, 504),
             (RejectionKind::InvalidRequest, 400),
+            (RejectionKind::Overloaded, 503),
         ] {
             let res = Rejection::new(kind, "x")
                 .with_detail("why \"quoted\"\n")
@@ -806,6 +819,7 @@ mod tests {
             (RejectionKind::RateLimited, "8"),
             (RejectionKind::TimedOut, "4"),
             (RejectionKind::InvalidRequest, "3"),
+            (RejectionKind::Overloaded, "14"),
         ] {
             let res = Rejection::new(kind, "x")
                 .with_retry_after(Duration::from_millis(1500))

@@ -39,6 +39,9 @@
 //! [rate_limit]                  # optional: no section, no rate limit
 //! quotas = [{ rate = "100/s", burst = 50, key = "client_ip" }]
 //!
+//! [concurrency]                 # optional: no section, no concurrency limit
+//! limit = { algorithm = "gradient2" }   # fixed | aimd | vegas | gradient2
+//!
 //! [circuit_breaker]             # optional keys: defaults apply
 //! failure_rate_threshold = 50.0
 //! open_duration = "10s"
@@ -122,22 +125,28 @@
 //!    then the platform's endpoints ([`PlatformConfig`]: `/metrics` and
 //!    `grpc.health.v1.Health/{Check,Watch,List}` by default, matched by the
 //!    exact path) go to the application with panic catching only, skipping
-//!    layers 2 to 5: they are neither refused nor counted by them, so a
+//!    layers 2 to 6: they are neither refused nor counted by them, so a
 //!    scrape answers while a breaker is open and a gRPC health check
-//!    answers what `/readyz` answers;
+//!    answers what `/readyz` answers (probes are never counted by the
+//!    concurrency limit either);
 //! 2. the [drain layer](crate::shutdown::DrainLayer): counts every request
 //!    in flight for the graceful shutdown and refuses new ones while
 //!    draining;
 //! 3. the [rate limit](crate::rate_limit) (if configured): the cheapest
 //!    refusal first, and a refused request never reaches the breaker's
 //!    statistics;
-//! 4. the [circuit breaker](crate::circuit_breaker): one for every request,
+//! 4. the [concurrency limit](crate::concurrency) (if configured): after
+//!    the rate limit, so abusive clients are refused before they take a
+//!    slot; outside the breaker and the timeout, so the server's timeout is
+//!    observed as a dropped request (a back-off signal) and a breaker's
+//!    refusal, which costs nothing, is ignored;
+//! 5. the [circuit breaker](crate::circuit_breaker): one for every request,
 //!    or one per route with [`RoutesConfig::per_route_breaker`] (axum's
 //!    matched path, declared gRPC methods, and one `unmatched` breaker for
 //!    the rest, so clients cannot create breakers);
-//! 5. the [timeout](crate::timeout), inside the breaker, so a timed-out call
+//! 6. the [timeout](crate::timeout), inside the breaker, so a timed-out call
 //!    reaches the breaker as a failure (504) rather than as a dropped call;
-//! 6. the panic catcher ([`CatchPanic`]), innermost, so a panicking
+//! 7. the panic catcher ([`CatchPanic`]), innermost, so a panicking
 //!    handler answers 500 (gRPC: `INTERNAL`) and counts as a failure too
 //!    (and the connection survives); the panic is logged once (event
 //!    `service panicked`, target `tower_rampart::config`, ERROR, field
@@ -212,6 +221,7 @@ use serde::Deserialize;
 
 use crate::ConfigError;
 use crate::circuit_breaker::CircuitBreakerConfig;
+use crate::concurrency::ConcurrencyConfig;
 use crate::health::ProbeConfig;
 pub use crate::health::{BreakerReadiness, HealthConfig};
 use crate::rate_limit::RateLimitConfig;
@@ -223,7 +233,8 @@ pub use env::{ConfigLoader, ConfigWarning, Loaded};
 pub use platform::{Platform, PlatformBody, PlatformFuture};
 pub use routes::{RouteBreaker, RouteBreakers, RouteKey};
 pub use stack::{
-    OptionalFuture, OptionalRateLimit, RampartLayer, RampartService, Stack, StackBuilder,
+    OptionalConcurrency, OptionalFuture, OptionalRateLimit, RampartLayer, RampartService, Stack,
+    StackBuilder,
 };
 
 /// The default prefix of the environment variables read by
@@ -253,6 +264,10 @@ pub struct RampartConfig {
     /// The rate limit; without this section, requests are not rate limited.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// The concurrency limit; without this section, requests in flight are
+    /// not limited.
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencyConfig>,
     /// The circuit breaker (every key optional).
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerConfig,
@@ -297,6 +312,7 @@ impl Default for RampartConfig {
             health: HealthConfig::default(),
             shutdown: ShutdownConfig::default(),
             rate_limit: None,
+            concurrency: None,
             circuit_breaker: CircuitBreakerConfig::default(),
             timeout: default_timeout(),
             platform: PlatformConfig::default(),
@@ -553,6 +569,9 @@ impl RampartConfig {
             for e in validate_rate_limit(rl) {
                 push(Err(e), "rate_limit");
             }
+        }
+        if let Some(c) = &self.concurrency {
+            push(c.validate(), "concurrency");
         }
         push(self.circuit_breaker.validate(), "circuit_breaker");
         push(self.timeout.build().map(drop), "timeout");

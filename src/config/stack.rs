@@ -15,6 +15,7 @@ use super::platform::{Platform, PlatformPaths};
 use super::routes::{BreakerLayer, Breakers, RouteBreaker, RouteBreakers};
 use super::{BreakerReadiness, ConfigErrors, RampartConfig};
 use crate::circuit_breaker::CircuitBreakerHandle;
+use crate::concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 use crate::health::{Check, HealthRegistry, Probe, ProbeLayer};
 use crate::rate_limit::{RateLimit, RateLimitLayer};
 use crate::rejection::ResponseBody;
@@ -85,6 +86,14 @@ impl<'a> StackBuilder<'a> {
             None => None,
         };
 
+        let concurrency = match &config.concurrency {
+            Some(c) => Some(
+                c.build()
+                    .map_err(|e| ConfigErrors::from(e.at("concurrency")))?,
+            ),
+            None => None,
+        };
+
         let mut registry = HealthRegistry::builder()
             .name(config.health.name.clone())
             .shutdown(&shutdown);
@@ -115,6 +124,7 @@ impl<'a> StackBuilder<'a> {
                 platform: Arc::new(PlatformPaths::new(&config.platform)),
                 drain: shutdown.drain_layer(),
                 rate_limit,
+                concurrency,
                 breaker,
                 timeout,
                 catch_panic: CatchPanicLayer,
@@ -194,7 +204,7 @@ impl Stack {
 
 /// Every layer of the stack, applied outermost first: probes, the
 /// platform's endpoints (around everything below), drain, rate limit,
-/// circuit breaker, timeout, panic catching. Built by
+/// concurrency limit, circuit breaker, timeout, panic catching. Built by
 /// [`StackBuilder::build`]; see the [module docs](super#the-stack).
 #[derive(Clone)]
 pub struct RampartLayer {
@@ -202,6 +212,7 @@ pub struct RampartLayer {
     platform: Arc<PlatformPaths>,
     drain: DrainLayer,
     rate_limit: Option<RateLimitLayer>,
+    concurrency: Option<ConcurrencyLimitLayer>,
     breaker: BreakerLayer,
     timeout: TimeoutLayer,
     catch_panic: CatchPanicLayer,
@@ -214,6 +225,7 @@ impl fmt::Debug for RampartLayer {
             .field("platform", &self.platform)
             .field("drain", &self.drain)
             .field("rate_limit", &self.rate_limit.as_ref().map(|l| l.name()))
+            .field("concurrency", &self.concurrency.as_ref().map(|l| l.name()))
             .field("breaker", &self.breaker.name())
             .field("timeout", &self.timeout.name())
             .finish_non_exhaustive()
@@ -221,8 +233,16 @@ impl fmt::Debug for RampartLayer {
 }
 
 /// The service made by [`RampartLayer`] around `S`.
-pub type RampartService<S> =
-    Probe<Platform<Drain<OptionalRateLimit<RouteBreaker<Timeout<CatchPanic<S>>>>>, CatchPanic<S>>>;
+pub type RampartService<S> = Probe<
+    Platform<
+        Drain<
+            OptionalRateLimit<
+                OptionalConcurrency<RouteBreaker<Timeout<CatchPanic<S>>>>,
+            >,
+        >,
+        CatchPanic<S>,
+    >,
+>;
 
 /// `S` is cloned once per `layer()` call (not per request): one copy for
 /// the platform's endpoints, one behind the protections.
@@ -234,6 +254,13 @@ impl<S: Clone> Layer<S> for RampartLayer {
         let svc = self.catch_panic.layer(inner);
         let svc = self.timeout.layer(svc);
         let svc = self.breaker.layer(svc);
+        // After the rate limit (abusive clients are refused before they take
+        // a slot), outside the breaker and the timeout (the server's timeout
+        // is a dropped sample, a breaker's free refusal is ignored).
+        let svc = match &self.concurrency {
+            Some(c) => OptionalConcurrency::On(c.layer(svc)),
+            None => OptionalConcurrency::Off(svc),
+        };
         let svc = match &self.rate_limit {
             Some(rl) => OptionalRateLimit::On(rl.layer(svc)),
             None => OptionalRateLimit::Off(svc),
@@ -288,8 +315,55 @@ where
     }
 }
 
+/// The concurrency limit of a [`RampartLayer`], or a pass-through when the
+/// config has no `[concurrency]` section. Both answer the same body type.
+#[derive(Clone, Debug)]
+pub enum OptionalConcurrency<S> {
+    /// Limited.
+    On(ConcurrencyLimit<S>),
+    /// Not limited.
+    Off(S),
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for OptionalConcurrency<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    ConcurrencyLimit<S>:
+        Service<Request<ReqB>, Response = Response<ResponseBody<ResB>>, Error = S::Error>,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future =
+        OptionalFuture<<ConcurrencyLimit<S> as Service<Request<ReqB>>>::Future, S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            Self::On(s) => s.poll_ready(cx),
+            Self::Off(s) => s.poll_ready(cx),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        match self {
+            Self::On(s) => OptionalFuture {
+                inner: Either::On {
+                    future: s.call(req),
+                },
+            },
+            Self::Off(s) => OptionalFuture {
+                inner: Either::Off {
+                    future: s.call(req),
+                },
+            },
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// The response future of [`OptionalRateLimit`].
+    /// The response future of [`OptionalRateLimit`] and
+    /// [`OptionalConcurrency`].
     pub struct OptionalFuture<A, B> {
         #[pin]
         inner: Either<A, B>,

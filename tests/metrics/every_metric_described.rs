@@ -66,6 +66,13 @@ async fn every_metric_has_help_and_histograms_have_buckets() {
         .layer(TimeoutLayer::new(Duration::from_secs(5)).unwrap())
         .layer(breaker.clone())
         .layer(
+            // Adaptive, so the RTT metrics are recorded too.
+            tower_rampart::ConcurrencyLimitLayer::builder()
+                .limit(tower_rampart::concurrency::Gradient2::default())
+                .build()
+                .unwrap(),
+        )
+        .layer(
             RateLimitLayer::builder()
                 .quota(Quota::per_second(100).key(KeyExtractor::client_ip()))
                 .build()
@@ -124,7 +131,7 @@ async fn every_metric_has_help_and_histograms_have_buckets() {
         })
         .collect();
     let documented = documented();
-    assert_eq!(documented.len(), 27);
+    assert_eq!(documented.len(), 35);
     let missing: Vec<_> = documented.difference(&rendered).collect();
     assert!(missing.is_empty(), "not rendered: {missing:?}\n{body}");
     let undocumented: Vec<_> = rendered.difference(&documented).collect();
@@ -135,6 +142,7 @@ async fn every_metric_has_help_and_histograms_have_buckets() {
     for histogram in [
         "rampart_drain_duration_seconds",
         "rampart_health_check_duration_seconds",
+        "rampart_concurrency_rtt_seconds",
     ] {
         assert!(
             body.contains(&format!("# TYPE {histogram} histogram")),
