@@ -60,9 +60,17 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
         let now = self.now();
         let idle =
             u64::try_from(self.settings.config.key_idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        // A key's expiry moves only when it has fallen within the idle
+        // timeout of now, and then to a sixteenth of the timeout beyond it:
+        // a busy key is written once per that sixteenth, not on every call
+        // (a shared cache line every thread would otherwise write). A key
+        // still never expires before it was idle for the whole timeout.
         let idle_at = now.saturating_add(idle);
         let touch = |e: &Entry| {
-            e.idle_at.store(idle_at, Ordering::Relaxed);
+            if e.idle_at.load(Ordering::Relaxed) < idle_at {
+                e.idle_at
+                    .store(idle_at.saturating_add(idle / 16), Ordering::Relaxed);
+            }
             e.breaker.clone()
         };
         if let Some(b) = self.map.with(&key, touch) {

@@ -226,7 +226,7 @@ impl MemoryStore {
     /// A store over `quotas`, its time line starting now.
     pub(crate) fn new(quotas: Vec<QuotaCells>) -> Self {
         Self {
-            epoch: Instant::now(),
+            epoch: crate::util::clock::EpochClock::new().instant(0),
             params: quotas.iter().map(|q| q.gcra).collect(),
             quotas: quotas.into(),
         }
@@ -236,7 +236,7 @@ impl MemoryStore {
     #[inline]
     pub(crate) fn now(&self) -> u64 {
         u64::try_from(
-            Instant::now()
+            crate::util::clock::now()
                 .saturating_duration_since(self.epoch)
                 .as_nanos(),
         )

@@ -131,7 +131,6 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
 use tower::Service;
 
 pub use self::deadline::{
@@ -211,7 +210,7 @@ where
 
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let now = Instant::now();
+        let now = crate::util::clock::now();
         let cx = M::context(&req);
         let eff = self.shared.deadline_for(&req, now, cx.is_grpc());
         if eff.at <= now {
