@@ -217,8 +217,8 @@ where
             self.shared.record(TimeoutCause::BudgetSpent, eff.source);
             return ResponseFuture::spent(cx, self.shared.clone(), eff.source, eff.binding);
         }
+        let deadline = Deadline::at(eff.at).with_source(eff.source);
         if self.shared.deadline_extension {
-            let deadline = Deadline::at(eff.at).with_source(eff.source);
             if eff.nested {
                 req.replace_deadline(deadline);
             } else {
@@ -226,7 +226,7 @@ where
             }
         }
         ResponseFuture::running(
-            self.inner.call(req),
+            self::deadline::in_scope(deadline, || self.inner.call(req)),
             eff.at,
             eff.source,
             cx,
