@@ -85,13 +85,13 @@ fn bench(c: &mut Criterion) {
     let stack = config.stack().build().unwrap();
     let no_rl = RampartConfig::from_toml(CONFIG_NO_RATE_LIMIT).unwrap();
     let stack_no_rl = no_rl.stack().build().unwrap();
-    let no_ext = RampartConfig::from_toml(&CONFIG.replace(
+    let with_ext = RampartConfig::from_toml(&CONFIG.replace(
         "timeout = \"5s\"",
-        "timeout = \"5s\"\n    deadline_extension = false",
+        "timeout = \"5s\"\n    deadline_extension = true",
     ))
     .unwrap();
-    assert!(!no_ext.timeout.deadline_extension);
-    let stack_no_ext = no_ext.stack().build().unwrap();
+    assert!(with_ext.timeout.deadline_extension);
+    let stack_with_ext = with_ext.stack().build().unwrap();
 
     // The same layers by hand, without CatchPanicLayer.
     let probe = config.probes.clone().build(stack.health()).unwrap();
@@ -112,8 +112,8 @@ fn bench(c: &mut Criterion) {
     g.bench_function("rampart_stack_without_rate_limit", |b| {
         b.iter(|| one(&mut s))
     });
-    let mut s = stack_no_ext.layer().layer(Bare);
-    g.bench_function("rampart_stack_without_deadline_extension", |b| {
+    let mut s = stack_with_ext.layer().layer(Bare);
+    g.bench_function("rampart_stack_with_deadline_extension", |b| {
         b.iter(|| one(&mut s))
     });
     let mut s = probe.layer(drain.layer(rl.layer(breaker.layer(timeout.layer(Bare)))));
