@@ -307,7 +307,7 @@ where
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         // One clock reading for the decision and every layer below.
-        crate::util::clock::pinned(crate::util::clock::now(), move || self.decide_and_call(req))
+        crate::util::clock::pinned(move || self.decide_and_call(req))
     }
 }
 

@@ -31,10 +31,15 @@
 //!
 //! # Sharing one reading across the stack
 //!
-//! [`pinned`] runs a closure with this thread's reading fixed to a given
-//! instant: an outer layer that has read the clock calls its inner service
-//! inside it, and the layers below take the same instant instead of reading
-//! the clock again (one clock reading per request for the whole stack).
+//! [`pinned`] reads the clock once and runs a closure with this thread's
+//! reading fixed to it: an outer layer that needs the time calls its inner
+//! service inside it, and the layers below take the same reading instead
+//! of reading the clock again (one clock reading per request for the whole
+//! stack).
+//!
+//! Readings are kept as `u64` nanoseconds since a process-wide base (a
+//! `tokio::time::Instant` ten years before the first reading), so the fast
+//! path is a counter read, a multiply and a shift, and an addition.
 
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -52,79 +57,102 @@ fn counter() -> &'static quanta::Clock {
     COUNTER.get_or_init(quanta::Clock::new)
 }
 
-/// This thread's anchor.
-#[derive(Clone, Copy)]
-struct Anchor {
-    /// tokio's clock at the anchor.
-    at: Instant,
-    /// The counter at the anchor.
-    raw: u64,
+/// The zero of the clock's nanoseconds: ten years before the first
+/// reading (before any instant a paused test clock can show), or the first
+/// reading itself where the platform's instants cannot go that far back.
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(10 * 365 * 86_400))
+            .unwrap_or(now)
+    })
+}
+
+/// `at` as nanoseconds since [`base`] (0 if before it).
+#[inline]
+fn to_nanos(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(base()).as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[derive(Clone, Copy)]
 enum Mode {
     /// No anchor (new thread, or a layer was just built): probe first.
     Unknown,
-    /// tokio's clock runs: extrapolate from the anchor.
-    Fast(Anchor),
+    /// tokio's clock runs: extrapolate from the anchor, tokio's clock (as
+    /// nanoseconds since [`base`]) at counter reading `raw`.
+    Fast { nanos: u64, raw: u64 },
     /// tokio's clock is paused (or too coarse to tell): read it every time.
     Follow,
 }
 
+/// No pinned reading.
+const UNPINNED: u64 = u64::MAX;
+
 thread_local! {
     static MODE: Cell<Mode> = const { Cell::new(Mode::Unknown) };
-    static PINNED: Cell<Option<Instant>> = const { Cell::new(None) };
+    static PINNED: Cell<u64> = const { Cell::new(UNPINNED) };
 }
 
-/// tokio's clock, now (see the module docs for how it is read).
+/// tokio's clock, now, as nanoseconds since the process's base (see the
+/// module docs for how it is read).
 #[inline]
-pub(crate) fn now() -> Instant {
-    if let Some(at) = PINNED.with(Cell::get) {
-        return at;
+fn now_nanos() -> u64 {
+    let pinned = PINNED.with(Cell::get);
+    if pinned != UNPINNED {
+        return pinned;
     }
     let counter = counter();
     let raw = counter.raw();
     MODE.with(|mode| {
-        if let Mode::Fast(anchor) = mode.get() {
-            let since = counter.delta_as_nanos(anchor.raw, raw);
+        if let Mode::Fast { nanos, raw: at } = mode.get() {
+            let since = counter.delta_as_nanos(at, raw);
             if since < REFRESH_NANOS {
-                return anchor.at + Duration::from_nanos(since);
+                return nanos + since;
             }
         }
         reanchor(mode, counter)
     })
 }
 
+/// tokio's clock, now (see the module docs for how it is read).
+#[inline]
+pub(crate) fn now() -> Instant {
+    base() + Duration::from_nanos(now_nanos())
+}
+
 /// Reads tokio's clock twice and decides this thread's mode.
 #[cold]
 #[inline(never)]
-fn reanchor(mode: &Cell<Mode>, counter: &quanta::Clock) -> Instant {
+fn reanchor(mode: &Cell<Mode>, counter: &quanta::Clock) -> u64 {
     let first = Instant::now();
     let second = Instant::now();
+    let nanos = to_nanos(second);
     if first == second {
         mode.set(Mode::Follow);
     } else {
-        mode.set(Mode::Fast(Anchor {
-            at: second,
+        mode.set(Mode::Fast {
+            nanos,
             raw: counter.raw(),
-        }));
+        });
     }
-    second
+    nanos
 }
 
-/// Runs `f` with this thread's clock reading fixed at `at` (the instant an
-/// outer layer has just read), so the layers it calls do not read the clock
-/// again. Restores the previous state on return (also on unwind).
+/// Reads the clock once and runs `f` with this thread's reading fixed at
+/// that instant, so the layers `f` calls do not read the clock again.
+/// Restores the previous state on return (also on unwind).
 #[inline]
-pub(crate) fn pinned<R>(at: Instant, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Instant>);
+pub(crate) fn pinned<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(u64);
     impl Drop for Restore {
         #[inline]
         fn drop(&mut self) {
             PINNED.with(|p| p.set(self.0));
         }
     }
-    let _restore = Restore(PINNED.with(|p| p.replace(Some(at))));
+    let at = now_nanos();
+    let _restore = Restore(PINNED.with(|p| p.replace(at)));
     f()
 }
 
@@ -137,6 +165,8 @@ fn forget_anchor() {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EpochClock {
     epoch: Instant,
+    /// `epoch` as nanoseconds since the process's base.
+    epoch_nanos: u64,
 }
 
 impl EpochClock {
@@ -146,15 +176,17 @@ impl EpochClock {
     pub(crate) fn new() -> Self {
         let _ = counter();
         forget_anchor();
+        let epoch = Instant::now();
         Self {
-            epoch: Instant::now(),
+            epoch,
+            epoch_nanos: to_nanos(epoch),
         }
     }
 
     /// Nanoseconds since the epoch (saturating; never before it).
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        self.nanos_at(now())
+        now_nanos().saturating_sub(self.epoch_nanos)
     }
 
     /// `at` as nanoseconds since the epoch (0 if before it).
@@ -225,9 +257,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_pinned_reading_is_what_the_layers_below_see() {
-        let at = tokio::time::Instant::now() + Duration::from_secs(5);
-        let seen = pinned(at, || (now(), pinned(at + Duration::from_secs(1), now)));
-        assert_eq!(seen, (at, at + Duration::from_secs(1)));
+        let clock = EpochClock::new();
+        let at = now();
+        let seen = pinned(|| {
+            std::thread::sleep(Duration::from_millis(2));
+            (now(), clock.now(), pinned(now))
+        });
+        assert_eq!(seen, (at, 0, at));
+        tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(now(), tokio::time::Instant::now(), "restored on return");
+        assert_eq!(clock.now(), 5_000_000_000);
     }
 }
