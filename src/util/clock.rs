@@ -190,6 +190,10 @@ impl EpochClock {
     }
 
     /// `at` as nanoseconds since the epoch (0 if before it).
+    #[allow(
+        dead_code,
+        reason = "part of the clock's interface; the concurrency limiter uses it"
+    )]
     #[inline]
     pub(crate) fn nanos_at(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
