@@ -25,7 +25,6 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-
 use super::MAX_QUOTAS;
 use super::gcra::{self, Gcra, Outcome, Step};
 use crate::util::keyed_map::{Expiring, KeyedMap, MapMetrics};

@@ -138,19 +138,25 @@ fn bench(c: &mut Criterion) {
     if !counting("rampart_stack_without_rate_limit", || {
         black_box(one(&mut s));
     }) {
-        g.bench_function("rampart_stack_without_rate_limit", |b| b.iter(|| one(&mut s)));
+        g.bench_function("rampart_stack_without_rate_limit", |b| {
+            b.iter(|| one(&mut s))
+        });
     }
     let mut s = stack_with_ext.layer().layer(Bare);
     if !counting("rampart_stack_with_deadline_extension", || {
         black_box(one(&mut s));
     }) {
-        g.bench_function("rampart_stack_with_deadline_extension", |b| b.iter(|| one(&mut s)));
+        g.bench_function("rampart_stack_with_deadline_extension", |b| {
+            b.iter(|| one(&mut s))
+        });
     }
     let mut s = probe.layer(drain.layer(rl.layer(breaker.layer(timeout.layer(Bare)))));
     if !counting("rampart_layers_without_catch_panic", || {
         black_box(one(&mut s));
     }) {
-        g.bench_function("rampart_layers_without_catch_panic", |b| b.iter(|| one(&mut s)));
+        g.bench_function("rampart_layers_without_catch_panic", |b| {
+            b.iter(|| one(&mut s))
+        });
     }
     let mut s = tr.layer(Bare);
     if !counting("tower_resilience_breaker_alone", || {
