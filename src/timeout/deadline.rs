@@ -151,7 +151,7 @@ impl Deadline {
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
-    /// let layer = TimeoutLayer::new(Duration::from_secs(2)).unwrap();
+    /// let layer = TimeoutLayer::new(Duration::from_secs(2)).unwrap().into_error_mode();
     /// let mut svc = layer.layer(tower::service_fn(|_req: http::Request<()>| async {
     ///     let left = Deadline::current().map(|d| d.remaining());
     ///     Ok::<_, BoxError>(http::Response::new(format!("{left:?}")))
