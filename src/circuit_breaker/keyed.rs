@@ -60,9 +60,19 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
         let now = self.now();
         let idle =
             u64::try_from(self.settings.config.key_idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        // A key's expiry moves only when it has fallen within the idle
+        // timeout of now, and then a little beyond it (1 ms, or a sixteenth
+        // of a shorter timeout): a busy key is written about once per
+        // millisecond, not on every call (a cache line every thread would
+        // otherwise write). A key never expires before it was idle for the
+        // whole timeout, and at most that little after.
         let idle_at = now.saturating_add(idle);
         let touch = |e: &Entry| {
-            e.idle_at.store(idle_at, Ordering::Relaxed);
+            if e.idle_at.load(Ordering::Relaxed) < idle_at {
+                let slack = (idle / 16).min(1_000_000);
+                e.idle_at
+                    .store(idle_at.saturating_add(slack), Ordering::Relaxed);
+            }
             e.breaker.clone()
         };
         if let Some(b) = self.map.with(&key, touch) {

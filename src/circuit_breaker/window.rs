@@ -30,10 +30,10 @@ impl Window {
             }),
             SlidingWindow::Time { duration, buckets } => {
                 let bucket_nanos = (duration.as_nanos() / u128::from(buckets)).max(1);
-                Window::Time(TimeRing {
-                    buckets: vec![Bucket::default(); buckets as usize].into_boxed_slice(),
-                    bucket_nanos: u64::try_from(bucket_nanos).unwrap_or(u64::MAX),
-                })
+                Window::Time(TimeRing::new(
+                    buckets,
+                    u64::try_from(bucket_nanos).unwrap_or(u64::MAX),
+                ))
             }
         }
     }
@@ -46,8 +46,8 @@ impl Window {
         }
     }
 
-    /// The calls in the window at `now`.
-    pub(crate) fn tally(&self, now: u64) -> Tally {
+    /// The calls in the window at `now` (moves a time window's end there).
+    pub(crate) fn tally(&mut self, now: u64) -> Tally {
         match self {
             Window::Count(r) => r.tally,
             Window::Time(r) => r.tally(now),
@@ -62,7 +62,7 @@ impl Window {
                 r.len = 0;
                 r.tally = Tally::default();
             }
-            Window::Time(r) => r.buckets.fill(Bucket::default()),
+            Window::Time(r) => r.clear(),
         }
     }
 
@@ -114,40 +114,106 @@ struct Bucket {
     tally: Tally,
 }
 
-/// The calls of the last T, in buckets.
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.calls += other.calls;
+        self.failures += other.failures;
+        self.slow += other.slow;
+    }
+
+    fn sub(&mut self, other: Tally) {
+        self.calls -= other.calls;
+        self.failures -= other.failures;
+        self.slow -= other.slow;
+    }
+}
+
+/// The calls of the last T, in buckets, with a running total: recording
+/// and reading cost O(1) (plus one step per bucket the time moved past),
+/// not a sum over every bucket under the breaker's lock.
 pub(crate) struct TimeRing {
     buckets: Box<[Bucket]>,
     bucket_nanos: u64,
+    /// The latest period the ring has moved to (0: none yet). The buckets
+    /// of periods `head - n + 1 ..= head` are the window.
+    head: u64,
+    /// The sum of the window's buckets.
+    total: Tally,
 }
 
 impl TimeRing {
-    fn record(&mut self, now: u64, flags: u8) {
-        let period = now / self.bucket_nanos + 1;
+    fn new(buckets: u32, bucket_nanos: u64) -> Self {
+        Self {
+            buckets: vec![Bucket::default(); buckets as usize].into_boxed_slice(),
+            bucket_nanos,
+            head: 0,
+            total: Tally::default(),
+        }
+    }
+
+    fn period(&self, now: u64) -> u64 {
+        now / self.bucket_nanos + 1
+    }
+
+    /// Moves the window's end to `period`, dropping the buckets that leave.
+    fn advance(&mut self, period: u64) {
+        if period <= self.head {
+            return;
+        }
         let n = self.buckets.len() as u64;
+        if period - self.head >= n {
+            self.clear();
+        } else {
+            for p in self.head + 1..=period {
+                let b = &mut self.buckets[(p % n) as usize];
+                if b.period != 0 {
+                    self.total.sub(b.tally);
+                    *b = Bucket::default();
+                }
+            }
+        }
+        self.head = period;
+    }
+
+    fn clear(&mut self) {
+        self.buckets.fill(Bucket::default());
+        self.total = Tally::default();
+    }
+
+    fn record(&mut self, now: u64, flags: u8) {
+        let period = self.period(now);
+        self.advance(period);
+        let n = self.buckets.len() as u64;
+        if period + n <= self.head {
+            // Read before a newer call moved the window past it (clock
+            // readings of concurrent calls arrive slightly out of order):
+            // already outside the window.
+            return;
+        }
         let b = &mut self.buckets[(period % n) as usize];
         if b.period != period {
+            // Only an empty bucket or one outside the window can sit here.
+            if b.period != 0 {
+                self.total.sub(b.tally);
+            }
             *b = Bucket {
                 period,
                 tally: Tally::default(),
             };
         }
-        b.tally.calls += 1;
-        b.tally.failures += u32::from(flags & FAILURE != 0);
-        b.tally.slow += u32::from(flags & SLOW != 0);
+        let call = Tally {
+            calls: 1,
+            failures: u32::from(flags & FAILURE != 0),
+            slow: u32::from(flags & SLOW != 0),
+        };
+        b.tally.add(call);
+        self.total.add(call);
     }
 
-    fn tally(&self, now: u64) -> Tally {
-        let period = now / self.bucket_nanos + 1;
-        let n = self.buckets.len() as u64;
-        let mut t = Tally::default();
-        for b in self.buckets.iter() {
-            if b.period != 0 && b.period <= period && b.period + n > period {
-                t.calls += b.tally.calls;
-                t.failures += b.tally.failures;
-                t.slow += b.tally.slow;
-            }
-        }
-        t
+    fn tally(&mut self, now: u64) -> Tally {
+        let period = self.period(now);
+        self.advance(period);
+        self.total
     }
 }
 
@@ -214,5 +280,48 @@ mod tests {
         assert_eq!(w.tally(10 * s).slow, 1);
         assert_eq!(w.tally(10 * s).calls, 2);
         assert_eq!(w.tally(30 * s), Tally::default());
+    }
+
+    /// The running total equals a sum over the calls still in the window,
+    /// for calls arriving in order, slightly out of order, and after gaps
+    /// longer than the window.
+    #[test]
+    fn time_ring_running_total_matches_a_recount() {
+        let bucket = 100u64;
+        let n = 8u64;
+        let mut w = Window::new(SlidingWindow::Time {
+            duration: Duration::from_nanos(bucket * n),
+            buckets: n as u32,
+        });
+        let mut calls: Vec<(u64, u8)> = Vec::new();
+        let mut now = 0u64;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            now += match seed % 100 {
+                0 => bucket * n * 2, // a gap longer than the window
+                1..=20 => bucket,
+                _ => seed % 7,
+            };
+            // Up to 50 ns late (a reading taken before another call's).
+            let at = now.saturating_sub((seed >> 8) % 50);
+            let flags = ((seed >> 16) % 4) as u8;
+            w.record(at, flags);
+            calls.push((at, flags));
+            let head = calls.iter().map(|c| c.0).max().unwrap_or(0) / bucket;
+            calls.retain(|(t, _)| t / bucket + n > head);
+            let expect = calls
+                .iter()
+                .filter(|(t, _)| t / bucket + n > head && t / bucket <= head)
+                .fold(Tally::default(), |mut t, (_, f)| {
+                    t.calls += 1;
+                    t.failures += u32::from(f & FAILURE != 0);
+                    t.slow += u32::from(f & SLOW != 0);
+                    t
+                });
+            assert_eq!(w.tally(at), expect, "at {at}");
+        }
     }
 }

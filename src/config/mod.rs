@@ -300,7 +300,7 @@ fn default_timeout() -> TimeoutConfig {
         grpc_timeout: true,
         budget_header: None,
         status: None,
-        deadline_extension: true,
+        deadline_extension: false,
     }
 }
 

@@ -25,8 +25,6 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::MAX_QUOTAS;
 use super::gcra::{self, Gcra, Outcome, Step};
 use crate::util::keyed_map::{Expiring, KeyedMap, MapMetrics};
@@ -217,7 +215,7 @@ pub(crate) enum Verdict {
 
 /// Quota state in this process's memory.
 pub(crate) struct MemoryStore {
-    epoch: Instant,
+    clock: crate::util::clock::EpochClock,
     params: Box<[Gcra]>,
     quotas: Box<[QuotaCells]>,
 }
@@ -226,7 +224,7 @@ impl MemoryStore {
     /// A store over `quotas`, its time line starting now.
     pub(crate) fn new(quotas: Vec<QuotaCells>) -> Self {
         Self {
-            epoch: Instant::now(),
+            clock: crate::util::clock::EpochClock::new(),
             params: quotas.iter().map(|q| q.gcra).collect(),
             quotas: quotas.into(),
         }
@@ -235,12 +233,7 @@ impl MemoryStore {
     /// "Now" on the store's time line: nanoseconds since its creation.
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.epoch)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX)
+        self.clock.now()
     }
 
     /// Each quota's parameters.

@@ -334,6 +334,18 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        // One clock reading for the decision and every layer below.
+        crate::util::clock::pinned(move || self.decide_and_call(req))
+    }
+}
+
+impl<S, M> RateLimit<S, M> {
+    #[inline]
+    fn decide_and_call<ReqB, ResB>(&mut self, req: Request<ReqB>) -> ResponseFuture<S, ReqB, M>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+        M: Mode<Request<ReqB>, Response<ResB>, S::Error>,
+    {
         match self.shared.decide(&req) {
             Decision::Admit(headers) => ResponseFuture::called(self.inner.call(req), headers),
             Decision::Refuse(rejection) => ResponseFuture::rejected(rejection, M::context(&req)),
@@ -355,7 +367,7 @@ where
             Decision::Wait { wait, slots, .. } => {
                 let cx = M::context(&req);
                 let max = self.shared.wait.unwrap_or(wait);
-                let now = tokio::time::Instant::now();
+                let now = crate::util::clock::now();
                 let ready = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, ready);
                 ResponseFuture::waiting(

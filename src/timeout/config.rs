@@ -56,9 +56,9 @@ pub struct TimeoutConfig {
     /// The HTTP status of the answer (default 504).
     #[cfg_attr(feature = "config", serde(default))]
     pub status: Option<u16>,
-    /// Whether the `Deadline` goes into the request extensions (default
-    /// `true`).
-    #[cfg_attr(feature = "config", serde(default = "default_true"))]
+    /// Whether the `Deadline` also goes into the request extensions
+    /// (default `false`: handlers read `Deadline::current()`).
+    #[cfg_attr(feature = "config", serde(default))]
     pub deadline_extension: bool,
 }
 
@@ -83,7 +83,7 @@ impl TimeoutConfig {
             grpc_timeout: true,
             budget_header: None,
             status: None,
-            deadline_extension: true,
+            deadline_extension: false,
         }
     }
 

@@ -3,6 +3,7 @@
 //! formatting live in the leaf [`grpc`](crate::grpc) module and are
 //! re-exported here at their former paths.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
@@ -123,10 +124,46 @@ impl Deadline {
         self.source
     }
 
-    /// The deadline carried by `req`'s extensions, if any.
+    /// The deadline of `req`: the earlier of the one in its extensions (a
+    /// layer built with
+    /// [`deadline_extension(true)`](super::TimeoutLayerBuilder::deadline_extension),
+    /// or put there by the application) and [`Deadline::current`].
     #[inline]
     pub fn of<B>(req: &Request<B>) -> Option<Self> {
-        req.extensions().get::<Self>().copied()
+        match (req.extensions().get::<Self>().copied(), Self::current()) {
+            (Some(ext), Some(current)) => Some(ext.min(current)),
+            (ext, current) => ext.or(current),
+        }
+    }
+
+    /// The deadline of the innermost timeout layer whose service is running
+    /// on this thread right now: set while the layer calls its inner
+    /// service and while it polls the inner response future, so a handler
+    /// (and everything it awaits in place, an inner timeout layer
+    /// included) reads it without the request at hand and without an
+    /// allocation. `None` outside a timeout layer, and in a task the handler
+    /// spawns (copy the value into it).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower::{Layer, Service, ServiceExt, BoxError};
+    /// use tower_rampart::timeout::{Deadline, TimeoutLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let layer = TimeoutLayer::new(Duration::from_secs(2)).unwrap().into_error_mode();
+    /// let mut svc = layer.layer(tower::service_fn(|_req: http::Request<()>| async {
+    ///     let left = Deadline::current().map(|d| d.remaining());
+    ///     Ok::<_, BoxError>(http::Response::new(format!("{left:?}")))
+    /// }));
+    /// let res = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+    /// assert_eq!(res.into_body(), "Some(2s)");
+    /// assert_eq!(Deadline::current(), None);
+    /// # }
+    /// ```
+    #[inline]
+    pub fn current() -> Option<Self> {
+        CURRENT.with(Cell::get)
     }
 
     /// The instant the work must be finished by.
@@ -180,6 +217,57 @@ impl Deadline {
     }
 }
 
+/// An axum extractor: the handler's [`Deadline::current`] (or the one in
+/// the request extensions). A handler not behind a timeout layer is a
+/// routing mistake, answered with 500 and a short body.
+///
+/// ```
+/// use tower_rampart::timeout::Deadline;
+///
+/// async fn handler(deadline: Deadline) -> String {
+///     format!("{} ms left", deadline.remaining().as_millis())
+/// }
+/// # let _ = axum::Router::<()>::new().route("/", axum::routing::get(handler));
+/// ```
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Deadline {
+    type Rejection = (http::StatusCode, &'static str);
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let ext = parts.extensions.get::<Self>().copied();
+        match (ext, Self::current()) {
+            (Some(ext), Some(current)) => Ok(ext.min(current)),
+            (Some(d), None) | (None, Some(d)) => Ok(d),
+            (None, None) => Err((
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "no deadline: the handler is not behind a timeout layer",
+            )),
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: Cell<Option<Deadline>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with `deadline` as this thread's [`Deadline::current`], and
+/// restores the previous one on return (also on unwind).
+#[inline]
+pub(crate) fn in_scope<R>(deadline: Deadline, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Deadline>);
+    impl Drop for Restore {
+        #[inline]
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CURRENT.with(|c| c.replace(Some(deadline))));
+    f()
+}
+
 /// A request the timeout layer can read a caller's budget from and hand a
 /// [`Deadline`] to.
 ///
@@ -215,10 +303,11 @@ pub trait DeadlineCarrier {
         None
     }
 
-    /// A deadline already attached by an outer layer, if any.
+    /// A deadline already attached by an outer layer, if any (by default
+    /// the outer layer's [`Deadline::current`]).
     #[inline]
     fn deadline(&self) -> Option<Deadline> {
-        None
+        Deadline::current()
     }
 
     /// Attaches the effective deadline to a request that carries none.

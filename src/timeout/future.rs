@@ -111,7 +111,8 @@ where
                 deadline,
                 source,
             } => {
-                if let Poll::Ready(result) = inner.poll(cx) {
+                let current = super::Deadline::at(*deadline).with_source(*source);
+                if let Poll::Ready(result) = super::deadline::in_scope(current, || inner.poll(cx)) {
                     return Poll::Ready(M::admitted(result));
                 }
                 if sleep.is_none() {

@@ -192,14 +192,16 @@ impl TimeoutLayerBuilder {
         self
     }
 
-    /// Whether the effective [`Deadline`](super::Deadline) is put into the
-    /// request extensions for handlers and inner timeout layers to read
-    /// (default `true`).
+    /// Whether the effective [`Deadline`](super::Deadline) is also put into
+    /// the request extensions (default `false`).
     ///
-    /// Inserting costs one small allocation per request (http's
-    /// `Extensions` boxes every value, and allocates its map on the first
-    /// insert). Turn it off only when no handler reads the deadline and no
-    /// nested timeout layer needs to see this one.
+    /// Handlers and inner timeout layers always see the deadline through
+    /// [`Deadline::current`](super::Deadline::current) and
+    /// [`Deadline::of`](super::Deadline::of), which cost nothing. Turn this
+    /// on for code that can only read extensions (axum's
+    /// `Extension<Deadline>`, a task spawned with the request): it costs one
+    /// small allocation per request (http's `Extensions` boxes every value,
+    /// and allocates its map on the first insert).
     #[must_use]
     pub fn deadline_extension(mut self, insert: bool) -> Self {
         self.config.deadline_extension = insert;

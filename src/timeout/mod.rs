@@ -33,8 +33,9 @@
 //!   `u`, `n`; on by default) and, if configured, a
 //!   [`budget_header`](TimeoutLayerBuilder::budget_header) carrying whole
 //!   milliseconds (any request);
-//! - the [`Deadline`] an outer timeout layer put into the request extensions
-//!   (so nested timeouts take the earliest deadline).
+//! - the [`Deadline`] of an outer timeout layer ([`Deadline::of`]: its
+//!   [`current`](Deadline::current) deadline, or the one in the request
+//!   extensions), so nested timeouts take the earliest deadline.
 //!
 //! A request whose deadline has already passed (a spent budget, or a budget
 //! no larger than the margin) is answered at once: the inner service is not
@@ -60,9 +61,15 @@
 //! Set `timeout` to what the service must achieve: a slow dependency shows
 //! as timeouts of the server's budget whatever deadlines clients send.
 //!
-//! The effective deadline goes into the request extensions as a [`Deadline`]
-//! (unless [turned off](TimeoutLayerBuilder::deadline_extension)). Handlers
-//! read it to bound their downstream calls ([`Deadline::bound`]) and to tell
+//! Handlers read the effective deadline with [`Deadline::current`] (or
+//! [`Deadline::of`] on the request; in axum, a `deadline: Deadline`
+//! argument): the layer sets it while it calls its inner service and while
+//! it polls the response future, which costs no allocation. A task the
+//! handler spawns does not inherit it: copy the value in. For code that
+//! only reads request extensions (axum's `Extension<Deadline>`),
+//! [`deadline_extension(true)`](TimeoutLayerBuilder::deadline_extension)
+//! inserts it there as well (one allocation per request). Handlers use it
+//! to bound their downstream calls ([`Deadline::bound`]) and to tell
 //! downstream services how long they have ([`Deadline::insert_grpc_timeout`],
 //! [`Deadline::insert_millis`]).
 //!
@@ -131,7 +138,6 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
 use tower::Service;
 
 pub use self::deadline::{
@@ -211,15 +217,15 @@ where
 
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let now = Instant::now();
+        let now = crate::util::clock::now();
         let cx = M::context(&req);
         let eff = self.shared.deadline_for(&req, now, cx.is_grpc());
         if eff.at <= now {
             self.shared.record(TimeoutCause::BudgetSpent, eff.source);
             return ResponseFuture::spent(cx, self.shared.clone(), eff.source, eff.binding);
         }
+        let deadline = Deadline::at(eff.at).with_source(eff.source);
         if self.shared.deadline_extension {
-            let deadline = Deadline::at(eff.at).with_source(eff.source);
             if eff.nested {
                 req.replace_deadline(deadline);
             } else {
@@ -227,7 +233,7 @@ where
             }
         }
         ResponseFuture::running(
-            self.inner.call(req),
+            self::deadline::in_scope(deadline, || self.inner.call(req)),
             eff.at,
             eff.source,
             cx,

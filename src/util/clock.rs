@@ -1,31 +1,199 @@
-//! The epoch clock: a `tokio` instant taken once, and the time since it as
-//! whole nanoseconds in a `u64`, so shared state can keep timestamps in
-//! atomics (584 years fit). It reads `tokio::time::Instant`, so paused-time
-//! tests drive it.
+//! The clock every layer reads: tokio's time, read fast.
+//!
+//! One reading of `std::time::Instant` (what `tokio::time::Instant::now()`
+//! is outside paused-time tests) costs ~55 ns on the VMs the benches run on;
+//! the CPU's time-stamp counter (through `quanta`, calibrated once per
+//! process) about half of that. [`now`] returns a `tokio::time::Instant`
+//! extrapolated from the counter between *anchors*: readings of tokio's own
+//! clock, taken per thread at most every [`REFRESH_NANOS`] of counter time.
+//!
+//! # Paused time
+//!
+//! tokio's clock can be paused (its `test-util` feature, in this crate's
+//! tests and in its users' tests), and then every reading must be exactly
+//! tokio's. No cargo feature says so (a crate cannot see its dependencies'
+//! features), so the clock finds out at run time: each anchor reads tokio's
+//! clock twice in a row. A running clock moves between two readings (they
+//! are nanoseconds apart); a paused one cannot (only `advance` or the
+//! runtime's auto-advance move it, and neither runs in between). Two equal
+//! readings put the thread in *follow* mode: every reading is tokio's (two
+//! reads, so a resumed clock is noticed at once) until the clock runs again.
+//! A platform whose monotonic clock is coarse enough to return the same
+//! value twice is put in follow mode too: correct, only slower.
+//!
+//! The one case this misses: a thread that read the clock while tokio's
+//! time was running, and then pauses it (`tokio::time::pause()` in the
+//! middle of a test) and advances it less than [`REFRESH_NANOS`] of real time
+//! later. Building a layer ([`EpochClock::new`]) forgets the thread's anchor,
+//! so `#[tokio::test(start_paused = true)]` and "build, pause, advance, call"
+//! are exact; pausing right after traffic went through is not, for up to one
+//! refresh period.
+//!
+//! # Sharing one reading across the stack
+//!
+//! [`pinned`] reads the clock once and runs a closure with this thread's
+//! reading fixed to it: an outer layer that needs the time calls its inner
+//! service inside it, and the layers below take the same reading instead
+//! of reading the clock again (one clock reading per request for the whole
+//! stack).
+//!
+//! Readings are kept as `u64` nanoseconds since a process-wide base (a
+//! `tokio::time::Instant` ten years before the first reading), so the fast
+//! path is a counter read, a multiply and a shift, and an addition.
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// How long (nanoseconds of counter time) an anchor serves before tokio's
+/// clock is read again.
+pub(crate) const REFRESH_NANOS: u64 = 1_000_000;
+
+/// The process's counter, calibrated against the monotonic clock once.
+fn counter() -> &'static quanta::Clock {
+    static COUNTER: OnceLock<quanta::Clock> = OnceLock::new();
+    COUNTER.get_or_init(quanta::Clock::new)
+}
+
+/// The zero of the clock's nanoseconds: ten years before the first
+/// reading (before any instant a paused test clock can show), or the first
+/// reading itself where the platform's instants cannot go that far back.
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(10 * 365 * 86_400))
+            .unwrap_or(now)
+    })
+}
+
+/// `at` as nanoseconds since [`base`] (0 if before it).
+#[inline]
+fn to_nanos(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(base()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    /// No anchor (new thread, or a layer was just built): probe first.
+    Unknown,
+    /// tokio's clock runs: extrapolate from the anchor, tokio's clock (as
+    /// nanoseconds since [`base`]) at counter reading `raw`.
+    Fast { nanos: u64, raw: u64 },
+    /// tokio's clock is paused (or too coarse to tell): read it every time.
+    Follow,
+}
+
+/// No pinned reading.
+const UNPINNED: u64 = u64::MAX;
+
+thread_local! {
+    static MODE: Cell<Mode> = const { Cell::new(Mode::Unknown) };
+    static PINNED: Cell<u64> = const { Cell::new(UNPINNED) };
+}
+
+/// tokio's clock, now, as nanoseconds since the process's base (see the
+/// module docs for how it is read).
+#[inline]
+fn now_nanos() -> u64 {
+    let pinned = PINNED.with(Cell::get);
+    if pinned != UNPINNED {
+        return pinned;
+    }
+    let counter = counter();
+    let raw = counter.raw();
+    MODE.with(|mode| {
+        if let Mode::Fast { nanos, raw: at } = mode.get() {
+            let since = counter.delta_as_nanos(at, raw);
+            if since < REFRESH_NANOS {
+                return nanos + since;
+            }
+        }
+        reanchor(mode, counter)
+    })
+}
+
+/// tokio's clock, now (see the module docs for how it is read).
+#[inline]
+pub(crate) fn now() -> Instant {
+    base() + Duration::from_nanos(now_nanos())
+}
+
+/// Reads tokio's clock twice and decides this thread's mode.
+#[cold]
+#[inline(never)]
+fn reanchor(mode: &Cell<Mode>, counter: &quanta::Clock) -> u64 {
+    let first = Instant::now();
+    let second = Instant::now();
+    let nanos = to_nanos(second);
+    if first == second {
+        mode.set(Mode::Follow);
+    } else {
+        mode.set(Mode::Fast {
+            nanos,
+            raw: counter.raw(),
+        });
+    }
+    nanos
+}
+
+/// Reads the clock once and runs `f` with this thread's reading fixed at
+/// that instant, so the layers `f` calls do not read the clock again.
+/// Restores the previous state on return (also on unwind).
+#[inline]
+pub(crate) fn pinned<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(u64);
+    impl Drop for Restore {
+        #[inline]
+        fn drop(&mut self) {
+            PINNED.with(|p| p.set(self.0));
+        }
+    }
+    let at = now_nanos();
+    let _restore = Restore(PINNED.with(|p| p.replace(at)));
+    f()
+}
+
+/// Forgets this thread's anchor: the next reading probes tokio's clock.
+fn forget_anchor() {
+    MODE.with(|mode| mode.set(Mode::Unknown));
+}
 
 /// Nanoseconds since the instant it was created.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EpochClock {
     epoch: Instant,
+    /// `epoch` as nanoseconds since the process's base.
+    epoch_nanos: u64,
 }
 
 impl EpochClock {
-    /// A clock whose zero is now.
+    /// A clock whose zero is now. Also calibrates the process's counter (the
+    /// first time, up to ~200 ms, at build time rather than on a request)
+    /// and forgets this thread's anchor (see the module docs).
     pub(crate) fn new() -> Self {
+        let _ = counter();
+        forget_anchor();
+        let epoch = Instant::now();
         Self {
-            epoch: Instant::now(),
+            epoch,
+            epoch_nanos: to_nanos(epoch),
         }
     }
 
     /// Nanoseconds since the epoch (saturating; never before it).
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        self.nanos_at(Instant::now())
+        now_nanos().saturating_sub(self.epoch_nanos)
     }
 
     /// `at` as nanoseconds since the epoch (0 if before it).
+    #[allow(
+        dead_code,
+        reason = "part of the clock's interface; the concurrency limiter uses it"
+    )]
     #[inline]
     pub(crate) fn nanos_at(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
@@ -34,7 +202,7 @@ impl EpochClock {
     /// The instant `nanos` after the epoch.
     #[inline]
     pub(crate) fn instant(&self, nanos: u64) -> Instant {
-        self.epoch + std::time::Duration::from_nanos(nanos)
+        self.epoch + Duration::from_nanos(nanos)
     }
 }
 
@@ -42,7 +210,7 @@ impl EpochClock {
 mod tests {
     use std::time::Duration;
 
-    use super::EpochClock;
+    use super::{EpochClock, now, pinned};
 
     #[tokio::test(start_paused = true)]
     async fn counts_nanoseconds_from_its_epoch() {
@@ -53,5 +221,55 @@ mod tests {
         assert_eq!(clock.instant(clock.now()), tokio::time::Instant::now());
         let before = clock.instant(0) - Duration::from_secs(1);
         assert_eq!(clock.nanos_at(before), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn follows_paused_time_exactly() {
+        for _ in 0..3 {
+            assert_eq!(now(), tokio::time::Instant::now());
+            tokio::time::advance(Duration::from_nanos(1)).await;
+            assert_eq!(now(), tokio::time::Instant::now());
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn follows_running_time_and_notices_a_resume_and_a_pause() {
+        // Running: within a refresh period of tokio's clock, never behind
+        // a reading of it taken before.
+        for _ in 0..1000 {
+            let before = tokio::time::Instant::now();
+            let ours = now();
+            assert!(ours + Duration::from_millis(2) >= before);
+            assert!(ours <= tokio::time::Instant::now() + Duration::from_millis(2));
+        }
+        // Paused after a layer was built: exact.
+        let _ = EpochClock::new();
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert_eq!(now(), tokio::time::Instant::now());
+        // Resumed: follows the running clock again, from where it stood.
+        tokio::time::resume();
+        let a = now();
+        std::thread::sleep(Duration::from_millis(3));
+        let b = now();
+        assert!(b > a, "the clock runs again after resume");
+        let tokio_now = tokio::time::Instant::now();
+        assert!(b <= tokio_now + Duration::from_millis(2));
+        assert!(b + Duration::from_millis(2) >= tokio_now);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pinned_reading_is_what_the_layers_below_see() {
+        let clock = EpochClock::new();
+        let at = now();
+        let seen = pinned(|| {
+            std::thread::sleep(Duration::from_millis(2));
+            (now(), clock.now(), pinned(now))
+        });
+        assert_eq!(seen, (at, 0, at));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(now(), tokio::time::Instant::now(), "restored on return");
+        assert_eq!(clock.now(), 5_000_000_000);
     }
 }

@@ -6,7 +6,6 @@ use crate::common;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Extension;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -25,7 +24,7 @@ async fn never() -> &'static str {
 }
 
 /// The handler's remaining budget, in milliseconds.
-async fn remaining(Extension(deadline): Extension<Deadline>) -> String {
+async fn remaining(deadline: Deadline) -> String {
     deadline.remaining().as_millis().to_string()
 }
 
@@ -131,7 +130,7 @@ async fn the_deadline_propagates_to_a_downstream_call() {
     let upstream = Router::new()
         .route(
             "/call",
-            get(move |Extension(deadline): Extension<Deadline>| async move {
+            get(move |deadline: Deadline| async move {
                 let mut req = Request::get(format!("http://{downstream}/echo"))
                     .body(Full::new(Bytes::new()))
                     .unwrap();

@@ -450,8 +450,12 @@ async fn nested_timeouts_take_the_earliest_deadline() {
     assert_eq!(by, "inner");
 }
 
+/// Without the extension the inner layer still sees the outer deadline
+/// (through `Deadline::current`, set while the outer layer calls and polls
+/// its inner service): it answers at the outer deadline itself, and the
+/// handler sees the earlier deadline, as with the extension.
 #[tokio::test(start_paused = true)]
-async fn nested_without_the_extension_still_times_out_at_the_outer_deadline() {
+async fn nested_without_the_extension_still_sees_the_outer_deadline() {
     let probe = Probe::default();
     let outer = TimeoutLayer::builder()
         .name("outer")
@@ -468,9 +472,9 @@ async fn nested_without_the_extension_still_times_out_at_the_outer_deadline() {
     let (took, res) = finish_time(start, fut).await;
     assert_eq!(took, 100 * MS);
     let err = res.unwrap_err();
-    assert_eq!(err.downcast_ref::<Rejection>().unwrap().layer(), "outer");
-    // The handler saw only the inner layer's deadline.
-    assert_eq!(probe.seen_remaining(), Some(Duration::from_secs(1)));
+    assert_eq!(err.downcast_ref::<Rejection>().unwrap().layer(), "inner");
+    assert_eq!(probe.seen_remaining(), Some(100 * MS));
+    assert_eq!(Deadline::current(), None, "no deadline outside the layers");
 }
 
 #[tokio::test(start_paused = true)]
@@ -837,4 +841,35 @@ async fn http_answers_carry_the_marker() {
     let res = svc.oneshot(request(&[])).await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.extensions().get::<Refused>().is_none());
+}
+
+/// The default puts nothing into the request extensions (no allocation per
+/// request); the handler reads its deadline through `Deadline::current`,
+/// in `call` and in every poll of its future, and only there: not after
+/// the layer returned, so a request handled next on the same thread never
+/// sees a stale deadline. `deadline_extension(true)` inserts it as well,
+/// for code that reads only extensions.
+#[tokio::test(start_paused = true)]
+async fn the_extension_is_inserted_only_when_asked() {
+    for insert in [false, true] {
+        let layer = TimeoutLayer::builder()
+            .timeout(Duration::from_secs(2))
+            .deadline_extension(insert)
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(tower::service_fn(|req: Req| {
+            let in_extensions = req.extensions().get::<Deadline>().is_some();
+            let in_call = Deadline::current().map(|d| d.remaining());
+            async move {
+                tokio::time::sleep(500 * MS).await;
+                let in_poll = Deadline::current().map(|d| d.remaining());
+                let body = format!("{in_extensions} {in_call:?} {in_poll:?}");
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+            }
+        }));
+        let res = svc.ready().await.unwrap().call(request(&[])).await.unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("{insert} Some(2s) Some(1.5s)").as_bytes());
+        assert_eq!(Deadline::current(), None);
+    }
 }

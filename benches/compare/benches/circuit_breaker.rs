@@ -57,6 +57,24 @@ fn now<F: Future>(f: F) -> F::Output {
     }
 }
 
+/// `BENCH_CALLS=<row>,<calls>`: instead of measuring, run that row `calls`
+/// times and exit, for instruction counts (`valgrind --tool=cachegrind
+/// --cache-sim=no`; subtract a run with fewer calls), which the load of a
+/// shared machine does not disturb. The other rows are skipped.
+fn counting(name: &str, mut call: impl FnMut()) -> bool {
+    let Ok(spec) = std::env::var("BENCH_CALLS") else {
+        return false;
+    };
+    let (row, n) = spec.split_once(',').expect("BENCH_CALLS=<row>,<calls>");
+    if row == name {
+        for _ in 0..n.parse::<u64>().expect("a call count") {
+            call();
+        }
+        std::process::exit(0);
+    }
+    true
+}
+
 /// One call: `poll_ready`, `call`, poll the future, drop the response.
 #[inline]
 fn one<S: Service<Req>>(svc: &mut S) -> bool {
@@ -98,6 +116,9 @@ where
     B: Bench,
     F: Fn() -> B + Sync,
 {
+    if std::env::var_os("BENCH_CALLS").is_some() {
+        return;
+    }
     let mut g = c.benchmark_group(format!("circuit_breaker/contended/{name}"));
     for threads in [1u64, 2] {
         g.throughput(Throughput::Elements(threads));
@@ -183,29 +204,65 @@ fn benches(c: &mut Criterion) {
     {
         let mut g = c.benchmark_group("circuit_breaker/call");
         let mut s = bare.clone();
-        g.bench_function("bare", |b| b.iter(|| one(&mut s)));
+        if !counting("bare", || {
+            black_box(one(&mut s));
+        }) {
+            g.bench_function("bare", |b| b.iter(|| one(&mut s)));
+        }
         let mut s = closed.layer(bare.clone());
-        g.bench_function("rampart_closed", |b| b.iter(|| one(&mut s)));
+        if !counting("rampart_closed", || {
+            black_box(one(&mut s));
+        }) {
+            g.bench_function("rampart_closed", |b| b.iter(|| one(&mut s)));
+        }
         let mut s = closed.clone().into_error_mode().layer(bare.clone());
-        g.bench_function("rampart_closed_error_mode", |b| b.iter(|| one(&mut s)));
+        if !counting("rampart_closed_error_mode", || {
+            black_box(one(&mut s));
+        }) {
+            g.bench_function("rampart_closed_error_mode", |b| b.iter(|| one(&mut s)));
+        }
         let mut s = open.clone().into_error_mode().layer(bare.clone());
-        g.bench_function("rampart_open_typed_error", |b| b.iter(|| one(&mut s)));
+        if !counting("rampart_open_typed_error", || {
+            black_box(one(&mut s));
+        }) {
+            g.bench_function("rampart_open_typed_error", |b| b.iter(|| one(&mut s)));
+        }
         let mut s = open.layer(bare.clone());
-        g.bench_function("rampart_open_http_response", |b| b.iter(|| one(&mut s)));
+        if !counting("rampart_open_http_response", || {
+            black_box(one(&mut s));
+        }) {
+            g.bench_function("rampart_open_http_response", |b| b.iter(|| one(&mut s)));
+        }
         let mut s = tr_closed.layer(bare.clone());
-        g.bench_function("tower_resilience_closed", |b| b.iter(|| one(&mut s)));
+        if !counting("tower_resilience_closed", || {
+            black_box(one(&mut s));
+        }) {
+            g.bench_function("tower_resilience_closed", |b| b.iter(|| one(&mut s)));
+        }
         let mut s = tr_open.layer(bare.clone());
-        g.bench_function("tower_resilience_open", |b| b.iter(|| one(&mut s)));
+        if !counting("tower_resilience_open", || {
+            black_box(one(&mut s));
+        }) {
+            g.bench_function("tower_resilience_open", |b| b.iter(|| one(&mut s)));
+        }
         let mut s = Failsafe {
             cb: fs_closed.clone(),
             inner: bare.clone(),
         };
-        g.bench_function("failsafe_closed", |b| b.iter(|| s.call_once()));
+        if !counting("failsafe_closed", || {
+            black_box(s.call_once());
+        }) {
+            g.bench_function("failsafe_closed", |b| b.iter(|| s.call_once()));
+        }
         let mut s = Failsafe {
             cb: fs_open.clone(),
             inner: bare.clone(),
         };
-        g.bench_function("failsafe_open", |b| b.iter(|| s.call_once()));
+        if !counting("failsafe_open", || {
+            black_box(s.call_once());
+        }) {
+            g.bench_function("failsafe_open", |b| b.iter(|| s.call_once()));
+        }
         g.finish();
     }
 

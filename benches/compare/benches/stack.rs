@@ -40,6 +40,24 @@ impl Service<Req> for Bare {
     }
 }
 
+/// `BENCH_CALLS=<row>,<calls>`: instead of measuring, run that row `calls`
+/// times and exit, for instruction counts (`valgrind --tool=cachegrind
+/// --cache-sim=no`; subtract a run with fewer calls), which the load of a
+/// shared machine does not disturb. The other rows are skipped.
+fn counting(name: &str, mut call: impl FnMut()) -> bool {
+    let Ok(spec) = std::env::var("BENCH_CALLS") else {
+        return false;
+    };
+    let (row, n) = spec.split_once(',').expect("BENCH_CALLS=<row>,<calls>");
+    if row == name {
+        for _ in 0..n.parse::<u64>().expect("a call count") {
+            call();
+        }
+        std::process::exit(0);
+    }
+    true
+}
+
 /// One call: `poll_ready`, `call`, poll the future once, drop the response
 /// (which ends the drain layer's count).
 #[inline]
@@ -85,13 +103,13 @@ fn bench(c: &mut Criterion) {
     let stack = config.stack().build().unwrap();
     let no_rl = RampartConfig::from_toml(CONFIG_NO_RATE_LIMIT).unwrap();
     let stack_no_rl = no_rl.stack().build().unwrap();
-    let no_ext = RampartConfig::from_toml(&CONFIG.replace(
+    let with_ext = RampartConfig::from_toml(&CONFIG.replace(
         "timeout = \"5s\"",
-        "timeout = \"5s\"\n    deadline_extension = false",
+        "timeout = \"5s\"\n    deadline_extension = true",
     ))
     .unwrap();
-    assert!(!no_ext.timeout.deadline_extension);
-    let stack_no_ext = no_ext.stack().build().unwrap();
+    assert!(with_ext.timeout.deadline_extension);
+    let stack_with_ext = with_ext.stack().build().unwrap();
 
     // The same layers by hand, without CatchPanicLayer.
     let probe = config.probes.clone().build(stack.health()).unwrap();
@@ -105,23 +123,47 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("stack_happy_path");
     let mut s = Bare;
-    g.bench_function("bare", |b| b.iter(|| one(&mut s)));
+    if !counting("bare", || {
+        black_box(one(&mut s));
+    }) {
+        g.bench_function("bare", |b| b.iter(|| one(&mut s)));
+    }
     let mut s = stack.layer().layer(Bare);
-    g.bench_function("rampart_stack", |b| b.iter(|| one(&mut s)));
+    if !counting("rampart_stack", || {
+        black_box(one(&mut s));
+    }) {
+        g.bench_function("rampart_stack", |b| b.iter(|| one(&mut s)));
+    }
     let mut s = stack_no_rl.layer().layer(Bare);
-    g.bench_function("rampart_stack_without_rate_limit", |b| {
-        b.iter(|| one(&mut s))
-    });
-    let mut s = stack_no_ext.layer().layer(Bare);
-    g.bench_function("rampart_stack_without_deadline_extension", |b| {
-        b.iter(|| one(&mut s))
-    });
+    if !counting("rampart_stack_without_rate_limit", || {
+        black_box(one(&mut s));
+    }) {
+        g.bench_function("rampart_stack_without_rate_limit", |b| {
+            b.iter(|| one(&mut s))
+        });
+    }
+    let mut s = stack_with_ext.layer().layer(Bare);
+    if !counting("rampart_stack_with_deadline_extension", || {
+        black_box(one(&mut s));
+    }) {
+        g.bench_function("rampart_stack_with_deadline_extension", |b| {
+            b.iter(|| one(&mut s))
+        });
+    }
     let mut s = probe.layer(drain.layer(rl.layer(breaker.layer(timeout.layer(Bare)))));
-    g.bench_function("rampart_layers_without_catch_panic", |b| {
-        b.iter(|| one(&mut s))
-    });
+    if !counting("rampart_layers_without_catch_panic", || {
+        black_box(one(&mut s));
+    }) {
+        g.bench_function("rampart_layers_without_catch_panic", |b| {
+            b.iter(|| one(&mut s))
+        });
+    }
     let mut s = tr.layer(Bare);
-    g.bench_function("tower_resilience_breaker_alone", |b| b.iter(|| one(&mut s)));
+    if !counting("tower_resilience_breaker_alone", || {
+        black_box(one(&mut s));
+    }) {
+        g.bench_function("tower_resilience_breaker_alone", |b| b.iter(|| one(&mut s)));
+    }
     g.finish();
 }
 

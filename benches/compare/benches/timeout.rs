@@ -78,14 +78,14 @@ where
     let mut ours = TimeoutLayer::new(TIMEOUT).unwrap().layer(make());
     g.bench_function("rampart", |b| b.iter(|| call_once(&mut ours, req)));
 
-    let mut ours_no_ext = TimeoutLayer::builder()
+    let mut ours_ext = TimeoutLayer::builder()
         .timeout(TIMEOUT)
-        .deadline_extension(false)
+        .deadline_extension(true)
         .build()
         .unwrap()
         .layer(make());
-    g.bench_function("rampart_no_extension", |b| {
-        b.iter(|| call_once(&mut ours_no_ext, req))
+    g.bench_function("rampart_with_extension", |b| {
+        b.iter(|| call_once(&mut ours_ext, req))
     });
 
     let mut ours_err = TimeoutLayer::new(TIMEOUT)
@@ -166,10 +166,10 @@ fn contended_group(c: &mut Criterion) {
     );
     contended(
         &mut g,
-        "rampart_no_extension",
+        "rampart_with_extension",
         TimeoutLayer::builder()
             .timeout(TIMEOUT)
-            .deadline_extension(false)
+            .deadline_extension(true)
             .build()
             .unwrap()
             .layer(ready_service()),
@@ -249,10 +249,10 @@ where
     match variant {
         "bare" => run(svc, calls, req),
         "rampart" => run(TimeoutLayer::new(TIMEOUT).unwrap().layer(svc), calls, req),
-        "rampart_no_extension" => run(
+        "rampart_with_extension" => run(
             TimeoutLayer::builder()
                 .timeout(TIMEOUT)
-                .deadline_extension(false)
+                .deadline_extension(true)
                 .build()
                 .unwrap()
                 .layer(svc),
