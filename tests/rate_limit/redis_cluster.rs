@@ -470,6 +470,119 @@ async fn two_replicas_share_limits_on_a_cluster_in_one_round_trip_each() {
     }
 }
 
+/// Leased mode on the cluster: the same keys spread over the masters, two
+/// replicas leasing slices per key. Admitted per key stays within the
+/// documented bound (what exact mode allows plus replicas x `lease_max`),
+/// and most decisions cost no round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_replicas_on_a_cluster_stay_within_the_bound() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    const LEASE_MAX: u64 = 20;
+    const REPLICAS: u64 = 2;
+    let leased = config(
+        &cluster,
+        "leased",
+        serde_json::json!([{ "rate": "100/s", "burst": 40, "key": "header:x-key", "name": "per-key" }]),
+        serde_json::json!({
+            "failure": "fail_closed",
+            "timeout": "2s",
+            "mode": "leased",
+            "lease_max": LEASE_MAX,
+            "lease_horizon": "200ms",
+        }),
+    );
+    let pair = [
+        serve(leased.build().unwrap()).await,
+        serve(leased.build().unwrap()).await,
+    ];
+    let keys: Vec<String> = (0..6).map(|i| format!("key-{i}")).collect();
+    let owners: std::collections::HashSet<u16> = keys
+        .iter()
+        .map(|k| {
+            cluster
+                .master_of(&format!("c:leased:per-key:{{{k}}}"))
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        owners.len() >= 2,
+        "keys spread over the masters: {owners:?}"
+    );
+    let client = common::client();
+    for addr in pair {
+        for k in &keys {
+            let r = common::send(&client, request(addr, k)).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    }
+    cluster.reset_stats();
+    // 4 tasks per replica for 3 s, cycling through the keys, well above
+    // 100/s per key.
+    let run = Duration::from_secs(3);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let addr = pair[t % 2];
+        let keys = keys.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = common::client();
+            let mut seen: HashMap<(String, Answer), u64> = HashMap::new();
+            let mut i = t;
+            while started.elapsed() < run {
+                let k = &keys[i % keys.len()];
+                let r = common::send(&client, request(addr, k)).await;
+                *seen.entry((k.clone(), answer(&r))).or_default() += 1;
+                i += 1;
+            }
+            seen
+        }));
+    }
+    let mut seen: HashMap<(String, Answer), u64> = HashMap::new();
+    for t in tasks {
+        for (k, n) in t.await.unwrap() {
+            *seen.entry(k).or_default() += n;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Background refreshes started before the end have finished.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let requests: u64 = seen.values().sum();
+    assert!(
+        !seen.keys().any(|(_, a)| *a == Answer::Unavailable),
+        "the cluster answered every lease"
+    );
+    // Exact mode's bound (burst + refill during the run and the warm-up)
+    // plus what the replicas may hold unspent.
+    let exact = 40.0 + 100.0 * (elapsed + 0.5) + 1.0;
+    let bound = exact + (REPLICAS * LEASE_MAX) as f64;
+    for k in &keys {
+        let admitted = seen
+            .get(&(k.clone(), Answer::Admitted))
+            .copied()
+            .unwrap_or(0);
+        let refused = seen
+            .get(&(k.clone(), Answer::Exhausted))
+            .copied()
+            .unwrap_or(0);
+        assert!(
+            (admitted as f64) <= bound,
+            "{k}: {admitted} admitted, bound {bound:.1}"
+        );
+        assert!(admitted >= 1 && refused >= 1, "{k}: {admitted} / {refused}");
+    }
+    // Leases, not decisions, cost round trips: at most two per lease_max
+    // requests (a refresh ahead of need tops a slice up, see `lease.rs`).
+    let trips: u64 = cluster.round_trips().values().sum();
+    let per_request = trips as f64 / requests as f64;
+    assert!(
+        per_request <= 2.0 / LEASE_MAX as f64,
+        "round trips per request {per_request:.4} ({trips} for {requests})"
+    );
+    eprintln!("cluster, leased: {requests} requests, round trips per request {per_request:.4}");
+}
+
 /// One layer under load through a master's death.
 struct Loaded {
     policy: &'static str,
