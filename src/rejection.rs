@@ -53,7 +53,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName};
+use http::header::{self, Entry, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -173,13 +173,43 @@ impl fmt::Display for RejectionKind {
 /// ```
 #[derive(Clone)]
 pub struct Rejection {
+    // Small on purpose (72 bytes on 64-bit targets): a refusal in
+    // `ErrorMode` boxes it, and every layer moves it on its refusal path.
+    // The extra headers, rare, live behind their own box.
     kind: RejectionKind,
+    service_fault: bool,
+    status: Option<StatusCode>,
     layer: Arc<str>,
     retry_after: Option<Duration>,
-    detail: Cow<'static, str>,
-    status: Option<StatusCode>,
-    headers: HeaderMap,
-    service_fault: bool,
+    detail: Detail,
+    headers: Option<Box<HeaderMap>>,
+}
+
+/// The explanation of a [`Rejection`]: a static string, an owned one, or one
+/// shared with the layer that refuses (no copy per refusal).
+#[derive(Clone)]
+enum Detail {
+    Static(&'static str),
+    Owned(String),
+    Shared(Arc<str>),
+}
+
+impl Detail {
+    #[inline]
+    fn as_str(&self) -> &str {
+        match self {
+            Detail::Static(s) => s,
+            Detail::Owned(s) => s,
+            Detail::Shared(s) => s,
+        }
+    }
+}
+
+/// No extra headers (what [`Rejection::headers`] lends when none were
+/// added).
+fn empty_headers() -> &'static HeaderMap {
+    static EMPTY: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(HeaderMap::new)
 }
 
 impl Rejection {
@@ -188,12 +218,12 @@ impl Rejection {
     pub fn new(kind: RejectionKind, layer: impl Into<Arc<str>>) -> Self {
         Self {
             kind,
+            service_fault: false,
+            status: None,
             layer: layer.into(),
             retry_after: None,
-            detail: Cow::Borrowed(""),
-            status: None,
-            headers: HeaderMap::new(),
-            service_fault: false,
+            detail: Detail::Static(""),
+            headers: None,
         }
     }
 
@@ -252,7 +282,18 @@ impl Rejection {
     /// `grpc-message`). Keep secrets out of it: it goes on the wire.
     #[must_use]
     pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
-        self.detail = detail.into();
+        self.detail = match detail.into() {
+            Cow::Borrowed(s) => Detail::Static(s),
+            Cow::Owned(s) => Detail::Owned(s),
+        };
+        self
+    }
+
+    /// Like [`with_detail`](Self::with_detail), sharing a layer's own text
+    /// (no copy per refusal).
+    #[must_use]
+    pub(crate) fn with_shared_detail(mut self, detail: Arc<str>) -> Self {
+        self.detail = Detail::Shared(detail);
         self
     }
 
@@ -269,18 +310,18 @@ impl Rejection {
     /// `Connection: close`, ...).
     #[must_use]
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.append(name, value);
+        self.headers_mut().append(name, value);
         self
     }
 
     /// The extra headers the answer will carry.
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
-        &mut self.headers
+        self.headers.get_or_insert_with(Box::default)
     }
 
     /// The extra headers the answer will carry.
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        self.headers.as_deref().unwrap_or_else(|| empty_headers())
     }
 
     /// Why the request was refused.
@@ -306,7 +347,7 @@ impl Rejection {
 
     /// The explanation for the caller.
     pub fn detail(&self) -> &str {
-        &self.detail
+        self.detail.as_str()
     }
 
     /// The HTTP status of the answer.
@@ -354,78 +395,113 @@ impl Rejection {
 
     /// The `application/problem+json` text of the HTTP answer.
     pub fn problem_json(&self) -> String {
-        let status = self.status();
-        let mut out = String::with_capacity(128 + self.detail.len());
-        out.push_str("{\"type\":\"");
-        out.push_str(self.kind.problem_type());
-        out.push_str("\",\"title\":\"");
-        out.push_str(self.kind.title());
-        let _ = write!(out, "\",\"status\":{}", status.as_u16());
-        if !self.detail.is_empty() {
+        let detail = self.detail.as_str();
+        let mut out = String::with_capacity(112 + detail.len());
+        out.push_str(problem_head(self.kind));
+        out.push_str(self.status().as_str());
+        if !detail.is_empty() {
             out.push_str(",\"detail\":\"");
-            push_json_escaped(&mut out, &self.detail);
+            push_json_escaped(&mut out, detail);
             out.push('"');
         }
         out.push('}');
         out
     }
 
+    // The refusal path: kept out of the response futures' `poll`.
+    #[cold]
+    #[inline(never)]
     fn into_http_response<B>(self) -> Response<ResponseBody<B>> {
+        let status = self.status();
         let body = Bytes::from(self.problem_json());
-        let mut res = Response::new(ResponseBody::full(body));
-        *res.status_mut() = self.status();
-        let headers = res.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let Some(secs) = self.retry_after_secs() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        let retry_after = self.retry_after_secs();
+        // The extra headers become the answer's map (no second map, no
+        // merge); the defaults fill in what they do not set.
+        let mut headers = self.headers.map_or_else(HeaderMap::new, |h| *h);
+        if let Entry::Vacant(e) = headers.entry(header::CONTENT_TYPE) {
+            e.insert(HeaderValue::from_static("application/problem+json"));
         }
-        merge_headers(headers, self.headers);
+        if let Some(secs) = retry_after {
+            if let Entry::Vacant(e) = headers.entry(header::RETRY_AFTER) {
+                e.insert(secs_header_value(secs));
+            }
+        }
+        let mut res = Response::new(ResponseBody::full(body));
+        *res.status_mut() = status;
+        *res.headers_mut() = headers;
         res
     }
 
+    // The refusal path: kept out of the response futures' `poll`.
+    #[cold]
+    #[inline(never)]
     fn into_grpc_response<B>(self) -> Response<ResponseBody<B>> {
-        let mut res = Response::new(ResponseBody::full(Bytes::new()));
         let code = self.grpc_code();
-        let message = if self.detail.is_empty() {
-            Cow::Borrowed(self.kind.title())
-        } else {
-            self.detail.clone()
+        let message = match self.detail.as_str() {
+            "" => self.kind.title(),
+            detail => detail,
         };
-        let headers = res.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert(GRPC_STATUS, code.to_header_value());
-        if let Ok(v) = HeaderValue::try_from(encode_grpc_message(&message)) {
-            headers.insert(GRPC_MESSAGE, v);
+        let message = HeaderValue::try_from(encode_grpc_message(message)).ok();
+        let mut headers = self.headers.map_or_else(HeaderMap::new, |h| *h);
+        if let Entry::Vacant(e) = headers.entry(header::CONTENT_TYPE) {
+            e.insert(HeaderValue::from_static("application/grpc"));
+        }
+        if let Entry::Vacant(e) = headers.entry(GRPC_STATUS) {
+            e.insert(code.to_header_value());
+        }
+        if let Some(v) = message {
+            if let Entry::Vacant(e) = headers.entry(GRPC_MESSAGE) {
+                e.insert(v);
+            }
         }
         if let Some(after) = self.retry_after {
             let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1);
-            headers.insert("grpc-retry-pushback-ms", HeaderValue::from(ms));
+            if let Entry::Vacant(e) = headers.entry("grpc-retry-pushback-ms") {
+                e.insert(HeaderValue::from(ms));
+            }
         }
-        merge_headers(headers, self.headers);
+        let mut res = Response::new(ResponseBody::full(Bytes::new()));
+        *res.headers_mut() = headers;
         res
     }
 }
 
-fn merge_headers(into: &mut HeaderMap, from: HeaderMap) {
-    if from.is_empty() {
-        return;
+/// The start of a problem+json body of `kind`, up to the status number.
+const fn problem_head(kind: RejectionKind) -> &'static str {
+    macro_rules! head {
+        ($name:literal, $title:literal) => {
+            concat!(
+                "{\"type\":\"urn:tower-rampart:problem:",
+                $name,
+                "\",\"title\":\"",
+                $title,
+                "\",\"status\":"
+            )
+        };
     }
-    into.reserve(from.len());
-    let mut last = None;
-    for (name, value) in from {
-        if let Some(name) = name {
-            into.remove(&name);
-            last = Some(name);
-        }
-        if let Some(name) = &last {
-            into.append(name.clone(), value);
-        }
+    match kind {
+        RejectionKind::CircuitOpen => head!("circuit-open", "Circuit open"),
+        RejectionKind::RateLimited => head!("rate-limited", "Rate limited"),
+        RejectionKind::TimedOut => head!("timed-out", "Timed out"),
+        RejectionKind::Draining => head!("draining", "Shutting down"),
+        RejectionKind::InvalidRequest => head!("invalid-request", "Invalid request"),
+        RejectionKind::Overloaded => head!("overloaded", "Overloaded"),
+    }
+}
+
+/// A whole number of seconds as a header value; the common small ones
+/// without building a string.
+fn secs_header_value(secs: u64) -> HeaderValue {
+    const SMALL: [&str; 61] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
+        "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46",
+        "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60",
+    ];
+    if secs <= 60 {
+        HeaderValue::from_static(SMALL[secs as usize])
+    } else {
+        HeaderValue::from(secs)
     }
 }
 
@@ -435,6 +511,13 @@ pub(crate) fn retry_after_secs(d: Duration) -> u64 {
 }
 
 pub(crate) fn push_json_escaped(out: &mut String, s: &str) {
+    // Most texts need no escaping: one branch-free pass finds out.
+    if !s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    }) {
+        out.push_str(s);
+        return;
+    }
     // Copy unescaped runs whole; only quotes, backslashes and control
     // characters need escaping (all ASCII, so byte indices are char
     // boundaries).
@@ -466,7 +549,7 @@ impl fmt::Debug for Rejection {
             .field("kind", &self.kind)
             .field("layer", &self.layer)
             .field("retry_after", &self.retry_after)
-            .field("detail", &self.detail)
+            .field("detail", &self.detail())
             .field("status", &self.status())
             .field("service_fault", &self.service_fault)
             .finish_non_exhaustive()
@@ -481,8 +564,8 @@ impl fmt::Display for Rejection {
             self.kind.title().to_lowercase(),
             self.layer
         )?;
-        if !self.detail.is_empty() {
-            write!(f, ": {}", self.detail)?;
+        if !self.detail().is_empty() {
+            write!(f, ": {}", self.detail())?;
         }
         if let Some(after) = self.retry_after {
             write!(f, "; retry after {after:?}")?;
@@ -937,6 +1020,68 @@ mod tests {
         assert!(found.is_service_fault());
         let other: BoxError = "boom".into();
         assert!(Rejection::find(other.as_ref()).is_none());
+    }
+
+    #[test]
+    fn small_enough_to_box_cheaply() {
+        // Boxed on every `ErrorMode` refusal and moved on every refusal
+        // path: keep the extra headers behind their own box.
+        #[cfg(target_pointer_width = "64")]
+        assert!(std::mem::size_of::<Rejection>() <= 72);
+        let r = Rejection::new(RejectionKind::CircuitOpen, "c");
+        assert!(r.headers().is_empty());
+        assert_eq!(r.detail(), "");
+        let shared: Arc<str> = Arc::from("quota `q` exhausted");
+        let r = r.with_shared_detail(Arc::clone(&shared));
+        assert_eq!(r.detail(), &*shared);
+        assert_eq!(r.clone().detail(), &*shared);
+    }
+
+    #[tokio::test]
+    async fn own_headers_win_over_the_defaults() {
+        let res = Rejection::new(RejectionKind::RateLimited, "l")
+            .with_retry_after(Duration::from_secs(2))
+            .with_header(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("7"))
+            .into_response::<Empty<Bytes>>(Protocol::Http);
+        let all: Vec<_> = res.headers().get_all("content-type").iter().collect();
+        assert_eq!(all, ["text/plain"]);
+        let all: Vec<_> = res.headers().get_all("retry-after").iter().collect();
+        assert_eq!(all, ["7"]);
+        let res = Rejection::new(RejectionKind::RateLimited, "l")
+            .with_header(GRPC_STATUS, HeaderValue::from_static("13"))
+            .into_response::<Empty<Bytes>>(Protocol::Grpc);
+        let all: Vec<_> = res.headers().get_all("grpc-status").iter().collect();
+        assert_eq!(all, ["13"]);
+        assert_eq!(res.headers()["grpc-message"], "Rate limited");
+    }
+
+    #[test]
+    fn seconds_header_values() {
+        for secs in [0, 1, 9, 10, 59, 60, 61, 3600, u64::MAX] {
+            assert_eq!(secs_header_value(secs), secs.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn problem_head_matches_the_kind() {
+        for kind in [
+            RejectionKind::CircuitOpen,
+            RejectionKind::Draining,
+            RejectionKind::RateLimited,
+            RejectionKind::TimedOut,
+            RejectionKind::InvalidRequest,
+            RejectionKind::Overloaded,
+        ] {
+            assert_eq!(
+                problem_head(kind),
+                format!(
+                    "{{\"type\":\"{}\",\"title\":\"{}\",\"status\":",
+                    kind.problem_type(),
+                    kind.title()
+                )
+            );
+        }
     }
 
     #[test]

@@ -35,8 +35,8 @@ use crate::{ConfigError, Rejection, RejectionKind};
 /// Per-quota data the layer needs besides the store.
 pub(crate) struct QuotaInfo {
     pub(crate) name: Arc<str>,
-    /// The refusal detail, rendered once.
-    exhausted: String,
+    /// The refusal detail, rendered once and shared by every refusal.
+    exhausted: Arc<str>,
     pub(crate) key: KeyExtractor,
     refused: [Counter; RefusalReason::ALL.len()],
     dry_run: [Counter; RefusalReason::ALL.len()],
@@ -192,7 +192,7 @@ impl QuotaInfo {
         };
         QuotaInfo {
             name: Arc::from(qname),
-            exhausted: format!("rate limit quota `{qname}` exhausted"),
+            exhausted: Arc::from(format!("rate limit quota `{qname}` exhausted")),
             key,
             refused: per_reason("rampart_rate_limit_refused_total"),
             dry_run: per_reason("rampart_rate_limit_dry_run_refusals_total"),
@@ -503,6 +503,8 @@ impl Shared {
     /// Builds, counts and traces a refusal by `quota`. `live`: the slots
     /// hold the quotas' state (else only `RateLimit-Policy` is sent).
     #[allow(clippy::too_many_arguments)]
+    #[cold]
+    #[inline(never)]
     pub(crate) fn refusal(
         &self,
         params: &[Gcra],
@@ -514,21 +516,22 @@ impl Shared {
         live: bool,
     ) -> Decision {
         let name = &self.quotas[quota].name;
-        let detail = match reason {
-            RefusalReason::TooCostly => format!(
-                "the request costs {cost} but rate limit quota `{name}` allows at most {} at once; it can never be admitted",
-                params[quota].burst
-            ),
-            RefusalReason::StoreUnavailable => "the rate limit store is unavailable".to_owned(),
-            _ => self.quotas[quota].exhausted.clone(),
-        };
         // Whole milliseconds, rounded up: gRPC's `grpc-retry-pushback-ms`
         // (and the event's `retry_after_ms`) never tell a client to come
         // back before the quota has room (`Retry-After` rounds up anyway).
         let wait = wait.map(|w| Duration::from_millis(crate::util::round::millis_ceil(w)));
-        let mut rejection = Rejection::new(RejectionKind::RateLimited, Arc::clone(&self.name))
-            .with_retry_after_opt(wait)
-            .with_detail(detail);
+        let rejection = Rejection::new(RejectionKind::RateLimited, Arc::clone(&self.name))
+            .with_retry_after_opt(wait);
+        let mut rejection = match reason {
+            RefusalReason::TooCostly => rejection.with_detail(format!(
+                "the request costs {cost} but rate limit quota `{name}` allows at most {} at once; it can never be admitted",
+                params[quota].burst
+            )),
+            RefusalReason::StoreUnavailable => {
+                rejection.with_detail("the rate limit store is unavailable")
+            }
+            _ => rejection.with_shared_detail(Arc::clone(&self.quotas[quota].exhausted)),
+        };
         let rendered = if live {
             let items = self.items(params, slots, true);
             self.headers
