@@ -235,11 +235,7 @@ impl fmt::Debug for RampartLayer {
 /// The service made by [`RampartLayer`] around `S`.
 pub type RampartService<S> = Probe<
     Platform<
-        Drain<
-            OptionalRateLimit<
-                OptionalConcurrency<RouteBreaker<Timeout<CatchPanic<S>>>>,
-            >,
-        >,
+        Drain<OptionalRateLimit<OptionalConcurrency<RouteBreaker<Timeout<CatchPanic<S>>>>>>,
         CatchPanic<S>,
     >,
 >;
