@@ -51,8 +51,27 @@ impl Shared {
         if let Some(kind) = self.exact(path) {
             return Some((kind, None));
         }
-        let (dir, name) = path.rsplit_once('/')?;
-        let kind = self.exact(dir)?;
+        // `path` is a probe path, `/` and a name without `/`: no scan of a
+        // path that does not start like one (most requests fail at the
+        // byte after the probe path's length).
+        let under = |p: &str| {
+            let rest = path.strip_prefix(p).filter(|_| !p.is_empty())?;
+            let name = rest.strip_prefix('/')?;
+            (!name.contains('/')).then_some(name)
+        };
+        let (kind, name) = [
+            (&self.ready, Kind::Readiness),
+            (&self.live, Kind::Liveness),
+            (&self.startup, Kind::Startup),
+        ]
+        .into_iter()
+        .find_map(|(p, kind)| {
+            // The cheap test first: the byte after the probe path.
+            (path.as_bytes().get(p.len()) == Some(&b'/'))
+                .then(|| under(p))
+                .flatten()
+                .map(|name| (kind, name))
+        })?;
         Some((kind, (!name.is_empty()).then_some(name)))
     }
 
@@ -68,6 +87,85 @@ impl Shared {
             Some(Kind::Startup)
         } else {
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rule as first written (split at the last `/`), kept to check the
+    /// faster one against.
+    fn reference<'a>(s: &Shared, path: &'a str) -> Option<(Kind, Option<&'a str>)> {
+        if let Some(kind) = s.exact(path) {
+            return Some((kind, None));
+        }
+        let (dir, name) = path.rsplit_once('/')?;
+        let kind = s.exact(dir)?;
+        Some((kind, (!name.is_empty()).then_some(name)))
+    }
+
+    #[test]
+    fn match_path_agrees_with_the_split_at_the_last_slash() {
+        let registry = HealthRegistry::builder().build().unwrap();
+        let configs = [
+            ("/livez", "/readyz", "/startupz"),
+            ("/health/live", "/health", ""),
+            ("/health", "/health/ready", "/health/startup"),
+            ("/", "/r", ""),
+            ("/a/", "/b", "/c"),
+        ];
+        let paths = [
+            "",
+            "/",
+            "//",
+            "/livez",
+            "/livez/",
+            "/livez/db",
+            "/livez/db/",
+            "/livez//db",
+            "/livezz",
+            "/readyz/x/y",
+            "/readyz",
+            "/startupz/a",
+            "/api/v1/orders/42",
+            "/health",
+            "/health/",
+            "/health/live",
+            "/health/live/",
+            "/health/live/x",
+            "/health/db",
+            "/health/ready",
+            "/health/ready/db",
+            "/health/startup/x/y",
+            "/r",
+            "/r/",
+            "/r/x",
+            "/x",
+            "/a/",
+            "/a//",
+            "/a//n",
+            "/a/n",
+            "/b/n",
+            "/c/",
+        ];
+        for (live, ready, startup) in configs {
+            let s = Shared::new(
+                registry.clone(),
+                ProbeConfig {
+                    liveness_path: live.into(),
+                    readiness_path: ready.into(),
+                    startup_path: startup.into(),
+                },
+            );
+            for path in paths {
+                assert_eq!(
+                    s.match_path(path),
+                    reference(&s, path),
+                    "{path:?} with {live:?} {ready:?} {startup:?}"
+                );
+            }
         }
     }
 }

@@ -64,12 +64,17 @@ impl AbortSignal {
     }
 
     /// Gives the slot back.
+    #[inline]
     pub(crate) fn unregister(&self, key: usize) {
         if key != NO_KEY {
-            let mut slots = self.lock();
-            slots.wakers[key] = None;
-            slots.free.push(key);
+            self.unregister_slot(key);
         }
+    }
+
+    fn unregister_slot(&self, key: usize) {
+        let mut slots = self.lock();
+        slots.wakers[key] = None;
+        slots.free.push(key);
     }
 
     /// Fires the signal and wakes every registered waiter.
