@@ -18,7 +18,7 @@ use super::layer::DrainLayer;
 use super::phase::{Phase, Trigger};
 use super::report::ShutdownReport;
 use super::signals::Signals;
-use super::state::{Anchor, State};
+use super::state::State;
 use crate::ConfigError;
 
 type HookFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -33,8 +33,6 @@ pub(super) struct Hook {
 /// What the coordinator's handle and its `drive` task share.
 pub(crate) struct Inner {
     pub(crate) state: Arc<State>,
-    /// Keeps the drain layers' in-flight token alive until draining starts.
-    anchor: Mutex<Option<Anchor>>,
     pub(super) config: ShutdownConfig,
     phase_tx: watch::Sender<Phase>,
     pub(super) trigger_tx: watch::Sender<Option<(Trigger, Instant)>>,
@@ -157,7 +155,7 @@ impl Shutdown {
             )
         })?;
         let name: Arc<str> = Arc::from(config.name.as_str());
-        let (state, anchor) = State::new(Arc::clone(&name), config.retry_after);
+        let state = Arc::new(State::new(Arc::clone(&name), config.retry_after));
         let signals = if config.signals {
             Signals::install()
         } else {
@@ -167,7 +165,6 @@ impl Shutdown {
         let label = config.name.clone();
         let inner = Arc::new(Inner {
             state,
-            anchor: Mutex::new(Some(anchor)),
             phase_tx: watch::channel(Phase::Running).0,
             trigger_tx: watch::channel(None).0,
             report_tx: watch::channel(None).0,
@@ -423,11 +420,6 @@ impl Inner {
 
     pub(super) fn set_phase(&self, phase: Phase) {
         self.state.set_phase(phase);
-        if phase >= Phase::Draining {
-            // After the phase is stored: the last request to finish (or
-            // this very release) drops the token and wakes the drain.
-            drop(crate::util::lock(&self.anchor).take());
-        }
         self.phase_gauge.set(f64::from(phase as u8));
         self.phase_tx.send_replace(phase);
         tracing::info!(
