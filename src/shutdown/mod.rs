@@ -56,11 +56,9 @@
 //!
 //! The [`DrainLayer`] ([`Shutdown::drain_layer`]) counts requests in flight
 //! (from the call until the response body ends or is dropped): that count is
-//! what the coordinator waits on. On the happy path a request takes and
-//! releases one reference to an in-flight token that the coordinator holds
-//! until draining starts (two atomic operations, the last release wakes
-//! the drain) and reads the phase; it takes a short lock only when the
-//! inner future or body is pending, to register for the abort.
+//! what the coordinator waits on. On the happy path it costs two atomic
+//! operations on the count and one phase read; it takes a short lock only
+//! when the inner future or body is pending, to register for the abort.
 //!
 //! ```
 //! use std::time::Duration;

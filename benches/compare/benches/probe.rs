@@ -87,6 +87,21 @@ where
     S: Service<Req>,
     S::Error: std::fmt::Debug,
 {
+    // `BENCH_CALLS=<group>/<name>,<calls>`: instead of measuring, run that
+    // row `calls` times and exit, for instruction counts (`valgrind
+    // --tool=cachegrind --cache-sim=no`; subtract a run with fewer calls),
+    // which the load of a shared machine does not disturb. The other rows
+    // are skipped.
+    if let Ok(spec) = std::env::var("BENCH_CALLS") {
+        let (row, n) = spec.split_once(',').expect("BENCH_CALLS=<row>,<calls>");
+        if row == format!("{group}/{name}") {
+            for _ in 0..n.parse::<u64>().expect("a call count") {
+                call(&mut svc, request());
+            }
+            std::process::exit(0);
+        }
+        return;
+    }
     let mut g = c.benchmark_group(group);
     g.bench_function(name, |b| {
         b.iter_custom(|iters| fastest_chunk(iters, || call(&mut svc, request())))
@@ -140,6 +155,9 @@ fn lifecycle(c: &mut Criterion) {
         }
     }
 
+    if std::env::var("BENCH_CALLS").is_ok() {
+        return;
+    }
     // Two threads through one shared layer.
     let mut g = c.benchmark_group("contended_2_threads");
     fn two_threads<S>(svc: S, iters: u64) -> Duration
