@@ -1134,6 +1134,7 @@ mod tests {
     //! GCRA arithmetic as the lease script (the script itself runs against
     //! a real `redis-server` in `tests/rate_limit/redis_lease.rs`).
 
+    use super::super::redis::tests::server;
     use super::*;
 
     const MS: u64 = 1_000_000;
@@ -1450,50 +1451,6 @@ mod tests {
         // Refusals cost no round trip; grants come in batches.
         let trips = redis.calls as f64 / requests as f64;
         assert!(trips < 0.05, "{trips} round trips per request");
-    }
-
-    /// A throwaway `redis-server` on a free loopback port (skipped, saying
-    /// so, without one; failing under CI).
-    struct Server(std::process::Child, u16);
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    fn server() -> Option<Server> {
-        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = std::process::Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-        let Ok(child) = child else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server not found ({bin})"
-            );
-            eprintln!("SKIPPED: redis-server not found ({bin})");
-            return None;
-        };
-        let server = Server(child, port);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(server)
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -1234,7 +1234,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! The Lua script against [`gcra::step_all`]: the same states through
     //! both, every answer compared. Needs a `redis-server` binary (skipped,
     //! saying so, without one; failing under CI), like
@@ -1243,8 +1243,9 @@ mod tests {
     use super::super::gcra::{self, Gcra, Outcome};
     use super::SCRIPT;
 
-    /// A throwaway `redis-server` on a free loopback port.
-    struct Server(std::process::Child, u16);
+    /// A throwaway `redis-server` on a free loopback port (the lease's
+    /// tests use it too).
+    pub(in crate::rate_limit) struct Server(std::process::Child, pub(in crate::rate_limit) u16);
 
     impl Drop for Server {
         fn drop(&mut self) {
@@ -1253,7 +1254,7 @@ mod tests {
         }
     }
 
-    fn server() -> Option<Server> {
+    pub(in crate::rate_limit) fn server() -> Option<Server> {
         let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
