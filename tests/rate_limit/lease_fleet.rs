@@ -17,6 +17,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "redis_procs.rs"]
+mod redis_procs;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -68,21 +70,7 @@ async fn round_trips(url: &str) -> u64 {
         .query_async(&mut c)
         .await
         .unwrap();
-    info.lines()
-        .filter(|l| {
-            ["evalsha", "eval", "script|load"]
-                .iter()
-                .any(|n| l.starts_with(&format!("cmdstat_{n}:")))
-        })
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    redis_procs::command_calls(&info, &redis_procs::ROUND_TRIPS)
 }
 
 struct Run {

@@ -88,21 +88,7 @@ async fn round_trips(url: &str) -> u64 {
         .query_async(&mut c)
         .await
         .unwrap();
-    info.lines()
-        .filter(|l| {
-            ["evalsha", "eval", "script|load"]
-                .iter()
-                .any(|n| l.starts_with(&format!("cmdstat_{n}:")))
-        })
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    super::redis_procs::command_calls(&info, &super::redis_procs::ROUND_TRIPS)
 }
 
 type Snap = Vec<(
