@@ -267,70 +267,33 @@ impl<S: Clone> Layer<S> for RampartLayer {
     }
 }
 
-/// The rate limit of a [`RampartLayer`], or a pass-through when the config
-/// has no `[rate_limit]` section. Both answer the same body type.
+/// A layer of a [`RampartLayer`] the config may leave out: the layered
+/// service `On`, or the service it would wrap, `Off`. Both answer the same
+/// body type ([`ResponseBody`]).
 #[derive(Clone, Debug)]
-pub enum OptionalRateLimit<S> {
-    /// Rate limited.
-    On(RateLimit<S>),
-    /// Not rate limited.
-    Off(S),
+pub enum Optional<On, Off> {
+    /// The layer is configured.
+    On(On),
+    /// The layer is left out: requests go straight through.
+    Off(Off),
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for OptionalRateLimit<S>
+/// The rate limit, or a pass-through when the config has no `[rate_limit]`
+/// section.
+pub type OptionalRateLimit<S> = Optional<RateLimit<S>, S>;
+
+/// The concurrency limit, or a pass-through when the config has no
+/// `[concurrency]` section.
+pub type OptionalConcurrency<S> = Optional<ConcurrencyLimit<S>, S>;
+
+impl<On, Off, ReqB, ResB> Service<Request<ReqB>> for Optional<On, Off>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
-    RateLimit<S>: Service<Request<ReqB>, Response = Response<ResponseBody<ResB>>, Error = S::Error>,
+    Off: Service<Request<ReqB>, Response = Response<ResB>>,
+    On: Service<Request<ReqB>, Response = Response<ResponseBody<ResB>>, Error = Off::Error>,
 {
     type Response = Response<ResponseBody<ResB>>;
-    type Error = S::Error;
-    type Future = OptionalFuture<<RateLimit<S> as Service<Request<ReqB>>>::Future, S::Future>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match self {
-            Self::On(s) => s.poll_ready(cx),
-            Self::Off(s) => s.poll_ready(cx),
-        }
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        match self {
-            Self::On(s) => OptionalFuture {
-                inner: Either::On {
-                    future: s.call(req),
-                },
-            },
-            Self::Off(s) => OptionalFuture {
-                inner: Either::Off {
-                    future: s.call(req),
-                },
-            },
-        }
-    }
-}
-
-/// The concurrency limit of a [`RampartLayer`], or a pass-through when the
-/// config has no `[concurrency]` section. Both answer the same body type.
-#[derive(Clone, Debug)]
-pub enum OptionalConcurrency<S> {
-    /// Limited.
-    On(ConcurrencyLimit<S>),
-    /// Not limited.
-    Off(S),
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for OptionalConcurrency<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
-    ConcurrencyLimit<S>:
-        Service<Request<ReqB>, Response = Response<ResponseBody<ResB>>, Error = S::Error>,
-{
-    type Response = Response<ResponseBody<ResB>>;
-    type Error = S::Error;
-    type Future =
-        OptionalFuture<<ConcurrencyLimit<S> as Service<Request<ReqB>>>::Future, S::Future>;
+    type Error = Off::Error;
+    type Future = OptionalFuture<On::Future, Off::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -358,8 +321,7 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The response future of [`OptionalRateLimit`] and
-    /// [`OptionalConcurrency`].
+    /// The response future of [`Optional`].
     pub struct OptionalFuture<A, B> {
         #[pin]
         inner: Either<A, B>,
