@@ -8,47 +8,17 @@
 
 use crate::common::{self, RedisProcess};
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use tower::{Service, ServiceExt, service_fn};
+use metrics_util::debugging::DebuggingRecorder;
+use tower::{Service, ServiceExt};
 use tower_rampart::rate_limit::{
     FailurePolicy, KeyExtractor, Lease, Quota, RateLimitConfig, RateLimitLayer, RedisMode,
     RedisStore, StoreState,
 };
 
-type Svc = tower_rampart::rate_limit::RateLimit<
-    tower::util::ServiceFn<
-        fn(Request<String>) -> std::future::Ready<Result<Response<String>, Infallible>>,
-    >,
->;
-
-fn ok(_req: Request<String>) -> std::future::Ready<Result<Response<String>, Infallible>> {
-    std::future::ready(Ok(Response::new(String::new())))
-}
-
-fn svc(layer: &RateLimitLayer) -> Svc {
-    tower::Layer::layer(layer, service_fn(ok as fn(_) -> _))
-}
-
-async fn status(svc: &mut Svc, key: &str) -> u16 {
-    let req = Request::builder()
-        .header("x-key", key)
-        .body(String::new())
-        .unwrap();
-    svc.ready()
-        .await
-        .unwrap()
-        .call(req)
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
+use super::redis_store::{Snap, Svc, counter, eight_keys_at_once, status, svc};
 
 fn per_key(rate: &str, burst: u32) -> Quota {
     Quota::new(rate.parse().unwrap())
@@ -91,33 +61,10 @@ async fn round_trips(url: &str) -> u64 {
     super::redis_procs::command_calls(&info, &super::redis_procs::ROUND_TRIPS)
 }
 
-type Snap = Vec<(
-    metrics_util::CompositeKey,
-    Option<metrics::Unit>,
-    Option<metrics::SharedString>,
-    DebugValue,
-)>;
-
 /// The recorder's values now (taking them drains the counters: one
 /// snapshot per check point).
 fn snapshot(recorder: &DebuggingRecorder) -> Snap {
     recorder.snapshotter().snapshot().into_vec()
-}
-
-/// The sum of counter `name` with `labels` in `snap`.
-fn counter(snap: &Snap, name: &str, labels: &[(&str, &str)]) -> u64 {
-    snap.iter()
-        .filter(|(k, ..)| {
-            k.key().name() == name
-                && labels
-                    .iter()
-                    .all(|(n, v)| k.key().labels().any(|l| l.key() == *n && l.value() == *v))
-        })
-        .map(|(.., v)| match v {
-            DebugValue::Counter(c) => *c,
-            _ => 0,
-        })
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,25 +357,7 @@ async fn several_quotas_under_concurrency_never_exceed_what_redis_granted() {
         )
         .build()
         .unwrap();
-    let counts: Arc<Vec<AtomicU32>> = Arc::new((0..8).map(|_| AtomicU32::new(0)).collect());
-    let mut tasks = Vec::new();
-    for k in 0..8usize {
-        for _ in 0..4 {
-            let mut s = svc(&l);
-            let counts = Arc::clone(&counts);
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..10 {
-                    if status(&mut s, &format!("k{k}")).await == 200 {
-                        counts[k].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let per: Vec<u32> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let per = eight_keys_at_once(&l).await;
     let total: u32 = per.iter().sum();
     assert!(total <= 50, "{per:?}");
     // At most one global slice (5) left unspent.

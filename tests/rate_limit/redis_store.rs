@@ -123,7 +123,9 @@ fn which(name: &str) -> Option<String> {
     })
 }
 
-type Svc = tower_rampart::rate_limit::RateLimit<
+/// The rate limit around an always-ready inner service (the lease tests
+/// use these helpers too).
+pub(crate) type Svc = tower_rampart::rate_limit::RateLimit<
     tower::util::ServiceFn<
         fn(Request<String>) -> std::future::Ready<Result<Response<String>, Infallible>>,
     >,
@@ -133,7 +135,7 @@ fn ok(_req: Request<String>) -> std::future::Ready<Result<Response<String>, Infa
     std::future::ready(Ok(Response::new(String::new())))
 }
 
-fn svc(layer: &RateLimitLayer) -> Svc {
+pub(crate) fn svc(layer: &RateLimitLayer) -> Svc {
     tower::Layer::layer(layer, service_fn(ok as fn(_) -> _))
 }
 
@@ -144,7 +146,7 @@ fn req(key: &str) -> Request<String> {
         .unwrap()
 }
 
-async fn status(svc: &mut Svc, key: &str) -> u16 {
+pub(crate) async fn status(svc: &mut Svc, key: &str) -> u16 {
     svc.ready()
         .await
         .unwrap()
@@ -153,6 +155,30 @@ async fn status(svc: &mut Svc, key: &str) -> u16 {
         .unwrap()
         .status()
         .as_u16()
+}
+
+/// Keys `k0`..`k7`, four concurrent tasks each sending ten requests per
+/// key: what each key got admitted.
+pub(crate) async fn eight_keys_at_once(l: &RateLimitLayer) -> Vec<u32> {
+    let counts: Arc<Vec<AtomicU32>> = Arc::new((0..8).map(|_| AtomicU32::new(0)).collect());
+    let mut tasks = Vec::new();
+    for k in 0..8usize {
+        for _ in 0..4 {
+            let mut s = svc(l);
+            let counts = Arc::clone(&counts);
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..10 {
+                    if status(&mut s, &format!("k{k}")).await == 200 {
+                        counts[k].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
 }
 
 fn layer(url: &str, quotas: &[Quota], policy: FailurePolicy) -> RateLimitLayer {
@@ -268,25 +294,7 @@ async fn multi_quota_is_atomic_under_concurrency() {
         &[per_key("100/h", 30), global],
         FailurePolicy::FailClosed,
     );
-    let counts: Arc<Vec<AtomicU32>> = Arc::new((0..8).map(|_| AtomicU32::new(0)).collect());
-    let mut tasks = Vec::new();
-    for k in 0..8usize {
-        for _ in 0..4 {
-            let mut s = svc(&l);
-            let counts = Arc::clone(&counts);
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..10 {
-                    if status(&mut s, &format!("k{k}")).await == 200 {
-                        counts[k].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let per: Vec<u32> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let per = eight_keys_at_once(&l).await;
     assert_eq!(per.iter().sum::<u32>(), 50, "{per:?}");
     assert!(per.iter().all(|&n| n <= 30), "{per:?}");
     // Refused requests consumed nothing: each key's TAT is exactly its
@@ -526,7 +534,7 @@ fn hdr<'a>(res: &'a Got, name: &str) -> &'a str {
     res.header(name).unwrap_or("")
 }
 
-type Snap = Vec<(
+pub(crate) type Snap = Vec<(
     metrics_util::CompositeKey,
     Option<metrics::Unit>,
     Option<metrics::SharedString>,
@@ -535,7 +543,7 @@ type Snap = Vec<(
 
 /// A counter's value in `snap` (one snapshot per check point: taking one
 /// drains the counters).
-fn counter(snap: &Snap, name: &str, labels: &[(&str, &str)]) -> u64 {
+pub(crate) fn counter(snap: &Snap, name: &str, labels: &[(&str, &str)]) -> u64 {
     snap.iter()
         .filter(|(k, ..)| {
             k.key().name() == name
