@@ -46,6 +46,7 @@
 //! ```
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt::{self, Write as _};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -646,10 +647,73 @@ impl Protocol {
     /// The protocol of a request with these headers.
     #[inline]
     pub fn from_headers(headers: &HeaderMap) -> Self {
+        let key = headers_key(headers);
+        if key != 0 {
+            let (pinned, protocol) = PINNED_PROTOCOL.with(Cell::get);
+            if pinned == key {
+                return protocol;
+            }
+        }
         if is_grpc(headers) {
             Protocol::Grpc
         } else {
             Protocol::Http
+        }
+    }
+
+    /// Pins `self` as the protocol of the request with these `headers`
+    /// while the guard lives: an outer layer that already looked the
+    /// protocol up holds the guard around its inner service's `call`, and
+    /// the layers below read it instead of searching the headers again
+    /// (one `content-type` lookup per request for the whole stack).
+    #[inline]
+    pub(crate) fn pin(self, headers: &HeaderMap) -> ProtocolPin {
+        let key = headers_key(headers);
+        ProtocolPin(Some(PINNED_PROTOCOL.with(|c| c.replace((key, self)))))
+    }
+}
+
+thread_local! {
+    /// The protocol pinned by [`Protocol::pin`], with the key of the
+    /// request's headers it belongs to (0: none).
+    static PINNED_PROTOCOL: Cell<(usize, Protocol)> = const { Cell::new((0, Protocol::Http)) };
+}
+
+/// A key for a request's headers that survives moves of the request: the
+/// address of its first header value (in the map's heap storage) mixed
+/// with the address of that value's bytes. 0 for a request without headers
+/// (its lookup is cheap: nothing is pinned for it). A request created
+/// while another is pinned has storage of its own, so its key differs.
+#[inline]
+fn headers_key(headers: &HeaderMap) -> usize {
+    headers.iter().next().map_or(0, |(_, v)| {
+        (std::ptr::from_ref(v) as usize) ^ (v.as_bytes().as_ptr() as usize).rotate_left(17)
+    })
+}
+
+pub(crate) use pin::ProtocolPin;
+
+mod pin {
+    use super::{Cell, PINNED_PROTOCOL, Protocol};
+
+    /// Restores the previously pinned protocol when dropped (see
+    /// [`Protocol::pin`]); [`ProtocolPin::NONE`] pins nothing. Public in a
+    /// private module: the drain layer's sealed mode trait names it, no
+    /// user can.
+    #[must_use = "the protocol is pinned only while the guard lives"]
+    pub struct ProtocolPin(pub(super) Option<(usize, Protocol)>);
+
+    impl ProtocolPin {
+        /// A guard that pinned nothing (modes that have no protocol).
+        pub(crate) const NONE: ProtocolPin = ProtocolPin(None);
+    }
+
+    impl Drop for ProtocolPin {
+        #[inline]
+        fn drop(&mut self) {
+            if let Some(previous) = self.0 {
+                PINNED_PROTOCOL.with(|c: &Cell<(usize, Protocol)>| c.set(previous));
+            }
         }
     }
 }
@@ -937,6 +1001,35 @@ mod tests {
             Protocol::of(&req(Some("application/grpc+proto"))),
             Protocol::Grpc
         );
+    }
+
+    #[test]
+    fn a_pinned_protocol_follows_its_request_only() {
+        let grpc = || {
+            Request::builder()
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap()
+        };
+        let outer = grpc();
+        // Pinned wrong on purpose, to see who reads the pin.
+        let pin = Protocol::Http.pin(outer.headers());
+        let moved = Box::new(outer);
+        assert_eq!(Protocol::of(&moved), Protocol::Http, "the same request, moved");
+        assert_eq!(Protocol::of(&grpc()), Protocol::Grpc, "another request");
+        let no_headers = Request::new(());
+        assert_eq!(Protocol::of(&no_headers), Protocol::Http);
+        drop(pin);
+        assert_eq!(Protocol::of(&moved), Protocol::Grpc, "unpinned");
+        let outer_pin = Protocol::Http.pin(moved.headers());
+        {
+            let inner = grpc();
+            let _inner_pin = Protocol::Grpc.pin(inner.headers());
+            assert_eq!(Protocol::of(&inner), Protocol::Grpc);
+            assert_eq!(Protocol::of(&moved), Protocol::Grpc, "looked up again");
+        }
+        assert_eq!(Protocol::of(&moved), Protocol::Http, "the outer pin is back");
+        drop(outer_pin);
     }
 
     #[test]

@@ -147,7 +147,7 @@ impl<F, S, Req, M, C, Res, E> Future for ResponseFuture<F, S, Req, M, C>
 where
     S: tower::Service<Req, Future = F, Response = Res, Error = E>,
     F: Future<Output = Result<Res, E>>,
-    M: Mode<Req, Res, E, Context = C> + Observe<Res, E>,
+    M: Mode<Req, Res, E, Context = C> + Observe<Res, E, C>,
     C: Copy,
 {
     type Output = Result<M::Response, M::Error>;
@@ -160,7 +160,7 @@ where
                 StateProj::Running { future } => {
                     let result = std::task::ready!(future.poll(cx));
                     if let Some(permit) = this.permit.take() {
-                        permit.complete(M::outcome(&result));
+                        permit.complete(M::outcome(&result, *this.cx));
                     }
                     this.state.set(State::Done);
                     return Poll::Ready(M::admitted(result));

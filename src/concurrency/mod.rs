@@ -33,7 +33,7 @@
 //! |---|---|
 //! | a response that is not an overload signal (any other status, 4xx and 5xx included) | [`Success`](Outcome::Success): the RTT is a latency sample |
 //! | the **server's own** timeout inside fired (a [`Refused`] marker of kind `TimedOut` that is the service's fault), or the future was dropped after the server's [`Deadline`] (an outer timeout layer gave up on it), or the inner service failed with `tokio::time::error::Elapsed` (a `tokio::time::timeout` or [`Deadline::bound`] that ran out) | [`Dropped`](Outcome::Dropped): back off |
-//! | the inner service answered **503**, or gRPC `UNAVAILABLE` (14) or `RESOURCE_EXHAUSTED` (8) in the response headers (a trailers-only answer, which is how tonic answers an error status), or an inner concurrency limit of this crate refused it | [`Dropped`](Outcome::Dropped): something downstream is overloaded |
+//! | the inner service answered **503**, or, to a gRPC request, `UNAVAILABLE` (14) or `RESOURCE_EXHAUSTED` (8) in the response headers (a trailers-only answer, which is how tonic answers an error status), or an inner concurrency limit of this crate refused it | [`Dropped`](Outcome::Dropped): something downstream is overloaded |
 //! | the future was dropped before completing (the client went away), or a panic unwound through the layer (with a panic-catching layer inside, as in the config stack, the 500 it answers is a response like any other: a success) | [`Ignored`](Outcome::Ignored) |
 //! | a refusal by another layer of this crate that is not about capacity (rate limit, open breaker, draining, a timeout whose budget the **caller** chose), or an error that is not a timeout | [`Ignored`](Outcome::Ignored) |
 //!
@@ -176,7 +176,7 @@ pub use limit::{Aimd, Fixed, Gradient2, LimitAlgorithm, Outcome, Sample, Vegas};
 use self::queue::Enqueued;
 use self::state::{Reason, Shared};
 use crate::metrics_help::{Help, MetricKind};
-use crate::rejection::{ErrorMode, HttpMode, Mode, Refused, Rejection, RejectionKind};
+use crate::rejection::{ErrorMode, HttpMode, Mode, Protocol, Refused, Rejection, RejectionKind};
 use crate::timeout::{Deadline, DeadlineSource};
 use metrics::Unit;
 
@@ -273,9 +273,10 @@ mod sealed {
     /// How a mode's finished call becomes an [`Outcome`] for the limit
     /// algorithm. Implemented for [`HttpMode`](crate::rejection::HttpMode)
     /// and [`ErrorMode`](crate::rejection::ErrorMode) only.
-    pub trait Observe<Res, E> {
-        /// The outcome of `result`.
-        fn outcome(result: &Result<Res, E>) -> Outcome;
+    pub trait Observe<Res, E, C> {
+        /// The outcome of `result`, for a request of context `cx` (the
+        /// mode's [`Context`](crate::rejection::Mode::Context)).
+        fn outcome(result: &Result<Res, E>, cx: C) -> Outcome;
     }
 }
 
@@ -312,9 +313,9 @@ fn error_outcome<E: 'static>(e: &E) -> Outcome {
     }
 }
 
-impl<B, E: 'static> Observe<Response<B>, E> for HttpMode {
+impl<B, E: 'static> Observe<Response<B>, E, Protocol> for HttpMode {
     #[inline]
-    fn outcome(result: &Result<Response<B>, E>) -> Outcome {
+    fn outcome(result: &Result<Response<B>, E>, protocol: Protocol) -> Outcome {
         let res = match result {
             Ok(res) => res,
             Err(e) => return error_outcome(e),
@@ -325,6 +326,9 @@ impl<B, E: 'static> Observe<Response<B>, E> for HttpMode {
         if res.status() == http::StatusCode::SERVICE_UNAVAILABLE {
             return Outcome::Dropped;
         }
+        if protocol != Protocol::Grpc {
+            return Outcome::Success;
+        }
         // gRPC: a trailers-only error answer carries its status in the
         // headers ("14" UNAVAILABLE, "8" RESOURCE_EXHAUSTED).
         match res.headers().get(crate::grpc::GRPC_STATUS) {
@@ -334,9 +338,9 @@ impl<B, E: 'static> Observe<Response<B>, E> for HttpMode {
     }
 }
 
-impl<R, E: 'static> Observe<R, E> for ErrorMode {
+impl<R, E: 'static> Observe<R, E, ()> for ErrorMode {
     #[inline]
-    fn outcome(result: &Result<R, E>) -> Outcome {
+    fn outcome(result: &Result<R, E>, (): ()) -> Outcome {
         match result {
             Ok(_) => Outcome::Success,
             Err(e) => error_outcome(e),
@@ -382,7 +386,8 @@ where
     Req: LimitedRequest,
     S: Service<Req> + Clone,
     S::Error: Into<M::Error>,
-    M: Mode<Req, S::Response, S::Error> + Observe<S::Response, S::Error>,
+    M: Mode<Req, S::Response, S::Error>
+        + Observe<S::Response, S::Error, <M as Mode<Req, S::Response, S::Error>>::Context>,
 {
     type Response = M::Response;
     type Error = M::Error;

@@ -83,9 +83,7 @@ where
                         Poll::Ready(result) => {
                             let g = guard.take().expect("present");
                             let facts = *this.facts;
-                            return Poll::Ready(M::admitted(
-                                result.map(|res| M::track(res, g, facts)),
-                            ));
+                            return Poll::Ready(M::finish(result, g, facts));
                         }
                         Poll::Pending => {
                             if !g.register(cx.waker()) {

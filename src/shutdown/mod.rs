@@ -140,7 +140,7 @@ pub use phase::{Phase, Trigger};
 pub use report::{HookOutcome, HookReport, ShutdownReport};
 pub use stream::UntilDraining;
 
-use crate::rejection::{ErrorMode, HttpMode, Protocol};
+use crate::rejection::{ErrorMode, HttpMode, Protocol, ProtocolPin, ResponseBody};
 use state::Guard;
 pub(crate) use state::State;
 
@@ -227,7 +227,11 @@ where
         let cx = M::context(&req);
         let facts = M::facts(&req, cx);
         match self.state.admit_unless_draining(|| M::owed(&req)) {
-            Some(guard) => ResponseFuture::admitted(self.inner.call(req), guard, cx, facts),
+            Some(guard) => {
+                // The layers below read the protocol from the pin.
+                let _pin = M::pin(&req, cx);
+                ResponseFuture::admitted(self.inner.call(req), guard, cx, facts)
+            }
             None => ResponseFuture::rejected(self.state.draining_rejection(facts.http1), cx, facts),
         }
     }
@@ -235,6 +239,7 @@ where
 
 mod sealed {
     use super::Guard;
+    use crate::rejection::ProtocolPin;
     use crate::rejection::Mode;
 
     /// What the drain layer learns from a request before it moves into the
@@ -266,9 +271,24 @@ mod sealed {
         /// draining). Only asked while draining.
         fn owed(req: &Req) -> bool;
 
+        /// Pins the protocol of `req` (already read into `cx`) for the
+        /// inner service's `call`.
+        fn pin(req: &Req, cx: <Self as Mode<Req, Self::Tracked, E>>::Context) -> ProtocolPin;
+
         /// Hands `guard` to the admitted response (or drops it: the
         /// request is done).
         fn track(res: Res, guard: Guard, facts: Facts) -> Self::Tracked;
+
+        /// The layer's answer to an admitted request: [`track`](Self::track)
+        /// then the mode's mapping (a mode may do both in one step).
+        #[inline]
+        fn finish(
+            result: Result<Res, E>,
+            guard: Guard,
+            facts: Facts,
+        ) -> Result<Self::Response, Self::Error> {
+            Self::admitted(result.map(|res| Self::track(res, guard, facts)))
+        }
     }
 }
 
@@ -329,15 +349,36 @@ impl<ReqB, ResB, E> DrainMode<Request<ReqB>, Response<ResB>, E> for HttpMode {
     }
 
     #[inline]
-    fn track(res: Response<ResB>, guard: Guard, facts: Facts) -> Response<DrainBody<ResB>> {
-        let close = facts.http1 && guard.state().phase() >= Phase::ShutdownRequested;
-        let (mut parts, body) = res.into_parts();
-        if close {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        Response::from_parts(parts, DrainBody::new(body, guard, facts.grpc))
+    fn pin(req: &Request<ReqB>, protocol: Protocol) -> ProtocolPin {
+        protocol.pin(req.headers())
+    }
+
+    #[inline]
+    fn track(mut res: Response<ResB>, guard: Guard, facts: Facts) -> Response<DrainBody<ResB>> {
+        close_when_shutting_down(&mut res, &guard, facts);
+        res.map(|body| DrainBody::new(body, guard, facts.grpc))
+    }
+
+    /// One rebuild of the response instead of two (`track`, then the
+    /// mode's `ResponseBody`): each is a copy of the whole response.
+    #[inline]
+    fn finish(
+        result: Result<Response<ResB>, E>,
+        guard: Guard,
+        facts: Facts,
+    ) -> Result<Response<ResponseBody<DrainBody<ResB>>>, E> {
+        let mut res = result?;
+        close_when_shutting_down(&mut res, &guard, facts);
+        Ok(res.map(|body| ResponseBody::new(DrainBody::new(body, guard, facts.grpc))))
+    }
+}
+
+/// Once shutdown has started, an HTTP/1 answer closes its connection.
+#[inline]
+fn close_when_shutting_down<B>(res: &mut Response<B>, guard: &Guard, facts: Facts) {
+    if facts.http1 && guard.state().phase() >= Phase::ShutdownRequested {
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
 
@@ -355,6 +396,11 @@ impl<Req, Res, E: Into<BoxError>> DrainMode<Req, Res, E> for ErrorMode {
     #[inline]
     fn owed(_: &Req) -> bool {
         false
+    }
+
+    #[inline]
+    fn pin(_: &Req, (): ()) -> ProtocolPin {
+        ProtocolPin::NONE
     }
 
     #[inline]

@@ -265,6 +265,12 @@ async fn outcomes_fed_to_the_algorithm() {
         outcome_of(slow(1, 200, Some("5")), grpc_req()).await.0,
         Outcome::Success
     );
+    // `grpc-status` is read for gRPC callers only: on a plain HTTP answer
+    // it is just a header.
+    assert_eq!(
+        outcome_of(slow(1, 200, Some("14")), req()).await.0,
+        Outcome::Success
+    );
 }
 
 type Timed<S> = tower_rampart::timeout::Timeout<S>;

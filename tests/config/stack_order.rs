@@ -315,6 +315,33 @@ async fn grpc_callers_get_grpc_answers() {
     assert_eq!(r.headers["grpc-status"], "8");
 }
 
+/// The drain layer reads the protocol once and pins it for the layers
+/// below while it calls them: each request is answered in its own protocol,
+/// whatever came before it on the same thread.
+#[tokio::test(start_paused = true)]
+async fn each_request_is_answered_in_its_own_protocol() {
+    let config = config(
+        r#"
+        [timeout]
+        timeout = "100ms"
+        "#,
+    );
+    let stack = config.stack().build().unwrap();
+    let svc = stack.layer().layer(app(Arc::default()));
+    let grpc = [("content-type", "application/grpc")];
+    let json = [("content-type", "application/json")];
+    for _ in 0..3 {
+        let r = call(&svc, "/slow", &grpc).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers["grpc-status"], "4");
+        let r = call(&svc, "/slow", &json).await;
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(r.headers.get("grpc-status").is_none());
+        let r = call(&svc, "/slow", &[]).await;
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    }
+}
+
 #[tokio::test]
 async fn without_a_rate_limit_section_nothing_is_limited() {
     let stack = config("").stack().build().unwrap();
