@@ -5,7 +5,7 @@
 //! admitted requests, prints a table, writes
 //! `target/overload/overload.{csv,json}` and draws `docs/overload.png`.
 //!
-//! Run: `cargo bench -p tower-rampart-benches --bench overload`
+//! Run: `cargo bench -p tower-rampart-benches --features paused-clock --bench overload`
 //! (about 15 s after the build; `OVERLOAD_SECONDS` shortens or lengthens
 //! each run, `OVERLOAD_FONT` names the TTF for the plot's text, default
 //! DejaVu Sans). `OVERLOAD_WORKERS=8 OVERLOAD_SERVICE_MS=40-60` simulates
