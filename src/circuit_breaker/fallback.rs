@@ -13,6 +13,11 @@ use crate::Rejection;
 /// refusal), [`FallbackFn`] and [`FallbackService`].
 #[allow(clippy::result_large_err)] // the refusal path, never the happy path
 pub trait Fallback<Req, Res, E>: Clone {
+    /// Whether [`fallback`](Self::fallback) may answer at all: `false` for
+    /// [`NoFallback`] only, so that a refusal without a fallback is answered
+    /// at once, without moving the request in and out of the call.
+    const ANSWERS: bool = true;
+
     /// Answers `req`, refused for `rejection`; or hands both back to have
     /// the refusal answered as usual.
     fn fallback<T, Map>(
@@ -31,6 +36,8 @@ pub trait Fallback<Req, Res, E>: Clone {
 pub struct NoFallback;
 
 impl<Req, Res, E> Fallback<Req, Res, E> for NoFallback {
+    const ANSWERS: bool = false;
+
     fn fallback<T, Map>(
         &self,
         req: Req,

@@ -322,6 +322,11 @@ where
         Decision::Refuse(refusal) => {
             let rejection = breaker.rejection(refusal);
             let cx = <M as Mode<Req, S::Response, S::Error>>::context(&req);
+            if !F::ANSWERS {
+                return ResponseFuture::ready(<M as Judge<S::Response, S::Error>>::rejected(
+                    cx, rejection,
+                ));
+            }
             let map = |out| <M as Judge<S::Response, S::Error>>::fallback(out);
             match fallback.fallback(req, rejection, map) {
                 Ok(fut) => ResponseFuture::fallback(fut),
