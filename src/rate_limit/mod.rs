@@ -335,7 +335,8 @@ where
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         // One clock reading for the decision and every layer below.
-        crate::util::clock::pinned(move || self.decide_and_call(req))
+        let _clock = crate::util::clock::pin();
+        self.decide_and_call(req)
     }
 }
 

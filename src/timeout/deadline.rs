@@ -253,19 +253,25 @@ thread_local! {
     static CURRENT: Cell<Option<Deadline>> = const { Cell::new(None) };
 }
 
-/// Runs `f` with `deadline` as this thread's [`Deadline::current`], and
-/// restores the previous one on return (also on unwind).
+/// Makes `deadline` this thread's [`Deadline::current`] until the guard is
+/// dropped (also on unwind), which restores the previous one. A guard
+/// rather than a closure: what the caller computes in the scope (an inner
+/// future, a poll's output) goes straight where it is used, not through a
+/// closure's return value (one copy fewer of a future per request).
 #[inline]
-pub(crate) fn in_scope<R>(deadline: Deadline, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Deadline>);
-    impl Drop for Restore {
-        #[inline]
-        fn drop(&mut self) {
-            CURRENT.with(|c| c.set(self.0));
-        }
+pub(crate) fn enter(deadline: Deadline) -> Scope {
+    Scope(CURRENT.with(|c| c.replace(Some(deadline))))
+}
+
+/// The scope of [`enter`]: restores the previous deadline when dropped.
+#[must_use = "the deadline is current only while the guard lives"]
+pub(crate) struct Scope(Option<Deadline>);
+
+impl Drop for Scope {
+    #[inline]
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.0));
     }
-    let _restore = Restore(CURRENT.with(|c| c.replace(Some(deadline))));
-    f()
 }
 
 /// A request the timeout layer can read a caller's budget from and hand a

@@ -112,7 +112,10 @@ where
                 source,
             } => {
                 let current = super::Deadline::at(*deadline).with_source(*source);
-                if let Poll::Ready(result) = super::deadline::in_scope(current, || inner.poll(cx)) {
+                let scope = super::deadline::enter(current);
+                let polled = inner.poll(cx);
+                drop(scope);
+                if let Poll::Ready(result) = polled {
                     return Poll::Ready(M::admitted(result));
                 }
                 if sleep.is_none() {

@@ -232,8 +232,11 @@ where
                 req.set_deadline(deadline);
             }
         }
+        let scope = self::deadline::enter(deadline);
+        let future = self.inner.call(req);
+        drop(scope);
         ResponseFuture::running(
-            self::deadline::in_scope(deadline, || self.inner.call(req)),
+            future,
             eff.at,
             eff.source,
             cx,

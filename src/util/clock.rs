@@ -31,11 +31,11 @@
 //!
 //! # Sharing one reading across the stack
 //!
-//! [`pinned`] reads the clock once and runs a closure with this thread's
-//! reading fixed to it: an outer layer that needs the time calls its inner
-//! service inside it, and the layers below take the same reading instead
-//! of reading the clock again (one clock reading per request for the whole
-//! stack).
+//! [`pin`] reads the clock once and fixes this thread's reading to it while
+//! its guard lives: an outer layer that needs the time calls its inner
+//! service under the guard, and the layers below take the same reading
+//! instead of reading the clock again (one clock reading per request for
+//! the whole stack).
 //!
 //! Readings are kept as `u64` nanoseconds since a process-wide base (a
 //! `tokio::time::Instant` ten years before the first reading), so the fast
@@ -139,21 +139,25 @@ fn reanchor(mode: &Cell<Mode>, counter: &quanta::Clock) -> u64 {
     nanos
 }
 
-/// Reads the clock once and runs `f` with this thread's reading fixed at
-/// that instant, so the layers `f` calls do not read the clock again.
-/// Restores the previous state on return (also on unwind).
+/// Reads the clock once and fixes this thread's reading to it until the
+/// guard is dropped (also on unwind), which restores the previous state.
+/// A guard rather than a closure, so that what the caller computes in the
+/// scope (an inner future) is not copied out of a closure's return value.
 #[inline]
-pub(crate) fn pinned<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(u64);
-    impl Drop for Restore {
-        #[inline]
-        fn drop(&mut self) {
-            PINNED.with(|p| p.set(self.0));
-        }
-    }
+pub(crate) fn pin() -> Pin {
     let at = now_nanos();
-    let _restore = Restore(PINNED.with(|p| p.replace(at)));
-    f()
+    Pin(PINNED.with(|p| p.replace(at)))
+}
+
+/// The scope of [`pin`]: restores the previous reading when dropped.
+#[must_use = "the reading is pinned only while the guard lives"]
+pub(crate) struct Pin(u64);
+
+impl Drop for Pin {
+    #[inline]
+    fn drop(&mut self) {
+        PINNED.with(|p| p.set(self.0));
+    }
 }
 
 /// Forgets this thread's anchor: the next reading probes tokio's clock.
@@ -210,7 +214,7 @@ impl EpochClock {
 mod tests {
     use std::time::Duration;
 
-    use super::{EpochClock, now, pinned};
+    use super::{EpochClock, now, pin};
 
     #[tokio::test(start_paused = true)]
     async fn counts_nanoseconds_from_its_epoch() {
@@ -263,10 +267,15 @@ mod tests {
     async fn a_pinned_reading_is_what_the_layers_below_see() {
         let clock = EpochClock::new();
         let at = now();
-        let seen = pinned(|| {
+        let seen = {
+            let _pin = pin();
             std::thread::sleep(Duration::from_millis(2));
-            (now(), clock.now(), pinned(now))
-        });
+            let inner = {
+                let _inner = pin();
+                now()
+            };
+            (now(), clock.now(), inner)
+        };
         assert_eq!(seen, (at, 0, at));
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(now(), tokio::time::Instant::now(), "restored on return");
