@@ -1015,7 +1015,11 @@ mod tests {
         // Pinned wrong on purpose, to see who reads the pin.
         let pin = Protocol::Http.pin(outer.headers());
         let moved = Box::new(outer);
-        assert_eq!(Protocol::of(&moved), Protocol::Http, "the same request, moved");
+        assert_eq!(
+            Protocol::of(&moved),
+            Protocol::Http,
+            "the same request, moved"
+        );
         assert_eq!(Protocol::of(&grpc()), Protocol::Grpc, "another request");
         let no_headers = Request::new(());
         assert_eq!(Protocol::of(&no_headers), Protocol::Http);
@@ -1028,7 +1032,11 @@ mod tests {
             assert_eq!(Protocol::of(&inner), Protocol::Grpc);
             assert_eq!(Protocol::of(&moved), Protocol::Grpc, "looked up again");
         }
-        assert_eq!(Protocol::of(&moved), Protocol::Http, "the outer pin is back");
+        assert_eq!(
+            Protocol::of(&moved),
+            Protocol::Http,
+            "the outer pin is back"
+        );
         drop(outer_pin);
     }
 

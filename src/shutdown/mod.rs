@@ -239,8 +239,8 @@ where
 
 mod sealed {
     use super::Guard;
-    use crate::rejection::ProtocolPin;
     use crate::rejection::Mode;
+    use crate::rejection::ProtocolPin;
 
     /// What the drain layer learns from a request before it moves into the
     /// inner service.

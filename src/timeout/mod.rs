@@ -235,13 +235,7 @@ where
         let scope = self::deadline::enter(deadline);
         let future = self.inner.call(req);
         drop(scope);
-        ResponseFuture::running(
-            future,
-            eff.at,
-            eff.source,
-            cx,
-            self.shared.clone(),
-        )
+        ResponseFuture::running(future, eff.at, eff.source, cx, self.shared.clone())
     }
 }
 
