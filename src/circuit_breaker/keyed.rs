@@ -38,10 +38,14 @@ pub(crate) struct KeyedShared<K> {
 }
 
 impl<K: Hash + Eq + Clone> KeyedShared<K> {
-    pub(crate) fn new(settings: Arc<Settings>) -> Self {
+    /// Breakers over a map of up to 64 shards (many keys, few of them hot
+    /// at once), or of one shard (`sharded = false`: few keys, all hot,
+    /// one hash per lookup instead of two).
+    pub(crate) fn new(settings: Arc<Settings>, sharded: bool) -> Self {
         Self {
-            map: KeyedMap::new(
+            map: KeyedMap::with_max_shards(
                 settings.config.max_keys,
+                if sharded { usize::MAX } else { 1 },
                 RandomState::new(),
                 MapMetrics::noop(),
             ),
@@ -150,9 +154,9 @@ impl<K, KF, M> fmt::Debug for KeyedCircuitBreakerLayer<K, KF, M> {
 }
 
 impl<K: Hash + Eq + Clone, KF> KeyedCircuitBreakerLayer<K, KF> {
-    pub(crate) fn new(settings: Arc<Settings>, key_fn: KF) -> Self {
+    pub(crate) fn new(settings: Arc<Settings>, key_fn: KF, sharded: bool) -> Self {
         Self {
-            shared: Arc::new(KeyedShared::new(settings)),
+            shared: Arc::new(KeyedShared::new(settings, sharded)),
             key_fn,
             _mode: PhantomData,
         }

@@ -134,6 +134,8 @@ pub struct CircuitBreakerBuilder {
     classifier: Classifier,
     error_classifier: Option<ErrorClassifier>,
     listener: Option<Listener>,
+    /// Keyed breakers over up to 64 shards (the default) or one.
+    sharded: bool,
 }
 
 impl fmt::Debug for CircuitBreakerBuilder {
@@ -152,6 +154,7 @@ impl CircuitBreakerBuilder {
             classifier: Classifier::default(),
             error_classifier: None,
             listener: None,
+            sharded: true,
         }
     }
 
@@ -343,7 +346,15 @@ impl CircuitBreakerBuilder {
         KF: Fn(&Req) -> K + Clone,
         K: std::hash::Hash + Eq + Clone,
     {
+        let sharded = self.sharded;
         let settings = self.settings(false)?;
-        Ok(KeyedCircuitBreakerLayer::new(settings, key_fn))
+        Ok(KeyedCircuitBreakerLayer::new(settings, key_fn, sharded))
+    }
+
+    /// Keyed breakers for few keys that are all hot (the stack's routes):
+    /// one shard, so a lookup hashes the key once instead of twice.
+    pub(crate) fn unsharded(mut self) -> Self {
+        self.sharded = false;
+        self
     }
 }

@@ -152,6 +152,8 @@ impl BreakerLayer {
         };
         let layer = builder
             .on_event(listener)
+            // Routes are few and each is hot: one shard, one hash per call.
+            .unsharded()
             .build_keyed(|_: &()| RouteKey(Repr::Unmatched))?;
         let handle = layer.handle();
         let _ = cell.set(handle.clone());

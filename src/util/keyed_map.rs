@@ -87,9 +87,23 @@ where
 {
     /// A map of at most `max_keys` (at least 1) entries.
     pub(crate) fn new(max_keys: usize, hasher: S, metrics: MapMetrics) -> Self {
+        Self::with_max_shards(max_keys, MAX_SHARDS, hasher, metrics)
+    }
+
+    /// A map of at most `max_keys` entries over at most `max_shards` shards.
+    /// One shard saves the shard's hash on every lookup: the right choice
+    /// for few keys that are all hot (a stack's routes), where shards would
+    /// spread nothing.
+    pub(crate) fn with_max_shards(
+        max_keys: usize,
+        max_shards: usize,
+        hasher: S,
+        metrics: MapMetrics,
+    ) -> Self {
         let max_keys = max_keys.max(1);
+        let max_shards = max_shards.clamp(1, MAX_SHARDS);
         let mut shards = 1usize;
-        while shards < MAX_SHARDS && shards * 2 * MIN_SHARD_CAP <= max_keys {
+        while shards < max_shards && shards * 2 * MIN_SHARD_CAP <= max_keys {
             shards *= 2;
         }
         Self {
@@ -296,5 +310,18 @@ mod tests {
         let before = m.len();
         assert_eq!(m.sweep(19_800), before - live);
         assert_eq!(m.len(), live);
+    }
+
+    #[test]
+    fn one_shard_holds_every_key_up_to_the_bound() {
+        let m: KeyedMap<u64, At, RandomState> =
+            KeyedMap::with_max_shards(1000, 1, RandomState::new(), MapMetrics::noop());
+        assert_eq!(m.shards.len(), 1);
+        for k in 0..5_000u64 {
+            m.with_or_insert(k, k, || At(AtomicU64::new(k + 500)), |_| ());
+            assert!(m.len() <= 1000);
+        }
+        assert_eq!(m.len(), 1000);
+        assert_eq!(m.with(&4_999, |v| v.idle_at()), Some(5_499));
     }
 }
