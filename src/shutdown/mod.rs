@@ -275,20 +275,14 @@ mod sealed {
         /// inner service's `call`.
         fn pin(req: &Req, cx: <Self as Mode<Req, Self::Tracked, E>>::Context) -> ProtocolPin;
 
-        /// Hands `guard` to the admitted response (or drops it: the
-        /// request is done).
-        fn track(res: Res, guard: Guard, facts: Facts) -> Self::Tracked;
-
-        /// The layer's answer to an admitted request: [`track`](Self::track)
-        /// then the mode's mapping (a mode may do both in one step).
-        #[inline]
+        /// The layer's answer to an admitted request: the response made to
+        /// hold `guard` (or `guard` dropped: the request is done), mapped
+        /// as the mode maps answers.
         fn finish(
             result: Result<Res, E>,
             guard: Guard,
             facts: Facts,
-        ) -> Result<Self::Response, Self::Error> {
-            Self::admitted(result.map(|res| Self::track(res, guard, facts)))
-        }
+        ) -> Result<Self::Response, Self::Error>;
     }
 }
 
@@ -353,14 +347,8 @@ impl<ReqB, ResB, E> DrainMode<Request<ReqB>, Response<ResB>, E> for HttpMode {
         protocol.pin(req.headers())
     }
 
-    #[inline]
-    fn track(mut res: Response<ResB>, guard: Guard, facts: Facts) -> Response<DrainBody<ResB>> {
-        close_when_shutting_down(&mut res, &guard, facts);
-        res.map(|body| DrainBody::new(body, guard, facts.grpc))
-    }
-
-    /// One rebuild of the response instead of two (`track`, then the
-    /// mode's `ResponseBody`): each is a copy of the whole response.
+    /// One rebuild of the response (the body wrapped twice at once): each
+    /// rebuild is a copy of the whole response.
     #[inline]
     fn finish(
         result: Result<Response<ResB>, E>,
@@ -404,8 +392,8 @@ impl<Req, Res, E: Into<BoxError>> DrainMode<Req, Res, E> for ErrorMode {
     }
 
     #[inline]
-    fn track(res: Res, guard: Guard, _: Facts) -> Res {
+    fn finish(result: Result<Res, E>, guard: Guard, _: Facts) -> Result<Res, BoxError> {
         drop(guard);
-        res
+        result.map_err(Into::into)
     }
 }
