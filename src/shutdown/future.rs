@@ -21,19 +21,15 @@ pin_project! {
     /// The response future of [`Drain`](super::Drain): the inner future,
     /// raced against the coordinator's abort signal, or a refusal.
     pub struct ResponseFuture<F, Req, M = HttpMode, C = Protocol> {
+        // Flat fields rather than an enum of the two cases: the inner
+        // future is moved into place once, not into a variant first.
         #[pin]
-        kind: Kind<F>,
+        future: Option<F>,
+        guard: Option<Guard>,
+        rejection: Option<Box<Rejection>>,
         cx: C,
         facts: Facts,
         _mode: PhantomData<fn(Req) -> M>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Inner { #[pin] future: F, guard: Option<Guard> },
-        Rejected { rejection: Option<Box<Rejection>> },
     }
 }
 
@@ -41,10 +37,9 @@ impl<F, Req, M, C> ResponseFuture<F, Req, M, C> {
     #[inline]
     pub(crate) fn admitted(future: F, guard: Guard, cx: C, facts: Facts) -> Self {
         Self {
-            kind: Kind::Inner {
-                future,
-                guard: Some(guard),
-            },
+            future: Some(future),
+            guard: Some(guard),
+            rejection: None,
             cx,
             facts,
             _mode: PhantomData,
@@ -53,9 +48,9 @@ impl<F, Req, M, C> ResponseFuture<F, Req, M, C> {
 
     pub(crate) fn rejected(rejection: Rejection, cx: C, facts: Facts) -> Self {
         Self {
-            kind: Kind::Rejected {
-                rejection: Some(Box::new(rejection)),
-            },
+            future: None,
+            guard: None,
+            rejection: Some(Box::new(rejection)),
             cx,
             facts,
             _mode: PhantomData,
@@ -74,30 +69,30 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let rejection = match this.kind.project() {
-            KindProj::Rejected { rejection } => *rejection.take().expect("polled after completion"),
-            KindProj::Inner { future, guard } => {
-                let g = guard.as_mut().expect("polled after completion");
-                if !g.check_aborted() {
-                    match future.poll(cx) {
-                        Poll::Ready(result) => {
-                            let g = guard.take().expect("present");
-                            let facts = *this.facts;
-                            return Poll::Ready(M::finish(result, g, facts));
-                        }
-                        Poll::Pending => {
-                            if !g.register(cx.waker()) {
-                                return Poll::Pending;
-                            }
-                        }
+        if let Some(rejection) = this.rejection.take() {
+            return Poll::Ready(M::rejected(*this.cx, *rejection));
+        }
+        let (Some(future), Some(g)) = (this.future.as_pin_mut(), this.guard.as_mut()) else {
+            panic!("polled after completion");
+        };
+        if !g.check_aborted() {
+            match future.poll(cx) {
+                Poll::Ready(result) => {
+                    let g = this.guard.take().expect("present");
+                    return Poll::Ready(M::finish(result, g, *this.facts));
+                }
+                Poll::Pending => {
+                    if !g.register(cx.waker()) {
+                        return Poll::Pending;
                     }
                 }
-                // Aborted at the drain deadline: the guard is dropped
-                // (counted as aborted), the inner future with this one.
-                let g = guard.take().expect("present");
-                g.state().aborted_rejection(this.facts.http1)
             }
-        };
+        }
+        // Aborted at the drain deadline: the guard is dropped (counted as
+        // aborted), the inner future with this one.
+        let g = this.guard.take().expect("present");
+        let rejection = g.state().aborted_rejection(this.facts.http1);
+        drop(g);
         Poll::Ready(M::rejected(*this.cx, rejection))
     }
 }
