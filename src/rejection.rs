@@ -647,10 +647,9 @@ impl Protocol {
     /// The protocol of a request with these headers.
     #[inline]
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let key = headers_key(headers);
-        if key != 0 {
+        if let Some(key) = headers_key(headers) {
             let (pinned, protocol) = PINNED_PROTOCOL.with(Cell::get);
-            if pinned == key {
+            if pinned == Some(key) {
                 return protocol;
             }
         }
@@ -675,33 +674,40 @@ impl Protocol {
 
 thread_local! {
     /// The protocol pinned by [`Protocol::pin`], with the key of the
-    /// request's headers it belongs to (0: none).
-    static PINNED_PROTOCOL: Cell<(usize, Protocol)> = const { Cell::new((0, Protocol::Http)) };
+    /// request's headers it belongs to (`None`: nothing pinned).
+    static PINNED_PROTOCOL: Cell<(Option<HeadersKey>, Protocol)> =
+        const { Cell::new((None, Protocol::Http)) };
 }
 
-/// A key for a request's headers that survives moves of the request: the
-/// address of its first header value (in the map's heap storage) mixed
-/// with the address of that value's bytes. 0 for a request without headers
-/// (its lookup is cheap: nothing is pinned for it). A request created
-/// while another is pinned has storage of its own, so its key differs.
+/// Where a request's first header value lives (in the header map's heap
+/// storage) and where that value's bytes live: both survive moves of the
+/// request, and a request made while another is pinned has storage of its
+/// own, so its key differs.
+type HeadersKey = (usize, usize);
+
+/// The key of these headers; `None` for a request without headers (its
+/// lookup is cheap: nothing is pinned for it).
 #[inline]
-fn headers_key(headers: &HeaderMap) -> usize {
-    headers.iter().next().map_or(0, |(_, v)| {
-        (std::ptr::from_ref(v) as usize) ^ (v.as_bytes().as_ptr() as usize).rotate_left(17)
+fn headers_key(headers: &HeaderMap) -> Option<HeadersKey> {
+    headers.iter().next().map(|(_, v)| {
+        (
+            std::ptr::from_ref(v) as usize,
+            v.as_bytes().as_ptr() as usize,
+        )
     })
 }
 
 pub(crate) use pin::ProtocolPin;
 
 mod pin {
-    use super::{Cell, PINNED_PROTOCOL, Protocol};
+    use super::{Cell, HeadersKey, PINNED_PROTOCOL, Protocol};
 
     /// Restores the previously pinned protocol when dropped (see
     /// [`Protocol::pin`]); [`ProtocolPin::NONE`] pins nothing. Public in a
     /// private module: the drain layer's sealed mode trait names it, no
     /// user can.
     #[must_use = "the protocol is pinned only while the guard lives"]
-    pub struct ProtocolPin(pub(super) Option<(usize, Protocol)>);
+    pub struct ProtocolPin(pub(super) Option<(Option<HeadersKey>, Protocol)>);
 
     impl ProtocolPin {
         /// A guard that pinned nothing (modes that have no protocol).
@@ -712,7 +718,7 @@ mod pin {
         #[inline]
         fn drop(&mut self) {
             if let Some(previous) = self.0 {
-                PINNED_PROTOCOL.with(|c: &Cell<(usize, Protocol)>| c.set(previous));
+                PINNED_PROTOCOL.with(|c: &Cell<(Option<HeadersKey>, Protocol)>| c.set(previous));
             }
         }
     }
