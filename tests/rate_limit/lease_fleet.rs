@@ -57,22 +57,6 @@ fn replica(url: &str, mode: &str) -> RateLimitLayer {
     config.build().unwrap()
 }
 
-/// Round trips the rate limit made to `url` (`EVALSHA`, `EVAL`,
-/// `SCRIPT LOAD` calls).
-async fn round_trips(url: &str) -> u64 {
-    let mut c = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    redis_procs::command_calls(&info, &redis_procs::ROUND_TRIPS)
-}
-
 struct Run {
     requests: u64,
     admitted: u64,
@@ -104,7 +88,7 @@ async fn drive(url: String, mode: &'static str, every: Duration, per_tick: u32) 
     }
     // The bucket full again after the warm-up.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = round_trips(&url).await;
+    let before = redis_procs::round_trips(&url).await;
     let requests = Arc::new(AtomicU64::new(0));
     let admitted = Arc::new(AtomicU64::new(0));
     let start = tokio::time::Instant::now();
@@ -144,7 +128,7 @@ async fn drive(url: String, mode: &'static str, every: Duration, per_tick: u32) 
     Run {
         requests: requests.load(Ordering::Relaxed),
         admitted: admitted.load(Ordering::Relaxed),
-        trips: round_trips(&url).await - before,
+        trips: redis_procs::round_trips(&url).await - before,
         secs,
     }
 }

@@ -45,22 +45,6 @@ fn leased(url: &str, quota: Quota, lease: Lease, policy: FailurePolicy) -> RateL
         .unwrap()
 }
 
-/// Calls of the commands a client sends to run a script (`EVALSHA`,
-/// `EVAL`, `SCRIPT LOAD`): Redis round trips of the rate limit.
-async fn round_trips(url: &str) -> u64 {
-    let mut c = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    super::redis_procs::command_calls(&info, &super::redis_procs::ROUND_TRIPS)
-}
-
 /// The recorder's values now (taking them drains the counters: one
 /// snapshot per check point).
 fn snapshot(recorder: &DebuggingRecorder) -> Snap {
@@ -84,13 +68,13 @@ async fn most_decisions_cost_no_round_trip() {
     let layer = metrics::with_local_recorder(&recorder, || config.build().unwrap());
     let mut s = svc(&layer);
     assert_eq!(status(&mut s, "warm").await, 200);
-    let before = round_trips(&redis.url()).await;
+    let before = super::redis_procs::round_trips(&redis.url()).await;
     let start = std::time::Instant::now();
     let n = 2000;
     for _ in 0..n {
         assert_eq!(status(&mut s, "k").await, 200);
     }
-    let trips = round_trips(&redis.url()).await - before;
+    let trips = super::redis_procs::round_trips(&redis.url()).await - before;
     // A slice of 50 is topped up when what is left would run out within
     // two round trips (at most half of it): each lease brings 25 to 50
     // units, about 40 here, so under 1 round trip per 25 requests
@@ -280,7 +264,7 @@ async fn a_spent_key_is_refused_without_round_trips() {
     let addr = common::serve(app).await;
     assert_eq!(common::get(addr, "/").await.status, 200);
     assert_eq!(common::get(addr, "/").await.status, 200);
-    let before = round_trips(&redis.url()).await;
+    let before = super::redis_procs::round_trips(&redis.url()).await;
     for _ in 0..50 {
         let r = common::get(addr, "/").await;
         assert_eq!(r.status, 429);
@@ -292,7 +276,7 @@ async fn a_spent_key_is_refused_without_round_trips() {
         assert!(r.header("ratelimit").starts_with(r#""global";r=0;t="#));
         assert_eq!(r.json()["status"], 429);
     }
-    let trips = round_trips(&redis.url()).await - before;
+    let trips = super::redis_procs::round_trips(&redis.url()).await - before;
     assert!(trips <= 1, "{trips} round trips for 50 refusals");
 }
 

@@ -216,3 +216,19 @@ pub fn command_calls(info: &str, names: &[&str]) -> u64 {
 /// The round trips a client can make for one decision: the script call,
 /// and its loading after a `NOSCRIPT`.
 pub const ROUND_TRIPS: [&str; 3] = ["evalsha", "eval", "script|load"];
+
+/// Round trips the rate limit made to the Redis at `url`: calls of the
+/// commands a client sends to run a script ([`ROUND_TRIPS`]).
+pub async fn round_trips(url: &str) -> u64 {
+    let mut c = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    command_calls(&info, &ROUND_TRIPS)
+}

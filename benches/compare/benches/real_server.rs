@@ -379,26 +379,6 @@ async fn load(addr: SocketAddr, proto: Proto, l: &Load) -> Vec<Duration> {
 // ---------------------------------------------------------------------------
 // Measuring.
 
-/// CPU time (user + system) used so far by the threads named `name`, from
-/// `/proc/self/task/*/stat` (Linux; ticks of 1/100 s, the kernel's
-/// `USER_HZ`).
-fn threads_cpu(name: &str) -> Option<Duration> {
-    let mut ticks = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let dir = task.ok()?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-        if comm.trim() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-        // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    }
-    Some(Duration::from_millis(ticks * 10))
-}
-
 /// Pins the threads named `name` (and `extra` thread ids) to `cpu` with
 /// `taskset`; says whether it could.
 fn pin(name: &str, extra: &[String], cpu: usize) -> bool {
@@ -573,9 +553,9 @@ fn main() {
         let mut samples: Vec<Vec<Sample>> = kinds.iter().map(|_| Vec::new()).collect();
         for round in 1..=rounds {
             for (i, &addr) in addrs.iter().enumerate() {
-                let before = threads_cpu(SERVER_THREAD).unwrap_or_default();
+                let before = tower_rampart_benches::threads_cpu(SERVER_THREAD).unwrap_or_default();
                 let lat = client_rt.block_on(load(addr, proto, &load_cfg));
-                let cpu = threads_cpu(SERVER_THREAD)
+                let cpu = tower_rampart_benches::threads_cpu(SERVER_THREAD)
                     .unwrap_or_default()
                     .saturating_sub(before);
                 let s = Sample {

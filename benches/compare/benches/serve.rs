@@ -128,25 +128,11 @@ async fn load(addr: SocketAddr) -> Round {
     }
 }
 
-/// CPU time (user + system) used so far by the server runtime's threads,
-/// from `/proc/self/task/*/stat` (Linux; clock ticks of 1/100 s, the
-/// kernel's fixed `USER_HZ`). Less disturbed by other processes than
-/// throughput: it is what the server spent, whoever else ran.
+/// CPU time used so far by the server runtime's threads. Less disturbed
+/// by other processes than throughput: it is what the server spent, whoever
+/// else ran.
 fn server_cpu() -> Option<Duration> {
-    let mut ticks = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let dir = task.ok()?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-        if comm.trim() != SERVER_THREAD {
-            continue;
-        }
-        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-        // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    }
-    Some(Duration::from_millis(ticks * 10))
+    tower_rampart_benches::threads_cpu(SERVER_THREAD)
 }
 
 const SERVER_THREAD: &str = "bench-server";
