@@ -1,5 +1,6 @@
 //! Keyed breakers: one breaker per upstream host, route or tenant.
 
+use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::Hash;
@@ -59,8 +60,23 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
         self.clock.now()
     }
 
-    /// The breaker of `key`, created on first use.
-    pub(crate) fn breaker(&self, key: K) -> Breaker {
+    /// `f` of the breaker of `key` (created on first use, under the key
+    /// `owned(key)`), called while the key's shard is read-locked: `f`
+    /// must be short (take a permit, not call a service). `key` may be a
+    /// borrowed form of `K` (as `&str` for [`RouteKey`](crate::config::RouteKey)),
+    /// so a lookup of a known key builds no owned key, and `f` can decide
+    /// without a clone of the breaker.
+    #[inline]
+    pub(crate) fn with_breaker<Q, R>(
+        &self,
+        key: &Q,
+        owned: impl FnOnce(&Q) -> K,
+        f: impl Fn(&Breaker) -> R,
+    ) -> R
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let now = self.now();
         let idle =
             u64::try_from(self.settings.config.key_idle_timeout.as_nanos()).unwrap_or(u64::MAX);
@@ -77,10 +93,10 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
                 e.idle_at
                     .store(idle_at.saturating_add(slack), Ordering::Relaxed);
             }
-            e.breaker.clone()
+            f(&e.breaker)
         };
-        if let Some(b) = self.map.with(&key, touch) {
-            return b;
+        if let Some(out) = self.map.with(key, touch) {
+            return out;
         }
         // A new key: first drop the keys idle for the timeout, at most once
         // per timeout (one shard lock at a time).
@@ -94,7 +110,7 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
             self.map.sweep(now);
         }
         self.map.with_or_insert(
-            key,
+            owned(key),
             now,
             || Entry {
                 breaker: Breaker::new(self.settings.clone(), 1),

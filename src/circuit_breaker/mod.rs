@@ -186,11 +186,11 @@ pub use keyed::{KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer};
 pub use layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
 pub use state::{CircuitBreakerEvent, CircuitCounts, CircuitState, TransitionReason};
 
-use crate::rejection::{HttpMode, Mode};
+use crate::rejection::{HttpMode, Mode, Rejection};
 pub(crate) use future::{Decision, decide};
 use judge::Judge;
 pub(crate) use keyed::KeyedShared;
-pub(crate) use state::Breaker;
+pub(crate) use state::{Breaker, Refusal};
 
 use crate::metrics_help::{Help, MetricKind};
 use metrics::Unit;
@@ -320,22 +320,77 @@ where
     match decide(breaker) {
         Decision::Go(permit) => ResponseFuture::admitted(inner.call(req), permit),
         Decision::Refuse(refusal) => {
-            let rejection = breaker.rejection(refusal);
-            let cx = <M as Mode<Req, S::Response, S::Error>>::context(&req);
-            if !F::ANSWERS {
-                return ResponseFuture::ready(<M as Judge<S::Response, S::Error>>::rejected(
-                    cx, rejection,
-                ));
-            }
-            let map = |out| <M as Judge<S::Response, S::Error>>::fallback(out);
-            match fallback.fallback(req, rejection, map) {
-                Ok(fut) => ResponseFuture::fallback(fut),
-                Err((_req, rejection)) => {
-                    ResponseFuture::ready(<M as Judge<S::Response, S::Error>>::rejected(
-                        cx, rejection,
-                    ))
-                }
-            }
+            refuse::<S, Req, M, F>(breaker.rejection(refusal), fallback, req)
+        }
+    }
+}
+
+/// A keyed breaker's decision, taken while its key's shard is locked
+/// ([`KeyedShared::with_breaker`]): a permit, or the refusal with the
+/// breaker (cloned on that path only, to build the rejection after the
+/// lock is released).
+pub(crate) type KeyedDecision = Result<Permit, (Refusal, Breaker)>;
+
+/// [`KeyedDecision`] of `breaker`.
+#[inline]
+pub(crate) fn decide_keyed(breaker: &Breaker) -> KeyedDecision {
+    match decide(breaker) {
+        Decision::Go(permit) => Ok(permit),
+        Decision::Refuse(refusal) => Err((refusal, breaker.clone())),
+    }
+}
+
+/// [`call`] with the decision taken under a keyed breaker's lookup.
+#[inline]
+pub(crate) fn call_decided<S, Req, M, F>(
+    decision: KeyedDecision,
+    inner: &mut S,
+    fallback: &F,
+    req: Req,
+) -> ResponseFuture<S::Future, M>
+where
+    S: Service<Req>,
+    M: Mode<Req, S::Response, S::Error>
+        + Judge<S::Response, S::Error, Context = <M as Mode<Req, S::Response, S::Error>>::Context>,
+    F: Fallback<Req, S::Response, BreakerError<M, S, Req>>,
+    S::Response: 'static,
+    BreakerResponse<M, S, Req>: 'static,
+    BreakerError<M, S, Req>: 'static,
+{
+    match decision {
+        Ok(permit) => ResponseFuture::admitted(inner.call(req), permit),
+        Err((refusal, breaker)) => {
+            refuse::<S, Req, M, F>(breaker.rejection(refusal), fallback, req)
+        }
+    }
+}
+
+/// The answer to a refused request: the fallback's, or the rejection in
+/// the mode's form.
+#[inline]
+fn refuse<S, Req, M, F>(
+    rejection: Rejection,
+    fallback: &F,
+    req: Req,
+) -> ResponseFuture<S::Future, M>
+where
+    S: Service<Req>,
+    M: Mode<Req, S::Response, S::Error>
+        + Judge<S::Response, S::Error, Context = <M as Mode<Req, S::Response, S::Error>>::Context>,
+    F: Fallback<Req, S::Response, BreakerError<M, S, Req>>,
+    S::Response: 'static,
+    BreakerResponse<M, S, Req>: 'static,
+    BreakerError<M, S, Req>: 'static,
+{
+    let cx = <M as Mode<Req, S::Response, S::Error>>::context(&req);
+    if !F::ANSWERS {
+        return ResponseFuture::ready(<M as Judge<S::Response, S::Error>>::rejected(cx, rejection));
+    }
+    let map = |out| <M as Judge<S::Response, S::Error>>::fallback(out);
+    match fallback.fallback(req, rejection, map) {
+        Ok(fut) => ResponseFuture::fallback(fut),
+        Err((_req, rejection)) => {
+            ResponseFuture::ready(<M as Judge<S::Response, S::Error>>::rejected(cx, rejection))
         }
     }
 }
@@ -429,7 +484,8 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let breaker = self.shared.breaker((self.key_fn)(&req));
-        call(&breaker, &mut self.inner, &NoFallback, req)
+        let key = (self.key_fn)(&req);
+        let decision = self.shared.with_breaker(&key, K::clone, decide_keyed);
+        call_decided(decision, &mut self.inner, &NoFallback, req)
     }
 }

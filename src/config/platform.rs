@@ -68,16 +68,24 @@ impl fmt::Debug for PlatformPaths {
 /// response future, as `tower::util::Oneshot` would.
 pub struct Platform<P, B> {
     protected: P,
-    bypass: Arc<Mutex<B>>,
+    /// The paths and the bypass behind one `Arc`: a clone of the service
+    /// counts one reference.
+    shared: Arc<Shared<B>>,
+}
+
+struct Shared<B> {
     paths: Arc<PlatformPaths>,
+    bypass: Mutex<B>,
 }
 
 impl<P, B> Platform<P, B> {
     pub(crate) fn new(protected: P, bypass: B, paths: Arc<PlatformPaths>) -> Self {
         Self {
             protected,
-            bypass: Arc::new(Mutex::new(bypass)),
-            paths,
+            shared: Arc::new(Shared {
+                paths,
+                bypass: Mutex::new(bypass),
+            }),
         }
     }
 
@@ -91,8 +99,7 @@ impl<P: Clone, B> Clone for Platform<P, B> {
     fn clone(&self) -> Self {
         Self {
             protected: self.protected.clone(),
-            bypass: Arc::clone(&self.bypass),
-            paths: Arc::clone(&self.paths),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -100,7 +107,7 @@ impl<P: Clone, B> Clone for Platform<P, B> {
 impl<P, B> fmt::Debug for Platform<P, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Platform")
-            .field("paths", &self.paths)
+            .field("paths", &self.shared.paths)
             .finish_non_exhaustive()
     }
 }
@@ -122,7 +129,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        if self.paths.matches(req.uri().path()) {
+        if self.shared.paths.matches(req.uri().path()) {
             return self.call_bypass(req);
         }
         PlatformFuture {
@@ -139,7 +146,7 @@ impl<P, B> Platform<P, B> {
     where
         B: Service<Request<ReqB>> + Clone,
     {
-        let mut bypass = lock(&self.bypass);
+        let mut bypass = lock(&self.shared.bypass);
         let mut cx = Context::from_waker(Waker::noop());
         let inner = match bypass.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => Either::Bypass {

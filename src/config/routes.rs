@@ -1,5 +1,6 @@
 //! The stack's circuit breaker, shared or kept per route.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
@@ -12,7 +13,7 @@ use crate::ConfigError;
 use crate::circuit_breaker::{
     BreakerBody, CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerConfig, CircuitBreakerEvent,
     CircuitBreakerHandle, CircuitBreakerLayer, CircuitState, KeyedCircuitBreakerHandle,
-    KeyedShared, NoFallback, ResponseFuture, call,
+    KeyedShared, NoFallback, ResponseFuture, call_decided, decide_keyed,
 };
 use crate::health::{Check, Kind};
 use crate::rejection::HttpMode;
@@ -80,6 +81,14 @@ impl Hash for RouteKey {
     }
 }
 
+/// A route's breaker is found by the route's `str` (hashed and compared as
+/// the key is).
+impl Borrow<str> for RouteKey {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
 impl fmt::Debug for RouteKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
@@ -98,7 +107,23 @@ pub(crate) struct RouteTable {
 }
 
 impl RouteTable {
-    /// The route of `req`: no allocation (a reference count at most).
+    /// The route of `req`, borrowed: what [`key`](Self::key) would name
+    /// (`RouteKey` borrows as this `str`), for a lookup that builds no key.
+    #[inline]
+    fn route<'a, B>(&'a self, req: &'a Request<B>) -> &'a str {
+        let path = req.uri().path();
+        if let Some(m) = self.grpc.iter().find(|m| ***m == *path) {
+            return m;
+        }
+        #[cfg(feature = "axum")]
+        if let Some(m) = req.extensions().get::<axum::extract::MatchedPath>() {
+            return m.as_str();
+        }
+        RouteKey::UNMATCHED
+    }
+
+    /// The route of `req` as a key of its own (a new route's breaker):
+    /// no allocation (a reference count at most).
     #[inline]
     fn key<B>(&self, req: &Request<B>) -> RouteKey {
         let path = req.uri().path();
@@ -117,10 +142,15 @@ impl RouteTable {
 #[derive(Clone)]
 pub(crate) enum BreakerLayer {
     Shared(CircuitBreakerLayer),
-    PerRoute {
-        shared: Arc<KeyedShared<RouteKey>>,
-        table: Arc<RouteTable>,
-    },
+    PerRoute(Arc<PerRoute>),
+}
+
+/// The per-route breakers and the declared routes, behind one `Arc`: a
+/// clone of the stack's service (axum clones a route's service for every
+/// request) counts one reference here, not two.
+pub(crate) struct PerRoute {
+    breakers: Arc<KeyedShared<RouteKey>>,
+    table: RouteTable,
 }
 
 impl BreakerLayer {
@@ -163,10 +193,10 @@ impl BreakerLayer {
             grpc: grpc_methods.iter().map(|m| Arc::from(m.as_str())).collect(),
         };
         Ok((
-            Self::PerRoute {
-                shared: layer.shared,
-                table: Arc::new(table),
-            },
+            Self::PerRoute(Arc::new(PerRoute {
+                breakers: layer.shared,
+                table,
+            })),
             Breakers::PerRoute(RouteBreakers { handle, name }),
         ))
     }
@@ -176,11 +206,10 @@ impl BreakerLayer {
             Self::Shared(layer) => RouteBreaker {
                 inner: Inner::Shared(tower::Layer::layer(layer, inner)),
             },
-            Self::PerRoute { shared, table } => RouteBreaker {
+            Self::PerRoute(routes) => RouteBreaker {
                 inner: Inner::PerRoute {
                     inner,
-                    shared: Arc::clone(shared),
-                    table: Arc::clone(table),
+                    routes: Arc::clone(routes),
                 },
             },
         }
@@ -189,7 +218,7 @@ impl BreakerLayer {
     pub(crate) fn name(&self) -> &str {
         match self {
             Self::Shared(layer) => layer.breaker.core().name(),
-            Self::PerRoute { .. } => "per-route",
+            Self::PerRoute(_) => "per-route",
         }
     }
 }
@@ -331,11 +360,7 @@ pub struct RouteBreaker<S> {
 
 enum Inner<S> {
     Shared(CircuitBreaker<S>),
-    PerRoute {
-        inner: S,
-        shared: Arc<KeyedShared<RouteKey>>,
-        table: Arc<RouteTable>,
-    },
+    PerRoute { inner: S, routes: Arc<PerRoute> },
 }
 
 impl<S: Clone> Clone for RouteBreaker<S> {
@@ -343,14 +368,9 @@ impl<S: Clone> Clone for RouteBreaker<S> {
         Self {
             inner: match &self.inner {
                 Inner::Shared(s) => Inner::Shared(s.clone()),
-                Inner::PerRoute {
-                    inner,
-                    shared,
-                    table,
-                } => Inner::PerRoute {
+                Inner::PerRoute { inner, routes } => Inner::PerRoute {
                     inner: inner.clone(),
-                    shared: Arc::clone(shared),
-                    table: Arc::clone(table),
+                    routes: Arc::clone(routes),
                 },
             },
         }
@@ -387,13 +407,17 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         match &mut self.inner {
             Inner::Shared(s) => s.call(req),
-            Inner::PerRoute {
-                inner,
-                shared,
-                table,
-            } => {
-                let breaker = shared.breaker(table.key(&req));
-                call(&breaker, inner, &NoFallback, req)
+            Inner::PerRoute { inner, routes } => {
+                // Found by the borrowed route (a key is built only for a
+                // new route) and decided under the lookup: neither the
+                // route nor the breaker is cloned.
+                let table = &routes.table;
+                let decision = routes.breakers.with_breaker(
+                    table.route(&req),
+                    |_| table.key(&req),
+                    decide_keyed,
+                );
+                call_decided(decision, inner, &NoFallback, req)
             }
         }
     }
@@ -417,5 +441,40 @@ mod tests {
         assert_eq!(unknown, table.key(&req("/made/up")));
         assert_eq!(RouteKey(Repr::Named(Arc::from("unmatched"))), unknown);
         assert_eq!(unknown.to_string(), "unmatched");
+        // The borrowed route names what the key names.
+        for path in ["/demo.Greeter/SayHello", "/demo.Greeter/Other", "/made/up"] {
+            assert_eq!(table.route(&req(path)), table.key(&req(path)).as_str());
+        }
+    }
+
+    /// A known route is found by its borrowed `str`: the owned key is made
+    /// once, for the route's first request, and every request decides on
+    /// that one breaker.
+    #[test]
+    fn a_known_route_is_found_without_a_key() {
+        let config = CircuitBreakerConfig::default();
+        let (layer, breakers) =
+            BreakerLayer::build(&config, true, &["/demo.Greeter/SayHello".to_owned()]).unwrap();
+        let BreakerLayer::PerRoute(routes) = layer else {
+            panic!("per route")
+        };
+        let Breakers::PerRoute(handles) = breakers else {
+            panic!("per route")
+        };
+        let req = Request::post("/demo.Greeter/SayHello").body(()).unwrap();
+        let made = std::cell::Cell::new(0);
+        for _ in 0..3 {
+            let decision = routes.breakers.with_breaker(
+                routes.table.route(&req),
+                |_| {
+                    made.set(made.get() + 1);
+                    routes.table.key(&req)
+                },
+                decide_keyed,
+            );
+            assert!(decision.is_ok());
+        }
+        assert_eq!(made.get(), 1);
+        assert_eq!(handles.handle.len(), 1);
     }
 }

@@ -22,6 +22,7 @@
 //! write lock. Values are shared through `&V`, so they hold their mutable
 //! state in atomics.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::RwLock;
@@ -118,7 +119,7 @@ where
     }
 
     #[inline]
-    fn shard(&self, key: &K) -> &Shard<K, V, S> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Shard<K, V, S> {
         if self.shards.len() == 1 {
             return &self.shards[0];
         }
@@ -133,9 +134,15 @@ where
         self.len.load(Ordering::Relaxed)
     }
 
-    /// `f` of `key`'s value, if it is present.
+    /// `f` of `key`'s value, if it is present. `key` may be a borrowed
+    /// form of the key type (`&str` for a key that borrows as one), so a
+    /// lookup need not build an owned key.
     #[inline]
-    pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+    pub(crate) fn with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let map = read(self.shard(key));
         map.get(key).map(f)
     }

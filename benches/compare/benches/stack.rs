@@ -13,7 +13,9 @@
 use std::future::{Future, Ready, ready};
 use std::hint::black_box;
 use std::pin::pin;
+use std::sync::Barrier;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -93,6 +95,37 @@ const CONFIG_NO_RATE_LIMIT: &str = r#"
     timeout = "5s"
 "#;
 
+/// `calls` calls on each of two threads at once, each call on a clone of
+/// `proto` made for it (axum's route service, shared by every connection
+/// and cloned for every request): the clones' reference counts are the
+/// shared state's, written by both threads. Returns when both are done.
+/// With `per_call = false`, each thread makes one clone first and calls it
+/// (a service per connection, called in place, as `tower_rampart::serve`
+/// calls a stack wrapped around the whole router): what is left is the
+/// layers' own shared writes.
+fn two_threads<S>(proto: &S, handle: &tokio::runtime::Handle, calls: u64, per_call: bool)
+where
+    S: Service<Req> + Clone + Send + Sync,
+{
+    let barrier = Barrier::new(2);
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                let _rt = handle.enter();
+                let mut own = proto.clone();
+                barrier.wait();
+                for _ in 0..calls {
+                    if per_call {
+                        black_box(one(&mut proto.clone()));
+                    } else {
+                        black_box(one(&mut own));
+                    }
+                }
+            });
+        }
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -101,6 +134,12 @@ fn bench(c: &mut Criterion) {
     let _guard = rt.enter();
     let config = RampartConfig::from_toml(CONFIG).unwrap();
     let stack = config.stack().build().unwrap();
+    let per_route = RampartConfig::from_toml(&format!(
+        "{CONFIG}\n    [routes]\n    per_route_breaker = true"
+    ))
+    .unwrap();
+    assert!(per_route.routes.per_route_breaker);
+    let stack_per_route = per_route.stack().build().unwrap();
     let no_rl = RampartConfig::from_toml(CONFIG_NO_RATE_LIMIT).unwrap();
     let stack_no_rl = no_rl.stack().build().unwrap();
     let with_ext = RampartConfig::from_toml(&CONFIG.replace(
@@ -133,6 +172,65 @@ fn bench(c: &mut Criterion) {
         black_box(one(&mut s));
     }) {
         g.bench_function("rampart_stack", |b| b.iter(|| one(&mut s)));
+    }
+    // axum's `Router::layer` clones a route's service for every request
+    // and calls the clone once: the same here, with the clone's drop.
+    let s = Bare;
+    if !counting("bare_cloned_per_call", || {
+        black_box(one(&mut s.clone()));
+    }) {
+        g.bench_function("bare_cloned_per_call", |b| b.iter(|| one(&mut s.clone())));
+    }
+    let s = stack.layer().layer(Bare);
+    if !counting("rampart_stack_cloned_per_call", || {
+        black_box(one(&mut s.clone()));
+    }) {
+        g.bench_function("rampart_stack_cloned_per_call", |b| {
+            b.iter(|| one(&mut s.clone()))
+        });
+    }
+    // One breaker per route (`routes.per_route_breaker`, as the production
+    // example has it), looked up on every call; the request has no route
+    // here (no axum `MatchedPath`), so every call finds the `unmatched`
+    // route's breaker.
+    let s = stack_per_route.layer().layer(Bare);
+    if !counting("rampart_stack_per_route_cloned_per_call", || {
+        black_box(one(&mut s.clone()));
+    }) {
+        g.bench_function("rampart_stack_per_route_cloned_per_call", |b| {
+            b.iter(|| one(&mut s.clone()))
+        });
+    }
+    // The same on two threads at once (each call on one thread; time per
+    // call on each thread, so the bare row would stay flat if nothing
+    // were shared). `BENCH_CALLS=<row>,<n>`: n calls on each thread.
+    for (name, proto, per_call) in [
+        (
+            "rampart_stack_per_route_cloned_per_call_2_threads",
+            &stack_per_route,
+            true,
+        ),
+        ("rampart_stack_cloned_per_call_2_threads", &stack, true),
+        ("rampart_stack_2_threads", &stack, false),
+    ] {
+        let s = proto.layer().layer(Bare);
+        let handle = rt.handle().clone();
+        match std::env::var("BENCH_CALLS") {
+            Err(_) => g.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    two_threads(&s, &handle, iters, per_call);
+                    start.elapsed()
+                })
+            }),
+            Ok(spec) => {
+                if let Some(n) = spec.strip_prefix(name).and_then(|n| n.strip_prefix(',')) {
+                    two_threads(&s, &handle, n.parse().expect("a call count"), per_call);
+                    std::process::exit(0);
+                }
+                continue;
+            }
+        };
     }
     let mut s = stack_no_rl.layer().layer(Bare);
     if !counting("rampart_stack_without_rate_limit", || {
