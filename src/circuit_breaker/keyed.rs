@@ -36,6 +36,8 @@ pub(crate) struct KeyedShared<K> {
     map: KeyedMap<K, Entry, RandomState>,
     clock: EpochClock,
     last_sweep: AtomicU64,
+    /// Lanes per key's breaker.
+    lanes: usize,
 }
 
 impl<K: Hash + Eq + Clone> KeyedShared<K> {
@@ -44,6 +46,11 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
     /// one hash per lookup instead of two).
     pub(crate) fn new(settings: Arc<Settings>, sharded: bool) -> Self {
         Self {
+            // Many keys: one lane each (a lane is 128 bytes). Few hot keys
+            // (routes): a lane per thread, as an unkeyed breaker has, so
+            // concurrent requests on one route do not all count references
+            // on one cache line.
+            lanes: if sharded { 1 } else { Breaker::default_lanes() },
             map: KeyedMap::with_max_shards(
                 settings.config.max_keys,
                 if sharded { usize::MAX } else { 1 },
@@ -113,7 +120,7 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
             owned(key),
             now,
             || Entry {
-                breaker: Breaker::new(self.settings.clone(), 1),
+                breaker: Breaker::new(self.settings.clone(), self.lanes),
                 idle_at: AtomicU64::new(idle_at),
             },
             touch,

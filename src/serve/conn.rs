@@ -22,6 +22,7 @@ use tower::{BoxError, Service};
 use super::service::HyperService;
 use super::state::Shared;
 use crate::shutdown::{Phase, State};
+use crate::util::lanes::Laned;
 
 const UNKNOWN: u8 = 0;
 const HTTP1: u8 = 1;
@@ -30,7 +31,7 @@ const HTTP2: u8 = 2;
 /// What the service side of a connection tells its task: the protocol, and
 /// requests started and ended (for the idle timeout).
 pub(crate) struct ConnShared {
-    state: Arc<State>,
+    state: Arc<Laned<State>>,
     proto: AtomicU8,
     started: AtomicU64,
     ended: AtomicU64,
@@ -39,7 +40,7 @@ pub(crate) struct ConnShared {
 }
 
 impl ConnShared {
-    fn new(state: Arc<State>) -> Self {
+    fn new(state: Arc<Laned<State>>) -> Self {
         Self {
             state,
             proto: AtomicU8::new(UNKNOWN),

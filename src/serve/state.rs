@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::ServerConfig;
 use crate::shutdown::{Shutdown, State};
+use crate::util::lanes::Laned;
 
 /// Metric handles, registered once per server.
 pub(crate) struct Metrics {
@@ -55,7 +56,7 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) builder: auto::Builder<TokioExecutor>,
     pub(crate) shutdown: Shutdown,
-    pub(crate) state: Arc<State>,
+    pub(crate) state: Arc<Laned<State>>,
     pub(crate) metrics: Metrics,
     pub(super) drain_started: OnceLock<Instant>,
 }

@@ -20,6 +20,7 @@ use super::report::ShutdownReport;
 use super::signals::Signals;
 use super::state::State;
 use crate::ConfigError;
+use crate::util::lanes::Laned;
 
 type HookFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
@@ -32,7 +33,7 @@ pub(super) struct Hook {
 
 /// What the coordinator's handle and its `drive` task share.
 pub(crate) struct Inner {
-    pub(crate) state: Arc<State>,
+    pub(crate) state: Arc<Laned<State>>,
     pub(super) config: ShutdownConfig,
     phase_tx: watch::Sender<Phase>,
     pub(super) trigger_tx: watch::Sender<Option<(Trigger, Instant)>>,
@@ -155,7 +156,10 @@ impl Shutdown {
             )
         })?;
         let name: Arc<str> = Arc::from(config.name.as_str());
-        let state = Arc::new(State::new(Arc::clone(&name), config.retry_after));
+        let state = Arc::new(Laned::new(State::new(
+            Arc::clone(&name),
+            config.retry_after,
+        )));
         let signals = if config.signals {
             Signals::install()
         } else {
@@ -180,7 +184,7 @@ impl Shutdown {
 
     /// The state shared with the drain layers and the `serve` loops.
     #[cfg_attr(not(feature = "serve"), allow(dead_code))]
-    pub(crate) fn state(&self) -> &Arc<State> {
+    pub(crate) fn state(&self) -> &Arc<Laned<State>> {
         &self.inner.state
     }
 

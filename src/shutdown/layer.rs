@@ -9,17 +9,18 @@ use tower::Layer;
 use super::Drain;
 use super::state::State;
 use crate::rejection::{ErrorMode, HttpMode};
+use crate::util::lanes::Laned;
 
 /// Applies [`Drain`] to a service. Built by
 /// [`Shutdown::drain_layer`](super::Shutdown::drain_layer); every clone and
 /// every `layer()` call shares the coordinator's state.
 pub struct DrainLayer<M = HttpMode> {
-    state: Arc<State>,
+    state: Arc<Laned<State>>,
     _mode: PhantomData<fn() -> M>,
 }
 
 impl DrainLayer {
-    pub(crate) fn new(state: Arc<State>) -> Self {
+    pub(crate) fn new(state: Arc<Laned<State>>) -> Self {
         Self {
             state,
             _mode: PhantomData,

@@ -141,6 +141,7 @@ pub use report::{HookOutcome, HookReport, ShutdownReport};
 pub use stream::UntilDraining;
 
 use crate::rejection::{ErrorMode, HttpMode, Protocol, ProtocolPin, ResponseBody};
+use crate::util::lanes::Laned;
 use state::Guard;
 pub(crate) use state::State;
 
@@ -160,12 +161,12 @@ pub(crate) struct Owed;
 /// [`DrainLayer`].
 pub struct Drain<S, M = HttpMode> {
     inner: S,
-    state: Arc<State>,
+    state: Arc<Laned<State>>,
     _mode: PhantomData<fn() -> M>,
 }
 
 impl<S, M> Drain<S, M> {
-    pub(crate) fn new(inner: S, state: Arc<State>) -> Self {
+    pub(crate) fn new(inner: S, state: Arc<Laned<State>>) -> Self {
         Self {
             inner,
             state,

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use super::Phase;
 use super::abort::{AbortSignal, NO_KEY};
+use crate::util::lanes::{Lane, Laned};
 use crate::{Rejection, RejectionKind};
 
 #[derive(Debug)]
@@ -93,15 +94,15 @@ impl State {
             self.idle.notify_one();
         }
     }
+}
 
+impl Laned<State> {
     /// Admits a request unless the server is draining and `accepted` says
     /// the connection it came on may not be served any more (`serve` marks
-    /// requests on connections it still owes an answer).
+    /// requests on connections it still owes an answer). The guard keeps
+    /// the state alive through this thread's lane.
     #[inline]
-    pub(crate) fn admit_unless_draining(
-        self: &Arc<Self>,
-        accepted: impl Fn() -> bool,
-    ) -> Option<Guard> {
+    pub(crate) fn admit_unless_draining(&self, accepted: impl Fn() -> bool) -> Option<Guard> {
         if self.phase() >= Phase::Draining && !accepted() {
             self.refused.increment(1);
             return None;
@@ -116,13 +117,15 @@ impl State {
         }
         self.in_flight_gauge.increment(1.0);
         Some(Guard {
-            state: Arc::clone(self),
+            state: self.lane(),
             key: NO_KEY,
             waker: None,
             aborted: false,
         })
     }
+}
 
+impl State {
     #[inline]
     fn release(&self) {
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
@@ -163,7 +166,7 @@ fn close_if(r: Rejection, http1: bool) -> Rejection {
 /// One admitted request: counted in flight until dropped.
 #[derive(Debug)]
 pub struct Guard {
-    state: Arc<State>,
+    state: Arc<Lane<State>>,
     key: usize,
     /// The waker registered in slot `key`, so that polls by the same task
     /// skip the abort signal's lock.

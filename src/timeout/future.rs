@@ -16,6 +16,7 @@ use super::deadline::DeadlineSource;
 use super::error::TimeoutCause;
 use super::state::Shared;
 use crate::rejection::{HttpMode, Mode, Protocol};
+use crate::util::lanes::Lane;
 
 pin_project! {
     /// The response future of [`Timeout`](super::Timeout).
@@ -30,7 +31,7 @@ pin_project! {
         #[pin]
         state: State<F>,
         cx: C,
-        shared: Arc<Shared>,
+        shared: Arc<Lane<Shared>>,
         _mode: PhantomData<fn(Req) -> M>,
     }
 }
@@ -63,7 +64,7 @@ impl<F, Req, M, C> ResponseFuture<F, Req, M, C> {
         deadline: Instant,
         source: DeadlineSource,
         cx: C,
-        shared: Arc<Shared>,
+        shared: Arc<Lane<Shared>>,
     ) -> Self {
         Self {
             state: State::Running {
@@ -80,7 +81,7 @@ impl<F, Req, M, C> ResponseFuture<F, Req, M, C> {
 
     pub(crate) fn spent(
         cx: C,
-        shared: Arc<Shared>,
+        shared: Arc<Lane<Shared>>,
         source: DeadlineSource,
         binding: Binding,
     ) -> Self {

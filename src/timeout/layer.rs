@@ -14,6 +14,7 @@ use super::state::Shared;
 use super::{Timeout, TimeoutConfig};
 use crate::ConfigError;
 use crate::rejection::{ErrorMode, HttpMode};
+use crate::util::lanes::Laned;
 
 /// The default layer name (the `name` label of metrics and events).
 pub const DEFAULT_NAME: &str = "timeout";
@@ -25,7 +26,7 @@ pub const DEFAULT_NAME: &str = "timeout";
 /// applying it with axum's `Router::layer` costs nothing per route. See the
 /// [module docs](super) for what it does.
 pub struct TimeoutLayer<M = HttpMode> {
-    shared: Arc<Shared>,
+    shared: Arc<Laned<Shared>>,
     _mode: PhantomData<fn() -> M>,
 }
 
@@ -252,7 +253,7 @@ impl TimeoutLayer {
             deadline_extension: config.deadline_extension,
         };
         Ok(TimeoutLayer {
-            shared: Arc::new(shared),
+            shared: Arc::new(Laned::new(shared)),
             _mode: PhantomData,
         })
     }

@@ -151,6 +151,7 @@ use self::sealed::ProtocolHint;
 pub(crate) use self::state::Binding;
 use self::state::Shared;
 use crate::rejection::{HttpMode, Mode};
+use crate::util::lanes::Laned;
 
 pub use self::config::TimeoutConfig;
 
@@ -169,12 +170,12 @@ pub(crate) const METRICS: &[Help] = &[Help {
 /// The timeout service: see [`TimeoutLayer`] and the [module docs](self).
 pub struct Timeout<S, M = HttpMode> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<Laned<Shared>>,
     _mode: PhantomData<fn() -> M>,
 }
 
 impl<S, M> Timeout<S, M> {
-    fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+    fn from_shared(inner: S, shared: Arc<Laned<Shared>>) -> Self {
         Self {
             inner,
             shared,
@@ -222,7 +223,7 @@ where
         let eff = self.shared.deadline_for(&req, now, cx.is_grpc());
         if eff.at <= now {
             self.shared.record(TimeoutCause::BudgetSpent, eff.source);
-            return ResponseFuture::spent(cx, self.shared.clone(), eff.source, eff.binding);
+            return ResponseFuture::spent(cx, self.shared.lane(), eff.source, eff.binding);
         }
         let deadline = Deadline::at(eff.at).with_source(eff.source);
         if self.shared.deadline_extension {
@@ -235,7 +236,9 @@ where
         let scope = self::deadline::enter(deadline);
         let future = self.inner.call(req);
         drop(scope);
-        ResponseFuture::running(future, eff.at, eff.source, cx, self.shared.clone())
+        // The future keeps the state alive through this thread's lane: no
+        // count on the line every thread writes.
+        ResponseFuture::running(future, eff.at, eff.source, cx, self.shared.lane())
     }
 }
 

@@ -4,6 +4,7 @@
 pub(crate) mod clock;
 pub(crate) mod digits;
 pub(crate) mod keyed_map;
+pub(crate) mod lanes;
 pub(crate) mod poison;
 pub(crate) mod round;
 

@@ -2,7 +2,6 @@
 //! lanes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::admit::Refusal;
 use super::{Core, Settings};
@@ -34,22 +33,6 @@ pub(crate) struct Lane {
     name: Arc<str>,
 }
 
-/// This thread's lane number (threads take numbers in turn).
-#[inline]
-fn lane_index() -> usize {
-    use std::cell::Cell;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    thread_local! {
-        static LANE: Cell<u32> = const { Cell::new(u32::MAX) };
-    }
-    let mut i = LANE.with(Cell::get);
-    if i == u32::MAX {
-        i = NEXT.fetch_add(1, Ordering::Relaxed) & 0xFFFF;
-        LANE.with(|c| c.set(i));
-    }
-    i as usize
-}
-
 impl Breaker {
     pub(crate) fn new(settings: Arc<Settings>, lanes: usize) -> Self {
         let core = Core::new(settings);
@@ -67,9 +50,7 @@ impl Breaker {
     /// The number of lanes a layer's breaker gets: the machine's parallelism
     /// rounded up to a power of two, at most 16.
     pub(crate) fn default_lanes() -> usize {
-        std::thread::available_parallelism()
-            .map_or(4, |n| n.get().min(16))
-            .next_power_of_two()
+        crate::util::lanes::count()
     }
 
     #[inline]
@@ -81,7 +62,7 @@ impl Breaker {
     fn lane_ref(&self) -> &Arc<Lane> {
         let lanes = &self.0.lanes;
         // `lanes.len()` is a power of two.
-        &lanes[lane_index() & (lanes.len() - 1)]
+        &lanes[crate::util::lanes::index() & (lanes.len() - 1)]
     }
 
     #[inline]

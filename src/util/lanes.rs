@@ -1,0 +1,117 @@
+//! Per-thread lanes: shared state that a request's future or guard keeps
+//! alive through a reference count on a cache line of its thread's own,
+//! not on the one line every thread writes.
+//!
+//! A layer's state lives behind one `Arc`; a future that must keep it
+//! alive past `call` (the timeout's, to answer when its timer fires) or a
+//! guard that ends with the response body (the drain's) would clone that
+//! `Arc` for every request: an increment and a decrement of one counter
+//! that every core writes. Through lanes, the clone counts on the calling
+//! thread's lane instead. Kept for the `*_2_threads` rows of
+//! `benches/compare/benches/stack.rs` (benches/README.md, "Clones per
+//! request, and two threads").
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// This thread's lane number (threads take numbers in turn).
+#[inline]
+pub(crate) fn index() -> usize {
+    use std::cell::Cell;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    thread_local! {
+        static LANE: Cell<u32> = const { Cell::new(u32::MAX) };
+    }
+    let mut i = LANE.with(Cell::get);
+    if i == u32::MAX {
+        i = NEXT.fetch_add(1, Ordering::Relaxed) & 0xFFFF;
+        LANE.with(|c| c.set(i));
+    }
+    i as usize
+}
+
+/// The number of lanes: the machine's parallelism rounded up to a power of
+/// two, at most 16.
+pub(crate) fn count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(4, |n| n.get().min(16))
+        .next_power_of_two()
+}
+
+/// `T`, and a few padded lanes that each own it.
+pub(crate) struct Laned<T> {
+    value: Arc<T>,
+    lanes: Box<[Arc<Lane<T>>]>,
+}
+
+/// A cache-line-padded owner of a [`Laned`] value.
+#[repr(align(128))]
+pub(crate) struct Lane<T>(Arc<T>);
+
+impl<T> Laned<T> {
+    pub(crate) fn new(value: T) -> Self {
+        let value = Arc::new(value);
+        Self {
+            lanes: (0..count())
+                .map(|_| Arc::new(Lane(Arc::clone(&value))))
+                .collect(),
+            value,
+        }
+    }
+
+    /// This thread's lane: a clone counts on that lane.
+    #[inline]
+    pub(crate) fn lane(&self) -> Arc<Lane<T>> {
+        // `lanes.len()` is a power of two.
+        Arc::clone(&self.lanes[index() & (self.lanes.len() - 1)])
+    }
+}
+
+impl<T> Deref for Laned<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Lane<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Laned<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.value, f)
+    }
+}
+
+impl<T> Deref for Lane<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_is_the_value_and_keeps_it_alive() {
+        let laned = Laned::new(String::from("state"));
+        assert!(laned.lanes.len().is_power_of_two());
+        let lane = laned.lane();
+        // The same lane on the same thread; another thread may get another.
+        assert!(Arc::ptr_eq(&lane, &laned.lane()));
+        let other = std::thread::scope(|s| s.spawn(|| laned.lane()).join().unwrap());
+        assert_eq!(&**other, "state");
+        drop(laned);
+        assert_eq!(&**lane, "state");
+    }
+}
