@@ -14,11 +14,20 @@ use super::abort::{AbortSignal, NO_KEY};
 use crate::util::lanes::{Lane, Laned};
 use crate::{Rejection, RejectionKind};
 
+/// One cache-line-padded slot of the in-flight count.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Slot(AtomicUsize);
+
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) name: Arc<str>,
     phase: AtomicU8,
-    in_flight: AtomicUsize,
+    /// Requests in flight, counted on per-thread slots (`util::lanes`
+    /// numbers): a request adds to its thread's slot and takes away from
+    /// the same slot when it ends, so concurrent requests on different
+    /// threads write different cache lines. The count is the sum.
+    in_flight: Box<[Slot]>,
     /// Listeners and connections held open by `serve` loops: the drain
     /// waits for them too, so a connection taken from the listen backlog
     /// after the delay is answered before the hooks run.
@@ -50,7 +59,9 @@ impl State {
             aborted_counter: metrics::counter!("rampart_drain_aborted_total", "name" => label),
             name,
             phase: AtomicU8::new(Phase::Running as u8),
-            in_flight: AtomicUsize::new(0),
+            in_flight: (0..crate::util::lanes::count())
+                .map(|_| Slot::default())
+                .collect(),
             serving: AtomicUsize::new(0),
             completed: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
@@ -69,9 +80,20 @@ impl State {
         self.phase.store(phase as u8, Ordering::SeqCst);
     }
 
+    /// Requests in flight: the sum of the slots.
     #[inline]
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
+        self.in_flight
+            .iter()
+            .map(|s| s.0.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    /// This thread's slot of the in-flight count.
+    #[inline]
+    fn slot(&self) -> usize {
+        // The slot count is a power of two.
+        crate::util::lanes::index() & (self.in_flight.len() - 1)
     }
 
     /// Requests in flight plus the listeners and connections held by
@@ -107,17 +129,20 @@ impl Laned<State> {
             self.refused.increment(1);
             return None;
         }
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        // The coordinator stores the phase, then reads the count; we add to
-        // the count, then read the phase: one of us sees the other.
+        let slot = self.slot();
+        self.in_flight[slot].0.fetch_add(1, Ordering::SeqCst);
+        // The coordinator stores the phase, then reads the count (every
+        // slot); we add to a slot, then read the phase: one of us sees the
+        // other.
         if self.phase() >= Phase::Draining && !accepted() {
-            self.release();
+            self.release(slot);
             self.refused.increment(1);
             return None;
         }
         self.in_flight_gauge.increment(1.0);
         Some(Guard {
             state: self.lane(),
+            slot,
             key: NO_KEY,
             waker: None,
             aborted: false,
@@ -126,11 +151,16 @@ impl Laned<State> {
 }
 
 impl State {
+    /// Ends a request counted on `slot`. When that slot empties while
+    /// draining, the sum is read: of two requests ending at once on two
+    /// slots, the one whose read comes last sees both subtractions (every
+    /// access here is `SeqCst`), so the drain is woken.
     #[inline]
-    fn release(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+    fn release(&self, slot: usize) {
+        if self.in_flight[slot].0.fetch_sub(1, Ordering::SeqCst) == 1
             && self.phase() >= Phase::Draining
             && self.serving.load(Ordering::SeqCst) == 0
+            && self.in_flight() == 0
         {
             self.idle.notify_one();
         }
@@ -167,6 +197,8 @@ fn close_if(r: Rejection, http1: bool) -> Rejection {
 #[derive(Debug)]
 pub struct Guard {
     state: Arc<Lane<State>>,
+    /// The in-flight slot the request was counted on.
+    slot: usize,
     key: usize,
     /// The waker registered in slot `key`, so that polls by the same task
     /// skip the abort signal's lock.
@@ -220,6 +252,6 @@ impl Drop for Guard {
             state.completed.fetch_add(1, Ordering::Relaxed);
         }
         state.in_flight_gauge.decrement(1.0);
-        state.release();
+        state.release(self.slot);
     }
 }
