@@ -255,3 +255,56 @@ impl Drop for Guard {
         state.release(self.slot);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// Requests counted on two threads' slots and ended on two threads at
+    /// once while draining: the count is their sum, and the drain is woken
+    /// (a permit is stored for its wait) once both are gone.
+    #[test]
+    fn requests_on_two_slots_wake_the_drain() {
+        for _ in 0..200 {
+            let state = Arc::new(Laned::new(State::new(
+                "test".into(),
+                Duration::from_secs(1),
+            )));
+            let admit = || {
+                let state = Arc::clone(&state);
+                std::thread::spawn(move || state.admit_unless_draining(|| false).unwrap())
+                    .join()
+                    .unwrap()
+            };
+            let (a, b) = (admit(), admit());
+            assert_eq!(state.in_flight(), 2);
+            state.set_phase(Phase::Draining);
+            // Refused now: the count is unchanged.
+            assert!(state.admit_unless_draining(|| false).is_none());
+            assert_eq!(state.in_flight(), 2);
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let ends: Vec<_> = [a, b]
+                .into_iter()
+                .map(|guard| {
+                    let barrier = Arc::clone(&barrier);
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        drop(guard);
+                    })
+                })
+                .collect();
+            for end in ends {
+                end.join().unwrap();
+            }
+            assert_eq!(state.in_flight(), 0);
+            assert!(state.is_idle());
+            let notified = state.idle.notified();
+            let mut notified = std::pin::pin!(notified);
+            let mut cx = Context::from_waker(Waker::noop());
+            assert_eq!(notified.as_mut().poll(&mut cx), Poll::Ready(()));
+        }
+    }
+}
