@@ -1,6 +1,7 @@
 //! Keyed breakers: one breaker per upstream host, route or tenant.
 
 use std::borrow::Borrow;
+use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::Hash;
@@ -23,17 +24,44 @@ struct Entry {
     idle_at: AtomicU64,
 }
 
-impl Expiring for Entry {
+impl Expiring for Arc<Entry> {
     fn idle_at(&self) -> u64 {
         self.idle_at.load(Ordering::Relaxed)
     }
 }
 
+/// A few `str`-keyed entries this thread used last, per map (the stack's
+/// per-route breakers): a hit reads no lock, hashes nothing and writes no
+/// shared line (the entry is used by reference, not cloned). An entry is
+/// used only while its map's [`generation`](KeyedMap::generation) is the
+/// one it was copied at: any removal from the map (idle sweep, capacity
+/// eviction) drops every copy, so a cached breaker is always the map's.
+/// Kept for the per-route rows of `benches/compare/benches/stack.rs`
+/// (benches/README.md, "Clones per request, and two threads").
+struct Cached {
+    map: u64,
+    generation: u64,
+    key: Box<str>,
+    entry: Arc<Entry>,
+}
+
+/// Entries each thread keeps ([`Cached`]).
+const CACHED: usize = 8;
+
+thread_local! {
+    static CACHE: RefCell<(Vec<Cached>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+}
+
+/// Map numbers for [`Cached::map`] (never reused, unlike addresses).
+static NEXT_MAP: AtomicU64 = AtomicU64::new(1);
+
 pub(crate) struct KeyedShared<K> {
     settings: Arc<Settings>,
     /// Bounded by `max_keys`; a full shard evicts the idle keys of a
     /// sample, else its least recently used key (see `util::keyed_map`).
-    map: KeyedMap<K, Entry, RandomState>,
+    map: KeyedMap<K, Arc<Entry>, RandomState>,
+    /// This map's number in the per-thread caches.
+    id: u64,
     clock: EpochClock,
     last_sweep: AtomicU64,
     /// Lanes per key's breaker.
@@ -51,6 +79,7 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
             // concurrent requests on one route do not all count references
             // on one cache line.
             lanes: if sharded { 1 } else { Breaker::default_lanes() },
+            id: NEXT_MAP.fetch_add(1, Ordering::Relaxed),
             map: KeyedMap::with_max_shards(
                 settings.config.max_keys,
                 if sharded { usize::MAX } else { 1 },
@@ -84,29 +113,32 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.with_entry(key, owned, |e| f(&e.breaker))
+    }
+
+    /// `f` of the entry of `key`, touched (see [`touch`](Self::touch)).
+    #[inline]
+    fn with_entry<Q, R>(
+        &self,
+        key: &Q,
+        owned: impl FnOnce(&Q) -> K,
+        f: impl Fn(&Arc<Entry>) -> R,
+    ) -> R
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let now = self.now();
-        let idle =
-            u64::try_from(self.settings.config.key_idle_timeout.as_nanos()).unwrap_or(u64::MAX);
-        // A key's expiry moves only when it has fallen within the idle
-        // timeout of now, and then a little beyond it (1 ms, or a sixteenth
-        // of a shorter timeout): a busy key is written about once per
-        // millisecond, not on every call (a cache line every thread would
-        // otherwise write). A key never expires before it was idle for the
-        // whole timeout, and at most that little after.
-        let idle_at = now.saturating_add(idle);
-        let touch = |e: &Entry| {
-            if e.idle_at.load(Ordering::Relaxed) < idle_at {
-                let slack = (idle / 16).min(1_000_000);
-                e.idle_at
-                    .store(idle_at.saturating_add(slack), Ordering::Relaxed);
-            }
-            f(&e.breaker)
+        let touch = |e: &Arc<Entry>| {
+            self.touch(e, now);
+            f(e)
         };
         if let Some(out) = self.map.with(key, touch) {
             return out;
         }
         // A new key: first drop the keys idle for the timeout, at most once
         // per timeout (one shard lock at a time).
+        let idle = self.idle_nanos();
         let last = self.last_sweep.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= idle
             && self
@@ -119,12 +151,91 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
         self.map.with_or_insert(
             owned(key),
             now,
-            || Entry {
-                breaker: Breaker::new(self.settings.clone(), self.lanes),
-                idle_at: AtomicU64::new(idle_at),
+            || {
+                Arc::new(Entry {
+                    breaker: Breaker::new(self.settings.clone(), self.lanes),
+                    idle_at: AtomicU64::new(now.saturating_add(idle)),
+                })
             },
             touch,
         )
+    }
+
+    fn idle_nanos(&self) -> u64 {
+        u64::try_from(self.settings.config.key_idle_timeout.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Marks `e` used at `now`. A key's expiry moves only when it has
+    /// fallen within the idle timeout of now, and then a little beyond it
+    /// (1 ms, or a sixteenth of a shorter timeout): a busy key is written
+    /// about once per millisecond, not on every call (a cache line every
+    /// thread would otherwise write). A key never expires before it was
+    /// idle for the whole timeout, and at most that little after.
+    #[inline]
+    fn touch(&self, e: &Entry, now: u64) {
+        let idle = self.idle_nanos();
+        let idle_at = now.saturating_add(idle);
+        if e.idle_at.load(Ordering::Relaxed) < idle_at {
+            let slack = (idle / 16).min(1_000_000);
+            e.idle_at
+                .store(idle_at.saturating_add(slack), Ordering::Relaxed);
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone + Borrow<str>> KeyedShared<K> {
+    /// [`with_breaker`](Self::with_breaker) through this thread's cache of
+    /// the entries it used last ([`Cached`]), for maps of few keys that
+    /// are all hot (the stack's routes). `f` runs while the cache is
+    /// borrowed: it must not look up a breaker itself.
+    #[inline]
+    pub(crate) fn with_breaker_cached<R>(
+        &self,
+        key: &str,
+        owned: impl FnOnce(&str) -> K,
+        f: impl Fn(&Breaker) -> R,
+    ) -> R {
+        // Read before the lookup below: an entry remembered with it is
+        // dropped by any removal that may have happened since.
+        let generation = self.map.generation();
+        let hit = CACHE.with(|cache| {
+            let cache = cache.borrow();
+            let c = cache
+                .0
+                .iter()
+                .find(|c| c.map == self.id && *c.key == *key)?;
+            if c.generation != generation {
+                return None;
+            }
+            self.touch(&c.entry, self.now());
+            Some(f(&c.entry.breaker))
+        });
+        if let Some(out) = hit {
+            return out;
+        }
+        let entry = self.with_entry(key, owned, Arc::clone);
+        let out = f(&entry.breaker);
+        CACHE.with(|cache| {
+            let (slots, next) = &mut *cache.borrow_mut();
+            let fresh = Cached {
+                map: self.id,
+                generation,
+                key: key.into(),
+                entry,
+            };
+            if let Some(c) = slots
+                .iter_mut()
+                .find(|c| c.map == self.id && *c.key == *key)
+            {
+                *c = fresh;
+            } else if slots.len() < CACHED {
+                slots.push(fresh);
+            } else {
+                slots[*next] = fresh;
+                *next = (*next + 1) % CACHED;
+            }
+        });
+        out
     }
 }
 
@@ -256,5 +367,67 @@ impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     /// Whether no key has a breaker.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::circuit_breaker::{CircuitState, decide_keyed};
+
+    fn routes() -> Arc<KeyedShared<String>> {
+        crate::circuit_breaker::CircuitBreakerLayer::builder()
+            .unsharded()
+            .build_keyed(|_: &()| String::new())
+            .unwrap()
+            .shared
+    }
+
+    /// The per-thread cache gives the map's breaker, and never one the map
+    /// has dropped: after an eviction the next request gets the new
+    /// breaker, not the cached one.
+    #[test]
+    fn cached_lookups_follow_removals() {
+        let shared = routes();
+        let handle = KeyedCircuitBreakerHandle {
+            shared: Arc::clone(&shared),
+        };
+        let made = std::cell::Cell::new(0);
+        let lookup = || {
+            shared.with_breaker_cached(
+                "/api/x",
+                |k| {
+                    made.set(made.get() + 1);
+                    k.to_owned()
+                },
+                decide_keyed,
+            )
+        };
+        assert!(lookup().is_ok());
+        assert!(lookup().is_ok());
+        assert_eq!(made.get(), 1);
+        // The map's breaker is the one the cache decides with.
+        handle.get(&"/api/x".to_owned()).unwrap().force_open();
+        assert!(lookup().is_err());
+        // Evicted (as an idle sweep would): the cached copy is not used;
+        // the route gets a new, closed breaker.
+        assert_eq!(shared.map.sweep(u64::MAX), 1);
+        assert!(lookup().is_ok());
+        assert_eq!(made.get(), 2);
+        assert_eq!(
+            handle.get(&"/api/x".to_owned()).unwrap().state(),
+            CircuitState::Closed
+        );
+        // Another map's same key is another breaker.
+        let other = routes();
+        let decided = other.with_breaker_cached("/api/x", str::to_owned, decide_keyed);
+        assert!(decided.is_ok());
+        handle.get(&"/api/x".to_owned()).unwrap().force_open();
+        assert!(
+            other
+                .with_breaker_cached("/api/x", str::to_owned, decide_keyed)
+                .is_ok()
+        );
+        assert!(lookup().is_err());
     }
 }

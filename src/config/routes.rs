@@ -412,7 +412,7 @@ where
                 // new route) and decided under the lookup: neither the
                 // route nor the breaker is cloned.
                 let table = &routes.table;
-                let decision = routes.breakers.with_breaker(
+                let decision = routes.breakers.with_breaker_cached(
                     table.route(&req),
                     |_| table.key(&req),
                     decide_keyed,

@@ -26,7 +26,7 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use metrics::{Counter, Gauge};
 
@@ -77,6 +77,8 @@ pub(crate) struct KeyedMap<K, V, S> {
     hasher: S,
     shard_cap: usize,
     len: AtomicUsize,
+    /// See [`generation`](Self::generation).
+    generation: AtomicU64,
     metrics: MapMetrics,
 }
 
@@ -114,6 +116,7 @@ where
             hasher,
             shard_cap: max_keys / shards,
             len: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
             metrics,
         }
     }
@@ -248,8 +251,16 @@ where
         self.metrics.evicted_idle.increment(n_idle as u64);
     }
 
+    /// Bumped after every removal: a copy of an entry taken when it was
+    /// `g` is still the map's if the generation is still `g`.
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     fn removed(&self, n: usize) {
         if n > 0 {
+            self.generation.fetch_add(1, Ordering::Release);
             self.len.fetch_sub(n, Ordering::Relaxed);
             self.metrics.keys.decrement(n as f64);
         }

@@ -212,6 +212,7 @@ fn bench(c: &mut Criterion) {
         ),
         ("rampart_stack_cloned_per_call_2_threads", &stack, true),
         ("rampart_stack_2_threads", &stack, false),
+        ("rampart_stack_per_route_2_threads", &stack_per_route, false),
     ] {
         let s = proto.layer().layer(Bare);
         let handle = rt.handle().clone();
