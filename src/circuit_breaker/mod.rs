@@ -186,7 +186,7 @@ pub use keyed::{KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer};
 pub use layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
 pub use state::{CircuitBreakerEvent, CircuitCounts, CircuitState, TransitionReason};
 
-use crate::rejection::{HttpMode, Mode, Rejection};
+use crate::rejection::{HttpMode, Mode};
 pub(crate) use future::{Decision, decide};
 use judge::Judge;
 pub(crate) use keyed::KeyedShared;
@@ -369,7 +369,7 @@ where
 /// the mode's form.
 #[inline]
 fn refuse<S, Req, M, F>(
-    rejection: Rejection,
+    rejection: crate::rejection::Rejection,
     fallback: &F,
     req: Req,
 ) -> ResponseFuture<S::Future, M>
