@@ -206,9 +206,11 @@ async fn run(config: RampartConfig) -> Result<(), Box<dyn std::error::Error>> {
         // `Router::layer`: each route gets the stack inside the router, where
         // axum has set the matched path the per-route breakers need. axum
         // clones a route's service for every request, so this costs a few
-        // allocations per request (`benches/README.md`, "Under a real
-        // server"); without `routes.per_route_breaker`, wrap the whole
-        // router instead: `tower::Layer::layer(&stack.layer(), router)`.
+        // allocations per request and, on many cores, shared reference
+        // counts (`benches/README.md`, "Under a real server" and "Clones
+        // per request, and two threads"); without
+        // `routes.per_route_breaker`, wrap the whole router instead:
+        // `tower::Layer::layer(&stack.layer(), router)`.
         .layer(stack.layer());
 
     let listener = tokio::net::TcpListener::bind(config.listen_addr()).await?;
