@@ -1,5 +1,6 @@
-//! The platform's endpoints (`/metrics`, `grpc.health.v1`), routed around
-//! the protections by exact path.
+//! The stack's front: the probes (answered here, from the health
+//! registry) and the platform's endpoints (`/metrics`, `grpc.health.v1`),
+//! routed around the protections by exact path.
 
 use std::fmt;
 use std::pin::Pin;
@@ -12,6 +13,8 @@ use http_body::{Body, Frame, SizeHint};
 use tower::{BoxError, Service};
 
 use super::PlatformConfig;
+use crate::health::{ProbeAnswer, ProbeShared, probe_answer};
+use crate::rejection::ResponseBody;
 use crate::util::poison::lock;
 
 /// The methods of `grpc.health.v1.Health`, matched exactly.
@@ -55,10 +58,16 @@ impl fmt::Debug for PlatformPaths {
     }
 }
 
-/// Sends the platform's endpoints (`platform.paths`, `grpc.health.v1`) to
-/// `B`, the application with panic catching only, and every other request
-/// to `P`, the application behind the protections. Made by
-/// [`RampartLayer`](super::RampartLayer).
+/// The stack's outermost service: answers the probes (`probes.*_path`) as
+/// [`Probe`](crate::health::Probe) does, sends the platform's endpoints
+/// (`platform.paths`, `grpc.health.v1`) to `B`, the application with panic
+/// catching only, and every other request to `P`, the application behind
+/// the protections. Made by [`RampartLayer`](super::RampartLayer).
+///
+/// One service (one future, one `Arc`) for both jobs rather than a probe
+/// layer around a platform layer: axum clones the stack for every request
+/// under `Router::layer`, and each layer adds a reference count and a move
+/// of the inner future.
 ///
 /// The bypass copy is shared by every clone behind a `std` mutex, held only
 /// while it is called (never across an await): axum clones a route's
@@ -68,21 +77,28 @@ impl fmt::Debug for PlatformPaths {
 /// response future, as `tower::util::Oneshot` would.
 pub struct Platform<P, B> {
     protected: P,
-    /// The paths and the bypass behind one `Arc`: a clone of the service
-    /// counts one reference.
+    /// The probes, the paths and the bypass behind one `Arc`: a clone of
+    /// the service counts one reference.
     shared: Arc<Shared<B>>,
 }
 
 struct Shared<B> {
+    probes: Arc<ProbeShared>,
     paths: Arc<PlatformPaths>,
     bypass: Mutex<B>,
 }
 
 impl<P, B> Platform<P, B> {
-    pub(crate) fn new(protected: P, bypass: B, paths: Arc<PlatformPaths>) -> Self {
+    pub(crate) fn new(
+        protected: P,
+        bypass: B,
+        paths: Arc<PlatformPaths>,
+        probes: Arc<ProbeShared>,
+    ) -> Self {
         Self {
             protected,
             shared: Arc::new(Shared {
+                probes,
                 paths,
                 bypass: Mutex::new(bypass),
             }),
@@ -117,7 +133,7 @@ where
     P: Service<Request<ReqB>, Response = Response<PB>>,
     B: Service<Request<ReqB>, Response = Response<BB>, Error = P::Error> + Clone,
 {
-    type Response = Response<PlatformBody<PB, BB>>;
+    type Response = Response<ResponseBody<PlatformBody<PB, BB>>>;
     type Error = P::Error;
     type Future = PlatformFuture<P::Future, B, Request<ReqB>>;
 
@@ -129,6 +145,11 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        if let Some(answer) = probe_answer(&self.shared.probes, &req) {
+            return PlatformFuture {
+                inner: Either::Probe { answer },
+            };
+        }
         if self.shared.paths.matches(req.uri().path()) {
             return self.call_bypass(req);
         }
@@ -174,6 +195,7 @@ pin_project_lite::pin_project! {
     #[project = EitherProj]
     enum Either<PF, B: Service<Req>, Req> {
         Protected { #[pin] future: PF },
+        Probe { answer: ProbeAnswer },
         Bypass { #[pin] future: B::Future },
         NotReady { service: B, request: Option<Req> },
         Failed { error: Option<B::Error> },
@@ -191,7 +213,7 @@ where
     PF: Future<Output = Result<Response<PB>, E>>,
     B: Service<Req, Response = Response<BB>, Error = E>,
 {
-    type Output = Result<Response<PlatformBody<PB, BB>>, E>;
+    type Output = Result<Response<ResponseBody<PlatformBody<PB, BB>>>, E>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -200,15 +222,23 @@ where
             return match inner.as_mut().project() {
                 EitherProj::Protected { future } => future.poll(cx).map(|r| {
                     r.map(|res| {
-                        res.map(|body| PlatformBody {
-                            inner: BodyEither::Protected { body },
+                        res.map(|body| {
+                            ResponseBody::new(PlatformBody {
+                                inner: BodyEither::Protected { body },
+                            })
                         })
                     })
                 }),
+                EitherProj::Probe { answer } => answer
+                    .as_mut()
+                    .poll(cx)
+                    .map(|res| Ok(res.map(ResponseBody::full))),
                 EitherProj::Bypass { future } => future.poll(cx).map(|r| {
                     r.map(|res| {
-                        res.map(|body| PlatformBody {
-                            inner: BodyEither::Bypass { body },
+                        res.map(|body| {
+                            ResponseBody::new(PlatformBody {
+                                inner: BodyEither::Bypass { body },
+                            })
                         })
                     })
                 }),

@@ -16,7 +16,7 @@ use super::routes::{BreakerLayer, Breakers, RouteBreaker, RouteBreakers};
 use super::{BreakerReadiness, ConfigErrors, RampartConfig};
 use crate::circuit_breaker::CircuitBreakerHandle;
 use crate::concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
-use crate::health::{Check, HealthRegistry, Probe, ProbeLayer};
+use crate::health::{Check, HealthRegistry, ProbeLayer};
 use crate::rate_limit::{RateLimit, RateLimitLayer};
 use crate::rejection::ResponseBody;
 use crate::shutdown::{Drain, DrainLayer, Shutdown};
@@ -232,12 +232,11 @@ impl fmt::Debug for RampartLayer {
     }
 }
 
-/// The service made by [`RampartLayer`] around `S`.
-pub type RampartService<S> = Probe<
-    Platform<
-        Drain<OptionalRateLimit<OptionalConcurrency<RouteBreaker<Timeout<CatchPanic<S>>>>>>,
-        CatchPanic<S>,
-    >,
+/// The service made by [`RampartLayer`] around `S`: the front (probes and
+/// platform endpoints, [`Platform`]) around the protections.
+pub type RampartService<S> = Platform<
+    Drain<OptionalRateLimit<OptionalConcurrency<RouteBreaker<Timeout<CatchPanic<S>>>>>>,
+    CatchPanic<S>,
 >;
 
 /// `S` is cloned once per `layer()` call (not per request): one copy for
@@ -262,8 +261,12 @@ impl<S: Clone> Layer<S> for RampartLayer {
             None => OptionalRateLimit::Off(svc),
         };
         let svc = self.drain.layer(svc);
-        let svc = Platform::new(svc, bypass, Arc::clone(&self.platform));
-        self.probe.layer(svc)
+        Platform::new(
+            svc,
+            bypass,
+            Arc::clone(&self.platform),
+            Arc::clone(&self.probe.shared),
+        )
     }
 }
 

@@ -97,6 +97,7 @@ mod layer;
 pub(crate) mod registry;
 mod report;
 mod state;
+pub(crate) use state::Shared as ProbeShared;
 
 use std::fmt;
 use std::sync::Arc;
@@ -108,6 +109,7 @@ use tower::Service;
 
 pub use check::{Check, CheckResult, ComponentType, Kind, Status};
 pub use config::{BreakerReadiness, HealthConfig, ProbeConfig};
+pub(crate) use future::ProbeAnswer;
 pub use future::ResponseFuture;
 #[cfg(feature = "tonic")]
 pub use grpc::{DEFAULT_MAX_WATCHES, GrpcHealth, GrpcHealthBuilder, WatchStream};
@@ -192,19 +194,29 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        match self.shared.match_path(req.uri().path()) {
+        match probe_answer(&self.shared, &req) {
             None => ResponseFuture::inner(self.inner.call(req)),
-            Some((kind, name)) => {
-                let query = ProbeQuery::parse(req.uri().query());
-                let json = wants_health_json(req.headers());
-                let registry = self.shared.registry.clone();
-                let name = name.map(percent_decode);
-                ResponseFuture::probe(Box::pin(async move {
-                    answer(registry, kind, name, query, json).await
-                }))
-            }
+            Some(answer) => ResponseFuture::probe(answer),
         }
     }
+}
+
+/// The answer to `req` if its path is one of the probes' (one path
+/// comparison otherwise): what [`Probe`] answers, and the stack's front
+/// service (`config::Platform`), which answers the probes itself.
+#[inline]
+pub(crate) fn probe_answer<B>(shared: &Shared, req: &Request<B>) -> Option<ProbeAnswer> {
+    let (kind, name) = shared.match_path(req.uri().path())?;
+    Some(probe(shared, kind, name, req))
+}
+
+#[cold]
+fn probe<B>(shared: &Shared, kind: Kind, name: Option<&str>, req: &Request<B>) -> ProbeAnswer {
+    let query = ProbeQuery::parse(req.uri().query());
+    let json = wants_health_json(req.headers());
+    let registry = shared.registry.clone();
+    let name = name.map(percent_decode);
+    Box::pin(async move { answer(registry, kind, name, query, json).await })
 }
 
 #[derive(Debug, Default)]
