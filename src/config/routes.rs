@@ -13,7 +13,7 @@ use crate::ConfigError;
 use crate::circuit_breaker::{
     BreakerBody, CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerConfig, CircuitBreakerEvent,
     CircuitBreakerHandle, CircuitBreakerLayer, CircuitState, KeyedCircuitBreakerHandle,
-    KeyedShared, NoFallback, ResponseFuture, call_decided, decide_keyed,
+    KeyedShared, NoFallback, ResponseFuture, call, decide_keyed,
 };
 use crate::health::{Check, Kind};
 use crate::rejection::HttpMode;
@@ -417,7 +417,7 @@ where
                     |_| table.key(&req),
                     decide_keyed,
                 );
-                call_decided(decision, inner, &NoFallback, req)
+                call(decision, inner, &NoFallback, req)
             }
         }
     }
