@@ -30,12 +30,14 @@ impl Expiring for Arc<Entry> {
     }
 }
 
-/// A few `str`-keyed entries this thread used last, per map (the stack's
+/// The first few `str`-keyed entries this thread used (the stack's
 /// per-route breakers): a hit reads no lock, hashes nothing and writes no
 /// shared line (the entry is used by reference, not cloned). An entry is
 /// used only while its map's [`generation`](KeyedMap::generation) is the
 /// one it was copied at: any removal from the map (idle sweep, capacity
-/// eviction) drops every copy, so a cached breaker is always the map's.
+/// eviction) makes every copy stale, so a cached breaker is always the
+/// map's. A slot goes to another key only once stale, so a thread that
+/// uses more keys than it has slots allocates nothing for the rest.
 /// Kept for the per-route rows of `benches/compare/benches/stack.rs`
 /// (benches/README.md, "Clones per request, and two threads").
 struct Cached {
@@ -49,7 +51,7 @@ struct Cached {
 const CACHED: usize = 8;
 
 thread_local! {
-    static CACHE: RefCell<(Vec<Cached>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+    static CACHE: RefCell<Vec<Cached>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Map numbers for [`Cached::map`] (never reused, unlike addresses).
@@ -185,7 +187,7 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
 
 impl<K: Hash + Eq + Clone + Borrow<str>> KeyedShared<K> {
     /// [`with_breaker`](Self::with_breaker) through this thread's cache of
-    /// the entries it used last ([`Cached`]), for maps of few keys that
+    /// the first entries it uses ([`Cached`]), for maps of few keys that
     /// are all hot (the stack's routes). `f` runs while the cache is
     /// borrowed: it must not look up a breaker itself.
     #[inline]
@@ -200,10 +202,7 @@ impl<K: Hash + Eq + Clone + Borrow<str>> KeyedShared<K> {
         let generation = self.map.generation();
         let hit = CACHE.with(|cache| {
             let cache = cache.borrow();
-            let c = cache
-                .0
-                .iter()
-                .find(|c| c.map == self.id && *c.key == *key)?;
+            let c = cache.iter().find(|c| c.map == self.id && *c.key == *key)?;
             if c.generation != generation {
                 return None;
             }
@@ -215,8 +214,21 @@ impl<K: Hash + Eq + Clone + Borrow<str>> KeyedShared<K> {
         }
         let entry = self.with_entry(key, owned, Arc::clone);
         let out = f(&entry.breaker);
+        // Remembered in this key's slot, else in a slot of this map that a
+        // removal made stale, else in a free slot; with every slot taken,
+        // not at all (no slot is evicted for another: a thread that uses
+        // more routes than it has slots takes the map's path for the rest,
+        // instead of allocating a slot's key on every request).
         CACHE.with(|cache| {
-            let (slots, next) = &mut *cache.borrow_mut();
+            let slots = &mut *cache.borrow_mut();
+            if let Some(c) = slots
+                .iter_mut()
+                .find(|c| c.map == self.id && *c.key == *key)
+            {
+                c.generation = generation;
+                c.entry = entry;
+                return;
+            }
             let fresh = Cached {
                 map: self.id,
                 generation,
@@ -225,14 +237,11 @@ impl<K: Hash + Eq + Clone + Borrow<str>> KeyedShared<K> {
             };
             if let Some(c) = slots
                 .iter_mut()
-                .find(|c| c.map == self.id && *c.key == *key)
+                .find(|c| c.map == self.id && c.generation != generation)
             {
                 *c = fresh;
             } else if slots.len() < CACHED {
                 slots.push(fresh);
-            } else {
-                slots[*next] = fresh;
-                *next = (*next + 1) % CACHED;
             }
         });
         out
@@ -418,6 +427,20 @@ mod tests {
             handle.get(&"/api/x".to_owned()).unwrap().state(),
             CircuitState::Closed
         );
+        // More routes than slots: the rest are found in the map, each the
+        // map's own breaker, and the cached ones stay cached.
+        let others: Vec<String> = (0..2 * CACHED).map(|i| format!("/api/{i}")).collect();
+        for key in &others {
+            for _ in 0..2 {
+                let decided = shared.with_breaker_cached(key, str::to_owned, decide_keyed);
+                assert!(decided.is_ok());
+            }
+        }
+        handle.get(&others[2 * CACHED - 1]).unwrap().force_open();
+        let last = shared.with_breaker_cached(&others[2 * CACHED - 1], str::to_owned, decide_keyed);
+        assert!(last.is_err());
+        assert!(lookup().is_ok());
+        assert_eq!(made.get(), 2);
         // Another map's same key is another breaker.
         let other = routes();
         let decided = other.with_breaker_cached("/api/x", str::to_owned, decide_keyed);
