@@ -83,12 +83,6 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Lane<T> {
     }
 }
 
-impl<T: std::fmt::Debug> std::fmt::Debug for Laned<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&*self.value, f)
-    }
-}
-
 impl<T> Deref for Lane<T> {
     type Target = T;
 
