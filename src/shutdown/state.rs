@@ -26,7 +26,12 @@ pub(crate) struct State {
     /// Requests in flight, counted on per-thread slots (`util::lanes`
     /// numbers): a request adds to its thread's slot and takes away from
     /// the same slot when it ends, so concurrent requests on different
-    /// threads write different cache lines. The count is the sum.
+    /// threads write different cache lines. The count is the sum, read in
+    /// slot order. The last slot counts the requests admitted once
+    /// draining has started (owed an answer): the sum is not a snapshot,
+    /// and such a request, added to a slot already read while another
+    /// ended on a slot not read yet, would be missed; on the last slot it
+    /// is read after every other.
     in_flight: Box<[Slot]>,
     /// Listeners and connections held open by `serve` loops: the drain
     /// waits for them too, so a connection taken from the listen backlog
@@ -59,7 +64,7 @@ impl State {
             aborted_counter: metrics::counter!("rampart_drain_aborted_total", "name" => label),
             name,
             phase: AtomicU8::new(Phase::Running as u8),
-            in_flight: (0..crate::util::lanes::count())
+            in_flight: (0..=crate::util::lanes::count())
                 .map(|_| Slot::default())
                 .collect(),
             serving: AtomicUsize::new(0),
@@ -89,11 +94,16 @@ impl State {
             .sum()
     }
 
-    /// This thread's slot of the in-flight count.
+    /// This thread's slot of the in-flight count, or the last slot for a
+    /// request admitted while draining.
     #[inline]
-    fn slot(&self) -> usize {
-        // The slot count is a power of two.
-        crate::util::lanes::index() & (self.in_flight.len() - 1)
+    fn slot(&self, draining: bool) -> usize {
+        let late = self.in_flight.len() - 1;
+        if draining {
+            return late;
+        }
+        // The other slots' count is a power of two.
+        crate::util::lanes::index() & (late - 1)
     }
 
     /// Requests in flight plus the listeners and connections held by
@@ -125,11 +135,12 @@ impl Laned<State> {
     /// the state alive through this thread's lane.
     #[inline]
     pub(crate) fn admit_unless_draining(&self, accepted: impl Fn() -> bool) -> Option<Guard> {
-        if self.phase() >= Phase::Draining && !accepted() {
+        let draining = self.phase() >= Phase::Draining;
+        if draining && !accepted() {
             self.refused.increment(1);
             return None;
         }
-        let slot = self.slot();
+        let slot = self.slot(draining);
         self.in_flight[slot].0.fetch_add(1, Ordering::SeqCst);
         // The coordinator stores the phase, then reads the count (every
         // slot); we add to a slot, then read the phase: one of us sees the
@@ -284,6 +295,13 @@ mod tests {
             state.set_phase(Phase::Draining);
             // Refused now: the count is unchanged.
             assert!(state.admit_unless_draining(|| false).is_none());
+            assert_eq!(state.in_flight(), 2);
+            // Owed an answer: admitted, on the slot read last, and counted
+            // until it ends.
+            let owed = state.admit_unless_draining(|| true).unwrap();
+            assert_eq!(owed.slot, state.in_flight.len() - 1);
+            assert_eq!(state.in_flight(), 3);
+            drop(owed);
             assert_eq!(state.in_flight(), 2);
             let barrier = Arc::new(std::sync::Barrier::new(2));
             let ends: Vec<_> = [a, b]
