@@ -1,6 +1,7 @@
 //! The stack's front: the probes (answered here, from the health
-//! registry) and the platform's endpoints (`/metrics`, `grpc.health.v1`),
-//! routed around the protections by exact path.
+//! registry), the platform's endpoints (`/metrics`, `grpc.health.v1`),
+//! routed around the protections by exact path, and the drain (every other
+//! request counted in flight, or refused while draining).
 
 use std::fmt;
 use std::pin::Pin;
@@ -13,8 +14,13 @@ use http_body::{Body, Frame, SizeHint};
 use tower::{BoxError, Service};
 
 use super::PlatformConfig;
+use crate::Rejection;
 use crate::health::{ProbeAnswer, ProbeShared, probe_answer};
-use crate::rejection::ResponseBody;
+use crate::rejection::{Protocol, ResponseBody};
+use crate::shutdown::{
+    DrainBody, Facts, Guard, State as DrainState, http_facts, is_owed, poll_admitted, track,
+};
+use crate::util::lanes::Laned;
 use crate::util::poison::lock;
 
 /// The methods of `grpc.health.v1.Health`, matched exactly.
@@ -62,12 +68,16 @@ impl fmt::Debug for PlatformPaths {
 /// [`Probe`](crate::health::Probe) does, sends the platform's endpoints
 /// (`platform.paths`, `grpc.health.v1`) to `B`, the application with panic
 /// catching only, and every other request to `P`, the application behind
-/// the protections. Made by [`RampartLayer`](super::RampartLayer).
+/// the protections, through the drain: counted in flight until its answer's
+/// body ends, or refused while draining, as
+/// [`Drain`](crate::shutdown::Drain) does. Made by
+/// [`RampartLayer`](super::RampartLayer).
 ///
-/// One service (one future, one `Arc`) for both jobs rather than a probe
-/// layer around a platform layer: axum clones the stack for every request
-/// under `Router::layer`, and each layer adds a reference count and a move
-/// of the inner future.
+/// One service (one future, one `Arc`) for the three jobs rather than a
+/// probe layer around a platform layer around a drain layer: axum clones
+/// the stack for every request under `Router::layer`, and each layer adds a
+/// reference count, a move of the inner future and a rebuild of the
+/// response.
 ///
 /// The bypass copy is shared by every clone behind a `std` mutex, held only
 /// while it is called (never across an await): axum clones a route's
@@ -77,14 +87,15 @@ impl fmt::Debug for PlatformPaths {
 /// response future, as `tower::util::Oneshot` would.
 pub struct Platform<P, B> {
     protected: P,
-    /// The probes, the paths and the bypass behind one `Arc`: a clone of
-    /// the service counts one reference.
+    /// The probes, the paths, the drain and the bypass behind one `Arc`: a
+    /// clone of the service counts one reference.
     shared: Arc<Shared<B>>,
 }
 
 struct Shared<B> {
     probes: Arc<ProbeShared>,
     paths: Arc<PlatformPaths>,
+    drain: Arc<Laned<DrainState>>,
     bypass: Mutex<B>,
 }
 
@@ -94,12 +105,14 @@ impl<P, B> Platform<P, B> {
         bypass: B,
         paths: Arc<PlatformPaths>,
         probes: Arc<ProbeShared>,
+        drain: Arc<Laned<DrainState>>,
     ) -> Self {
         Self {
             protected,
             shared: Arc::new(Shared {
                 probes,
                 paths,
+                drain,
                 bypass: Mutex::new(bypass),
             }),
         }
@@ -146,17 +159,30 @@ where
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         if let Some(answer) = probe_answer(&self.shared.probes, &req) {
-            return PlatformFuture {
-                inner: Either::Probe { answer },
-            };
+            return PlatformFuture::other(Other::Probe { answer }, Protocol::Http);
         }
         if self.shared.paths.matches(req.uri().path()) {
             return self.call_bypass(req);
         }
+        let protocol = Protocol::of(&req);
+        let facts = http_facts(&req, protocol);
+        let Some(guard) = self.shared.drain.admit_unless_draining(|| is_owed(&req)) else {
+            let rejection = self.shared.drain.draining_rejection(facts.http1);
+            return PlatformFuture::other(
+                Other::Refused {
+                    rejection: Some(Box::new(rejection)),
+                },
+                protocol,
+            );
+        };
+        // The layers below read the protocol from the pin.
+        let _pin = protocol.pin(req.headers());
         PlatformFuture {
-            inner: Either::Protected {
-                future: self.protected.call(req),
-            },
+            protected: Some(self.protected.call(req)),
+            guard: Some(guard),
+            facts,
+            protocol,
+            other: Other::None,
         }
     }
 }
@@ -169,36 +195,61 @@ impl<P, B> Platform<P, B> {
     {
         let mut bypass = lock(&self.shared.bypass);
         let mut cx = Context::from_waker(Waker::noop());
-        let inner = match bypass.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => Either::Bypass {
+        let other = match bypass.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Other::Bypass {
                 future: bypass.call(req),
             },
-            Poll::Ready(Err(error)) => Either::Failed { error: Some(error) },
-            Poll::Pending => Either::NotReady {
+            Poll::Ready(Err(error)) => Other::Failed { error: Some(error) },
+            Poll::Pending => Other::NotReady {
                 service: bypass.clone(),
                 request: Some(req),
             },
         };
-        PlatformFuture { inner }
+        PlatformFuture::other(other, Protocol::Http)
     }
 }
 
 pin_project_lite::pin_project! {
     /// The response future of [`Platform`].
     pub struct PlatformFuture<PF, B: Service<Req>, Req> {
+        // The protected request's future in a field of its own rather than
+        // in a variant of `other`: it is moved into place once, not into a
+        // variant first (the drain's future does the same).
         #[pin]
-        inner: Either<PF, B, Req>,
+        protected: Option<PF>,
+        guard: Option<Guard>,
+        facts: Facts,
+        protocol: Protocol,
+        #[pin]
+        other: Other<B, Req>,
     }
 }
 
 pin_project_lite::pin_project! {
-    #[project = EitherProj]
-    enum Either<PF, B: Service<Req>, Req> {
-        Protected { #[pin] future: PF },
+    #[project = OtherProj]
+    enum Other<B: Service<Req>, Req> {
+        // A protected request: its future is in `protected`.
+        None,
+        Refused { rejection: Option<Box<Rejection>> },
         Probe { answer: ProbeAnswer },
         Bypass { #[pin] future: B::Future },
         NotReady { service: B, request: Option<Req> },
         Failed { error: Option<B::Error> },
+    }
+}
+
+impl<PF, B: Service<Req>, Req> PlatformFuture<PF, B, Req> {
+    fn other(other: Other<B, Req>, protocol: Protocol) -> Self {
+        Self {
+            protected: None,
+            guard: None,
+            facts: Facts {
+                http1: false,
+                grpc: false,
+            },
+            protocol,
+            other,
+        }
     }
 }
 
@@ -217,23 +268,34 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut inner = self.project().inner;
-        loop {
-            return match inner.as_mut().project() {
-                EitherProj::Protected { future } => future.poll(cx).map(|r| {
-                    r.map(|res| {
-                        res.map(|body| {
+        let this = self.project();
+        if let Some(future) = this.protected.as_pin_mut() {
+            return Poll::Ready(
+                match std::task::ready!(poll_admitted(future, this.guard, this.facts.http1, cx)) {
+                    Ok((result, guard)) => result.map(|res| {
+                        track(res, guard, *this.facts, |body| {
                             ResponseBody::new(PlatformBody {
                                 inner: BodyEither::Protected { body },
                             })
                         })
-                    })
-                }),
-                EitherProj::Probe { answer } => answer
+                    }),
+                    Err(rejection) => Ok(rejection.into_response(*this.protocol)),
+                },
+            );
+        }
+        let mut other = this.other;
+        loop {
+            return match other.as_mut().project() {
+                OtherProj::None => panic!("polled after completion"),
+                OtherProj::Refused { rejection } => {
+                    let rejection = rejection.take().expect("polled after completion");
+                    Poll::Ready(Ok(rejection.into_response(*this.protocol)))
+                }
+                OtherProj::Probe { answer } => answer
                     .as_mut()
                     .poll(cx)
                     .map(|res| Ok(res.map(ResponseBody::full))),
-                EitherProj::Bypass { future } => future.poll(cx).map(|r| {
+                OtherProj::Bypass { future } => future.poll(cx).map(|r| {
                     r.map(|res| {
                         res.map(|body| {
                             ResponseBody::new(PlatformBody {
@@ -242,16 +304,16 @@ where
                         })
                     })
                 }),
-                EitherProj::NotReady { service, request } => {
+                OtherProj::NotReady { service, request } => {
                     if let Err(e) = std::task::ready!(service.poll_ready(cx)) {
                         return Poll::Ready(Err(e));
                     }
                     let req = request.take().expect("polled after completion");
                     let future = service.call(req);
-                    inner.set(Either::Bypass { future });
+                    other.set(Other::Bypass { future });
                     continue;
                 }
-                EitherProj::Failed { error } => {
+                OtherProj::Failed { error } => {
                     Poll::Ready(Err(error.take().expect("polled after completion")))
                 }
             };
@@ -260,8 +322,8 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The response body of [`Platform`]: the protected service's body or
-    /// the platform endpoint's.
+    /// The response body of [`Platform`]: the protected service's body
+    /// (counted by the drain until it ends) or the platform endpoint's.
     pub struct PlatformBody<P, B> {
         #[pin]
         inner: BodyEither<P, B>,
@@ -271,7 +333,7 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = BodyProj]
     enum BodyEither<P, B> {
-        Protected { #[pin] body: P },
+        Protected { #[pin] body: DrainBody<P> },
         Bypass { #[pin] body: B },
     }
 }

@@ -19,7 +19,7 @@ use crate::concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 use crate::health::{Check, HealthRegistry, ProbeLayer};
 use crate::rate_limit::{RateLimit, RateLimitLayer};
 use crate::rejection::ResponseBody;
-use crate::shutdown::{Drain, DrainLayer, Shutdown};
+use crate::shutdown::{DrainLayer, Shutdown};
 use crate::timeout::{Timeout, TimeoutLayer};
 
 /// Builds a [`Stack`] from a [`RampartConfig`]: made by
@@ -232,10 +232,10 @@ impl fmt::Debug for RampartLayer {
     }
 }
 
-/// The service made by [`RampartLayer`] around `S`: the front (probes and
-/// platform endpoints, [`Platform`]) around the protections.
+/// The service made by [`RampartLayer`] around `S`: the front (probes,
+/// platform endpoints and the drain, [`Platform`]) around the protections.
 pub type RampartService<S> = Platform<
-    Drain<OptionalRateLimit<OptionalConcurrency<RouteBreaker<Timeout<CatchPanic<S>>>>>>,
+    OptionalRateLimit<OptionalConcurrency<RouteBreaker<Timeout<CatchPanic<S>>>>>,
     CatchPanic<S>,
 >;
 
@@ -260,12 +260,12 @@ impl<S: Clone> Layer<S> for RampartLayer {
             Some(rl) => OptionalRateLimit::On(rl.layer(svc)),
             None => OptionalRateLimit::Off(svc),
         };
-        let svc = self.drain.layer(svc);
         Platform::new(
             svc,
             bypass,
             Arc::clone(&self.platform),
             Arc::clone(&self.probe.shared),
+            Arc::clone(self.drain.state()),
         )
     }
 }

@@ -72,29 +72,47 @@ where
         if let Some(rejection) = this.rejection.take() {
             return Poll::Ready(M::rejected(*this.cx, *rejection));
         }
-        let (Some(future), Some(g)) = (this.future.as_pin_mut(), this.guard.as_mut()) else {
+        let Some(future) = this.future.as_pin_mut() else {
             panic!("polled after completion");
         };
-        if !g.check_aborted() {
-            match future.poll(cx) {
-                Poll::Ready(result) => {
-                    let g = this.guard.take().expect("present");
-                    return Poll::Ready(M::finish(result, g, *this.facts));
-                }
-                Poll::Pending => {
-                    if !g.register(cx.waker()) {
-                        return Poll::Pending;
-                    }
+        Poll::Ready(
+            match std::task::ready!(poll_admitted(future, this.guard, this.facts.http1, cx)) {
+                Ok((result, guard)) => M::finish(result, guard, *this.facts),
+                Err(rejection) => M::rejected(*this.cx, rejection),
+            },
+        )
+    }
+}
+
+/// Polls an admitted request's inner future, raced against the
+/// coordinator's abort signal: the result with the request's guard, or,
+/// aborted at the drain deadline, the refusal to answer (the guard is then
+/// dropped, counted as aborted, and the inner future goes with the caller's).
+/// Shared by the drain layer and the stack's front.
+#[inline]
+pub(crate) fn poll_admitted<F: Future>(
+    future: Pin<&mut F>,
+    guard: &mut Option<Guard>,
+    http1: bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(F::Output, Guard), Rejection>> {
+    let g = guard.as_mut().expect("polled after completion");
+    if !g.check_aborted() {
+        match future.poll(cx) {
+            Poll::Ready(result) => {
+                return Poll::Ready(Ok((result, guard.take().expect("present"))));
+            }
+            Poll::Pending => {
+                if !g.register(cx.waker()) {
+                    return Poll::Pending;
                 }
             }
         }
-        // Aborted at the drain deadline: the guard is dropped (counted as
-        // aborted), the inner future with this one.
-        let g = this.guard.take().expect("present");
-        let rejection = g.state().aborted_rejection(this.facts.http1);
-        drop(g);
-        Poll::Ready(M::rejected(*this.cx, rejection))
     }
+    let g = guard.take().expect("present");
+    let rejection = g.state().aborted_rejection(http1);
+    drop(g);
+    Poll::Ready(Err(rejection))
 }
 
 impl<F, Req, M, C: fmt::Debug> fmt::Debug for ResponseFuture<F, Req, M, C> {

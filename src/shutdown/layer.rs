@@ -26,6 +26,12 @@ impl DrainLayer {
             _mode: PhantomData,
         }
     }
+
+    /// The drain's state, for the stack's front (which counts requests
+    /// itself rather than through a `Drain` service).
+    pub(crate) fn state(&self) -> &Arc<Laned<State>> {
+        &self.state
+    }
 }
 
 impl<M> DrainLayer<M> {

@@ -142,7 +142,8 @@ pub use stream::UntilDraining;
 
 use crate::rejection::{ErrorMode, HttpMode, Protocol, ProtocolPin, ResponseBody};
 use crate::util::lanes::Laned;
-use state::Guard;
+pub(crate) use future::poll_admitted;
+pub(crate) use state::Guard;
 pub(crate) use state::State;
 
 /// Request extension set by the `serve` loop on every request: it closes
@@ -332,15 +333,12 @@ impl<ReqB, ResB, E> DrainMode<Request<ReqB>, Response<ResB>, E> for HttpMode {
 
     #[inline]
     fn facts(req: &Request<ReqB>, protocol: Protocol) -> Facts {
-        Facts {
-            http1: req.version() <= Version::HTTP_11,
-            grpc: protocol == Protocol::Grpc,
-        }
+        http_facts(req, protocol)
     }
 
     #[inline]
     fn owed(req: &Request<ReqB>) -> bool {
-        req.extensions().get::<Owed>().is_some()
+        is_owed(req)
     }
 
     #[inline]
@@ -348,27 +346,48 @@ impl<ReqB, ResB, E> DrainMode<Request<ReqB>, Response<ResB>, E> for HttpMode {
         protocol.pin(req.headers())
     }
 
-    /// One rebuild of the response (the body wrapped twice at once): each
-    /// rebuild is a copy of the whole response.
     #[inline]
     fn finish(
         result: Result<Response<ResB>, E>,
         guard: Guard,
         facts: Facts,
     ) -> Result<Response<ResponseBody<DrainBody<ResB>>>, E> {
-        let mut res = result?;
-        close_when_shutting_down(&mut res, &guard, facts);
-        Ok(res.map(|body| ResponseBody::new(DrainBody::new(body, guard, facts.grpc))))
+        Ok(track(result?, guard, facts, ResponseBody::new))
     }
 }
 
-/// Once shutdown has started, an HTTP/1 answer closes its connection.
+/// What the drain needs to know about an HTTP request.
 #[inline]
-fn close_when_shutting_down<B>(res: &mut Response<B>, guard: &Guard, facts: Facts) {
+pub(crate) fn http_facts<B>(req: &Request<B>, protocol: Protocol) -> Facts {
+    Facts {
+        http1: req.version() <= Version::HTTP_11,
+        grpc: protocol == Protocol::Grpc,
+    }
+}
+
+/// Did `req` come on a connection the crate's `serve` loop accepted and
+/// still owes an answer (admitted while draining)?
+#[inline]
+pub(crate) fn is_owed<B>(req: &Request<B>) -> bool {
+    req.extensions().get::<Owed>().is_some()
+}
+
+/// An admitted HTTP answer made to hold its request's guard until its body
+/// ends: `Connection: close` on HTTP/1 once shutdown has started, the body
+/// wrapped in a [`DrainBody`] and then by `wrap`, in one rebuild of the
+/// response (each rebuild is a copy of the whole response).
+#[inline]
+pub(crate) fn track<B, T>(
+    mut res: Response<B>,
+    guard: Guard,
+    facts: Facts,
+    wrap: impl FnOnce(DrainBody<B>) -> T,
+) -> Response<T> {
     if facts.http1 && guard.state().phase() >= Phase::ShutdownRequested {
         res.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    res.map(|body| wrap(DrainBody::new(body, guard, facts.grpc)))
 }
 
 impl<Req, Res, E: Into<BoxError>> DrainMode<Req, Res, E> for ErrorMode {

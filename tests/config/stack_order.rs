@@ -352,3 +352,79 @@ async fn without_a_rate_limit_section_nothing_is_limited() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 100);
 }
+
+/// The stack's front drains as the drain layer does: a request in flight
+/// when shutdown starts holds the drain until it is answered (with
+/// `Connection: close` on HTTP/1.1), and a response body still open at
+/// the drain deadline is cut off there and counted as aborted.
+#[tokio::test(start_paused = true)]
+async fn in_flight_requests_hold_the_drain_and_open_bodies_are_cut_at_its_deadline() {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use http_body::Frame;
+    use tokio::time::Instant;
+
+    /// One chunk, then never the end.
+    struct Endless(bool);
+    impl http_body::Body for Endless {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Pending
+            } else {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"tick")))))
+            }
+        }
+    }
+    let app = tower::service_fn(|req: Request<Full<Bytes>>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        Ok::<_, Infallible>(Response::new(Endless(req.uri().path() == "/slow")))
+    });
+    let config = config(
+        r#"
+        [timeout]
+        timeout = "5s"
+        "#,
+    );
+    let stack = config.stack().build().unwrap();
+    let svc = stack.layer().layer(app);
+    let get = |path: &str| Request::get(path).body(Full::default()).unwrap();
+
+    // A stream, open, and a slow request, in flight, when shutdown starts.
+    let stream = svc.clone().oneshot(get("/stream")).await.unwrap();
+    assert_eq!(stream.headers().get("connection"), None);
+    let mut stream = stream.into_body();
+    let first = stream.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "tick");
+    let slow = tokio::spawn(svc.clone().oneshot(get("/slow")));
+    tokio::task::yield_now().await;
+    assert_eq!(stack.shutdown().in_flight(), 2);
+    let start = Instant::now();
+    stack.shutdown().trigger();
+
+    // The slow one is answered, told to close its connection, and its
+    // (ended) body lets go of the drain.
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status(), StatusCode::OK);
+    assert_eq!(slow.headers()["connection"], "close");
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    drop(slow);
+    assert_eq!(stack.shutdown().in_flight(), 1);
+
+    // The stream holds the drain to its deadline (10 s), then ends with an
+    // error: the client sees a cut response, not a complete one.
+    let err = stream.frame().await.unwrap().unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    assert!(err.to_string().contains("drain"), "{err}");
+    drop(stream);
+    let report = stack.shutdown().done().await;
+    assert_eq!((report.finished, report.aborted), (1, 1), "{report:?}");
+    assert_eq!(report.in_flight_at_drain, 2);
+}
