@@ -40,6 +40,7 @@ impl Expiring for Arc<Entry> {
 /// uses more keys than it has slots allocates nothing for the rest.
 /// Kept for the per-route rows of `benches/compare/benches/stack.rs`
 /// (benches/README.md, "Clones per request, and two threads").
+#[cfg_attr(not(feature = "config"), allow(dead_code))] // used by the stack's per-route breakers
 struct Cached {
     map: u64,
     generation: u64,
@@ -48,6 +49,7 @@ struct Cached {
 }
 
 /// Entries each thread keeps ([`Cached`]).
+#[cfg_attr(not(feature = "config"), allow(dead_code))] // used by the stack's per-route breakers
 const CACHED: usize = 8;
 
 thread_local! {
@@ -63,6 +65,8 @@ pub(crate) struct KeyedShared<K> {
     /// sample, else its least recently used key (see `util::keyed_map`).
     map: KeyedMap<K, Arc<Entry>, RandomState>,
     /// This map's number in the per-thread caches.
+    #[cfg_attr(not(feature = "config"), allow(dead_code))]
+    // used by the stack's per-route breakers
     id: u64,
     clock: EpochClock,
     last_sweep: AtomicU64,
@@ -191,6 +195,7 @@ impl<K: Hash + Eq + Clone + Borrow<str>> KeyedShared<K> {
     /// are all hot (the stack's routes). `f` runs while the cache is
     /// borrowed: it must not look up a breaker itself.
     #[inline]
+    #[cfg_attr(not(feature = "config"), allow(dead_code))] // used by the stack's per-route breakers
     pub(crate) fn with_breaker_cached<R>(
         &self,
         key: &str,

@@ -353,6 +353,7 @@ impl CircuitBreakerBuilder {
 
     /// Keyed breakers for few keys that are all hot (the stack's routes):
     /// one shard, so a lookup hashes the key once instead of twice.
+    #[cfg_attr(not(feature = "config"), allow(dead_code))] // used by the stack's per-route breakers
     pub(crate) fn unsharded(mut self) -> Self {
         self.sharded = false;
         self

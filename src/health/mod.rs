@@ -97,6 +97,7 @@ mod layer;
 pub(crate) mod registry;
 mod report;
 mod state;
+#[cfg(feature = "config")] // the stack's front
 pub(crate) use state::Shared as ProbeShared;
 
 use std::fmt;

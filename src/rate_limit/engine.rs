@@ -214,6 +214,8 @@ impl Shared {
 
     /// Keys, cost and allow-lists, then the store's verdict.
     pub(crate) fn decide<B>(&self, req: &http::Request<B>) -> Decision {
+        // One arm without the `redis` feature.
+        #[allow(clippy::infallible_destructuring_match)]
         let store = match &self.store {
             Store::Memory(store) => store,
             #[cfg(feature = "redis")]
@@ -326,6 +328,8 @@ impl Shared {
 
     /// Every quota's state for `key` (global quotas: for everybody).
     pub(crate) fn peek(&self, key: &Key) -> Option<Vec<QuotaState>> {
+        // One arm without the `redis` feature.
+        #[allow(clippy::infallible_destructuring_match)]
         let store = match &self.store {
             Store::Memory(store) => store,
             // Reads process memory only.

@@ -73,12 +73,19 @@ impl Store {
     }
 
     /// Leased mode's slices, if the store has them.
+    #[cfg(feature = "redis")]
     fn leases(&self) -> Option<&super::lease::Leases> {
         match self {
             Store::Memory(_) => None,
-            #[cfg(feature = "redis")]
             Store::Redis(r) => r.lease.as_ref(),
         }
+    }
+
+    /// No leased mode without the `redis` feature.
+    #[cfg(not(feature = "redis"))]
+    #[allow(clippy::unused_self)]
+    fn leases(&self) -> Option<&NoLeases> {
+        None
     }
 
     /// Keys tracked by the main in-process store (0 for exact Redis; the
@@ -229,5 +236,20 @@ impl std::fmt::Debug for StoreHealth {
             .field("remote", &self.is_remote())
             .field("state", &self.state())
             .finish()
+    }
+}
+
+/// What [`Store::leases`] names without the `redis` feature: never made.
+#[cfg(not(feature = "redis"))]
+enum NoLeases {}
+
+#[cfg(not(feature = "redis"))]
+impl NoLeases {
+    fn is_keyed(&self) -> bool {
+        match *self {}
+    }
+
+    fn sweep(&self) -> usize {
+        match *self {}
     }
 }

@@ -29,6 +29,7 @@ impl DrainLayer {
 
     /// The drain's state, for the stack's front (which counts requests
     /// itself rather than through a `Drain` service).
+    #[cfg(feature = "config")]
     pub(crate) fn state(&self) -> &Arc<Laned<State>> {
         &self.state
     }

@@ -142,6 +142,7 @@ pub use stream::UntilDraining;
 
 use crate::rejection::{ErrorMode, HttpMode, Protocol, ProtocolPin, ResponseBody};
 use crate::util::lanes::Laned;
+#[cfg(feature = "config")] // the stack's front
 pub(crate) use future::poll_admitted;
 pub(crate) use state::Guard;
 pub(crate) use state::State;

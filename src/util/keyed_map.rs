@@ -254,6 +254,7 @@ where
     /// Bumped after every removal: a copy of an entry taken when it was
     /// `g` is still the map's if the generation is still `g`.
     #[inline]
+    #[cfg_attr(not(feature = "config"), allow(dead_code))] // used by the per-route breakers' cache
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
