@@ -233,8 +233,8 @@ pub use env::{ConfigLoader, ConfigWarning, Loaded};
 pub use platform::{Platform, PlatformBody, PlatformFuture};
 pub use routes::{RouteBreaker, RouteBreakers, RouteKey};
 pub use stack::{
-    Optional, OptionalConcurrency, OptionalFuture, OptionalRateLimit, RampartLayer, RampartService,
-    Stack, StackBuilder,
+    Optional, OptionalConcurrency, OptionalFuture, RampartLayer, RampartService, Stack,
+    StackBuilder,
 };
 
 /// The default prefix of the environment variables read by

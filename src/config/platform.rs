@@ -16,9 +16,12 @@ use tower::{BoxError, Service};
 use super::PlatformConfig;
 use crate::Rejection;
 use crate::health::{ProbeAnswer, ProbeShared, probe_answer};
+use crate::rate_limit::headers::Rendered;
+use crate::rate_limit::{Decision, Later, Shared as RateLimitShared, defer};
 use crate::rejection::{Protocol, ResponseBody};
 use crate::shutdown::{
-    DrainBody, Facts, Guard, State as DrainState, http_facts, is_owed, poll_admitted, track,
+    DrainBody, Facts, Guard, State as DrainState, aborted, close_if_stopping, http_facts, is_owed,
+    poll_admitted, poll_unless_aborted, track,
 };
 use crate::util::lanes::Laned;
 use crate::util::poison::lock;
@@ -68,16 +71,16 @@ impl fmt::Debug for PlatformPaths {
 /// [`Probe`](crate::health::Probe) does, sends the platform's endpoints
 /// (`platform.paths`, `grpc.health.v1`) to `B`, the application with panic
 /// catching only, and every other request to `P`, the application behind
-/// the protections, through the drain: counted in flight until its answer's
-/// body ends, or refused while draining, as
-/// [`Drain`](crate::shutdown::Drain) does. Made by
-/// [`RampartLayer`](super::RampartLayer).
+/// the protections, through the drain (counted in flight until its
+/// answer's body ends, or refused while draining, as
+/// [`Drain`](crate::shutdown::Drain) does) and the rate limit when the
+/// config has one (as [`RateLimit`](crate::rate_limit::RateLimit) does).
+/// Made by [`RampartLayer`](super::RampartLayer).
 ///
-/// One service (one future, one `Arc`) for the three jobs rather than a
-/// probe layer around a platform layer around a drain layer: axum clones
-/// the stack for every request under `Router::layer`, and each layer adds a
-/// reference count, a move of the inner future and a rebuild of the
-/// response.
+/// One service (one future, one `Arc`) for these jobs rather than a layer
+/// for each: axum clones the stack for every request under
+/// `Router::layer`, and each layer adds a reference count, a move of the
+/// inner future and a rebuild of the response.
 ///
 /// The bypass copy is shared by every clone behind a `std` mutex, held only
 /// while it is called (never across an await): axum clones a route's
@@ -87,8 +90,8 @@ impl fmt::Debug for PlatformPaths {
 /// response future, as `tower::util::Oneshot` would.
 pub struct Platform<P, B> {
     protected: P,
-    /// The probes, the paths, the drain and the bypass behind one `Arc`: a
-    /// clone of the service counts one reference.
+    /// The probes, the paths, the drain, the rate limit and the bypass
+    /// behind one `Arc`: a clone of the service counts one reference.
     shared: Arc<Shared<B>>,
 }
 
@@ -96,23 +99,33 @@ struct Shared<B> {
     probes: Arc<ProbeShared>,
     paths: Arc<PlatformPaths>,
     drain: Arc<Laned<DrainState>>,
+    rate_limit: Option<Arc<RateLimitShared>>,
     bypass: Mutex<B>,
 }
 
+/// What the front serves with, besides the two services.
+pub(crate) struct Parts {
+    pub(crate) paths: Arc<PlatformPaths>,
+    pub(crate) probes: Arc<ProbeShared>,
+    pub(crate) drain: Arc<Laned<DrainState>>,
+    pub(crate) rate_limit: Option<Arc<RateLimitShared>>,
+}
+
 impl<P, B> Platform<P, B> {
-    pub(crate) fn new(
-        protected: P,
-        bypass: B,
-        paths: Arc<PlatformPaths>,
-        probes: Arc<ProbeShared>,
-        drain: Arc<Laned<DrainState>>,
-    ) -> Self {
+    pub(crate) fn new(protected: P, bypass: B, parts: Parts) -> Self {
+        let Parts {
+            paths,
+            probes,
+            drain,
+            rate_limit,
+        } = parts;
         Self {
             protected,
             shared: Arc::new(Shared {
                 probes,
                 paths,
                 drain,
+                rate_limit,
                 bypass: Mutex::new(bypass),
             }),
         }
@@ -143,12 +156,12 @@ impl<P, B> fmt::Debug for Platform<P, B> {
 
 impl<P, B, ReqB, PB, BB> Service<Request<ReqB>> for Platform<P, B>
 where
-    P: Service<Request<ReqB>, Response = Response<PB>>,
+    P: Service<Request<ReqB>, Response = Response<PB>> + Clone,
     B: Service<Request<ReqB>, Response = Response<BB>, Error = P::Error> + Clone,
 {
     type Response = Response<ResponseBody<PlatformBody<PB, BB>>>;
     type Error = P::Error;
-    type Future = PlatformFuture<P::Future, B, Request<ReqB>>;
+    type Future = PlatformFuture<P, B, ReqB>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -177,11 +190,26 @@ where
         };
         // The layers below read the protocol from the pin.
         let _pin = protocol.pin(req.headers());
+        // With a rate limit: one clock reading for its decision and every
+        // layer below.
+        let _clock = self
+            .shared
+            .rate_limit
+            .as_ref()
+            .map(|_| crate::util::clock::pin());
+        let headers = match &self.shared.rate_limit {
+            None => None,
+            Some(rate_limit) => match rate_limit.decide(&req) {
+                Decision::Admit(headers) => headers,
+                decision => return self.call_deferred(req, decision, guard, facts, protocol),
+            },
+        };
         PlatformFuture {
             protected: Some(self.protected.call(req)),
             guard: Some(guard),
             facts,
             protocol,
+            headers,
             other: Other::None,
         }
     }
@@ -189,8 +217,9 @@ where
 
 impl<P, B> Platform<P, B> {
     #[cold]
-    fn call_bypass<ReqB, PF>(&mut self, req: Request<ReqB>) -> PlatformFuture<PF, B, Request<ReqB>>
+    fn call_bypass<ReqB>(&mut self, req: Request<ReqB>) -> PlatformFuture<P, B, ReqB>
     where
+        P: Service<Request<ReqB>>,
         B: Service<Request<ReqB>> + Clone,
     {
         let mut bypass = lock(&self.shared.bypass);
@@ -207,39 +236,78 @@ impl<P, B> Platform<P, B> {
         };
         PlatformFuture::other(other, Protocol::Http)
     }
+
+    /// A request the rate limit did not admit at once: refused, or left to
+    /// wait (still counted in flight by the drain).
+    #[cold]
+    fn call_deferred<ReqB>(
+        &mut self,
+        req: Request<ReqB>,
+        decision: Decision,
+        guard: Guard,
+        facts: Facts,
+        protocol: Protocol,
+    ) -> PlatformFuture<P, B, ReqB>
+    where
+        P: Service<Request<ReqB>> + Clone,
+        B: Service<Request<ReqB>>,
+    {
+        let rate_limit = self.shared.rate_limit.as_ref().expect("deciding");
+        let other = match defer(rate_limit, &mut self.protected, req, decision) {
+            Ok(later) => Other::Later { later },
+            Err(rejection) => Other::Refused {
+                rejection: Some(rejection),
+            },
+        };
+        PlatformFuture {
+            protected: None,
+            guard: Some(guard),
+            facts,
+            protocol,
+            headers: None,
+            other,
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
     /// The response future of [`Platform`].
-    pub struct PlatformFuture<PF, B: Service<Req>, Req> {
+    pub struct PlatformFuture<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> {
         // The protected request's future in a field of its own rather than
         // in a variant of `other`: it is moved into place once, not into a
         // variant first (the drain's future does the same).
         #[pin]
-        protected: Option<PF>,
+        protected: Option<P::Future>,
+        // The drain's count of the request, until its answer's body ends.
         guard: Option<Guard>,
         facts: Facts,
         protocol: Protocol,
+        // The rate limit's headers for an admitted answer.
+        headers: Option<Box<Rendered>>,
         #[pin]
-        other: Other<B, Req>,
+        other: Other<P, B, ReqB>,
     }
 }
 
 pin_project_lite::pin_project! {
     #[project = OtherProj]
-    enum Other<B: Service<Req>, Req> {
+    enum Other<P, B: Service<Request<ReqB>>, ReqB> {
         // A protected request: its future is in `protected`.
         None,
+        // Refused by the drain (no guard) or the rate limit (the guard, let
+        // go once the refusal is built).
         Refused { rejection: Option<Box<Rejection>> },
+        // Waiting for the rate limit's decision.
+        Later { later: Later<P, ReqB> },
         Probe { answer: ProbeAnswer },
         Bypass { #[pin] future: B::Future },
-        NotReady { service: B, request: Option<Req> },
+        NotReady { service: B, request: Option<Request<ReqB>> },
         Failed { error: Option<B::Error> },
     }
 }
 
-impl<PF, B: Service<Req>, Req> PlatformFuture<PF, B, Req> {
-    fn other(other: Other<B, Req>, protocol: Protocol) -> Self {
+impl<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> PlatformFuture<P, B, ReqB> {
+    fn other(other: Other<P, B, ReqB>, protocol: Protocol) -> Self {
         Self {
             protected: None,
             guard: None,
@@ -248,48 +316,83 @@ impl<PF, B: Service<Req>, Req> PlatformFuture<PF, B, Req> {
                 grpc: false,
             },
             protocol,
+            headers: None,
             other,
         }
     }
 }
 
-impl<PF, B: Service<Req>, Req> fmt::Debug for PlatformFuture<PF, B, Req> {
+impl<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> fmt::Debug
+    for PlatformFuture<P, B, ReqB>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("PlatformFuture")
     }
 }
 
-impl<PF, B, Req, PB, BB, E> Future for PlatformFuture<PF, B, Req>
+impl<P, B, ReqB, PB, BB, E> Future for PlatformFuture<P, B, ReqB>
 where
-    PF: Future<Output = Result<Response<PB>, E>>,
-    B: Service<Req, Response = Response<BB>, Error = E>,
+    P: Service<Request<ReqB>, Response = Response<PB>, Error = E>,
+    B: Service<Request<ReqB>, Response = Response<BB>, Error = E>,
 {
     type Output = Result<Response<ResponseBody<PlatformBody<PB, BB>>>, E>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some(future) = this.protected.as_pin_mut() {
-            return Poll::Ready(
-                match std::task::ready!(poll_admitted(future, this.guard, this.facts.http1, cx)) {
-                    Ok((result, guard)) => result.map(|res| {
-                        track(res, guard, *this.facts, |body| {
-                            ResponseBody::new(PlatformBody {
-                                inner: BodyEither::Protected { body },
-                            })
-                        })
-                    }),
-                    Err(rejection) => Ok(rejection.into_response(*this.protocol)),
-                },
-            );
-        }
-        let mut other = this.other;
+        let mut this = self.project();
         loop {
-            return match other.as_mut().project() {
+            if let Some(future) = this.protected.as_mut().as_pin_mut() {
+                return Poll::Ready(
+                    match std::task::ready!(poll_admitted(future, this.guard, this.facts.http1, cx))
+                    {
+                        Ok((mut result, guard)) => {
+                            if let (Some(headers), Ok(res)) = (this.headers.take(), &mut result) {
+                                headers.apply(res.headers_mut());
+                            }
+                            result.map(|res| {
+                                track(res, guard, *this.facts, |body| {
+                                    ResponseBody::new(PlatformBody {
+                                        inner: BodyEither::Protected { body },
+                                    })
+                                })
+                            })
+                        }
+                        Err(rejection) => Ok(rejection.into_response(*this.protocol)),
+                    },
+                );
+            }
+            return match this.other.as_mut().project() {
                 OtherProj::None => panic!("polled after completion"),
                 OtherProj::Refused { rejection } => {
                     let rejection = rejection.take().expect("polled after completion");
-                    Poll::Ready(Ok(rejection.into_response(*this.protocol)))
+                    let mut res = rejection.into_response(*this.protocol);
+                    if let Some(guard) = this.guard.take() {
+                        close_if_stopping(&mut res, &guard, *this.facts);
+                    }
+                    Poll::Ready(Ok(res))
+                }
+                OtherProj::Later { later } => {
+                    let guard = this.guard.as_mut().expect("polled after completion");
+                    match std::task::ready!(poll_unless_aborted(guard, cx, |cx| {
+                        later.poll_settle(cx)
+                    })) {
+                        Some(Ok((future, headers))) => {
+                            this.protected.set(Some(future));
+                            *this.headers = headers;
+                            this.other.set(Other::None);
+                            continue;
+                        }
+                        Some(Err(rejection)) => {
+                            this.other.set(Other::Refused {
+                                rejection: Some(rejection),
+                            });
+                            continue;
+                        }
+                        None => {
+                            let rejection = aborted(this.guard, this.facts.http1);
+                            Poll::Ready(Ok(rejection.into_response(*this.protocol)))
+                        }
+                    }
                 }
                 OtherProj::Probe { answer } => answer
                     .as_mut()
@@ -310,7 +413,7 @@ where
                     }
                     let req = request.take().expect("polled after completion");
                     let future = service.call(req);
-                    other.set(Other::Bypass { future });
+                    this.other.set(Other::Bypass { future });
                     continue;
                 }
                 OtherProj::Failed { error } => {

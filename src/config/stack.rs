@@ -11,13 +11,13 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::catch_panic::{CatchPanic, CatchPanicLayer};
-use super::platform::{Platform, PlatformPaths};
+use super::platform::{Parts, Platform, PlatformPaths};
 use super::routes::{BreakerLayer, Breakers, RouteBreaker, RouteBreakers};
 use super::{BreakerReadiness, ConfigErrors, RampartConfig};
 use crate::circuit_breaker::CircuitBreakerHandle;
 use crate::concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 use crate::health::{Check, HealthRegistry, ProbeLayer};
-use crate::rate_limit::{RateLimit, RateLimitLayer};
+use crate::rate_limit::RateLimitLayer;
 use crate::rejection::ResponseBody;
 use crate::shutdown::{DrainLayer, Shutdown};
 use crate::timeout::{Timeout, TimeoutLayer};
@@ -234,10 +234,8 @@ impl fmt::Debug for RampartLayer {
 
 /// The service made by [`RampartLayer`] around `S`: the front (probes,
 /// platform endpoints and the drain, [`Platform`]) around the protections.
-pub type RampartService<S> = Platform<
-    OptionalRateLimit<OptionalConcurrency<RouteBreaker<Timeout<CatchPanic<S>>>>>,
-    CatchPanic<S>,
->;
+pub type RampartService<S> =
+    Platform<OptionalConcurrency<RouteBreaker<Timeout<CatchPanic<S>>>>, CatchPanic<S>>;
 
 /// `S` is cloned once per `layer()` call (not per request): one copy for
 /// the platform's endpoints, one behind the protections.
@@ -256,16 +254,15 @@ impl<S: Clone> Layer<S> for RampartLayer {
             Some(c) => OptionalConcurrency::On(c.layer(svc)),
             None => OptionalConcurrency::Off(svc),
         };
-        let svc = match &self.rate_limit {
-            Some(rl) => OptionalRateLimit::On(rl.layer(svc)),
-            None => OptionalRateLimit::Off(svc),
-        };
         Platform::new(
             svc,
             bypass,
-            Arc::clone(&self.platform),
-            Arc::clone(&self.probe.shared),
-            Arc::clone(self.drain.state()),
+            Parts {
+                paths: Arc::clone(&self.platform),
+                probes: Arc::clone(&self.probe.shared),
+                drain: Arc::clone(self.drain.state()),
+                rate_limit: self.rate_limit.as_ref().map(|rl| Arc::clone(&rl.shared)),
+            },
         )
     }
 }
@@ -280,10 +277,6 @@ pub enum Optional<On, Off> {
     /// The layer is left out: requests go straight through.
     Off(Off),
 }
-
-/// The rate limit, or a pass-through when the config has no `[rate_limit]`
-/// section.
-pub type OptionalRateLimit<S> = Optional<RateLimit<S>, S>;
 
 /// The concurrency limit, or a pass-through when the config has no
 /// `[concurrency]` section.

@@ -36,16 +36,85 @@ pub(crate) struct Deciding<S, ReqB> {
     pub(crate) shared: Arc<Shared>,
 }
 
-#[cfg(not(feature = "redis"))]
-pub(crate) type Deciding<S, ReqB> = std::marker::PhantomData<(S, ReqB)>;
+/// A request the rate limit has neither admitted nor refused yet: waiting
+/// for room, or for the Redis store's answer. Holds a ready copy of the
+/// inner service and the request, to call it once admitted. Used by the
+/// rate limit's future and by the stack's front.
+pub(crate) enum Later<S, ReqB> {
+    /// Waiting mode: asleep until the quota has room.
+    Waiting(Box<Waiting<S, ReqB>>),
+    /// The Redis store is deciding.
+    #[cfg(feature = "redis")]
+    Deciding(Box<Deciding<S, ReqB>>),
+}
+
+/// The inner service's future and the headers for its response, or the
+/// refusal: what a [`Later`] ends in.
+pub(crate) type Settled<F> = Result<(F, Option<Box<Rendered>>), Box<Rejection>>;
+
+impl<S, ReqB> Later<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    /// Drives the decision; once admitted, calls the inner service.
+    pub(crate) fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<Settled<S::Future>> {
+        match self {
+            #[cfg(feature = "redis")]
+            Self::Deciding(deciding) => {
+                let (slots, outcome) = ready!(deciding.future.as_mut().poll(cx));
+                Poll::Ready(match deciding.shared.finish_remote(&slots, outcome) {
+                    Decision::Refuse(rejection) => Err(rejection),
+                    Decision::Admit(headers) => {
+                        let (Some(mut service), Some(request)) =
+                            (deciding.service.take(), deciding.request.take())
+                        else {
+                            panic!("polled after completion");
+                        };
+                        Ok((service.call(request), headers))
+                    }
+                    _ => unreachable!("the redis store neither waits nor defers"),
+                })
+            }
+            Self::Waiting(waiting) => loop {
+                ready!(waiting.sleep.as_mut().poll(cx));
+                let waiting = &mut **waiting;
+                let decision = match waiting.shared.acquire(&mut waiting.slots) {
+                    Decision::Wait { wait, quota, .. }
+                        if Instant::now() + wait > waiting.deadline =>
+                    {
+                        waiting.shared.refuse_exhausted(&waiting.slots, quota, wait)
+                    }
+                    other => other,
+                };
+                match decision {
+                    Decision::Admit(headers) => {
+                        let (Some(mut service), Some(request)) =
+                            (waiting.service.take(), waiting.request.take())
+                        else {
+                            panic!("polled after completion");
+                        };
+                        return Poll::Ready(Ok((service.call(request), headers)));
+                    }
+                    Decision::Wait { wait, .. } => {
+                        waiting.sleep.as_mut().reset(Instant::now() + wait);
+                    }
+                    #[cfg(feature = "redis")]
+                    Decision::Deciding(_) => {
+                        unreachable!("waiting mode never uses the redis store")
+                    }
+                    Decision::Refuse(rejection) => return Poll::Ready(Err(rejection)),
+                }
+            },
+        }
+    }
+}
 
 pin_project! {
     #[project = StateProj]
     enum State<F, S, ReqB, C> {
         Called { #[pin] future: F, headers: Option<Box<Rendered>> },
         Rejected { rejection: Option<Box<Rejection>>, cx: C },
-        Waiting { waiting: Box<Waiting<S, ReqB>>, cx: C },
-        Deciding { deciding: Box<Deciding<S, ReqB>>, cx: C },
+        Later { later: Later<S, ReqB>, cx: C },
     }
 }
 
@@ -82,16 +151,9 @@ where
         }
     }
 
-    #[cfg(feature = "redis")]
-    pub(crate) fn deciding(deciding: Box<Deciding<S, ReqB>>, cx: M::Context) -> Self {
+    pub(crate) fn later(later: Later<S, ReqB>, cx: M::Context) -> Self {
         Self {
-            state: State::Deciding { deciding, cx },
-        }
-    }
-
-    pub(crate) fn waiting(waiting: Box<Waiting<S, ReqB>>, cx: M::Context) -> Self {
-        Self {
-            state: State::Waiting { waiting, cx },
+            state: State::Later { later, cx },
         }
     }
 }
@@ -122,72 +184,14 @@ where
                         .expect("ResponseFuture polled after completion");
                     return Poll::Ready(M::rejected(*cx, *rejection));
                 }
-                #[cfg(not(feature = "redis"))]
-                StateProj::Deciding { .. } => unreachable!("no redis store without the feature"),
-                #[cfg(feature = "redis")]
-                StateProj::Deciding {
-                    deciding,
-                    cx: context,
-                } => {
+                StateProj::Later { later, cx: context } => {
                     let context = *context;
-                    let (slots, outcome) = ready!(deciding.future.as_mut().poll(cx));
-                    match deciding.shared.finish_remote(&slots, outcome) {
-                        Decision::Refuse(rejection) => {
-                            this.state.set(State::Rejected {
-                                rejection: Some(rejection),
-                                cx: context,
-                            });
-                        }
-                        Decision::Admit(headers) => {
-                            let (Some(mut service), Some(request)) =
-                                (deciding.service.take(), deciding.request.take())
-                            else {
-                                panic!("ResponseFuture polled after completion");
-                            };
-                            let future = service.call(request);
-                            this.state.set(State::Called { future, headers });
-                        }
-                        _ => unreachable!("the redis store neither waits nor defers"),
-                    }
-                }
-                StateProj::Waiting {
-                    waiting,
-                    cx: context,
-                } => {
-                    let context = *context;
-                    ready!(waiting.sleep.as_mut().poll(cx));
-                    let waiting = &mut **waiting;
-                    let decision = match waiting.shared.acquire(&mut waiting.slots) {
-                        Decision::Wait { wait, quota, .. }
-                            if Instant::now() + wait > waiting.deadline =>
-                        {
-                            waiting.shared.refuse_exhausted(&waiting.slots, quota, wait)
-                        }
-                        other => other,
-                    };
-                    match decision {
-                        Decision::Admit(headers) => {
-                            let (Some(mut service), Some(request)) =
-                                (waiting.service.take(), waiting.request.take())
-                            else {
-                                panic!("ResponseFuture polled after completion");
-                            };
-                            let future = service.call(request);
-                            this.state.set(State::Called { future, headers });
-                        }
-                        Decision::Wait { wait, .. } => {
-                            waiting.sleep.as_mut().reset(Instant::now() + wait);
-                        }
-                        #[cfg(feature = "redis")]
-                        Decision::Deciding(_) => {
-                            unreachable!("waiting mode never uses the redis store")
-                        }
-                        Decision::Refuse(rejection) => {
-                            this.state.set(State::Rejected {
-                                rejection: Some(rejection),
-                                cx: context,
-                            });
-                        }
+                    match ready!(later.poll_settle(cx)) {
+                        Ok((future, headers)) => this.state.set(State::Called { future, headers }),
+                        Err(rejection) => this.state.set(State::Rejected {
+                            rejection: Some(rejection),
+                            cx: context,
+                        }),
                     }
                 }
             }

@@ -205,7 +205,8 @@ pub use redis::RedisTls;
 pub use redis::{FailurePolicy, RedisStore};
 pub use store::{StoreHealth, StoreState};
 
-use self::engine::{Decision, Shared};
+pub(crate) use self::engine::{Decision, Shared};
+pub(crate) use self::future::Later;
 use self::future::Waiting;
 use crate::rejection::{HttpMode, Mode};
 
@@ -349,40 +350,55 @@ impl<S, M> RateLimit<S, M> {
     {
         match self.shared.decide(&req) {
             Decision::Admit(headers) => ResponseFuture::called(self.inner.call(req), headers),
-            Decision::Refuse(rejection) => ResponseFuture::rejected(rejection, M::context(&req)),
-            #[cfg(feature = "redis")]
-            Decision::Deciding(future) => {
+            decision => {
                 let cx = M::context(&req);
-                let ready = self.inner.clone();
-                let service = std::mem::replace(&mut self.inner, ready);
-                ResponseFuture::deciding(
-                    Box::new(future::Deciding {
-                        future,
-                        service: Some(service),
-                        request: Some(req),
-                        shared: Arc::clone(&self.shared),
-                    }),
-                    cx,
-                )
+                match defer(&self.shared, &mut self.inner, req, decision) {
+                    Ok(later) => ResponseFuture::later(later, cx),
+                    Err(rejection) => ResponseFuture::rejected(rejection, cx),
+                }
             }
-            Decision::Wait { wait, slots, .. } => {
-                let cx = M::context(&req);
-                let max = self.shared.wait.unwrap_or(wait);
-                let now = crate::util::clock::now();
-                let ready = self.inner.clone();
-                let service = std::mem::replace(&mut self.inner, ready);
-                ResponseFuture::waiting(
-                    Box::new(Waiting {
-                        sleep: Box::pin(tokio::time::sleep_until(now + wait)),
-                        deadline: now + max,
-                        service: Some(service),
-                        request: Some(req),
-                        slots: slots.map(|s| *s).unwrap_or_default(),
-                        shared: Arc::clone(&self.shared),
-                    }),
-                    cx,
-                )
-            }
+        }
+    }
+}
+
+/// A request the rate limit did not admit at once (`decision` is not
+/// `Admit`): its refusal, or the [`Later`] that will settle it, holding the
+/// ready `inner` (replaced in place by a clone) and the request. Used by the
+/// rate limit and by the stack's front.
+pub(crate) fn defer<S, ReqB>(
+    shared: &Arc<Shared>,
+    inner: &mut S,
+    req: Request<ReqB>,
+    decision: Decision,
+) -> Result<Later<S, ReqB>, Box<crate::Rejection>>
+where
+    S: Service<Request<ReqB>> + Clone,
+{
+    let mut take_ready = || {
+        let fresh = inner.clone();
+        std::mem::replace(inner, fresh)
+    };
+    match decision {
+        Decision::Admit(_) => unreachable!("an admitted request is called in place"),
+        Decision::Refuse(rejection) => Err(rejection),
+        #[cfg(feature = "redis")]
+        Decision::Deciding(future) => Ok(Later::Deciding(Box::new(future::Deciding {
+            future,
+            service: Some(take_ready()),
+            request: Some(req),
+            shared: Arc::clone(shared),
+        }))),
+        Decision::Wait { wait, slots, .. } => {
+            let max = shared.wait.unwrap_or(wait);
+            let now = crate::util::clock::now();
+            Ok(Later::Waiting(Box::new(Waiting {
+                sleep: Box::pin(tokio::time::sleep_until(now + wait)),
+                deadline: now + max,
+                service: Some(take_ready()),
+                request: Some(req),
+                slots: slots.map(|s| *s).unwrap_or_default(),
+                shared: Arc::clone(shared),
+            })))
         }
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
@@ -86,8 +86,7 @@ where
 
 /// Polls an admitted request's inner future, raced against the
 /// coordinator's abort signal: the result with the request's guard, or,
-/// aborted at the drain deadline, the refusal to answer (the guard is then
-/// dropped, counted as aborted, and the inner future goes with the caller's).
+/// aborted at the drain deadline, the refusal to answer (see [`aborted`]).
 /// Shared by the drain layer and the stack's front.
 #[inline]
 pub(crate) fn poll_admitted<F: Future>(
@@ -97,22 +96,44 @@ pub(crate) fn poll_admitted<F: Future>(
     cx: &mut Context<'_>,
 ) -> Poll<Result<(F::Output, Guard), Rejection>> {
     let g = guard.as_mut().expect("polled after completion");
-    if !g.check_aborted() {
-        match future.poll(cx) {
-            Poll::Ready(result) => {
-                return Poll::Ready(Ok((result, guard.take().expect("present"))));
-            }
+    Poll::Ready(
+        match ready!(poll_unless_aborted(g, cx, |cx| future.poll(cx))) {
+            Some(output) => Ok((output, guard.take().expect("present"))),
+            None => Err(aborted(guard, http1)),
+        },
+    )
+}
+
+/// Polls `poll` for an admitted request unless the drain deadline has
+/// aborted it (then `None`); while it is pending, the task is woken by the
+/// abort too.
+#[inline]
+pub(crate) fn poll_unless_aborted<T>(
+    guard: &mut Guard,
+    cx: &mut Context<'_>,
+    poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+) -> Poll<Option<T>> {
+    if !guard.check_aborted() {
+        match poll(cx) {
+            Poll::Ready(output) => return Poll::Ready(Some(output)),
             Poll::Pending => {
-                if !g.register(cx.waker()) {
+                if !guard.register(cx.waker()) {
                     return Poll::Pending;
                 }
             }
         }
     }
-    let g = guard.take().expect("present");
+    Poll::Ready(None)
+}
+
+/// The answer to a request aborted at the drain deadline: its guard is
+/// dropped (counted as aborted); the caller drops the inner future with
+/// its own.
+pub(crate) fn aborted(guard: &mut Option<Guard>, http1: bool) -> Rejection {
+    let g = guard.take().expect("polled after completion");
     let rejection = g.state().aborted_rejection(http1);
     drop(g);
-    Poll::Ready(Err(rejection))
+    rejection
 }
 
 impl<F, Req, M, C: fmt::Debug> fmt::Debug for ResponseFuture<F, Req, M, C> {

@@ -143,7 +143,7 @@ pub use stream::UntilDraining;
 use crate::rejection::{ErrorMode, HttpMode, Protocol, ProtocolPin, ResponseBody};
 use crate::util::lanes::Laned;
 #[cfg(feature = "config")] // the stack's front
-pub(crate) use future::poll_admitted;
+pub(crate) use future::{aborted, poll_admitted, poll_unless_aborted};
 pub(crate) use state::Guard;
 pub(crate) use state::State;
 
@@ -384,11 +384,17 @@ pub(crate) fn track<B, T>(
     facts: Facts,
     wrap: impl FnOnce(DrainBody<B>) -> T,
 ) -> Response<T> {
+    close_if_stopping(&mut res, &guard, facts);
+    res.map(|body| wrap(DrainBody::new(body, guard, facts.grpc)))
+}
+
+/// Once shutdown has started, an HTTP/1 answer closes its connection.
+#[inline]
+pub(crate) fn close_if_stopping<B>(res: &mut Response<B>, guard: &Guard, facts: Facts) {
     if facts.http1 && guard.state().phase() >= Phase::ShutdownRequested {
         res.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    res.map(|body| wrap(DrainBody::new(body, guard, facts.grpc)))
 }
 
 impl<Req, Res, E: Into<BoxError>> DrainMode<Req, Res, E> for ErrorMode {

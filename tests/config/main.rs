@@ -17,3 +17,7 @@ mod platform_bypass;
 
 /// The shared `Rejection` reaches a real client intact.
 mod rejection_answer;
+
+/// The rate limit in the stack (its front decides): waiting mode, the
+/// `RateLimit` fields on admitted answers, a wait cut off by the drain.
+mod rate_limit_in_the_stack;

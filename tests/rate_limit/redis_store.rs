@@ -473,6 +473,49 @@ async fn refusal_over_a_real_server() {
     assert_eq!(r.json()["status"], 429);
 }
 
+/// The stack built from a config with the Redis store: its front takes the
+/// rate limit's decision, which Redis makes (a future the front drives
+/// before it calls the layers below), over a real server and a real Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stack_decides_on_redis_over_a_real_server() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let config = tower_rampart::config::RampartConfig::from_toml(&format!(
+        r#"
+        [shutdown]
+        signals = false
+        [rate_limit]
+        admitted_headers = true
+        quotas = [{{ rate = "2/h", burst = 2, name = "global" }}]
+        store = {{ type = "redis", url = "{}", failure = "fail_closed" }}
+        "#,
+        redis.url()
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let stack = config.stack().build().unwrap();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "hello" }))
+        .layer(stack.layer());
+    let addr = common::serve(app).await;
+    for left in ["1", "0"] {
+        let r = common::get(addr, "/").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, "hello");
+        assert!(
+            r.header("ratelimit")
+                .starts_with(&format!(r#""global";r={left};t="#)),
+            "{}",
+            r.header("ratelimit")
+        );
+    }
+    let r = common::get(addr, "/").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), "1800");
+    assert_eq!(r.json()["status"], 429);
+    assert_eq!(stack.shutdown().in_flight(), 0);
+}
+
 /// A builder on `url` with a per-request cost from `x-cost` (default 1).
 fn costed(
     url: &str,

@@ -1,0 +1,137 @@
+//! The rate limit as the stack runs it: its decision is taken by the
+//! stack's front, after the drain has counted the request and before the
+//! layers below. What the layer does on its own must hold there too:
+//! waiting mode waits (counted in flight, so shutdown waits for it too),
+//! refuses what would wait too long, sends the `RateLimit` fields on
+//! admitted answers when asked, and a request still waiting at the drain
+//! deadline is answered as aborted.
+#![cfg(feature = "config")]
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+use tower_rampart::config::RampartConfig;
+
+fn config(rate_limit: &str) -> RampartConfig {
+    let toml = format!(
+        r#"
+        [shutdown]
+        shutdown_delay = "0s"
+        drain_timeout = "10s"
+        signals = false
+        [timeout]
+        timeout = "5s"
+        [rate_limit]
+        {rate_limit}
+        "#
+    );
+    RampartConfig::from_toml(&toml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Answers `ok` at once.
+fn app() -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone
++ Send {
+    tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::from("ok")))
+    })
+}
+
+fn get() -> Request<Full<Bytes>> {
+    Request::get("/api").body(Full::default()).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_mode_waits_for_room_and_refuses_a_longer_wait_at_once() {
+    let waiting = config(
+        r#"
+        wait = "1500ms"
+        admitted_headers = true
+        quotas = [{ rate = "1/s", burst = 1 }]
+        "#,
+    );
+    let stack = waiting.stack().build().unwrap();
+    let svc = stack.layer().layer(app());
+
+    // Admitted at once, with the `RateLimit` fields (asked for).
+    let first = svc.clone().oneshot(get()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(
+        first.headers().contains_key("ratelimit"),
+        "{:?}",
+        first.headers()
+    );
+    drop(first);
+
+    // The next one waits a second for room, counted in flight meanwhile.
+    let start = Instant::now();
+    let second = tokio::spawn(svc.clone().oneshot(get()));
+    tokio::task::yield_now().await;
+    assert_eq!(stack.shutdown().in_flight(), 1);
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    let body = second.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "ok");
+    assert_eq!(stack.shutdown().in_flight(), 0);
+
+    // With room only after more than `wait`: refused at once.
+    let short = config(
+        r#"
+        wait = "500ms"
+        quotas = [{ rate = "1/s", burst = 1 }]
+        "#,
+    );
+    let stack = short.stack().build().unwrap();
+    let svc = stack.layer().layer(app());
+    let first = svc.clone().oneshot(get()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let start = Instant::now();
+    let second = svc.clone().oneshot(get()).await.unwrap();
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(second.headers()["retry-after"], "1");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_still_waiting_at_the_drain_deadline_is_answered_as_aborted() {
+    let config = config(
+        r#"
+        wait = "2m"
+        quotas = [{ rate = "1/m", burst = 1 }]
+        "#,
+    );
+    let stack = config.stack().build().unwrap();
+    let svc = stack.layer().layer(app());
+    assert_eq!(
+        svc.clone().oneshot(get()).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    // Waits a minute for room; shutdown starts meanwhile, and the drain
+    // (10 s) ends before the wait does.
+    let waiting = tokio::spawn(svc.clone().oneshot(get()));
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    stack.shutdown().trigger();
+    let res = waiting.await.unwrap().unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["connection"], "close");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("aborted at the drain deadline"),
+        "{body:?}"
+    );
+    let report = stack.shutdown().done().await;
+    assert_eq!((report.finished, report.aborted), (0, 1), "{report:?}");
+}
