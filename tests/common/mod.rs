@@ -126,6 +126,34 @@ pub fn ok_service() -> impl tower::Service<
     })
 }
 
+/// A response body that yields one chunk, `tick`, then never ends (a
+/// stream a client keeps open).
+pub struct Endless(bool);
+
+impl Endless {
+    /// A new endless body.
+    pub fn new() -> Self {
+        Self(false)
+    }
+}
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if std::mem::replace(&mut self.0, true) {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                b"tick",
+            )))))
+        }
+    }
+}
+
 /// Reads a child process's stdout line by line on a thread, so a test can
 /// wait for a line with a timeout (`recv_timeout`) without blocking on the
 /// pipe. Takes the child's stdout (it must be `Stdio::piped()`).

@@ -7,15 +7,16 @@
 //! deadline is answered as aborted.
 #![cfg(feature = "config")]
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 use tower_rampart::config::RampartConfig;
+
+use crate::common::ok_service;
 
 fn config(rate_limit: &str) -> RampartConfig {
     let toml = format!(
@@ -33,19 +34,6 @@ fn config(rate_limit: &str) -> RampartConfig {
     RampartConfig::from_toml(&toml).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Answers `ok` at once.
-fn app() -> impl tower::Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future: Send,
-> + Clone
-+ Send {
-    tower::service_fn(|_req: Request<Full<Bytes>>| async {
-        Ok::<_, Infallible>(Response::new(Full::from("ok")))
-    })
-}
-
 fn get() -> Request<Full<Bytes>> {
     Request::get("/api").body(Full::default()).unwrap()
 }
@@ -60,7 +48,7 @@ async fn waiting_mode_waits_for_room_and_refuses_a_longer_wait_at_once() {
         "#,
     );
     let stack = waiting.stack().build().unwrap();
-    let svc = stack.layer().layer(app());
+    let svc = stack.layer().layer(ok_service());
 
     // Admitted at once, with the `RateLimit` fields (asked for).
     let first = svc.clone().oneshot(get()).await.unwrap();
@@ -92,7 +80,7 @@ async fn waiting_mode_waits_for_room_and_refuses_a_longer_wait_at_once() {
         "#,
     );
     let stack = short.stack().build().unwrap();
-    let svc = stack.layer().layer(app());
+    let svc = stack.layer().layer(ok_service());
     let first = svc.clone().oneshot(get()).await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
     let start = Instant::now();
@@ -111,7 +99,7 @@ async fn a_request_still_waiting_at_the_drain_deadline_is_answered_as_aborted() 
         "#,
     );
     let stack = config.stack().build().unwrap();
-    let svc = stack.layer().layer(app());
+    let svc = stack.layer().layer(ok_service());
     assert_eq!(
         svc.clone().oneshot(get()).await.unwrap().status(),
         StatusCode::OK

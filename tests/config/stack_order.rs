@@ -359,33 +359,15 @@ async fn without_a_rate_limit_section_nothing_is_limited() {
 /// the drain deadline is cut off there and counted as aborted.
 #[tokio::test(start_paused = true)]
 async fn in_flight_requests_hold_the_drain_and_open_bodies_are_cut_at_its_deadline() {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use http_body::Frame;
     use tokio::time::Instant;
 
-    /// One chunk, then never the end.
-    struct Endless(bool);
-    impl http_body::Body for Endless {
-        type Data = Bytes;
-        type Error = Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            if std::mem::replace(&mut self.0, true) {
-                Poll::Pending
-            } else {
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"tick")))))
-            }
-        }
-    }
+    use crate::common::Endless;
+
     let app = tower::service_fn(|req: Request<Full<Bytes>>| async move {
         if req.uri().path() == "/slow" {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
-        Ok::<_, Infallible>(Response::new(Endless(req.uri().path() == "/slow")))
+        Ok::<_, Infallible>(Response::new(Endless::new()))
     });
     let config = config(
         r#"

@@ -1,6 +1,7 @@
 //! Shutdown coordinator and drain layer: phase timing on paused time, then
 //! real servers on loopback.
 use crate::common;
+use crate::common::Endless;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -219,29 +220,11 @@ async fn a_handler_that_never_returns_is_aborted_at_the_deadline() {
     assert_eq!(sd.in_flight(), 0);
 }
 
-/// A body that yields one chunk, then never ends.
-struct Endless(bool);
-impl Body for Endless {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.0 {
-            Poll::Pending
-        } else {
-            self.0 = true;
-            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"tick")))))
-        }
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn an_open_stream_is_cut_at_the_deadline() {
     let sd = coordinator(Duration::ZERO, Duration::from_secs(5));
     let stream = tower::service_fn(|_req: Request<Full<Bytes>>| async {
-        Ok::<_, Infallible>(Response::new(Endless(false)))
+        Ok::<_, Infallible>(Response::new(Endless::new()))
     });
     let svc = sd.drain_layer().layer(stream);
     let res = svc.oneshot(req()).await.unwrap();
@@ -264,7 +247,7 @@ async fn an_open_stream_is_cut_at_the_deadline() {
 async fn an_open_grpc_stream_ends_with_unavailable_trailers() {
     let sd = coordinator(Duration::ZERO, Duration::from_secs(5));
     let stream = tower::service_fn(|_req: Request<Full<Bytes>>| async {
-        let mut res = Response::new(Endless(false));
+        let mut res = Response::new(Endless::new());
         res.headers_mut()
             .insert("content-type", "application/grpc".parse().unwrap());
         Ok::<_, Infallible>(res)
@@ -475,7 +458,7 @@ async fn a_hanging_handler_is_aborted_and_the_server_exits_in_time() {
         .route("/hang", get(std::future::pending::<&'static str>))
         .route(
             "/stream",
-            get(|| async { axum::body::Body::new(Endless(false)) }),
+            get(|| async { axum::body::Body::new(Endless::new()) }),
         );
     let server = serve_until(app, &sd, sd.draining()).await;
     let addr = server.addr;
