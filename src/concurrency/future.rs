@@ -15,6 +15,7 @@ use super::Observe;
 use super::partition::Criticality;
 use super::queue::Slot;
 use super::state::{Permit, Reason, Shared};
+use crate::Rejection;
 use crate::rejection::{HttpMode, Mode, Protocol};
 
 pin_project! {
@@ -40,20 +41,30 @@ pin_project! {
     enum State<F> {
         Running { #[pin] future: F },
         Waiting,
-        Rejected { shared: Arc<Shared>, class: Criticality, reason: Reason },
+        Rejected { rejection: Option<Box<Rejection>> },
         Done,
     }
 }
 
 pin_project! {
-    /// A request waiting in the queue: the service to call, the request,
-    /// the timer of its maximum wait and its place in the queue.
+    /// A request waiting in the queue: its place, the service to call and
+    /// the request.
     pub(crate) struct Waiting<S, Req> {
+        #[pin]
+        queued: Queued,
+        svc: S,
+        req: Option<Req>,
+    }
+}
+
+pin_project! {
+    /// A place in the queue and the timer of its maximum wait; settles to
+    /// a slot ([`Permit`]) or a refusal. Used by the concurrency limit's
+    /// future and by the stack's front.
+    pub(crate) struct Queued {
         #[pin]
         sleep: Sleep,
         ticket: Ticket,
-        svc: S,
-        req: Option<Req>,
     }
 }
 
@@ -82,6 +93,57 @@ impl Drop for Ticket {
     }
 }
 
+impl Queued {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        slot: Slot,
+        class: Criticality,
+        deadline: Option<u64>,
+        until: Instant,
+    ) -> Self {
+        shared.metrics.queued.increment(1.0);
+        Self {
+            sleep: tokio::time::sleep_until(until),
+            ticket: Ticket {
+                shared,
+                slot: Some(slot),
+                class,
+                deadline,
+            },
+        }
+    }
+
+    /// Waits for a slot: the permit once one is granted, or the refusal
+    /// once the wait is over without one.
+    pub(crate) fn poll_granted(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Permit, Rejection>> {
+        let this = self.project();
+        let ticket = this.ticket;
+        let slot = ticket.slot.as_ref().expect("in the queue");
+        let shared = Arc::clone(&ticket.shared);
+        let queue = shared
+            .queue
+            .as_ref()
+            .expect("a waiting request has a queue");
+        if queue.poll_slot(slot, cx.waker()) {
+            ticket.slot.take();
+        } else {
+            if this.sleep.poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let slot = ticket.slot.take().expect("in the queue");
+            if !queue.leave(&slot) {
+                shared.metrics.queued.decrement(1.0);
+                return Poll::Ready(Err(shared.rejection(ticket.class, Reason::QueueTimeout)));
+            }
+        }
+        shared.metrics.queued.decrement(1.0);
+        Poll::Ready(Ok(shared.permit(ticket.class, ticket.deadline)))
+    }
+}
+
 impl<F, S, Req, M, C> ResponseFuture<F, S, Req, M, C> {
     #[inline]
     pub(crate) fn admitted(future: F, permit: Permit, cx: C) -> Self {
@@ -95,12 +157,10 @@ impl<F, S, Req, M, C> ResponseFuture<F, S, Req, M, C> {
     }
 
     #[cold]
-    pub(crate) fn rejected(shared: Arc<Shared>, class: Criticality, reason: Reason, cx: C) -> Self {
+    pub(crate) fn rejected(rejection: Rejection, cx: C) -> Self {
         Self {
             state: State::Rejected {
-                shared,
-                class,
-                reason,
+                rejection: Some(Box::new(rejection)),
             },
             permit: None,
             waiting: None,
@@ -109,31 +169,13 @@ impl<F, S, Req, M, C> ResponseFuture<F, S, Req, M, C> {
         }
     }
 
-    /// A request queued behind `slot`, waiting until `until` at most.
     #[cold]
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn waiting(
-        shared: Arc<Shared>,
-        slot: Slot,
-        class: Criticality,
-        deadline: Option<u64>,
-        until: Instant,
-        svc: S,
-        req: Req,
-        cx: C,
-    ) -> Self {
-        shared.metrics.queued.increment(1.0);
+    pub(crate) fn waiting(queued: Queued, svc: S, req: Req, cx: C) -> Self {
         Self {
             state: State::Waiting,
             permit: None,
             waiting: Some(Box::pin(Waiting {
-                sleep: tokio::time::sleep_until(until),
-                ticket: Ticket {
-                    shared,
-                    slot: Some(slot),
-                    class,
-                    deadline,
-                },
+                queued,
                 svc,
                 req: Some(req),
             })),
@@ -168,52 +210,26 @@ where
                 StateProj::Waiting => {
                     let waiting = this.waiting.as_mut().expect("waiting state").as_mut();
                     let w = waiting.project();
-                    let slot = w.ticket.slot.as_ref().expect("in the queue");
-                    let shared = Arc::clone(&w.ticket.shared);
-                    let queue = shared
-                        .queue
-                        .as_ref()
-                        .expect("a waiting request has a queue");
-                    let mut granted = queue.poll_slot(slot, cx.waker());
-                    if !granted {
-                        if w.sleep.poll(cx).is_pending() {
-                            return Poll::Pending;
+                    match std::task::ready!(w.queued.poll_granted(cx)) {
+                        Ok(permit) => {
+                            let req = w.req.take().expect("request not yet sent");
+                            let future = w.svc.call(req);
+                            *this.permit = Some(permit);
+                            this.waiting.take();
+                            this.state.set(State::Running { future });
                         }
-                        // Time is up; a grant may still have raced in.
-                        let slot = w.ticket.slot.take().expect("in the queue");
-                        shared.metrics.queued.decrement(1.0);
-                        granted = queue.leave(&slot);
-                        if !granted {
-                            let class = w.ticket.class;
+                        Err(rejection) => {
                             this.waiting.take();
                             this.state.set(State::Rejected {
-                                shared,
-                                class,
-                                reason: Reason::QueueTimeout,
+                                rejection: Some(Box::new(rejection)),
                             });
-                            continue;
                         }
-                    } else {
-                        w.ticket.slot.take();
-                        shared.metrics.queued.decrement(1.0);
                     }
-                    // Granted: the slot is ours; the service was ready when
-                    // it was taken into this future.
-                    let permit = shared.permit(w.ticket.class, w.ticket.deadline);
-                    let req = w.req.take().expect("request not yet sent");
-                    let future = w.svc.call(req);
-                    *this.permit = Some(permit);
-                    this.waiting.take();
-                    this.state.set(State::Running { future });
                 }
-                StateProj::Rejected {
-                    shared,
-                    class,
-                    reason,
-                } => {
-                    let rejection = shared.rejection(*class, *reason);
+                StateProj::Rejected { rejection } => {
+                    let rejection = rejection.take().expect("polled after completion");
                     this.state.set(State::Done);
-                    return Poll::Ready(M::rejected(*this.cx, rejection));
+                    return Poll::Ready(M::rejected(*this.cx, *rejection));
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }

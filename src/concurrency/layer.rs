@@ -132,6 +132,15 @@ impl<S, M> Layer<S> for ConcurrencyLimitLayer<M> {
     }
 }
 
+impl<M> ConcurrencyLimitLayer<M> {
+    /// The limit's state, for the stack's front (which admits requests
+    /// itself rather than through a `ConcurrencyLimit` service).
+    #[cfg(feature = "config")]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
 /// Builds a [`ConcurrencyLimitLayer`], validating every setting.
 ///
 /// ```

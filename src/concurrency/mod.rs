@@ -173,8 +173,10 @@ pub use self::partition::{Criticality, RequestInfo};
 pub use self::queue::QueueOrder;
 pub use limit::{Aimd, Fixed, Gradient2, LimitAlgorithm, Outcome, Sample, Vegas};
 
+pub(crate) use self::future::Queued;
 use self::queue::Enqueued;
-use self::state::{Reason, Shared};
+use self::state::Reason;
+pub(crate) use self::state::{Permit, Shared};
 use crate::metrics_help::{Help, MetricKind};
 use crate::rejection::{ErrorMode, HttpMode, Mode, Protocol, Refused, Rejection, RejectionKind};
 use crate::timeout::{Deadline, DeadlineSource};
@@ -400,32 +402,85 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let shared = &self.shared;
         let cx = M::context(&req);
-        let class = match &shared.partitions {
-            Some(p) => p.classifier.classify(req.info()),
-            None => Criticality::Default,
-        };
-        let deadline = req.deadline();
-        let server_deadline = deadline
-            .filter(|d| d.source() == DeadlineSource::Server)
-            .map(|d| shared.clock.nanos_at(d.instant()));
-        let queue = shared.queue.as_ref();
-        // Nobody waits (or no queue): take a free slot if there is one.
-        if !queue.is_some_and(|q| q.is_occupied()) && shared.try_acquire(class) {
-            let permit = shared.permit(class, server_deadline);
-            return ResponseFuture::admitted(self.inner.call(req), permit, cx);
+        match try_admit(&self.shared, &req) {
+            Ok(permit) => ResponseFuture::admitted(self.inner.call(req), permit, cx),
+            Err(wait) => self.queue(req, wait, cx),
         }
-        let Some(queue) = queue else {
-            return ResponseFuture::rejected(Arc::clone(shared), class, Reason::Limit, cx);
-        };
-        self.queue(
-            req,
-            queue_wait(queue.max_wait, deadline),
+    }
+}
+
+/// A request that found no free slot at once: what the queue needs to know.
+pub(crate) struct Wait {
+    class: Criticality,
+    server_deadline: Option<u64>,
+    deadline: Option<Deadline>,
+}
+
+/// The fast path: a free slot now (nobody waits for one, or there is no
+/// queue), or what [`enqueue`] needs. Used by the concurrency limit and by
+/// the stack's front.
+#[inline]
+pub(crate) fn try_admit<Req: LimitedRequest>(
+    shared: &Arc<Shared>,
+    req: &Req,
+) -> Result<Permit, Wait> {
+    let class = match &shared.partitions {
+        Some(p) => p.classifier.classify(req.info()),
+        None => Criticality::Default,
+    };
+    let deadline = req.deadline();
+    let server_deadline = deadline
+        .filter(|d| d.source() == DeadlineSource::Server)
+        .map(|d| shared.clock.nanos_at(d.instant()));
+    let queue = shared.queue.as_ref();
+    if !queue.is_some_and(|q| q.is_occupied()) && shared.try_acquire(class) {
+        return Ok(shared.permit(class, server_deadline));
+    }
+    Err(Wait {
+        class,
+        server_deadline,
+        deadline,
+    })
+}
+
+/// What the queue did with a request that found no free slot.
+pub(crate) enum Queueing {
+    /// A slot was free after all.
+    Granted(Permit),
+    /// Waiting for one.
+    Queued(Queued),
+    /// No queue, a full queue, or a wait already over.
+    Refused(Rejection),
+}
+
+/// The slow path: queue the request, or refuse it.
+#[cold]
+pub(crate) fn enqueue(shared: &Arc<Shared>, wait: Wait) -> Queueing {
+    let Wait {
+        class,
+        server_deadline,
+        deadline,
+    } = wait;
+    let Some(queue) = shared.queue.as_ref() else {
+        return Queueing::Refused(shared.rejection(class, Reason::Limit));
+    };
+    let until = queue_wait(queue.max_wait, deadline);
+    if until <= Instant::now() {
+        return Queueing::Refused(shared.rejection(class, Reason::QueueTimeout));
+    }
+    // The waker is only used if the request waits: the future's own waker
+    // replaces it on its first poll.
+    match queue.enqueue(shared, class, std::task::Waker::noop()) {
+        Enqueued::Granted => Queueing::Granted(shared.permit(class, server_deadline)),
+        Enqueued::Full => Queueing::Refused(shared.rejection(class, Reason::QueueFull)),
+        Enqueued::Waiting(slot) => Queueing::Queued(Queued::new(
+            Arc::clone(shared),
+            slot,
             class,
             server_deadline,
-            cx,
-        )
+            until,
+        )),
     }
 }
 
@@ -447,32 +502,20 @@ impl<S, M> ConcurrencyLimit<S, M> {
     fn queue<Req, C>(
         &mut self,
         req: Req,
-        until: Instant,
-        class: Criticality,
-        server_deadline: Option<u64>,
+        wait: Wait,
         cx: C,
     ) -> ResponseFuture<S::Future, S, Req, M, C>
     where
         S: Service<Req> + Clone,
     {
-        let shared = Arc::clone(&self.shared);
-        let queue = shared.queue.as_ref().expect("queue configured");
-        if until <= Instant::now() {
-            return ResponseFuture::rejected(shared, class, Reason::QueueTimeout, cx);
-        }
-        // The waker is only used if the request waits: the future's own
-        // waker replaces it on its first poll.
-        match queue.enqueue(&shared, class, std::task::Waker::noop()) {
-            Enqueued::Granted => {
-                let permit = shared.permit(class, server_deadline);
-                ResponseFuture::admitted(self.inner.call(req), permit, cx)
-            }
-            Enqueued::Full => ResponseFuture::rejected(shared, class, Reason::QueueFull, cx),
-            Enqueued::Waiting(slot) => {
+        match enqueue(&self.shared, wait) {
+            Queueing::Granted(permit) => ResponseFuture::admitted(self.inner.call(req), permit, cx),
+            Queueing::Refused(rejection) => ResponseFuture::rejected(rejection, cx),
+            Queueing::Queued(queued) => {
                 // Take the service that was polled ready; leave a clone.
                 let clone = self.inner.clone();
                 let svc = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(shared, slot, class, server_deadline, until, svc, req, cx)
+                ResponseFuture::waiting(queued, svc, req, cx)
             }
         }
     }

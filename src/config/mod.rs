@@ -232,10 +232,7 @@ pub use catch_panic::{CatchPanic, CatchPanicFuture};
 pub use env::{ConfigLoader, ConfigWarning, Loaded};
 pub use platform::{Platform, PlatformBody, PlatformFuture};
 pub use routes::{RouteBreaker, RouteBreakers, RouteKey};
-pub use stack::{
-    Optional, OptionalConcurrency, OptionalFuture, RampartLayer, RampartService, Stack,
-    StackBuilder,
-};
+pub use stack::{RampartLayer, RampartService, Stack, StackBuilder};
 
 /// The default prefix of the environment variables read by
 /// [`RampartConfig::load`] (another one: [`ConfigLoader::env_prefix`]).

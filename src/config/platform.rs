@@ -15,10 +15,13 @@ use tower::{BoxError, Service};
 
 use super::PlatformConfig;
 use crate::Rejection;
+use crate::concurrency::{
+    Observe, Permit, Queued, Queueing, Shared as ConcurrencyShared, Wait, enqueue, try_admit,
+};
 use crate::health::{ProbeAnswer, ProbeShared, probe_answer};
 use crate::rate_limit::headers::Rendered;
 use crate::rate_limit::{Decision, Later, Shared as RateLimitShared, defer};
-use crate::rejection::{Protocol, ResponseBody};
+use crate::rejection::{HttpMode, Protocol, ResponseBody};
 use crate::shutdown::{
     DrainBody, Facts, Guard, State as DrainState, aborted, close_if_stopping, http_facts, is_owed,
     poll_admitted, poll_unless_aborted, track,
@@ -71,11 +74,13 @@ impl fmt::Debug for PlatformPaths {
 /// [`Probe`](crate::health::Probe) does, sends the platform's endpoints
 /// (`platform.paths`, `grpc.health.v1`) to `B`, the application with panic
 /// catching only, and every other request to `P`, the application behind
-/// the protections, through the drain (counted in flight until its
-/// answer's body ends, or refused while draining, as
-/// [`Drain`](crate::shutdown::Drain) does) and the rate limit when the
-/// config has one (as [`RateLimit`](crate::rate_limit::RateLimit) does).
-/// Made by [`RampartLayer`](super::RampartLayer).
+/// the remaining protections, through the drain (counted in flight until
+/// its answer's body ends, or refused while draining, as
+/// [`Drain`](crate::shutdown::Drain) does), then the rate limit and the
+/// concurrency limit when the config has them (as
+/// [`RateLimit`](crate::rate_limit::RateLimit) and
+/// [`ConcurrencyLimit`](crate::concurrency::ConcurrencyLimit) do). Made by
+/// [`RampartLayer`](super::RampartLayer).
 ///
 /// One service (one future, one `Arc`) for these jobs rather than a layer
 /// for each: axum clones the stack for every request under
@@ -90,8 +95,8 @@ impl fmt::Debug for PlatformPaths {
 /// response future, as `tower::util::Oneshot` would.
 pub struct Platform<P, B> {
     protected: P,
-    /// The probes, the paths, the drain, the rate limit and the bypass
-    /// behind one `Arc`: a clone of the service counts one reference.
+    /// The probes, the paths, the drain, the limits and the bypass behind
+    /// one `Arc`: a clone of the service counts one reference.
     shared: Arc<Shared<B>>,
 }
 
@@ -100,6 +105,7 @@ struct Shared<B> {
     paths: Arc<PlatformPaths>,
     drain: Arc<Laned<DrainState>>,
     rate_limit: Option<Arc<RateLimitShared>>,
+    concurrency: Option<Arc<ConcurrencyShared>>,
     bypass: Mutex<B>,
 }
 
@@ -109,6 +115,7 @@ pub(crate) struct Parts {
     pub(crate) probes: Arc<ProbeShared>,
     pub(crate) drain: Arc<Laned<DrainState>>,
     pub(crate) rate_limit: Option<Arc<RateLimitShared>>,
+    pub(crate) concurrency: Option<Arc<ConcurrencyShared>>,
 }
 
 impl<P, B> Platform<P, B> {
@@ -118,6 +125,7 @@ impl<P, B> Platform<P, B> {
             probes,
             drain,
             rate_limit,
+            concurrency,
         } = parts;
         Self {
             protected,
@@ -126,6 +134,7 @@ impl<P, B> Platform<P, B> {
                 paths,
                 drain,
                 rate_limit,
+                concurrency,
                 bypass: Mutex::new(bypass),
             }),
         }
@@ -157,6 +166,7 @@ impl<P, B> fmt::Debug for Platform<P, B> {
 impl<P, B, ReqB, PB, BB> Service<Request<ReqB>> for Platform<P, B>
 where
     P: Service<Request<ReqB>, Response = Response<PB>> + Clone,
+    P::Error: 'static,
     B: Service<Request<ReqB>, Response = Response<BB>, Error = P::Error> + Clone,
 {
     type Response = Response<ResponseBody<PlatformBody<PB, BB>>>;
@@ -188,6 +198,12 @@ where
                 protocol,
             );
         };
+        let mut admitted = Admitted {
+            guard,
+            facts,
+            protocol,
+            headers: None,
+        };
         // The layers below read the protocol from the pin.
         let _pin = protocol.pin(req.headers());
         // With a rate limit: one clock reading for its decision and every
@@ -197,22 +213,31 @@ where
             .rate_limit
             .as_ref()
             .map(|_| crate::util::clock::pin());
-        let headers = match &self.shared.rate_limit {
+        if let Some(rate_limit) = &self.shared.rate_limit {
+            match rate_limit.decide(&req) {
+                Decision::Admit(headers) => admitted.headers = headers,
+                decision => return self.call_deferred(req, decision, admitted),
+            }
+        }
+        let permit = match &self.shared.concurrency {
             None => None,
-            Some(rate_limit) => match rate_limit.decide(&req) {
-                Decision::Admit(headers) => headers,
-                decision => return self.call_deferred(req, decision, guard, facts, protocol),
+            Some(limit) => match try_admit(limit, &req) {
+                Ok(permit) => Some(permit),
+                Err(wait) => return self.call_queued(req, wait, admitted),
             },
         };
-        PlatformFuture {
-            protected: Some(self.protected.call(req)),
-            guard: Some(guard),
-            facts,
-            protocol,
-            headers,
-            other: Other::None,
-        }
+        PlatformFuture::protected(self.protected.call(req), permit, admitted)
     }
+}
+
+/// What an admitted request's future carries besides the inner future.
+struct Admitted {
+    /// The drain's count of the request, until its answer's body ends.
+    guard: Guard,
+    facts: Facts,
+    protocol: Protocol,
+    /// The rate limit's headers for the answer.
+    headers: Option<Box<Rendered>>,
 }
 
 impl<P, B> Platform<P, B> {
@@ -244,9 +269,7 @@ impl<P, B> Platform<P, B> {
         &mut self,
         req: Request<ReqB>,
         decision: Decision,
-        guard: Guard,
-        facts: Facts,
-        protocol: Protocol,
+        admitted: Admitted,
     ) -> PlatformFuture<P, B, ReqB>
     where
         P: Service<Request<ReqB>> + Clone,
@@ -254,19 +277,74 @@ impl<P, B> Platform<P, B> {
     {
         let rate_limit = self.shared.rate_limit.as_ref().expect("deciding");
         let other = match defer(rate_limit, &mut self.protected, req, decision) {
-            Ok(later) => Other::Later { later },
+            Ok(later) => Other::Later {
+                later,
+                concurrency: self.shared.concurrency.clone(),
+            },
             Err(rejection) => Other::Refused {
                 rejection: Some(rejection),
             },
         };
-        PlatformFuture {
-            protected: None,
-            guard: Some(guard),
-            facts,
-            protocol,
-            headers: None,
-            other,
+        PlatformFuture::waiting(other, admitted)
+    }
+
+    /// A request the concurrency limit had no free slot for: queued or
+    /// refused.
+    #[cold]
+    fn call_queued<ReqB>(
+        &mut self,
+        req: Request<ReqB>,
+        wait: Wait,
+        admitted: Admitted,
+    ) -> PlatformFuture<P, B, ReqB>
+    where
+        P: Service<Request<ReqB>> + Clone,
+        B: Service<Request<ReqB>>,
+    {
+        let limit = self.shared.concurrency.as_ref().expect("limiting");
+        match enqueue(limit, wait) {
+            Queueing::Granted(permit) => {
+                PlatformFuture::protected(self.protected.call(req), Some(permit), admitted)
+            }
+            queueing => {
+                // Take the service that was polled ready; leave a clone.
+                let fresh = self.protected.clone();
+                let service = std::mem::replace(&mut self.protected, fresh);
+                PlatformFuture::waiting(queued(queueing, service, req), admitted)
+            }
         }
+    }
+}
+
+/// The state of a request the concurrency limit queued or refused.
+fn queued<P, B, ReqB>(queueing: Queueing, service: P, request: Request<ReqB>) -> Other<P, B, ReqB>
+where
+    P: Service<Request<ReqB>>,
+    B: Service<Request<ReqB>>,
+{
+    match queueing {
+        Queueing::Queued(queued) => Other::Queued {
+            waiting: Box::pin(QueuedCall {
+                queued,
+                service,
+                request: Some(request),
+            }),
+        },
+        Queueing::Refused(rejection) => Other::Refused {
+            rejection: Some(Box::new(rejection)),
+        },
+        Queueing::Granted(_) => unreachable!("a granted slot is used at once"),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request waiting in the concurrency limit's queue, with the ready
+    /// service to call once it has a slot.
+    struct QueuedCall<P, ReqB> {
+        #[pin]
+        queued: Queued,
+        service: P,
+        request: Option<Request<ReqB>>,
     }
 }
 
@@ -275,9 +353,12 @@ pin_project_lite::pin_project! {
     pub struct PlatformFuture<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> {
         // The protected request's future in a field of its own rather than
         // in a variant of `other`: it is moved into place once, not into a
-        // variant first (the drain's future does the same).
+        // variant first (the drain's future does the same). Dropped first,
+        // then the concurrency slot, then the drain's count.
         #[pin]
         protected: Option<P::Future>,
+        // The concurrency limit's slot, until the inner future ends.
+        permit: Option<Permit>,
         // The drain's count of the request, until its answer's body ends.
         guard: Option<Guard>,
         facts: Facts,
@@ -291,14 +372,16 @@ pin_project_lite::pin_project! {
 
 pin_project_lite::pin_project! {
     #[project = OtherProj]
-    enum Other<P, B: Service<Request<ReqB>>, ReqB> {
+    enum Other<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> {
         // A protected request: its future is in `protected`.
         None,
-        // Refused by the drain (no guard) or the rate limit (the guard, let
-        // go once the refusal is built).
+        // Refused by the drain (no guard) or a limit (the guard, let go
+        // once the refusal is built).
         Refused { rejection: Option<Box<Rejection>> },
         // Waiting for the rate limit's decision.
-        Later { later: Later<P, ReqB> },
+        Later { later: Later<P, ReqB>, concurrency: Option<Arc<ConcurrencyShared>> },
+        // Waiting in the concurrency limit's queue.
+        Queued { waiting: Pin<Box<QueuedCall<P, ReqB>>> },
         Probe { answer: ProbeAnswer },
         Bypass { #[pin] future: B::Future },
         NotReady { service: B, request: Option<Request<ReqB>> },
@@ -307,9 +390,35 @@ pin_project_lite::pin_project! {
 }
 
 impl<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> PlatformFuture<P, B, ReqB> {
+    #[inline]
+    fn protected(future: P::Future, permit: Option<Permit>, admitted: Admitted) -> Self {
+        Self {
+            protected: Some(future),
+            permit,
+            guard: Some(admitted.guard),
+            facts: admitted.facts,
+            protocol: admitted.protocol,
+            headers: admitted.headers,
+            other: Other::None,
+        }
+    }
+
+    fn waiting(other: Other<P, B, ReqB>, admitted: Admitted) -> Self {
+        Self {
+            protected: None,
+            permit: None,
+            guard: Some(admitted.guard),
+            facts: admitted.facts,
+            protocol: admitted.protocol,
+            headers: admitted.headers,
+            other,
+        }
+    }
+
     fn other(other: Other<P, B, ReqB>, protocol: Protocol) -> Self {
         Self {
             protected: None,
+            permit: None,
             guard: None,
             facts: Facts {
                 http1: false,
@@ -334,6 +443,7 @@ impl<P, B, ReqB, PB, BB, E> Future for PlatformFuture<P, B, ReqB>
 where
     P: Service<Request<ReqB>, Response = Response<PB>, Error = E>,
     B: Service<Request<ReqB>, Response = Response<BB>, Error = E>,
+    E: 'static,
 {
     type Output = Result<Response<ResponseBody<PlatformBody<PB, BB>>>, E>;
 
@@ -346,6 +456,9 @@ where
                     match std::task::ready!(poll_admitted(future, this.guard, this.facts.http1, cx))
                     {
                         Ok((mut result, guard)) => {
+                            if let Some(permit) = this.permit.take() {
+                                permit.complete(HttpMode::outcome(&result, *this.protocol));
+                            }
                             if let (Some(headers), Ok(res)) = (this.headers.take(), &mut result) {
                                 headers.apply(res.headers_mut());
                             }
@@ -366,25 +479,68 @@ where
                 OtherProj::Refused { rejection } => {
                     let rejection = rejection.take().expect("polled after completion");
                     let mut res = rejection.into_response(*this.protocol);
+                    if let Some(headers) = this.headers.take() {
+                        headers.apply(res.headers_mut());
+                    }
                     if let Some(guard) = this.guard.take() {
                         close_if_stopping(&mut res, &guard, *this.facts);
                     }
                     Poll::Ready(Ok(res))
                 }
-                OtherProj::Later { later } => {
+                OtherProj::Later { later, concurrency } => {
                     let guard = this.guard.as_mut().expect("polled after completion");
                     match std::task::ready!(poll_unless_aborted(guard, cx, |cx| {
                         later.poll_settle(cx)
                     })) {
-                        Some(Ok((future, headers))) => {
-                            this.protected.set(Some(future));
+                        Some(Ok((mut service, request, headers))) => {
                             *this.headers = headers;
+                            let permit = match concurrency.as_ref() {
+                                None => None,
+                                Some(limit) => match try_admit(limit, &request) {
+                                    Ok(permit) => Some(permit),
+                                    Err(wait) => match enqueue(limit, wait) {
+                                        Queueing::Granted(permit) => Some(permit),
+                                        queueing => {
+                                            this.other.set(queued(queueing, service, request));
+                                            continue;
+                                        }
+                                    },
+                                },
+                            };
+                            this.protected.set(Some(service.call(request)));
+                            *this.permit = permit;
                             this.other.set(Other::None);
                             continue;
                         }
                         Some(Err(rejection)) => {
                             this.other.set(Other::Refused {
                                 rejection: Some(rejection),
+                            });
+                            continue;
+                        }
+                        None => {
+                            let rejection = aborted(this.guard, this.facts.http1);
+                            Poll::Ready(Ok(rejection.into_response(*this.protocol)))
+                        }
+                    }
+                }
+                OtherProj::Queued { waiting } => {
+                    let guard = this.guard.as_mut().expect("polled after completion");
+                    let waiting = waiting.as_mut().project();
+                    match std::task::ready!(poll_unless_aborted(guard, cx, |cx| {
+                        waiting.queued.poll_granted(cx)
+                    })) {
+                        Some(Ok(permit)) => {
+                            let request = waiting.request.take().expect("polled after completion");
+                            let future = waiting.service.call(request);
+                            this.protected.set(Some(future));
+                            *this.permit = Some(permit);
+                            this.other.set(Other::None);
+                            continue;
+                        }
+                        Some(Err(rejection)) => {
+                            this.other.set(Other::Refused {
+                                rejection: Some(Box::new(rejection)),
                             });
                             continue;
                         }

@@ -2,23 +2,19 @@
 //! right order, built from a [`RampartConfig`].
 
 use std::fmt;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
-use tower::{Layer, Service};
+use tower::Layer;
 
 use super::catch_panic::{CatchPanic, CatchPanicLayer};
 use super::platform::{Parts, Platform, PlatformPaths};
 use super::routes::{BreakerLayer, Breakers, RouteBreaker, RouteBreakers};
 use super::{BreakerReadiness, ConfigErrors, RampartConfig};
 use crate::circuit_breaker::CircuitBreakerHandle;
-use crate::concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
+use crate::concurrency::ConcurrencyLimitLayer;
 use crate::health::{Check, HealthRegistry, ProbeLayer};
 use crate::rate_limit::RateLimitLayer;
-use crate::rejection::ResponseBody;
 use crate::shutdown::{DrainLayer, Shutdown};
 use crate::timeout::{Timeout, TimeoutLayer};
 
@@ -234,8 +230,7 @@ impl fmt::Debug for RampartLayer {
 
 /// The service made by [`RampartLayer`] around `S`: the front (probes,
 /// platform endpoints and the drain, [`Platform`]) around the protections.
-pub type RampartService<S> =
-    Platform<OptionalConcurrency<RouteBreaker<Timeout<CatchPanic<S>>>>, CatchPanic<S>>;
+pub type RampartService<S> = Platform<RouteBreaker<Timeout<CatchPanic<S>>>, CatchPanic<S>>;
 
 /// `S` is cloned once per `layer()` call (not per request): one copy for
 /// the platform's endpoints, one behind the protections.
@@ -247,13 +242,10 @@ impl<S: Clone> Layer<S> for RampartLayer {
         let svc = self.catch_panic.layer(inner);
         let svc = self.timeout.layer(svc);
         let svc = self.breaker.layer(svc);
-        // After the rate limit (abusive clients are refused before they take
-        // a slot), outside the breaker and the timeout (the server's timeout
-        // is a dropped sample, a breaker's free refusal is ignored).
-        let svc = match &self.concurrency {
-            Some(c) => OptionalConcurrency::On(c.layer(svc)),
-            None => OptionalConcurrency::Off(svc),
-        };
+        // The front drains, then rate-limits, then limits concurrency (after
+        // the rate limit: abusive clients are refused before they take a
+        // slot; outside the breaker and the timeout: the server's timeout is
+        // a dropped sample, a breaker's free refusal is ignored).
         Platform::new(
             svc,
             bypass,
@@ -262,97 +254,8 @@ impl<S: Clone> Layer<S> for RampartLayer {
                 probes: Arc::clone(&self.probe.shared),
                 drain: Arc::clone(self.drain.state()),
                 rate_limit: self.rate_limit.as_ref().map(|rl| Arc::clone(&rl.shared)),
+                concurrency: self.concurrency.as_ref().map(|c| Arc::clone(c.shared())),
             },
         )
-    }
-}
-
-/// A layer of a [`RampartLayer`] the config may leave out: the layered
-/// service `On`, or the service it would wrap, `Off`. Both answer the same
-/// body type ([`ResponseBody`]).
-#[derive(Clone, Debug)]
-pub enum Optional<On, Off> {
-    /// The layer is configured.
-    On(On),
-    /// The layer is left out: requests go straight through.
-    Off(Off),
-}
-
-/// The concurrency limit, or a pass-through when the config has no
-/// `[concurrency]` section.
-pub type OptionalConcurrency<S> = Optional<ConcurrencyLimit<S>, S>;
-
-impl<On, Off, ReqB, ResB> Service<Request<ReqB>> for Optional<On, Off>
-where
-    Off: Service<Request<ReqB>, Response = Response<ResB>>,
-    On: Service<Request<ReqB>, Response = Response<ResponseBody<ResB>>, Error = Off::Error>,
-{
-    type Response = Response<ResponseBody<ResB>>;
-    type Error = Off::Error;
-    type Future = OptionalFuture<On::Future, Off::Future>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match self {
-            Self::On(s) => s.poll_ready(cx),
-            Self::Off(s) => s.poll_ready(cx),
-        }
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        match self {
-            Self::On(s) => OptionalFuture {
-                inner: Either::On {
-                    future: s.call(req),
-                },
-            },
-            Self::Off(s) => OptionalFuture {
-                inner: Either::Off {
-                    future: s.call(req),
-                },
-            },
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The response future of [`Optional`].
-    pub struct OptionalFuture<A, B> {
-        #[pin]
-        inner: Either<A, B>,
-    }
-}
-
-pin_project_lite::pin_project! {
-    #[project = EitherProj]
-    enum Either<A, B> {
-        On { #[pin] future: A },
-        Off { #[pin] future: B },
-    }
-}
-
-impl<A, B> fmt::Debug for OptionalFuture<A, B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("OptionalFuture")
-    }
-}
-
-impl<A, B, ResB, E> Future for OptionalFuture<A, B>
-where
-    A: Future<Output = Result<Response<ResponseBody<ResB>>, E>>,
-    B: Future<Output = Result<Response<ResB>, E>>,
-{
-    type Output = Result<Response<ResponseBody<ResB>>, E>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().inner.project() {
-            EitherProj::On { future } => future.poll(cx),
-            EitherProj::Off { future } => match future.poll(cx) {
-                Poll::Ready(res) => Poll::Ready(res.map(|r| r.map(ResponseBody::new))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
     }
 }

@@ -38,7 +38,7 @@ pub(crate) struct Deciding<S, ReqB> {
 
 /// A request the rate limit has neither admitted nor refused yet: waiting
 /// for room, or for the Redis store's answer. Holds a ready copy of the
-/// inner service and the request, to call it once admitted. Used by the
+/// inner service and the request, handed back once admitted. Used by the
 /// rate limit's future and by the stack's front.
 pub(crate) enum Later<S, ReqB> {
     /// Waiting mode: asleep until the quota has room.
@@ -48,16 +48,18 @@ pub(crate) enum Later<S, ReqB> {
     Deciding(Box<Deciding<S, ReqB>>),
 }
 
-/// The inner service's future and the headers for its response, or the
-/// refusal: what a [`Later`] ends in.
-pub(crate) type Settled<F> = Result<(F, Option<Box<Rendered>>), Box<Rejection>>;
+/// The ready inner service, the request and the headers for its response,
+/// or the refusal: what a [`Later`] ends in.
+pub(crate) type Settled<S, ReqB> =
+    Result<(S, Request<ReqB>, Option<Box<Rendered>>), Box<Rejection>>;
 
 impl<S, ReqB> Later<S, ReqB>
 where
     S: Service<Request<ReqB>>,
 {
-    /// Drives the decision; once admitted, calls the inner service.
-    pub(crate) fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<Settled<S::Future>> {
+    /// Drives the decision; once admitted, hands back the ready inner
+    /// service and the request, for the caller to call.
+    pub(crate) fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<Settled<S, ReqB>> {
         match self {
             #[cfg(feature = "redis")]
             Self::Deciding(deciding) => {
@@ -65,12 +67,12 @@ where
                 Poll::Ready(match deciding.shared.finish_remote(&slots, outcome) {
                     Decision::Refuse(rejection) => Err(rejection),
                     Decision::Admit(headers) => {
-                        let (Some(mut service), Some(request)) =
+                        let (Some(service), Some(request)) =
                             (deciding.service.take(), deciding.request.take())
                         else {
                             panic!("polled after completion");
                         };
-                        Ok((service.call(request), headers))
+                        Ok((service, request, headers))
                     }
                     _ => unreachable!("the redis store neither waits nor defers"),
                 })
@@ -88,12 +90,12 @@ where
                 };
                 match decision {
                     Decision::Admit(headers) => {
-                        let (Some(mut service), Some(request)) =
+                        let (Some(service), Some(request)) =
                             (waiting.service.take(), waiting.request.take())
                         else {
                             panic!("polled after completion");
                         };
-                        return Poll::Ready(Ok((service.call(request), headers)));
+                        return Poll::Ready(Ok((service, request, headers)));
                     }
                     Decision::Wait { wait, .. } => {
                         waiting.sleep.as_mut().reset(Instant::now() + wait);
@@ -187,7 +189,10 @@ where
                 StateProj::Later { later, cx: context } => {
                     let context = *context;
                     match ready!(later.poll_settle(cx)) {
-                        Ok((future, headers)) => this.state.set(State::Called { future, headers }),
+                        Ok((mut service, request, headers)) => {
+                            let future = service.call(request);
+                            this.state.set(State::Called { future, headers });
+                        }
                         Err(rejection) => this.state.set(State::Rejected {
                             rejection: Some(rejection),
                             cx: context,

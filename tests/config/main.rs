@@ -21,3 +21,7 @@ mod rejection_answer;
 /// The rate limit in the stack (its front decides): waiting mode, the
 /// `RateLimit` fields on admitted answers, a wait cut off by the drain.
 mod rate_limit_in_the_stack;
+
+/// The concurrency limit in the stack (its front admits): a queue that
+/// admits in turn and refuses when full, its waiters counted in flight.
+mod concurrency_in_the_stack;

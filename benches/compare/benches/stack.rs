@@ -149,6 +149,14 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     assert!(with_ext.timeout.deadline_extension);
     let stack_with_ext = with_ext.stack().build().unwrap();
+    // The production example's shape: a concurrency limit too (fixed, far
+    // above what one thread reaches, so the queue stays empty).
+    let with_conc = RampartConfig::from_toml(&format!(
+        "{CONFIG}\n    [concurrency]\n    limit = {{ algorithm = \"fixed\", limit = 1000 }}"
+    ))
+    .unwrap();
+    assert!(with_conc.concurrency.is_some());
+    let stack_with_conc = with_conc.stack().build().unwrap();
 
     // The same layers by hand, without CatchPanicLayer.
     let probe = config.probes.clone().build(stack.health()).unwrap();
@@ -238,6 +246,14 @@ fn bench(c: &mut Criterion) {
         black_box(one(&mut s));
     }) {
         g.bench_function("rampart_stack_without_rate_limit", |b| {
+            b.iter(|| one(&mut s))
+        });
+    }
+    let mut s = stack_with_conc.layer().layer(Bare);
+    if !counting("rampart_stack_with_concurrency_limit", || {
+        black_box(one(&mut s));
+    }) {
+        g.bench_function("rampart_stack_with_concurrency_limit", |b| {
             b.iter(|| one(&mut s))
         });
     }
