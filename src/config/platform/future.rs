@@ -1,323 +1,44 @@
-//! The stack's front: the probes (answered here, from the health
-//! registry), the platform's endpoints (`/metrics`, `grpc.health.v1`),
-//! routed around the protections by exact path, and the drain (every other
-//! request counted in flight, or refused while draining).
+//! The front's response future (the protected request's future, or one
+//! of the front's own answers and waits) and its response body.
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tower::{BoxError, Service};
 
-use super::PlatformConfig;
 use crate::Rejection;
 use crate::concurrency::{
-    Observe, Permit, Queued, Queueing, Shared as ConcurrencyShared, Wait, enqueue, try_admit,
+    Observe, Permit, Queued, Queueing, Shared as ConcurrencyShared, enqueue, try_admit,
 };
-use crate::health::{ProbeAnswer, ProbeShared, probe_answer};
+use crate::health::ProbeAnswer;
+use crate::rate_limit::Later;
 use crate::rate_limit::headers::Rendered;
-use crate::rate_limit::{Decision, Later, Shared as RateLimitShared, defer};
 use crate::rejection::{HttpMode, Protocol, ResponseBody};
 use crate::shutdown::{
-    DrainBody, Facts, Guard, State as DrainState, aborted, close_if_stopping, http_facts, is_owed,
-    poll_admitted, poll_unless_aborted, track,
+    DrainBody, Facts, Guard, aborted, close_if_stopping, poll_admitted, poll_unless_aborted, track,
 };
-use crate::util::lanes::Laned;
-use crate::util::poison::lock;
-
-/// The methods of `grpc.health.v1.Health`, matched exactly.
-const GRPC_HEALTH_METHODS: [&str; 3] = [
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.health.v1.Health/List",
-];
-
-/// The exact paths that bypass the protections.
-pub(crate) struct PlatformPaths {
-    paths: Box<[Box<str>]>,
-    grpc_health: bool,
-}
-
-impl PlatformPaths {
-    pub(crate) fn new(config: &PlatformConfig) -> Self {
-        Self {
-            paths: config.paths.iter().map(|p| p.as_str().into()).collect(),
-            grpc_health: config.grpc_health,
-        }
-    }
-
-    /// Is `path` one of the platform's endpoints? Exact comparisons only
-    /// (a length check first), no allocation.
-    #[inline]
-    pub(crate) fn matches(&self, path: &str) -> bool {
-        self.paths.iter().any(|p| **p == *path)
-            || (self.grpc_health
-                && path.starts_with("/grpc.health.v1.Health/")
-                && GRPC_HEALTH_METHODS.contains(&path))
-    }
-}
-
-impl fmt::Debug for PlatformPaths {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PlatformPaths")
-            .field("paths", &self.paths)
-            .field("grpc_health", &self.grpc_health)
-            .finish()
-    }
-}
-
-/// The stack's outermost service: answers the probes (`probes.*_path`) as
-/// [`Probe`](crate::health::Probe) does, sends the platform's endpoints
-/// (`platform.paths`, `grpc.health.v1`) to `B`, the application with panic
-/// catching only, and every other request to `P`, the application behind
-/// the remaining protections, through the drain (counted in flight until
-/// its answer's body ends, or refused while draining, as
-/// [`Drain`](crate::shutdown::Drain) does), then the rate limit and the
-/// concurrency limit when the config has them (as
-/// [`RateLimit`](crate::rate_limit::RateLimit) and
-/// [`ConcurrencyLimit`](crate::concurrency::ConcurrencyLimit) do). Made by
-/// [`RampartLayer`](super::RampartLayer).
-///
-/// One service (one future, one `Arc`) for these jobs rather than a layer
-/// for each: axum clones the stack for every request under
-/// `Router::layer`, and each layer adds a reference count, a move of the
-/// inner future and a rebuild of the response.
-///
-/// The bypass copy is shared by every clone behind a `std` mutex, held only
-/// while it is called (never across an await): axum clones a route's
-/// service for every request (`Router::layer`), and the bypass, an axum
-/// `Route` itself there, would otherwise be a boxed clone per request.
-/// When it is not ready at once, a clone waits for readiness in the
-/// response future, as `tower::util::Oneshot` would.
-pub struct Platform<P, B> {
-    protected: P,
-    /// The probes, the paths, the drain, the limits and the bypass behind
-    /// one `Arc`: a clone of the service counts one reference.
-    shared: Arc<Shared<B>>,
-}
-
-struct Shared<B> {
-    probes: Arc<ProbeShared>,
-    paths: Arc<PlatformPaths>,
-    drain: Arc<Laned<DrainState>>,
-    rate_limit: Option<Arc<RateLimitShared>>,
-    concurrency: Option<Arc<ConcurrencyShared>>,
-    bypass: Mutex<B>,
-}
-
-/// What the front serves with, besides the two services.
-pub(crate) struct Parts {
-    pub(crate) paths: Arc<PlatformPaths>,
-    pub(crate) probes: Arc<ProbeShared>,
-    pub(crate) drain: Arc<Laned<DrainState>>,
-    pub(crate) rate_limit: Option<Arc<RateLimitShared>>,
-    pub(crate) concurrency: Option<Arc<ConcurrencyShared>>,
-}
-
-impl<P, B> Platform<P, B> {
-    pub(crate) fn new(protected: P, bypass: B, parts: Parts) -> Self {
-        let Parts {
-            paths,
-            probes,
-            drain,
-            rate_limit,
-            concurrency,
-        } = parts;
-        Self {
-            protected,
-            shared: Arc::new(Shared {
-                probes,
-                paths,
-                drain,
-                rate_limit,
-                concurrency,
-                bypass: Mutex::new(bypass),
-            }),
-        }
-    }
-
-    /// The protected service.
-    pub fn get_ref(&self) -> &P {
-        &self.protected
-    }
-}
-
-impl<P: Clone, B> Clone for Platform<P, B> {
-    fn clone(&self) -> Self {
-        Self {
-            protected: self.protected.clone(),
-            shared: Arc::clone(&self.shared),
-        }
-    }
-}
-
-impl<P, B> fmt::Debug for Platform<P, B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Platform")
-            .field("paths", &self.shared.paths)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<P, B, ReqB, PB, BB> Service<Request<ReqB>> for Platform<P, B>
-where
-    P: Service<Request<ReqB>, Response = Response<PB>> + Clone,
-    P::Error: 'static,
-    B: Service<Request<ReqB>, Response = Response<BB>, Error = P::Error> + Clone,
-{
-    type Response = Response<ResponseBody<PlatformBody<PB, BB>>>;
-    type Error = P::Error;
-    type Future = PlatformFuture<P, B, ReqB>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The bypass's readiness is checked when a request goes to it.
-        self.protected.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        if let Some(answer) = probe_answer(&self.shared.probes, &req) {
-            return PlatformFuture::other(Other::Probe { answer }, Protocol::Http);
-        }
-        if self.shared.paths.matches(req.uri().path()) {
-            return self.call_bypass(req);
-        }
-        let protocol = Protocol::of(&req);
-        let facts = http_facts(&req, protocol);
-        let Some(guard) = self.shared.drain.admit_unless_draining(|| is_owed(&req)) else {
-            let rejection = self.shared.drain.draining_rejection(facts.http1);
-            return PlatformFuture::other(
-                Other::Refused {
-                    rejection: Some(Box::new(rejection)),
-                },
-                protocol,
-            );
-        };
-        let mut admitted = Admitted {
-            guard,
-            facts,
-            protocol,
-            headers: None,
-        };
-        // The layers below read the protocol from the pin.
-        let _pin = protocol.pin(req.headers());
-        // With a rate limit: one clock reading for its decision and every
-        // layer below.
-        let _clock = self
-            .shared
-            .rate_limit
-            .as_ref()
-            .map(|_| crate::util::clock::pin());
-        if let Some(rate_limit) = &self.shared.rate_limit {
-            match rate_limit.decide(&req) {
-                Decision::Admit(headers) => admitted.headers = headers,
-                decision => return self.call_deferred(req, decision, admitted),
-            }
-        }
-        let permit = match &self.shared.concurrency {
-            None => None,
-            Some(limit) => match try_admit(limit, &req) {
-                Ok(permit) => Some(permit),
-                Err(wait) => return self.call_queued(req, wait, admitted),
-            },
-        };
-        PlatformFuture::protected(self.protected.call(req), permit, admitted)
-    }
-}
 
 /// What an admitted request's future carries besides the inner future.
-struct Admitted {
+pub(super) struct Admitted {
     /// The drain's count of the request, until its answer's body ends.
-    guard: Guard,
-    facts: Facts,
-    protocol: Protocol,
+    pub(super) guard: Guard,
+    pub(super) facts: Facts,
+    pub(super) protocol: Protocol,
     /// The rate limit's headers for the answer.
-    headers: Option<Box<Rendered>>,
-}
-
-impl<P, B> Platform<P, B> {
-    #[cold]
-    fn call_bypass<ReqB>(&mut self, req: Request<ReqB>) -> PlatformFuture<P, B, ReqB>
-    where
-        P: Service<Request<ReqB>>,
-        B: Service<Request<ReqB>> + Clone,
-    {
-        let mut bypass = lock(&self.shared.bypass);
-        let mut cx = Context::from_waker(Waker::noop());
-        let other = match bypass.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => Other::Bypass {
-                future: bypass.call(req),
-            },
-            Poll::Ready(Err(error)) => Other::Failed { error: Some(error) },
-            Poll::Pending => Other::NotReady {
-                service: bypass.clone(),
-                request: Some(req),
-            },
-        };
-        PlatformFuture::other(other, Protocol::Http)
-    }
-
-    /// A request the rate limit did not admit at once: refused, or left to
-    /// wait (still counted in flight by the drain).
-    #[cold]
-    fn call_deferred<ReqB>(
-        &mut self,
-        req: Request<ReqB>,
-        decision: Decision,
-        admitted: Admitted,
-    ) -> PlatformFuture<P, B, ReqB>
-    where
-        P: Service<Request<ReqB>> + Clone,
-        B: Service<Request<ReqB>>,
-    {
-        let rate_limit = self.shared.rate_limit.as_ref().expect("deciding");
-        let other = match defer(rate_limit, &mut self.protected, req, decision) {
-            Ok(later) => Other::Later {
-                later,
-                concurrency: self.shared.concurrency.clone(),
-            },
-            Err(rejection) => Other::Refused {
-                rejection: Some(rejection),
-            },
-        };
-        PlatformFuture::waiting(other, admitted)
-    }
-
-    /// A request the concurrency limit had no free slot for: queued or
-    /// refused.
-    #[cold]
-    fn call_queued<ReqB>(
-        &mut self,
-        req: Request<ReqB>,
-        wait: Wait,
-        admitted: Admitted,
-    ) -> PlatformFuture<P, B, ReqB>
-    where
-        P: Service<Request<ReqB>> + Clone,
-        B: Service<Request<ReqB>>,
-    {
-        let limit = self.shared.concurrency.as_ref().expect("limiting");
-        match enqueue(limit, wait) {
-            Queueing::Granted(permit) => {
-                PlatformFuture::protected(self.protected.call(req), Some(permit), admitted)
-            }
-            queueing => {
-                // Take the service that was polled ready; leave a clone.
-                let fresh = self.protected.clone();
-                let service = std::mem::replace(&mut self.protected, fresh);
-                PlatformFuture::waiting(queued(queueing, service, req), admitted)
-            }
-        }
-    }
+    pub(super) headers: Option<Box<Rendered>>,
 }
 
 /// The state of a request the concurrency limit queued or refused.
-fn queued<P, B, ReqB>(queueing: Queueing, service: P, request: Request<ReqB>) -> Other<P, B, ReqB>
+pub(super) fn queued<P, B, ReqB>(
+    queueing: Queueing,
+    service: P,
+    request: Request<ReqB>,
+) -> Other<P, B, ReqB>
 where
     P: Service<Request<ReqB>>,
     B: Service<Request<ReqB>>,
@@ -349,7 +70,7 @@ pin_project_lite::pin_project! {
 }
 
 pin_project_lite::pin_project! {
-    /// The response future of [`Platform`].
+    /// The response future of [`Platform`](super::Platform).
     pub struct PlatformFuture<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> {
         // The protected request's future in a field of its own rather than
         // in a variant of `other`: it is moved into place once, not into a
@@ -372,7 +93,7 @@ pin_project_lite::pin_project! {
 
 pin_project_lite::pin_project! {
     #[project = OtherProj]
-    enum Other<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> {
+    pub(super) enum Other<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> {
         // A protected request: its future is in `protected`.
         None,
         // Refused by the drain (no guard) or a limit (the guard, let go
@@ -391,7 +112,7 @@ pin_project_lite::pin_project! {
 
 impl<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> PlatformFuture<P, B, ReqB> {
     #[inline]
-    fn protected(future: P::Future, permit: Option<Permit>, admitted: Admitted) -> Self {
+    pub(super) fn protected(future: P::Future, permit: Option<Permit>, admitted: Admitted) -> Self {
         Self {
             protected: Some(future),
             permit,
@@ -403,7 +124,7 @@ impl<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> PlatformFuture<
         }
     }
 
-    fn waiting(other: Other<P, B, ReqB>, admitted: Admitted) -> Self {
+    pub(super) fn waiting(other: Other<P, B, ReqB>, admitted: Admitted) -> Self {
         Self {
             protected: None,
             permit: None,
@@ -415,7 +136,7 @@ impl<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> PlatformFuture<
         }
     }
 
-    fn other(other: Other<P, B, ReqB>, protocol: Protocol) -> Self {
+    pub(super) fn other(other: Other<P, B, ReqB>, protocol: Protocol) -> Self {
         Self {
             protected: None,
             permit: None,
@@ -581,7 +302,7 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The response body of [`Platform`]: the protected service's body
+    /// The response body of [`Platform`](super::Platform): the protected service's body
     /// (counted by the drain until it ends) or the platform endpoint's.
     pub struct PlatformBody<P, B> {
         #[pin]
@@ -638,40 +359,5 @@ where
             BodyEither::Protected { body } => body.size_hint(),
             BodyEither::Bypass { body } => body.size_hint(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exact_paths_only() {
-        let p = PlatformPaths::new(&PlatformConfig::default());
-        assert!(p.matches("/metrics"));
-        for other in [
-            "/metrics/",
-            "/metrics/x",
-            "/metricsx",
-            "/metrics/../api/x",
-            "/METRICS",
-            "/",
-            "",
-            "/grpc.health.v1.Health/",
-            "/grpc.health.v1.Health/Check/x",
-            "/grpc.health.v1.Health/Other",
-            "/grpc.health.v1.Healthz/Check",
-        ] {
-            assert!(!p.matches(other), "{other}");
-        }
-        for m in GRPC_HEALTH_METHODS {
-            assert!(p.matches(m));
-        }
-        let p = PlatformPaths::new(&PlatformConfig {
-            paths: vec![],
-            grpc_health: false,
-        });
-        assert!(!p.matches("/metrics"));
-        assert!(!p.matches("/grpc.health.v1.Health/Check"));
     }
 }
