@@ -34,9 +34,11 @@ pub(super) struct Admitted {
 }
 
 /// The state of a request the concurrency limit queued or refused.
+/// `service` gives the ready service to call once a slot is granted; it is
+/// asked only if the request waits (a refusal takes no copy of it).
 pub(super) fn queued<P, B, ReqB>(
     queueing: Queueing,
-    service: P,
+    service: impl FnOnce() -> P,
     request: Request<ReqB>,
 ) -> Other<P, B, ReqB>
 where
@@ -47,7 +49,7 @@ where
         Queueing::Queued(queued) => Other::Queued {
             waiting: Box::pin(QueuedCall {
                 queued,
-                service,
+                service: service(),
                 request: Some(request),
             }),
         },
@@ -222,7 +224,7 @@ where
                                     Err(wait) => match enqueue(limit, wait) {
                                         Queueing::Granted(permit) => Some(permit),
                                         queueing => {
-                                            this.other.set(queued(queueing, service, request));
+                                            this.other.set(queued(queueing, || service, request));
                                             continue;
                                         }
                                     },

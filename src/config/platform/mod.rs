@@ -293,10 +293,13 @@ impl<P, B> Platform<P, B> {
                 PlatformFuture::protected(self.protected.call(req), Some(permit), admitted)
             }
             queueing => {
-                // Take the service that was polled ready; leave a clone.
-                let fresh = self.protected.clone();
-                let service = std::mem::replace(&mut self.protected, fresh);
-                PlatformFuture::waiting(queued(queueing, service, req), admitted)
+                // A waiting request takes the service that was polled ready
+                // and leaves a clone.
+                let ready = || {
+                    let fresh = self.protected.clone();
+                    std::mem::replace(&mut self.protected, fresh)
+                };
+                PlatformFuture::waiting(queued(queueing, ready, req), admitted)
             }
         }
     }
