@@ -120,15 +120,20 @@ where
     }
 
     shared.drain_started.get_or_init(Instant::now);
-    // Draining: take what the kernel already accepted, then close the
-    // listener: from now on connecting is refused, never left hanging.
-    // tokio's `accept` would trust the readiness its reactor last saw and
-    // miss connections queued since; the std listener asks the kernel each
-    // time, so the window between the last accept and the close is a few
-    // system calls.
+    // Draining: stop new handshakes (`stop_handshakes`), take what the
+    // kernel already accepted, then close the listener: from now on
+    // connecting is refused, never reset. tokio's `accept` would trust the
+    // readiness its reactor last saw and miss connections queued since; the
+    // std listener asks the kernel each time.
     let mut backlog = 0u64;
     match listener.into_std() {
         Ok(std_listener) => {
+            if stop_handshakes(&std_listener) {
+                // Handshakes already under way still complete (their last
+                // ACK passes the filter): give them a moment to reach the
+                // backlog before it is taken.
+                tokio::time::sleep(HANDSHAKE_GRACE).await;
+            }
             loop {
                 match std_listener.accept() {
                     Ok((stream, peer)) => {
@@ -165,6 +170,50 @@ where
     shutdown.done().await
 }
 
+/// How long handshakes already under way get to complete once new ones are
+/// no longer answered: a round trip inside a data centre, with room.
+const HANDSHAKE_GRACE: Duration = Duration::from_millis(50);
+
+/// Stops the kernel from starting new handshakes on `listener`: a socket
+/// filter drops connection requests (a SYN without ACK) and lets everything
+/// else through. The kernel completes handshakes on a listener's behalf, so
+/// without it a client connecting between the last `accept` and the close
+/// lands in the backlog and the close resets it, after it may have sent its
+/// request; with it, that client gets no answer, retries its SYN (after a
+/// second) and finds the port closed: a refusal, which every client may
+/// retry. Linux only; elsewhere the close keeps its few-system-call window.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn stop_handshakes(listener: &std::net::TcpListener) -> bool {
+    use socket2::{SockFilter, SockRef};
+    // Classic BPF over the TCP header (where a TCP socket's filter starts).
+    const LD_B_ABS: u16 = 0x30; // A = byte at k
+    const AND_K: u16 = 0x54; // A &= k
+    const JEQ_K: u16 = 0x15; // A == k ? jt : jf
+    const RET_K: u16 = 0x06; // keep k bytes (0: drop)
+    const FLAGS: u32 = 13; // the flags byte
+    const SYN: u32 = 0x02;
+    const ACK: u32 = 0x10;
+    let program = [
+        SockFilter::new(LD_B_ABS, 0, 0, FLAGS),
+        SockFilter::new(AND_K, 0, 0, SYN | ACK),
+        SockFilter::new(JEQ_K, 0, 1, SYN),
+        SockFilter::new(RET_K, 0, 0, 0),
+        SockFilter::new(RET_K, 0, 0, u32::MAX),
+    ];
+    match SockRef::from(listener).attach_filter(&program) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(target: "tower_rampart::serve", error = %e, "no SYN filter on the listener");
+            false
+        }
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn stop_handshakes(_: &std::net::TcpListener) -> bool {
+    false
+}
+
 fn spawn<S, B>(
     shared: &Arc<Shared>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -188,4 +237,39 @@ fn spawn<S, B>(
         peer,
         service.clone(),
     ));
+}
+
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+mod tests {
+    use std::io::ErrorKind;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    use super::stop_handshakes;
+
+    /// With the filter on, a connection already in the backlog is still
+    /// taken, and a new one is not completed by the kernel (its SYN gets no
+    /// answer); once the listener closes, connecting is refused.
+    #[test]
+    fn the_filter_keeps_the_backlog_and_answers_no_new_handshake() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let queued = TcpStream::connect(addr).unwrap();
+
+        assert!(stop_handshakes(&listener));
+        let late = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        let err = late.expect_err("a handshake was completed after the filter");
+        assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+
+        let (taken, _) = listener.accept().expect("the queued connection");
+        assert_eq!(taken.peer_addr().unwrap(), queued.local_addr().unwrap());
+        assert_eq!(
+            listener.accept().map(|_| ()).unwrap_err().kind(),
+            ErrorKind::WouldBlock
+        );
+        drop(listener);
+        let err = TcpStream::connect(addr).expect_err("the port is closed");
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    }
 }

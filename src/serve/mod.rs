@@ -55,7 +55,13 @@
 //! - **Draining**: the loop stops accepting, but first takes every
 //!   connection the kernel already accepted (the listen backlog), then
 //!   closes the listener, so new connections are refused, never left
-//!   hanging. A connection with no request in progress (from the backlog,
+//!   hanging. On Linux the kernel is first told to start no new handshake
+//!   (a socket filter drops connection requests for the 50 ms it takes
+//!   handshakes under way to land in the backlog): a client connecting in
+//!   that moment retries its request to connect a second later and is
+//!   refused, where the close would otherwise have reset a connection the
+//!   kernel completed for it, perhaps with its request already sent.
+//!   A connection with no request in progress (from the backlog,
 //!   or idle) gets [`connection_grace`](ServerConfig::connection_grace) to
 //!   send one; it is answered (the drain layer admits it) with
 //!   `Connection: close`. A connection whose request arrived is never
