@@ -13,18 +13,30 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
-use tower_rampart::config::RampartConfig;
+
+/// `/hold` takes two seconds, `/long` four; anything else answers at once,
+/// with its path.
+fn app() -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone
++ Send {
+    tower::service_fn(|req: Request<Full<Bytes>>| async move {
+        match req.uri().path() {
+            "/hold" => tokio::time::sleep(Duration::from_secs(2)).await,
+            "/long" => tokio::time::sleep(Duration::from_secs(4)).await,
+            _ => {}
+        }
+        Ok::<_, Infallible>(Response::new(Full::from(req.uri().path().to_owned())))
+    })
+}
 
 #[tokio::test(start_paused = true)]
 async fn a_full_limit_queues_in_turn_and_a_full_queue_refuses_at_once() {
-    let config = RampartConfig::from_toml(
+    let config = crate::stack_config(
         r#"
-        [shutdown]
-        shutdown_delay = "0s"
-        drain_timeout = "10s"
-        signals = false
-        [timeout]
-        timeout = "5s"
         [rate_limit]
         admitted_headers = true
         quotas = [{ rate = "100/s", burst = 100 }]
@@ -32,20 +44,9 @@ async fn a_full_limit_queues_in_turn_and_a_full_queue_refuses_at_once() {
         limit = { algorithm = "fixed", limit = 1 }
         queue = { max_len = 1, max_wait = "3s" }
         "#,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let stack = config.stack().build().unwrap();
-    // `/hold` takes two seconds, `/long` four; anything else answers at
-    // once.
-    let app = tower::service_fn(|req: Request<Full<Bytes>>| async move {
-        match req.uri().path() {
-            "/hold" => tokio::time::sleep(Duration::from_secs(2)).await,
-            "/long" => tokio::time::sleep(Duration::from_secs(4)).await,
-            _ => {}
-        }
-        Ok::<_, Infallible>(Response::new(Full::from(req.uri().path().to_owned())))
-    });
-    let svc = stack.layer().layer(app);
+    let svc = stack.layer().layer(app());
     let get = |path: &str| Request::get(path).body(Full::default()).unwrap();
     let start = Instant::now();
 
@@ -97,14 +98,8 @@ async fn a_full_limit_queues_in_turn_and_a_full_queue_refuses_at_once() {
 /// full waits in its queue too: both in the front, in that order.
 #[tokio::test(start_paused = true)]
 async fn a_request_waits_for_the_rate_limit_then_for_a_slot() {
-    let config = RampartConfig::from_toml(
+    let config = crate::stack_config(
         r#"
-        [shutdown]
-        shutdown_delay = "0s"
-        drain_timeout = "10s"
-        signals = false
-        [timeout]
-        timeout = "5s"
         [rate_limit]
         wait = "2s"
         quotas = [{ rate = "1/s", burst = 1 }]
@@ -112,26 +107,19 @@ async fn a_request_waits_for_the_rate_limit_then_for_a_slot() {
         limit = { algorithm = "fixed", limit = 1 }
         queue = { max_len = 4, max_wait = "5s" }
         "#,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let stack = config.stack().build().unwrap();
-    let app = tower::service_fn(|req: Request<Full<Bytes>>| async move {
-        if req.uri().path() == "/hold" {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        }
-        Ok::<_, Infallible>(Response::new(Full::from(req.uri().path().to_owned())))
-    });
-    let svc = stack.layer().layer(app);
+    let svc = stack.layer().layer(app());
     let get = |path: &str| Request::get(path).body(Full::default()).unwrap();
     let start = Instant::now();
 
-    // The first takes the quota's one unit and the one slot for 3 s; the
+    // The first takes the quota's one unit and the one slot for 2 s; the
     // second has room in the quota after 1 s, then waits for the slot.
     let holding = tokio::spawn(svc.clone().oneshot(get("/hold")));
     tokio::task::yield_now().await;
     let second = svc.clone().oneshot(get("/second")).await.unwrap();
     assert_eq!(second.status(), StatusCode::OK);
-    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
     let body = second.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "/second");
     assert_eq!(holding.await.unwrap().unwrap().status(), StatusCode::OK);

@@ -5,6 +5,24 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+/// A stack config for the tests here: no signals, no shutdown delay, a
+/// 10 s drain and a 5 s timeout, then `sections` (TOML).
+#[cfg(feature = "config")]
+fn stack_config(sections: &str) -> tower_rampart::config::RampartConfig {
+    let toml = format!(
+        r#"
+        [shutdown]
+        shutdown_delay = "0s"
+        drain_timeout = "10s"
+        signals = false
+        [timeout]
+        timeout = "5s"
+        {sections}
+        "#
+    );
+    tower_rampart::config::RampartConfig::from_toml(&toml).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The TOML format: shipped files, key paths in errors, env overrides.
 mod files_and_validation;
 

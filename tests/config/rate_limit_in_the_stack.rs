@@ -19,19 +19,7 @@ use tower_rampart::config::RampartConfig;
 use crate::common::ok_service;
 
 fn config(rate_limit: &str) -> RampartConfig {
-    let toml = format!(
-        r#"
-        [shutdown]
-        shutdown_delay = "0s"
-        drain_timeout = "10s"
-        signals = false
-        [timeout]
-        timeout = "5s"
-        [rate_limit]
-        {rate_limit}
-        "#
-    );
-    RampartConfig::from_toml(&toml).unwrap_or_else(|e| panic!("{e}"))
+    crate::stack_config(&format!("[rate_limit]\n{rate_limit}"))
 }
 
 fn get() -> Request<Full<Bytes>> {
