@@ -151,7 +151,7 @@ where
 
 /// Logs a caught panic, once.
 #[cold]
-fn log(panic: &(dyn Any + Send)) {
+pub(super) fn log(panic: &(dyn Any + Send)) {
     let message = panic
         .downcast_ref::<&str>()
         .copied()
@@ -166,7 +166,7 @@ fn log(panic: &(dyn Any + Send)) {
 
 /// The answer to a panic, in the caller's protocol.
 #[cold]
-fn answer<B>(protocol: Protocol) -> Response<ResponseBody<B>> {
+pub(super) fn answer<B>(protocol: Protocol) -> Response<ResponseBody<B>> {
     match protocol {
         Protocol::Http => {
             let mut res = Response::new(ResponseBody::full(Bytes::from_static(PROBLEM.as_bytes())));

@@ -161,6 +161,14 @@
 //! service is cloned once per `layer()` call (one copy serves the
 //! platform's endpoints), never per request.
 //!
+//! The layer makes one service, [`Platform`], that does the work of all
+//! seven in this order, each through that layer's own code, with one
+//! future and one shared `Arc`: axum clones the stack for every request
+//! under `Router::layer`, and seven nested layers would cost seven
+//! reference counts per clone and seven moves of the application's future
+//! and of its response (`benches/README.md`). The layers stay available
+//! on their own, for stacks of your own.
+//!
 //! ```
 //! use axum::{Router, routing::get};
 //! use tower_rampart::config::RampartConfig;
@@ -230,8 +238,8 @@ use crate::timeout::TimeoutConfig;
 
 pub use catch_panic::{CatchPanic, CatchPanicFuture};
 pub use env::{ConfigLoader, ConfigWarning, Loaded};
-pub use platform::{Platform, PlatformBody, PlatformFuture};
-pub use routes::{RouteBreaker, RouteBreakers, RouteKey};
+pub use platform::{GuardedBody, Platform, PlatformBody, PlatformFuture};
+pub use routes::{RouteBreakers, RouteKey};
 pub use stack::{RampartLayer, RampartService, Stack, StackBuilder};
 
 /// The default prefix of the environment variables read by

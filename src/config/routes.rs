@@ -4,19 +4,16 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 
-use http::{Request, Response};
-use tower::Service;
+use http::Request;
 
-use crate::ConfigError;
 use crate::circuit_breaker::{
-    BreakerBody, CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerConfig, CircuitBreakerEvent,
-    CircuitBreakerHandle, CircuitBreakerLayer, CircuitState, KeyedCircuitBreakerHandle,
-    KeyedShared, NoFallback, ResponseFuture, call, decide_keyed,
+    CircuitBreakerBuilder, CircuitBreakerConfig, CircuitBreakerEvent, CircuitBreakerHandle,
+    CircuitBreakerLayer, CircuitState, KeyedCircuitBreakerHandle, KeyedShared, Permit,
+    decide_keyed, decided,
 };
 use crate::health::{Check, Kind};
-use crate::rejection::HttpMode;
+use crate::{ConfigError, Rejection};
 
 use crate::metrics_help::{Help, MetricKind};
 
@@ -201,17 +198,24 @@ impl BreakerLayer {
         ))
     }
 
-    pub(crate) fn layer<S>(&self, inner: S) -> RouteBreaker<S> {
+    /// The breaker's decision for `req`: a permit, or the refusal (built
+    /// on that path only). With one breaker per route, the route's breaker
+    /// is found by the borrowed route (a key is built only for a new route)
+    /// and decides under the lookup: neither the route nor the breaker is
+    /// cloned.
+    #[inline]
+    pub(crate) fn decide<B>(&self, req: &Request<B>) -> Result<Permit, Box<Rejection>> {
         match self {
-            Self::Shared(layer) => RouteBreaker {
-                inner: Inner::Shared(tower::Layer::layer(layer, inner)),
-            },
-            Self::PerRoute(routes) => RouteBreaker {
-                inner: Inner::PerRoute {
-                    inner,
-                    routes: Arc::clone(routes),
-                },
-            },
+            Self::Shared(layer) => {
+                decided(&layer.breaker).map_err(|(refusal, b)| Box::new(b.rejection(refusal)))
+            }
+            Self::PerRoute(routes) => {
+                let table = &routes.table;
+                routes
+                    .breakers
+                    .with_breaker_cached(table.route(req), |_| table.key(req), decide_keyed)
+                    .map_err(|(refusal, b)| Box::new(b.rejection(refusal)))
+            }
         }
     }
 
@@ -349,77 +353,6 @@ impl fmt::Debug for RouteBreakers {
             .field("name", &self.name)
             .field("routes", &self.handle.len())
             .finish()
-    }
-}
-
-/// The stack's circuit breaker around `S`: one breaker for every request,
-/// or one per [`RouteKey`] (`routes.per_route_breaker`).
-pub struct RouteBreaker<S> {
-    inner: Inner<S>,
-}
-
-enum Inner<S> {
-    Shared(CircuitBreaker<S>),
-    PerRoute { inner: S, routes: Arc<PerRoute> },
-}
-
-impl<S: Clone> Clone for RouteBreaker<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: match &self.inner {
-                Inner::Shared(s) => Inner::Shared(s.clone()),
-                Inner::PerRoute { inner, routes } => Inner::PerRoute {
-                    inner: inner.clone(),
-                    routes: Arc::clone(routes),
-                },
-            },
-        }
-    }
-}
-
-impl<S> fmt::Debug for RouteBreaker<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RouteBreaker")
-            .field("per_route", &matches!(self.inner, Inner::PerRoute { .. }))
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for RouteBreaker<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = Response<BreakerBody<ResB>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, HttpMode>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        match &mut self.inner {
-            Inner::Shared(s) => s.poll_ready(cx),
-            Inner::PerRoute { inner, .. } => inner.poll_ready(cx),
-        }
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        match &mut self.inner {
-            Inner::Shared(s) => s.call(req),
-            Inner::PerRoute { inner, routes } => {
-                // Found by the borrowed route (a key is built only for a
-                // new route) and decided under the lookup: neither the
-                // route nor the breaker is cloned.
-                let table = &routes.table;
-                let decision = routes.breakers.with_breaker_cached(
-                    table.route(&req),
-                    |_| table.key(&req),
-                    decide_keyed,
-                );
-                call(decision, inner, &NoFallback, req)
-            }
-        }
     }
 }
 

@@ -8,15 +8,15 @@ use std::time::Duration;
 use tower::Layer;
 
 use super::catch_panic::{CatchPanic, CatchPanicLayer};
-use super::platform::{Parts, Platform, PlatformPaths};
-use super::routes::{BreakerLayer, Breakers, RouteBreaker, RouteBreakers};
+use super::platform::{Guard, Parts, Platform, PlatformPaths};
+use super::routes::{BreakerLayer, Breakers, RouteBreakers};
 use super::{BreakerReadiness, ConfigErrors, RampartConfig};
 use crate::circuit_breaker::CircuitBreakerHandle;
 use crate::concurrency::ConcurrencyLimitLayer;
 use crate::health::{Check, HealthRegistry, ProbeLayer};
 use crate::rate_limit::RateLimitLayer;
 use crate::shutdown::{DrainLayer, Shutdown};
-use crate::timeout::{Timeout, TimeoutLayer};
+use crate::timeout::TimeoutLayer;
 
 /// Builds a [`Stack`] from a [`RampartConfig`]: made by
 /// [`RampartConfig::stack`].
@@ -228,9 +228,10 @@ impl fmt::Debug for RampartLayer {
     }
 }
 
-/// The service made by [`RampartLayer`] around `S`: the front (probes,
-/// platform endpoints and the drain, [`Platform`]) around the protections.
-pub type RampartService<S> = Platform<RouteBreaker<Timeout<CatchPanic<S>>>, CatchPanic<S>>;
+/// The service made by [`RampartLayer`] around `S`: one service doing the
+/// work of every layer ([`Platform`]), with `S` behind the protections and
+/// a copy of `S` for the platform's endpoints (with panic catching only).
+pub type RampartService<S> = Platform<S, CatchPanic<S>>;
 
 /// `S` is cloned once per `layer()` call (not per request): one copy for
 /// the platform's endpoints, one behind the protections.
@@ -239,15 +240,14 @@ impl<S: Clone> Layer<S> for RampartLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         let bypass = self.catch_panic.layer(inner.clone());
-        let svc = self.catch_panic.layer(inner);
-        let svc = self.timeout.layer(svc);
-        let svc = self.breaker.layer(svc);
         // The front drains, then rate-limits, then limits concurrency (after
         // the rate limit: abusive clients are refused before they take a
         // slot; outside the breaker and the timeout: the server's timeout is
-        // a dropped sample, a breaker's free refusal is ignored).
+        // a dropped sample, a breaker's free refusal is ignored), then the
+        // breaker decides, the timeout sets the deadline and the panic
+        // catcher calls the application.
         Platform::new(
-            svc,
+            inner,
             bypass,
             Parts {
                 paths: Arc::clone(&self.platform),
@@ -255,6 +255,10 @@ impl<S: Clone> Layer<S> for RampartLayer {
                 drain: Arc::clone(self.drain.state()),
                 rate_limit: self.rate_limit.as_ref().map(|rl| Arc::clone(&rl.shared)),
                 concurrency: self.concurrency.as_ref().map(|c| Arc::clone(c.shared())),
+                guard: Guard {
+                    breaker: self.breaker.clone(),
+                    timeout: Arc::clone(self.timeout.shared()),
+                },
             },
         )
     }

@@ -130,9 +130,7 @@ where
                 // Time is up: drop the inner future now (the cancellation).
                 let source = *source;
                 this.state.set(State::Done);
-                this.shared.record(TimeoutCause::Elapsed, source);
-                let rejection = this.shared.rejection(TimeoutCause::Elapsed, source, None);
-                Poll::Ready(M::rejected(*this.cx, rejection))
+                Poll::Ready(M::rejected(*this.cx, this.shared.elapsed(source)))
             }
             StateProj::Spent { source, binding } => {
                 let (source, binding) = (*source, *binding);

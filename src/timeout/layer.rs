@@ -67,6 +67,13 @@ impl<M> TimeoutLayer<M> {
     pub fn timeout(&self) -> Duration {
         self.shared.timeout
     }
+
+    /// The state every service of the layer shares (the stack's front
+    /// decides with it).
+    #[cfg(feature = "config")]
+    pub(crate) fn shared(&self) -> &Arc<Laned<Shared>> {
+        &self.shared
+    }
 }
 
 impl<M> Clone for TimeoutLayer<M> {

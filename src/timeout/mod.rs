@@ -125,7 +125,7 @@
 //! | `request timed out` | `DEBUG` | `name`, `cause`, `source` |
 //! | `malformed budget header ignored` | `DEBUG` | `name`, `header`, `value` |
 
-mod deadline;
+pub(crate) mod deadline;
 mod error;
 mod future;
 mod layer;
@@ -149,7 +149,7 @@ pub use self::future::ResponseFuture;
 pub use self::layer::{DEFAULT_NAME, TimeoutLayer, TimeoutLayerBuilder};
 use self::sealed::ProtocolHint;
 pub(crate) use self::state::Binding;
-use self::state::Shared;
+pub(crate) use self::state::Shared;
 use crate::rejection::{HttpMode, Mode};
 use crate::util::lanes::Laned;
 
@@ -218,27 +218,26 @@ where
 
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let now = crate::util::clock::now();
         let cx = M::context(&req);
-        let eff = self.shared.deadline_for(&req, now, cx.is_grpc());
-        if eff.at <= now {
-            self.shared.record(TimeoutCause::BudgetSpent, eff.source);
-            return ResponseFuture::spent(cx, self.shared.lane(), eff.source, eff.binding);
-        }
-        let deadline = Deadline::at(eff.at).with_source(eff.source);
-        if self.shared.deadline_extension {
-            if eff.nested {
-                req.replace_deadline(deadline);
-            } else {
-                req.set_deadline(deadline);
+        match self.shared.admit(&mut req, cx.is_grpc()) {
+            Ok(deadline) => {
+                let scope = self::deadline::enter(deadline);
+                let future = self.inner.call(req);
+                drop(scope);
+                // The future keeps the state alive through this thread's
+                // lane: no count on the line every thread writes.
+                ResponseFuture::running(
+                    future,
+                    deadline.instant(),
+                    deadline.source(),
+                    cx,
+                    self.shared.lane(),
+                )
+            }
+            Err((source, binding)) => {
+                ResponseFuture::spent(cx, self.shared.lane(), source, binding)
             }
         }
-        let scope = self::deadline::enter(deadline);
-        let future = self.inner.call(req);
-        drop(scope);
-        // The future keeps the state alive through this thread's lane: no
-        // count on the line every thread writes.
-        ResponseFuture::running(future, eff.at, eff.source, cx, self.shared.lane())
     }
 }
 

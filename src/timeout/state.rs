@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderName, StatusCode};
 use metrics::Counter;
 use tokio::time::Instant;
 
+use super::Deadline;
 use super::deadline::{self, DeadlineCarrier, DeadlineSource, GRPC_TIMEOUT, parse_grpc_timeout};
 use super::error::TimeoutCause;
 use crate::grpc::is_grpc;
@@ -76,6 +77,42 @@ impl Shared {
         }
     }
 
+    /// The deadline of `req`, arriving now: handed to the request (its
+    /// extensions, when the layer is asked to) and returned; or, when its
+    /// budget is already spent, which budget it was (counted and logged
+    /// here). `grpc` as for [`deadline_for`](Self::deadline_for). What
+    /// [`Timeout`](super::Timeout) and the stack's front do on `call`.
+    #[inline]
+    pub(crate) fn admit<Req: DeadlineCarrier>(
+        &self,
+        req: &mut Req,
+        grpc: Option<bool>,
+    ) -> Result<Deadline, (DeadlineSource, Binding)> {
+        let now = crate::util::clock::now();
+        let eff = self.deadline_for(req, now, grpc);
+        if eff.at <= now {
+            self.record(TimeoutCause::BudgetSpent, eff.source);
+            return Err((eff.source, eff.binding));
+        }
+        let deadline = Deadline::at(eff.at).with_source(eff.source);
+        if self.deadline_extension {
+            if eff.nested {
+                req.replace_deadline(deadline);
+            } else {
+                req.set_deadline(deadline);
+            }
+        }
+        Ok(deadline)
+    }
+
+    /// The refusal of a request whose deadline passed while it was served
+    /// (counted and logged).
+    #[cold]
+    pub(crate) fn elapsed(&self, source: DeadlineSource) -> Rejection {
+        self.record(TimeoutCause::Elapsed, source);
+        self.rejection(TimeoutCause::Elapsed, source, None)
+    }
+
     /// The effective deadline of a request arriving now with `req`'s
     /// budget headers and outer deadline, whose budget it is, and whether
     /// there was an outer deadline. `grpc` is what the mode's request
@@ -85,7 +122,7 @@ impl Shared {
     /// budget binds before the caller's, and this layer's own before an
     /// outer one's.
     #[inline]
-    pub(super) fn deadline_for<Req: DeadlineCarrier>(
+    fn deadline_for<Req: DeadlineCarrier>(
         &self,
         req: &Req,
         now: Instant,
@@ -122,11 +159,11 @@ impl Shared {
 
 /// A request's effective deadline and where it came from.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Effective {
-    pub(super) at: Instant,
-    pub(super) source: DeadlineSource,
-    pub(super) binding: Binding,
-    pub(super) nested: bool,
+struct Effective {
+    at: Instant,
+    source: DeadlineSource,
+    binding: Binding,
+    nested: bool,
 }
 
 /// Which budget set a request's deadline.

@@ -43,3 +43,7 @@ mod rate_limit_in_the_stack;
 /// The concurrency limit in the stack (its front admits): a queue that
 /// admits in turn and refuses when full, its waiters counted in flight.
 mod concurrency_in_the_stack;
+
+/// The circuit breaker, the timeout and the panic catcher in the stack
+/// (below its front, in one call): on every way to the application.
+mod guards_in_the_stack;

@@ -11,10 +11,10 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tower::{BoxError, Service};
 
+use super::Shared;
+use super::guarded::{Guarded, GuardedBody};
 use crate::Rejection;
-use crate::concurrency::{
-    Observe, Permit, Queued, Queueing, Shared as ConcurrencyShared, enqueue, try_admit,
-};
+use crate::concurrency::{Observe, Permit, Queued, Queueing, enqueue, try_admit};
 use crate::health::ProbeAnswer;
 use crate::rate_limit::Later;
 use crate::rate_limit::headers::Rendered;
@@ -36,13 +36,14 @@ pub(super) struct Admitted {
 /// The state of a request the concurrency limit queued or refused.
 /// `service` gives the ready service to call once a slot is granted; it is
 /// asked only if the request waits (a refusal takes no copy of it).
-pub(super) fn queued<P, B, ReqB>(
+pub(super) fn queued<S, B, ReqB>(
     queueing: Queueing,
-    service: impl FnOnce() -> P,
+    service: impl FnOnce() -> S,
     request: Request<ReqB>,
-) -> Other<P, B, ReqB>
+    shared: Arc<Shared<B>>,
+) -> Other<S, B, ReqB>
 where
-    P: Service<Request<ReqB>>,
+    S: Service<Request<ReqB>>,
     B: Service<Request<ReqB>>,
 {
     match queueing {
@@ -51,6 +52,7 @@ where
                 queued,
                 service: service(),
                 request: Some(request),
+                shared,
             }),
         },
         Queueing::Refused(rejection) => Other::Refused {
@@ -62,24 +64,26 @@ where
 
 pin_project_lite::pin_project! {
     /// A request waiting in the concurrency limit's queue, with the ready
-    /// service to call once it has a slot.
-    struct QueuedCall<P, ReqB> {
+    /// service to call once it has a slot (through the breaker and the
+    /// timeout of `shared`).
+    struct QueuedCall<S, B, ReqB> {
         #[pin]
         queued: Queued,
-        service: P,
+        service: S,
         request: Option<Request<ReqB>>,
+        shared: Arc<Shared<B>>,
     }
 }
 
 pin_project_lite::pin_project! {
     /// The response future of [`Platform`](super::Platform).
-    pub struct PlatformFuture<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> {
+    pub struct PlatformFuture<S: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> {
         // The protected request's future in a field of its own rather than
         // in a variant of `other`: it is moved into place once, not into a
         // variant first (the drain's future does the same). Dropped first,
         // then the concurrency slot, then the drain's count.
         #[pin]
-        protected: Option<P::Future>,
+        protected: Option<Guarded<S::Future>>,
         // The concurrency limit's slot, until the inner future ends.
         permit: Option<Permit>,
         // The drain's count of the request, until its answer's body ends.
@@ -89,22 +93,22 @@ pin_project_lite::pin_project! {
         // The rate limit's headers for an admitted answer.
         headers: Option<Box<Rendered>>,
         #[pin]
-        other: Other<P, B, ReqB>,
+        other: Other<S, B, ReqB>,
     }
 }
 
 pin_project_lite::pin_project! {
     #[project = OtherProj]
-    pub(super) enum Other<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> {
+    pub(super) enum Other<S: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> {
         // A protected request: its future is in `protected`.
         None,
         // Refused by the drain (no guard) or a limit (the guard, let go
         // once the refusal is built).
         Refused { rejection: Option<Box<Rejection>> },
         // Waiting for the rate limit's decision.
-        Later { later: Later<P, ReqB>, concurrency: Option<Arc<ConcurrencyShared>> },
+        Later { later: Later<S, ReqB>, shared: Arc<Shared<B>> },
         // Waiting in the concurrency limit's queue.
-        Queued { waiting: Pin<Box<QueuedCall<P, ReqB>>> },
+        Queued { waiting: Pin<Box<QueuedCall<S, B, ReqB>>> },
         Probe { answer: ProbeAnswer },
         Bypass { #[pin] future: B::Future },
         NotReady { service: B, request: Option<Request<ReqB>> },
@@ -112,9 +116,13 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> PlatformFuture<P, B, ReqB> {
+impl<S: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> PlatformFuture<S, B, ReqB> {
     #[inline]
-    pub(super) fn protected(future: P::Future, permit: Option<Permit>, admitted: Admitted) -> Self {
+    pub(super) fn protected(
+        future: Guarded<S::Future>,
+        permit: Option<Permit>,
+        admitted: Admitted,
+    ) -> Self {
         Self {
             protected: Some(future),
             permit,
@@ -126,7 +134,7 @@ impl<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> PlatformFuture<
         }
     }
 
-    pub(super) fn waiting(other: Other<P, B, ReqB>, admitted: Admitted) -> Self {
+    pub(super) fn waiting(other: Other<S, B, ReqB>, admitted: Admitted) -> Self {
         Self {
             protected: None,
             permit: None,
@@ -138,7 +146,7 @@ impl<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> PlatformFuture<
         }
     }
 
-    pub(super) fn other(other: Other<P, B, ReqB>, protocol: Protocol) -> Self {
+    pub(super) fn other(other: Other<S, B, ReqB>, protocol: Protocol) -> Self {
         Self {
             protected: None,
             permit: None,
@@ -154,21 +162,21 @@ impl<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> PlatformFuture<
     }
 }
 
-impl<P: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> fmt::Debug
-    for PlatformFuture<P, B, ReqB>
+impl<S: Service<Request<ReqB>>, B: Service<Request<ReqB>>, ReqB> fmt::Debug
+    for PlatformFuture<S, B, ReqB>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("PlatformFuture")
     }
 }
 
-impl<P, B, ReqB, PB, BB, E> Future for PlatformFuture<P, B, ReqB>
+impl<S, B, ReqB, SB, BB, E> Future for PlatformFuture<S, B, ReqB>
 where
-    P: Service<Request<ReqB>, Response = Response<PB>, Error = E>,
+    S: Service<Request<ReqB>, Response = Response<SB>, Error = E>,
     B: Service<Request<ReqB>, Response = Response<BB>, Error = E>,
     E: 'static,
 {
-    type Output = Result<Response<ResponseBody<PlatformBody<PB, BB>>>, E>;
+    type Output = Result<Response<ResponseBody<PlatformBody<GuardedBody<SB>, BB>>>, E>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -210,27 +218,31 @@ where
                     }
                     Poll::Ready(Ok(res))
                 }
-                OtherProj::Later { later, concurrency } => {
+                OtherProj::Later { later, shared } => {
                     let guard = this.guard.as_mut().expect("polled after completion");
                     match std::task::ready!(poll_unless_aborted(guard, cx, |cx| {
                         later.poll_settle(cx)
                     })) {
                         Some(Ok((mut service, request, headers))) => {
                             *this.headers = headers;
-                            let permit = match concurrency.as_ref() {
+                            let permit = match shared.concurrency.as_ref() {
                                 None => None,
                                 Some(limit) => match try_admit(limit, &request) {
                                     Ok(permit) => Some(permit),
                                     Err(wait) => match enqueue(limit, wait) {
                                         Queueing::Granted(permit) => Some(permit),
                                         queueing => {
-                                            this.other.set(queued(queueing, || service, request));
+                                            let shared = Arc::clone(shared);
+                                            let other =
+                                                queued(queueing, || service, request, shared);
+                                            this.other.set(other);
                                             continue;
                                         }
                                     },
                                 },
                             };
-                            this.protected.set(Some(service.call(request)));
+                            let future = shared.guard.call(&mut service, request, *this.protocol);
+                            this.protected.set(Some(future));
                             *this.permit = permit;
                             this.other.set(Other::None);
                             continue;
@@ -255,7 +267,11 @@ where
                     })) {
                         Some(Ok(permit)) => {
                             let request = waiting.request.take().expect("polled after completion");
-                            let future = waiting.service.call(request);
+                            let future =
+                                waiting
+                                    .shared
+                                    .guard
+                                    .call(waiting.service, request, *this.protocol);
                             this.protected.set(Some(future));
                             *this.permit = Some(permit);
                             this.other.set(Other::None);

@@ -1,11 +1,12 @@
 //! The stack's front: the probes (answered here, from the health
 //! registry), the platform's endpoints (`/metrics`, `grpc.health.v1`),
 //! routed around the protections by exact path, and for every other request
-//! the drain, the rate limit and the concurrency limit (each through that
-//! layer's own code) before the layers below. The response future and body
-//! are in `future.rs`.
+//! the drain, the rate limit and the concurrency limit, then the circuit
+//! breaker, the timeout and the panic catcher (`guarded.rs`), each through
+//! that layer's own code. The response future and body are in `future.rs`.
 
 mod future;
+mod guarded;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,8 @@ use crate::util::poison::lock;
 
 use self::future::{Admitted, Other, queued};
 pub use self::future::{PlatformBody, PlatformFuture};
+pub(crate) use self::guarded::Guard;
+pub use self::guarded::GuardedBody;
 
 const GRPC_HEALTH_METHODS: [&str; 3] = [
     "/grpc.health.v1.Health/Check",
@@ -66,22 +69,24 @@ impl fmt::Debug for PlatformPaths {
     }
 }
 
-/// The stack's outermost service: answers the probes (`probes.*_path`) as
+/// The stack: answers the probes (`probes.*_path`) as
 /// [`Probe`](crate::health::Probe) does, sends the platform's endpoints
 /// (`platform.paths`, `grpc.health.v1`) to `B`, the application with panic
-/// catching only, and every other request to `P`, the application behind
-/// the remaining protections, through the drain (counted in flight until
-/// its answer's body ends, or refused while draining, as
-/// [`Drain`](crate::shutdown::Drain) does), then the rate limit and the
-/// concurrency limit when the config has them (as
+/// catching only, and every other request to `S`, the application, through
+/// the drain (counted in flight until its answer's body ends, or refused
+/// while draining, as [`Drain`](crate::shutdown::Drain) does), the rate
+/// limit and the concurrency limit when the config has them (as
 /// [`RateLimit`](crate::rate_limit::RateLimit) and
-/// [`ConcurrencyLimit`](crate::concurrency::ConcurrencyLimit) do). Made by
+/// [`ConcurrencyLimit`](crate::concurrency::ConcurrencyLimit) do), the
+/// circuit breaker (one, or one per route: [`RouteKey`](super::RouteKey)),
+/// the timeout (as [`Timeout`](crate::timeout::Timeout) does) and a panic
+/// catcher (as [`CatchPanic`](super::CatchPanic) does). Made by
 /// [`RampartLayer`](super::RampartLayer).
 ///
 /// One service (one future, one `Arc`) for these jobs rather than a layer
 /// for each: axum clones the stack for every request under
-/// `Router::layer`, and each layer adds a reference count, a move of the
-/// inner future and a rebuild of the response.
+/// `Router::layer`, and each layer would add a reference count, a move of
+/// the inner future and a rebuild of the response.
 ///
 /// The bypass copy is shared by every clone behind a `std` mutex, held only
 /// while it is called (never across an await): axum clones a route's
@@ -89,10 +94,11 @@ impl fmt::Debug for PlatformPaths {
 /// `Route` itself there, would otherwise be a boxed clone per request.
 /// When it is not ready at once, a clone waits for readiness in the
 /// response future, as `tower::util::Oneshot` would.
-pub struct Platform<P, B> {
-    protected: P,
-    /// The probes, the paths, the drain, the limits and the bypass behind
-    /// one `Arc`: a clone of the service counts one reference.
+pub struct Platform<S, B> {
+    protected: S,
+    /// The probes, the paths, the drain, the limits, the breaker, the
+    /// timeout and the bypass behind one `Arc`: a clone of the service
+    /// counts one reference.
     shared: Arc<Shared<B>>,
 }
 
@@ -102,6 +108,7 @@ struct Shared<B> {
     drain: Arc<Laned<DrainState>>,
     rate_limit: Option<Arc<RateLimitShared>>,
     concurrency: Option<Arc<ConcurrencyShared>>,
+    guard: Guard,
     bypass: Mutex<B>,
 }
 
@@ -112,16 +119,18 @@ pub(crate) struct Parts {
     pub(crate) drain: Arc<Laned<DrainState>>,
     pub(crate) rate_limit: Option<Arc<RateLimitShared>>,
     pub(crate) concurrency: Option<Arc<ConcurrencyShared>>,
+    pub(crate) guard: Guard,
 }
 
-impl<P, B> Platform<P, B> {
-    pub(crate) fn new(protected: P, bypass: B, parts: Parts) -> Self {
+impl<S, B> Platform<S, B> {
+    pub(crate) fn new(protected: S, bypass: B, parts: Parts) -> Self {
         let Parts {
             paths,
             probes,
             drain,
             rate_limit,
             concurrency,
+            guard,
         } = parts;
         Self {
             protected,
@@ -131,18 +140,19 @@ impl<P, B> Platform<P, B> {
                 drain,
                 rate_limit,
                 concurrency,
+                guard,
                 bypass: Mutex::new(bypass),
             }),
         }
     }
 
-    /// The protected service.
-    pub fn get_ref(&self) -> &P {
+    /// The application behind the protections.
+    pub fn get_ref(&self) -> &S {
         &self.protected
     }
 }
 
-impl<P: Clone, B> Clone for Platform<P, B> {
+impl<S: Clone, B> Clone for Platform<S, B> {
     fn clone(&self) -> Self {
         Self {
             protected: self.protected.clone(),
@@ -151,7 +161,7 @@ impl<P: Clone, B> Clone for Platform<P, B> {
     }
 }
 
-impl<P, B> fmt::Debug for Platform<P, B> {
+impl<S, B> fmt::Debug for Platform<S, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Platform")
             .field("paths", &self.shared.paths)
@@ -159,15 +169,15 @@ impl<P, B> fmt::Debug for Platform<P, B> {
     }
 }
 
-impl<P, B, ReqB, PB, BB> Service<Request<ReqB>> for Platform<P, B>
+impl<S, B, ReqB, SB, BB> Service<Request<ReqB>> for Platform<S, B>
 where
-    P: Service<Request<ReqB>, Response = Response<PB>> + Clone,
-    P::Error: 'static,
-    B: Service<Request<ReqB>, Response = Response<BB>, Error = P::Error> + Clone,
+    S: Service<Request<ReqB>, Response = Response<SB>> + Clone,
+    S::Error: 'static,
+    B: Service<Request<ReqB>, Response = Response<BB>, Error = S::Error> + Clone,
 {
-    type Response = Response<ResponseBody<PlatformBody<PB, BB>>>;
-    type Error = P::Error;
-    type Future = PlatformFuture<P, B, ReqB>;
+    type Response = Response<ResponseBody<PlatformBody<GuardedBody<SB>, BB>>>;
+    type Error = S::Error;
+    type Future = PlatformFuture<S, B, ReqB>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -222,15 +232,16 @@ where
                 Err(wait) => return self.call_queued(req, wait, admitted),
             },
         };
-        PlatformFuture::protected(self.protected.call(req), permit, admitted)
+        let future = self.shared.guard.call(&mut self.protected, req, protocol);
+        PlatformFuture::protected(future, permit, admitted)
     }
 }
 
-impl<P, B> Platform<P, B> {
+impl<S, B> Platform<S, B> {
     #[cold]
-    fn call_bypass<ReqB>(&mut self, req: Request<ReqB>) -> PlatformFuture<P, B, ReqB>
+    fn call_bypass<ReqB>(&mut self, req: Request<ReqB>) -> PlatformFuture<S, B, ReqB>
     where
-        P: Service<Request<ReqB>>,
+        S: Service<Request<ReqB>>,
         B: Service<Request<ReqB>> + Clone,
     {
         let mut bypass = lock(&self.shared.bypass);
@@ -256,16 +267,16 @@ impl<P, B> Platform<P, B> {
         req: Request<ReqB>,
         decision: Decision,
         admitted: Admitted,
-    ) -> PlatformFuture<P, B, ReqB>
+    ) -> PlatformFuture<S, B, ReqB>
     where
-        P: Service<Request<ReqB>> + Clone,
+        S: Service<Request<ReqB>> + Clone,
         B: Service<Request<ReqB>>,
     {
         let rate_limit = self.shared.rate_limit.as_ref().expect("deciding");
         let other = match defer(rate_limit, &mut self.protected, req, decision) {
             Ok(later) => Other::Later {
                 later,
-                concurrency: self.shared.concurrency.clone(),
+                shared: Arc::clone(&self.shared),
             },
             Err(rejection) => Other::Refused {
                 rejection: Some(rejection),
@@ -282,15 +293,17 @@ impl<P, B> Platform<P, B> {
         req: Request<ReqB>,
         wait: Wait,
         admitted: Admitted,
-    ) -> PlatformFuture<P, B, ReqB>
+    ) -> PlatformFuture<S, B, ReqB>
     where
-        P: Service<Request<ReqB>> + Clone,
+        S: Service<Request<ReqB>> + Clone,
         B: Service<Request<ReqB>>,
     {
         let limit = self.shared.concurrency.as_ref().expect("limiting");
         match enqueue(limit, wait) {
             Queueing::Granted(permit) => {
-                PlatformFuture::protected(self.protected.call(req), Some(permit), admitted)
+                let protocol = admitted.protocol;
+                let future = self.shared.guard.call(&mut self.protected, req, protocol);
+                PlatformFuture::protected(future, Some(permit), admitted)
             }
             queueing => {
                 // A waiting request takes the service that was polled ready
@@ -299,7 +312,8 @@ impl<P, B> Platform<P, B> {
                     let fresh = self.protected.clone();
                     std::mem::replace(&mut self.protected, fresh)
                 };
-                PlatformFuture::waiting(queued(queueing, ready, req), admitted)
+                let shared = Arc::clone(&self.shared);
+                PlatformFuture::waiting(queued(queueing, ready, req, shared), admitted)
             }
         }
     }
