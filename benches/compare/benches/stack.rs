@@ -157,6 +157,22 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     assert!(with_conc.concurrency.is_some());
     let stack_with_conc = with_conc.stack().build().unwrap();
+    // The production example's breaker: a 30-second time window and a
+    // slow-call threshold (every call is recorded in its bucket under the
+    // window's lock, with a clock reading for its duration).
+    let time_window = RampartConfig::from_toml(&CONFIG.replace(
+        "window = { type = \"count\", size = 100 }",
+        "window = { type = \"time\", duration = \"30s\", buckets = 10 }\n    \
+         slow_call_duration_threshold = \"2s\"",
+    ))
+    .unwrap();
+    assert!(
+        time_window
+            .circuit_breaker
+            .slow_call_duration_threshold
+            .is_some()
+    );
+    let stack_time_window = time_window.stack().build().unwrap();
 
     // The same layers by hand, without CatchPanicLayer.
     let probe = config.probes.clone().build(stack.health()).unwrap();
@@ -221,6 +237,11 @@ fn bench(c: &mut Criterion) {
         ("rampart_stack_cloned_per_call_2_threads", &stack, true),
         ("rampart_stack_2_threads", &stack, false),
         ("rampart_stack_per_route_2_threads", &stack_per_route, false),
+        (
+            "rampart_stack_time_window_2_threads",
+            &stack_time_window,
+            false,
+        ),
     ] {
         let s = proto.layer().layer(Bare);
         let handle = rt.handle().clone();
@@ -248,6 +269,12 @@ fn bench(c: &mut Criterion) {
         g.bench_function("rampart_stack_without_rate_limit", |b| {
             b.iter(|| one(&mut s))
         });
+    }
+    let mut s = stack_time_window.layer().layer(Bare);
+    if !counting("rampart_stack_time_window", || {
+        black_box(one(&mut s));
+    }) {
+        g.bench_function("rampart_stack_time_window", |b| b.iter(|| one(&mut s)));
     }
     let mut s = stack_with_conc.layer().layer(Bare);
     if !counting("rampart_stack_with_concurrency_limit", || {
