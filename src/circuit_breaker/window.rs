@@ -46,6 +46,32 @@ impl Window {
         }
     }
 
+    /// A time window's bucket length in nanoseconds (`None`: a count
+    /// window).
+    pub(crate) fn bucket_nanos(&self) -> Option<u64> {
+        match self {
+            Window::Count(_) => None,
+            Window::Time(r) => Some(r.bucket_nanos),
+        }
+    }
+
+    /// Records `n` successes, neither failed nor slow, of a time window's
+    /// `period` (`now / bucket_nanos + 1`), counted without the lock
+    /// (`state::fast`); dropped if the period has left the window. A count
+    /// window has no such successes.
+    pub(crate) fn record_successes(&mut self, period: u64, n: u32) {
+        if let Window::Time(r) = self {
+            r.add(
+                period,
+                Tally {
+                    calls: n,
+                    failures: 0,
+                    slow: 0,
+                },
+            );
+        }
+    }
+
     /// The calls in the window at `now` (moves a time window's end there).
     pub(crate) fn tally(&mut self, now: u64) -> Tally {
         match self {
@@ -181,7 +207,16 @@ impl TimeRing {
     }
 
     fn record(&mut self, now: u64, flags: u8) {
-        let period = self.period(now);
+        let call = Tally {
+            calls: 1,
+            failures: u32::from(flags & FAILURE != 0),
+            slow: u32::from(flags & SLOW != 0),
+        };
+        self.add(self.period(now), call);
+    }
+
+    /// Adds `call` to the bucket of `period`.
+    fn add(&mut self, period: u64, call: Tally) {
         self.advance(period);
         let n = self.buckets.len() as u64;
         if period + n <= self.head {
@@ -201,11 +236,6 @@ impl TimeRing {
                 tally: Tally::default(),
             };
         }
-        let call = Tally {
-            calls: 1,
-            failures: u32::from(flags & FAILURE != 0),
-            slow: u32::from(flags & SLOW != 0),
-        };
         b.tally.add(call);
         self.total.add(call);
     }

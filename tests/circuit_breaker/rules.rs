@@ -451,6 +451,102 @@ async fn time_window_rolls_buckets_over() {
     assert_eq!(h.state(), CircuitState::Open);
 }
 
+/// A time window counts the successes that cannot change its verdict
+/// without its lock (per thread, folded into their buckets whenever the
+/// lock is taken): every one of them still counts, in its own bucket, and
+/// the breaker trips on exactly the call it would trip on otherwise.
+#[tokio::test(start_paused = true)]
+async fn time_window_successes_all_count_and_trip_on_the_same_call() {
+    let layer = builder()
+        .time_window(Duration::from_secs(30), 10)
+        .minimum_calls(10)
+        .build()
+        .unwrap();
+    let h = layer.handle();
+    let svc = service(&layer);
+    // 20 successes: from the 10th on, the window can take more without a
+    // new verdict.
+    calls(&svc, &["ok"; 20]).await;
+    assert_eq!(h.counts().calls, 20);
+    // 19 failures: 19 of 39 < 50 %, closed; the 20th makes 20 of 40.
+    calls(&svc, &["fail"; 19]).await;
+    assert_eq!(h.state(), CircuitState::Closed, "{:?}", h.counts());
+    calls(&svc, &["fail"]).await;
+    assert_eq!(h.state(), CircuitState::Open);
+    assert_eq!((h.counts().calls, h.counts().failures), (40, 20));
+}
+
+/// The success that brings a time window to `minimum_calls` can trip it
+/// (Resilience4j judges the rates after every call once the minimum is
+/// reached): below the minimum every call is judged.
+#[tokio::test(start_paused = true)]
+async fn time_window_trips_on_the_success_that_reaches_the_minimum() {
+    let layer = builder()
+        .time_window(Duration::from_secs(30), 10)
+        .minimum_calls(10)
+        .build()
+        .unwrap();
+    let h = layer.handle();
+    let svc = service(&layer);
+    calls(&svc, &["fail"; 5]).await;
+    calls(&svc, &["ok"; 4]).await;
+    assert_eq!(h.state(), CircuitState::Closed);
+    calls(&svc, &["ok"]).await; // 5 of 10
+    assert_eq!(h.state(), CircuitState::Open);
+}
+
+/// Successes counted without the lock sit in the bucket of their time and
+/// leave the window with it; old calls leaving can raise the failure rate
+/// again, and the next call sees it.
+#[tokio::test(start_paused = true)]
+async fn time_window_successes_leave_with_their_bucket() {
+    let layer = builder()
+        .time_window(Duration::from_secs(10), 10)
+        .minimum_calls(4)
+        .build()
+        .unwrap();
+    let h = layer.handle();
+    let svc = service(&layer);
+    calls(&svc, &["ok"; 30]).await;
+    advance(Duration::from_secs(5)).await;
+    calls(&svc, &["fail", "ok", "ok", "fail"]).await;
+    assert_eq!((h.counts().calls, h.counts().failures), (34, 2));
+    // The 30 early successes leave: 2 failures of 4 calls remain.
+    advance(Duration::from_secs(5)).await;
+    assert_eq!((h.counts().calls, h.counts().failures), (4, 2));
+    // A success now: 2 of 5 = 40 %, still closed; a failure: 3 of 6.
+    calls(&svc, &["ok"]).await;
+    assert_eq!(h.state(), CircuitState::Closed);
+    calls(&svc, &["fail"]).await;
+    assert_eq!(h.state(), CircuitState::Open);
+}
+
+/// Two threads adding successes to one time window at once: none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_window_successes_on_many_threads_add_up() {
+    let layer = builder()
+        .time_window(Duration::from_secs(3600), 1)
+        .minimum_calls(10)
+        .build()
+        .unwrap();
+    let h = layer.handle();
+    let svc = service(&layer);
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..2_000 {
+                call(&svc, if (t + i) % 100 == 0 { "fail" } else { "ok" }).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let c = h.counts();
+    assert_eq!((c.calls, c.failures), (8_000, 80));
+}
+
 #[tokio::test(start_paused = true)]
 async fn time_window_with_few_calls_stays_closed() {
     let layer = builder()

@@ -35,8 +35,9 @@ pub(crate) struct Lane {
 
 impl Breaker {
     pub(crate) fn new(settings: Arc<Settings>, lanes: usize) -> Self {
-        let core = Core::new(settings);
-        let lanes = (0..lanes.max(1).next_power_of_two())
+        let lanes = lanes.max(1).next_power_of_two();
+        let core = Core::new(settings, lanes);
+        let lanes = (0..lanes)
             .map(|_| {
                 Arc::new(Lane {
                     name: Arc::from(&*core.settings.name),

@@ -26,6 +26,9 @@ impl Core {
             let mut window = lock(&self.window);
             window.clear();
             self.clean.store(false, Ordering::Relaxed);
+            if let Some(fast) = &self.fast {
+                fast.clear();
+            }
             self.consecutive.store(0, Ordering::Relaxed);
         }
     }

@@ -22,6 +22,7 @@
 //!   per-thread lanes.
 
 mod admit;
+mod fast;
 mod lanes;
 mod manual;
 mod record;
@@ -248,6 +249,8 @@ pub(crate) struct Core {
     clock: EpochClock,
     pub(crate) settings: Arc<Settings>,
     window: Mutex<Window>,
+    /// A time window's successes counted without its lock (`fast.rs`).
+    fast: Option<fast::FastSuccesses>,
     inner: Mutex<Inner>,
     me: Weak<Core>,
 }
@@ -256,8 +259,13 @@ pub(crate) struct Core {
 pub(super) use crate::util::lock;
 
 impl Core {
-    pub(crate) fn new(settings: Arc<Settings>) -> Arc<Self> {
+    /// A breaker's core; a time window gets `slots` (a power of two: the
+    /// breaker's lanes) for its successes counted without the lock.
+    pub(crate) fn new(settings: Arc<Settings>, slots: usize) -> Arc<Self> {
         let window = Window::new(settings.config.window);
+        let fast = window
+            .bucket_nanos()
+            .map(|nanos| fast::FastSuccesses::new(nanos, slots));
         // Seed the jitter from the clock and the settings' address, so that
         // breakers (and processes) spread their re-opens differently.
         let seed = {
@@ -277,6 +285,7 @@ impl Core {
             clock: EpochClock::new(),
             settings,
             window: Mutex::new(window),
+            fast,
             inner: Mutex::new(Inner {
                 reopens: 0,
                 open_after_trials: false,

@@ -42,8 +42,10 @@ impl Core {
             }
             return;
         }
+        // One clock reading for the call's duration and its bucket.
+        let now = if s.needs_clock { self.now() } else { 0 };
         let slow = match s.slow_nanos {
-            Some(t) => self.now().saturating_sub(start) > t,
+            Some(t) => now.saturating_sub(start) > t,
             None => false,
         };
         let failure = outcome == Outcome::Failure;
@@ -57,17 +59,18 @@ impl Core {
         }
         let flags = (u8::from(failure) * FAILURE) | (u8::from(slow) * SLOW);
         match state {
-            CircuitState::Closed | CircuitState::MetricsOnly => self.record_closed(w, flags),
+            CircuitState::Closed | CircuitState::MetricsOnly => self.record_closed(w, flags, now),
             CircuitState::HalfOpen => self.record_half_open(w, flags),
             _ => {}
         }
     }
 
     #[inline]
-    fn record_closed(&self, w: u64, flags: u8) {
+    fn record_closed(&self, w: u64, flags: u8, now: u64) {
         if flags == 0 {
             // Fast success: reset the failure streak, then nothing to do if
-            // the window cannot change.
+            // the window cannot change, or (a time window) counted on this
+            // thread's slot if it cannot change the verdict.
             if self.consecutive.load(Ordering::Relaxed) != 0
                 && self.word.load(Ordering::Acquire) == w
             {
@@ -76,11 +79,14 @@ impl Core {
             if self.clean.load(Ordering::Relaxed) {
                 return;
             }
+            if self.fast.as_ref().is_some_and(|f| f.try_count(w, now)) {
+                return;
+            }
         }
-        self.record_closed_slow(w, flags);
+        self.record_closed_slow(w, flags, now);
     }
 
-    fn record_closed_slow(&self, w: u64, flags: u8) {
+    fn record_closed_slow(&self, w: u64, flags: u8, now: u64) {
         let cfg = &self.settings.config;
         let mut reason = None;
         if flags & FAILURE != 0 {
@@ -93,20 +99,22 @@ impl Core {
             }
         }
         {
-            let now = if self.settings.needs_clock {
-                self.now()
-            } else {
-                0
-            };
             let mut window = lock(&self.window);
             if self.word.load(Ordering::Acquire) != w {
                 return; // a late result: the state moved on
             }
+            if let Some(fast) = &self.fast {
+                fast.fold(&mut window, w, now);
+            }
             window.record(now, flags);
             self.clean
                 .store(window.is_clean_and_full(), Ordering::Relaxed);
+            let tally = window.tally(now);
             if reason.is_none() {
-                reason = self.tripping_rule(window.tally(now));
+                reason = self.tripping_rule(tally);
+            }
+            if let Some(fast) = &self.fast {
+                fast.judged(w, now, tally.calls, cfg.minimum_calls, reason.is_some());
             }
         }
         match (CircuitState::from_word(w), reason) {
@@ -233,7 +241,13 @@ impl Core {
             }
         }
         let now = self.now();
-        let t = lock(&self.window).tally(now);
+        let t = {
+            let mut window = lock(&self.window);
+            if let Some(fast) = &self.fast {
+                fast.fold(&mut window, self.word.load(Ordering::Acquire), now);
+            }
+            window.tally(now)
+        };
         let rate = |n: u32| {
             (t.calls >= cfg.minimum_calls && t.calls > 0).then(|| n as f32 * 100.0 / t.calls as f32)
         };
