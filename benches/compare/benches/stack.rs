@@ -242,6 +242,11 @@ fn bench(c: &mut Criterion) {
             &stack_time_window,
             false,
         ),
+        (
+            "rampart_stack_without_rate_limit_2_threads",
+            &stack_no_rl,
+            false,
+        ),
     ] {
         let s = proto.layer().layer(Bare);
         let handle = rt.handle().clone();
