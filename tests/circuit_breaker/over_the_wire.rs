@@ -3,17 +3,13 @@
 //! classification).
 use crate::common;
 
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::{Router, body::Body, http::StatusCode, routing::get, routing::post};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response};
-use http_body::Frame;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tower_rampart::circuit_breaker::{CircuitBreakerLayer, CircuitState};
@@ -100,27 +96,6 @@ async fn http_refusal_through_a_real_server_and_one_breaker_for_all_routes() {
     assert_eq!(r.body, "");
 }
 
-/// A gRPC unary answer: one message, then `grpc-status` in the trailers
-/// (not trailers-only), so the breaker must read the trailers.
-struct UnaryReply {
-    message: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-}
-
-impl http_body::Body for UnaryReply {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(m) = self.message.take() {
-            return Poll::Ready(Some(Ok(Frame::data(m))));
-        }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
-    }
-}
-
 fn health_reply(status: &'static str) -> Response<Body> {
     // HealthCheckResponse { status: SERVING }: field 1, varint 1.
     let message = Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x01]);
@@ -129,7 +104,7 @@ fn health_reply(status: &'static str) -> Response<Body> {
     if status != "0" {
         trailers.insert("grpc-message", HeaderValue::from_static("backend lost"));
     }
-    let mut res = Response::new(Body::new(UnaryReply {
+    let mut res = Response::new(Body::new(common::GrpcUnary {
         message: (status == "0").then_some(message),
         trailers: Some(trailers),
     }));

@@ -10,8 +10,8 @@ use http_body_util::BodyExt;
 use tokio::time::{advance, sleep};
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_rampart::circuit_breaker::{
-    BreakerBody, CircuitBreakerBuilder, CircuitBreakerEvent, CircuitBreakerLayer, CircuitState,
-    TransitionReason,
+    BreakerBody, CircuitBreakerBuilder, CircuitBreakerEvent, CircuitBreakerLayer, CircuitCounts,
+    CircuitState, TransitionReason,
 };
 use tower_rampart::classify::{Classifier, Outcome};
 use tower_rampart::{Rejection, RejectionKind};
@@ -529,21 +529,7 @@ async fn time_window_successes_on_many_threads_add_up() {
         .minimum_calls(10)
         .build()
         .unwrap();
-    let h = layer.handle();
-    let svc = service(&layer);
-    let mut tasks = Vec::new();
-    for t in 0..4 {
-        let svc = svc.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..2_000 {
-                call(&svc, if (t + i) % 100 == 0 { "fail" } else { "ok" }).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let c = h.counts();
+    let c = four_tasks(&layer, 2_000, 100).await;
     assert_eq!((c.calls, c.failures), (8_000, 80));
 }
 
@@ -786,22 +772,28 @@ async fn many_threads_add_up() {
         .minimum_calls(4_000)
         .build()
         .unwrap();
-    let h = layer.handle();
-    let svc = service(&layer);
+    let c = four_tasks(&layer, 500, 4).await;
+    assert_eq!((c.calls, c.failures), (2_000, 500));
+}
+
+/// Four tasks (on the runtime's threads) call `layer`'s breaker `per_task`
+/// times each, one call in `fail_every` a failure; the counts after.
+async fn four_tasks(layer: &CircuitBreakerLayer, per_task: u32, fail_every: u32) -> CircuitCounts {
+    let svc = service(layer);
     let mut tasks = Vec::new();
     for t in 0..4 {
         let svc = svc.clone();
         tasks.push(tokio::spawn(async move {
-            for i in 0..500 {
-                call(&svc, if (t + i) % 4 == 0 { "fail" } else { "ok" }).await;
+            for i in 0..per_task {
+                let fail = (t + i) % fail_every == 0;
+                call(&svc, if fail { "fail" } else { "ok" }).await;
             }
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    let c = h.counts();
-    assert_eq!((c.calls, c.failures), (2_000, 500));
+    layer.handle().counts()
 }
 
 #[tokio::test(start_paused = true)]

@@ -154,6 +154,31 @@ impl http_body::Body for Endless {
     }
 }
 
+/// A gRPC answer's body: one message (if any), then `trailers` (its
+/// `grpc-status`: not trailers-only, so a breaker must read them).
+pub struct GrpcUnary {
+    pub message: Option<Bytes>,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl http_body::Body for GrpcUnary {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if let Some(m) = self.message.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(m))));
+        }
+        std::task::Poll::Ready(
+            self.trailers
+                .take()
+                .map(|t| Ok(http_body::Frame::trailers(t))),
+        )
+    }
+}
+
 /// Reads a child process's stdout line by line on a thread, so a test can
 /// wait for a line with a timeout (`recv_timeout`) without blocking on the
 /// pipe. Takes the child's stdout (it must be `Stdio::piped()`).

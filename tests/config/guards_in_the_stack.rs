@@ -19,15 +19,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use tower_rampart::circuit_breaker::CircuitState;
 use tower_rampart::timeout::{Deadline, DeadlineSource};
 
-/// `/hold` takes two seconds, `/slow` ten; anything else answers at once.
-/// Counts its calls.
+/// `/hold` takes two seconds, `/slow` ten; `/in-call` panics in `call`,
+/// `/in-future` in its future; anything else answers at once. Counts its
+/// calls.
 #[derive(Clone, Default)]
 struct App {
     calls: Arc<AtomicUsize>,
@@ -45,29 +45,19 @@ impl Service<Request<Full<Bytes>>> for App {
     fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let path = req.uri().path().to_owned();
+        if path == "/in-call" {
+            panic!("bug in call");
+        }
         Box::pin(async move {
             match path.as_str() {
                 "/hold" => tokio::time::sleep(Duration::from_secs(2)).await,
                 "/slow" => tokio::time::sleep(Duration::from_secs(10)).await,
+                "/in-future" => panic!("bug in the handler"),
                 _ => {}
             }
             Ok(Response::new(Full::from(path)))
         })
     }
-}
-
-/// A stack config with a timeout section of its own.
-fn config_with_timeout(sections: &str) -> tower_rampart::config::RampartConfig {
-    let toml = format!(
-        r#"
-        [shutdown]
-        shutdown_delay = "0s"
-        drain_timeout = "10s"
-        signals = false
-        {sections}
-        "#
-    );
-    tower_rampart::config::RampartConfig::from_toml(&toml).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn get(path: &str) -> Request<Full<Bytes>> {
@@ -166,7 +156,7 @@ impl Seen {
 /// deadline is left behind on the thread once the stack has answered.
 #[tokio::test(start_paused = true)]
 async fn the_handler_sees_its_deadline_when_called_and_while_it_runs() {
-    let config = config_with_timeout(
+    let config = crate::base_config(
         r#"
         [timeout]
         timeout = "5s"
@@ -230,7 +220,7 @@ async fn the_handler_sees_its_deadline_when_called_and_while_it_runs() {
 /// `x-request-timeout-ms: 0` cannot open the breaker for everyone.
 #[tokio::test(start_paused = true)]
 async fn a_spent_caller_budget_is_refused_before_the_handler_and_is_no_failure() {
-    let config = config_with_timeout(
+    let config = crate::base_config(
         r#"
         [timeout]
         timeout = "5s"
@@ -261,35 +251,13 @@ async fn a_spent_caller_budget_is_refused_before_the_handler_and_is_no_failure()
     assert_eq!(res.status(), StatusCode::OK);
 }
 
-/// Panics in `call` (before any future exists), then in the future.
-#[derive(Clone)]
-struct Panicky;
-
-impl Service<Request<Full<Bytes>>> for Panicky {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
-        match req.uri().path() {
-            "/in-call" => panic!("bug in call"),
-            "/in-future" => Box::pin(async { panic!("bug in the handler") }),
-            _ => Box::pin(async { Ok(Response::new(Full::from("ok"))) }),
-        }
-    }
-}
-
 /// A panic in the application's `call` or in its future answers 500 (gRPC:
 /// `INTERNAL`) and counts as one failure each; the stack keeps serving.
 #[tokio::test]
 async fn a_panic_in_call_or_in_the_future_answers_500_and_counts() {
     let config = crate::stack_config("[circuit_breaker]\nconsecutive_failures = 5");
     let stack = config.stack().build().unwrap();
-    let svc = stack.layer().layer(Panicky);
+    let svc = stack.layer().layer(App::default());
     let breaker = stack.circuit_breaker().unwrap();
     for (path, failures) in [("/in-call", 1), ("/in-future", 3)] {
         let res = svc.clone().oneshot(get(path)).await.unwrap();
@@ -315,27 +283,6 @@ async fn a_panic_in_call_or_in_the_future_answers_500_and_counts() {
     assert_eq!(stack.shutdown().in_flight(), 0);
 }
 
-/// A gRPC answer: one message, then `grpc-status` in the trailers.
-struct Unary {
-    message: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-}
-
-impl http_body::Body for Unary {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(m) = self.message.take() {
-            return Poll::Ready(Some(Ok(Frame::data(m))));
-        }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
-    }
-}
-
 /// A gRPC failure sent in the trailers (not trailers-only) is judged once
 /// the body has been read: the breaker waits for it, then counts one
 /// failure; a success in the trailers counts as one.
@@ -347,7 +294,7 @@ async fn a_grpc_status_in_the_trailers_is_judged_once_the_body_ends() {
         let status = req.uri().path().trim_start_matches('/').to_owned();
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::try_from(status).unwrap());
-        let mut res = Response::new(Unary {
+        let mut res = Response::new(crate::common::GrpcUnary {
             message: Some(Bytes::from_static(&[0, 0, 0, 0, 0])),
             trailers: Some(trailers),
         });

@@ -9,14 +9,19 @@ mod common;
 /// 10 s drain and a 5 s timeout, then `sections` (TOML).
 #[cfg(feature = "config")]
 fn stack_config(sections: &str) -> tower_rampart::config::RampartConfig {
+    base_config(&format!("[timeout]\ntimeout = \"5s\"\n{sections}"))
+}
+
+/// A stack config with no signals, no shutdown delay and a 10 s drain,
+/// then `sections` (TOML; the timeout's section too).
+#[cfg(feature = "config")]
+fn base_config(sections: &str) -> tower_rampart::config::RampartConfig {
     let toml = format!(
         r#"
         [shutdown]
         shutdown_delay = "0s"
         drain_timeout = "10s"
         signals = false
-        [timeout]
-        timeout = "5s"
         {sections}
         "#
     );
