@@ -111,9 +111,19 @@ impl FastSuccesses {
             if v & !(MARK | (PERIOD_MASK << COUNT_BITS) | COUNT_MASK) != generation {
                 continue;
             }
-            // The latest period at or before `head` with these low bits.
+            // The latest period at or before `head` with these low bits,
+            // or the next one: a thread whose clock reading came a little
+            // later than this one's may already count in it.
             let low = (v >> COUNT_BITS) & PERIOD_MASK;
-            let period = head - (head.wrapping_sub(low) & PERIOD_MASK);
+            let ahead = low.wrapping_sub(head) & PERIOD_MASK;
+            let period = if ahead <= 1 {
+                head + ahead
+            } else {
+                head.saturating_sub(head.wrapping_sub(low) & PERIOD_MASK)
+            };
+            if period == 0 {
+                continue;
+            }
             #[allow(clippy::cast_possible_truncation)] // 16 bits
             window.record_successes(period, (v & COUNT_MASK) as u32);
         }
@@ -145,5 +155,89 @@ impl FastSuccesses {
                 slot.0.store(0, Ordering::Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::super::config::SlidingWindow;
+    use super::super::word;
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn window() -> (Window, FastSuccesses) {
+        let window = Window::new(SlidingWindow::Time {
+            duration: Duration::from_secs(10),
+            buckets: 10,
+        });
+        let fast = FastSuccesses::new(window.bucket_nanos().unwrap(), 1);
+        (window, fast)
+    }
+
+    #[test]
+    fn counts_only_while_open_for_the_generation_and_bucket() {
+        let (mut window, fast) = window();
+        let w = word(CircuitState::Closed, 7);
+        assert!(!fast.try_count(w, 0), "shut until judged");
+        fast.judged(w, 0, 9, 10, false);
+        assert!(!fast.try_count(w, 0), "below the minimum");
+        fast.judged(w, 0, 10, 10, true);
+        assert!(!fast.try_count(w, 0), "a rule met");
+        fast.judged(word(CircuitState::MetricsOnly, 7), 0, 10, 10, false);
+        assert!(!fast.try_count(w, 0), "metrics-only judges every call");
+        fast.judged(w, 0, 10, 10, false);
+        assert!(fast.try_count(w, 0));
+        assert!(fast.try_count(w, SECOND - 1));
+        assert!(!fast.try_count(w, SECOND), "the next bucket");
+        assert!(
+            !fast.try_count(word(CircuitState::Closed, 8), 0),
+            "another generation"
+        );
+        fast.fold(&mut window, w, SECOND - 1);
+        assert_eq!(window.tally(SECOND - 1).calls, 2);
+        // Folded: empty again, and still open.
+        fast.fold(&mut window, w, SECOND - 1);
+        assert_eq!(window.tally(SECOND - 1).calls, 2);
+        assert!(fast.try_count(w, 0));
+        fast.clear();
+        assert!(!fast.try_count(w, 0), "a clear shuts it");
+        fast.fold(&mut window, w, 0);
+        assert_eq!(window.tally(0).calls, 2, "and drops the counts");
+    }
+
+    #[test]
+    fn folds_into_the_bucket_of_the_count() {
+        let (mut window, fast) = window();
+        let w = word(CircuitState::Closed, 1);
+        // Counted in the second bucket, folded by a thread still in the
+        // first: they land in the second.
+        fast.judged(w, SECOND, 10, 10, false);
+        assert!(fast.try_count(w, SECOND));
+        fast.fold(&mut window, w, SECOND - 1);
+        assert_eq!(window.tally(SECOND).calls, 1);
+        // Counted in the second bucket, folded 10 s later: gone with it.
+        assert!(fast.try_count(w, SECOND));
+        fast.fold(&mut window, w, 11 * SECOND);
+        assert_eq!(window.tally(11 * SECOND).calls, 0);
+        // Counted under another generation: dropped.
+        assert!(fast.try_count(w, SECOND));
+        fast.fold(&mut window, word(CircuitState::Closed, 2), SECOND);
+        assert_eq!(window.tally(SECOND).calls, 0);
+    }
+
+    #[test]
+    fn a_full_count_goes_to_the_lock() {
+        let (_, fast) = window();
+        let w = word(CircuitState::Closed, 3);
+        fast.judged(w, 0, 10, 10, false);
+        fast.slots[0].0.store(
+            FastSuccesses::tag(w, 1) | (COUNT_MASK - 1),
+            Ordering::Relaxed,
+        );
+        assert!(fast.try_count(w, 0));
+        assert!(!fast.try_count(w, 0), "full");
     }
 }
