@@ -10,8 +10,8 @@ use http_body_util::BodyExt;
 use tokio::time::{advance, sleep};
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_rampart::circuit_breaker::{
-    BreakerBody, CircuitBreakerBuilder, CircuitBreakerEvent, CircuitBreakerLayer, CircuitCounts,
-    CircuitState, TransitionReason,
+    BreakerBody, CircuitBreakerBuilder, CircuitBreakerEvent, CircuitBreakerHandle,
+    CircuitBreakerLayer, CircuitCounts, CircuitState, TransitionReason,
 };
 use tower_rampart::classify::{Classifier, Outcome};
 use tower_rampart::{Rejection, RejectionKind};
@@ -433,15 +433,21 @@ async fn consecutive_failures_trip_regardless_of_the_window() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn time_window_rolls_buckets_over() {
+/// A breaker with a time window of `secs` seconds in `buckets` buckets
+/// judging from `minimum_calls` calls on (the rest from [`builder`]): its
+/// handle and service.
+fn time_window(secs: u64, buckets: u32, minimum_calls: u32) -> (CircuitBreakerHandle, Svc) {
     let layer = builder()
-        .time_window(Duration::from_secs(10), 10)
-        .minimum_calls(2)
+        .time_window(Duration::from_secs(secs), buckets)
+        .minimum_calls(minimum_calls)
         .build()
         .unwrap();
-    let h = layer.handle();
-    let svc = service(&layer);
+    (layer.handle(), service(&layer))
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_window_rolls_buckets_over() {
+    let (h, svc) = time_window(10, 10, 2);
     calls(&svc, &["fail"]).await;
     advance(Duration::from_millis(9_999)).await;
     assert_eq!(h.counts().failures, 1, "still inside the last 10 s");
@@ -457,13 +463,7 @@ async fn time_window_rolls_buckets_over() {
 /// the breaker trips on exactly the call it would trip on otherwise.
 #[tokio::test(start_paused = true)]
 async fn time_window_successes_all_count_and_trip_on_the_same_call() {
-    let layer = builder()
-        .time_window(Duration::from_secs(30), 10)
-        .minimum_calls(10)
-        .build()
-        .unwrap();
-    let h = layer.handle();
-    let svc = service(&layer);
+    let (h, svc) = time_window(30, 10, 10);
     // 20 successes: from the 10th on, the window can take more without a
     // new verdict.
     calls(&svc, &["ok"; 20]).await;
@@ -481,13 +481,7 @@ async fn time_window_successes_all_count_and_trip_on_the_same_call() {
 /// reached): below the minimum every call is judged.
 #[tokio::test(start_paused = true)]
 async fn time_window_trips_on_the_success_that_reaches_the_minimum() {
-    let layer = builder()
-        .time_window(Duration::from_secs(30), 10)
-        .minimum_calls(10)
-        .build()
-        .unwrap();
-    let h = layer.handle();
-    let svc = service(&layer);
+    let (h, svc) = time_window(30, 10, 10);
     calls(&svc, &["fail"; 5]).await;
     calls(&svc, &["ok"; 4]).await;
     assert_eq!(h.state(), CircuitState::Closed);
@@ -500,13 +494,7 @@ async fn time_window_trips_on_the_success_that_reaches_the_minimum() {
 /// again, and the next call sees it.
 #[tokio::test(start_paused = true)]
 async fn time_window_successes_leave_with_their_bucket() {
-    let layer = builder()
-        .time_window(Duration::from_secs(10), 10)
-        .minimum_calls(4)
-        .build()
-        .unwrap();
-    let h = layer.handle();
-    let svc = service(&layer);
+    let (h, svc) = time_window(10, 10, 4);
     calls(&svc, &["ok"; 30]).await;
     advance(Duration::from_secs(5)).await;
     calls(&svc, &["fail", "ok", "ok", "fail"]).await;
@@ -535,13 +523,7 @@ async fn time_window_successes_on_many_threads_add_up() {
 
 #[tokio::test(start_paused = true)]
 async fn time_window_with_few_calls_stays_closed() {
-    let layer = builder()
-        .time_window(Duration::from_secs(10), 5)
-        .minimum_calls(3)
-        .build()
-        .unwrap();
-    let h = layer.handle();
-    let svc = service(&layer);
+    let (h, svc) = time_window(10, 5, 3);
     for _ in 0..5 {
         calls(&svc, &["fail"]).await;
         advance(Duration::from_secs(6)).await; // never 3 calls within 10 s
