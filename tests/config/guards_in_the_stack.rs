@@ -329,3 +329,98 @@ async fn a_grpc_status_in_the_trailers_is_judged_once_the_body_ends() {
     assert_eq!((counts.calls, counts.failures), (2, 1), "{counts:?}");
     assert_eq!(stack.shutdown().in_flight(), 0);
 }
+
+/// An attacker over a real server (axum, HTTP/1.1, the stack applied with
+/// `Router::layer` as the production example does): requests whose budget
+/// is spent on arrival, from one connection or many, are refused before
+/// the handler and cannot open the breaker every client shares; a panic
+/// in one handler answers 500 and the next request on the same
+/// connection is served.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn a_hostile_budget_cannot_open_the_breaker_over_a_real_server() {
+    use axum::routing::get as route;
+
+    let config = crate::base_config(
+        r#"
+        [timeout]
+        timeout = "5s"
+        budget_header = "x-request-timeout-ms"
+        [circuit_breaker]
+        consecutive_failures = 3
+        "#,
+    );
+    let stack = config.stack().build().unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let app = {
+        let handled = Arc::clone(&handled);
+        axum::Router::new()
+            .route(
+                "/api",
+                route(move || {
+                    handled.fetch_add(1, Ordering::SeqCst);
+                    async { "ok" }
+                }),
+            )
+            .route(
+                "/boom",
+                route(|| async {
+                    if true {
+                        panic!("handler bug");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(stack.layer())
+    };
+    let addr = crate::common::serve(app).await;
+    let client = crate::common::client();
+    let spent = || {
+        Request::get(format!("http://{addr}/api"))
+            .header("x-request-timeout-ms", "0")
+            .body(Full::default())
+            .unwrap()
+    };
+    for _ in 0..50 {
+        let r = crate::common::send(&client, spent()).await;
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(r.body.contains("the caller's budget is zero"), "{}", r.body);
+    }
+    // The same from 50 connections at once.
+    let mut many = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let req = spent();
+        many.spawn(async move { crate::common::send(&crate::common::client(), req).await });
+    }
+    while let Some(r) = many.join_next().await {
+        assert_eq!(r.unwrap().status, StatusCode::GATEWAY_TIMEOUT);
+    }
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        0,
+        "refused before the handler"
+    );
+    let breaker = stack.circuit_breaker().unwrap();
+    assert_eq!(breaker.state(), CircuitState::Closed);
+    assert_eq!(breaker.counts().failures, 0);
+
+    let r = crate::common::get(addr, "/api").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
+    let r = crate::common::send(
+        &client,
+        Request::get(format!("http://{addr}/boom"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(breaker.counts().failures, 1);
+    let r = crate::common::send(
+        &client,
+        Request::get(format!("http://{addr}/api"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
+}
