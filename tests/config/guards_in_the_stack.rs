@@ -215,20 +215,26 @@ async fn the_handler_sees_its_deadline_when_called_and_while_it_runs() {
     check(start, Duration::from_secs(5), DeadlineSource::Server);
 }
 
-/// A caller whose budget is already spent is refused before the handler,
-/// and the refusal is not the service's failure: a client sending
-/// `x-request-timeout-ms: 0` cannot open the breaker for everyone.
-#[tokio::test(start_paused = true)]
-async fn a_spent_caller_budget_is_refused_before_the_handler_and_is_no_failure() {
-    let config = crate::base_config(
+/// A 5 s timeout that honours the client's `x-request-timeout-ms`, and a
+/// breaker that opens after `consecutive_failures` failures in a row.
+fn budget_config(consecutive_failures: u32) -> tower_rampart::config::RampartConfig {
+    crate::base_config(&format!(
         r#"
         [timeout]
         timeout = "5s"
         budget_header = "x-request-timeout-ms"
         [circuit_breaker]
-        consecutive_failures = 1
-        "#,
-    );
+        consecutive_failures = {consecutive_failures}
+        "#
+    ))
+}
+
+/// A caller whose budget is already spent is refused before the handler,
+/// and the refusal is not the service's failure: a client sending
+/// `x-request-timeout-ms: 0` cannot open the breaker for everyone.
+#[tokio::test(start_paused = true)]
+async fn a_spent_caller_budget_is_refused_before_the_handler_and_is_no_failure() {
+    let config = budget_config(1);
     let stack = config.stack().build().unwrap();
     let app = App::default();
     let svc = stack.layer().layer(app.clone());
@@ -341,15 +347,7 @@ async fn a_grpc_status_in_the_trailers_is_judged_once_the_body_ends() {
 async fn a_hostile_budget_cannot_open_the_breaker_over_a_real_server() {
     use axum::routing::get as route;
 
-    let config = crate::base_config(
-        r#"
-        [timeout]
-        timeout = "5s"
-        budget_header = "x-request-timeout-ms"
-        [circuit_breaker]
-        consecutive_failures = 3
-        "#,
-    );
+    let config = budget_config(3);
     let stack = config.stack().build().unwrap();
     let handled = Arc::new(AtomicUsize::new(0));
     let app = {
@@ -406,21 +404,15 @@ async fn a_hostile_budget_cannot_open_the_breaker_over_a_real_server() {
 
     let r = crate::common::get(addr, "/api").await;
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
-    let r = crate::common::send(
-        &client,
-        Request::get(format!("http://{addr}/boom"))
+    // On the connection the attacker used.
+    let plain = |path: &str| {
+        Request::get(format!("http://{addr}{path}"))
             .body(Full::default())
-            .unwrap(),
-    )
-    .await;
+            .unwrap()
+    };
+    let r = crate::common::send(&client, plain("/boom")).await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(breaker.counts().failures, 1);
-    let r = crate::common::send(
-        &client,
-        Request::get(format!("http://{addr}/api"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
+    let r = crate::common::send(&client, plain("/api")).await;
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
 }
