@@ -13,7 +13,7 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// This thread's lane number (threads take numbers in turn).
 #[inline]
@@ -92,6 +92,69 @@ impl<T> Deref for Lane<T> {
     }
 }
 
+/// A count that many threads add to: one cache-line-padded slot per lane,
+/// so that two threads counting at once write different lines; the count
+/// is the sum of the slots (not a snapshot: a count made while the slots
+/// are read may or may not be in it). With one lane (a keyed breaker's
+/// per-key state), one unpadded counter: no 128 bytes per key.
+pub(crate) enum LaneCount {
+    One(AtomicU64),
+    Many(Box<[CountSlot]>),
+}
+
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct CountSlot(AtomicU64);
+
+impl LaneCount {
+    /// A count of zero, with `lanes` slots (a power of two).
+    pub(crate) fn new(lanes: usize) -> Self {
+        debug_assert!(lanes.is_power_of_two());
+        if lanes <= 1 {
+            return Self::One(AtomicU64::new(0));
+        }
+        Self::Many((0..lanes).map(|_| CountSlot::default()).collect())
+    }
+
+    /// Adds one on this thread's slot.
+    #[inline]
+    pub(crate) fn add_one(&self) {
+        let slot = match self {
+            Self::One(n) => n,
+            // `len()` is a power of two.
+            Self::Many(slots) => &slots[index() & (slots.len() - 1)].0,
+        };
+        slot.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn slots(&self) -> impl Iterator<Item = &AtomicU64> {
+        let (one, many) = match self {
+            Self::One(n) => (Some(n), &[][..]),
+            Self::Many(slots) => (None, &slots[..]),
+        };
+        one.into_iter().chain(many.iter().map(|s| &s.0))
+    }
+
+    /// The count: the sum of the slots.
+    pub(crate) fn sum(&self) -> u64 {
+        self.slots()
+            .fold(0u64, |n, s| n.wrapping_add(s.load(Ordering::Relaxed)))
+    }
+
+    /// Starts again from zero.
+    pub(crate) fn reset(&self) {
+        for s in self.slots() {
+            s.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl std::fmt::Debug for LaneCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LaneCount").field(&self.sum()).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +170,29 @@ mod tests {
         assert_eq!(&**other, "state");
         drop(laned);
         assert_eq!(&**lane, "state");
+    }
+
+    #[test]
+    fn a_lane_count_sums_every_thread_and_resets() {
+        for lanes in [1, 4] {
+            lane_count_sums_and_resets(LaneCount::new(lanes));
+        }
+    }
+
+    fn lane_count_sums_and_resets(count: LaneCount) {
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        count.add_one();
+                    }
+                });
+            }
+        });
+        assert_eq!(count.sum(), 8000);
+        count.reset();
+        assert_eq!(count.sum(), 0);
+        count.add_one();
+        assert_eq!(count.sum(), 1);
     }
 }

@@ -758,6 +758,20 @@ async fn many_threads_add_up() {
     assert_eq!((c.calls, c.failures), (2_000, 500));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_on_many_threads_add_up_and_start_again_on_a_move() {
+    let layer = builder().count_window(10).build().unwrap();
+    let h = layer.handle();
+    h.open(Duration::from_secs(3600));
+    let c = four_tasks(&layer, 500, 1).await;
+    assert_eq!((c.calls, c.not_permitted), (0, 2_000));
+    h.close();
+    assert_eq!(h.counts().not_permitted, 0, "counted since the last move");
+    h.force_open();
+    let c = four_tasks(&layer, 3, 1).await;
+    assert_eq!(c.not_permitted, 12);
+}
+
 /// Four tasks (on the runtime's threads) call `layer`'s breaker `per_task`
 /// times each, one call in `fail_every` a failure; the counts after.
 async fn four_tasks(layer: &CircuitBreakerLayer, per_task: u32, fail_every: u32) -> CircuitCounts {

@@ -146,7 +146,7 @@ impl Core {
     ) -> Admission {
         let s = &self.settings;
         s.metrics.rejections.increment(1);
-        self.not_permitted.fetch_add(1, Ordering::Relaxed);
+        self.not_permitted.add_one();
         tracing::debug!(target: TARGET, name = %s.name, state = state.as_str(), retry_after_ms = retry_after.map(|d| d.as_millis() as u64), "circuit breaker refused a call");
         if let Some(l) = &s.listener {
             l(&CircuitBreakerEvent::Rejected {

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::util::clock::EpochClock;
+use crate::util::lanes::LaneCount;
 use metrics::{Counter, Gauge};
 
 use super::config::CircuitBreakerConfig;
@@ -242,8 +243,11 @@ pub(crate) struct Core {
     clean: AtomicBool,
     consecutive: AtomicU32,
     open_until: AtomicU64,
-    /// Calls refused since the state last changed.
-    not_permitted: AtomicU64,
+    /// Calls refused since the state last changed, counted per lane: the
+    /// one shared counter they had made two threads refusing at once write
+    /// the line every call reads the state from (benches/README.md,
+    /// "Circuit breaker": the open row's two-thread scaling).
+    not_permitted: LaneCount,
     /// Metrics-only mode: a rule is met and its event was emitted.
     exceeded: AtomicBool,
     clock: EpochClock,
@@ -280,7 +284,7 @@ impl Core {
             clean: AtomicBool::new(false),
             consecutive: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
-            not_permitted: AtomicU64::new(0),
+            not_permitted: LaneCount::new(slots),
             exceeded: AtomicBool::new(false),
             clock: EpochClock::new(),
             settings,

@@ -216,7 +216,7 @@ impl Core {
     /// the sliding window (in open, the window that tripped it).
     pub(crate) fn snapshot(&self) -> CircuitCounts {
         let cfg = &self.settings.config;
-        let not_permitted = self.not_permitted.load(Ordering::Relaxed);
+        let not_permitted = self.not_permitted.sum();
         {
             let inner = lock(&self.inner);
             let state = self.state();

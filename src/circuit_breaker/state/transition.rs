@@ -219,7 +219,7 @@ impl Core {
                     self.consecutive.store(0, Ordering::Relaxed);
                 }
             }
-            self.not_permitted.store(0, Ordering::Relaxed);
+            self.not_permitted.reset();
             self.exceeded.store(false, Ordering::Relaxed);
             self.word.store(new_word, Ordering::Release);
             event = Some(CircuitBreakerEvent::Transition {
