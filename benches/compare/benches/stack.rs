@@ -126,6 +126,36 @@ where
     });
 }
 
+/// A criterion row (or, under `BENCH_CALLS=<name>,<n>`, n calls on each
+/// thread and exit) of `proto` called on two threads at once.
+fn two_thread_row<S>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    proto: &S,
+    handle: &tokio::runtime::Handle,
+    per_call: bool,
+) where
+    S: Service<Req> + Clone + Send + Sync,
+{
+    match std::env::var("BENCH_CALLS") {
+        Err(_) => {
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    two_threads(proto, handle, iters, per_call);
+                    start.elapsed()
+                })
+            });
+        }
+        Ok(spec) => {
+            if let Some(n) = spec.strip_prefix(name).and_then(|n| n.strip_prefix(',')) {
+                two_threads(proto, handle, n.parse().expect("a call count"), per_call);
+                std::process::exit(0);
+            }
+        }
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -248,25 +278,18 @@ fn bench(c: &mut Criterion) {
             false,
         ),
     ] {
-        let s = proto.layer().layer(Bare);
-        let handle = rt.handle().clone();
-        match std::env::var("BENCH_CALLS") {
-            Err(_) => g.bench_function(name, |b| {
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    two_threads(&s, &handle, iters, per_call);
-                    start.elapsed()
-                })
-            }),
-            Ok(spec) => {
-                if let Some(n) = spec.strip_prefix(name).and_then(|n| n.strip_prefix(',')) {
-                    two_threads(&s, &handle, n.parse().expect("a call count"), per_call);
-                    std::process::exit(0);
-                }
-                continue;
-            }
-        };
+        two_thread_row(
+            &mut g,
+            name,
+            &proto.layer().layer(Bare),
+            rt.handle(),
+            per_call,
+        );
     }
+    // The bare service on two threads: the scaling the stack's rows compare
+    // with (issue 14: two-thread / one-thread throughput within 10 % of
+    // bare's, in the same run).
+    two_thread_row(&mut g, "bare_2_threads", &Bare, rt.handle(), false);
     let mut s = stack_no_rl.layer().layer(Bare);
     if !counting("rampart_stack_without_rate_limit", || {
         black_box(one(&mut s));
