@@ -205,8 +205,8 @@ async fn the_full_stack_allocates_nothing_per_admitted_request() {
     let config = production_config();
 
     // The one allocation left, and only when the config asks for it:
-    // `timeout.deadline_extension = true` (production.toml sets it) puts
-    // the `Deadline` into the request's `http::Extensions`, which boxes
+    // `timeout.deadline_extension = true` (opt-in; production.toml shows
+    // it, off) puts the `Deadline` into the request's `http::Extensions`, which boxes
     // every value (src/timeout/deadline.rs, `set_deadline`). The serve
     // loop's peer-address extensions already created the map and its
     // table, so it is the value's box only.
