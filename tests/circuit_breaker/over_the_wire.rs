@@ -94,6 +94,42 @@ async fn http_refusal_through_a_real_server_and_one_breaker_for_all_routes() {
     assert_eq!(r.header("grpc-message"), "the circuit is open");
     assert!(!r.header("grpc-retry-pushback-ms").is_empty());
     assert_eq!(r.body, "");
+    // What an operator reads: every refusal counted, whatever its protocol.
+    assert_eq!(handle.counts().not_permitted, 3);
+}
+
+/// An operator's count of refusals while the server's worker threads
+/// refuse at once (each counts on its own slot): all of them, and none
+/// left over once the breaker moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_on_every_server_thread_are_all_counted() {
+    let layer = breaker("inventory");
+    let handle = layer.handle();
+    let app = Router::new()
+        .route("/stock", get(|| async { "in stock" }))
+        .layer(layer);
+    let addr = common::serve(app).await;
+    handle.open(Duration::from_secs(60));
+    let connections: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let client = common::client();
+                for _ in 0..10 {
+                    let req = http::Request::get(format!("http://{addr}/stock"))
+                        .body(http_body_util::Full::new(Bytes::new()))
+                        .unwrap();
+                    assert_eq!(common::send(&client, req).await.status, 503);
+                }
+            })
+        })
+        .collect();
+    for c in connections {
+        c.await.unwrap();
+    }
+    assert_eq!(handle.counts().not_permitted, 80);
+    handle.close();
+    assert_eq!(handle.counts().not_permitted, 0);
+    assert_eq!(common::get(addr, "/stock").await.status, 200);
 }
 
 fn health_reply(status: &'static str) -> Response<Body> {
