@@ -80,6 +80,19 @@ fn ours(key: Option<KeyExtractor>, max_keys: usize) -> RateLimitLayer {
         .unwrap()
 }
 
+/// The production example's shape: a global quota and one per client IP
+/// (over `max_keys` keys), decided together.
+fn global_and_ip(max_keys: usize) -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .name("bench")
+        .quota(roomy().name("global"))
+        .quota(roomy().name("per_ip").key(KeyExtractor::client_ip()))
+        .max_keys(max_keys)
+        .idle_sweep(None)
+        .build()
+        .unwrap()
+}
+
 fn bench_admit(c: &mut Criterion) {
     let mut g = c.benchmark_group("rate_limit/admit");
     g.bench_function("bare", |b| {
@@ -99,6 +112,17 @@ fn bench_admit(c: &mut Criterion) {
             .unwrap();
         let mut svc = layer.layer(inner());
         b.iter(|| once(&mut svc, request(1)))
+    });
+    g.bench_function("ours global + client ip, 10000 keys", |b| {
+        let mut svc = global_and_ip(10_000).layer(inner());
+        for i in 0..10_000 {
+            once(&mut svc, request(i));
+        }
+        let mut i = 0u32;
+        b.iter(|| {
+            i = (i + 7919) % 10_000;
+            once(&mut svc, request(i))
+        })
     });
     g.bench_function("tower_governor global", |b| {
         let config = tower_governor::governor::GovernorConfigBuilder::default()
@@ -319,6 +343,7 @@ fn fixed_loop(variant: &str) {
             0,
             n,
         ),
+        "ours-global-and-ip-10k" => run(global_and_ip(10_000).layer(inner()), 10_000, n),
         "ours-ip-1" => run(ip(1), 1, n),
         "ours-ip-10k" => run(ip(10_000), 10_000, n),
         "ours-ip-1m" => run(ip(1_000_000), 1_000_000, n),
