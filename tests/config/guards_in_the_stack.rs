@@ -23,6 +23,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use tower_rampart::circuit_breaker::CircuitState;
+use tower_rampart::config::{RampartService, Stack};
 use tower_rampart::timeout::{Deadline, DeadlineSource};
 
 /// `/hold` takes two seconds, `/slow` ten; `/in-call` panics in `call`,
@@ -64,6 +65,15 @@ fn get(path: &str) -> Request<Full<Bytes>> {
     Request::get(path).body(Full::default()).unwrap()
 }
 
+/// The stack `config` builds, around a fresh [`App`]: the stack (for its
+/// handles), the app (for its calls) and the service.
+fn around_app(config: &tower_rampart::config::RampartConfig) -> (Stack, App, RampartService<App>) {
+    let stack = config.stack().build().unwrap();
+    let app = App::default();
+    let svc = stack.layer().layer(app.clone());
+    (stack, app, svc)
+}
+
 /// A request that waited for the rate limit is called under its own
 /// deadline, counted from when it is called: it times out five seconds
 /// after its wait ended, and the breaker counts that as a failure.
@@ -78,9 +88,7 @@ async fn a_request_that_waited_for_the_rate_limit_is_timed_and_judged() {
         consecutive_failures = 1
         "#,
     );
-    let stack = config.stack().build().unwrap();
-    let app = App::default();
-    let svc = stack.layer().layer(app.clone());
+    let (stack, app, svc) = around_app(&config);
     let start = Instant::now();
 
     let first = svc.clone().oneshot(get("/ok")).await.unwrap();
@@ -113,9 +121,7 @@ async fn a_request_that_queued_for_a_slot_is_timed_and_judged() {
         consecutive_failures = 1
         "#,
     );
-    let stack = config.stack().build().unwrap();
-    let app = App::default();
-    let svc = stack.layer().layer(app.clone());
+    let (stack, app, svc) = around_app(&config);
     let start = Instant::now();
 
     let holding = tokio::spawn(svc.clone().oneshot(get("/hold")));
@@ -235,9 +241,7 @@ fn budget_config(consecutive_failures: u32) -> tower_rampart::config::RampartCon
 #[tokio::test(start_paused = true)]
 async fn a_spent_caller_budget_is_refused_before_the_handler_and_is_no_failure() {
     let config = budget_config(1);
-    let stack = config.stack().build().unwrap();
-    let app = App::default();
-    let svc = stack.layer().layer(app.clone());
+    let (stack, app, svc) = around_app(&config);
     for _ in 0..20 {
         let req = Request::get("/ok")
             .header("x-request-timeout-ms", "0")
