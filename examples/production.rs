@@ -193,7 +193,7 @@ async fn run(config: RampartConfig) -> Result<(), Box<dyn std::error::Error>> {
     let stack = config.stack().build()?;
 
     let served = Arc::new(Served::default());
-    let app = Router::new()
+    let router = Router::new()
         .route("/api/ok", get(ok))
         .route("/api/fail", get(fail))
         .route("/api/sleep/{ms}", get(sleep))
@@ -202,16 +202,17 @@ async fn run(config: RampartConfig) -> Result<(), Box<dyn std::error::Error>> {
         .with_state(AppState {
             served: served.clone(),
             metrics,
-        })
-        // `Router::layer`: each route gets the stack inside the router, where
-        // axum has set the matched path the per-route breakers need. axum
-        // clones a route's service for every request, so this costs a few
-        // allocations per request and, on many cores, shared reference
-        // counts (`benches/README.md`, "Under a real server" and "Clones
-        // per request, and two threads"); without
-        // `routes.per_route_breaker`, wrap the whole router instead:
-        // `tower::Layer::layer(&stack.layer(), router)`.
-        .layer(stack.layer());
+        });
+    // The stack wraps the whole router: one service, called in place for
+    // every request. Its per-route breakers find a request's route among
+    // the templates `routes.paths` declares (keep that list in step with
+    // the routes above: a route left out shares the `unmatched` breaker).
+    // `router.layer(stack.layer())` would work without the list (axum's
+    // matched path names the route inside the router), but axum then
+    // clones a route's service, the stack with it, for every request:
+    // ~1 000 instructions and three allocations more per request
+    // (`benches/README.md`, "Under a real server").
+    let app = tower::Layer::layer(&stack.layer(), router);
 
     let listener = tokio::net::TcpListener::bind(config.listen_addr()).await?;
     let addr = listener.local_addr()?;

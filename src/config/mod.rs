@@ -55,6 +55,7 @@
 //!
 //! [routes]                      # optional
 //! per_route_breaker = true      # one breaker per route
+//! paths = ["/api/ok", "/users/{id}"]   # matched by the stack itself
 //! grpc_methods = ["/demo.Greeter/SayHello"]
 //! ```
 //!
@@ -141,9 +142,11 @@
 //!    observed as a dropped request (a back-off signal) and a breaker's
 //!    refusal, which costs nothing, is ignored;
 //! 5. the [circuit breaker](crate::circuit_breaker): one for every request,
-//!    or one per route with [`RoutesConfig::per_route_breaker`] (axum's
-//!    matched path, declared gRPC methods, and one `unmatched` breaker for
-//!    the rest, so clients cannot create breakers);
+//!    or one per route with [`RoutesConfig::per_route_breaker`] (declared
+//!    gRPC methods, the route templates of [`RoutesConfig::paths`], which
+//!    the stack matches itself so it can wrap the whole router, axum's
+//!    matched path inside the router, and one `unmatched` breaker for the
+//!    rest, so clients cannot create breakers);
 //! 6. the [timeout](crate::timeout), inside the breaker, so a timed-out call
 //!    reaches the breaker as a failure (504) rather than as a dropped call;
 //! 7. the panic catcher ([`CatchPanic`]), innermost, so a panicking
@@ -217,6 +220,7 @@
 mod catch_panic;
 mod env;
 mod platform;
+mod route_paths;
 mod routes;
 mod stack;
 
@@ -364,11 +368,12 @@ impl Default for PlatformConfig {
 }
 
 /// Routes as the stack sees them: whether the circuit breaker is kept per
-/// route, and which gRPC methods count as routes.
+/// route, and which HTTP routes and gRPC methods count as routes.
 ///
 /// ```toml
 /// [routes]
 /// per_route_breaker = true
+/// paths = ["/api/ok", "/api/sleep/{ms}"]
 /// grpc_methods = ["/demo.Greeter/SayHello"]
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
@@ -376,27 +381,37 @@ impl Default for PlatformConfig {
 #[non_exhaustive]
 pub struct RoutesConfig {
     /// One circuit breaker per route instead of one for every request
-    /// (default false): the route is axum's matched path (the route
-    /// template, such as `/api/sleep/{ms}`) or one of
-    /// [`grpc_methods`](Self::grpc_methods); every other request shares one
-    /// breaker named `unmatched`. A client cannot add routes, so the number
-    /// of breakers is bounded by the application's routes.
+    /// (default false). A request's route is, in this order: one of
+    /// [`grpc_methods`](Self::grpc_methods), the template of
+    /// [`paths`](Self::paths) it matches, axum's matched path (the route
+    /// template, such as `/api/sleep/{ms}`, when the stack is applied inside
+    /// the router); every other request shares one breaker named
+    /// `unmatched`. A client cannot add routes, so the number of breakers is
+    /// bounded by the application's routes.
     ///
-    /// axum sets the matched path when it routes: apply the stack with
-    /// `Router::layer` (as the examples do). A stack wrapped around the
-    /// whole router from outside sees no route, and every HTTP request
-    /// shares the `unmatched` breaker.
-    ///
-    /// The cost: under `Router::layer` axum clones a route's service, the
-    /// stack with it, for every request, and each clone counts a reference
-    /// on each layer's shared state. On one thread that is a few hundred
-    /// nanoseconds; on many cores those counts are writes every core
-    /// makes to the same cache lines: in the stack bench, two threads spend
-    /// 1.7-1.9 us of CPU per request through a stack cloned per request
-    /// against 0.66 us through one wrapped around the router and served by
-    /// `tower_rampart::serve` (`benches/README.md`, "Clones per request,
-    /// and two threads"). Without per-route breakers, wrap the router.
+    /// Declare the routes in [`paths`](Self::paths) and wrap the whole
+    /// router with the stack (`tower::Layer::layer(&stack.layer(),
+    /// router)`, as the `production` example does). Without them, the stack
+    /// must be applied with `Router::layer`, where axum has set the matched
+    /// path: axum then clones a route's service, the stack with it, for
+    /// every request, which in the `real_server` bench costs about 1 000
+    /// instructions and three allocations per request more than the stack
+    /// around the router (`benches/README.md`).
     pub per_route_breaker: bool,
+    /// HTTP route templates, written as axum writes them (`/api/ok`,
+    /// `/users/{id}`, `/files/{*path}`), each with a breaker of its own when
+    /// [`per_route_breaker`](Self::per_route_breaker) is on; the stack
+    /// matches them itself, as axum's router would (a literal segment beats
+    /// `{name}`, which beats `{*name}`), so it can wrap the whole router.
+    /// A route the application serves but this list leaves out shares the
+    /// `unmatched` breaker (or, inside the router, axum's matched path
+    /// names it). Invalid or duplicate templates are errors naming
+    /// `routes.paths[i]`.
+    ///
+    /// Only the breakers read this list: a rate-limit quota keyed by
+    /// `route` still reads axum's matched path, and outside the router
+    /// counts by the request's path.
+    pub paths: Vec<String>,
     /// gRPC methods (`/package.Service/Method`) that get a breaker of their
     /// own when [`per_route_breaker`](Self::per_route_breaker) is on.
     pub grpc_methods: Vec<String>,
@@ -658,6 +673,9 @@ impl RampartConfig {
             } else if self.routes.grpc_methods[..i].contains(m) {
                 errors.push(ConfigError::new(field, "is listed twice"));
             }
+        }
+        if let Err(e) = route_paths::RoutePaths::new(&self.routes.paths) {
+            errors.extend(e);
         }
         errors
     }

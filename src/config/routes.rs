@@ -15,6 +15,9 @@ use crate::circuit_breaker::{
 use crate::health::{Check, Kind};
 use crate::{ConfigError, Rejection};
 
+use super::RoutesConfig;
+use super::route_paths::RoutePaths;
+
 use crate::metrics_help::{Help, MetricKind};
 
 /// The `# HELP` text and unit of every metric this module records,
@@ -98,9 +101,12 @@ impl fmt::Display for RouteKey {
     }
 }
 
-/// The declared routes: which gRPC methods have a breaker of their own.
+/// The declared routes: which gRPC methods and which HTTP route templates
+/// have a breaker of their own (found in that order, then axum's matched
+/// path).
 pub(crate) struct RouteTable {
     grpc: Box<[Arc<str>]>,
+    paths: RoutePaths,
 }
 
 impl RouteTable {
@@ -111,6 +117,9 @@ impl RouteTable {
         let path = req.uri().path();
         if let Some(m) = self.grpc.iter().find(|m| ***m == *path) {
             return m;
+        }
+        if let Some(t) = self.paths.find(path) {
+            return t;
         }
         #[cfg(feature = "axum")]
         if let Some(m) = req.extensions().get::<axum::extract::MatchedPath>() {
@@ -126,6 +135,9 @@ impl RouteTable {
         let path = req.uri().path();
         if let Some(m) = self.grpc.iter().find(|m| ***m == *path) {
             return RouteKey(Repr::Named(Arc::clone(m)));
+        }
+        if let Some(t) = self.paths.find(path) {
+            return RouteKey(Repr::Named(Arc::clone(t)));
         }
         #[cfg(feature = "axum")]
         if let Some(m) = req.extensions().get::<axum::extract::MatchedPath>() {
@@ -155,11 +167,10 @@ impl BreakerLayer {
     /// an event listener, since keyed breakers do not drive them).
     pub(crate) fn build(
         config: &CircuitBreakerConfig,
-        per_route: bool,
-        grpc_methods: &[String],
+        routes: &RoutesConfig,
     ) -> Result<(Self, Breakers), ConfigError> {
         let builder = CircuitBreakerBuilder::from_config(config.clone());
-        if !per_route {
+        if !routes.per_route_breaker {
             let layer = builder.build()?;
             let handle = layer.handle();
             return Ok((Self::Shared(layer), Breakers::Shared(handle)));
@@ -187,7 +198,14 @@ impl BreakerLayer {
         crate::metrics_help::describe(METRICS);
         metrics::gauge!("rampart_circuit_breaker_state", "name" => name.to_string()).set(0.0);
         let table = RouteTable {
-            grpc: grpc_methods.iter().map(|m| Arc::from(m.as_str())).collect(),
+            grpc: routes
+                .grpc_methods
+                .iter()
+                .map(|m| Arc::from(m.as_str()))
+                .collect(),
+            // `validate` reports every problem with its key path; this is
+            // the first one, for a config built without it.
+            paths: RoutePaths::new(&routes.paths).map_err(|mut e| e.swap_remove(0).at("routes"))?,
         };
         Ok((
             Self::PerRoute(Arc::new(PerRoute {
@@ -364,6 +382,7 @@ mod tests {
     fn keys_compare_by_route() {
         let table = RouteTable {
             grpc: vec![Arc::from("/demo.Greeter/SayHello")].into_boxed_slice(),
+            paths: RoutePaths::default(),
         };
         let req = |path: &str| Request::post(path).body(()).unwrap();
         let k = table.key(&req("/demo.Greeter/SayHello"));
@@ -386,8 +405,12 @@ mod tests {
     #[test]
     fn a_known_route_is_found_without_a_key() {
         let config = CircuitBreakerConfig::default();
-        let (layer, breakers) =
-            BreakerLayer::build(&config, true, &["/demo.Greeter/SayHello".to_owned()]).unwrap();
+        let routes = RoutesConfig {
+            per_route_breaker: true,
+            grpc_methods: vec!["/demo.Greeter/SayHello".to_owned()],
+            paths: Vec::new(),
+        };
+        let (layer, breakers) = BreakerLayer::build(&config, &routes).unwrap();
         let BreakerLayer::PerRoute(routes) = layer else {
             panic!("per route")
         };

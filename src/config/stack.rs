@@ -64,12 +64,8 @@ impl<'a> StackBuilder<'a> {
             .clone()
             .build()
             .map_err(|e| ConfigErrors::from(e.at("shutdown")))?;
-        let (breaker, breakers) = BreakerLayer::build(
-            &config.circuit_breaker,
-            config.routes.per_route_breaker,
-            &config.routes.grpc_methods,
-        )
-        .map_err(|e| ConfigErrors::from(e.at("circuit_breaker")))?;
+        let (breaker, breakers) = BreakerLayer::build(&config.circuit_breaker, &config.routes)
+            .map_err(|e| ConfigErrors::from(e.at("circuit_breaker")))?;
         let timeout = config
             .timeout
             .build()

@@ -269,8 +269,8 @@ async fn through_an_axum_router() {
     // below.
     assert_eq!(lazy, bare_lazy + 6, "bare lazy router: {bare_lazy}");
 
-    // `Router::layer` (as the production example does, for the breaker
-    // per route): three more, all axum's way of calling a route, none in
+    // `Router::layer` (the way to key per-route breakers by axum's matched
+    // path without declaring `routes.paths`): three more, all axum's way of calling a route, none in
     // the stack's own code. axum clones the route's service for every
     // request, and the stack's service holds the application (a boxed
     // axum `Route`): 1 boxed clone (the platform bypass copy is shared,
@@ -281,10 +281,10 @@ async fn through_an_axum_router() {
     let per_route = measure(router().layer(stack.layer()).into_service());
     assert_eq!(per_route, bare + 3, "bare router: {bare}");
 
-    // Around the whole router (one breaker: the matched path is set inside
-    // the router), the stack is called in place: nothing more than the
-    // bare router.
-    config.routes.per_route_breaker = false;
+    // Around the whole router (as the production example does: its
+    // breakers per route found by the templates `routes.paths` declares),
+    // the stack is called in place: nothing more than the bare router.
+    assert!(config.routes.per_route_breaker && !config.routes.paths.is_empty());
     let stack = config.stack().build().unwrap();
     let svc = stack.layer().layer(router());
     let mut svc = svc;

@@ -7,11 +7,17 @@
 //! neither create breakers without bound nor evict a real route's breaker.
 //! (Envoy's outlier detection and Resilience4j's per-backend breakers keep
 //! state per upstream the operator declared, never per client input.)
-#![cfg(all(feature = "config", feature = "axum", feature = "tonic"))]
+#![cfg(all(
+    feature = "config",
+    feature = "axum",
+    feature = "tonic",
+    feature = "serve"
+))]
 
 use crate::common;
 
 use std::convert::Infallible;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -170,6 +176,188 @@ async fn made_up_paths_share_one_bounded_breaker() {
     // The platform's endpoints are in no breaker at all.
     assert_eq!(common::get(addr, "/livez").await.status, StatusCode::OK);
     assert_eq!(routes.len(), 4);
+}
+
+// ------------------------------------------- declared routes (`paths`) --
+
+/// Serves `app` with the stack wrapped around the whole router (no
+/// `Router::layer`: the stack sees no matched path), under
+/// `tower_rampart::serve`.
+async fn serve_around(stack: &tower_rampart::config::Stack, app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = tower::Layer::layer(&stack.layer(), app);
+    let serve = tower_rampart::serve(listener, service, stack.shutdown());
+    tokio::spawn(serve.into_future());
+    addr
+}
+
+#[tokio::test]
+async fn declared_paths_keep_a_breaker_per_route_around_the_whole_router() {
+    let stack = config(r#"paths = ["/api/ok", "/api/fail", "/api/sleep/{ms}"]"#)
+        .stack()
+        .build()
+        .unwrap();
+    let routes = stack.route_breakers().unwrap().clone();
+    let addr = serve_around(&stack, app()).await;
+
+    for _ in 0..3 {
+        let r = common::get(addr, "/api/fail").await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let r = common::get(addr, "/api/fail").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(!r.header("retry-after").is_empty());
+    assert_eq!(
+        h2c_get(addr, "/api/fail").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Only /api/fail's: the other routes answer, over both protocols, and
+    // every /api/sleep/N is the one route `/api/sleep/{ms}`.
+    for ms in 0..4 {
+        assert_eq!(common::get(addr, "/api/ok").await.status, StatusCode::OK);
+        assert_eq!(h2c_get(addr, "/api/ok").await.status, StatusCode::OK);
+        let r = common::get(addr, &format!("/api/sleep/{ms}")).await;
+        assert_eq!(r.body, format!("slept {ms}ms"));
+    }
+    assert_eq!(routes.routes(), ["/api/fail", "/api/ok", "/api/sleep/{ms}"]);
+    assert_eq!(routes.open_routes(), ["/api/fail"]);
+    assert_eq!(routes.get("/api/ok").unwrap().counts().calls, 8);
+    assert_eq!(routes.get("/api/sleep/{ms}").unwrap().counts().calls, 4);
+
+    // Made-up paths, even under a declared prefix, share `unmatched`:
+    // they open it, and no declared route notices.
+    let mut refused = 0;
+    for i in 0..50 {
+        let path = if i % 2 == 0 {
+            format!("/x/{i}")
+        } else {
+            format!("/api/sleep/{i}/more")
+        };
+        match common::get(addr, &path).await.status {
+            StatusCode::INTERNAL_SERVER_ERROR => {}
+            StatusCode::SERVICE_UNAVAILABLE => refused += 1,
+            other => panic!("{path}: {other}"),
+        }
+    }
+    assert_eq!(refused, 47);
+    assert_eq!(routes.len(), 4);
+    assert_eq!(routes.open_routes(), ["/api/fail", RouteKey::UNMATCHED]);
+    assert_eq!(common::get(addr, "/api/ok").await.status, StatusCode::OK);
+    assert_eq!(
+        common::get(addr, "/api/sleep/5").await.status,
+        StatusCode::OK
+    );
+}
+
+/// The stack picks the route axum's router picks: every request's
+/// breaker is the one named by the matched path axum hands the handler
+/// (the stack wraps the router, so it cannot read it), on templates that
+/// overlap (a literal, a parameter and a catch-all at one segment, a
+/// trailing slash, the root).
+#[tokio::test]
+async fn declared_paths_are_matched_as_axum_matches_them() {
+    use axum::extract::MatchedPath;
+    let templates = [
+        "/",
+        "/a",
+        "/a/",
+        "/users/new",
+        "/users/{id}",
+        "/users/{id}/posts",
+        "/users/{id}/{*rest}",
+        "/x/{b}",
+        "/{a}/b",
+        "/files/{*path}",
+    ];
+    // Declared most general first: the stack orders them itself.
+    let declared: Vec<String> = templates.iter().rev().map(|t| format!("{t:?}")).collect();
+    let declared = declared.join(", ");
+    let stack = config(&format!("paths = [{declared}]"))
+        .stack()
+        .build()
+        .unwrap();
+    let routes = stack.route_breakers().unwrap().clone();
+    let app = templates
+        .iter()
+        .fold(Router::new(), |r, t| {
+            r.route(
+                t,
+                get(|m: MatchedPath| async move { m.as_str().to_owned() }),
+            )
+        })
+        .fallback(|| async { (StatusCode::NOT_FOUND, "none") });
+    let addr = serve_around(&stack, app).await;
+
+    let calls = |route: &str| routes.get(route).map_or(0, |b| b.counts().calls);
+    let paths = [
+        "/",
+        "/a",
+        "/a/",
+        "/users/new",
+        "/users/7",
+        "/users/",
+        "/users/7/posts",
+        "/users/7/likes",
+        "/users/7/likes/9",
+        "/users/new/posts",
+        "/x/b",
+        "/y/b",
+        "/x/y",
+        "/files/a/b/c",
+        "/files/",
+        "/files",
+        "/nope",
+        "/a/b",
+        "/a/c",
+    ];
+    let mut seen = 0;
+    for path in paths {
+        let r = common::get(addr, path).await;
+        let route = if r.status == StatusCode::NOT_FOUND {
+            RouteKey::UNMATCHED.to_owned()
+        } else {
+            assert_eq!(r.status, StatusCode::OK, "{path}");
+            seen += 1;
+            r.body
+        };
+        let before = calls(&route);
+        let again = common::get(addr, path).await;
+        assert_eq!(again.status, r.status, "{path}");
+        assert_eq!(
+            calls(&route),
+            before + 1,
+            "{path}: axum routed it to {route}"
+        );
+    }
+    // Not a list of 404s: most paths matched a template.
+    assert_eq!(seen, 14);
+}
+
+#[test]
+fn bad_route_templates_name_their_key() {
+    let err = RampartConfig::from_toml(
+        r#"
+        [routes]
+        per_route_breaker = true
+        paths = ["/api/ok", "api/x", "/a/{id}/{*rest}", "/a/:id", "/a/{name}/{*all}", "/api/ok"]
+        "#,
+    )
+    .unwrap_err();
+    let fields: Vec<&str> = err.iter().map(|e| e.field()).collect();
+    assert_eq!(
+        fields,
+        [
+            "routes.paths[1]",
+            "routes.paths[3]",
+            "routes.paths[4]",
+            "routes.paths[5]"
+        ],
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("write `{id}`"), "{text}");
+    assert!(text.contains("only the parameters' names differ"), "{text}");
 }
 
 // ---------------------------------------------------------------- tonic --

@@ -14,17 +14,18 @@
 //! - `serve`: the same router under `tower_rampart::serve` with the
 //!   config's `[server]` settings, no middleware: the fair baseline for the
 //!   stack, which is served by the same loop;
-//! - `stack`: the router with `.layer(stack.layer())`, built from
-//!   `examples/configs/production.toml` with the rate limits raised so
-//!   nothing is refused (`shutdown.signals = false` too), under the same
-//!   loop. Every answer is checked to be `200 ok`.
+//! - `stack`: the whole stack wrapped around the router (as the example
+//!   does: its per-route breakers found by the templates of
+//!   `routes.paths`), built from `examples/configs/production.toml` with
+//!   the rate limits raised so nothing is refused (`shutdown.signals =
+//!   false` too), under the same loop. Every answer is checked to be
+//!   `200 ok`.
 //!
 //! With `REAL_SERVER_ABLATE=1`, the stack minus one thing at a time, as the
 //! config can say it: `stack -rate_limit` (no `[rate_limit]`), `stack
-//! -per_route` (one shared breaker), `stack -deadline_ext`
-//! (`timeout.deadline_extension = false`), and `stack around router`:
-//! the stack wrapped around the whole router instead of applied with
-//! `Router::layer` (one breaker). `REAL_SERVER_NO_RECORDER=1`
+//! -per_route` (one shared breaker), and `stack Router::layer`: the stack
+//! applied per route with `Router::layer`, its breakers keyed by axum's
+//! matched path (no `routes.paths`). `REAL_SERVER_NO_RECORDER=1`
 //! runs without the Prometheus recorder (the `metrics` facade's no-op),
 //! for the recorder's share. `REAL_SERVER_ONLY=stack` runs only the named
 //! servers (comma-separated), to profile one of them.
@@ -181,13 +182,11 @@ enum Ablation {
     None,
     NoRateLimit,
     SharedBreaker,
-    NoDeadlineExtension,
-    /// Around the whole router (`tower::Layer::layer(&stack.layer(),
-    /// router)`) instead of `Router::layer`: axum clones a route's service
-    /// (boxed) for every request, so a stack applied per route is cloned
-    /// per request; around the router it is called in place. One breaker
-    /// (no matched path from outside the router).
-    OutsideRouter,
+    /// Applied with `Router::layer` instead of around the whole router,
+    /// the per-route breakers keyed by axum's matched path (no
+    /// `routes.paths`): axum clones a route's service (boxed), the stack
+    /// with it, for every request.
+    RouterLayer,
 }
 
 impl Kind {
@@ -198,8 +197,7 @@ impl Kind {
             Kind::Stack(Ablation::None) => "stack",
             Kind::Stack(Ablation::NoRateLimit) => "stack -rate_limit",
             Kind::Stack(Ablation::SharedBreaker) => "stack -per_route",
-            Kind::Stack(Ablation::NoDeadlineExtension) => "stack -deadline_ext",
-            Kind::Stack(Ablation::OutsideRouter) => "stack around router",
+            Kind::Stack(Ablation::RouterLayer) => "stack Router::layer",
         }
     }
 }
@@ -233,35 +231,25 @@ async fn start(kind: Kind, metrics: Option<PrometheusHandle>) -> SocketAddr {
         }
         Kind::Stack(ablation) => {
             match ablation {
-                Ablation::None => {}
+                Ablation::None | Ablation::RouterLayer => {}
                 Ablation::NoRateLimit => config.rate_limit = None,
                 Ablation::SharedBreaker => config.routes.per_route_breaker = false,
-                Ablation::NoDeadlineExtension => config.timeout.deadline_extension = false,
-                Ablation::OutsideRouter => {
-                    config.routes.per_route_breaker = false;
-                    let stack = config.stack().build().unwrap();
-                    let app = tower::Layer::layer(&stack.layer(), router(metrics));
-                    let server = config.server().unwrap();
-                    tokio::spawn(async move {
-                        server
-                            .serve(listener, app, stack.shutdown())
-                            .into_future()
-                            .await
-                    });
-                    return addr;
-                }
             }
-            // As `examples/production.rs`: the stack from the config, the
-            // router with `.layer(stack.layer())`, the config's server.
+            if ablation == Ablation::RouterLayer {
+                config.routes.paths.clear();
+            }
             let stack = config.stack().build().unwrap();
-            let app = router(metrics).layer(stack.layer());
             let server = config.server().unwrap();
-            tokio::spawn(async move {
-                server
-                    .serve(listener, app, stack.shutdown())
-                    .into_future()
-                    .await
-            });
+            // As `examples/production.rs`: the stack from the config wraps
+            // the whole router, under the config's server.
+            let shutdown = stack.shutdown();
+            if ablation == Ablation::RouterLayer {
+                let app = router(metrics).layer(stack.layer());
+                tokio::spawn(server.serve(listener, app, shutdown).into_future());
+            } else {
+                let app = tower::Layer::layer(&stack.layer(), router(metrics));
+                tokio::spawn(server.serve(listener, app, shutdown).into_future());
+            }
         }
     }
     addr
@@ -468,8 +456,7 @@ fn main() {
         kinds.extend([
             Kind::Stack(Ablation::NoRateLimit),
             Kind::Stack(Ablation::SharedBreaker),
-            Kind::Stack(Ablation::NoDeadlineExtension),
-            Kind::Stack(Ablation::OutsideRouter),
+            Kind::Stack(Ablation::RouterLayer),
         ]);
     }
     // `REAL_SERVER_ONLY=stack` (names, comma-separated): only these, for a
