@@ -234,9 +234,9 @@ impl Shared {
             } else {
                 0
             },
-            in_flight: self.in_flight(),
+            in_flight: u32::try_from(self.in_flight()).unwrap_or(u32::MAX),
             class,
-            deadline,
+            deadline: deadline.unwrap_or(NO_DEADLINE),
             outcome: None,
         }
     }
@@ -365,13 +365,19 @@ impl Shared {
 pub(crate) struct Permit {
     shared: Arc<Shared>,
     start: u64,
-    in_flight: usize,
+    // The fields are kept small (32 bytes, and `Option<Permit>` too): a
+    // permit lives in every admitted request's future, which the stack's
+    // callers move and, under HTTP/2, allocate as a task.
+    in_flight: u32,
     class: Criticality,
-    /// The server's deadline for this request (ns on the clock), if an
-    /// outer timeout layer set one.
-    deadline: Option<u64>,
+    /// The server's deadline for this request (ns on the clock), or
+    /// `NO_DEADLINE` if no outer timeout layer set one.
+    deadline: u64,
     outcome: Option<Outcome>,
 }
+
+/// A permit's `deadline` when it has none.
+const NO_DEADLINE: u64 = u64::MAX;
 
 impl Permit {
     /// Ends the request with `outcome`.
@@ -392,12 +398,12 @@ impl Drop for Permit {
             None if std::thread::panicking() => Outcome::Ignored,
             // Dropped at or after the server's deadline: an outer timeout
             // gave up on it, a strong overload signal.
-            None => match self.deadline {
-                Some(d) if shared.clock.now() >= d => Outcome::Dropped,
-                _ => Outcome::Ignored,
-            },
+            None if self.deadline != NO_DEADLINE && shared.clock.now() >= self.deadline => {
+                Outcome::Dropped
+            }
+            None => Outcome::Ignored,
         };
-        shared.finish(self.start, self.in_flight, outcome);
+        shared.finish(self.start, self.in_flight as usize, outcome);
         shared.metrics.in_flight.decrement(1.0);
         shared.release(self.class);
     }

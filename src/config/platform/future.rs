@@ -105,13 +105,21 @@ pin_project_lite::pin_project! {
         // Refused by the drain (no guard) or a limit (the guard, let go
         // once the refusal is built).
         Refused { rejection: Option<Box<Rejection>> },
-        // Waiting for the rate limit's decision.
-        Later { later: Later<S, ReqB>, shared: Arc<Shared<B>> },
+        // Waiting for the rate limit's decision (and the front's state, to
+        // call the service through once admitted).
+        Later { waiting: Box<(Later<S, ReqB>, Arc<Shared<B>>)> },
         // Waiting in the concurrency limit's queue.
         Queued { waiting: Pin<Box<QueuedCall<S, B, ReqB>>> },
-        Probe { answer: ProbeAnswer },
-        Bypass { #[pin] future: B::Future },
-        NotReady { service: B, request: Option<Request<ReqB>> },
+        Probe { answer: Box<ProbeAnswer> },
+        // A platform endpoint (`/metrics`): its future, and below the
+        // service not ready yet with the request, are boxed. Every variant
+        // here holds one pointer at most: these paths are rare (or, for
+        // `Later`, wait on Redis or a refusal anyway), and a variant's size
+        // is every request's (a larger future is more to move, and under
+        // HTTP/2, where each stream is a task of its own, a larger task to
+        // allocate: `benches/README.md`, "The front's future").
+        Bypass { future: Pin<Box<B::Future>> },
+        NotReady { waiting: Box<(B, Option<Request<ReqB>>)> },
         Failed { error: Option<B::Error> },
     }
 }
@@ -218,7 +226,8 @@ where
                     }
                     Poll::Ready(Ok(res))
                 }
-                OtherProj::Later { later, shared } => {
+                OtherProj::Later { waiting } => {
+                    let (later, shared) = &mut **waiting;
                     let guard = this.guard.as_mut().expect("polled after completion");
                     match std::task::ready!(poll_unless_aborted(guard, cx, |cx| {
                         later.poll_settle(cx)
@@ -291,9 +300,10 @@ where
                 }
                 OtherProj::Probe { answer } => answer
                     .as_mut()
+                    .as_mut()
                     .poll(cx)
                     .map(|res| Ok(res.map(ResponseBody::full))),
-                OtherProj::Bypass { future } => future.poll(cx).map(|r| {
+                OtherProj::Bypass { future } => future.as_mut().poll(cx).map(|r| {
                     r.map(|res| {
                         res.map(|body| {
                             ResponseBody::new(PlatformBody {
@@ -302,12 +312,13 @@ where
                         })
                     })
                 }),
-                OtherProj::NotReady { service, request } => {
+                OtherProj::NotReady { waiting } => {
+                    let (service, request) = &mut **waiting;
                     if let Err(e) = std::task::ready!(service.poll_ready(cx)) {
                         return Poll::Ready(Err(e));
                     }
                     let req = request.take().expect("polled after completion");
-                    let future = service.call(req);
+                    let future = Box::pin(service.call(req));
                     this.other.set(Other::Bypass { future });
                     continue;
                 }

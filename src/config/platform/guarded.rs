@@ -21,7 +21,7 @@ use crate::Rejection;
 use crate::circuit_breaker::{BreakerBody, Judge, Permit};
 use crate::rejection::{HttpMode, Protocol, ResponseBody};
 use crate::timeout::deadline::enter;
-use crate::timeout::{Deadline, Shared as TimeoutShared, TimeoutCause};
+use crate::timeout::{Deadline, DeadlineSource, Shared as TimeoutShared, TimeoutCause};
 use crate::util::lanes::{Lane, Laned};
 
 /// The body of a guarded answer: the application's (or the timeout's or
@@ -54,8 +54,9 @@ impl Guard {
             Err(rejection) => {
                 let state = State::Refused {
                     rejection: Some(rejection),
+                    protocol,
                 };
-                return Guarded::answer(state, None, protocol);
+                return Guarded::answer(state, Permit::untracked());
             }
         };
         let deadline = match self
@@ -69,8 +70,9 @@ impl Guard {
                         .rejection(TimeoutCause::BudgetSpent, source, Some(binding));
                 let state = State::Refused {
                     rejection: Some(Box::new(rejection)),
+                    protocol,
                 };
-                return Guarded::answer(state, Some(permit), protocol);
+                return Guarded::answer(state, permit);
             }
         };
         let scope = enter(deadline);
@@ -80,18 +82,17 @@ impl Guard {
             Ok(future) => Guarded {
                 state: State::Running {
                     future,
-                    sleep: None,
-                    deadline,
+                    timer: Timer::Unarmed { deadline },
                     // The future keeps the timeout's state alive through
                     // this thread's lane (for its refusal).
                     timeout: self.timeout.lane(),
+                    protocol,
                 },
-                permit: Some(permit),
-                protocol,
+                permit,
             },
             Err(panic) => {
                 log(&*panic);
-                Guarded::answer(State::Panicked, Some(permit), protocol)
+                Guarded::answer(State::Panicked { protocol }, permit)
             }
         }
     }
@@ -105,48 +106,73 @@ pin_project_lite::pin_project! {
     pub(crate) struct Guarded<F> {
         #[pin]
         state: State<F>,
-        // The breaker's permit: the outcome is reported through it once.
-        permit: Option<Permit>,
-        protocol: Protocol,
+        // The breaker's permit: the outcome is reported through it once
+        // (an untracked one, recording nothing, when the breaker refused:
+        // not an `Option`, which would take 8 bytes more).
+        permit: Permit,
     }
 }
 
 pin_project_lite::pin_project! {
     #[project = StateProj]
+    // Each variant carries the request's protocol, in the bytes its
+    // alignment leaves free, rather than `Guarded` in 8 more.
     enum State<F> {
         Running {
             #[pin]
             future: F,
             #[pin]
-            sleep: Option<Sleep>,
-            deadline: Deadline,
+            timer: Timer,
             timeout: Arc<Lane<TimeoutShared>>,
+            protocol: Protocol,
         },
         // Refused by the breaker (no permit) or by the timeout, the budget
         // spent on arrival (the breaker judges that refusal).
-        Refused { rejection: Option<Box<Rejection>> },
+        Refused { rejection: Option<Box<Rejection>>, protocol: Protocol },
         // The application panicked in `call`.
-        Panicked,
+        Panicked { protocol: Protocol },
         Done,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The request's deadline: its instant until the application's future
+    /// is first pending, then the `Sleep` armed for it, which holds the
+    /// instant, in the same bytes (an admitted request's future is 16 bytes
+    /// smaller than with both side by side).
+    #[project = TimerProj]
+    enum Timer {
+        Unarmed { deadline: Deadline },
+        Armed {
+            #[pin]
+            sleep: Sleep,
+            source: DeadlineSource,
+        },
+    }
+}
+
+impl Timer {
+    #[inline]
+    fn deadline(self: Pin<&mut Self>) -> Deadline {
+        match self.project() {
+            TimerProj::Unarmed { deadline } => *deadline,
+            TimerProj::Armed { sleep, source } => {
+                Deadline::at(sleep.deadline()).with_source(*source)
+            }
+        }
     }
 }
 
 impl<F> Guarded<F> {
     #[cold]
-    fn answer(state: State<F>, permit: Option<Permit>, protocol: Protocol) -> Self {
-        Self {
-            state,
-            permit,
-            protocol,
-        }
+    fn answer(state: State<F>, permit: Permit) -> Self {
+        Self { state, permit }
     }
 }
 
 impl<F> fmt::Debug for Guarded<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Guarded")
-            .field("protocol", &self.protocol)
-            .finish_non_exhaustive()
+        f.debug_struct("Guarded").finish_non_exhaustive()
     }
 }
 
@@ -160,15 +186,16 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let protocol = *this.protocol;
         let answer: Response<ResponseBody<B>> = match this.state.as_mut().project() {
             StateProj::Running {
                 future,
-                mut sleep,
-                deadline,
+                mut timer,
                 timeout,
+                protocol,
             } => {
-                let scope = enter(*deadline);
+                let protocol = *protocol;
+                let deadline = timer.as_mut().deadline();
+                let scope = enter(deadline);
                 let polled = catch_unwind(AssertUnwindSafe(|| future.poll(cx)));
                 drop(scope);
                 match polled {
@@ -178,10 +205,13 @@ where
                         return Poll::Ready(judge(result, this.permit));
                     }
                     Ok(Poll::Pending) => {
-                        if sleep.is_none() {
-                            sleep.set(Some(tokio::time::sleep_until(deadline.instant())));
+                        if let TimerProj::Unarmed { .. } = timer.as_mut().project() {
+                            timer.set(Timer::Armed {
+                                sleep: tokio::time::sleep_until(deadline.instant()),
+                                source: deadline.source(),
+                            });
                         }
-                        if let Some(sleep) = sleep.as_pin_mut() {
+                        if let TimerProj::Armed { sleep, .. } = timer.project() {
                             if sleep.poll(cx).is_pending() {
                                 return Poll::Pending;
                             }
@@ -196,16 +226,21 @@ where
                     }
                 }
             }
-            StateProj::Refused { rejection } => {
+            StateProj::Refused {
+                rejection,
+                protocol,
+            } => {
                 let rejection = rejection.take().expect("polled after completion");
-                if this.permit.is_none() {
-                    // The breaker's own refusal: nothing to judge.
+                if this.permit.lane().is_none() {
+                    // The breaker's own refusal (or a disabled breaker's):
+                    // nothing to judge.
+                    let res = rejection.into_response(*protocol);
                     this.state.set(State::Done);
-                    return Poll::Ready(Ok(rejection.into_response(protocol)));
+                    return Poll::Ready(Ok(res));
                 }
-                rejection.into_response(protocol)
+                rejection.into_response(*protocol)
             }
-            StateProj::Panicked => answer(protocol),
+            StateProj::Panicked { protocol } => answer(*protocol),
             StateProj::Done => panic!("polled after completion"),
         };
         this.state.set(State::Done);
@@ -217,8 +252,8 @@ where
 #[inline]
 fn judge<B, E: 'static>(
     result: Result<Response<ResponseBody<B>>, E>,
-    permit: &mut Option<Permit>,
+    permit: &mut Permit,
 ) -> Result<Response<GuardedBody<B>>, E> {
-    let permit = permit.take().expect("polled after completion");
+    let permit = std::mem::replace(permit, Permit::untracked());
     <HttpMode as Judge<Response<ResponseBody<B>>, E>>::judge(result, permit)
 }

@@ -188,6 +188,7 @@ where
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         if let Some(answer) = probe_answer(&self.shared.probes, &req) {
+            let answer = Box::new(answer);
             return PlatformFuture::other(Other::Probe { answer }, Protocol::Http);
         }
         if self.shared.paths.matches(req.uri().path()) {
@@ -248,12 +249,11 @@ impl<S, B> Platform<S, B> {
         let mut cx = Context::from_waker(Waker::noop());
         let other = match bypass.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => Other::Bypass {
-                future: bypass.call(req),
+                future: Box::pin(bypass.call(req)),
             },
             Poll::Ready(Err(error)) => Other::Failed { error: Some(error) },
             Poll::Pending => Other::NotReady {
-                service: bypass.clone(),
-                request: Some(req),
+                waiting: Box::new((bypass.clone(), Some(req))),
             },
         };
         PlatformFuture::other(other, Protocol::Http)
@@ -275,8 +275,7 @@ impl<S, B> Platform<S, B> {
         let rate_limit = self.shared.rate_limit.as_ref().expect("deciding");
         let other = match defer(rate_limit, &mut self.protected, req, decision) {
             Ok(later) => Other::Later {
-                later,
-                shared: Arc::clone(&self.shared),
+                waiting: Box::new((later, Arc::clone(&self.shared))),
             },
             Err(rejection) => Other::Refused {
                 rejection: Some(rejection),
