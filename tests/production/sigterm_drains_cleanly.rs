@@ -317,7 +317,15 @@ async fn a_failing_route_and_a_spent_limit_leave_metrics_and_probes_answering() 
         .parse()
         .unwrap();
     let c = client();
-    let mut sent = 0;
+    // Every API route of the example first: each must find its own breaker
+    // among the templates `production.toml` declares (the stack wraps the
+    // whole router, so a route left out of `routes.paths` would share the
+    // `unmatched` breaker; the scrape below says which breakers exist).
+    let (status, _) = get(&c, addr, "/api/ok").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = get(&c, addr, "/api/sleep/1").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let mut sent = 2;
     // The breaker judges 20 calls at least: 20 failures open /api/fail.
     for _ in 0..20 {
         let (status, _) = get(&c, addr, "/api/fail").await.unwrap();
@@ -353,6 +361,12 @@ async fn a_failing_route_and_a_spent_limit_leave_metrics_and_probes_answering() 
             ),
             "{metrics}"
         );
+        for route in ["/api/ok", "/api/sleep/{ms}"] {
+            let closed =
+                format!("rampart_circuit_breaker_route_state{{name=\"api\",route=\"{route}\"}} 0");
+            assert!(metrics.contains(&closed), "{route}: {metrics}");
+        }
+        assert!(!metrics.contains("route=\"unmatched\""), "{metrics}");
     }
     let (status, body) = get(&c, addr, "/readyz?verbose").await.unwrap();
     assert_eq!(status, StatusCode::OK, "breaker_readiness = warn: {body}");
