@@ -75,6 +75,30 @@ fn app() -> Router {
         .fallback(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "no such route") })
 }
 
+/// Three failures in a row open `/api/fail`'s circuit: it then refuses,
+/// with `Retry-After`, over HTTP/1.1 and h2c.
+async fn open_api_fail(addr: SocketAddr) {
+    for _ in 0..3 {
+        let r = common::get(addr, "/api/fail").await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let r = common::get(addr, "/api/fail").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(!r.header("retry-after").is_empty());
+    let r = h2c_get(addr, "/api/fail").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+}
+
+/// A made-up path's answer: the fallback's 500 (a failure the `unmatched`
+/// breaker counts), or its refusal once open.
+fn refused_by_unmatched(status: StatusCode, path: &str) -> bool {
+    match status {
+        StatusCode::INTERNAL_SERVER_ERROR => false,
+        StatusCode::SERVICE_UNAVAILABLE => true,
+        other => panic!("{path}: {other}"),
+    }
+}
+
 async fn h2c_get(addr: SocketAddr, path: &str) -> common::Reply {
     let client = Client::builder(TokioExecutor::new())
         .http2_only(true)
@@ -94,15 +118,7 @@ async fn a_failing_route_opens_only_its_own_breaker() {
 
     assert_eq!(common::get(addr, "/api/ok").await.status, StatusCode::OK);
     // Three failures in a row open /api/fail's circuit...
-    for _ in 0..3 {
-        let r = common::get(addr, "/api/fail").await;
-        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
-    }
-    let r = common::get(addr, "/api/fail").await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
-    assert!(!r.header("retry-after").is_empty());
-    let r = h2c_get(addr, "/api/fail").await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    open_api_fail(addr).await;
     assert_eq!(routes.get("/api/fail").unwrap().state(), CircuitState::Open);
 
     // ...and only that one: the other routes answer, over both protocols.
@@ -148,11 +164,7 @@ async fn made_up_paths_share_one_bounded_breaker() {
             .body(Full::new(Bytes::new()))
             .unwrap();
         let r = common::send(&client, req).await;
-        match r.status {
-            StatusCode::INTERNAL_SERVER_ERROR => {}
-            StatusCode::SERVICE_UNAVAILABLE => refused += 1,
-            other => panic!("/x/{i}: {other}"),
-        }
+        refused += usize::from(refused_by_unmatched(r.status, &format!("/x/{i}")));
     }
     // They made one breaker, which opened; max_keys (8) was never reached,
     // so no real route was evicted.
@@ -201,17 +213,7 @@ async fn declared_paths_keep_a_breaker_per_route_around_the_whole_router() {
     let routes = stack.route_breakers().unwrap().clone();
     let addr = serve_around(&stack, app()).await;
 
-    for _ in 0..3 {
-        let r = common::get(addr, "/api/fail").await;
-        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
-    }
-    let r = common::get(addr, "/api/fail").await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
-    assert!(!r.header("retry-after").is_empty());
-    assert_eq!(
-        h2c_get(addr, "/api/fail").await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    open_api_fail(addr).await;
     // Only /api/fail's: the other routes answer, over both protocols, and
     // every /api/sleep/N is the one route `/api/sleep/{ms}`.
     for ms in 0..4 {
@@ -234,11 +236,8 @@ async fn declared_paths_keep_a_breaker_per_route_around_the_whole_router() {
         } else {
             format!("/api/sleep/{i}/more")
         };
-        match common::get(addr, &path).await.status {
-            StatusCode::INTERNAL_SERVER_ERROR => {}
-            StatusCode::SERVICE_UNAVAILABLE => refused += 1,
-            other => panic!("{path}: {other}"),
-        }
+        let status = common::get(addr, &path).await.status;
+        refused += usize::from(refused_by_unmatched(status, &path));
     }
     assert_eq!(refused, 47);
     assert_eq!(routes.len(), 4);
