@@ -220,7 +220,6 @@
 mod catch_panic;
 mod env;
 mod platform;
-mod route_paths;
 mod routes;
 mod stack;
 
@@ -239,6 +238,7 @@ pub use crate::health::{BreakerReadiness, HealthConfig};
 use crate::rate_limit::RateLimitConfig;
 use crate::shutdown::ShutdownConfig;
 use crate::timeout::TimeoutConfig;
+use crate::util::route_paths::RoutePaths;
 
 pub use catch_panic::{CatchPanic, CatchPanicFuture};
 pub use env::{ConfigLoader, ConfigWarning, Loaded};
@@ -400,7 +400,8 @@ pub struct RoutesConfig {
     pub per_route_breaker: bool,
     /// HTTP route templates, written as axum writes them (`/api/ok`,
     /// `/users/{id}`, `/files/{*path}`), each with a breaker of its own when
-    /// [`per_route_breaker`](Self::per_route_breaker) is on; the stack
+    /// [`per_route_breaker`](Self::per_route_breaker) is on, and each a key
+    /// of its own for a rate-limit quota keyed by `route`; the stack
     /// matches them itself, as axum's router would (a literal segment beats
     /// `{name}`, which beats `{*name}`), so it can wrap the whole router.
     /// A route the application serves but this list leaves out shares the
@@ -408,13 +409,28 @@ pub struct RoutesConfig {
     /// names it). Invalid or duplicate templates are errors naming
     /// `routes.paths[i]`.
     ///
-    /// Only the breakers read this list: a rate-limit quota keyed by
-    /// `route` still reads axum's matched path, and outside the router
-    /// counts by the request's path.
+    /// A rate-limit quota keyed by `route` counts by the same template
+    /// once any is declared: a request matching none counts as the one
+    /// route `unmatched` (unless axum's matched path names it), never by
+    /// its own path, which a client could vary to get a bucket per path.
     pub paths: Vec<String>,
     /// gRPC methods (`/package.Service/Method`) that get a breaker of their
     /// own when [`per_route_breaker`](Self::per_route_breaker) is on.
     pub grpc_methods: Vec<String>,
+}
+
+impl RoutesConfig {
+    /// The declared [`paths`](Self::paths), parsed and in precedence order,
+    /// or every problem, each naming `paths[i]`.
+    pub(crate) fn route_paths(&self) -> Result<std::sync::Arc<RoutePaths>, Vec<ConfigError>> {
+        RoutePaths::new(&self.paths)
+            .map(std::sync::Arc::new)
+            .map_err(|e| {
+                e.into_iter()
+                    .map(|(i, message)| ConfigError::new(format!("paths[{i}]"), message))
+                    .collect()
+            })
+    }
 }
 
 /// Every problem found in a configuration, each naming its key path.
@@ -674,7 +690,7 @@ impl RampartConfig {
                 errors.push(ConfigError::new(field, "is listed twice"));
             }
         }
-        if let Err(e) = route_paths::RoutePaths::new(&self.routes.paths) {
+        if let Err(e) = self.routes.route_paths() {
             errors.extend(e);
         }
         errors

@@ -16,7 +16,7 @@ use crate::health::{Check, Kind};
 use crate::{ConfigError, Rejection};
 
 use super::RoutesConfig;
-use super::route_paths::RoutePaths;
+use crate::util::route_paths::{self, RoutePaths};
 
 use crate::metrics_help::{Help, MetricKind};
 
@@ -49,7 +49,7 @@ enum Repr {
 
 impl RouteKey {
     /// The name of the breaker shared by requests with no route.
-    pub const UNMATCHED: &'static str = "unmatched";
+    pub const UNMATCHED: &'static str = route_paths::UNMATCHED;
 
     /// The route, or `unmatched`.
     pub fn as_str(&self) -> &str {
@@ -106,7 +106,7 @@ impl fmt::Display for RouteKey {
 /// path).
 pub(crate) struct RouteTable {
     grpc: Box<[Arc<str>]>,
-    paths: RoutePaths,
+    paths: Arc<RoutePaths>,
 }
 
 impl RouteTable {
@@ -168,6 +168,7 @@ impl BreakerLayer {
     pub(crate) fn build(
         config: &CircuitBreakerConfig,
         routes: &RoutesConfig,
+        paths: &Arc<RoutePaths>,
     ) -> Result<(Self, Breakers), ConfigError> {
         let builder = CircuitBreakerBuilder::from_config(config.clone());
         if !routes.per_route_breaker {
@@ -203,9 +204,7 @@ impl BreakerLayer {
                 .iter()
                 .map(|m| Arc::from(m.as_str()))
                 .collect(),
-            // `validate` reports every problem with its key path; this is
-            // the first one, for a config built without it.
-            paths: RoutePaths::new(&routes.paths).map_err(|mut e| e.swap_remove(0).at("routes"))?,
+            paths: Arc::clone(paths),
         };
         Ok((
             Self::PerRoute(Arc::new(PerRoute {
@@ -382,7 +381,7 @@ mod tests {
     fn keys_compare_by_route() {
         let table = RouteTable {
             grpc: vec![Arc::from("/demo.Greeter/SayHello")].into_boxed_slice(),
-            paths: RoutePaths::default(),
+            paths: Arc::default(),
         };
         let req = |path: &str| Request::post(path).body(()).unwrap();
         let k = table.key(&req("/demo.Greeter/SayHello"));
@@ -410,7 +409,7 @@ mod tests {
             grpc_methods: vec!["/demo.Greeter/SayHello".to_owned()],
             paths: Vec::new(),
         };
-        let (layer, breakers) = BreakerLayer::build(&config, &routes).unwrap();
+        let (layer, breakers) = BreakerLayer::build(&config, &routes, &Arc::default()).unwrap();
         let BreakerLayer::PerRoute(routes) = layer else {
             panic!("per route")
         };

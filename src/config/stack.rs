@@ -64,15 +64,22 @@ impl<'a> StackBuilder<'a> {
             .clone()
             .build()
             .map_err(|e| ConfigErrors::from(e.at("shutdown")))?;
-        let (breaker, breakers) = BreakerLayer::build(&config.circuit_breaker, &config.routes)
-            .map_err(|e| ConfigErrors::from(e.at("circuit_breaker")))?;
+        // The declared routes, for the per-route breakers and the rate
+        // limit's `route` key (`validate` above reported any problem).
+        let paths = config
+            .routes
+            .route_paths()
+            .map_err(|mut e| ConfigErrors::from(e.swap_remove(0).at("routes")))?;
+        let (breaker, breakers) =
+            BreakerLayer::build(&config.circuit_breaker, &config.routes, &paths)
+                .map_err(|e| ConfigErrors::from(e.at("circuit_breaker")))?;
         let timeout = config
             .timeout
             .build()
             .map_err(|e| ConfigErrors::from(e.at("timeout")))?;
         let rate_limit = match &config.rate_limit {
             Some(rl) => Some(
-                rl.build()
+                rl.build_with_routes(&paths)
                     .map_err(|e| ConfigErrors::from(e.at("rate_limit")))?,
             ),
             None => None,

@@ -2,6 +2,7 @@
 
 // Over ~500 lines because of its tests (about 250), one per key path.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::client_ip::{ClientIp, ClientIpHeader};
@@ -9,6 +10,7 @@ use super::key::{Key, KeyExtractor};
 use super::layer::{MissingKey, RateLimitBuilder, RateLimitLayer};
 use super::quota::{Quota, Rate};
 use crate::ConfigError;
+use crate::util::route_paths::RoutePaths;
 
 /// One quota in a config file.
 ///
@@ -269,6 +271,24 @@ impl RateLimitConfig {
         } else {
             Err(problems.swap_remove(0))
         }
+    }
+
+    /// [`build`](Self::build), with the stack's declared routes
+    /// (`routes.paths`) for the quotas keyed by `route`.
+    pub(crate) fn build_with_routes(
+        &self,
+        paths: &Arc<RoutePaths>,
+    ) -> Result<RateLimitLayer, ConfigError> {
+        let (mut builder, mut problems) = self.builder();
+        if !problems.is_empty() {
+            return Err(problems.swap_remove(0));
+        }
+        if !paths.is_empty() {
+            for quota in &mut builder.quotas {
+                quota.key.declare_routes(paths);
+            }
+        }
+        builder.build()
     }
 
     /// Checks every setting without building anything (no metrics

@@ -16,6 +16,7 @@ use http::{Extensions, HeaderMap, Method, Uri};
 
 use super::client_ip::ClientIp;
 use crate::ConfigError;
+use crate::util::route_paths::{self, RoutePaths};
 
 /// A key a [`KeyExtractor::custom`] closure (or an allow-list) names.
 #[non_exhaustive]
@@ -173,7 +174,8 @@ enum KeyKind {
     ClientIp,
     Header(HeaderName),
     Path,
-    Route,
+    /// With the stack's declared routes (`routes.paths`), when it has any.
+    Route(Option<Arc<RoutePaths>>),
     Custom(Arc<CustomFn>),
 }
 
@@ -220,9 +222,21 @@ impl KeyExtractor {
     }
 
     /// The matched route (axum's `MatchedPath`, with the `axum` feature and
-    /// the layer inside the router), else the path.
+    /// the layer inside the router), else the path. In a stack built from a
+    /// config that declares `routes.paths`: the declared template the path
+    /// matches, else axum's matched path, else the one route `unmatched`
+    /// (never the path, which a client could vary to get a bucket per
+    /// path).
     pub fn route() -> Self {
-        Self(KeyKind::Route)
+        Self(KeyKind::Route(None))
+    }
+
+    /// Counts a `route` key by the declared templates `paths` first.
+    #[cfg(feature = "config")]
+    pub(crate) fn declare_routes(&mut self, paths: &Arc<RoutePaths>) {
+        if let KeyKind::Route(declared) = &mut self.0 {
+            *declared = Some(Arc::clone(paths));
+        }
     }
 
     /// A closure; `None` is a missing key.
@@ -243,7 +257,7 @@ impl KeyExtractor {
             KeyKind::ClientIp => "client-ip".into(),
             KeyKind::Header(h) => format!("header-{}", h.as_str()),
             KeyKind::Path => "path".into(),
-            KeyKind::Route => "route".into(),
+            KeyKind::Route(_) => "route".into(),
             KeyKind::Custom(_) => "custom".into(),
         }
     }
@@ -267,12 +281,20 @@ impl KeyExtractor {
                 .filter(|b| !b.is_empty())
                 .map(|b| f(KeyRef::Bytes(b))),
             KeyKind::Path => Some(f(KeyRef::Bytes(req.uri.path().as_bytes()))),
-            KeyKind::Route => {
+            KeyKind::Route(declared) => {
+                let path = req.uri.path();
+                if let Some(t) = declared.as_ref().and_then(|d| d.find(path)) {
+                    return Some(f(KeyRef::Bytes(t.as_bytes())));
+                }
                 #[cfg(feature = "axum")]
                 if let Some(m) = req.extensions.get::<axum::extract::MatchedPath>() {
                     return Some(f(KeyRef::Bytes(m.as_str().as_bytes())));
                 }
-                Some(f(KeyRef::Bytes(req.uri.path().as_bytes())))
+                let route = match declared {
+                    Some(_) => route_paths::UNMATCHED,
+                    None => path,
+                };
+                Some(f(KeyRef::Bytes(route.as_bytes())))
             }
             KeyKind::Custom(c) => c(req).map(|k| f(k.as_ref())),
         }

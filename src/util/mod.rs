@@ -7,5 +7,6 @@ pub(crate) mod keyed_map;
 pub(crate) mod lanes;
 pub(crate) mod poison;
 pub(crate) mod round;
+pub(crate) mod route_paths;
 
 pub(crate) use poison::lock;

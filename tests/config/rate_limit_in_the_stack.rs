@@ -111,3 +111,65 @@ async fn a_request_still_waiting_at_the_drain_deadline_is_answered_as_aborted() 
     let report = stack.shutdown().done().await;
     assert_eq!((report.finished, report.aborted), (0, 1), "{report:?}");
 }
+
+/// A quota keyed by `route`, the stack wrapped around the whole router with
+/// the routes declared (`routes.paths`): each declared route is one bucket
+/// whatever its concrete path, and paths naming no route share one
+/// `unmatched` bucket. A client varying the path (`/api/items/1`, `/2`,
+/// ..., or made-up paths) gets no bucket of its own; before routes could be
+/// declared, a stack outside the router counted such a quota by the raw
+/// path, one bucket per path.
+#[cfg(all(feature = "axum", feature = "serve"))]
+#[tokio::test]
+async fn a_route_keyed_quota_counts_declared_routes_never_raw_paths() {
+    use std::future::IntoFuture;
+
+    use axum::routing::get as route_get;
+
+    let config = crate::stack_config(
+        r#"
+        [routes]
+        paths = ["/api/ok", "/api/items/{id}"]
+        [rate_limit]
+        quotas = [{ rate = "1/h", burst = 2, key = "route" }]
+        "#,
+    );
+    let stack = config.stack().build().unwrap();
+    let app = axum::Router::new()
+        .route("/api/ok", route_get(|| async { "ok" }))
+        .route("/api/items/{id}", route_get(|| async { "item" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such route") });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = stack.layer().layer(app);
+    tokio::spawn(tower_rampart::serve(listener, service, stack.shutdown()).into_future());
+
+    let status = |path: String| async move { crate::common::get(addr, &path).await.status };
+    // One bucket for every item: two admitted, then refused.
+    assert_eq!(status("/api/items/1".into()).await, StatusCode::OK);
+    assert_eq!(status("/api/items/2".into()).await, StatusCode::OK);
+    let r = crate::common::get(addr, "/api/items/3").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert!(
+        r.body.contains("route"),
+        "the refusal names the quota: {}",
+        r.body
+    );
+    // Another declared route has its own.
+    assert_eq!(status("/api/ok".into()).await, StatusCode::OK);
+    // Made-up paths share one bucket, `unmatched`.
+    assert_eq!(status("/x/1".into()).await, StatusCode::NOT_FOUND);
+    assert_eq!(status("/y/2".into()).await, StatusCode::NOT_FOUND);
+    for i in 3..10 {
+        assert_eq!(
+            status(format!("/z/{i}")).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    // Still two admitted per route: `/api/ok` once more, then refused.
+    assert_eq!(status("/api/ok".into()).await, StatusCode::OK);
+    assert_eq!(
+        status("/api/ok".into()).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

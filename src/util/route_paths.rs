@@ -1,12 +1,13 @@
-//! Declared HTTP routes (`routes.paths`): route templates written as axum
-//! writes them (`/api/ok`, `/users/{id}`, `/files/{*path}`), matched by the
-//! stack itself.
+//! Declared HTTP routes (`routes.paths` in the config): route templates
+//! written as axum writes them (`/api/ok`, `/users/{id}`, `/files/{*path}`),
+//! matched without axum's router.
 //!
 //! axum sets the matched path inside its router, so a stack that keys its
-//! breakers by axum's matched path has to be applied per route
+//! breakers or a rate limit by route has to be applied per route
 //! (`Router::layer`), where axum clones the route's service, the stack's
 //! with it, for every request. With the routes declared, the stack finds a
-//! request's route on its own and can wrap the whole router.
+//! request's route on its own and can wrap the whole router: the stack's
+//! per-route breakers and the rate limit's `route` key both use this.
 //!
 //! Matching follows axum's router (matchit): a literal segment matches
 //! itself, `{name}` one non-empty segment, `{*name}` (last only) the
@@ -17,10 +18,16 @@
 //! `tests/circuit_breaker/one_breaker_per_route.rs` checks the choice
 //! against axum's own router.
 
+// Declared only through a config (`routes.paths`); the rate limit's key
+// reads it in every build, so without the feature only the parsing is idle.
+#![cfg_attr(not(feature = "config"), allow(dead_code))]
+
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use crate::ConfigError;
+/// The route of a request no declared template (nor axum) names: one name
+/// for all of them, so that a client cannot make up routes.
+pub(crate) const UNMATCHED: &str = "unmatched";
 
 /// One segment of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,21 +184,20 @@ pub(crate) struct RoutePaths {
 }
 
 impl RoutePaths {
-    /// Parses every template, or reports every problem, each naming its
-    /// index (`paths[i]`).
-    pub(crate) fn new(paths: &[String]) -> Result<Self, Vec<ConfigError>> {
+    /// Parses every template, or reports every problem with the index of
+    /// the template it is about (the config names it `paths[i]`).
+    pub(crate) fn new(paths: &[String]) -> Result<Self, Vec<(usize, String)>> {
         let mut errors = Vec::new();
         let mut parsed: Vec<(usize, Template)> = Vec::with_capacity(paths.len());
         for (i, text) in paths.iter().enumerate() {
-            let field = format!("paths[{i}]");
             match Template::parse(text) {
-                Err(message) => errors.push(ConfigError::new(field, message)),
+                Err(message) => errors.push((i, message)),
                 Ok(t) => match parsed.iter().find(|(_, p)| p.same_paths(&t)) {
                     Some((j, p)) if *p.name == **text => {
-                        errors.push(ConfigError::new(field, format!("is listed twice (paths[{j}])")))
+                        errors.push((i, format!("is listed twice (paths[{j}])")))
                     }
-                    Some((j, p)) => errors.push(ConfigError::new(
-                        field,
+                    Some((j, p)) => errors.push((
+                        i,
                         format!(
                             "matches the same requests as paths[{j}] (`{}`): only the parameters' names differ",
                             p.name
@@ -213,6 +219,12 @@ impl RoutePaths {
             exact: exact.into_iter().map(|t| t.name).collect(),
             templates: templates.into(),
         })
+    }
+
+    /// No template is declared.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.templates.is_empty()
     }
 
     /// The template `path` matches, if any: the one that is the path
@@ -243,7 +255,7 @@ mod tests {
         RoutePaths::new(&owned)
             .expect_err("invalid")
             .iter()
-            .map(ToString::to_string)
+            .map(|(i, message)| format!("paths[{i}]: {message}"))
             .collect()
     }
 
