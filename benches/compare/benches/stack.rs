@@ -170,6 +170,14 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     assert!(per_route.routes.per_route_breaker);
     let stack_per_route = per_route.stack().build().unwrap();
+    // The production example's shape: one breaker per declared route, the
+    // stack around the router (no clone per call).
+    let declared = RampartConfig::from_toml(&format!(
+        "{CONFIG}\n    [routes]\n    per_route_breaker = true\n    \
+         paths = [\"/api/ok\", \"/api/fail\", \"/api/sleep/{{ms}}\", \"/\"]"
+    ))
+    .unwrap();
+    let stack_declared = declared.stack().build().unwrap();
     let no_rl = RampartConfig::from_toml(CONFIG_NO_RATE_LIMIT).unwrap();
     let stack_no_rl = no_rl.stack().build().unwrap();
     let with_ext = RampartConfig::from_toml(&CONFIG.replace(
@@ -226,6 +234,17 @@ fn bench(c: &mut Criterion) {
         black_box(one(&mut s));
     }) {
         g.bench_function("rampart_stack", |b| b.iter(|| one(&mut s)));
+    }
+    // One breaker per declared route (`routes.paths`), the request's route
+    // (`/`) found among four templates: what the per-route breakers cost
+    // over one shared breaker (`rampart_stack`) around the router.
+    let mut s = stack_declared.layer().layer(Bare);
+    if !counting("rampart_stack_per_declared_route", || {
+        black_box(one(&mut s));
+    }) {
+        g.bench_function("rampart_stack_per_declared_route", |b| {
+            b.iter(|| one(&mut s))
+        });
     }
     // axum's `Router::layer` clones a route's service for every request
     // and calls the clone once: the same here, with the clone's drop.
