@@ -265,12 +265,7 @@ impl RateLimitConfig {
     /// (`quotas[1].rate`). The first problem [`validate`](Self::validate)
     /// reports is the one returned.
     pub fn build(&self) -> Result<RateLimitLayer, ConfigError> {
-        let (builder, mut problems) = self.builder();
-        if problems.is_empty() {
-            builder.build()
-        } else {
-            Err(problems.swap_remove(0))
-        }
+        self.build_with_routes(&Arc::default())
     }
 
     /// [`build`](Self::build), with the stack's declared routes
