@@ -17,7 +17,6 @@
 use crate::common;
 
 use std::convert::Infallible;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -192,18 +191,6 @@ async fn made_up_paths_share_one_bounded_breaker() {
 
 // ------------------------------------------- declared routes (`paths`) --
 
-/// Serves `app` with the stack wrapped around the whole router (no
-/// `Router::layer`: the stack sees no matched path), under
-/// `tower_rampart::serve`.
-async fn serve_around(stack: &tower_rampart::config::Stack, app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = tower::Layer::layer(&stack.layer(), app);
-    let serve = tower_rampart::serve(listener, service, stack.shutdown());
-    tokio::spawn(serve.into_future());
-    addr
-}
-
 #[tokio::test]
 async fn declared_paths_keep_a_breaker_per_route_around_the_whole_router() {
     let stack = config(r#"paths = ["/api/ok", "/api/fail", "/api/sleep/{ms}"]"#)
@@ -211,7 +198,7 @@ async fn declared_paths_keep_a_breaker_per_route_around_the_whole_router() {
         .build()
         .unwrap();
     let routes = stack.route_breakers().unwrap().clone();
-    let addr = serve_around(&stack, app()).await;
+    let addr = common::serve_around(&stack, app()).await;
 
     open_api_fail(addr).await;
     // Only /api/fail's: the other routes answer, over both protocols, and
@@ -286,7 +273,7 @@ async fn declared_paths_are_matched_as_axum_matches_them() {
             )
         })
         .fallback(|| async { (StatusCode::NOT_FOUND, "none") });
-    let addr = serve_around(&stack, app).await;
+    let addr = common::serve_around(&stack, app).await;
 
     let calls = |route: &str| routes.get(route).map_or(0, |b| b.counts().calls);
     let paths = [

@@ -11,6 +11,19 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 
+/// Serves `app` with the config's stack wrapped around the whole router
+/// (no `Router::layer`: the stack sees no matched path), under
+/// `tower_rampart::serve`, on `127.0.0.1:0`; returns its address.
+#[cfg(all(feature = "config", feature = "axum", feature = "serve"))]
+pub async fn serve_around(stack: &tower_rampart::config::Stack, app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = tower::Layer::layer(&stack.layer(), app);
+    let serve = tower_rampart::serve(listener, service, stack.shutdown());
+    tokio::spawn(std::future::IntoFuture::into_future(serve));
+    addr
+}
+
 /// Serves `app` on `127.0.0.1:0` (with `ConnectInfo<SocketAddr>`) and
 /// returns its address. The server lives until the runtime ends.
 pub async fn serve(app: axum::Router) -> SocketAddr {

@@ -122,8 +122,6 @@ async fn a_request_still_waiting_at_the_drain_deadline_is_answered_as_aborted() 
 #[cfg(all(feature = "axum", feature = "serve"))]
 #[tokio::test]
 async fn a_route_keyed_quota_counts_declared_routes_never_raw_paths() {
-    use std::future::IntoFuture;
-
     use axum::routing::get as route_get;
 
     let config = crate::stack_config(
@@ -139,10 +137,7 @@ async fn a_route_keyed_quota_counts_declared_routes_never_raw_paths() {
         .route("/api/ok", route_get(|| async { "ok" }))
         .route("/api/items/{id}", route_get(|| async { "item" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such route") });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = stack.layer().layer(app);
-    tokio::spawn(tower_rampart::serve(listener, service, stack.shutdown()).into_future());
+    let addr = crate::common::serve_around(&stack, app).await;
 
     let status = |path: String| async move { crate::common::get(addr, &path).await.status };
     // One bucket for every item: two admitted, then refused.
