@@ -191,26 +191,28 @@ where
         let mut this = self.project();
         loop {
             if let Some(future) = this.protected.as_mut().as_pin_mut() {
-                return Poll::Ready(
-                    match std::task::ready!(poll_admitted(future, this.guard, this.facts.http1, cx))
-                    {
-                        Ok((mut result, guard)) => {
-                            if let Some(permit) = this.permit.take() {
-                                permit.complete(HttpMode::outcome(&result, *this.protocol));
-                            }
-                            if let (Some(headers), Ok(res)) = (this.headers.take(), &mut result) {
-                                headers.apply(res.headers_mut());
-                            }
-                            result.map(|res| {
-                                track(res, guard, *this.facts, |body| {
-                                    ResponseBody::new(PlatformBody {
-                                        inner: BodyEither::Protected { body },
-                                    })
+                let (protocol, facts) = (*this.protocol, *this.facts);
+                return poll_admitted(
+                    future,
+                    this.guard,
+                    facts.http1,
+                    cx,
+                    |mut result, guard| {
+                        if let Some(permit) = this.permit.take() {
+                            permit.complete(HttpMode::outcome(&result, protocol));
+                        }
+                        if let (Some(headers), Ok(res)) = (this.headers.take(), &mut result) {
+                            headers.apply(res.headers_mut());
+                        }
+                        result.map(|res| {
+                            track(res, guard, facts, |body| {
+                                ResponseBody::new(PlatformBody {
+                                    inner: BodyEither::Protected { body },
                                 })
                             })
-                        }
-                        Err(rejection) => Ok(rejection.into_response(*this.protocol)),
+                        })
                     },
+                    |rejection| Ok(rejection.into_response(protocol)),
                 );
             }
             return match this.other.as_mut().project() {
