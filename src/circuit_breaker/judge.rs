@@ -88,6 +88,51 @@ fn passthrough<B>(res: Response<B>) -> Response<BreakerBody<B>> {
     res.map(|b| ResponseBody::new(ClassifyBody::passthrough(b)))
 }
 
+/// [`HttpMode`]'s judgement of `result`, its body wrapped by `wrap` first:
+/// the response is judged by its head and its body wrapped in one step,
+/// one move of the response instead of one per wrapper (the stack's guarded
+/// call wraps the application's body in its own answer type on the way).
+#[inline(always)] // receipt: `future.rs` module docs, "Inlining"
+pub(crate) fn judge_http<X, B, E: 'static>(
+    result: Result<Response<X>, E>,
+    permit: Permit,
+    wrap: impl FnOnce(X) -> B,
+) -> Result<Response<BreakerBody<B>>, E> {
+    let res = match result {
+        Ok(res) => res,
+        Err(e) => {
+            permit.complete(http_error_outcome(&e));
+            return Err(e);
+        }
+    };
+    // A refusal by an inner layer of this crate is judged by whose fault
+    // it was, never by its status (an empty `Extensions` is one branch).
+    if let Some(refused) = res.extensions().get::<Refused>() {
+        permit.complete(refusal_outcome(refused.is_service_fault()));
+        return Ok(res.map(|b| ResponseBody::new(ClassifyBody::passthrough(wrap(b)))));
+    }
+    let verdict = permit.lane().map(|l| {
+        let c = &l.core.settings.classifier;
+        (c.classify_response(&res), c.grpc_failure_codes())
+    });
+    let watch = match verdict {
+        Some((Classification::AwaitTrailers, failures)) => Some((failures, permit)),
+        Some((Classification::Done(outcome), _)) => {
+            permit.complete(outcome);
+            None
+        }
+        // A disabled breaker: nothing to report.
+        None => None,
+    };
+    Ok(res.map(|b| {
+        let b = wrap(b);
+        ResponseBody::new(match watch {
+            Some((failures, permit)) => ClassifyBody::deferred(b, failures, permit),
+            None => ClassifyBody::passthrough(b),
+        })
+    }))
+}
+
 impl<B, E: 'static> Judge<Response<B>, E> for HttpMode {
     type Response = Response<BreakerBody<B>>;
     type Error = E;
@@ -95,35 +140,7 @@ impl<B, E: 'static> Judge<Response<B>, E> for HttpMode {
 
     #[inline(always)] // receipt: `future.rs` module docs, "Inlining"
     fn judge(result: Result<Response<B>, E>, permit: Permit) -> Result<Self::Response, E> {
-        let res = match result {
-            Ok(res) => res,
-            Err(e) => {
-                permit.complete(http_error_outcome(&e));
-                return Err(e);
-            }
-        };
-        // A refusal by an inner layer of this crate is judged by whose
-        // fault it was, never by its status (an empty `Extensions` is one
-        // branch).
-        if let Some(refused) = res.extensions().get::<Refused>() {
-            permit.complete(refusal_outcome(refused.is_service_fault()));
-            return Ok(passthrough(res));
-        }
-        let verdict = permit.lane().map(|l| {
-            let c = &l.core.settings.classifier;
-            (c.classify_response(&res), c.grpc_failure_codes())
-        });
-        match verdict {
-            Some((Classification::AwaitTrailers, failures)) => {
-                Ok(res.map(|b| ResponseBody::new(ClassifyBody::deferred(b, failures, permit))))
-            }
-            Some((Classification::Done(outcome), _)) => {
-                permit.complete(outcome);
-                Ok(passthrough(res))
-            }
-            // A disabled breaker: nothing to report.
-            None => Ok(passthrough(res)),
-        }
+        judge_http(result, permit, |b| b)
     }
 
     #[inline]

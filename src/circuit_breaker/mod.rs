@@ -189,7 +189,7 @@ pub use state::{CircuitBreakerEvent, CircuitCounts, CircuitState, TransitionReas
 
 use crate::rejection::{HttpMode, Mode};
 pub(crate) use future::{Decision, decide};
-pub(crate) use judge::Judge;
+pub(crate) use judge::{Judge, judge_http};
 pub(crate) use keyed::KeyedShared;
 pub(crate) use state::{Breaker, Refusal};
 

@@ -18,8 +18,8 @@ use tower::Service;
 use super::super::catch_panic::{answer, log};
 use super::super::routes::BreakerLayer;
 use crate::Rejection;
-use crate::circuit_breaker::{BreakerBody, Judge, Permit};
-use crate::rejection::{HttpMode, Protocol, ResponseBody};
+use crate::circuit_breaker::{BreakerBody, Permit, judge_http};
+use crate::rejection::{Protocol, ResponseBody};
 use crate::timeout::deadline::enter;
 use crate::timeout::{Deadline, DeadlineSource, Shared as TimeoutShared, TimeoutCause};
 use crate::util::lanes::{Lane, Laned};
@@ -201,8 +201,7 @@ where
                 match polled {
                     Ok(Poll::Ready(result)) => {
                         this.state.set(State::Done);
-                        let result = result.map(|res| res.map(ResponseBody::new));
-                        return Poll::Ready(judge(result, this.permit));
+                        return Poll::Ready(judge(result, this.permit, ResponseBody::new));
                     }
                     Ok(Poll::Pending) => {
                         if let TimerProj::Unarmed { .. } = timer.as_mut().project() {
@@ -244,16 +243,18 @@ where
             StateProj::Done => panic!("polled after completion"),
         };
         this.state.set(State::Done);
-        Poll::Ready(judge(Ok(answer), this.permit))
+        Poll::Ready(judge(Ok(answer), this.permit, |b| b))
     }
 }
 
-/// The breaker's verdict on a result, reported through the permit.
+/// The breaker's verdict on a result, reported through the permit, its
+/// body wrapped by `wrap` in the same step.
 #[inline]
-fn judge<B, E: 'static>(
-    result: Result<Response<ResponseBody<B>>, E>,
+fn judge<X, B, E: 'static>(
+    result: Result<Response<X>, E>,
     permit: &mut Permit,
+    wrap: impl FnOnce(X) -> ResponseBody<B>,
 ) -> Result<Response<GuardedBody<B>>, E> {
     let permit = std::mem::replace(permit, Permit::untracked());
-    <HttpMode as Judge<Response<ResponseBody<B>>, E>>::judge(result, permit)
+    judge_http(result, permit, wrap)
 }
