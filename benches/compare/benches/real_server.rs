@@ -23,7 +23,12 @@
 //!
 //! With `REAL_SERVER_ABLATE=1`, the stack minus one thing at a time, as the
 //! config can say it: `stack -rate_limit` (no `[rate_limit]`), `stack
-//! -per_route` (one shared breaker), and `stack Router::layer`: the stack
+//! -concurrency` (no `[concurrency]`), `stack -per_route` (one shared
+//! breaker), `stack -time_window` (the breaker over a count window, no
+//! slow-call threshold), `stack -budget_header` (the timeout without
+//! `budget_header`), `stack lean` (all five at once: the stack's frame,
+//! its front, drain, probes, one breaker, timeout and panic catcher, with
+//! their metrics), and `stack Router::layer`: the stack
 //! applied per route with `Router::layer`, its breakers keyed by axum's
 //! matched path (no `routes.paths`). `REAL_SERVER_NO_RECORDER=1`
 //! runs without the Prometheus recorder (the `metrics` facade's no-op),
@@ -64,6 +69,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpStream;
+use tower_rampart::circuit_breaker::SlidingWindow;
 use tower_rampart::config::RampartConfig;
 
 const SERVER_THREAD: &str = "rs-server";
@@ -167,6 +173,13 @@ fn production_config() -> RampartConfig {
     config
 }
 
+/// The breaker over a count window, without a slow-call threshold.
+fn count_window(config: &mut RampartConfig) {
+    let cb = &mut config.circuit_breaker;
+    cb.window = SlidingWindow::Count { size: 100 };
+    cb.slow_call_duration_threshold = None;
+}
+
 // ---------------------------------------------------------------------------
 // The servers.
 
@@ -181,7 +194,16 @@ enum Kind {
 enum Ablation {
     None,
     NoRateLimit,
+    NoConcurrency,
     SharedBreaker,
+    /// The breaker over the last 100 calls, no slow-call threshold: no
+    /// clock reading for the call's duration, no per-thread bucket count.
+    CountWindow,
+    /// The timeout without `budget_header` (one header lookup less).
+    NoBudgetHeader,
+    /// All five of the above at once: what the stack's own frame costs
+    /// (front, drain, probes, one breaker, timeout, panic catcher, metrics).
+    Lean,
     /// Applied with `Router::layer` instead of around the whole router,
     /// the per-route breakers keyed by axum's matched path (no
     /// `routes.paths`): axum clones a route's service (boxed), the stack
@@ -196,7 +218,11 @@ impl Kind {
             Kind::Serve => "serve",
             Kind::Stack(Ablation::None) => "stack",
             Kind::Stack(Ablation::NoRateLimit) => "stack -rate_limit",
+            Kind::Stack(Ablation::NoConcurrency) => "stack -concurrency",
             Kind::Stack(Ablation::SharedBreaker) => "stack -per_route",
+            Kind::Stack(Ablation::CountWindow) => "stack -time_window",
+            Kind::Stack(Ablation::NoBudgetHeader) => "stack -budget_header",
+            Kind::Stack(Ablation::Lean) => "stack lean",
             Kind::Stack(Ablation::RouterLayer) => "stack Router::layer",
         }
     }
@@ -233,7 +259,17 @@ async fn start(kind: Kind, metrics: Option<PrometheusHandle>) -> SocketAddr {
             match ablation {
                 Ablation::None | Ablation::RouterLayer => {}
                 Ablation::NoRateLimit => config.rate_limit = None,
+                Ablation::NoConcurrency => config.concurrency = None,
                 Ablation::SharedBreaker => config.routes.per_route_breaker = false,
+                Ablation::CountWindow => count_window(&mut config),
+                Ablation::NoBudgetHeader => config.timeout.budget_header = None,
+                Ablation::Lean => {
+                    config.rate_limit = None;
+                    config.concurrency = None;
+                    config.routes.per_route_breaker = false;
+                    count_window(&mut config);
+                    config.timeout.budget_header = None;
+                }
             }
             if ablation == Ablation::RouterLayer {
                 config.routes.paths.clear();
@@ -455,7 +491,11 @@ fn main() {
     if flag("REAL_SERVER_ABLATE") {
         kinds.extend([
             Kind::Stack(Ablation::NoRateLimit),
+            Kind::Stack(Ablation::NoConcurrency),
             Kind::Stack(Ablation::SharedBreaker),
+            Kind::Stack(Ablation::CountWindow),
+            Kind::Stack(Ablation::NoBudgetHeader),
+            Kind::Stack(Ablation::Lean),
             Kind::Stack(Ablation::RouterLayer),
         ]);
     }
