@@ -189,7 +189,9 @@ pub use state::{CircuitBreakerEvent, CircuitCounts, CircuitState, TransitionReas
 
 use crate::rejection::{HttpMode, Mode};
 pub(crate) use future::{Decision, decide};
-pub(crate) use judge::{Judge, judge_http};
+pub(crate) use judge::Judge;
+#[cfg(feature = "config")] // the stack's guarded call
+pub(crate) use judge::judge_http;
 pub(crate) use keyed::KeyedShared;
 pub(crate) use state::{Breaker, Refusal};
 

@@ -121,7 +121,8 @@ pub(crate) fn poll_admitted<F: Future, R>(
 
 /// Polls `poll` for an admitted request unless the drain deadline has
 /// aborted it (then `None`); while it is pending, the task is woken by the
-/// abort too.
+/// abort too. The stack's front polls its waiting requests with it.
+#[cfg(feature = "config")]
 #[inline]
 pub(crate) fn poll_unless_aborted<T>(
     guard: &mut Guard,
