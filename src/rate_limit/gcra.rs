@@ -10,13 +10,13 @@
 //! `max(tat, now) + cost * t - cap - now`. This is the arithmetic of
 //! `governor` and of redis-cell's `CL.THROTTLE`.
 //!
-//! [`step_all`] puts several quotas together, all or nothing: the request
+//! [`step_each`] puts several quotas together, all or nothing: the request
 //! is admitted only if every quota admits it, and a refusal names the quota
 //! that needs longest (so a client that waits that long is not refused by
 //! another quota; ties: the first).
 //!
 //! The in-process store ([`super::store`]) applies [`Gcra::step`] to its
-//! atomic cells; the Redis store's Lua script applies [`step_all`] to Redis
+//! atomic cells; the Redis store's Lua script applies the same rule to Redis
 //! keys in one atomic call. A test (`tests/rate_limit_redis.rs`) runs the
 //! same sequences through both and compares every answer.
 
@@ -139,10 +139,11 @@ pub(crate) enum Outcome {
     },
 }
 
-/// All or nothing over several quotas: `quotas[i]` with stored TAT
+/// [`step_each`] over slices, for tests: `quotas[i]` with stored TAT
 /// `tats[i]`. Writes each admitting quota's new TAT into `nexts[i]` (the
 /// old TAT for a refusing one); the caller stores them only on
 /// [`Outcome::Admit`].
+#[cfg(test)]
 pub(crate) fn step_all(
     quotas: &[Gcra],
     tats: &[u64],
@@ -150,16 +151,43 @@ pub(crate) fn step_all(
     now: u64,
     cost: u32,
 ) -> Outcome {
+    step_each(
+        quotas.len(),
+        now,
+        cost,
+        |i| Some(quotas[i]),
+        |i| tats[i],
+        |i, _, next| nexts[i] = next,
+    )
+}
+
+/// All or nothing over `n` places where the quotas are: `params(i)` is the
+/// quota at place `i` (`None`: none there, skipped), `tat(i)` its stored
+/// TAT (read once, after every quota's cost is known to fit), and `next`
+/// receives each quota's stored and new TAT (the stored one again for a
+/// refusing quota). A store steps its own slots where they are with it,
+/// with no copies into arrays first.
+#[inline]
+pub(crate) fn step_each(
+    n: usize,
+    now: u64,
+    cost: u32,
+    params: impl Fn(usize) -> Option<Gcra>,
+    mut tat: impl FnMut(usize) -> u64,
+    mut next: impl FnMut(usize, u64, u64),
+) -> Outcome {
     // Never admissible first: no misleading wait for the others.
-    if let Some(quota) = quotas.iter().position(|q| cost > q.burst) {
+    if let Some(quota) = (0..n).position(|i| params(i).is_some_and(|q| cost > q.burst)) {
         return Outcome::TooCostly { quota };
     }
     let mut refused: Option<(usize, u64)> = None;
-    for (i, (q, &tat)) in quotas.iter().zip(tats).enumerate() {
-        match q.step(tat, now, cost) {
-            Step::Admit { next } => nexts[i] = next,
+    for i in 0..n {
+        let Some(q) = params(i) else { continue };
+        let stored = tat(i);
+        match q.step(stored, now, cost) {
+            Step::Admit { next: new } => next(i, stored, new),
             Step::Wait { wait } => {
-                nexts[i] = tat;
+                next(i, stored, stored);
                 if refused.is_none_or(|(_, w)| wait > w) {
                     refused = Some((i, wait));
                 }

@@ -11,7 +11,7 @@
 //!
 //! All-or-nothing: with one quota, a compare-and-swap loop on its cell
 //! commits the decision. With several, every quota is first evaluated
-//! against its current TAT with nothing written ([`gcra::step_all`]); only
+//! against its current TAT with nothing written ([`gcra::step_each`]); only
 //! when all admit are the new TATs committed, each by a compare-and-swap
 //! from the value read. A CAS that loses a race rolls back the quotas
 //! already committed and the transaction starts again, so a refused
@@ -20,12 +20,12 @@
 // Over ~500 lines because of its tests (about 170), among them the
 // two-thread all-or-nothing check.
 
+use std::cell::Cell;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::MAX_QUOTAS;
 use super::gcra::{self, Gcra, Outcome, Step};
 use crate::util::keyed_map::{Expiring, KeyedMap, MapMetrics};
 
@@ -301,54 +301,47 @@ impl MemoryStore {
         verdict
     }
 
-    /// Several active quotas: read all, decide with [`gcra::step_all`],
-    /// commit all or roll back and start again.
+    /// Several active quotas: read all, decide with [`gcra::step_each`]
+    /// over the slots where they are (each slot's `measured` filled as it
+    /// is stepped), then commit all or roll back and start again.
     fn acquire_all(&self, slots: &mut [Slot], cost: u32, now: u64) -> Verdict {
-        let mut params = [Gcra::new(1, 1); MAX_QUOTAS];
-        let mut index = [0usize; MAX_QUOTAS];
-        let mut n = 0;
-        for (i, slot) in slots.iter().enumerate() {
-            if slot.active {
-                params[n] = self.quotas[i].gcra;
-                index[n] = i;
-                n += 1;
-            }
-        }
+        // The three steps read and write the same slots.
+        let slots = Cell::from_mut(slots).as_slice_of_cells();
         'transaction: loop {
-            let mut tats = [0u64; MAX_QUOTAS];
-            let mut nexts = [0u64; MAX_QUOTAS];
-            for (j, &i) in index[..n].iter().enumerate() {
-                tats[j] = self.quotas[i].cells.read(slots[i].fp);
-            }
-            let outcome = gcra::step_all(&params[..n], &tats[..n], &mut nexts[..n], now, cost);
-            for (j, &i) in index[..n].iter().enumerate() {
-                slots[i].measured = Measured {
-                    prev: tats[j],
-                    next: nexts[j],
-                    now,
-                };
-            }
+            let outcome = gcra::step_each(
+                slots.len(),
+                now,
+                cost,
+                |i| slots[i].get().active.then(|| self.quotas[i].gcra),
+                |i| self.quotas[i].cells.read(slots[i].get().fp),
+                |i, prev, next| {
+                    let mut s = slots[i].get();
+                    s.measured = Measured { prev, next, now };
+                    slots[i].set(s);
+                },
+            );
             match outcome {
-                Outcome::TooCostly { quota } => {
-                    return Verdict::TooCostly {
-                        quota: index[quota],
-                    };
-                }
+                Outcome::TooCostly { quota } => return Verdict::TooCostly { quota },
                 Outcome::Refuse { quota, wait } => {
                     return Verdict::Exhausted {
-                        quota: index[quota],
+                        quota,
                         wait: Duration::from_nanos(wait),
                     };
                 }
                 Outcome::Admit => {}
             }
-            for (j, &i) in index[..n].iter().enumerate() {
-                let s = slots[i];
+            for (i, slot) in slots.iter().enumerate() {
+                let s = slot.get();
+                if !s.active {
+                    continue;
+                }
                 let m = s.measured;
                 if !self.quotas[i].cells.commit(s.fp, m.prev, m.next, now) {
-                    for &done in &index[..j] {
-                        let d = slots[done];
-                        self.quotas[done].cells.rollback(d.fp, d.measured);
+                    for (done, d) in slots[..i].iter().enumerate() {
+                        let d = d.get();
+                        if d.active {
+                            self.quotas[done].cells.rollback(d.fp, d.measured);
+                        }
                     }
                     continue 'transaction;
                 }
