@@ -159,8 +159,7 @@ impl fmt::Display for GrpcCode {
 /// `application/grpc+proto`, `application/grpc-web`, ...).
 #[inline]
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
+    crate::util::header::get(headers, &header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 

@@ -219,7 +219,7 @@ impl Classifier {
         let status = res.status();
         let headers = res.headers();
         if status == StatusCode::OK && is_grpc(headers) {
-            return match headers.get(GRPC_STATUS) {
+            return match crate::util::header::get(headers, &GRPC_STATUS) {
                 Some(v) => Classification::Done(self.classify_grpc(GrpcCode::from_header_value(v))),
                 None => Classification::AwaitTrailers,
             };

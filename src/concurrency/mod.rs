@@ -333,7 +333,7 @@ impl<B, E: 'static> Observe<Response<B>, E, Protocol> for HttpMode {
         }
         // gRPC: a trailers-only error answer carries its status in the
         // headers ("14" UNAVAILABLE, "8" RESOURCE_EXHAUSTED).
-        match res.headers().get(crate::grpc::GRPC_STATUS) {
+        match crate::util::header::get(res.headers(), &crate::grpc::GRPC_STATUS) {
             Some(v) if matches!(v.as_bytes(), b"14" | b"8") => Outcome::Dropped,
             _ => Outcome::Success,
         }

@@ -128,9 +128,7 @@ impl Classifier {
         };
         match self {
             Classifier::None => Criticality::Default,
-            Classifier::Header { name, max } => info
-                .headers
-                .get(name)
+            Classifier::Header { name, max } => crate::util::header::get(info.headers, name)
                 .and_then(|v| Criticality::from_bytes(v.as_bytes()))
                 .unwrap_or(Criticality::Default)
                 .min(*max),

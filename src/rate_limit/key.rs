@@ -274,9 +274,7 @@ impl KeyExtractor {
         match &self.0 {
             KeyKind::Global => Some(f(KeyRef::Bytes(b""))),
             KeyKind::ClientIp => req.client_ip().map(|ip| f(KeyRef::Ip(ip))),
-            KeyKind::Header(name) => req
-                .headers
-                .get(name)
+            KeyKind::Header(name) => crate::util::header::get(req.headers, name)
                 .map(|v| v.as_bytes())
                 .filter(|b| !b.is_empty())
                 .map(|b| f(KeyRef::Bytes(b))),

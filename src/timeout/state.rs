@@ -200,7 +200,7 @@ fn read_budget(
     name: &HeaderName,
     parse: fn(&[u8]) -> Option<Duration>,
 ) -> Option<Duration> {
-    let value = headers.get(name)?;
+    let value = crate::util::header::get(headers, name)?;
     let parsed = parse(value.as_bytes());
     if parsed.is_none() {
         malformed(shared, name, value);

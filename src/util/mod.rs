@@ -3,6 +3,7 @@
 
 pub(crate) mod clock;
 pub(crate) mod digits;
+pub(crate) mod header;
 pub(crate) mod keyed_map;
 pub(crate) mod lanes;
 pub(crate) mod poison;
