@@ -17,6 +17,7 @@ use super::queue::Slot;
 use super::state::{Permit, Reason, Shared};
 use crate::Rejection;
 use crate::rejection::{HttpMode, Mode, Protocol};
+use crate::util::lanes::Laned;
 
 pin_project! {
     /// The response future of [`ConcurrencyLimit`](super::ConcurrencyLimit).
@@ -71,7 +72,7 @@ pin_project! {
 /// A place in the queue: leaves it when dropped, giving back a slot granted
 /// but never used.
 struct Ticket {
-    shared: Arc<Shared>,
+    shared: Arc<Laned<Shared>>,
     slot: Option<Slot>,
     class: Criticality,
     deadline: Option<u64>,
@@ -95,7 +96,7 @@ impl Drop for Ticket {
 
 impl Queued {
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        shared: Arc<Laned<Shared>>,
         slot: Slot,
         class: Criticality,
         deadline: Option<u64>,
@@ -140,7 +141,7 @@ impl Queued {
             }
         }
         shared.metrics.queued.decrement(1.0);
-        Poll::Ready(Ok(shared.permit(ticket.class, ticket.deadline)))
+        Poll::Ready(Ok(Shared::permit(&shared, ticket.class, ticket.deadline)))
     }
 }
 

@@ -17,6 +17,7 @@ use super::state::Shared;
 use crate::ConfigError;
 use crate::config_util::{HOUR, MINUTE, MUST_NOT_BE_EMPTY, at_most, positive};
 use crate::rejection::{ErrorMode, HttpMode};
+use crate::util::lanes::Laned;
 
 /// The default layer name (the `name` label of metrics and events).
 pub const DEFAULT_NAME: &str = "concurrency";
@@ -36,7 +37,7 @@ pub(crate) const MAX_QUEUE_LEN: usize = 100_000;
 /// with axum's `Router::layer` gives one limit for the whole router. See
 /// the [module docs](super) for what it does.
 pub struct ConcurrencyLimitLayer<M = HttpMode> {
-    shared: Arc<Shared>,
+    shared: Arc<Laned<Shared>>,
     _mode: PhantomData<fn() -> M>,
 }
 
@@ -136,7 +137,7 @@ impl<M> ConcurrencyLimitLayer<M> {
     /// The limit's state, for the stack's front (which admits requests
     /// itself rather than through a `ConcurrencyLimit` service).
     #[cfg(feature = "config")]
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Laned<Shared>> {
         &self.shared
     }
 }
@@ -382,7 +383,7 @@ impl ConcurrencyLimitLayerBuilder {
             partitions,
         );
         Ok(ConcurrencyLimitLayer {
-            shared: Arc::new(shared),
+            shared: Arc::new(Laned::new(shared)),
             _mode: PhantomData,
         })
     }

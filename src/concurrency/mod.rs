@@ -180,6 +180,7 @@ pub(crate) use self::state::{Permit, Shared};
 use crate::metrics_help::{Help, MetricKind};
 use crate::rejection::{ErrorMode, HttpMode, Mode, Protocol, Refused, Rejection, RejectionKind};
 use crate::timeout::{Deadline, DeadlineSource};
+use crate::util::lanes::Laned;
 use metrics::Unit;
 
 /// The `# HELP` text and unit of every metric this module records,
@@ -354,12 +355,12 @@ impl<R, E: 'static> Observe<R, E, ()> for ErrorMode {
 /// [module docs](self).
 pub struct ConcurrencyLimit<S, M = HttpMode> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<Laned<Shared>>,
     _mode: PhantomData<fn() -> M>,
 }
 
 impl<S, M> ConcurrencyLimit<S, M> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Laned<Shared>>) -> Self {
         Self {
             inner,
             shared,
@@ -422,7 +423,7 @@ pub(crate) struct Wait {
 /// the stack's front.
 #[inline]
 pub(crate) fn try_admit<Req: LimitedRequest>(
-    shared: &Arc<Shared>,
+    shared: &Laned<Shared>,
     req: &Req,
 ) -> Result<Permit, Wait> {
     let class = match &shared.partitions {
@@ -435,7 +436,7 @@ pub(crate) fn try_admit<Req: LimitedRequest>(
         .map(|d| shared.clock.nanos_at(d.instant()));
     let queue = shared.queue.as_ref();
     if !queue.is_some_and(|q| q.is_occupied()) && shared.try_acquire(class) {
-        return Ok(shared.permit(class, server_deadline));
+        return Ok(Shared::permit(shared, class, server_deadline));
     }
     Err(Wait {
         class,
@@ -456,7 +457,7 @@ pub(crate) enum Queueing {
 
 /// The slow path: queue the request, or refuse it.
 #[cold]
-pub(crate) fn enqueue(shared: &Arc<Shared>, wait: Wait) -> Queueing {
+pub(crate) fn enqueue(shared: &Arc<Laned<Shared>>, wait: Wait) -> Queueing {
     let Wait {
         class,
         server_deadline,
@@ -472,7 +473,7 @@ pub(crate) fn enqueue(shared: &Arc<Shared>, wait: Wait) -> Queueing {
     // The waker is only used if the request waits: the future's own waker
     // replaces it on its first poll.
     match queue.enqueue(shared, class, std::task::Waker::noop()) {
-        Enqueued::Granted => Queueing::Granted(shared.permit(class, server_deadline)),
+        Enqueued::Granted => Queueing::Granted(Shared::permit(shared, class, server_deadline)),
         Enqueued::Full => Queueing::Refused(shared.rejection(class, Reason::QueueFull)),
         Enqueued::Waiting(slot) => Queueing::Queued(Queued::new(
             Arc::clone(shared),

@@ -15,6 +15,7 @@ use super::partition::{Criticality, Partitions};
 use super::queue::Queue;
 use crate::rejection::{Rejection, RejectionKind};
 use crate::util::clock::EpochClock;
+use crate::util::lanes::{Lane, Laned};
 use crate::util::lock;
 
 /// Limit-change events are logged at most this often.
@@ -220,21 +221,28 @@ impl Shared {
         false
     }
 
-    /// A permit for a request of `class` that just took a slot.
+    /// A permit for a request of `class` that just took a slot. It keeps
+    /// the state alive through this thread's lane (see `util::lanes`): no
+    /// reference count that every thread writes.
     #[inline]
-    pub(crate) fn permit(self: &Arc<Self>, class: Criticality, deadline: Option<u64>) -> Permit {
-        self.metrics.in_flight.increment(1.0);
+    pub(crate) fn permit(
+        shared: &Laned<Self>,
+        class: Criticality,
+        deadline: Option<u64>,
+    ) -> Permit {
+        let this = &**shared;
+        this.metrics.in_flight.increment(1.0);
         Permit {
-            shared: Arc::clone(self),
+            shared: shared.lane(),
             // A fixed limit learns nothing from the RTT: no clock read
             // (`benches/compare/benches/concurrency.rs`, `admit` rows: two
             // clock reads cost more than tower's whole pair).
-            start: if self.algorithm.is_some() {
-                self.clock.now()
+            start: if this.algorithm.is_some() {
+                this.clock.now()
             } else {
                 0
             },
-            in_flight: u32::try_from(self.in_flight()).unwrap_or(u32::MAX),
+            in_flight: u32::try_from(this.in_flight()).unwrap_or(u32::MAX),
             class,
             deadline: deadline.unwrap_or(NO_DEADLINE),
             outcome: None,
@@ -363,7 +371,7 @@ impl Shared {
 /// cancellation: ignored, unless the request's server deadline had passed).
 #[derive(Debug)]
 pub(crate) struct Permit {
-    shared: Arc<Shared>,
+    shared: Arc<Lane<Shared>>,
     start: u64,
     // The fields are kept small (32 bytes, and `Option<Permit>` too): a
     // permit lives in every admitted request's future, which the stack's

@@ -4,12 +4,12 @@
 //!
 //! A layer's state lives behind one `Arc`; a future that must keep it
 //! alive past `call` (the timeout's, to answer when its timer fires) or a
-//! guard that ends with the response body (the drain's) would clone that
-//! `Arc` for every request: an increment and a decrement of one counter
-//! that every core writes. Through lanes, the clone counts on the calling
-//! thread's lane instead. Kept for the `*_2_threads` rows of
-//! `benches/compare/benches/stack.rs` (benches/README.md, "Clones per
-//! request, and two threads").
+//! guard that ends with the response body (the drain's guard, the
+//! concurrency limit's permit) would clone that `Arc` for every request:
+//! an increment and a decrement of one counter that every core writes.
+//! Through lanes, the clone counts on the calling thread's lane instead.
+//! Kept for the `*_2_threads` rows of `benches/compare/benches/stack.rs`
+//! (benches/README.md, "Clones per request, and two threads").
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -74,6 +74,12 @@ impl<T> Deref for Laned<T> {
     #[inline]
     fn deref(&self) -> &T {
         &self.value
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Laned<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.value, f)
     }
 }
 

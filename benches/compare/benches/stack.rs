@@ -195,6 +195,14 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     assert!(with_conc.concurrency.is_some());
     let stack_with_conc = with_conc.stack().build().unwrap();
+    // The same limit without the rate limit's global quota (one cell every
+    // thread writes), for the two-thread row: what the limit itself shares.
+    let conc_no_rl = RampartConfig::from_toml(&format!(
+        "{CONFIG_NO_RATE_LIMIT}\n    [concurrency]\n    limit = {{ algorithm = \"fixed\", limit = 1000 }}"
+    ))
+    .unwrap();
+    assert!(conc_no_rl.concurrency.is_some() && conc_no_rl.rate_limit.is_none());
+    let stack_conc_no_rl = conc_no_rl.stack().build().unwrap();
     // The production example's breaker: a 30-second time window and a
     // slow-call threshold (every call is recorded in its bucket under the
     // window's lock, with a clock reading for its duration).
@@ -294,6 +302,11 @@ fn bench(c: &mut Criterion) {
         (
             "rampart_stack_without_rate_limit_2_threads",
             &stack_no_rl,
+            false,
+        ),
+        (
+            "rampart_stack_concurrency_without_rate_limit_2_threads",
+            &stack_conc_no_rl,
             false,
         ),
     ] {

@@ -107,7 +107,7 @@ struct Shared<B> {
     paths: Arc<PlatformPaths>,
     drain: Arc<Laned<DrainState>>,
     rate_limit: Option<Arc<RateLimitShared>>,
-    concurrency: Option<Arc<ConcurrencyShared>>,
+    concurrency: Option<Arc<Laned<ConcurrencyShared>>>,
     guard: Guard,
     bypass: Mutex<B>,
 }
@@ -118,7 +118,7 @@ pub(crate) struct Parts {
     pub(crate) probes: Arc<ProbeShared>,
     pub(crate) drain: Arc<Laned<DrainState>>,
     pub(crate) rate_limit: Option<Arc<RateLimitShared>>,
-    pub(crate) concurrency: Option<Arc<ConcurrencyShared>>,
+    pub(crate) concurrency: Option<Arc<Laned<ConcurrencyShared>>>,
     pub(crate) guard: Guard,
 }
 
