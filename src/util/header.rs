@@ -25,10 +25,11 @@ pub(crate) const SCAN_MAX: usize = 6;
 /// The first value of `name` in `headers`, like `HeaderMap::get`.
 #[inline]
 pub(crate) fn get<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
-    if headers.len() <= SCAN_MAX {
-        headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
-    } else {
-        headers.get(name)
+    match headers.len() {
+        // No iterator to set up for an empty map (a request built by hand).
+        0 => None,
+        1..=SCAN_MAX => headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v),
+        _ => headers.get(name),
     }
 }
 

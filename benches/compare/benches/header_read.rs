@@ -75,7 +75,7 @@ fn both(read: Read, m: &HeaderMap) -> usize {
         + usize::from(read(black_box(m), black_box(&CONTENT_TYPE)).is_some())
 }
 
-const SIZES: [usize; 8] = [1, 2, 3, 4, 5, 6, 8, 12];
+const SIZES: [usize; 9] = [0, 1, 2, 3, 4, 5, 6, 8, 12];
 
 fn bench(c: &mut Criterion) {
     for hit in [false, true] {
