@@ -397,8 +397,17 @@ impl Rejection {
     /// The `application/problem+json` text of the HTTP answer.
     pub fn problem_json(&self) -> String {
         let detail = self.detail.as_str();
-        let mut out = String::with_capacity(112 + detail.len());
-        out.push_str(problem_head(self.kind));
+        let head = problem_head(self.kind);
+        // Exactly the text's length when the detail needs no escaping (the
+        // crate's own details do not): the answer's body then takes this
+        // buffer as it is, without shrinking it.
+        let detail_len = if detail.is_empty() {
+            0
+        } else {
+            ",\"detail\":\"".len() + detail.len() + 1
+        };
+        let mut out = String::with_capacity(head.len() + 3 + detail_len + 1);
+        out.push_str(head);
         out.push_str(self.status().as_str());
         if !detail.is_empty() {
             out.push_str(",\"detail\":\"");
@@ -414,7 +423,10 @@ impl Rejection {
     #[inline(never)]
     fn into_http_response<B>(self) -> Response<ResponseBody<B>> {
         let status = self.status();
-        let body = Bytes::from(self.problem_json());
+        // A boxed slice (the buffer shrunk to its text, in place) becomes
+        // `Bytes` as it is; a `String` with room left would take a shared
+        // handle, one more allocation.
+        let body = Bytes::from(self.problem_json().into_bytes().into_boxed_slice());
         let retry_after = self.retry_after_secs();
         // The extra headers become the answer's map (no second map, no
         // merge); the defaults fill in what they do not set.
@@ -458,7 +470,7 @@ impl Rejection {
         if let Some(after) = self.retry_after {
             let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1);
             if let Entry::Vacant(e) = headers.entry("grpc-retry-pushback-ms") {
-                e.insert(HeaderValue::from(ms));
+                e.insert(crate::util::digits::header_value(ms));
             }
         }
         let mut res = Response::new(ResponseBody::full(Bytes::new()));
@@ -502,7 +514,7 @@ fn secs_header_value(secs: u64) -> HeaderValue {
     if secs <= 60 {
         HeaderValue::from_static(SMALL[secs as usize])
     } else {
-        HeaderValue::from(secs)
+        crate::util::digits::header_value(secs)
     }
 }
 
@@ -1076,6 +1088,25 @@ mod tests {
                 .problem_json();
             let v: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert_eq!(v["detail"], detail, "{json}");
+        }
+    }
+
+    /// A detail without characters to escape (every one the crate writes)
+    /// is sized exactly, so the answer's body takes the buffer as it is.
+    #[test]
+    fn problem_json_is_sized_exactly() {
+        for kind in [
+            RejectionKind::CircuitOpen,
+            RejectionKind::RateLimited,
+            RejectionKind::TimedOut,
+            RejectionKind::Draining,
+            RejectionKind::InvalidRequest,
+            RejectionKind::Overloaded,
+        ] {
+            for detail in ["", "rate limit quota `per-ip` exhausted", "ünï☃"] {
+                let json = Rejection::new(kind, "t").with_detail(detail).problem_json();
+                assert_eq!(json.capacity(), json.len(), "{json}");
+            }
         }
     }
 

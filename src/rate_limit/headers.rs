@@ -31,6 +31,7 @@ use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
 use super::quota::Rate;
+use crate::util::digits::{self, push as push_u64};
 
 /// `ratelimit-policy`.
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -53,23 +54,6 @@ pub(crate) fn policy_qw(rate: Rate) -> (u64, u64) {
 
 /// Whole seconds, rounded up (0 stays 0).
 pub(crate) use crate::util::round::secs_ceil as ceil_secs;
-
-/// Appends `n` in decimal (without `core::fmt`, on the refusal path).
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // One copy of the digits, as bytes: pushing them as `char`s (or
-    // validating them as UTF-8) cost several times as much.
-    out.extend_from_slice(&buf[i..]);
-}
 
 /// One quota's live state, for the `RateLimit` field.
 #[derive(Clone, Copy, Debug)]
@@ -133,7 +117,20 @@ impl HeaderTemplate {
     /// describe (the refusing one), else the one with the least remaining.
     pub(crate) fn render(&self, items: &[Item], focus: Option<usize>) -> Rendered {
         // Bytes, not a `String`: the header value validates them anyway.
-        let mut out = Vec::with_capacity(items.len() * 32);
+        // Exactly as many as it takes: a full buffer becomes the header
+        // value's bytes as it is (`Bytes` needs a shared handle, one more
+        // allocation, for a buffer with room left).
+        let len: usize = items
+            .iter()
+            .map(|item| {
+                self.prefixes[item.quota].len()
+                    + digits::count(u64::from(item.remaining))
+                    + b";t=".len()
+                    + digits::count(ceil_secs(item.window))
+            })
+            .sum::<usize>()
+            + b", ".len() * items.len().saturating_sub(1);
+        let mut out = Vec::with_capacity(len);
         for (n, item) in items.iter().enumerate() {
             if n > 0 {
                 out.extend_from_slice(b", ");
@@ -149,9 +146,9 @@ impl HeaderTemplate {
                 .or_else(|| items.iter().min_by_key(|i| i.remaining));
             focus.map(|i| {
                 [
-                    HeaderValue::from(self.limits[i.quota]),
-                    HeaderValue::from(i.remaining),
-                    HeaderValue::from(ceil_secs(i.full)),
+                    digits::header_value(self.limits[i.quota]),
+                    digits::header_value(u64::from(i.remaining)),
+                    digits::header_value(ceil_secs(i.full)),
                 ]
             })
         } else {

@@ -213,7 +213,7 @@ impl Deadline {
     /// header `name` of an outbound request, replacing any value there.
     pub fn insert_millis(&self, headers: &mut HeaderMap, name: HeaderName) {
         let ms = u64::try_from(self.remaining().as_millis()).unwrap_or(u64::MAX);
-        headers.insert(name, HeaderValue::from(ms));
+        headers.insert(name, crate::util::digits::header_value(ms));
     }
 }
 
