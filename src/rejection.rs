@@ -399,8 +399,9 @@ impl Rejection {
         let detail = self.detail.as_str();
         let head = problem_head(self.kind);
         // Exactly the text's length when the detail needs no escaping (the
-        // crate's own details do not): the answer's body then takes this
-        // buffer as it is, without shrinking it.
+        // usual case: a quote in a quota's name, say, grows the buffer):
+        // the answer's body then takes this buffer as it is, without
+        // shrinking it.
         let detail_len = if detail.is_empty() {
             0
         } else {
