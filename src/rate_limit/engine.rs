@@ -56,6 +56,10 @@ pub(crate) struct Shared {
     cost: Option<Arc<CostFn>>,
     dry_run: bool,
     admitted_headers: bool,
+    /// One in-process quota and nothing else to decide (no allow-list, no
+    /// cost function, no headers on admitted answers): a request is
+    /// stepped against the quota at once ([`Shared::admit_plain`]).
+    plain: bool,
     headers: HeaderTemplate,
     allow_keys: Box<[u64]>,
     allow_cidrs: Box<[IpNet]>,
@@ -139,6 +143,12 @@ impl Shared {
         let allow_ip = (!allow_cidrs.is_empty())
             .then(|| b.client_ip.unmasked())
             .flatten();
+        let plain = b.quotas.len() == 1
+            && !store.is_remote()
+            && allow_cidrs.is_empty()
+            && allow_keys.is_empty()
+            && b.cost.is_none()
+            && !b.admitted_headers;
         let shared = Arc::new(Shared {
             name: Arc::clone(&layer),
             quotas: infos,
@@ -151,6 +161,7 @@ impl Shared {
             cost: b.cost,
             dry_run: b.dry_run,
             admitted_headers: b.admitted_headers,
+            plain,
             headers,
             allow_keys: allow_keys.into(),
             allow_ip,
@@ -221,6 +232,11 @@ impl Shared {
             #[cfg(feature = "redis")]
             Store::Redis(redis) => return self.decide_remote(req, redis),
         };
+        if self.plain {
+            if let Some(admitted) = self.admit_plain(req, store) {
+                return admitted;
+            }
+        }
         let mut slots = Slots::default();
         match self.decide_with(req, store, &mut slots) {
             Decision::Wait { wait, quota, .. } => Decision::Wait {
@@ -230,6 +246,22 @@ impl Shared {
             },
             other => other,
         }
+    }
+
+    /// A `plain` limit's request, stepped against its one quota: admitted,
+    /// or `None` for the whole way (a refusal, with its headers; a missing
+    /// key), which steps it again. A step that does not admit writes
+    /// nothing, so the second step decides as if the first had not been.
+    #[inline]
+    fn admit_plain<B>(&self, req: &http::Request<B>, store: &MemoryStore) -> Option<Decision> {
+        let key = &self.quotas[0].key;
+        let fp = if key.is_global() {
+            0
+        } else {
+            let info = RequestInfo::new(req, &self.client_ip);
+            key.with_key(&info, |k| fingerprint(&self.hasher, k))?
+        };
+        store.admit_one(fp).then(|| self.admit())
     }
 
     fn decide_with<B>(

@@ -279,6 +279,16 @@ impl MemoryStore {
         }
     }
 
+    /// The first quota's step for one request of cost 1 with key `fp`:
+    /// whether it admitted (and was charged). Nothing is written otherwise.
+    #[inline]
+    pub(crate) fn admit_one(&self, fp: u64) -> bool {
+        let now = self.now();
+        let q = &self.quotas[0];
+        let (_, step) = q.cells.update(fp, now, |tat| q.gcra.step(tat, now, 1));
+        matches!(step, Step::Admit { .. })
+    }
+
     /// One active quota: its own CAS commits.
     #[inline]
     fn acquire_one(&self, i: usize, slot: &mut Slot, cost: u32, now: u64) -> Verdict {

@@ -130,6 +130,51 @@ async fn burst_then_refill_exactly() {
     assert_eq!(status(&mut svc, req(&[])).await, 429);
 }
 
+/// A limit with one in-process quota and nothing else to decide steps the
+/// quota at once (its short path); the same limit sent the whole way (a
+/// cost function that always says 1) answers every request alike: the
+/// same statuses, `Retry-After` and `RateLimit` fields, global or keyed,
+/// through refusals and refills.
+#[tokio::test(start_paused = true)]
+async fn one_quota_short_path_decides_like_the_whole_way() {
+    for keyed in [false, true] {
+        let make = |whole: bool| {
+            let quota = Quota::per_second(10).burst(3);
+            let quota = if keyed {
+                quota.key(KeyExtractor::client_ip())
+            } else {
+                quota
+            };
+            let b = builder().quota(quota);
+            let b = if whole { b.cost(|_| 1) } else { b };
+            b.build().unwrap()
+        };
+        let (short, whole) = (make(false), make(true));
+        let (mut a, mut b) = (service(&short), service(&whole));
+        let mut refused = 0;
+        for i in 0..80u64 {
+            let peer = ["192.0.2.1", "192.0.2.2"][usize::from(i % 3 == 0)];
+            let ra = send(&mut a, req_from(peer, &[])).await;
+            let rb = send(&mut b, req_from(peer, &[])).await;
+            assert_eq!(ra.status(), rb.status(), "keyed {keyed}, request {i}");
+            for h in ["retry-after", "ratelimit", "ratelimit-policy"] {
+                assert_eq!(
+                    header(&ra, h),
+                    header(&rb, h),
+                    "keyed {keyed}, request {i}: {h}"
+                );
+            }
+            refused += usize::from(ra.status() == StatusCode::TOO_MANY_REQUESTS);
+            tokio::time::advance(Duration::from_millis(i % 7 * 13)).await;
+        }
+        // Both ways were exercised: admissions and refusals.
+        assert!(
+            refused > 10 && refused < 70,
+            "keyed {keyed}: {refused} refused"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_after_rounds_up_slow_quotas() {
     let layer = builder().quota(Quota::per_minute(1)).build().unwrap();
