@@ -283,10 +283,12 @@ impl MemoryStore {
     /// whether it admitted (and was charged). Nothing is written otherwise.
     #[inline]
     pub(crate) fn admit_one(&self, fp: u64) -> bool {
-        let now = self.now();
-        let q = &self.quotas[0];
-        let (_, step) = q.cells.update(fp, now, |tat| q.gcra.step(tat, now, 1));
-        matches!(step, Step::Admit { .. })
+        let mut slot = Slot {
+            active: true,
+            fp,
+            measured: Measured::default(),
+        };
+        self.acquire_one(0, &mut slot, 1, self.now()) == Verdict::Admitted
     }
 
     /// One active quota: its own CAS commits.
