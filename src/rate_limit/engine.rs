@@ -56,10 +56,13 @@ pub(crate) struct Shared {
     cost: Option<Arc<CostFn>>,
     dry_run: bool,
     admitted_headers: bool,
-    /// One in-process quota and nothing else to decide (no allow-list, no
-    /// cost function, no headers on admitted answers): a request is
-    /// stepped against the quota at once ([`Shared::admit_plain`]).
+    /// In-process quotas, at most one of them keyed, and nothing else to
+    /// decide (no allow-list, no cost function, no headers on admitted
+    /// answers): a request is stepped against the quotas at once
+    /// ([`Shared::admit_plain`]).
     plain: bool,
+    /// The keyed quota's index when `plain` (`None`: all are global).
+    plain_key: Option<usize>,
     headers: HeaderTemplate,
     allow_keys: Box<[u64]>,
     allow_cidrs: Box<[IpNet]>,
@@ -143,8 +146,7 @@ impl Shared {
         let allow_ip = (!allow_cidrs.is_empty())
             .then(|| b.client_ip.unmasked())
             .flatten();
-        let plain = b.quotas.len() == 1
-            && !store.is_remote()
+        let plain = matches!(&store, Store::Memory(m) if m.has_plain_shape())
             && allow_cidrs.is_empty()
             && allow_keys.is_empty()
             && b.cost.is_none()
@@ -162,6 +164,7 @@ impl Shared {
             dry_run: b.dry_run,
             admitted_headers: b.admitted_headers,
             plain,
+            plain_key: b.quotas.iter().position(|q| !q.key.is_global()),
             headers,
             allow_keys: allow_keys.into(),
             allow_ip,
@@ -248,20 +251,23 @@ impl Shared {
         }
     }
 
-    /// A `plain` limit's request, stepped against its one quota: admitted,
-    /// or `None` for the whole way (a refusal, with its headers; a missing
-    /// key), which steps it again. A step that does not admit writes
-    /// nothing, so the second step decides as if the first had not been.
+    /// A `plain` limit's request, stepped against its quotas at once:
+    /// admitted, or `None` for the whole way (a refusal, with its headers;
+    /// a missing key), which steps it again. A step that does not admit
+    /// takes nothing, so the second step decides as if the first had not
+    /// been.
     #[inline]
     fn admit_plain<B>(&self, req: &http::Request<B>, store: &MemoryStore) -> Option<Decision> {
-        let key = &self.quotas[0].key;
-        let fp = if key.is_global() {
-            0
-        } else {
-            let info = RequestInfo::new(req, &self.client_ip);
-            key.with_key(&info, |k| fingerprint(&self.hasher, k))?
+        let fp = match self.plain_key {
+            None => 0,
+            Some(i) => {
+                let info = RequestInfo::new(req, &self.client_ip);
+                self.quotas[i]
+                    .key
+                    .with_key(&info, |k| fingerprint(&self.hasher, k))?
+            }
         };
-        store.admit_one(fp).then(|| self.admit())
+        store.admit_plain(fp).then(|| self.admit())
     }
 
     fn decide_with<B>(

@@ -26,6 +26,7 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::MAX_QUOTAS;
 use super::gcra::{self, Gcra, Outcome, Step};
 use crate::util::keyed_map::{Expiring, KeyedMap, MapMetrics};
 
@@ -142,27 +143,28 @@ impl Cells {
     /// Undoes a commit: back to `prev` if nobody wrote since, else takes
     /// this request's weight (`next - max(prev, now)`) back out of the TAT.
     fn rollback(&self, fp: u64, m: Measured) {
-        let Measured { prev, next, now } = m;
-        let undo = |cell: &Tat| {
-            if cell
-                .0
-                .compare_exchange(next, prev, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
-                let weight = next.saturating_sub(prev.max(now));
-                let _ = cell
-                    .0
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
-                        Some(cur.saturating_sub(weight).max(prev))
-                    });
-            }
-        };
         match self {
-            Cells::Single(cell) => undo(cell),
+            Cells::Single(cell) => undo(&cell.0, m),
             Cells::Keyed(table) => {
-                table.with(&fp, undo);
+                table.with(&fp, |cell| undo(&cell.0, m));
             }
         }
+    }
+}
+
+/// Undoes one commit of `m.prev -> m.next` on `cell`: back to `prev` if
+/// nobody wrote since, else takes this request's weight
+/// (`next - max(prev, now)`) back out of the TAT.
+fn undo(cell: &AtomicU64, m: Measured) {
+    let Measured { prev, next, now } = m;
+    if cell
+        .compare_exchange(next, prev, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        let weight = next.saturating_sub(prev.max(now));
+        let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+            Some(cur.saturating_sub(weight).max(prev))
+        });
     }
 }
 
@@ -218,6 +220,9 @@ pub(crate) struct MemoryStore {
     clock: crate::util::clock::EpochClock,
     params: Box<[Gcra]>,
     quotas: Box<[QuotaCells]>,
+    /// Whether at most one quota is keyed: then every cell a request
+    /// touches is reachable under one shard lock ([`Self::admit_plain`]).
+    one_keyed: bool,
 }
 
 impl MemoryStore {
@@ -226,8 +231,15 @@ impl MemoryStore {
         Self {
             clock: crate::util::clock::EpochClock::new(),
             params: quotas.iter().map(|q| q.gcra).collect(),
+            one_keyed: quotas.iter().filter(|q| q.table().is_some()).count() <= 1,
             quotas: quotas.into(),
         }
+    }
+
+    /// Whether [`Self::admit_plain`] can step this store's quotas: at most
+    /// one of them is keyed.
+    pub(crate) fn has_plain_shape(&self) -> bool {
+        self.one_keyed
     }
 
     /// "Now" on the store's time line: nanoseconds since its creation.
@@ -279,16 +291,74 @@ impl MemoryStore {
         }
     }
 
-    /// The first quota's step for one request of cost 1 with key `fp`:
-    /// whether it admitted (and was charged). Nothing is written otherwise.
+    /// Every quota's step for one request of cost 1, the keyed quota (at
+    /// most one: [`Self::has_plain_shape`]) under key `fp`: whether all
+    /// admitted (and were charged). Otherwise nothing is taken from any
+    /// quota (a new key may be left in the table at a full bucket, as
+    /// one quota's refusal leaves it).
+    ///
+    /// The whole transaction runs under the keyed quota's shard lock, so
+    /// its cell is found once, and cannot be evicted between the read and
+    /// the commit; the global cells need no lock.
     #[inline]
-    pub(crate) fn admit_one(&self, fp: u64) -> bool {
-        let mut slot = Slot {
-            active: true,
-            fp,
-            measured: Measured::default(),
-        };
-        self.acquire_one(0, &mut slot, 1, self.now()) == Verdict::Admitted
+    pub(crate) fn admit_plain(&self, fp: u64) -> bool {
+        let now = self.now();
+        if let [q] = &*self.quotas {
+            // One quota: its own CAS loop commits.
+            let (_, step) = q.cells.update(fp, now, |tat| q.gcra.step(tat, now, 1));
+            return matches!(step, Step::Admit { .. });
+        }
+        match self.quotas.iter().find_map(QuotaCells::table) {
+            None => self.admit_cells(None, now),
+            Some(table) => table.with_or_insert(
+                fp,
+                now,
+                || Tat(AtomicU64::new(0)),
+                |tat| self.admit_cells(Some(&tat.0), now),
+            ),
+        }
+    }
+
+    /// Quota `i`'s cell for [`Self::admit_plain`]: a global quota's own, or
+    /// `keyed`, the one keyed quota's cell for the request's key.
+    #[inline]
+    fn plain_cell<'a>(&'a self, i: usize, keyed: Option<&'a AtomicU64>) -> &'a AtomicU64 {
+        match &self.quotas[i].cells {
+            Cells::Single(tat) => &tat.0,
+            Cells::Keyed(_) => keyed.expect("the store's one keyed quota's cell"),
+        }
+    }
+
+    /// [`Self::admit_plain`]'s transaction over several quotas: step every
+    /// quota from its cell with nothing written, then commit each by a
+    /// compare-and-swap from the value read; a lost race rolls back the
+    /// quotas committed and starts again.
+    #[inline]
+    fn admit_cells(&self, keyed: Option<&AtomicU64>, now: u64) -> bool {
+        let n = self.quotas.len();
+        'transaction: loop {
+            let mut seen = [(0, 0); MAX_QUOTAS];
+            for (i, seen) in seen[..n].iter_mut().enumerate() {
+                let prev = self.plain_cell(i, keyed).load(Ordering::Acquire);
+                match self.params[i].step(prev, now, 1) {
+                    Step::Admit { next } => *seen = (prev, next),
+                    Step::Wait { .. } | Step::TooCostly => return false,
+                }
+            }
+            for (i, &(prev, next)) in seen[..n].iter().enumerate() {
+                let cell = self.plain_cell(i, keyed);
+                if cell
+                    .compare_exchange(prev, next, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    for (d, &(prev, next)) in seen[..i].iter().enumerate() {
+                        undo(self.plain_cell(d, keyed), Measured { prev, next, now });
+                    }
+                    continue 'transaction;
+                }
+            }
+            return true;
+        }
     }
 
     /// One active quota: its own CAS commits.
@@ -493,6 +563,50 @@ mod tests {
             }
             assert_eq!(left, 300 - took, "key {fp}");
         }
+    }
+
+    /// The short path's transaction (one keyed quota under its shard lock,
+    /// one global) on two threads: exactly the global quota's 500 are
+    /// admitted, and the per-key quotas lost nothing to refusals or to
+    /// commits rolled back after a lost race.
+    #[test]
+    fn plain_shape_is_all_or_nothing_under_contention() {
+        let hourly = |burst| Gcra::new(3_600_000_000_000, burst);
+        let s = std::sync::Arc::new(MemoryStore::new(vec![
+            QuotaCells::new(hourly(300), Some((100, metrics()))),
+            QuotaCells::new(hourly(500), None),
+        ]));
+        assert!(s.has_plain_shape());
+        let threads: Vec<_> = (1..=2u64)
+            .map(|fp| {
+                let s = std::sync::Arc::clone(&s);
+                std::thread::spawn(move || (0..1000).filter(|_| s.admit_plain(fp)).count())
+            })
+            .collect();
+        let admitted: Vec<usize> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(admitted.iter().sum::<usize>(), 500, "{admitted:?}");
+        for (fp, took) in (1..=2u64).zip(&admitted) {
+            assert!(*took <= 300);
+            let alone = || {
+                let mut slots = [
+                    Slot {
+                        active: true,
+                        fp,
+                        measured: Measured::default(),
+                    },
+                    Slot::default(),
+                ];
+                s.acquire(&mut slots, ONE) == Verdict::Admitted
+            };
+            let left = std::iter::repeat_with(alone).take_while(|&a| a).count();
+            assert_eq!(left, 300 - took, "key {fp}");
+        }
+        // Two keyed quotas: not this path's shape.
+        let two_keyed = MemoryStore::new(vec![
+            QuotaCells::new(hourly(1), Some((10, metrics()))),
+            QuotaCells::new(hourly(1), Some((10, metrics()))),
+        ]);
+        assert!(!two_keyed.has_plain_shape());
     }
 
     #[tokio::test(start_paused = true)]

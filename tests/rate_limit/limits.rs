@@ -130,48 +130,65 @@ async fn burst_then_refill_exactly() {
     assert_eq!(status(&mut svc, req(&[])).await, 429);
 }
 
-/// A limit with one in-process quota and nothing else to decide steps the
-/// quota at once (its short path); the same limit sent the whole way (a
-/// cost function that always says 1) answers every request alike: the
-/// same statuses, `Retry-After` and `RateLimit` fields, global or keyed,
-/// through refusals and refills.
+/// A limit with nothing else to decide (no allow-list, cost function or
+/// admitted headers; in process; at most one keyed quota) steps a request
+/// against its quotas at once (its short path); the same limit sent the
+/// whole way (a cost function that always says 1) answers every request
+/// alike: the same statuses, `Retry-After` and `RateLimit` fields and
+/// refusal body, through refusals and refills. Shapes: one global quota,
+/// one keyed, a keyed and a global one (the production example's), two
+/// global ones; with two quotas each of them refuses at times, and a
+/// refusal takes nothing from the other.
 #[tokio::test(start_paused = true)]
-async fn one_quota_short_path_decides_like_the_whole_way() {
-    for keyed in [false, true] {
+async fn short_path_decides_like_the_whole_way() {
+    fn per(rate: u32, burst: u32, name: &'static str) -> Quota {
+        Quota::per_second(rate).burst(burst).name(name)
+    }
+    fn by_ip(q: Quota) -> Quota {
+        q.key(KeyExtractor::client_ip())
+    }
+    type Quotas = fn() -> Vec<Quota>;
+    let shapes: [(&str, Quotas); 4] = [
+        ("global", || vec![per(10, 3, "a")]),
+        ("keyed", || vec![by_ip(per(10, 3, "a"))]),
+        ("keyed and global", || {
+            vec![by_ip(per(10, 3, "a")), per(16, 4, "b")]
+        }),
+        ("two global", || vec![per(10, 6, "a"), per(20, 2, "b")]),
+    ];
+    for (shape, quotas) in shapes {
         let make = |whole: bool| {
-            let quota = Quota::per_second(10).burst(3);
-            let quota = if keyed {
-                quota.key(KeyExtractor::client_ip())
-            } else {
-                quota
-            };
-            let b = builder().quota(quota);
+            let b = quotas().into_iter().fold(builder(), |b, q| b.quota(q));
             let b = if whole { b.cost(|_| 1) } else { b };
             b.build().unwrap()
         };
         let (short, whole) = (make(false), make(true));
         let (mut a, mut b) = (service(&short), service(&whole));
         let mut refused = 0;
-        for i in 0..80u64 {
+        let mut refusers = std::collections::BTreeSet::new();
+        for i in 0..120u64 {
             let peer = ["192.0.2.1", "192.0.2.2"][usize::from(i % 3 == 0)];
             let ra = send(&mut a, req_from(peer, &[])).await;
             let rb = send(&mut b, req_from(peer, &[])).await;
-            assert_eq!(ra.status(), rb.status(), "keyed {keyed}, request {i}");
+            assert_eq!(ra.status(), rb.status(), "{shape}, request {i}");
             for h in ["retry-after", "ratelimit", "ratelimit-policy"] {
-                assert_eq!(
-                    header(&ra, h),
-                    header(&rb, h),
-                    "keyed {keyed}, request {i}: {h}"
-                );
+                assert_eq!(header(&ra, h), header(&rb, h), "{shape}, request {i}: {h}");
             }
-            refused += usize::from(ra.status() == StatusCode::TOO_MANY_REQUESTS);
+            if ra.status() == StatusCode::TOO_MANY_REQUESTS {
+                refused += 1;
+                let detail = body_json(ra).await["detail"].clone();
+                assert_eq!(
+                    detail,
+                    body_json(rb).await["detail"],
+                    "{shape}, request {i}"
+                );
+                refusers.insert(detail.to_string());
+            }
             tokio::time::advance(Duration::from_millis(i % 7 * 13)).await;
         }
-        // Both ways were exercised: admissions and refusals.
-        assert!(
-            refused > 10 && refused < 70,
-            "keyed {keyed}: {refused} refused"
-        );
+        // Both ways were exercised: admissions and refusals, by each quota.
+        assert!(refused > 10 && refused < 100, "{shape}: {refused} refused");
+        assert_eq!(refusers.len(), quotas().len(), "{shape}: {refusers:?}");
     }
 }
 
