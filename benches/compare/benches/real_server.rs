@@ -476,6 +476,19 @@ fn main() {
         .build()
         .unwrap();
 
+    // The example's subscriber (`info`, or `RUST_LOG`). Without one, this
+    // crate's dependency graph (tower_governor turns on axum's default
+    // `tower-log`, hence tracing's `log` feature) would send every one of
+    // hyper's and h2's disabled spans through tracing's `log` fallback:
+    // ~9k instructions per h2c request, on both servers, that neither the
+    // example nor the root crate's graph pays.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
     // The recorder first, as in the example: the layers register their
     // metrics when built.
     let recorder = !flag("REAL_SERVER_NO_RECORDER");
