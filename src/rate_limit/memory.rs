@@ -480,11 +480,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn multi_quota_is_all_or_nothing() {
         let s = store(&[(10, 3, true), (10, 5, false)]);
-        let slot = |fp| Slot {
-            active: true,
-            fp,
-            measured: Measured::default(),
-        };
         // Key 1 takes its 3; key 2 takes 2 of the global 5.
         for _ in 0..3 {
             assert_eq!(s.acquire(&mut [slot(1), slot(0)], ONE), Verdict::Admitted);
@@ -516,91 +511,64 @@ mod tests {
         );
     }
 
-    #[test]
-    fn all_or_nothing_under_contention() {
-        let hourly = |burst| Gcra::new(3_600_000_000_000, burst);
-        let s = std::sync::Arc::new(MemoryStore::new(vec![
-            QuotaCells::new(hourly(300), Some((100, metrics()))),
-            QuotaCells::new(hourly(500), None),
-        ]));
-        let threads: Vec<_> = (1..=2u64)
-            .map(|fp| {
-                let s = std::sync::Arc::clone(&s);
-                std::thread::spawn(move || {
-                    let mut admitted = 0;
-                    for _ in 0..1000 {
-                        let slot = |fp| Slot {
-                            active: true,
-                            fp,
-                            measured: Measured::default(),
-                        };
-                        let mut slots = [slot(fp), slot(0)];
-                        if s.acquire(&mut slots, ONE) == Verdict::Admitted {
-                            admitted += 1;
-                        }
-                    }
-                    admitted
-                })
-            })
-            .collect();
-        let admitted: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-        assert_eq!(admitted.iter().sum::<u32>(), 500, "{admitted:?}");
-        // Refusals (and rolled-back commits) took nothing from the per-key
-        // quota: each key has exactly 300 - admitted left.
-        for (fp, took) in (1..=2u64).zip(&admitted) {
-            assert!(*took <= 300);
-            let mut left = 0;
-            let mut slots = [
-                Slot {
-                    active: true,
-                    fp,
-                    measured: Measured::default(),
-                },
-                Slot::default(),
-            ];
-            while s.acquire(&mut slots, ONE) == Verdict::Admitted {
-                left += 1;
-            }
-            assert_eq!(left, 300 - took, "key {fp}");
+    fn slot(fp: u64) -> Slot {
+        Slot {
+            active: true,
+            fp,
+            measured: Measured::default(),
         }
     }
 
-    /// The short path's transaction (one keyed quota under its shard lock,
-    /// one global) on two threads: exactly the global quota's 500 are
-    /// admitted, and the per-key quotas lost nothing to refusals or to
-    /// commits rolled back after a lost race.
-    #[test]
-    fn plain_shape_is_all_or_nothing_under_contention() {
+    /// One request of key `fp` through the whole transaction, with a
+    /// per-key and a global quota.
+    fn acquire_both(s: &MemoryStore, fp: u64) -> bool {
+        s.acquire(&mut [slot(fp), slot(0)], ONE) == Verdict::Admitted
+    }
+
+    /// Keys 1 and 2 on two threads, 1 000 requests each through `admit`,
+    /// against a per-key quota of 300 and a global one of 500: exactly the
+    /// global quota's 500 are admitted, and refusals (and commits rolled
+    /// back after a lost race) took nothing from the per-key quota: each
+    /// key has exactly 300 - admitted left.
+    fn all_or_nothing_on_two_threads(admit: fn(&MemoryStore, u64) -> bool) -> MemoryStore {
         let hourly = |burst| Gcra::new(3_600_000_000_000, burst);
         let s = std::sync::Arc::new(MemoryStore::new(vec![
             QuotaCells::new(hourly(300), Some((100, metrics()))),
             QuotaCells::new(hourly(500), None),
         ]));
-        assert!(s.has_plain_shape());
         let threads: Vec<_> = (1..=2u64)
             .map(|fp| {
                 let s = std::sync::Arc::clone(&s);
-                std::thread::spawn(move || (0..1000).filter(|_| s.admit_plain(fp)).count())
+                std::thread::spawn(move || (0..1000).filter(|_| admit(&s, fp)).count())
             })
             .collect();
         let admitted: Vec<usize> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert_eq!(admitted.iter().sum::<usize>(), 500, "{admitted:?}");
+        let s = std::sync::Arc::into_inner(s).unwrap();
         for (fp, took) in (1..=2u64).zip(&admitted) {
             assert!(*took <= 300);
-            let alone = || {
-                let mut slots = [
-                    Slot {
-                        active: true,
-                        fp,
-                        measured: Measured::default(),
-                    },
-                    Slot::default(),
-                ];
-                s.acquire(&mut slots, ONE) == Verdict::Admitted
-            };
-            let left = std::iter::repeat_with(alone).take_while(|&a| a).count();
+            // The per-key quota alone (the global one is spent).
+            let mut alone = [slot(fp), Slot::default()];
+            let left = std::iter::repeat_with(|| s.acquire(&mut alone, ONE))
+                .take_while(|v| *v == Verdict::Admitted)
+                .count();
             assert_eq!(left, 300 - took, "key {fp}");
         }
+        s
+    }
+
+    #[test]
+    fn all_or_nothing_under_contention() {
+        all_or_nothing_on_two_threads(acquire_both);
+    }
+
+    /// The short path's transaction (the keyed quota's cell found once,
+    /// the step under its shard lock) holds the same line.
+    #[test]
+    fn plain_shape_is_all_or_nothing_under_contention() {
+        let s = all_or_nothing_on_two_threads(MemoryStore::admit_plain);
+        assert!(s.has_plain_shape());
+        let hourly = |burst| Gcra::new(3_600_000_000_000, burst);
         // Two keyed quotas: not this path's shape.
         let two_keyed = MemoryStore::new(vec![
             QuotaCells::new(hourly(1), Some((10, metrics()))),
