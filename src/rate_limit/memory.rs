@@ -302,6 +302,7 @@ impl MemoryStore {
     /// the commit; the global cells need no lock.
     #[inline]
     pub(crate) fn admit_plain(&self, fp: u64) -> bool {
+        debug_assert!(self.one_keyed, "admit_plain on two keyed quotas");
         let now = self.now();
         if let [q] = &*self.quotas {
             // One quota: its own CAS loop commits.
