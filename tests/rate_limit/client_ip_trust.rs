@@ -265,3 +265,69 @@ fn nonsense_trust_is_refused_at_build() {
         "trusted_proxies[1]"
     );
 }
+
+/// The production example's shape (a per-client quota and a global one,
+/// which the layer steps at once) over a real server, with a flooding
+/// client: its own quota refuses it, naming that quota, and its refused
+/// requests take nothing from the global quota, so other clients (other
+/// source addresses) are admitted until the global quota itself runs out,
+/// and then each refusal names the global quota. No refill during the
+/// test (per minute).
+#[tokio::test]
+async fn a_flooding_client_spends_only_its_own_quota() {
+    let layer = RateLimitLayer::builder()
+        .name("api")
+        .quota(
+            Quota::per_minute(3)
+                .burst(3)
+                .key(KeyExtractor::client_ip())
+                .name("per-client"),
+        )
+        .quota(Quota::per_minute(10).burst(10).name("global"))
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "ok" }))
+        .layer(layer);
+    let addr = common::serve(app).await;
+    async fn send(client: &Client<HttpConnector, Full<Bytes>>, addr: SocketAddr) -> common::Reply {
+        let req = Request::get(format!("http://{addr}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        common::send(client, req).await
+    }
+    let detail = |reply: &common::Reply| reply.json()["detail"].as_str().unwrap().to_owned();
+
+    // The flood: 3 admitted, then 27 refusals by its own quota.
+    let attacker = client_from("127.0.0.2");
+    for i in 0..30 {
+        let reply = send(&attacker, addr).await;
+        if i < 3 {
+            assert_eq!(reply.status, StatusCode::OK, "flood request {i}");
+        } else {
+            assert_eq!(
+                reply.status,
+                StatusCode::TOO_MANY_REQUESTS,
+                "flood request {i}"
+            );
+            assert_eq!(detail(&reply), "rate limit quota `per-client` exhausted");
+            assert!(!reply.header("retry-after").is_empty());
+        }
+    }
+    // The global quota lost only the 3 admissions: 7 more, from others.
+    let mut admitted = 0;
+    for local in ["127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+        let client = client_from(local);
+        for _ in 0..3 {
+            let reply = send(&client, addr).await;
+            match reply.status {
+                StatusCode::OK => admitted += 1,
+                StatusCode::TOO_MANY_REQUESTS => {
+                    assert_eq!(detail(&reply), "rate limit quota `global` exhausted");
+                }
+                other => panic!("{local}: {other}"),
+            }
+        }
+    }
+    assert_eq!(admitted, 7);
+}
