@@ -9,7 +9,8 @@ mod common;
 mod limits;
 
 /// Issue 10: the client IP has one source of truth, trusted only from
-/// configured proxies.
+/// configured proxies; clients told apart by their addresses (a flooding
+/// client under the production example's two quotas).
 mod client_ip_trust;
 
 /// The Redis-backed store (global limits across replicas), its failure
