@@ -167,6 +167,14 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
         )
     }
 
+    /// A breaker with this map's settings (name, listener) and lanes, kept
+    /// outside the map by its owner (the stack's declared routes): never
+    /// evicted, and not among the map's keys.
+    #[cfg_attr(not(feature = "config"), allow(dead_code))] // used by the stack's per-route breakers
+    pub(crate) fn breaker_outside(&self) -> Breaker {
+        Breaker::new(self.settings.clone(), self.lanes)
+    }
+
     fn idle_nanos(&self) -> u64 {
         u64::try_from(self.settings.config.key_idle_timeout.as_nanos()).unwrap_or(u64::MAX)
     }

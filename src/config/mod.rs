@@ -409,6 +409,14 @@ pub struct RoutesConfig {
     /// names it). Invalid or duplicate templates are errors naming
     /// `routes.paths[i]`.
     ///
+    /// A declared route's breaker (a template's, or a
+    /// [`grpc_methods`](Self::grpc_methods) entry's) is made with the stack
+    /// and kept as long as it: listed by
+    /// [`RouteBreakers`](super::RouteBreakers) and reported by its gauge
+    /// from the start, never forgotten when idle and not counted against
+    /// `circuit_breaker.max_keys`, which bounds the other routes' breakers
+    /// (axum's matched paths, `unmatched`).
+    ///
     /// A rate-limit quota keyed by `route` counts by the same template
     /// once any is declared: a request matching none counts as the one
     /// route `unmatched` (unless axum's matched path names it), never by

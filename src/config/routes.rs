@@ -8,9 +8,9 @@ use std::sync::{Arc, OnceLock};
 use http::Request;
 
 use crate::circuit_breaker::{
-    CircuitBreakerBuilder, CircuitBreakerConfig, CircuitBreakerEvent, CircuitBreakerHandle,
-    CircuitBreakerLayer, CircuitState, KeyedCircuitBreakerHandle, KeyedShared, Permit,
-    decide_keyed, decided,
+    Breaker, CircuitBreakerBuilder, CircuitBreakerConfig, CircuitBreakerEvent,
+    CircuitBreakerHandle, CircuitBreakerLayer, CircuitState, KeyedCircuitBreakerHandle,
+    KeyedShared, Permit, decide_keyed, decided,
 };
 use crate::health::{Check, Kind};
 use crate::{ConfigError, Rejection};
@@ -110,40 +110,82 @@ pub(crate) struct RouteTable {
 }
 
 impl RouteTable {
-    /// The route of `req`, borrowed: what [`key`](Self::key) would name
-    /// (`RouteKey` borrows as this `str`), for a lookup that builds no key.
+    /// The number of `req`'s declared route, if it has one: a declared
+    /// gRPC method's (in declared order), else a declared path template's
+    /// (after the methods, in [`RoutePaths::position`]'s order). What
+    /// [`names`](Self::names) lists in the same order.
     #[inline]
-    fn route<'a, B>(&'a self, req: &'a Request<B>) -> &'a str {
+    fn declared<B>(&self, req: &Request<B>) -> Option<usize> {
         let path = req.uri().path();
-        if let Some(m) = self.grpc.iter().find(|m| ***m == *path) {
-            return m;
+        if let Some(i) = self.grpc.iter().position(|m| **m == *path) {
+            return Some(i);
         }
-        if let Some(t) = self.paths.find(path) {
-            return t;
-        }
+        self.paths.position(path).map(|i| self.grpc.len() + i)
+    }
+
+    /// Every declared route, numbered as [`declared`](Self::declared)
+    /// numbers them.
+    fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.grpc.iter().chain(self.paths.names())
+    }
+
+    /// The route of a request with no declared route, borrowed: what
+    /// [`other_key`](Self::other_key) would name (`RouteKey` borrows as
+    /// this `str`), for a lookup that builds no key.
+    #[inline]
+    fn other<B>(req: &Request<B>) -> &str {
         #[cfg(feature = "axum")]
         if let Some(m) = req.extensions().get::<axum::extract::MatchedPath>() {
             return m.as_str();
         }
+        let _ = req;
         RouteKey::UNMATCHED
     }
 
-    /// The route of `req` as a key of its own (a new route's breaker):
-    /// no allocation (a reference count at most).
+    /// The route of a request with no declared route as a key of its own
+    /// (a new route's breaker): no allocation (a reference count at most).
     #[inline]
-    fn key<B>(&self, req: &Request<B>) -> RouteKey {
-        let path = req.uri().path();
-        if let Some(m) = self.grpc.iter().find(|m| ***m == *path) {
-            return RouteKey(Repr::Named(Arc::clone(m)));
-        }
-        if let Some(t) = self.paths.find(path) {
-            return RouteKey(Repr::Named(Arc::clone(t)));
-        }
+    fn other_key<B>(req: &Request<B>) -> RouteKey {
         #[cfg(feature = "axum")]
         if let Some(m) = req.extensions().get::<axum::extract::MatchedPath>() {
             return RouteKey(Repr::Matched(m.clone()));
         }
+        let _ = req;
         RouteKey(Repr::Unmatched)
+    }
+}
+
+/// A declared route's breaker: made with the stack, never evicted.
+struct Declared {
+    route: Arc<str>,
+    breaker: Breaker,
+    /// Declared twice (a path template spelled as a declared gRPC method):
+    /// the first one's breaker, not listed again.
+    alias: bool,
+}
+
+impl Declared {
+    /// The declared routes' breakers, numbered as the table numbers the
+    /// routes.
+    fn all(table: &RouteTable, others: &KeyedShared<RouteKey>) -> Arc<[Self]> {
+        let mut all: Vec<Self> = Vec::new();
+        for route in table.names() {
+            let first = all.iter().find(|d| d.route == *route);
+            let declared = match first {
+                Some(first) => Self {
+                    route: Arc::clone(route),
+                    breaker: first.breaker.clone(),
+                    alias: true,
+                },
+                None => Self {
+                    route: Arc::clone(route),
+                    breaker: others.breaker_outside(),
+                    alias: false,
+                },
+            };
+            all.push(declared);
+        }
+        all.into()
     }
 }
 
@@ -158,8 +200,31 @@ pub(crate) enum BreakerLayer {
 /// clone of the stack's service (axum clones a route's service for every
 /// request) counts one reference here, not two.
 pub(crate) struct PerRoute {
-    breakers: Arc<KeyedShared<RouteKey>>,
     table: RouteTable,
+    /// The declared routes' breakers, found by the route's number: no
+    /// lookup by name, no lock, no clock reading.
+    declared: Arc<[Declared]>,
+    /// The other routes' breakers (axum's matched paths not declared, and
+    /// `unmatched`), each made on its route's first request, in a keyed map
+    /// read through each thread's cache.
+    others: Arc<KeyedShared<RouteKey>>,
+}
+
+impl PerRoute {
+    /// The breaker's decision for a request with no declared route: the
+    /// declared breaker of the same name if axum names one (a route the
+    /// table did not match as axum did), else the route's own in the map.
+    /// Not inlined: the declared routes' path stays small.
+    #[inline(never)]
+    fn decide_other<B>(&self, req: &Request<B>) -> Result<Permit, Box<Rejection>> {
+        let route = RouteTable::other(req);
+        if let Some(d) = self.declared.iter().find(|d| *d.route == *route) {
+            return decided(&d.breaker).map_err(|(refusal, b)| Box::new(b.rejection(refusal)));
+        }
+        self.others
+            .with_breaker_cached(route, |_| RouteTable::other_key(req), decide_keyed)
+            .map_err(|(refusal, b)| Box::new(b.rejection(refusal)))
+    }
 }
 
 impl BreakerLayer {
@@ -176,15 +241,14 @@ impl BreakerLayer {
             let handle = layer.handle();
             return Ok((Self::Shared(layer), Breakers::Shared(handle)));
         }
-        let cell: Arc<OnceLock<KeyedCircuitBreakerHandle<RouteKey>>> = Arc::new(OnceLock::new());
+        let cell: Arc<OnceLock<RouteBreakers>> = Arc::new(OnceLock::new());
         let name: Arc<str> = config.name.as_str().into();
         let listener = {
             let cell = Arc::clone(&cell);
-            let name = Arc::clone(&name);
             move |event: &CircuitBreakerEvent| {
                 if matches!(event, CircuitBreakerEvent::Transition { .. }) {
-                    if let Some(handle) = cell.get() {
-                        report_states(&name, handle);
+                    if let Some(routes) = cell.get() {
+                        report_states(routes);
                     }
                 }
             }
@@ -194,10 +258,6 @@ impl BreakerLayer {
             // Routes are few and each is hot: one shard, one hash per call.
             .unsharded()
             .build_keyed(|_: &()| RouteKey(Repr::Unmatched))?;
-        let handle = layer.handle();
-        let _ = cell.set(handle.clone());
-        crate::metrics_help::describe(METRICS);
-        metrics::gauge!("rampart_circuit_breaker_state", "name" => name.to_string()).set(0.0);
         let table = RouteTable {
             grpc: routes
                 .grpc_methods
@@ -206,33 +266,45 @@ impl BreakerLayer {
                 .collect(),
             paths: Arc::clone(paths),
         };
+        let declared = Declared::all(&table, &layer.shared);
+        let handles = RouteBreakers {
+            declared: Arc::clone(&declared),
+            others: layer.handle(),
+            name,
+        };
+        let _ = cell.set(handles.clone());
+        crate::metrics_help::describe(METRICS);
+        // Every declared route's gauge from the start (closed), and the
+        // shared one.
+        report_states(&handles);
         Ok((
             Self::PerRoute(Arc::new(PerRoute {
-                breakers: layer.shared,
                 table,
+                declared,
+                others: layer.shared,
             })),
-            Breakers::PerRoute(RouteBreakers { handle, name }),
+            Breakers::PerRoute(handles),
         ))
     }
 
     /// The breaker's decision for `req`: a permit, or the refusal (built
-    /// on that path only). With one breaker per route, the route's breaker
-    /// is found by the borrowed route (a key is built only for a new route)
-    /// and decides under the lookup: neither the route nor the breaker is
-    /// cloned.
+    /// here, with the breaker's name and retry time, so that the caller
+    /// needs no breaker of its own to answer; with one breaker per route,
+    /// on that path only). With one breaker per route, a declared route's
+    /// breaker is found by the route's number, any other route's by the
+    /// borrowed route (a key is built only for a new route); either
+    /// decides in place: neither the route nor the breaker is cloned.
     #[inline]
     pub(crate) fn decide<B>(&self, req: &Request<B>) -> Result<Permit, Box<Rejection>> {
         match self {
             Self::Shared(layer) => {
                 decided(&layer.breaker).map_err(|(refusal, b)| Box::new(b.rejection(refusal)))
             }
-            Self::PerRoute(routes) => {
-                let table = &routes.table;
-                routes
-                    .breakers
-                    .with_breaker_cached(table.route(req), |_| table.key(req), decide_keyed)
-                    .map_err(|(refusal, b)| Box::new(b.rejection(refusal)))
-            }
+            Self::PerRoute(routes) => match routes.table.declared(req) {
+                Some(i) => decided(&routes.declared[i].breaker)
+                    .map_err(|(refusal, b)| Box::new(b.rejection(refusal))),
+                None => routes.decide_other(req),
+            },
         }
     }
 
@@ -276,7 +348,7 @@ impl Breakers {
 /// and `rampart_circuit_breaker_state{name}` to the worst of them (open,
 /// then forced open, then half-open, else closed), so the alert on the
 /// shared gauge still fires with one breaker per route.
-fn report_states(name: &Arc<str>, handle: &KeyedCircuitBreakerHandle<RouteKey>) {
+fn report_states(routes: &RouteBreakers) {
     let mut worst = CircuitState::Closed;
     let rank = |s: CircuitState| match s {
         CircuitState::Open => 3,
@@ -284,78 +356,96 @@ fn report_states(name: &Arc<str>, handle: &KeyedCircuitBreakerHandle<RouteKey>) 
         CircuitState::HalfOpen => 1,
         _ => 0,
     };
-    for key in handle.keys() {
-        let Some(breaker) = handle.get(&key) else {
-            continue;
-        };
+    routes.each(|route, breaker| {
         let state = breaker.state();
         metrics::gauge!(
             "rampart_circuit_breaker_route_state",
-            "name" => name.to_string(),
-            "route" => key.as_str().to_owned()
+            "name" => routes.name.to_string(),
+            "route" => route.to_owned()
         )
         .set(f64::from(state as u8));
         if rank(state) > rank(worst) {
             worst = state;
         }
-    }
-    metrics::gauge!("rampart_circuit_breaker_state", "name" => name.to_string())
+    });
+    metrics::gauge!("rampart_circuit_breaker_state", "name" => routes.name.to_string())
         .set(f64::from(worst as u8));
 }
 
 /// The breakers of a stack built with `routes.per_route_breaker = true`:
-/// one per route, created on the route's first request.
+/// one per route. A declared route's (`routes.paths`,
+/// `routes.grpc_methods`) is made with the stack and kept for its
+/// lifetime; any other route's (an axum route template not declared,
+/// [`RouteKey::UNMATCHED`]) on the route's first request, and forgotten
+/// once idle for `key_idle_timeout` or to make room under `max_keys`.
 #[derive(Clone)]
 pub struct RouteBreakers {
-    handle: KeyedCircuitBreakerHandle<RouteKey>,
+    declared: Arc<[Declared]>,
+    others: KeyedCircuitBreakerHandle<RouteKey>,
     name: Arc<str>,
 }
 
 impl RouteBreakers {
     /// The breaker of `route` (an axum route template such as
     /// `/api/sleep/{ms}`, a declared gRPC method, or
-    /// [`RouteKey::UNMATCHED`]), if it has seen a request.
+    /// [`RouteKey::UNMATCHED`]): a declared route's always, any other
+    /// route's if it has seen a request (and has not been forgotten since).
     pub fn get(&self, route: &str) -> Option<CircuitBreakerHandle> {
-        self.handle.get(&RouteKey(Repr::Named(Arc::from(route))))
+        match self.declared.iter().find(|d| *d.route == *route) {
+            Some(d) => Some(CircuitBreakerHandle::new(d.breaker.core().clone())),
+            None => self.others.get(&RouteKey(Repr::Named(Arc::from(route)))),
+        }
     }
 
-    /// The routes that have a breaker now, sorted.
+    /// `f` of every route that has a breaker now, with its breaker: the
+    /// declared ones first.
+    fn each(&self, mut f: impl FnMut(&str, CircuitBreakerHandle)) {
+        for d in self.declared.iter().filter(|d| !d.alias) {
+            f(
+                &d.route,
+                CircuitBreakerHandle::new(d.breaker.core().clone()),
+            );
+        }
+        for key in self.others.keys() {
+            if let Some(handle) = self.others.get(&key) {
+                f(key.as_str(), handle);
+            }
+        }
+    }
+
+    /// The routes that have a breaker now (every declared route, and the
+    /// others that have seen a request), sorted.
     pub fn routes(&self) -> Vec<String> {
-        let mut routes: Vec<String> = self
-            .handle
-            .keys()
-            .iter()
-            .map(|k| k.as_str().to_owned())
-            .collect();
+        let mut routes = Vec::with_capacity(self.len());
+        self.each(|route, _| routes.push(route.to_owned()));
         routes.sort();
         routes
     }
 
     /// The routes whose circuit is open or forced open, sorted.
     pub fn open_routes(&self) -> Vec<String> {
-        let mut open: Vec<String> = self
-            .handle
-            .keys()
-            .into_iter()
-            .filter(|k| {
-                self.handle.get(k).is_some_and(|h| {
-                    matches!(h.state(), CircuitState::Open | CircuitState::ForcedOpen)
-                })
-            })
-            .map(|k| k.as_str().to_owned())
-            .collect();
+        let mut open = Vec::new();
+        self.each(|route, breaker| {
+            if matches!(
+                breaker.state(),
+                CircuitState::Open | CircuitState::ForcedOpen
+            ) {
+                open.push(route.to_owned());
+            }
+        });
         open.sort();
         open
     }
 
     /// How many routes have a breaker now.
     pub fn len(&self) -> usize {
-        self.handle.len()
+        self.declared.iter().filter(|d| !d.alias).count() + self.others.len()
     }
 
-    /// Whether no route has a breaker yet.
+    /// Whether no route has a breaker (no route is declared and none has
+    /// seen a request).
     pub fn is_empty(&self) -> bool {
-        self.handle.is_empty()
+        self.len() == 0
     }
 
     /// The breakers' name (labels their metrics).
@@ -368,7 +458,7 @@ impl fmt::Debug for RouteBreakers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouteBreakers")
             .field("name", &self.name)
-            .field("routes", &self.handle.len())
+            .field("routes", &self.len())
             .finish()
     }
 }
@@ -377,59 +467,121 @@ impl fmt::Debug for RouteBreakers {
 mod tests {
     use super::*;
 
+    fn per_route(grpc: &[&str], paths: &[&str]) -> (Arc<PerRoute>, RouteBreakers) {
+        let routes = RoutesConfig {
+            per_route_breaker: true,
+            grpc_methods: grpc.iter().map(|m| (*m).to_owned()).collect(),
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        };
+        let paths = Arc::new(RoutePaths::new(&routes.paths).unwrap());
+        let (layer, breakers) =
+            BreakerLayer::build(&CircuitBreakerConfig::default(), &routes, &paths).unwrap();
+        let (BreakerLayer::PerRoute(layer), Breakers::PerRoute(handles)) = (layer, breakers) else {
+            panic!("per route")
+        };
+        (layer, handles)
+    }
+
     #[test]
     fn keys_compare_by_route() {
-        let table = RouteTable {
-            grpc: vec![Arc::from("/demo.Greeter/SayHello")].into_boxed_slice(),
-            paths: Arc::default(),
-        };
         let req = |path: &str| Request::post(path).body(()).unwrap();
-        let k = table.key(&req("/demo.Greeter/SayHello"));
-        assert_eq!(k.as_str(), "/demo.Greeter/SayHello");
-        assert!(!k.is_unmatched());
-        let unknown = table.key(&req("/demo.Greeter/Other"));
+        let unknown = RouteTable::other_key(&req("/demo.Greeter/Other"));
         assert!(unknown.is_unmatched());
-        assert_eq!(unknown, table.key(&req("/made/up")));
+        assert_eq!(unknown, RouteTable::other_key(&req("/made/up")));
         assert_eq!(RouteKey(Repr::Named(Arc::from("unmatched"))), unknown);
         assert_eq!(unknown.to_string(), "unmatched");
+        let named = RouteKey(Repr::Named(Arc::from("/demo.Greeter/SayHello")));
+        assert!(!named.is_unmatched());
         // The borrowed route names what the key names.
-        for path in ["/demo.Greeter/SayHello", "/demo.Greeter/Other", "/made/up"] {
-            assert_eq!(table.route(&req(path)), table.key(&req(path)).as_str());
+        for path in ["/demo.Greeter/Other", "/made/up"] {
+            assert_eq!(
+                RouteTable::other(&req(path)),
+                RouteTable::other_key(&req(path)).as_str()
+            );
         }
     }
 
-    /// A known route is found by its borrowed `str`: the owned key is made
-    /// once, for the route's first request, and every request decides on
-    /// that one breaker.
+    /// Declared routes are numbered methods first, then templates, and a
+    /// request's number names its route.
     #[test]
-    fn a_known_route_is_found_without_a_key() {
-        let config = CircuitBreakerConfig::default();
-        let routes = RoutesConfig {
-            per_route_breaker: true,
-            grpc_methods: vec!["/demo.Greeter/SayHello".to_owned()],
-            paths: Vec::new(),
-        };
-        let (layer, breakers) = BreakerLayer::build(&config, &routes, &Arc::default()).unwrap();
-        let BreakerLayer::PerRoute(routes) = layer else {
-            panic!("per route")
-        };
-        let Breakers::PerRoute(handles) = breakers else {
-            panic!("per route")
-        };
-        let req = Request::post("/demo.Greeter/SayHello").body(()).unwrap();
-        let made = std::cell::Cell::new(0);
-        for _ in 0..3 {
-            let decision = routes.breakers.with_breaker(
-                routes.table.route(&req),
-                |_| {
-                    made.set(made.get() + 1);
-                    routes.table.key(&req)
-                },
-                decide_keyed,
-            );
-            assert!(decision.is_ok());
+    fn declared_routes_are_found_by_number() {
+        let (layer, handles) = per_route(
+            &["/demo.Greeter/SayHello", "/demo.Greeter/SayBye"],
+            &["/api/{id}", "/api/ok"],
+        );
+        let names: Vec<&Arc<str>> = layer.table.names().collect();
+        let req = |path: &str| Request::post(path).body(()).unwrap();
+        for (path, route) in [
+            ("/demo.Greeter/SayBye", "/demo.Greeter/SayBye"),
+            ("/demo.Greeter/SayHello", "/demo.Greeter/SayHello"),
+            ("/api/ok", "/api/ok"),
+            ("/api/7", "/api/{id}"),
+        ] {
+            let i = layer.table.declared(&req(path)).unwrap();
+            assert_eq!(&**names[i], route, "{path}");
+            assert_eq!(*layer.declared[i].route, *route, "{path}");
         }
-        assert_eq!(made.get(), 1);
-        assert_eq!(handles.handle.len(), 1);
+        assert_eq!(layer.table.declared(&req("/demo.Greeter/Other")), None);
+        assert_eq!(layer.table.declared(&req("/api/7/x")), None);
+        // Every declared route has its breaker from the start.
+        assert_eq!(
+            handles.routes(),
+            [
+                "/api/ok",
+                "/api/{id}",
+                "/demo.Greeter/SayBye",
+                "/demo.Greeter/SayHello"
+            ]
+        );
+        assert!(handles.get("/api/{id}").is_some());
+        assert!(handles.get(RouteKey::UNMATCHED).is_none());
+    }
+
+    /// A declared route decides on its own breaker, outside the map: the
+    /// map holds only the routes that are not declared, each made once.
+    #[test]
+    fn declared_routes_stay_out_of_the_map() {
+        let (layer, handles) = per_route(&["/demo.Greeter/SayHello"], &["/api/ok"]);
+        let layer = BreakerLayer::PerRoute(layer);
+        for path in ["/demo.Greeter/SayHello", "/api/ok"] {
+            for _ in 0..3 {
+                let permit = layer
+                    .decide(&Request::post(path).body(()).unwrap())
+                    .unwrap();
+                permit.complete(crate::classify::Outcome::Success);
+            }
+        }
+        assert_eq!(handles.others.len(), 0);
+        assert_eq!(handles.get("/api/ok").unwrap().counts().calls, 3);
+        assert_eq!(
+            handles
+                .get("/demo.Greeter/SayHello")
+                .unwrap()
+                .counts()
+                .calls,
+            3
+        );
+        for _ in 0..3 {
+            let permit = layer
+                .decide(&Request::post("/nope").body(()).unwrap())
+                .unwrap();
+            permit.complete(crate::classify::Outcome::Success);
+        }
+        assert_eq!(handles.others.len(), 1);
+        assert_eq!(handles.len(), 3);
+        assert_eq!(handles.get(RouteKey::UNMATCHED).unwrap().counts().calls, 3);
+    }
+
+    /// A path template spelled as a declared gRPC method is one route with
+    /// one breaker, listed once.
+    #[test]
+    fn a_route_declared_twice_is_one_breaker() {
+        let (layer, handles) = per_route(&["/demo.Greeter/SayHello"], &["/demo.Greeter/SayHello"]);
+        assert_eq!(handles.routes(), ["/demo.Greeter/SayHello"]);
+        assert_eq!(handles.len(), 1);
+        assert!(Arc::ptr_eq(
+            layer.declared[0].breaker.core(),
+            layer.declared[1].breaker.core()
+        ));
     }
 }

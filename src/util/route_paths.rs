@@ -231,13 +231,37 @@ impl RoutePaths {
     /// itself, else the first in precedence order.
     #[inline]
     pub(crate) fn find(&self, path: &str) -> Option<&Arc<str>> {
-        if let Some(name) = self.exact.iter().find(|e| ***e == *path) {
-            return Some(name);
+        self.position(path).map(|i| self.name(i))
+    }
+
+    /// The number of the template `path` matches (as [`find`](Self::find)
+    /// finds it), an index into [`names`](Self::names).
+    #[inline]
+    pub(crate) fn position(&self, path: &str) -> Option<usize> {
+        if let Some(i) = self.exact.iter().position(|e| **e == *path) {
+            return Some(i);
         }
         self.templates
             .iter()
-            .find(|t| t.matches(path))
-            .map(|t| &t.name)
+            .position(|t| t.matches(path))
+            .map(|i| self.exact.len() + i)
+    }
+
+    /// The template numbered `i` by [`position`](Self::position).
+    #[inline]
+    fn name(&self, i: usize) -> &Arc<str> {
+        match self.exact.get(i) {
+            Some(name) => name,
+            None => &self.templates[i - self.exact.len()].name,
+        }
+    }
+
+    /// Every template, in the order [`position`](Self::position) numbers
+    /// them.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.exact
+            .iter()
+            .chain(self.templates.iter().map(|t| &t.name))
     }
 }
 
@@ -303,6 +327,22 @@ mod tests {
         assert_eq!(found("/y/b"), "/{a}/b");
         assert_eq!(found("/y/c"), "/{*any}");
         assert_eq!(found("/users"), "/{*any}");
+        // Every template has one number, and a path's number names the
+        // template it matches.
+        let names: Vec<&Arc<str>> = r.names().collect();
+        assert_eq!(names.len(), 7);
+        for path in [
+            "/users/new",
+            "/users/7",
+            "/users/7/posts",
+            "/x/b",
+            "/y/b",
+            "/y/c",
+        ] {
+            let i = r.position(path).unwrap();
+            assert_eq!(names[i], r.find(path).unwrap(), "{path}");
+        }
+        assert_eq!(routes(&["/a"]).position("/b"), None);
     }
 
     #[test]

@@ -34,6 +34,11 @@ use tower_rampart::circuit_breaker::CircuitState;
 use tower_rampart::config::{RampartConfig, RouteKey};
 
 fn config(extra: &str) -> RampartConfig {
+    config_keys(8, extra)
+}
+
+/// [`config`] with room for `max_keys` routes' breakers.
+fn config_keys(max_keys: usize, extra: &str) -> RampartConfig {
     RampartConfig::from_toml(&format!(
         r#"
         [shutdown]
@@ -46,7 +51,7 @@ fn config(extra: &str) -> RampartConfig {
         name = "api"
         consecutive_failures = 3
         open_duration = "1h"
-        max_keys = 8
+        max_keys = {max_keys}
         [routes]
         per_route_breaker = true
         {extra}
@@ -234,6 +239,38 @@ async fn declared_paths_keep_a_breaker_per_route_around_the_whole_router() {
         common::get(addr, "/api/sleep/5").await.status,
         StatusCode::OK
     );
+}
+
+/// A declared route's breaker is made with the stack and kept: with room
+/// for one other route only (`max_keys = 1`), two undeclared routes evict
+/// each other on every request, and the declared route's open circuit
+/// stays open (an operator's gauges and `/readyz` name it all along).
+#[tokio::test]
+async fn a_declared_routes_breaker_is_never_evicted() {
+    let stack = config_keys(1, r#"paths = ["/api/fail"]"#)
+        .stack()
+        .build()
+        .unwrap();
+    let routes = stack.route_breakers().unwrap().clone();
+    // Listed before any request.
+    assert_eq!(routes.routes(), ["/api/fail"]);
+    // Inside the router: axum's matched path names the undeclared routes.
+    let addr = common::serve(app().layer(stack.layer())).await;
+
+    open_api_fail(addr).await;
+    for ms in 0..10 {
+        assert_eq!(common::get(addr, "/api/ok").await.status, StatusCode::OK);
+        let r = common::get(addr, &format!("/api/sleep/{ms}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    // One other route kept at a time; /api/fail still open.
+    assert_eq!(routes.len(), 2);
+    assert_eq!(routes.routes(), ["/api/fail", "/api/sleep/{ms}"]);
+    assert_eq!(routes.get("/api/fail").unwrap().state(), CircuitState::Open);
+    let r = common::get(addr, "/api/fail").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    let r = common::get(addr, "/readyz/api").await;
+    assert!(r.body.contains("circuit open for /api/fail"), "{}", r.body);
 }
 
 /// The stack picks the route axum's router picks: every request's
