@@ -317,10 +317,20 @@ async fn a_failing_route_and_a_spent_limit_leave_metrics_and_probes_answering() 
         .parse()
         .unwrap();
     let c = client();
+    // Before any request, the scrape already shows every declared route's
+    // breaker, closed: the operator's dashboards list the routes from the
+    // start.
+    let (status, metrics) = get(&c, addr, "/metrics").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    for route in ["/api/ok", "/api/fail", "/api/sleep/{ms}"] {
+        let closed =
+            format!("rampart_circuit_breaker_route_state{{name=\"api\",route=\"{route}\"}} 0");
+        assert!(metrics.contains(&closed), "{route}: {metrics}");
+    }
     // Every API route of the example first: each must find its own breaker
     // among the templates `production.toml` declares (the stack wraps the
     // whole router, so a route left out of `routes.paths` would share the
-    // `unmatched` breaker; the scrape below says which breakers exist).
+    // `unmatched` breaker, which the scrape below would then list).
     let (status, _) = get(&c, addr, "/api/ok").await.unwrap();
     assert_eq!(status, StatusCode::OK);
     let (status, _) = get(&c, addr, "/api/sleep/1").await.unwrap();
