@@ -411,9 +411,8 @@ pub struct RoutesConfig {
     ///
     /// A declared route's breaker (a template's, or a
     /// [`grpc_methods`](Self::grpc_methods) entry's) is made with the stack
-    /// and kept as long as it: listed by
-    /// [`RouteBreakers`](super::RouteBreakers) and reported by its gauge
-    /// from the start, never forgotten when idle and not counted against
+    /// and kept as long as it: listed by [`RouteBreakers`] and reported by
+    /// its gauge from the start, never forgotten when idle and not counted against
     /// `circuit_breaker.max_keys`, which bounds the other routes' breakers
     /// (axum's matched paths, `unmatched`).
     ///
