@@ -167,7 +167,34 @@ where
 {
     type Output = Result<M::Response, M::Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    /// An admitted request's poll inline; a refusal or a wait out of line.
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let StateProj::Called { future, headers } = self.as_mut().project().state.project() {
+            let mut result = ready!(future.poll(cx));
+            if let Some(h) = headers.take() {
+                if let Ok(res) = &mut result {
+                    h.apply(res.headers_mut());
+                }
+            }
+            return Poll::Ready(M::admitted(result));
+        }
+        self.poll_other(cx)
+    }
+}
+
+impl<S, ReqB, ResB, M> ResponseFuture<S, ReqB, M>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    M: Mode<Request<ReqB>, Response<ResB>, S::Error>,
+{
+    /// A refused or waiting request's poll (and an admitted one's, once
+    /// its wait is over).
+    #[cold]
+    fn poll_other(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<M::Response, M::Error>> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
