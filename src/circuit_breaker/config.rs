@@ -158,9 +158,12 @@ pub struct CircuitBreakerConfig {
     /// with [`CircuitBreakerBuilder::classifier`](super::CircuitBreakerBuilder::classifier).
     pub ignore_statuses: Vec<u16>,
     /// Keyed breakers only: the most keys kept at once (default 10 000).
+    /// With the stack's per-route breakers, the routes not declared in
+    /// `routes` only: a declared route's breaker is kept apart.
     pub max_keys: usize,
     /// Keyed breakers only: a key unused this long may be evicted
-    /// (default 10 min, at most 24 h).
+    /// (default 10 min, at most 24 h). With the stack's per-route
+    /// breakers, a declared route's breaker is never evicted.
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub key_idle_timeout: Duration,
 }
