@@ -48,8 +48,10 @@
 //! machine has two CPUs or more, so the client's work is not counted
 //! against the server. Printed per round: requests per second, server CPU
 //! per request (the server threads' user + system time from
-//! `/proc/self/task`), p50 and p99; then per protocol the medians and the
-//! per-round ratios against `serve`. Not a criterion bench: it measures a
+//! `/proc/self/task`), p50 and p99; then per protocol the medians, the
+//! median of the per-round ratios against `serve`, and the middle half of
+//! the throughput ratios (first to third quartile: how far one round's
+//! ratio moves on this machine). Not a criterion bench: it measures a
 //! server over sockets. Tuning: `REAL_SERVER_CONNECTIONS`,
 //! `REAL_SERVER_SECS`, `REAL_SERVER_ROUNDS`.
 
@@ -440,6 +442,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The first and third quartiles: the middle half of `v`, as far as one
+/// run of rounds can tell how much a ratio moves.
+fn quartiles(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    (at(0.25), at(0.75))
+}
+
 struct Sample {
     rate: f64,
     cpu_us: f64,
@@ -620,29 +630,32 @@ fn main() {
         };
         println!(
             "\n{} medians over the rounds; ratios are the median of the per-round ratios \
-             against `serve` (same round):\n",
+             against `serve` (same round), and the middle half of those ratios (first to \
+             third quartile):\n",
             proto.name()
         );
         println!(
-            "| server | requests/s | x `serve` | p50 | p99 | p99 x `serve` | server CPU per request | x `serve` |"
+            "| server | requests/s | x `serve` | middle half | p50 | p99 | p99 x `serve` | server CPU per request | x `serve` |"
         );
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|");
         for (i, k) in kinds.iter().enumerate() {
-            let ratio = |f: &dyn Fn(&Sample) -> f64| {
-                median(
-                    samples[i]
-                        .iter()
-                        .zip(&samples[base])
-                        .map(|(s, b)| f(s) / f(b))
-                        .collect(),
-                )
+            let ratios = |f: &dyn Fn(&Sample) -> f64| -> Vec<f64> {
+                samples[i]
+                    .iter()
+                    .zip(&samples[base])
+                    .map(|(s, b)| f(s) / f(b))
+                    .collect()
             };
+            let ratio = |f: &dyn Fn(&Sample) -> f64| median(ratios(f));
+            let (low, high) = quartiles(ratios(&|s| s.rate));
             let s = &samples[i];
             println!(
-                "| `{}` | {:.0} | {:.3} | {:.0} µs | {:.0} µs | {:.3} | {:.2} µs | {:.3} |",
+                "| `{}` | {:.0} | {:.3} | {:.3} to {:.3} | {:.0} µs | {:.0} µs | {:.3} | {:.2} µs | {:.3} |",
                 k.name(),
                 median(s.iter().map(|s| s.rate).collect()),
                 ratio(&|s| s.rate),
+                low,
+                high,
                 median(s.iter().map(|s| us(s.p50)).collect()),
                 median(s.iter().map(|s| us(s.p99)).collect()),
                 ratio(&|s| us(s.p99)),
