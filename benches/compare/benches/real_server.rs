@@ -33,7 +33,10 @@
 //! matched path (no `routes.paths`). `REAL_SERVER_NO_RECORDER=1`
 //! runs without the Prometheus recorder (the `metrics` facade's no-op),
 //! for the recorder's share. `REAL_SERVER_ONLY=stack` runs only the named
-//! servers (comma-separated), to profile one of them.
+//! servers (comma-separated), to profile one of them. `REAL_SERVER_LISTEN=1`
+//! starts the servers and no client: it prints each server's URL and name
+//! and serves until killed, for a load generator in another process
+//! (`benches/compare/load.sh`: wrk and h2load).
 //!
 //! The load: a closed loop of `CONNECTIONS` requests in flight from one
 //! hyper client, `GET /api/ok` back to back for `ROUND` per server, the
@@ -534,6 +537,33 @@ fn main() {
         }
         addrs
     });
+
+    // `REAL_SERVER_LISTEN=1`: no client of ours. The servers stay up, the
+    // server thread pinned to CPU 0, for a load generator in another
+    // process (`benches/compare/load.sh` drives them with wrk and h2load).
+    // One line per server on standard output: its URL, a tab, its name.
+    if flag("REAL_SERVER_LISTEN") && !quick {
+        use std::io::Write;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pinned = cpus >= 2 && pin(SERVER_THREAD, &[], 0);
+        let mut out = std::io::stdout().lock();
+        for (k, addr) in kinds.iter().zip(&addrs) {
+            writeln!(out, "http://{addr}{PATH}\t{}", k.name()).unwrap();
+        }
+        out.flush().unwrap();
+        drop(out);
+        eprintln!(
+            "serving until killed; server thread `{SERVER_THREAD}` {}",
+            if pinned {
+                "pinned to CPU 0"
+            } else {
+                "not pinned"
+            }
+        );
+        loop {
+            std::thread::park();
+        }
+    }
 
     if quick {
         let quick_load = Load {
