@@ -101,6 +101,10 @@ for proto in $PROTOS; do
             before=$(ticks)
             read -r rate lat < <(run "$proto" "$url")
             after=$(ticks)
+            if ! awk -v r="${rate:-0}" 'BEGIN {exit !(r > 0)}'; then
+                echo "load.sh: no requests served by \`$name\` at $url ($proto)" >&2
+                exit 1
+            fi
             cpu=$(awk -v t=$((after - before)) -v hz="$hz" -v r="$rate" -v s="$SECS" 'BEGIN {printf "%.2f", t / hz * 1e6 / (r * s)}')
             printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$rate" "$lat" "$cpu" | tee -a "$work/rows" |
                 awk -F'\t' '{printf "| %s | `%s` | %s req/s | %s us | %s us CPU/req |\n", $1, $2, $3, $4, $5}'
