@@ -19,7 +19,8 @@
 # Prints one line per round and server, then per protocol the medians and
 # the median of the per-round ratios against `serve` (requests per second,
 # server CPU per request from /proc, and p99 for wrk or the mean request
-# time for h2load, which prints no percentiles).
+# time for h2load, which prints no percentiles), with the middle half of
+# the throughput ratios (first to third quartile), as the bench prints.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -118,8 +119,8 @@ for proto in $PROTOS; do
         }
         { rate[$2, $1] = $3; lat[$2, $1] = $4; cpu[$2, $1] = $5; if (!($2 in seen)) { seen[$2] = 1; names[++k] = $2 } if ($1 > rounds) rounds = $1 }
         END {
-            print "| server | requests/s | x serve | latency | x serve | CPU per request | x serve |"
-            print "|---|---|---|---|---|---|---|"
+            print "| server | requests/s | x serve | middle half | latency | x serve | CPU per request | x serve |"
+            print "|---|---|---|---|---|---|---|---|"
             for (i = 1; i <= k; i++) {
                 s = names[i]
                 for (r = 1; r <= rounds; r++) {
@@ -127,7 +128,10 @@ for proto in $PROTOS; do
                     c[r] = lat[s, r]; d[r] = lat[s, r] / lat["serve", r]
                     e[r] = cpu[s, r]; f[r] = cpu[s, r] / cpu["serve", r]
                 }
-                printf "| `%s` | %.0f | %.3f | %.0f us | %.3f | %.2f us | %.3f |\n", s, median(a, rounds), median(b, rounds), median(c, rounds), median(d, rounds), median(e, rounds), median(f, rounds)
+                m = median(b, rounds)
+                # The first and third quartiles of the ratios (sorted by median()).
+                q1 = b[int((rounds - 1) * 0.25 + 0.5) + 1]; q3 = b[int((rounds - 1) * 0.75 + 0.5) + 1]
+                printf "| `%s` | %.0f | %.3f | %.3f to %.3f | %.0f us | %.3f | %.2f us | %.3f |\n", s, median(a, rounds), m, q1, q3, median(c, rounds), median(d, rounds), median(e, rounds), median(f, rounds)
             }
         }' "$work/rows"
     echo
