@@ -40,11 +40,16 @@ if [ "$(nproc)" -lt 2 ]; then
 fi
 
 cd "$(dirname "$0")/../.."
-bin=$(cargo bench -p tower-rampart-benches --bench real_server --no-run --message-format=json 2> /dev/null |
-    grep -o '"executable":"[^"]*real_server[^"]*"' | tail -1 | cut -d'"' -f4)
-[ -x "$bin" ] || { echo "load.sh: could not build the real_server bench" >&2; exit 2; }
-
 work=$(mktemp -d)
+bin=$(cargo bench -p tower-rampart-benches --bench real_server --no-run --message-format=json 2> "$work/build" |
+    grep -o '"executable":"[^"]*real_server[^"]*"' | tail -1 | cut -d'"' -f4) || true
+if [ ! -x "$bin" ]; then
+    cat "$work/build" >&2
+    echo "load.sh: could not build the real_server bench" >&2
+    rm -rf "$work"
+    exit 2
+fi
+
 REAL_SERVER_LISTEN=1 REAL_SERVER_ONLY="$ONLY" "$bin" --bench > "$work/servers" 2> "$work/log" &
 pid=$!
 trap 'kill $pid 2> /dev/null; rm -rf "$work"' EXIT
@@ -61,7 +66,8 @@ ticks() {
     for t in /proc/$pid/task/*; do
         if [ "$(cat "$t/comm" 2> /dev/null)" = rs-server ]; then
             read -r -a f < "$t/stat"
-            # Fields 14 and 15 (utime, stime), counted after the `(comm)` field.
+            # Fields 14 and 15 of `stat` (utime, stime); the thread's name
+            # has no space, so splitting at spaces keeps the numbering.
             total=$((total + f[13] + f[14]))
         fi
     done
