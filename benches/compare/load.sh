@@ -89,10 +89,10 @@ to_us='function to_us(v,   u) {
 run() {
     local proto=$1 url=$2 out
     if [ "$proto" = h1 ]; then
-        out=$(taskset -c 1 wrk -t1 -c64 -d"${SECS}s" --latency "$url")
+        out=$(taskset -c 1 wrk -t1 -c64 -d"${SECS}s" --latency "$url" < /dev/null)
         awk "$to_us"' /Requests\/sec:/ {r=$2} /^ +99%/ {l=to_us($2)} END {printf "%.0f %.0f\n", r, l}' <<< "$out"
     else
-        out=$(taskset -c 1 h2load -c8 -m8 -D "$SECS" "$url" 2>&1)
+        out=$(taskset -c 1 h2load -c8 -m8 -D "$SECS" "$url" < /dev/null 2>&1)
         # "time for request:  min  max  mean  sd  +/- sd"
         awk "$to_us"' /^finished in/ {r=$4} /^time for request:/ {l=to_us($6)} END {printf "%.0f %.0f\n", r, l}' <<< "$out"
     fi
@@ -117,11 +117,16 @@ for proto in $PROTOS; do
                 awk -F'\t' '{printf "| %s | `%s` | %s req/s | %s us | %s us CPU/req |\n", $1, $2, $3, $4, $5}'
         done < "$work/servers"
     done
-    # Medians, and the median of the per-round ratios against `serve`.
+    # Medians, and the median of the per-round ratios against `serve`
+    # (a dash without `serve` among the servers).
     awk -F'\t' '
         function median(a, n,   i, j, t) {
             for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
             return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
+        }
+        function median2(v, s, n,   r, x) {
+            for (r = 1; r <= n; r++) x[r] = v[s, r]
+            return median(x, n)
         }
         { rate[$2, $1] = $3; lat[$2, $1] = $4; cpu[$2, $1] = $5; if (!($2 in seen)) { seen[$2] = 1; names[++k] = $2 } if ($1 > rounds) rounds = $1 }
         END {
@@ -129,6 +134,10 @@ for proto in $PROTOS; do
             print "|---|---|---|---|---|---|---|---|"
             for (i = 1; i <= k; i++) {
                 s = names[i]
+                if (!("serve" in seen)) {
+                    printf "| `%s` | %.0f | - | - | %.0f us | - | %.2f us | - |\n", s, median2(rate, s, rounds), median2(lat, s, rounds), median2(cpu, s, rounds)
+                    continue
+                }
                 for (r = 1; r <= rounds; r++) {
                     a[r] = rate[s, r]; b[r] = rate[s, r] / rate["serve", r]
                     c[r] = lat[s, r]; d[r] = lat[s, r] / lat["serve", r]
