@@ -2,7 +2,7 @@
 # The real-server bench's servers under outside load generators: wrk
 # (HTTP/1.1, 64 keep-alive connections) and h2load (h2c, 8 connections x 8
 # streams), the numbers of issue 14's first measurement. The servers are
-# those of `benches/real_server.rs` (`axum::serve`, our `serve` loop, and
+# those of `benches/compare/benches/real_server.rs` (`axum::serve`, our `serve` loop, and
 # the production stack as `examples/production.rs` builds it: config file,
 # Prometheus recorder, limits raised so that nothing is refused), started in
 # one process with `REAL_SERVER_LISTEN=1`, the server thread pinned to CPU
@@ -14,7 +14,8 @@
 #
 #   benches/compare/load.sh                    # 5 rounds of 5 s per server and protocol
 #   ROUNDS=15 SECS=5 PROTOS="h1" benches/compare/load.sh
-#   ONLY="serve,stack lean" benches/compare/load.sh   # any REAL_SERVER_ONLY list
+#   REAL_SERVER_ABLATE=1 ONLY="serve,stack,stack lean" benches/compare/load.sh
+#                                  # any REAL_SERVER_ONLY list; ablations need REAL_SERVER_ABLATE=1
 #
 # Prints one line per round and server, then per protocol the medians and
 # the median of the per-round ratios against `serve` (requests per second,
@@ -58,6 +59,16 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 grep -q "serving until killed" "$work/log" || { cat "$work/log" >&2; exit 2; }
+# Every server asked for is up: a name the bench does not know (or an
+# ablation without REAL_SERVER_ABLATE=1) would otherwise just be missing.
+IFS=',' read -r -a asked <<< "$ONLY"
+for name in "${asked[@]}"; do
+    name=$(echo "$name" | sed 's/^ *//; s/ *$//')
+    cut -f2 "$work/servers" | grep -qxF "$name" || {
+        echo "load.sh: no server named \`$name\` (ablations need REAL_SERVER_ABLATE=1)" >&2
+        exit 2
+    }
+done
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(sed -n 's/.*server thread/server thread/p' "$work/log"), load generator on CPU 1, $ROUNDS rounds of ${SECS}s"
 
 # The server thread's CPU time (user + system), in clock ticks.

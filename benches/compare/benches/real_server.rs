@@ -542,9 +542,9 @@ fn main() {
     // server thread pinned to CPU 0, for a load generator in another
     // process (`benches/compare/load.sh` drives them with wrk and h2load).
     // One line per server on standard output: its URL, a tab, its name.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if flag("REAL_SERVER_LISTEN") && !quick {
         use std::io::Write;
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let pinned = cpus >= 2 && pin(SERVER_THREAD, &[], 0);
         let mut out = std::io::stdout().lock();
         for (k, addr) in kinds.iter().zip(&addrs) {
@@ -581,7 +581,6 @@ fn main() {
         return;
     }
 
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = cpus >= 2 && {
         // The client's worker and this thread (which drives `block_on`).
         let me = std::fs::read_link("/proc/thread-self")
