@@ -85,7 +85,12 @@ pub struct ServerConfig {
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` (default 200).
     pub http2_max_concurrent_streams: u32,
     /// Send an HTTP/2 PING this often to detect dead peers (default 30s;
-    /// `"0s"` disables it).
+    /// `"0s"` disables it). Not free: while it is on, hyper takes a lock
+    /// and reads the clock for every frame it receives and checks its
+    /// timer on every wake-up of the connection, whatever the interval;
+    /// about 2 to 3 % of h2c throughput on a small handler
+    /// (`benches/README.md`, "The serve loop on h2c"). hyper, axum's
+    /// `serve` and tonic leave it off by default.
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]
     pub http2_keep_alive_interval: Duration,
     /// Close the connection if a PING is not answered in this time
