@@ -16,6 +16,8 @@
 #   ROUNDS=15 SECS=5 PROTOS="h1" benches/compare/load.sh
 #   REAL_SERVER_ABLATE=1 ONLY="serve,stack,stack lean" benches/compare/load.sh
 #                                  # any REAL_SERVER_ONLY list; ablations need REAL_SERVER_ABLATE=1
+#   BIN=/tmp/real_server-before ONLY="serve,stack" benches/compare/load.sh
+#                                  # a build copied aside, to compare two builds run after run
 #
 # Prints one line per round and server, then per protocol the medians and
 # the median of the per-round ratios against `serve` (requests per second,
@@ -42,13 +44,25 @@ fi
 
 cd "$(dirname "$0")/../.."
 work=$(mktemp -d)
-bin=$(cargo bench -p tower-rampart-benches --bench real_server --no-run --message-format=json 2> "$work/build" |
-    grep -o '"executable":"[^"]*real_server[^"]*"' | tail -1 | cut -d'"' -f4) || true
-if [ ! -x "$bin" ]; then
-    cat "$work/build" >&2
-    echo "load.sh: could not build the real_server bench" >&2
-    rm -rf "$work"
-    exit 2
+# `BIN=<path>`: run that build of the bench instead of building this
+# checkout's (to compare two builds: copy the first one's binary aside).
+# A build reads `production.toml` from the checkout it was built in.
+if [ -n "${BIN:-}" ]; then
+    bin=$BIN
+    if [ ! -x "$bin" ]; then
+        echo "load.sh: BIN=$bin is not an executable" >&2
+        rm -rf "$work"
+        exit 2
+    fi
+else
+    bin=$(cargo bench -p tower-rampart-benches --bench real_server --no-run --message-format=json 2> "$work/build" |
+        grep -o '"executable":"[^"]*real_server[^"]*"' | tail -1 | cut -d'"' -f4) || true
+    if [ ! -x "$bin" ]; then
+        cat "$work/build" >&2
+        echo "load.sh: could not build the real_server bench" >&2
+        rm -rf "$work"
+        exit 2
+    fi
 fi
 
 REAL_SERVER_LISTEN=1 REAL_SERVER_ONLY="$ONLY" "$bin" --bench > "$work/servers" 2> "$work/log" &

@@ -88,7 +88,7 @@ pub struct ServerConfig {
     /// `"0s"` disables it). Not free: while it is on, hyper takes a lock
     /// and reads the clock for every frame it receives and checks its
     /// timer on every wake-up of the connection, whatever the interval;
-    /// about 2 to 3 % of h2c throughput on a small handler
+    /// about 2 % of h2c throughput on a small handler
     /// (`benches/README.md`, "The serve loop on h2c"). hyper, axum's
     /// `serve` and tonic leave it off by default.
     #[cfg_attr(feature = "config", serde(with = "crate::config_util::duration"))]

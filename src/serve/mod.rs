@@ -334,7 +334,7 @@ impl ServerBuilder {
 
     /// HTTP/2 keep-alive PING interval (default 30s; 0 disables) and the
     /// time to answer one (default 20s). While on, it costs every HTTP/2
-    /// request a little, whatever the interval (about 2 to 3 % of h2c
+    /// request a little, whatever the interval (about 2 % of h2c
     /// throughput on a small handler: see
     /// [`ServerConfig::http2_keep_alive_interval`]).
     pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
