@@ -42,6 +42,10 @@ if [ "$(nproc)" -lt 2 ]; then
     exit 2
 fi
 
+# A relative `BIN` is the caller's, not the repository root's.
+if [ -n "${BIN:-}" ] && [ "${BIN#/}" = "$BIN" ]; then
+    BIN=$PWD/$BIN
+fi
 cd "$(dirname "$0")/../.."
 work=$(mktemp -d)
 # `BIN=<path>`: run that build of the bench instead of building this
