@@ -2,9 +2,10 @@
 # The real-server bench's servers under outside load generators: wrk
 # (HTTP/1.1, 64 keep-alive connections) and h2load (h2c, 8 connections x 8
 # streams), the numbers of issue 14's first measurement. The servers are
-# those of `benches/compare/benches/real_server.rs` (`axum::serve`, our `serve` loop, and
+# those of `benches/compare/benches/real_server.rs` (`axum::serve`, our `serve` loop,
 # the production stack as `examples/production.rs` builds it: config file,
-# Prometheus recorder, limits raised so that nothing is refused), started in
+# Prometheus recorder, limits raised so that nothing is refused, and `peers`:
+# the same protections from the crates people use instead), started in
 # one process with `REAL_SERVER_LISTEN=1`, the server thread pinned to CPU
 # 0; the load generator runs pinned to CPU 1. Servers are alternated round
 # after round, so that the machine's drift hits them alike.
@@ -29,7 +30,7 @@ set -euo pipefail
 ROUNDS=${ROUNDS:-5}
 SECS=${SECS:-5}
 PROTOS=${PROTOS:-"h1 h2"}
-ONLY=${ONLY:-"axum::serve,serve,stack"}
+ONLY=${ONLY:-"axum::serve,serve,stack,peers"}
 
 for tool in wrk h2load taskset; do
     command -v "$tool" > /dev/null || {

@@ -14,6 +14,21 @@
 //! - `serve`: the same router under `tower_rampart::serve` with the
 //!   config's `[server]` settings, no middleware: the fair baseline for the
 //!   stack, which is served by the same loop;
+//! - `peers`: the protections `production.toml` asks for, built from the
+//!   crates people use instead, around the whole router under the same
+//!   loop (the anchor of the stack's row): tower_governor twice (a global
+//!   quota, and one per peer address), tower's `LoadShed` over
+//!   `ConcurrencyLimit` (1 000), tower-resilience's circuit breaker with
+//!   the config's thresholds and slow-call threshold (5xx is a failure)
+//!   over a window of the last 100 calls, tower-http's `Timeout` (504 after
+//!   5 s) and `CatchPanic`, with axum's `HandleErrorLayer` answering their
+//!   errors. Limits raised as for the stack. What it does not have, and so
+//!   does not pay for: a drain, probes, platform paths, criticality
+//!   partitions, a queue, a breaker per route, the caller's budget, any
+//!   metric. Not the config's 30-second time window: tower-resilience keeps
+//!   a record of every call in a time window and counts them all again on
+//!   every call, so its cost grows with the request rate (`peers time
+//!   window`, below);
 //! - `stack`: the whole stack wrapped around the router (as the example
 //!   does: its per-route breakers found by the templates of
 //!   `routes.paths`), built from `examples/configs/production.toml` with
@@ -193,6 +208,11 @@ enum Kind {
     Axum,
     Serve,
     Stack(Ablation),
+    /// The crates people use instead; with the config's time window or
+    /// over the last 100 calls.
+    Peers {
+        time_window: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -229,6 +249,8 @@ impl Kind {
             Kind::Stack(Ablation::NoBudgetHeader) => "stack -budget_header",
             Kind::Stack(Ablation::Lean) => "stack lean",
             Kind::Stack(Ablation::RouterLayer) => "stack Router::layer",
+            Kind::Peers { time_window: false } => "peers",
+            Kind::Peers { time_window: true } => "peers time window",
         }
     }
 }
@@ -259,6 +281,15 @@ async fn start(kind: Kind, metrics: Option<PrometheusHandle>) -> SocketAddr {
                     .into_future()
                     .await
             });
+        }
+        Kind::Peers { time_window } => {
+            let shutdown = tower_rampart::Shutdown::builder()
+                .signals(false)
+                .build()
+                .unwrap();
+            let server = config.server().unwrap();
+            let app = peers(router(metrics), time_window);
+            tokio::spawn(async move { server.serve(listener, app, &shutdown).into_future().await });
         }
         Kind::Stack(ablation) => {
             match ablation {
@@ -294,6 +325,81 @@ async fn start(kind: Kind, metrics: Option<PrometheusHandle>) -> SocketAddr {
         }
     }
     addr
+}
+
+/// The protections `production.toml` asks for, from the crates people use
+/// instead, outermost first as the stack orders them (module docs, `peers`).
+fn peers(
+    app: Router,
+    time_window: bool,
+) -> impl tower::Service<
+    Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    use axum::error_handling::HandleErrorLayer;
+    use axum::response::Response;
+    use tower::{BoxError, ServiceBuilder};
+    use tower_governor::GovernorLayer;
+    use tower_governor::governor::GovernorConfigBuilder;
+    use tower_governor::key_extractor::GlobalKeyExtractor;
+    use tower_resilience::circuitbreaker::{CircuitBreakerLayer, SlidingWindowType};
+
+    // Raised as the stack's are: nothing is refused. The per-client one
+    // keys on the peer address (`ConnectInfo`, which `serve` inserts).
+    let global = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000_000)
+        .key_extractor(GlobalKeyExtractor)
+        .finish()
+        .unwrap();
+    let per_client = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000_000)
+        .finish()
+        .unwrap();
+    // `[circuit_breaker]` of production.toml, as far as tower-resilience
+    // says it.
+    let window = if time_window {
+        CircuitBreakerLayer::builder()
+            .sliding_window_type(SlidingWindowType::TimeBased)
+            .sliding_window_duration(Duration::from_secs(30))
+    } else {
+        CircuitBreakerLayer::builder()
+            .sliding_window_type(SlidingWindowType::CountBased)
+            .sliding_window_size(100)
+    };
+    let breaker = window
+        .failure_rate_threshold(0.5)
+        .minimum_number_of_calls(20)
+        .wait_duration_in_open(Duration::from_secs(10))
+        .permitted_calls_in_half_open(5)
+        .slow_call_duration_threshold(Duration::from_secs(2))
+        .slow_call_rate_threshold(0.8)
+        .classify_response(|res: &Response| res.status().is_server_error())
+        .build()
+        .unwrap();
+    ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|error: BoxError| async move {
+            (StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+        }))
+        .layer(GovernorLayer::new(global))
+        .layer(GovernorLayer::new(per_client))
+        .load_shed()
+        .concurrency_limit(1000)
+        .layer(breaker)
+        // The body as axum answers it, for the breaker's classifier and
+        // tower_governor's refusal.
+        .map_response(|res: http::Response<_>| res.map(axum::body::Body::new))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            Duration::from_secs(5),
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .service(app)
 }
 
 // ---------------------------------------------------------------------------
@@ -513,7 +619,12 @@ fn main() {
             .unwrap()
     });
 
-    let mut kinds = vec![Kind::Axum, Kind::Serve, Kind::Stack(Ablation::None)];
+    let mut kinds = vec![
+        Kind::Axum,
+        Kind::Serve,
+        Kind::Stack(Ablation::None),
+        Kind::Peers { time_window: false },
+    ];
     if flag("REAL_SERVER_ABLATE") {
         kinds.extend([
             Kind::Stack(Ablation::NoRateLimit),
@@ -523,6 +634,7 @@ fn main() {
             Kind::Stack(Ablation::NoBudgetHeader),
             Kind::Stack(Ablation::Lean),
             Kind::Stack(Ablation::RouterLayer),
+            Kind::Peers { time_window: true },
         ]);
     }
     // `REAL_SERVER_ONLY=stack` (names, comma-separated): only these, for a

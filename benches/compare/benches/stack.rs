@@ -1,8 +1,12 @@
 //! The whole stack on the happy path (probes, drain, rate limit, circuit
 //! breaker, timeout, panic catching, built from a config) against the bare
 //! service, in one run; with the same layers composed by hand without
-//! tower-http's `CatchPanicLayer` (to show its share), and
-//! tower-resilience's circuit breaker alone for scale.
+//! tower-http's `CatchPanicLayer` (to show its share), tower-resilience's
+//! circuit breaker alone for scale, and the same protections built from
+//! the crates people use instead (`peers_stack`: tower_governor's global
+//! quota, tower-resilience's breaker over the last 100 calls, tower-http's
+//! `Timeout` and `CatchPanic`, axum's `HandleErrorLayer` answering their
+//! errors; no drain, probes or metrics).
 //!
 //! `cargo bench --all-features --bench stack -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -425,6 +429,12 @@ fn bench(c: &mut Criterion) {
             b.iter(|| one(&mut s))
         });
     }
+    let mut s = peers_stack();
+    if !counting("peers_stack", || {
+        black_box(one(&mut s));
+    }) {
+        g.bench_function("peers_stack", |b| b.iter(|| one(&mut s)));
+    }
     let mut s = tr.layer(Bare);
     if !counting("tower_resilience_breaker_alone", || {
         black_box(one(&mut s));
@@ -432,6 +442,48 @@ fn bench(c: &mut Criterion) {
         g.bench_function("tower_resilience_breaker_alone", |b| b.iter(|| one(&mut s)));
     }
     g.finish();
+}
+
+/// `CONFIG`'s protections from the crates people use instead, outermost
+/// first as the stack orders them: the real-server bench's `peers` without
+/// its per-client quota and concurrency limit, which `CONFIG` has not.
+fn peers_stack()
+-> impl Service<Req, Response = axum::response::Response, Error = std::convert::Infallible> {
+    use axum::error_handling::HandleErrorLayer;
+    use tower::ServiceBuilder;
+    use tower_governor::GovernorLayer;
+    use tower_governor::governor::GovernorConfigBuilder;
+    use tower_governor::key_extractor::GlobalKeyExtractor;
+    use tower_resilience::circuitbreaker::CircuitBreakerError;
+
+    let global = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000_000)
+        .key_extractor(GlobalKeyExtractor)
+        .finish()
+        .unwrap();
+    let breaker = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .sliding_window_size(100)
+        .classify_response(|res: &axum::response::Response| res.status().is_server_error())
+        .build()
+        .unwrap();
+    ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(
+            |error: CircuitBreakerError<_>| async move {
+                (http::StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+            },
+        ))
+        .layer(GovernorLayer::new(global))
+        .layer(breaker)
+        // The body as axum answers it, for the breaker's classifier and
+        // tower_governor's refusal.
+        .map_response(|res: Response<_>| res.map(axum::body::Body::new))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            http::StatusCode::GATEWAY_TIMEOUT,
+            std::time::Duration::from_secs(5),
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .service(Bare)
 }
 
 criterion_group!(benches, bench);
