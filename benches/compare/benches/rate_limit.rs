@@ -125,12 +125,9 @@ fn bench_admit(c: &mut Criterion) {
         })
     });
     g.bench_function("tower_governor global", |b| {
-        let config = tower_governor::governor::GovernorConfigBuilder::default()
-            .per_nanosecond(1)
-            .burst_size(1_000_000_000)
-            .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
-            .finish()
-            .unwrap();
+        let config = tower_rampart_benches::roomy_governor!(
+            tower_governor::key_extractor::GlobalKeyExtractor
+        );
         let mut svc = tower_governor::GovernorLayer::new(config).layer(inner());
         b.iter(|| once(&mut svc, request(1)))
     });
@@ -166,11 +163,9 @@ fn bench_admit(c: &mut Criterion) {
             })
         });
         g.bench_function(format!("tower_governor peer ip, {n} keys"), |b| {
-            let config = tower_governor::governor::GovernorConfigBuilder::default()
-                .per_nanosecond(1)
-                .burst_size(1_000_000_000)
-                .finish()
-                .unwrap();
+            let config = tower_rampart_benches::roomy_governor!(
+                tower_governor::key_extractor::PeerIpKeyExtractor
+            );
             let mut svc = tower_governor::GovernorLayer::new(config).layer(inner());
             for i in 0..n {
                 once(&mut svc, request(i));
@@ -249,12 +244,9 @@ fn bench_contended(c: &mut Criterion) {
         ours(Some(KeyExtractor::client_ip()), 100_000).layer(inner())
     });
     contended(c, "tower_governor global", || {
-        let config = tower_governor::governor::GovernorConfigBuilder::default()
-            .per_nanosecond(1)
-            .burst_size(1_000_000_000)
-            .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
-            .finish()
-            .unwrap();
+        let config = tower_rampart_benches::roomy_governor!(
+            tower_governor::key_extractor::GlobalKeyExtractor
+        );
         tower_governor::GovernorLayer::new(config).layer(inner())
     });
 }
@@ -321,11 +313,9 @@ fn fixed_loop(variant: &str) {
         }
     }
     let governor_ip = || {
-        let config = tower_governor::governor::GovernorConfigBuilder::default()
-            .per_nanosecond(1)
-            .burst_size(1_000_000_000)
-            .finish()
-            .unwrap();
+        let config = tower_rampart_benches::roomy_governor!(
+            tower_governor::key_extractor::PeerIpKeyExtractor
+        );
         tower_governor::GovernorLayer::new(config).layer(inner())
     };
     let ip = |keys: usize| ours(Some(KeyExtractor::client_ip()), keys).layer(inner());
@@ -350,12 +340,9 @@ fn fixed_loop(variant: &str) {
         "ours-refuse" => run(refusing(false).layer(inner()), 1, n),
         "ours-refuse-legacy" => run(refusing(true).layer(inner()), 1, n),
         "governor-global" => {
-            let config = tower_governor::governor::GovernorConfigBuilder::default()
-                .per_nanosecond(1)
-                .burst_size(1_000_000_000)
-                .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
-                .finish()
-                .unwrap();
+            let config = tower_rampart_benches::roomy_governor!(
+                tower_governor::key_extractor::GlobalKeyExtractor
+            );
             run(
                 tower_governor::GovernorLayer::new(config).layer(inner()),
                 0,

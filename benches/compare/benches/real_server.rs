@@ -344,23 +344,13 @@ fn peers(
     use axum::response::Response;
     use tower::{BoxError, ServiceBuilder};
     use tower_governor::GovernorLayer;
-    use tower_governor::governor::GovernorConfigBuilder;
-    use tower_governor::key_extractor::GlobalKeyExtractor;
+    use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor};
     use tower_resilience::circuitbreaker::{CircuitBreakerLayer, SlidingWindowType};
 
     // Raised as the stack's are: nothing is refused. The per-client one
     // keys on the peer address (`ConnectInfo`, which `serve` inserts).
-    let global = GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(1_000_000_000)
-        .key_extractor(GlobalKeyExtractor)
-        .finish()
-        .unwrap();
-    let per_client = GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(1_000_000_000)
-        .finish()
-        .unwrap();
+    let global = tower_rampart_benches::roomy_governor!(GlobalKeyExtractor);
+    let per_client = tower_rampart_benches::roomy_governor!(PeerIpKeyExtractor);
     // `[circuit_breaker]` of production.toml, as far as tower-resilience
     // says it.
     let window = if time_window {

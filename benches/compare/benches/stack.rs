@@ -452,16 +452,10 @@ fn peers_stack()
     use axum::error_handling::HandleErrorLayer;
     use tower::ServiceBuilder;
     use tower_governor::GovernorLayer;
-    use tower_governor::governor::GovernorConfigBuilder;
     use tower_governor::key_extractor::GlobalKeyExtractor;
     use tower_resilience::circuitbreaker::CircuitBreakerError;
 
-    let global = GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(1_000_000_000)
-        .key_extractor(GlobalKeyExtractor)
-        .finish()
-        .unwrap();
+    let global = tower_rampart_benches::roomy_governor!(GlobalKeyExtractor);
     let breaker = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
         .sliding_window_size(100)
         .classify_response(|res: &axum::response::Response| res.status().is_server_error())

@@ -30,3 +30,21 @@ pub fn threads_cpu(name: &str) -> Option<Duration> {
     }
     Some(Duration::from_millis(ticks * 10))
 }
+
+/// tower_governor's configuration for an anchor that refuses nothing (a
+/// cell per nanosecond, a burst of 10^9, as our own quotas are raised in
+/// the same benches), keyed by the `KeyExtractor` given
+/// (`GlobalKeyExtractor`, `PeerIpKeyExtractor`, ...). A macro, not a
+/// function: tower_governor is a dev-dependency, which this library cannot
+/// name.
+#[macro_export]
+macro_rules! roomy_governor {
+    ($key:expr) => {
+        ::tower_governor::governor::GovernorConfigBuilder::default()
+            .per_nanosecond(1)
+            .burst_size(1_000_000_000)
+            .key_extractor($key)
+            .finish()
+            .expect("a valid tower_governor configuration")
+    };
+}
