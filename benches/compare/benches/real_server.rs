@@ -14,6 +14,11 @@
 //! - `serve`: the same router under `tower_rampart::serve` with the
 //!   config's `[server]` settings, no middleware: the fair baseline for the
 //!   stack, which is served by the same loop;
+//! - `stack`: the whole stack wrapped around the router (as the example
+//!   does: its per-route breakers found by the templates of
+//!   `routes.paths`), built from `examples/configs/production.toml` with
+//!   the rate limits raised so nothing is refused (`shutdown.signals =
+//!   false` too), under the same loop;
 //! - `peers`: the protections `production.toml` asks for, built from the
 //!   crates people use instead, around the whole router under the same
 //!   loop (the anchor of the stack's row): tower_governor twice (a global
@@ -28,13 +33,9 @@
 //!   metric. Not the config's 30-second time window: tower-resilience keeps
 //!   a record of every call in a time window and counts them all again on
 //!   every call, so its cost grows with the request rate (`peers time
-//!   window`, below);
-//! - `stack`: the whole stack wrapped around the router (as the example
-//!   does: its per-route breakers found by the templates of
-//!   `routes.paths`), built from `examples/configs/production.toml` with
-//!   the rate limits raised so nothing is refused (`shutdown.signals =
-//!   false` too), under the same loop. Every answer is checked to be
-//!   `200 ok`.
+//!   window`, below).
+//!
+//! Every answer, from every server, is checked to be `200 ok`.
 //!
 //! With `REAL_SERVER_ABLATE=1`, the stack minus one thing at a time, as the
 //! config can say it: `stack -rate_limit` (no `[rate_limit]`), `stack
@@ -45,7 +46,8 @@
 //! its front, drain, probes, one breaker, timeout and panic catcher, with
 //! their metrics), and `stack Router::layer`: the stack
 //! applied per route with `Router::layer`, its breakers keyed by axum's
-//! matched path (no `routes.paths`). `REAL_SERVER_NO_RECORDER=1`
+//! matched path (no `routes.paths`); and `peers time window`, `peers` with
+//! the config's 30-second time window. `REAL_SERVER_NO_RECORDER=1`
 //! runs without the Prometheus recorder (the `metrics` facade's no-op),
 //! for the recorder's share. `REAL_SERVER_ONLY=stack` runs only the named
 //! servers (comma-separated), to profile one of them. `REAL_SERVER_LISTEN=1`
