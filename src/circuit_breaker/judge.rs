@@ -224,7 +224,7 @@ mod tests {
         }
     }
 
-    fn counted(layer: &CircuitBreakerLayer) -> (u32, u32) {
+    fn counted(layer: &CircuitBreakerLayer) -> (u64, u64) {
         let CircuitCounts {
             calls, failures, ..
         } = layer.handle().counts();

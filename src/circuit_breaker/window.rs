@@ -7,11 +7,13 @@ pub(crate) const FAILURE: u8 = 1;
 pub(crate) const SLOW: u8 = 2;
 
 /// Aggregate of a window.
+/// `u64`: a time window may last a day, and a busy breaker sees more than
+/// `u32::MAX` calls in one (50 000 a second do).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Tally {
-    pub(crate) calls: u32,
-    pub(crate) failures: u32,
-    pub(crate) slow: u32,
+    pub(crate) calls: u64,
+    pub(crate) failures: u64,
+    pub(crate) slow: u64,
 }
 
 pub(crate) enum Window {
@@ -64,7 +66,7 @@ impl Window {
             r.add(
                 period,
                 Tally {
-                    calls: n,
+                    calls: u64::from(n),
                     failures: 0,
                     slow: 0,
                 },
@@ -116,15 +118,15 @@ impl CountRing {
     fn record(&mut self, flags: u8) {
         if self.len == self.slots.len() {
             let old = self.slots[self.pos];
-            self.tally.failures -= u32::from(old & FAILURE != 0);
-            self.tally.slow -= u32::from(old & SLOW != 0);
+            self.tally.failures -= u64::from(old & FAILURE != 0);
+            self.tally.slow -= u64::from(old & SLOW != 0);
         } else {
             self.len += 1;
             self.tally.calls += 1;
         }
         self.slots[self.pos] = flags;
-        self.tally.failures += u32::from(flags & FAILURE != 0);
-        self.tally.slow += u32::from(flags & SLOW != 0);
+        self.tally.failures += u64::from(flags & FAILURE != 0);
+        self.tally.slow += u64::from(flags & SLOW != 0);
         self.pos += 1;
         if self.pos == self.slots.len() {
             self.pos = 0;
@@ -209,8 +211,8 @@ impl TimeRing {
     fn record(&mut self, now: u64, flags: u8) {
         let call = Tally {
             calls: 1,
-            failures: u32::from(flags & FAILURE != 0),
-            slow: u32::from(flags & SLOW != 0),
+            failures: u64::from(flags & FAILURE != 0),
+            slow: u64::from(flags & SLOW != 0),
         };
         self.add(self.period(now), call);
     }
@@ -284,6 +286,41 @@ mod tests {
         assert!(!w.is_clean_and_full());
     }
 
+    /// The longest window the config allows (a day) at 50 000 successes a
+    /// second holds 4.32e9 calls, more than `u32::MAX`: counted exactly,
+    /// folded as the fast path folds them (at most 65 535 at a time), and
+    /// given back as its buckets leave.
+    #[test]
+    fn a_busy_day_long_window_counts_past_u32() {
+        let day = 86_400 * 1_000_000_000u64;
+        let mut w = Window::new(SlidingWindow::Time {
+            duration: Duration::from_nanos(day),
+            buckets: 10,
+        });
+        let bucket = w.bucket_nanos().unwrap();
+        let folds = 35_000u64;
+        for period in [1, 2] {
+            for _ in 0..folds {
+                w.record_successes(period, 65_535);
+            }
+        }
+        w.record(bucket + 1, FAILURE);
+        let successes = 2 * folds * 65_535;
+        assert!(successes > u64::from(u32::MAX));
+        assert_eq!(
+            w.tally(bucket + 1),
+            Tally {
+                calls: successes + 1,
+                failures: 1,
+                slow: 0
+            }
+        );
+        // The first bucket leaves the window; then the second, with the
+        // failure.
+        assert_eq!(w.tally(10 * bucket).calls, folds * 65_535 + 1);
+        assert_eq!(w.tally(11 * bucket), Tally::default());
+    }
+
     #[test]
     fn time_ring_rolls_buckets() {
         let s = 1_000_000_000;
@@ -347,8 +384,8 @@ mod tests {
                 .filter(|(t, _)| t / bucket + n > head && t / bucket <= head)
                 .fold(Tally::default(), |mut t, (_, f)| {
                     t.calls += 1;
-                    t.failures += u32::from(f & FAILURE != 0);
-                    t.slow += u32::from(f & SLOW != 0);
+                    t.failures += u64::from(f & FAILURE != 0);
+                    t.slow += u64::from(f & SLOW != 0);
                     t
                 });
             assert_eq!(w.tally(at), expect, "at {at}");

@@ -52,7 +52,7 @@ async fn opens_when_the_failure_rate_reaches_the_threshold() {
         let c = dep.handle.counts();
         assert_eq!(c.state, S::Closed);
         assert_eq!(c.calls as usize, i + 1);
-        assert_eq!(c.failures, (i + 1).min(3) as u32);
+        assert_eq!(c.failures, (i + 1).min(3) as u64);
         // R4j reports -1 until the window holds the minimum: we say None.
         assert_eq!(c.failure_rate, None);
     }

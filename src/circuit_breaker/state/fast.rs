@@ -133,10 +133,10 @@ impl FastSuccesses {
     /// rule met or not, in state word `w`): opens the fast path for `w`'s
     /// generation and `now`'s bucket if one more success cannot change the
     /// verdict, else shuts it.
-    pub(crate) fn judged(&self, w: u64, now: u64, calls: u32, minimum_calls: u32, met: bool) {
+    pub(crate) fn judged(&self, w: u64, now: u64, calls: u64, minimum_calls: u32, met: bool) {
         let open = CircuitState::from_word(w) == CircuitState::Closed
             && !met
-            && calls >= minimum_calls.max(1);
+            && calls >= u64::from(minimum_calls.max(1));
         let tag = if open {
             Self::tag(w, self.period(now))
         } else {

@@ -162,7 +162,7 @@ impl Core {
     /// `minimum_calls` calls).
     fn tripping_rule(&self, t: Tally) -> Option<TransitionReason> {
         let cfg = &self.settings.config;
-        if t.calls == 0 || t.calls < cfg.minimum_calls {
+        if t.calls == 0 || t.calls < u64::from(cfg.minimum_calls) {
             return None;
         }
         let calls = t.calls as f32;
@@ -230,9 +230,9 @@ impl Core {
                 };
                 return CircuitCounts {
                     state,
-                    calls: h.calls,
-                    failures: h.failures,
-                    slow_calls: h.slow,
+                    calls: h.calls.into(),
+                    failures: h.failures.into(),
+                    slow_calls: h.slow.into(),
                     failure_rate: rate(h.failures),
                     slow_call_rate: rate(h.slow),
                     consecutive_failures: h.consecutive,
@@ -248,8 +248,9 @@ impl Core {
             }
             window.tally(now)
         };
-        let rate = |n: u32| {
-            (t.calls >= cfg.minimum_calls && t.calls > 0).then(|| n as f32 * 100.0 / t.calls as f32)
+        let rate = |n: u64| {
+            (t.calls >= u64::from(cfg.minimum_calls) && t.calls > 0)
+                .then(|| n as f32 * 100.0 / t.calls as f32)
         };
         CircuitCounts {
             state: self.state(),
@@ -277,11 +278,11 @@ pub struct CircuitCounts {
     pub state: CircuitState,
     /// Calls in the window (successes and failures; ignored calls are not
     /// counted).
-    pub calls: u32,
+    pub calls: u64,
     /// Failed calls in the window.
-    pub failures: u32,
+    pub failures: u64,
     /// Slow calls in the window (failed or not).
-    pub slow_calls: u32,
+    pub slow_calls: u64,
     /// The failure rate in percent, once the window holds the minimum
     /// number of calls.
     pub failure_rate: Option<f32>,
