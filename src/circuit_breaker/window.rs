@@ -7,6 +7,7 @@ pub(crate) const FAILURE: u8 = 1;
 pub(crate) const SLOW: u8 = 2;
 
 /// Aggregate of a window.
+///
 /// `u64`: a time window may last a day, and a busy breaker sees more than
 /// `u32::MAX` calls in one (50 000 a second do).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
