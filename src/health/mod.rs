@@ -205,7 +205,7 @@ where
 /// The answer to `req` if its path is one of the probes' (one path
 /// comparison otherwise): what [`Probe`] answers, and the stack's front
 /// service (`config::Platform`), which answers the probes itself.
-#[inline]
+#[inline(always)]
 pub(crate) fn probe_answer<B>(shared: &Shared, req: &Request<B>) -> Option<ProbeAnswer> {
     let (kind, name) = shared.match_path(req.uri().path())?;
     Some(probe(shared, kind, name, req))
