@@ -195,6 +195,24 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        if self.shared.may_match(req.uri().path()) {
+            return self.call_may_be_probe(req);
+        }
+        ResponseFuture::inner(self.inner.call(req))
+    }
+}
+
+impl<S> Probe<S> {
+    /// [`Service::call`] for a request whose path may be a probe's. Not
+    /// inlined: the request is lent here to build a probe's answer, and a
+    /// request lent to an out-of-line call is first copied (the whole
+    /// `Request`, ~220 bytes), which a request that goes straight to the
+    /// inner service (most) does not pay.
+    #[inline(never)]
+    fn call_may_be_probe<ReqB, ResB>(&mut self, req: Request<ReqB>) -> ResponseFuture<S::Future>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>>,
+    {
         match probe_answer(&self.shared, &req) {
             None => ResponseFuture::inner(self.inner.call(req)),
             Some(answer) => ResponseFuture::probe(answer),

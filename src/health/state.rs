@@ -67,17 +67,22 @@ impl Shared {
     /// second byte is no probe path's (most) is told apart by that byte.
     #[inline]
     pub(crate) fn match_path<'a>(&self, path: &'a str) -> Option<(Kind, Option<&'a str>)> {
-        // Inlined where a request is called: the second byte's check,
-        // the one most requests take; the rest is a call.
-        // A path shorter than two bytes (`/`) is a probe's only if it is
-        // the probe path, and every bit is set for a probe path that short:
-        // it is looked up as the byte 0.
-        let b = path.as_bytes().get(1).copied().unwrap_or(0);
-        if self.second[usize::from(b >> 6)] & (1 << (b & 63)) != 0 {
+        if self.may_match(path) {
             self.match_past_second(path)
         } else {
             None
         }
+    }
+
+    /// False when `path` is certainly no probe's: its second byte is no
+    /// probe path's second byte. One load and a bit test, the only check
+    /// most requests take. A path shorter than two bytes (`/`) is a probe's
+    /// only if it is the probe path, and every bit is set for a probe path
+    /// that short: it is looked up as the byte 0.
+    #[inline]
+    pub(crate) fn may_match(&self, path: &str) -> bool {
+        let b = path.as_bytes().get(1).copied().unwrap_or(0);
+        self.second[usize::from(b >> 6)] & (1 << (b & 63)) != 0
     }
 
     /// [`match_path`](Self::match_path) for a path whose second byte is
