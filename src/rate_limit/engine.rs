@@ -226,6 +226,31 @@ impl Shared {
         Decision::Admit(None)
     }
 
+    /// Admits a request to a limit that needs nothing from it (a `plain`
+    /// in-memory limit of global quotas only), without looking at the
+    /// request: inlined where the request is called, so that the request is
+    /// not lent to an out-of-line call before it moves to the inner service
+    /// (that costs a copy of the whole request). False: [`decide`](Self::decide)
+    /// the request (a refusal is stepped again there; a step that does not
+    /// admit writes nothing).
+    #[inline]
+    pub(crate) fn admit_global(&self) -> bool {
+        if !self.plain || self.plain_key.is_some() {
+            return false;
+        }
+        #[allow(clippy::infallible_destructuring_match)]
+        let store = match &self.store {
+            Store::Memory(store) => store,
+            #[cfg(feature = "redis")]
+            Store::Redis(_) => return false,
+        };
+        let admitted = store.admit_plain(0);
+        if admitted {
+            self.admitted.increment(1);
+        }
+        admitted
+    }
+
     /// Keys, cost and allow-lists, then the store's verdict.
     pub(crate) fn decide<B>(&self, req: &http::Request<B>) -> Decision {
         // One arm without the `redis` feature.

@@ -337,12 +337,18 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         // One clock reading for the decision and every layer below.
         let _clock = crate::util::clock::pin();
+        if self.shared.admit_global() {
+            return ResponseFuture::called(self.inner.call(req), None);
+        }
         self.decide_and_call(req)
     }
 }
 
 impl<S, M> RateLimit<S, M> {
-    #[inline]
+    /// [`Service::call`] for a request the limit must look at. Not inlined:
+    /// a request lent to the decision is copied, once, here and not on the
+    /// way of a request [`Shared::admit_global`] admits.
+    #[inline(never)]
     fn decide_and_call<ReqB, ResB>(&mut self, req: Request<ReqB>) -> ResponseFuture<S, ReqB, M>
     where
         S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
