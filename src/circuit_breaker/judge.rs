@@ -43,7 +43,7 @@ pub trait Judge<Res, E> {
 
     /// Maps the inner service's result, reporting its outcome through
     /// `permit`.
-    fn judge(result: Result<Res, E>, permit: Permit) -> Result<Self::Response, Self::Error>;
+    fn judge(result: Result<Res, E>, permit: &mut Permit) -> Result<Self::Response, Self::Error>;
 
     /// Maps a fallback's answer (nothing is reported: the call was refused).
     fn fallback(result: Result<Res, Self::Error>) -> Result<Self::Response, Self::Error>;
@@ -95,20 +95,20 @@ fn passthrough<B>(res: Response<B>) -> Response<BreakerBody<B>> {
 #[inline(always)] // receipt: `future.rs` module docs, "Inlining"
 pub(crate) fn judge_http<X, B, E: 'static>(
     result: Result<Response<X>, E>,
-    permit: Permit,
+    permit: &mut Permit,
     wrap: impl FnOnce(X) -> B,
 ) -> Result<Response<BreakerBody<B>>, E> {
     let res = match result {
         Ok(res) => res,
         Err(e) => {
-            permit.complete(http_error_outcome(&e));
+            permit.report(http_error_outcome(&e));
             return Err(e);
         }
     };
     // A refusal by an inner layer of this crate is judged by whose fault
     // it was, never by its status (an empty `Extensions` is one branch).
     if let Some(refused) = res.extensions().get::<Refused>() {
-        permit.complete(refusal_outcome(refused.is_service_fault()));
+        permit.report(refusal_outcome(refused.is_service_fault()));
         return Ok(res.map(|b| ResponseBody::new(ClassifyBody::passthrough(wrap(b)))));
     }
     let verdict = permit.lane().map(|l| {
@@ -116,9 +116,9 @@ pub(crate) fn judge_http<X, B, E: 'static>(
         (c.classify_response(&res), c.grpc_failure_codes())
     });
     let watch = match verdict {
-        Some((Classification::AwaitTrailers, failures)) => Some((failures, permit)),
+        Some((Classification::AwaitTrailers, failures)) => Some((failures, permit.take())),
         Some((Classification::Done(outcome), _)) => {
-            permit.complete(outcome);
+            permit.report(outcome);
             None
         }
         // A disabled breaker: nothing to report.
@@ -139,7 +139,7 @@ impl<B, E: 'static> Judge<Response<B>, E> for HttpMode {
     type Context = Protocol;
 
     #[inline(always)] // receipt: `future.rs` module docs, "Inlining"
-    fn judge(result: Result<Response<B>, E>, permit: Permit) -> Result<Self::Response, E> {
+    fn judge(result: Result<Response<B>, E>, permit: &mut Permit) -> Result<Self::Response, E> {
         judge_http(result, permit, |b| b)
     }
 
@@ -169,10 +169,10 @@ impl<R, E: Into<BoxError>> Judge<R, E> for ErrorMode {
     type Context = ();
 
     #[inline(always)] // receipt: `future.rs` module docs, "Inlining"
-    fn judge(result: Result<R, E>, permit: Permit) -> Result<R, BoxError> {
+    fn judge(result: Result<R, E>, permit: &mut Permit) -> Result<R, BoxError> {
         match result {
             Ok(r) => {
-                permit.complete(Outcome::Success);
+                permit.report(Outcome::Success);
                 Ok(r)
             }
             Err(e) => {
@@ -181,7 +181,7 @@ impl<R, E: Into<BoxError>> Judge<R, E> for ErrorMode {
                     Some(r) => refusal_outcome(r.is_service_fault()),
                     None => permit.classify_error(&*e),
                 };
-                permit.complete(outcome);
+                permit.report(outcome);
                 Err(e)
             }
         }
@@ -257,39 +257,39 @@ mod tests {
 
         for (fault, expected) in [(false, ignored), (true, failure)] {
             // HttpMode: the refusal as a response with its marker ...
-            let (layer, permit) = admitted();
+            let (layer, mut permit) = admitted();
             let res = refusal(fault).into_response::<()>(Protocol::Http);
-            let out = <HttpMode as Judge<_, BoxError>>::judge(Ok(res), permit);
+            let out = <HttpMode as Judge<_, BoxError>>::judge(Ok(res), &mut permit);
             assert!(out.is_ok());
             assert_eq!(counted(&layer), expected, "http response, fault {fault}");
             // ... or as an error (plain, and inside a `BoxError`).
-            let (layer, permit) = admitted();
-            let out = <HttpMode as Judge<Response<()>, _>>::judge(Err(refusal(fault)), permit);
+            let (layer, mut permit) = admitted();
+            let out = <HttpMode as Judge<Response<()>, _>>::judge(Err(refusal(fault)), &mut permit);
             assert!(out.is_err());
             assert_eq!(counted(&layer), expected, "http error, fault {fault}");
-            let (layer, permit) = admitted();
+            let (layer, mut permit) = admitted();
             let boxed: BoxError = Box::new(refusal(fault));
-            let _ = <HttpMode as Judge<Response<()>, _>>::judge(Err(boxed), permit);
+            let _ = <HttpMode as Judge<Response<()>, _>>::judge(Err(boxed), &mut permit);
             assert_eq!(counted(&layer), expected, "http boxed, fault {fault}");
             // ErrorMode: the refusal as an error.
-            let (layer, permit) = admitted();
-            let out = <ErrorMode as Judge<(), _>>::judge(Err(refusal(fault)), permit);
+            let (layer, mut permit) = admitted();
+            let out = <ErrorMode as Judge<(), _>>::judge(Err(refusal(fault)), &mut permit);
             assert!(Rejection::find(out.unwrap_err().as_ref()).is_some());
             assert_eq!(counted(&layer), expected, "error mode, fault {fault}");
         }
 
-        let (layer, permit) = admitted();
-        let _ = <HttpMode as Judge<Response<()>, _>>::judge(Err(Plain), permit);
+        let (layer, mut permit) = admitted();
+        let _ = <HttpMode as Judge<Response<()>, _>>::judge(Err(Plain), &mut permit);
         assert_eq!(counted(&layer), failure);
-        let (layer, permit) = admitted();
-        let _ = <ErrorMode as Judge<(), _>>::judge(Err(Plain), permit);
+        let (layer, mut permit) = admitted();
+        let _ = <ErrorMode as Judge<(), _>>::judge(Err(Plain), &mut permit);
         assert_eq!(counted(&layer), failure);
 
-        let (layer, permit) = admitted();
-        let _ = <HttpMode as Judge<_, Plain>>::judge(Ok(Response::new(())), permit);
+        let (layer, mut permit) = admitted();
+        let _ = <HttpMode as Judge<_, Plain>>::judge(Ok(Response::new(())), &mut permit);
         assert_eq!(counted(&layer), success);
-        let (layer, permit) = admitted();
-        let _ = <ErrorMode as Judge<(), Plain>>::judge(Ok(()), permit);
+        let (layer, mut permit) = admitted();
+        let _ = <ErrorMode as Judge<(), Plain>>::judge(Ok(()), &mut permit);
         assert_eq!(counted(&layer), success);
     }
 

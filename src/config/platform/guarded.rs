@@ -259,6 +259,5 @@ fn judge<X, B, E: 'static>(
     permit: &mut Permit,
     wrap: impl FnOnce(X) -> ResponseBody<B>,
 ) -> Result<Response<GuardedBody<B>>, E> {
-    let permit = std::mem::replace(permit, Permit::untracked());
     judge_http(result, permit, wrap)
 }
