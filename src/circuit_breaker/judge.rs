@@ -293,6 +293,39 @@ mod tests {
         assert_eq!(counted(&layer), success);
     }
 
+    /// A panic while the call is judged (here in the error classifier)
+    /// records the call once, as a failure, and goes on: the response
+    /// future judges through its permit where it lies, and the permit's
+    /// unwind guard still holds it.
+    #[test]
+    fn a_panic_while_judging_counts_one_failure() {
+        use std::future::Future;
+        use std::task::{Context, Waker};
+        use tower::{Layer, Service};
+
+        let layer = CircuitBreakerLayer::builder()
+            .count_window(100)
+            .minimum_calls(100)
+            .classify_error(|_| panic!("classifier"))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let inner = tower::service_fn(|(): ()| std::future::ready(Err::<(), Plain>(Plain)));
+        let mut svc = layer.into_error_mode().layer(inner);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        let mut fut = Box::pin(svc.call(()));
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = fut.as_mut().poll(&mut cx);
+        }));
+        assert!(caught.is_err(), "the classifier's panic goes on");
+        drop(fut);
+        let CircuitCounts {
+            calls, failures, ..
+        } = handle.counts();
+        assert_eq!((calls, failures), (1, 1));
+    }
+
     /// Refusals are answered by the mode: a response with the marker in
     /// HttpMode (in the caller's protocol), the `Rejection` in ErrorMode.
     #[test]
