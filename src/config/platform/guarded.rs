@@ -205,7 +205,7 @@ where
                 match polled {
                     Ok(Poll::Ready(result)) => {
                         this.state.set(State::Done);
-                        return Poll::Ready(judge(result, this.permit, ResponseBody::new));
+                        return Poll::Ready(judge_http(result, this.permit, ResponseBody::new));
                     }
                     Ok(Poll::Pending) => {
                         if let TimerProj::Unarmed { .. } = timer.as_mut().project() {
@@ -247,17 +247,6 @@ where
             StateProj::Done => panic!("polled after completion"),
         };
         this.state.set(State::Done);
-        Poll::Ready(judge(Ok(answer), this.permit, |b| b))
+        Poll::Ready(judge_http(Ok(answer), this.permit, |b| b))
     }
-}
-
-/// The breaker's verdict on a result, reported through the permit, its
-/// body wrapped by `wrap` in the same step.
-#[inline]
-fn judge<X, B, E: 'static>(
-    result: Result<Response<X>, E>,
-    permit: &mut Permit,
-    wrap: impl FnOnce(X) -> ResponseBody<B>,
-) -> Result<Response<GuardedBody<B>>, E> {
-    judge_http(result, permit, wrap)
 }
