@@ -12,6 +12,25 @@ use std::task::Waker;
 /// No slot owned yet.
 pub(crate) const NO_KEY: usize = usize::MAX;
 
+/// A waker's identity: its data and vtable addresses, what
+/// [`Waker::will_wake`] compares. A vtable's address is never 0, so
+/// [`NO_WAKER`] is no waker's.
+pub(crate) type WakerId = (usize, usize);
+
+/// The identity of no waker.
+pub(crate) const NO_WAKER: WakerId = (0, 0);
+
+/// `waker`'s identity. Two wakers of the same identity wake the same task
+/// (`will_wake`); the identity of a waker a slot holds stays its own until
+/// the slot lets the waker go, as the addresses stay in use until then.
+#[inline]
+pub(crate) fn identity(waker: &Waker) -> WakerId {
+    (
+        waker.data() as usize,
+        std::ptr::from_ref(waker.vtable()) as usize,
+    )
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct AbortSignal {
     fired: AtomicBool,
@@ -37,28 +56,33 @@ impl AbortSignal {
 
     /// Registers (or refreshes) `waker` in the slot `key`, then says whether
     /// the signal has fired. Checking after registering makes the pair race
-    /// free with [`fire`](Self::fire).
-    pub(crate) fn register(&self, key: &mut usize, waker: &Waker) -> bool {
+    /// free with [`fire`](Self::fire). `registered` is set to the identity
+    /// of the waker the slot now holds (see [`identity`]).
+    pub(crate) fn register(
+        &self,
+        key: &mut usize,
+        registered: &mut WakerId,
+        waker: &Waker,
+    ) -> bool {
         {
             let mut slots = self.lock();
-            if *key == NO_KEY {
+            let slot = if *key == NO_KEY {
                 *key = match slots.free.pop() {
-                    Some(k) => {
-                        slots.wakers[k] = Some(waker.clone());
-                        k
-                    }
+                    Some(k) => k,
                     None => {
-                        slots.wakers.push(Some(waker.clone()));
+                        slots.wakers.push(None);
                         slots.wakers.len() - 1
                     }
                 };
+                &mut slots.wakers[*key]
             } else {
-                let slot = &mut slots.wakers[*key];
-                match slot {
-                    Some(w) if w.will_wake(waker) => {}
-                    _ => *slot = Some(waker.clone()),
-                }
-            }
+                &mut slots.wakers[*key]
+            };
+            let held = match slot {
+                Some(w) if w.will_wake(waker) => w,
+                _ => slot.insert(waker.clone()),
+            };
+            *registered = identity(held);
         }
         self.is_fired()
     }
@@ -118,19 +142,28 @@ mod tests {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let (mut a, mut b) = (NO_KEY, NO_KEY);
-        assert!(!sig.register(&mut a, &waker));
-        assert!(!sig.register(&mut a, &waker));
-        assert!(!sig.register(&mut b, &waker));
+        let mut id = NO_WAKER;
+        assert!(!sig.register(&mut a, &mut id, &waker));
+        assert_eq!(id, identity(&waker), "the slot holds a clone of the waker");
+        assert!(!sig.register(&mut a, &mut id, &waker));
+        assert!(!sig.register(&mut b, &mut id, &waker));
         assert_eq!(sig.registered(), 2);
+        // Another task's waker takes the slot's place and its identity.
+        let other = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        assert!(!sig.register(&mut b, &mut id, &other));
+        assert_eq!(id, identity(&other));
+        assert_ne!(identity(&other), identity(&waker));
+        assert!(!sig.register(&mut b, &mut id, &waker));
+        assert_eq!(id, identity(&waker));
         sig.unregister(b);
         assert_eq!(sig.registered(), 1);
         let mut c = NO_KEY;
-        assert!(!sig.register(&mut c, &waker));
+        assert!(!sig.register(&mut c, &mut id, &waker));
         assert_eq!(c, b, "a freed slot is reused");
         sig.fire();
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
         assert!(sig.is_fired());
-        assert!(sig.register(&mut a, &waker));
+        assert!(sig.register(&mut a, &mut id, &waker));
         sig.unregister(a);
         sig.unregister(c);
     }

@@ -10,7 +10,7 @@ use metrics::{Counter, Gauge};
 use tokio::sync::Notify;
 
 use super::Phase;
-use super::abort::{AbortSignal, NO_KEY};
+use super::abort::{AbortSignal, NO_KEY, NO_WAKER, WakerId, identity};
 use crate::util::lanes::{Lane, Laned};
 use crate::{Rejection, RejectionKind};
 
@@ -156,7 +156,7 @@ impl Laned<State> {
             // Slots are one per thread lane and one more: few.
             slot: slot as u32,
             key: NO_KEY,
-            waker: None,
+            registered: NO_WAKER,
             aborted: false,
         })
     }
@@ -213,9 +213,15 @@ pub struct Guard {
     /// guard, in every admitted request's future, takes 40 bytes, not 48).
     slot: u32,
     key: usize,
-    /// The waker registered in slot `key`, so that polls by the same task
-    /// skip the abort signal's lock.
-    waker: Option<Waker>,
+    /// The identity of the waker slot `key` holds, so that polls by the
+    /// same task skip the abort signal's lock without the guard holding a
+    /// second clone of the waker (a clone and a drop, two atomic
+    /// read-modify-writes on the task, saved on every request whose inner
+    /// future is pending: the drain row pending once, `benches/README.md`).
+    /// The slot's waker keeps its addresses in use until the signal fires,
+    /// and `fire` sets its flag first: a waker of the same identity seen
+    /// later wakes the same task, or the flag is read as set.
+    registered: WakerId,
     aborted: bool,
 }
 
@@ -237,14 +243,14 @@ impl Guard {
     /// Registers the task's waker with the abort signal; true if it fired
     /// (the request is then marked aborted).
     pub(crate) fn register(&mut self, waker: &Waker) -> bool {
-        let fired = match &self.waker {
+        let fired = if self.registered == identity(waker) {
             // Already registered by this task: `fire` sets the flag before it
             // wakes the registered wakers, so reading the flag is enough.
-            Some(w) if w.will_wake(waker) => self.state.abort.is_fired(),
-            _ => {
-                self.waker = Some(waker.clone());
-                self.state.abort.register(&mut self.key, waker)
-            }
+            self.state.abort.is_fired()
+        } else {
+            self.state
+                .abort
+                .register(&mut self.key, &mut self.registered, waker)
         };
         if fired {
             self.aborted = true;
