@@ -210,7 +210,9 @@ fn close_if(r: Rejection, http1: bool) -> Rejection {
 pub struct Guard {
     state: Arc<Lane<State>>,
     /// The in-flight slot the request was counted on (a `u32`, so that the
-    /// guard, in every admitted request's future, takes 40 bytes, not 48).
+    /// guard, in every admitted request's future, takes 40 bytes, not 48):
+    /// the thread's lane number, which also picks the abort signal's lane
+    /// for a pending request (no second thread-local read).
     slot: u32,
     key: usize,
     /// The identity of the waker slot `key` holds, so that polls by the
@@ -248,9 +250,12 @@ impl Guard {
             // wakes the registered wakers, so reading the flag is enough.
             self.state.abort.is_fired()
         } else {
-            self.state
-                .abort
-                .register(&mut self.key, &mut self.registered, waker)
+            self.state.abort.register(
+                &mut self.key,
+                self.slot as usize,
+                &mut self.registered,
+                waker,
+            )
         };
         if fired {
             self.aborted = true;

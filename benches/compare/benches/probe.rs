@@ -205,6 +205,15 @@ fn lifecycle(c: &mut Criterion) {
         let svc = probe.layer(drain.layer(ready_service()));
         b.iter_custom(|iters| two_threads(svc.clone(), iters))
     });
+    // Pending once: the drain registers each request for the abort signal
+    // (and gives its slot back) while the other thread does the same.
+    g.bench_function("pending_once/bare", |b| {
+        b.iter_custom(|iters| two_threads(pending_once_service(), iters))
+    });
+    g.bench_function("pending_once/rampart_drain", |b| {
+        let svc = drain.layer(pending_once_service());
+        b.iter_custom(|iters| two_threads(svc.clone(), iters))
+    });
     g.finish();
 }
 
