@@ -702,3 +702,39 @@ async fn a_client_that_stops_reading_cannot_hold_the_exit() {
     assert_eq!(report.left_in_flight + report.aborted as usize, 1);
     drop(stuck);
 }
+
+/// Hanging requests spread over a multi-threaded runtime's workers
+/// register for the abort on their threads' lanes of the signal; every one
+/// of them is answered at the drain deadline, whichever lane it is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hanging_requests_on_every_worker_are_aborted_at_the_deadline() {
+    const HANGING: usize = 16;
+    let sd = coordinator(Duration::ZERO, Duration::from_millis(300));
+    let app = Router::new().route("/hang", get(std::future::pending::<&'static str>));
+    let server = serve_until(app, &sd, sd.draining()).await;
+    let addr = server.addr;
+    // One connection each: hyper serves each on a task of its own, which
+    // the runtime spreads over its workers.
+    let hanging: Vec<_> = (0..HANGING)
+        .map(|_| tokio::spawn(async move { common::get(addr, "/hang").await }))
+        .collect();
+    wait_in_flight(&sd, HANGING).await;
+
+    sd.trigger();
+    tokio::time::timeout(Duration::from_secs(10), server.done)
+        .await
+        .expect("server did not exit after the drain deadline")
+        .unwrap();
+    for h in hanging {
+        let res = h.await.unwrap();
+        assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            res.body.contains("aborted at the drain deadline"),
+            "{}",
+            res.body
+        );
+    }
+    let report = sd.done().await;
+    assert!(report.drain_timed_out);
+    assert_eq!(report.aborted, HANGING as u64);
+}
