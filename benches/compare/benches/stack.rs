@@ -10,9 +10,15 @@
 //!
 //! `cargo bench --all-features --bench stack -- --warm-up-time 1 --measurement-time 3`
 //!
-//! Every future is polled once with a noop waker (all are ready at once):
-//! the numbers are the layers' cost, not an executor's. A tokio runtime is
-//! entered because the timeout arms a timer and the coordinator needs one.
+//! Every future is polled with a noop waker until it is ready (once, except
+//! in the `*pending_once*` rows, whose inner future is pending on its first
+//! poll): the numbers are the layers' cost, not an executor's. A tokio
+//! runtime is entered because the timeout arms a timer and the coordinator
+//! needs one; the `*pending_once*` rows call from tasks on a
+//! multi-threaded runtime's workers, where a server's requests run, with
+//! tower's `Timeout` alone beside them (it arms a timer on every call; the
+//! stack's timeout arms one when the inner future is pending: on two
+//! workers, both pay tokio's timer lock).
 
 use std::future::{Future, Ready, ready};
 use std::hint::black_box;
@@ -28,6 +34,9 @@ use http_body::Body;
 use http_body_util::{Empty, Full};
 use tower::{Layer, Service};
 use tower_rampart::config::RampartConfig;
+
+mod support;
+use support::pending_once_service;
 
 type Req = Request<()>;
 type Res = Response<Empty<Bytes>>;
@@ -181,8 +190,34 @@ where
     });
 }
 
-/// A criterion row (or, under `BENCH_CALLS=<name>,<n>`, n calls on each
-/// thread and exit) of `proto` called on two threads at once.
+/// A criterion row of `run(iters)`, timed whole (or, under
+/// `BENCH_CALLS=<name>,<n>`, `run(n)` and exit).
+fn timed_row(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    run: impl Fn(u64),
+) {
+    match std::env::var("BENCH_CALLS") {
+        Err(_) => {
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    run(iters);
+                    start.elapsed()
+                })
+            });
+        }
+        Ok(spec) => {
+            if let Some(n) = spec.strip_prefix(name).and_then(|n| n.strip_prefix(',')) {
+                run(n.parse().expect("a call count"));
+                std::process::exit(0);
+            }
+        }
+    }
+}
+
+/// A row ([`timed_row`]: n calls on each thread) of `proto` called on two
+/// threads at once.
 fn two_thread_row<S>(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
@@ -192,23 +227,36 @@ fn two_thread_row<S>(
 ) where
     S: Service<Req> + Clone + Send + Sync,
 {
-    match std::env::var("BENCH_CALLS") {
-        Err(_) => {
-            g.bench_function(name, |b| {
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    two_threads(proto, handle, iters, per_call);
-                    start.elapsed()
-                })
+    timed_row(g, name, |n| two_threads(proto, handle, n, per_call));
+}
+
+/// A row ([`timed_row`]: n calls on each task) of `proto` called by
+/// `tasks` tasks at once on `rt`'s workers, each with its own clone, as a
+/// server's connections call it.
+fn task_row<S>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    proto: &S,
+    rt: &tokio::runtime::Runtime,
+    tasks: usize,
+) where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+{
+    timed_row(g, name, |calls| {
+        let (done, finished) = std::sync::mpsc::channel();
+        for _ in 0..tasks {
+            let (mut own, done) = (proto.clone(), done.clone());
+            rt.spawn(async move {
+                for _ in 0..calls {
+                    black_box(one(&mut own));
+                }
+                done.send(()).unwrap();
             });
         }
-        Ok(spec) => {
-            if let Some(n) = spec.strip_prefix(name).and_then(|n| n.strip_prefix(',')) {
-                two_threads(proto, handle, n.parse().expect("a call count"), per_call);
-                std::process::exit(0);
-            }
+        for _ in 0..tasks {
+            finished.recv().unwrap();
         }
-    }
+    });
 }
 
 fn bench(c: &mut Criterion) {
@@ -391,6 +439,44 @@ fn bench(c: &mut Criterion) {
     // with (issue 14: two-thread / one-thread throughput within 10 % of
     // bare's, in the same run).
     two_thread_row(&mut g, "bare_2_threads", &Bare, rt.handle(), false);
+    // An inner future pending once (a handler that awaits something): the
+    // front registers the request for the drain deadline's abort and the
+    // timeout arms a timer, on one thread and on two at once (what of that
+    // is shared). Timers on a multi-threaded runtime's handle, whose timer
+    // wheels are sharded as a server's are.
+    let mt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The anchor: tower's `Timeout` alone, which arms a timer on every call.
+    let pending_stack = stack_no_rl.layer().layer(pending_once_service());
+    let tower_timeout = tower::timeout::TimeoutLayer::new(std::time::Duration::from_secs(5))
+        .layer(pending_once_service());
+    for tasks in [1, 2] {
+        let suffix = if tasks == 2 { "_2_threads" } else { "" };
+        task_row(
+            &mut g,
+            &format!("bare_pending_once{suffix}"),
+            &pending_once_service(),
+            &mt,
+            tasks,
+        );
+        task_row(
+            &mut g,
+            &format!("rampart_stack_without_rate_limit_pending_once{suffix}"),
+            &pending_stack,
+            &mt,
+            tasks,
+        );
+        task_row(
+            &mut g,
+            &format!("tower_timeout_alone_pending_once{suffix}"),
+            &tower_timeout,
+            &mt,
+            tasks,
+        );
+    }
     let mut s = stack_no_rl.layer().layer(Bare);
     if !counting("rampart_stack_without_rate_limit", || {
         black_box(one(&mut s));
