@@ -85,9 +85,9 @@ impl AbortSignal {
     /// Registers (or refreshes) `waker` in the slot `key` (a new one, in
     /// lane `lane` modulo the lane count, if `key` is [`NO_KEY`]: the
     /// caller's thread's, which the drain's guard has at hand), then says
-    /// whether the signal has fired. Checking after registering makes the pair race
-    /// free with [`fire`](Self::fire). `registered` is set to the identity
-    /// of the waker the slot now holds (see [`identity`]).
+    /// whether the signal has fired. Checking after registering makes the
+    /// pair race free with [`fire`](Self::fire). `registered` is set to the
+    /// identity of the waker the slot now holds (see [`identity`]).
     pub(crate) fn register(
         &self,
         key: &mut usize,
@@ -221,7 +221,7 @@ mod tests {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         // One registration from each of eight threads (threads take lane
-        // numbers in turn, so they spread over every lane), kept.
+        // numbers in turn, so they spread over the lanes), kept.
         let keys: Vec<usize> = std::thread::scope(|s| {
             let spawned: Vec<_> = (0..8)
                 .map(|_| {
