@@ -131,6 +131,36 @@ fn per_call(c: &mut Criterion) {
     });
     g.finish();
 
+    // Two threads admitting through one shared limit, each with its own
+    // clone (a connection's): what the limit's shared state costs when both
+    // write it, the adaptive algorithm's sample on every completion among
+    // it. Time per pair of calls (one on each thread).
+    let mut g = c.benchmark_group("concurrency/admit_2_threads");
+    two_threads(&mut g, "bare", Holdable);
+    two_threads(
+        &mut g,
+        "rampart_fixed",
+        ConcurrencyLimitLayer::fixed(1000).layer(Holdable),
+    );
+    two_threads(
+        &mut g,
+        "rampart_gradient2",
+        ConcurrencyLimitLayer::builder()
+            .limit(tower_rampart::concurrency::Gradient2::default())
+            .build()
+            .unwrap()
+            .layer(Holdable),
+    );
+    two_threads(
+        &mut g,
+        "tower_concurrency_limit_load_shed",
+        tower::ServiceBuilder::new()
+            .load_shed()
+            .concurrency_limit(1000)
+            .service(Holdable),
+    );
+    g.finish();
+
     let mut g = c.benchmark_group("concurrency/refuse");
     let mut ours = ConcurrencyLimitLayer::fixed(1).layer(Holdable);
     let _held = hold(&mut ours);
@@ -148,6 +178,40 @@ fn per_call(c: &mut Criterion) {
         b.iter(|| call_once(&mut tower))
     });
     g.finish();
+}
+
+/// A row of `svc` called on two threads at once, each with its own clone,
+/// inside the current runtime (entered on both).
+fn two_threads<S>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    svc: S,
+) where
+    S: Service<Req> + Clone + Send,
+{
+    let handle = tokio::runtime::Handle::current();
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let barrier = std::sync::Barrier::new(2);
+            let start = std::sync::Mutex::new(None);
+            std::thread::scope(|scope| {
+                for _ in 0..2 {
+                    let mut own = svc.clone();
+                    let (handle, barrier, start) = (&handle, &barrier, &start);
+                    scope.spawn(move || {
+                        let _rt = handle.enter();
+                        if barrier.wait().is_leader() {
+                            *start.lock().unwrap() = Some(std::time::Instant::now());
+                        }
+                        for _ in 0..iters {
+                            call_once(&mut own);
+                        }
+                    });
+                }
+            });
+            start.into_inner().unwrap().expect("started").elapsed()
+        })
+    });
 }
 
 criterion_group!(benches, per_call);
