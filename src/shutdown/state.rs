@@ -338,4 +338,47 @@ mod tests {
             assert_eq!(notified.as_mut().poll(&mut cx), Poll::Ready(()));
         }
     }
+
+    /// A guard polled by one task, then by another (a future moved between
+    /// tasks), then again by the second: the abort wakes the task that
+    /// polled last, and polls by the same task take no second slot.
+    #[test]
+    fn the_abort_wakes_the_task_that_polled_last() {
+        use std::sync::atomic::AtomicUsize;
+        use std::task::Wake;
+
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let state = Arc::new(Laned::new(State::new(
+            "test".into(),
+            Duration::from_secs(1),
+        )));
+        let mut guard = state.admit_unless_draining(|| false).unwrap();
+        let (first, second) = (
+            Arc::new(Count(AtomicUsize::new(0))),
+            Arc::new(Count(AtomicUsize::new(0))),
+        );
+        let (w1, w2) = (Waker::from(first.clone()), Waker::from(second.clone()));
+        assert!(!guard.register(&w1));
+        assert!(!guard.register(&w1));
+        assert_eq!(state.abort.registered(), 1);
+        assert!(!guard.register(&w2));
+        assert!(!guard.register(&w2));
+        // A clone of the second task's waker is the same task's.
+        assert!(!guard.register(&w2.clone()));
+        assert_eq!(state.abort.registered(), 1, "one slot per request");
+        state.abort.fire();
+        assert_eq!(first.0.load(Ordering::SeqCst), 0);
+        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        // Polled again after the abort, by either task: it is aborted.
+        assert!(guard.register(&w2));
+        assert!(guard.register(&w1));
+        drop(guard);
+        assert_eq!(state.abort.registered(), 0);
+        assert_eq!(state.aborted.load(Ordering::Relaxed), 1);
+    }
 }
