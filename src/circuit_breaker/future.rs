@@ -2,10 +2,13 @@
 //!
 //! # Inlining and judging in place: the speed tricks here, and their receipts
 //!
-//! Six functions on the admitted path carry `#[inline(always)]`: here
-//! `Permit::report` (first measured as [`Permit::complete`], which now
-//! calls it), `ResponseFuture::admitted`, `ResponseFuture::poll`
-//! and `decide`, and `Judge::judge` of both modes in `judge.rs`. Measured
+//! Six functions on the admitted path carry `#[inline(always)]` with this
+//! receipt: here `Permit::report` (first measured as [`Permit::complete`],
+//! which now calls it), `ResponseFuture::admitted`, `ResponseFuture::poll`
+//! and `decide`, and `Judge::judge` of both modes in `judge.rs` (`HttpMode`'s
+//! body is `judge_http`, shared with the stack's guarded call and forced
+//! with it). `decided` in `mod.rs`, which wraps `decide`, carries its own
+//! receipt (`refuse`'s docs). Measured
 //! with the harness of the `circuit_breaker/call/rampart_closed*` rows of
 //! `benches/README.md` (`poll_ready` + `call` + one poll, an immediately
 //! ready inner service) in a fixed loop under cachegrind, instructions per
