@@ -433,7 +433,7 @@ pub(crate) fn try_admit<Req: LimitedRequest>(
     let deadline = req.deadline();
     let server_deadline = deadline
         .filter(|d| d.source() == DeadlineSource::Server)
-        .map(|d| shared.clock.nanos_at(d.instant()));
+        .map(|d| shared.clock.since_epoch(d.nanos()));
     let queue = shared.queue.as_ref();
     if !queue.is_some_and(|q| q.is_occupied()) && shared.try_acquire(class) {
         return Ok(Shared::permit(shared, class, server_deadline));

@@ -4,6 +4,7 @@
 //! re-exported here at their former paths.
 
 use std::cell::Cell;
+use std::fmt;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
@@ -51,10 +52,24 @@ pub use crate::grpc::{GRPC_TIMEOUT, format_grpc_timeout, parse_grpc_timeout};
 /// server's own budget makes the timeout count against the service in a
 /// circuit breaker. Deadlines order by instant; at the same instant the
 /// server's comes first (the service was as late as its own limit allows).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Deadline {
-    at: Instant,
+    /// The instant, as nanoseconds of tokio's clock since the process's
+    /// base (`util::clock`): what the stack reads its clock as, so that the
+    /// request path adds and compares integers, not `Instant`s (seconds and
+    /// nanoseconds, normalised on every addition). Exact both ways for any
+    /// instant a timeout can name; ordered as the instants are.
+    at: u64,
     source: DeadlineSource,
+}
+
+impl fmt::Debug for Deadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deadline")
+            .field("at", &self.instant())
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 /// Whose budget a [`Deadline`] is.
@@ -84,16 +99,30 @@ impl Deadline {
     /// The server's deadline at `instant`.
     #[inline]
     pub fn at(instant: Instant) -> Self {
+        Self::from_nanos(crate::util::clock::to_nanos(instant))
+    }
+
+    /// The server's deadline at `at` nanoseconds of the crate's clock
+    /// (`util::clock::now_nanos`).
+    #[inline]
+    pub(crate) fn from_nanos(at: u64) -> Self {
         Self {
-            at: instant,
+            at,
             source: DeadlineSource::Server,
         }
+    }
+
+    /// The instant as nanoseconds of the crate's clock.
+    #[inline]
+    pub(crate) fn nanos(&self) -> u64 {
+        self.at
     }
 
     /// The server's deadline `budget` from now (saturating far in the
     /// future).
     pub fn after(budget: Duration) -> Self {
-        Self::at(instant_after(Instant::now(), budget))
+        let now = crate::util::clock::to_nanos(Instant::now());
+        Self::from_nanos(nanos_after(now, budget))
     }
 
     /// The same instant, attributed to `source`.
@@ -169,17 +198,17 @@ impl Deadline {
     /// The instant the work must be finished by.
     #[inline]
     pub fn instant(&self) -> Instant {
-        self.at
+        crate::util::clock::instant_at(self.at)
     }
 
     /// The time left, zero once the deadline has passed.
     pub fn remaining(&self) -> Duration {
-        self.at.saturating_duration_since(Instant::now())
+        self.instant().saturating_duration_since(Instant::now())
     }
 
     /// Whether the deadline has passed.
     pub fn is_expired(&self) -> bool {
-        self.at <= Instant::now()
+        self.instant() <= Instant::now()
     }
 
     /// The earlier of two deadlines.
@@ -192,7 +221,7 @@ impl Deadline {
     /// Bounds `future` by this deadline: it resolves to `Err(Elapsed)` (and
     /// `future` is dropped) if it is not finished in time.
     pub fn bound<F: std::future::Future>(&self, future: F) -> tokio::time::Timeout<F> {
-        tokio::time::timeout_at(self.at, future)
+        tokio::time::timeout_at(self.instant(), future)
     }
 
     /// The remaining budget as a `grpc-timeout` value (rounded up to the
@@ -357,14 +386,18 @@ impl<B> DeadlineCarrier for Request<B> {
     }
 }
 
-/// `now + budget`, saturating instead of overflowing (a client may send
-/// `99999999H`, about 11 400 years).
+/// The longest budget a deadline is set by: about 30 years, later than any
+/// timeout that matters (a client may send `99999999H`, about 11 400
+/// years).
+const MAX_BUDGET_NANOS: u64 = 30 * 365 * 86_400 * 1_000_000_000;
+
+/// `now + budget` in the crate clock's nanoseconds, the budget capped at
+/// [`MAX_BUDGET_NANOS`].
 #[inline]
-pub(crate) fn instant_after(now: Instant, budget: Duration) -> Instant {
-    now.checked_add(budget)
-        // About 30 years: later than any timeout that matters.
-        .or_else(|| now.checked_add(Duration::from_secs(30 * 365 * 86_400)))
-        .unwrap_or(now)
+pub(crate) fn nanos_after(now: u64, budget: Duration) -> u64 {
+    let budget =
+        u64::try_from(budget.as_nanos()).map_or(MAX_BUDGET_NANOS, |n| n.min(MAX_BUDGET_NANOS));
+    now.saturating_add(budget)
 }
 
 /// Parses a budget header carrying whole milliseconds (ASCII digits only, at
@@ -396,9 +429,40 @@ mod tests {
     }
 
     #[test]
-    fn saturating_instants() {
+    fn saturating_budgets() {
+        let now = crate::util::clock::to_nanos(Instant::now());
+        assert_eq!(nanos_after(now, Duration::MAX), now + MAX_BUDGET_NANOS);
+        assert_eq!(nanos_after(now, Duration::ZERO), now);
+        assert_eq!(
+            nanos_after(now, Duration::from_millis(1500)),
+            now + 1_500_000_000
+        );
+        assert_eq!(nanos_after(u64::MAX - 1, Duration::from_secs(1)), u64::MAX);
+    }
+
+    /// A deadline keeps its instant exactly, orders as its instants do (the
+    /// server's first at the same instant), and shows the instant.
+    #[tokio::test(start_paused = true)]
+    async fn instants_round_trip_and_order() {
         let now = Instant::now();
-        assert!(instant_after(now, Duration::MAX) > now);
-        assert_eq!(instant_after(now, Duration::ZERO), now);
+        for d in [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::from_millis(250),
+            Duration::from_secs(86_400 * 365),
+        ] {
+            assert_eq!(Deadline::at(now + d).instant(), now + d);
+        }
+        let soon = Deadline::at(now + Duration::from_millis(1));
+        let later = Deadline::at(now + Duration::from_millis(2));
+        assert!(soon < later);
+        assert!(soon < soon.with_source(DeadlineSource::Caller));
+        assert_eq!(soon.min(later), soon);
+        assert_eq!(Deadline::after(Duration::from_millis(1)), soon);
+        assert_eq!(soon.remaining(), Duration::from_millis(1));
+        assert!(!soon.is_expired());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(soon.is_expired());
+        assert!(format!("{soon:?}").contains("Instant"));
     }
 }

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use super::Binding;
-use super::deadline::DeadlineSource;
+use super::deadline::{Deadline, DeadlineSource};
 use super::error::TimeoutCause;
 use super::state::Shared;
 use crate::rejection::{HttpMode, Mode, Protocol};
@@ -44,8 +44,7 @@ pin_project! {
             inner: F,
             #[pin]
             sleep: Option<Sleep>,
-            deadline: Instant,
-            source: DeadlineSource,
+            deadline: Deadline,
         },
         // The budget was spent on arrival: the inner service was not called.
         Spent {
@@ -59,19 +58,12 @@ pin_project! {
 
 impl<F, Req, M, C> ResponseFuture<F, Req, M, C> {
     #[inline]
-    pub(crate) fn running(
-        inner: F,
-        deadline: Instant,
-        source: DeadlineSource,
-        cx: C,
-        shared: Arc<Lane<Shared>>,
-    ) -> Self {
+    pub(crate) fn running(inner: F, deadline: Deadline, cx: C, shared: Arc<Lane<Shared>>) -> Self {
         Self {
             state: State::Running {
                 inner,
                 sleep: None,
                 deadline,
-                source,
             },
             cx,
             shared,
@@ -110,17 +102,15 @@ where
                 inner,
                 mut sleep,
                 deadline,
-                source,
             } => {
-                let current = super::Deadline::at(*deadline).with_source(*source);
-                let scope = super::deadline::enter(current);
+                let scope = super::deadline::enter(*deadline);
                 let polled = inner.poll(cx);
                 drop(scope);
                 if let Poll::Ready(result) = polled {
                     return Poll::Ready(M::admitted(result));
                 }
                 if sleep.is_none() {
-                    sleep.set(Some(tokio::time::sleep_until(*deadline)));
+                    sleep.set(Some(tokio::time::sleep_until(deadline.instant())));
                 }
                 if let Some(sleep) = sleep.as_pin_mut() {
                     if sleep.poll(cx).is_pending() {
@@ -128,7 +118,7 @@ where
                     }
                 }
                 // Time is up: drop the inner future now (the cancellation).
-                let source = *source;
+                let source = deadline.source();
                 this.state.set(State::Done);
                 Poll::Ready(M::rejected(*this.cx, this.shared.elapsed(source)))
             }
@@ -149,9 +139,11 @@ where
 impl<F, Req, M, C: fmt::Debug> fmt::Debug for ResponseFuture<F, Req, M, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::Running {
-                deadline, source, ..
-            } => format!("Running (deadline {deadline:?}, {})", source.as_str()),
+            State::Running { deadline, .. } => format!(
+                "Running (deadline {:?}, {})",
+                deadline.instant(),
+                deadline.source().as_str()
+            ),
             State::Spent { source, .. } => format!("Spent ({})", source.as_str()),
             State::Done => "Done".to_owned(),
         };

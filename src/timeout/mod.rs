@@ -226,13 +226,7 @@ where
                 drop(scope);
                 // The future keeps the state alive through this thread's
                 // lane: no count on the line every thread writes.
-                ResponseFuture::running(
-                    future,
-                    deadline.instant(),
-                    deadline.source(),
-                    cx,
-                    self.shared.lane(),
-                )
+                ResponseFuture::running(future, deadline, cx, self.shared.lane())
             }
             Err((source, binding)) => {
                 ResponseFuture::spent(cx, self.shared.lane(), source, binding)

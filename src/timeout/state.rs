@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, StatusCode};
 use metrics::Counter;
-use tokio::time::Instant;
 
 use super::Deadline;
 use super::deadline::{self, DeadlineCarrier, DeadlineSource, GRPC_TIMEOUT, parse_grpc_timeout};
@@ -88,13 +87,13 @@ impl Shared {
         req: &mut Req,
         grpc: Option<bool>,
     ) -> Result<Deadline, (DeadlineSource, Binding)> {
-        let now = crate::util::clock::now();
+        let now = crate::util::clock::now_nanos();
         let eff = self.deadline_for(req, now, grpc);
         if eff.at <= now {
             self.record(TimeoutCause::BudgetSpent, eff.source);
             return Err((eff.source, eff.binding));
         }
-        let deadline = Deadline::at(eff.at).with_source(eff.source);
+        let deadline = Deadline::from_nanos(eff.at).with_source(eff.source);
         if self.deadline_extension {
             if eff.nested {
                 req.replace_deadline(deadline);
@@ -125,19 +124,19 @@ impl Shared {
     fn deadline_for<Req: DeadlineCarrier>(
         &self,
         req: &Req,
-        now: Instant,
+        now: u64,
         grpc: Option<bool>,
     ) -> Effective {
         let shared = self;
         let mut eff = Effective {
-            at: deadline::instant_after(now, shared.timeout),
+            at: deadline::nanos_after(now, shared.timeout),
             source: DeadlineSource::Server,
             binding: Binding::Own,
             nested: false,
         };
         if let Some(headers) = req.budget_headers() {
             if let Some(budget) = client_budget(shared, headers, grpc) {
-                let at = deadline::instant_after(now, budget.saturating_sub(shared.safety_margin));
+                let at = deadline::nanos_after(now, budget.saturating_sub(shared.safety_margin));
                 if at < eff.at {
                     eff.at = at;
                     eff.source = DeadlineSource::Caller;
@@ -147,8 +146,8 @@ impl Shared {
         }
         if let Some(outer) = req.deadline() {
             eff.nested = true;
-            if (outer.instant(), outer.source()) < (eff.at, eff.source) {
-                eff.at = outer.instant();
+            if (outer.nanos(), outer.source()) < (eff.at, eff.source) {
+                eff.at = outer.nanos();
                 eff.source = outer.source();
                 eff.binding = Binding::Outer;
             }
@@ -160,7 +159,8 @@ impl Shared {
 /// A request's effective deadline and where it came from.
 #[derive(Debug, Clone, Copy)]
 struct Effective {
-    at: Instant,
+    /// Nanoseconds of the crate's clock ([`Deadline`]'s unit).
+    at: u64,
     source: DeadlineSource,
     binding: Binding,
     nested: bool,

@@ -69,9 +69,10 @@ fn base() -> Instant {
     })
 }
 
-/// `at` as nanoseconds since [`base`] (0 if before it).
+/// `at` as nanoseconds since [`base`] (0 if before it): the unit of a
+/// [`Deadline`](crate::timeout::Deadline).
 #[inline]
-fn to_nanos(at: Instant) -> u64 {
+pub(crate) fn to_nanos(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(base()).as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -97,7 +98,7 @@ thread_local! {
 /// tokio's clock, now, as nanoseconds since the process's base (see the
 /// module docs for how it is read).
 #[inline]
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     let pinned = PINNED.with(Cell::get);
     if pinned != UNPINNED {
         return pinned;
@@ -118,7 +119,13 @@ fn now_nanos() -> u64 {
 /// tokio's clock, now (see the module docs for how it is read).
 #[inline]
 pub(crate) fn now() -> Instant {
-    base() + Duration::from_nanos(now_nanos())
+    instant_at(now_nanos())
+}
+
+/// The instant `nanos` after the process's base ([`to_nanos`]'s inverse).
+#[inline]
+pub(crate) fn instant_at(nanos: u64) -> Instant {
+    base() + Duration::from_nanos(nanos)
 }
 
 /// Reads tokio's clock twice and decides this thread's mode.
@@ -193,14 +200,11 @@ impl EpochClock {
         now_nanos().saturating_sub(self.epoch_nanos)
     }
 
-    /// `at` as nanoseconds since the epoch (0 if before it).
-    #[allow(
-        dead_code,
-        reason = "part of the clock's interface; the concurrency limiter uses it"
-    )]
+    /// `nanos` since the process's base ([`to_nanos`], [`now_nanos`]) as
+    /// nanoseconds since the epoch (0 if before it).
     #[inline]
-    pub(crate) fn nanos_at(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    pub(crate) fn since_epoch(&self, nanos: u64) -> u64 {
+        nanos.saturating_sub(self.epoch_nanos)
     }
 
     /// The instant `nanos` after the epoch.
@@ -224,7 +228,7 @@ mod tests {
         assert_eq!(clock.now(), 1_500_000_000);
         assert_eq!(clock.instant(clock.now()), tokio::time::Instant::now());
         let before = clock.instant(0) - Duration::from_secs(1);
-        assert_eq!(clock.nanos_at(before), 0);
+        assert_eq!(clock.since_epoch(super::to_nanos(before)), 0);
     }
 
     #[tokio::test(start_paused = true)]
