@@ -110,6 +110,10 @@ struct Tally {
     not_sent_h1: AtomicU64,
     not_sent_h2: AtomicU64,
     not_sent_grpc: AtomicU64,
+    /// HTTP/2 requests failed with the connection's GOAWAY
+    /// ([`Outcome::GoneAway`]), h2c and gRPC.
+    gone_away_h2: AtomicU64,
+    gone_away_grpc: AtomicU64,
     /// Lost requests, described.
     lost: Mutex<Vec<String>>,
 }
@@ -138,6 +142,21 @@ enum Outcome {
     /// worker retries (its next request). The reports prove the server
     /// never ran them: handler counts equal the clients' answers.
     NotSent,
+    /// An HTTP/2 request (h2c or gRPC) hyper failed with the connection's GOAWAY
+    /// (`NO_ERROR`): usually not sent (above the GOAWAY's last stream id),
+    /// but hyper's HTTP/2 client reports the same error in one race where
+    /// the request was sent: `ClientTask` (hyper 1.x, `proto/h2/client.rs`)
+    /// hands the request to h2, whose stream is queued for sending, then
+    /// polls the connection's readiness again and, if the GOAWAY has just
+    /// arrived (another worker thread drives the connection), fails the
+    /// request with it and drops its response future. The HEADERS h2 had
+    /// queued may go out all the same (then an RST_STREAM); the server,
+    /// whose final GOAWAY counts that stream, serves it (or cancels it on
+    /// the RST_STREAM). RFC 9113 §6.8: only a
+    /// stream above the last stream id is known unprocessed, and hyper's
+    /// error does not say which side of it the stream was. The per-cycle
+    /// check allows the server one handler per such report, no more.
+    GoneAway,
 }
 
 fn chain<'a>(
@@ -159,11 +178,18 @@ fn not_sent(e: &(dyn std::error::Error + 'static)) -> bool {
     chain(e).any(|err| {
         err.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_canceled)
-            || err.downcast_ref::<h2::Error>().is_some_and(|h2| {
-                h2.is_remote()
-                    && (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR)
-                        || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
-            })
+            || err
+                .downcast_ref::<h2::Error>()
+                .is_some_and(|h2| h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+    })
+}
+
+/// See [`Outcome::GoneAway`].
+fn gone_away(e: &(dyn std::error::Error + 'static)) -> bool {
+    chain(e).any(|err| {
+        err.downcast_ref::<h2::Error>().is_some_and(|h2| {
+            h2.is_remote() && h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR)
+        })
     })
 }
 
@@ -185,6 +211,7 @@ async fn http_call(client: &HttpClient, addr: SocketAddr, n: u64) -> Result<Outc
         // Failed before the request was written (hyper-util's pool gave up
         // a connect it no longer needed, say).
         Ok(Err(e)) if e.is_connect() || not_sent(&e) => return Ok(Outcome::NotSent),
+        Ok(Err(e)) if gone_away(&e) => return Ok(Outcome::GoneAway),
         Ok(Err(e)) => return Err(format!("{path}: {e:?}")),
         Ok(Ok(res)) => res,
     };
@@ -216,6 +243,8 @@ async fn grpc_call(
             Ok(Outcome::Refused)
         } else if not_sent(&e) {
             Ok(Outcome::NotSent)
+        } else if gone_away(&e) {
+            Ok(Outcome::GoneAway)
         } else {
             Err(format!("not ready: {e:?}"))
         };
@@ -241,6 +270,8 @@ async fn grpc_call(
                 Ok(Outcome::Refused)
             } else if source.is_some_and(not_sent) {
                 Ok(Outcome::NotSent)
+            } else if source.is_some_and(gone_away) {
+                Ok(Outcome::GoneAway)
             } else {
                 Err(format!("SayHello: {status:?}"))
             }
@@ -278,6 +309,14 @@ async fn record(
             counter.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        Ok(Outcome::GoneAway) => {
+            let counter = match what {
+                "grpc" => &tally.gone_away_grpc,
+                _ => &tally.gone_away_h2,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         Err(e) => tally.lose(format!("{what}: {e}")),
     }
 }
@@ -286,6 +325,8 @@ struct Cycle {
     http_requests: u64,
     grpc_requests: u64,
     refused: u64,
+    gone_away: u64,
+    gone_away_grpc: u64,
 }
 
 async fn cycle(index: usize, tally: Arc<Tally>) -> Cycle {
@@ -303,6 +344,8 @@ async fn cycle(index: usize, tally: Arc<Tally>) -> Cycle {
         tally.h1_ok.load(Ordering::Relaxed) + tally.h2_ok.load(Ordering::Relaxed),
         tally.grpc_ok.load(Ordering::Relaxed),
         tally.refused.load(Ordering::Relaxed),
+        tally.gone_away_h2.load(Ordering::Relaxed),
+        tally.gone_away_grpc.load(Ordering::Relaxed),
     );
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -401,15 +444,19 @@ async fn cycle(index: usize, tally: Arc<Tally>) -> Cycle {
         tally.h1_ok.load(Ordering::Relaxed) + tally.h2_ok.load(Ordering::Relaxed),
         tally.grpc_ok.load(Ordering::Relaxed),
         tally.refused.load(Ordering::Relaxed),
+        tally.gone_away_h2.load(Ordering::Relaxed),
+        tally.gone_away_grpc.load(Ordering::Relaxed),
     );
     let done = Cycle {
         http_requests: after.0 - before.0,
         grpc_requests: after.1 - before.1,
         refused: after.2 - before.2,
+        gone_away: after.3 - before.3,
+        gone_away_grpc: after.4 - before.4,
     };
     eprintln!(
-        "cycle {index}: http {} ok, grpc {} ok, {} refused connects, exited {exited_after:?} after SIGTERM\n  production: {http_report}\n  grpc: {grpc_report}",
-        done.http_requests, done.grpc_requests, done.refused
+        "cycle {index}: http {} ok, grpc {} ok, {} refused connects, requests failed with GOAWAY ({} h2c, {} gRPC), exited {exited_after:?} after SIGTERM\n  production: {http_report}\n  grpc: {grpc_report}",
+        done.http_requests, done.grpc_requests, done.refused, done.gone_away, done.gone_away_grpc
     );
 
     for report in [&http_report, &grpc_report] {
@@ -424,23 +471,33 @@ async fn cycle(index: usize, tally: Arc<Tally>) -> Cycle {
             "{report}"
         );
     }
-    // Every 200 a client got is a handler that returned, and no handler
-    // that started was abandoned.
-    assert_eq!(
-        http_report["api_started"], http_report["api_completed"],
-        "{http_report}"
-    );
-    assert_eq!(
-        http_report["api_completed"].as_u64().unwrap(),
-        done.http_requests,
+    // Every 200 a client got is a handler that returned; every handler
+    // that started and did not end in a 200 the clients counted (the
+    // server answered it, or cancelled it on the client's word) is one of
+    // the h2c requests hyper reported as gone away (`Outcome::GoneAway`):
+    // with none of those, exactly the answers the clients counted.
+    let started = http_report["api_started"].as_u64().unwrap();
+    let completed = http_report["api_completed"].as_u64().unwrap();
+    assert!(
+        done.http_requests <= completed && completed <= started,
         "production served {http_report} but the clients counted {} answers",
         done.http_requests
     );
-    assert_eq!(
-        grpc_report["greeted"].as_u64().unwrap(),
+    assert!(
+        started - done.http_requests <= done.gone_away,
+        "production started {started} handlers, the clients counted {} answers and {} \
+         requests failed with GOAWAY: {http_report}",
+        done.http_requests,
+        done.gone_away
+    );
+    // Likewise for gRPC, over tonic's (hyper's) HTTP/2 client.
+    let greeted = grpc_report["greeted"].as_u64().unwrap();
+    assert!(
+        done.grpc_requests <= greeted && greeted - done.grpc_requests <= done.gone_away_grpc,
+        "grpc served {grpc_report} but the clients counted {} answers and {} calls failed \
+         with GOAWAY",
         done.grpc_requests,
-        "grpc served {grpc_report} but the clients counted {} answers",
-        done.grpc_requests
+        done.gone_away_grpc
     );
     done
 }
@@ -463,12 +520,14 @@ async fn sigterm_under_load_loses_nothing_over_five_cycles() {
         );
     }
     eprintln!(
-        "zero-drop totals over {CYCLES} cycles: {} requests answered ({http} HTTP/1.1 + h2c, {grpc} gRPC), {} of them after SIGTERM; {refused} refused connections; requests not sent on a connection going away (retried): {} HTTP/1.1, {} h2c, {} gRPC; 0 lost",
+        "zero-drop totals over {CYCLES} cycles: {} requests answered ({http} HTTP/1.1 + h2c, {grpc} gRPC), {} of them after SIGTERM; {refused} refused connections; requests not sent on a connection going away (retried): {} HTTP/1.1, {} h2c, {} gRPC; {} h2c and {} gRPC requests failed with the connection's GOAWAY; 0 lost",
         http + grpc,
         tally.ok_after_signal.load(Ordering::Relaxed),
         tally.not_sent_h1.load(Ordering::Relaxed),
         tally.not_sent_h2.load(Ordering::Relaxed),
         tally.not_sent_grpc.load(Ordering::Relaxed),
+        tally.gone_away_h2.load(Ordering::Relaxed),
+        tally.gone_away_grpc.load(Ordering::Relaxed),
     );
     assert!(
         tally.h1_ok.load(Ordering::Relaxed) > 0,
