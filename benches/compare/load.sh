@@ -48,46 +48,18 @@ if [ -n "${BIN:-}" ] && [ "${BIN#/}" = "$BIN" ]; then
     BIN=$PWD/$BIN
 fi
 cd "$(dirname "$0")/../.."
+. benches/compare/servers.sh
 work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 # `BIN=<path>`: run that build of the bench instead of building this
 # checkout's (to compare two builds: copy the first one's binary aside).
 # A build reads `production.toml` from the checkout it was built in.
-if [ -n "${BIN:-}" ]; then
-    bin=$BIN
-    if [ ! -x "$bin" ]; then
-        echo "load.sh: BIN=$bin is not an executable" >&2
-        rm -rf "$work"
-        exit 2
-    fi
-else
-    bin=$(cargo bench -p tower-rampart-benches --bench real_server --no-run --message-format=json 2> "$work/build" |
-        grep -o '"executable":"[^"]*real_server[^"]*"' | tail -1 | cut -d'"' -f4) || true
-    if [ ! -x "$bin" ]; then
-        cat "$work/build" >&2
-        echo "load.sh: could not build the real_server bench" >&2
-        rm -rf "$work"
-        exit 2
-    fi
-fi
+bin=$(bench_binary real_server load.sh "$work")
 
 REAL_SERVER_LISTEN=1 REAL_SERVER_ONLY="$ONLY" "$bin" --bench > "$work/servers" 2> "$work/log" &
 pid=$!
 trap 'kill $pid 2> /dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do
-    [ -s "$work/servers" ] && grep -q "serving until killed" "$work/log" && break
-    sleep 0.1
-done
-grep -q "serving until killed" "$work/log" || { cat "$work/log" >&2; exit 2; }
-# Every server asked for is up: a name the bench does not know (or an
-# ablation without REAL_SERVER_ABLATE=1) would otherwise just be missing.
-IFS=',' read -r -a asked <<< "$ONLY"
-for name in "${asked[@]}"; do
-    name=$(echo "$name" | sed 's/^ *//; s/ *$//')
-    cut -f2 "$work/servers" | grep -qxF "$name" || {
-        echo "load.sh: no server named \`$name\` (ablations need REAL_SERVER_ABLATE=1)" >&2
-        exit 2
-    }
-done
+wait_for_servers "$work/log" "$work/servers" "$ONLY" load.sh 100
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(sed -n 's/.*server thread/server thread/p' "$work/log"), load generator on CPU 1, $ROUNDS rounds of ${SECS}s"
 
 # The server thread's CPU time (user + system), in clock ticks.

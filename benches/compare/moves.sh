@@ -40,14 +40,9 @@ cd "$(dirname "$0")/../.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+. benches/compare/servers.sh
 bench=$([ "$mode" = row ] && echo "$2" || echo real_server)
-if [ -n "${BIN:-}" ]; then
-    bin=$BIN
-else
-    bin=$(cargo bench -p tower-rampart-benches --bench "$bench" --no-run --message-format=json 2> "$work/build" |
-        grep -o "\"executable\":\"[^\"]*$bench[^\"]*\"" | tail -1 | cut -d'"' -f4) || true
-fi
-[ -x "${bin:-}" ] || { cat "$work/build" >&2; echo "moves.sh: could not build the $bench bench" >&2; exit 2; }
+bin=$(bench_binary "$bench" moves.sh "$work")
 
 # Every variant glibc may pick for this CPU; the one picked is hit.
 cat > "$work/gdb" << 'EOF'

@@ -49,32 +49,17 @@ if [ -n "${BIN:-}" ] && [ "${BIN#/}" = "$BIN" ]; then
     BIN=$PWD/$BIN
 fi
 cd "$(dirname "$0")/../.."
+. benches/compare/servers.sh
 work=$(mktemp -d)
-if [ -n "${BIN:-}" ]; then
-    bin=$BIN
-else
-    bin=$(cargo bench -p tower-rampart-benches --bench real_server --no-run --message-format=json 2> "$work/build" |
-        grep -o '"executable":"[^"]*real_server[^"]*"' | tail -1 | cut -d'"' -f4) || true
-fi
-[ -x "${bin:-}" ] || { cat "$work/build" >&2 2> /dev/null; echo "per_request.sh: could not build the real_server bench" >&2; rm -rf "$work"; exit 2; }
+trap 'rm -rf "$work"' EXIT
+bin=$(bench_binary real_server per_request.sh "$work")
 
 REAL_SERVER_LISTEN=1 REAL_SERVER_ONLY="$ONLY" valgrind --tool=callgrind --cache-sim=yes \
     --dump-instr=no --callgrind-out-file="$work/cg.out" "$bin" --bench > "$work/servers" 2> "$work/log" &
 pid=$!
 trap 'kill $pid 2> /dev/null; wait $pid 2> /dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 600); do
-    grep -q "serving until killed" "$work/log" 2> /dev/null && break
-    sleep 0.1
-done
-grep -q "serving until killed" "$work/log" || { cat "$work/log" >&2; exit 2; }
-IFS=',' read -r -a asked <<< "$ONLY"
-for name in "${asked[@]}"; do
-    name=$(echo "$name" | sed 's/^ *//; s/ *$//')
-    cut -f2 "$work/servers" | grep -qxF "$name" || {
-        echo "per_request.sh: no server named \`$name\` (ablations need REAL_SERVER_ABLATE=1)" >&2
-        exit 2
-    }
-done
+# Sets `asked`, the servers in the order named.
+wait_for_servers "$work/log" "$work/servers" "$ONLY" per_request.sh 600
 
 # The busiest thread's counters since the last zeroing, per request:
 # "Ir I1mr D1mr+D1mw".
