@@ -43,14 +43,8 @@ if [ "$(nproc)" -lt 2 ]; then
     exit 2
 fi
 
-# A relative `BIN` is the caller's, not the repository root's.
-if [ -n "${BIN:-}" ] && [ "${BIN#/}" = "$BIN" ]; then
-    BIN=$PWD/$BIN
-fi
-cd "$(dirname "$0")/../.."
-. benches/compare/servers.sh
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+. "$(dirname "$0")/servers.sh"
+enter_root "$0"
 # `BIN=<path>`: run that build of the bench instead of building this
 # checkout's (to compare two builds: copy the first one's binary aside).
 # A build reads `production.toml` from the checkout it was built in.

@@ -33,14 +33,9 @@ case "$mode" in
 esac
 command -v gdb > /dev/null || { echo "moves.sh: gdb not found (Debian: apt-get install gdb)" >&2; exit 2; }
 
-if [ -n "${BIN:-}" ] && [ "${BIN#/}" = "$BIN" ]; then
-    BIN=$PWD/$BIN
-fi
-cd "$(dirname "$0")/../.."
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+. "$(dirname "$0")/servers.sh"
+enter_root "$0"
 
-. benches/compare/servers.sh
 bench=$([ "$mode" = row ] && echo "$2" || echo real_server)
 bin=$(bench_binary "$bench" moves.sh "$work")
 

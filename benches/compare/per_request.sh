@@ -45,13 +45,8 @@ case "$PROTO" in
     h2) load=(h2load -c 4 -m 8) ;;
     *) echo "per_request.sh: PROTO is h1 or h2" >&2; exit 2 ;;
 esac
-if [ -n "${BIN:-}" ] && [ "${BIN#/}" = "$BIN" ]; then
-    BIN=$PWD/$BIN
-fi
-cd "$(dirname "$0")/../.."
-. benches/compare/servers.sh
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+. "$(dirname "$0")/servers.sh"
+enter_root "$0"
 bin=$(bench_binary real_server per_request.sh "$work")
 
 REAL_SERVER_LISTEN=1 REAL_SERVER_ONLY="$ONLY" valgrind --tool=callgrind --cache-sim=yes \

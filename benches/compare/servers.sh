@@ -1,5 +1,18 @@
-# Shared by the scripts of `benches/compare` (sourced, not run): the bench
-# binary to run, and the wait for the real-server bench's servers.
+# Shared by the scripts of `benches/compare` (sourced, not run): the move
+# to the repository root, the bench binary to run, and the wait for the
+# real-server bench's servers.
+
+# Makes a relative `BIN` absolute (it is the caller's path), moves to the
+# repository root (`$1` is the calling script's `$0`) and sets `work` to a
+# scratch directory, removed on exit.
+enter_root() {
+    if [ -n "${BIN:-}" ] && [ "${BIN#/}" = "$BIN" ]; then
+        BIN=$PWD/$BIN
+    fi
+    cd "$(dirname "$1")/../.."
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+}
 
 # The executable of bench `$1` (`BIN`, if set: a build copied aside), built
 # if need be; `$2` names the calling script in messages, `$3` is a scratch
