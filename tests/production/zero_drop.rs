@@ -110,8 +110,8 @@ struct Tally {
     not_sent_h1: AtomicU64,
     not_sent_h2: AtomicU64,
     not_sent_grpc: AtomicU64,
-    /// HTTP/2 requests failed with the connection's GOAWAY
-    /// ([`Outcome::GoneAway`]), h2c and gRPC.
+    /// Requests failed with their HTTP/2 connection's GOAWAY
+    /// ([`Outcome::GoneAway`]): h2c, and gRPC.
     gone_away_h2: AtomicU64,
     gone_away_grpc: AtomicU64,
     /// Lost requests, described.
@@ -134,16 +134,17 @@ enum Outcome {
     Refused,
     /// Never processed by the server, and the client knows it: the request
     /// failed before a connection was ready for it, was still queued when
-    /// its HTTP/2 connection went away, or its stream was refused by
-    /// GOAWAY (`NO_ERROR`, above the last stream id).
-    /// RFC 9113 §6.8 makes these safe to retry, and gRPC clients retry
-    /// them transparently (gRPC proposal A6, "transparent retries");
-    /// hyper-util's client retries the first kind on HTTP/1 itself. The
-    /// worker retries (its next request). The reports prove the server
-    /// never ran them: handler counts equal the clients' answers.
+    /// its HTTP/2 connection went away, or its stream was refused
+    /// (`REFUSED_STREAM`). RFC 9113 §6.8 makes these safe to retry, and
+    /// gRPC clients retry them transparently (gRPC proposal A6,
+    /// "transparent retries"); hyper-util's client retries the first kind
+    /// on HTTP/1 itself. The worker retries (its next request). A stream
+    /// GOAWAY put above the last stream id is safe to retry too, but hyper
+    /// reports it with an error it also uses for a stream that was sent
+    /// ([`Outcome::GoneAway`]).
     NotSent,
-    /// An HTTP/2 request (h2c or gRPC) hyper failed with the connection's GOAWAY
-    /// (`NO_ERROR`): usually not sent (above the GOAWAY's last stream id),
+    /// An HTTP/2 request (h2c or gRPC) hyper failed with the connection's
+    /// GOAWAY (`NO_ERROR`): usually not sent (above the last stream id),
     /// but hyper's HTTP/2 client reports the same error in one race where
     /// the request was sent: `ClientTask` (hyper 1.x, `proto/h2/client.rs`)
     /// hands the request to h2, whose stream is queued for sending, then
@@ -152,10 +153,10 @@ enum Outcome {
     /// request with it and drops its response future. The HEADERS h2 had
     /// queued may go out all the same (then an RST_STREAM); the server,
     /// whose final GOAWAY counts that stream, serves it (or cancels it on
-    /// the RST_STREAM). RFC 9113 §6.8: only a
-    /// stream above the last stream id is known unprocessed, and hyper's
-    /// error does not say which side of it the stream was. The per-cycle
-    /// check allows the server one handler per such report, no more.
+    /// the RST_STREAM). RFC 9113 §6.8: only a stream above the last stream
+    /// id is known unprocessed, and hyper's error does not say which side
+    /// of it the stream was. The per-cycle check allows the server one
+    /// handler per such report, no more.
     GoneAway,
 }
 
