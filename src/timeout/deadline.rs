@@ -97,6 +97,11 @@ impl DeadlineSource {
 
 impl Deadline {
     /// The server's deadline at `instant`.
+    ///
+    /// Held as nanoseconds of the crate's clock, whose zero is ten years
+    /// before the process first read it (or that first reading, where the
+    /// platform's instants cannot go that far back): an instant earlier
+    /// than that is kept as that zero, a deadline long passed either way.
     #[inline]
     pub fn at(instant: Instant) -> Self {
         Self::from_nanos(crate::util::clock::to_nanos(instant))
