@@ -49,7 +49,9 @@
 //! matched path (no `routes.paths`); and `peers time window`, `peers` with
 //! the config's 30-second time window. `REAL_SERVER_NO_RECORDER=1`
 //! runs without the Prometheus recorder (the `metrics` facade's no-op),
-//! for the recorder's share. `REAL_SERVER_ONLY=stack` runs only the named
+//! for the recorder's share; `REAL_SERVER_CALL_RECORDER=1` with a recorder
+//! whose handles are real dynamic calls that do nothing, for the share of
+//! the calls themselves. `REAL_SERVER_ONLY=stack` runs only the named
 //! servers (comma-separated), to profile one of them. `REAL_SERVER_LISTEN=1`
 //! starts the servers and no client: it prints each server's URL and name
 //! and serves until killed, for a load generator in another process
@@ -602,7 +604,10 @@ fn main() {
 
     // The recorder first, as in the example: the layers register their
     // metrics when built.
-    let recorder = !flag("REAL_SERVER_NO_RECORDER");
+    if flag("REAL_SERVER_CALL_RECORDER") {
+        metrics::set_global_recorder(CallRecorder(std::sync::Arc::new(Nothing))).unwrap();
+    }
+    let recorder = !flag("REAL_SERVER_NO_RECORDER") && !flag("REAL_SERVER_CALL_RECORDER");
     let metrics = recorder.then(|| {
         PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
@@ -802,4 +807,64 @@ fn main() {
         "handler calls, every server, warm-up included: {}",
         HANDLED.load(Ordering::Relaxed)
     );
+}
+
+/// A recorder whose every handle is a call that does nothing
+/// (`REAL_SERVER_CALL_RECORDER=1`): what the stack's calls into a recorder
+/// cost apart from an exporter's own work.
+struct CallRecorder(std::sync::Arc<Nothing>);
+
+/// The handles of [`CallRecorder`].
+struct Nothing;
+
+impl metrics::CounterFn for Nothing {
+    fn increment(&self, _: u64) {}
+    fn absolute(&self, _: u64) {}
+}
+
+impl metrics::GaugeFn for Nothing {
+    fn increment(&self, _: f64) {}
+    fn decrement(&self, _: f64) {}
+    fn set(&self, _: f64) {}
+}
+
+impl metrics::HistogramFn for Nothing {
+    fn record(&self, _: f64) {}
+}
+
+impl metrics::Recorder for CallRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::from_arc(self.0.clone())
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::from_arc(self.0.clone())
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::from_arc(self.0.clone())
+    }
 }
