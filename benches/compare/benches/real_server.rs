@@ -604,10 +604,11 @@ fn main() {
 
     // The recorder first, as in the example: the layers register their
     // metrics when built.
-    if flag("REAL_SERVER_CALL_RECORDER") {
+    let call_recorder = flag("REAL_SERVER_CALL_RECORDER");
+    if call_recorder {
         metrics::set_global_recorder(CallRecorder(std::sync::Arc::new(Nothing))).unwrap();
     }
-    let recorder = !flag("REAL_SERVER_NO_RECORDER") && !flag("REAL_SERVER_CALL_RECORDER");
+    let recorder = !call_recorder && !flag("REAL_SERVER_NO_RECORDER");
     let metrics = recorder.then(|| {
         PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
@@ -700,7 +701,7 @@ fn main() {
     println!(
         "{} requests in flight (HTTP/1.1: {0} connections; h2c: {} connections x {} streams), \
          GET {PATH}, {:?} per round, {rounds} rounds; server: {server_threads} worker thread(s), \
-         client: 1; {}; Prometheus recorder {}\n",
+         client: 1; {}; recorder: {}\n",
         load_cfg.connections,
         load_cfg.h2_connections,
         load_cfg.connections / load_cfg.h2_connections,
@@ -711,9 +712,11 @@ fn main() {
             "not pinned"
         },
         if recorder {
-            "installed"
+            "Prometheus"
+        } else if call_recorder {
+            "calls that do nothing (REAL_SERVER_CALL_RECORDER)"
         } else {
-            "NOT installed"
+            "none (REAL_SERVER_NO_RECORDER)"
         },
     );
 
