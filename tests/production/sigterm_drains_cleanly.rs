@@ -215,6 +215,26 @@ async fn sigterm_under_load_drops_nothing() {
     server.signal("-TERM");
     let signal_at = Instant::now();
     *signalled.lock().unwrap() = Some(signal_at);
+    // One call certain to be in flight when draining begins, `DELAY` after
+    // the signal: the workers' 300 ms calls start together and run in step,
+    // so about one time in ten all of them are between two calls at that
+    // instant and the drain would find nothing to wait for.
+    let spanning = {
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            let result = get(&client(), addr, "/api/sleep/2000").await;
+            let mut t = tally.lock().unwrap();
+            match result {
+                Ok((StatusCode::OK, text)) if text == "slept 2000ms\n" => {
+                    t.ok += 1;
+                    t.ok_after_signal += 1;
+                }
+                other => t
+                    .failures
+                    .push(format!("/api/sleep/2000 (sent at the signal): {other:?}")),
+            }
+        })
+    };
 
     // Readiness fails at once; liveness still passes; the server still serves.
     let mut ready_failed = None;
@@ -253,6 +273,7 @@ async fn sigterm_under_load_drops_nothing() {
     for w in workers {
         w.await.unwrap();
     }
+    spanning.await.unwrap();
     let status = status.unwrap_or_else(|| panic!("still running {bound:?} after SIGTERM"));
     assert!(status.success(), "exit status {status:?}");
     assert!(
