@@ -132,7 +132,7 @@
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
 //! | `rampart_concurrency_limit` | gauge | `name` | the published limit |
-//! | `rampart_concurrency_in_flight` | gauge | `name` | requests holding a slot |
+//! | `rampart_concurrency_in_flight` | gauge | `name` | requests holding a slot (the limit's own count, set every 250 ms) |
 //! | `rampart_concurrency_queued` | gauge | `name` | requests waiting in the queue |
 //! | `rampart_concurrency_rejections_total` | counter | `name`, `partition`, `reason` = `limit` \| `queue_full` \| `queue_timeout` | refusals, by class (`default` without partitions) |
 //! | `rampart_concurrency_samples_total` | counter | `name`, `outcome` = `success` \| `dropped` \| `ignored` | finished requests, by what the algorithm was told |
@@ -196,7 +196,7 @@ pub(crate) const METRICS: &[Help] = &[
         name: "rampart_concurrency_in_flight",
         kind: MetricKind::Gauge,
         unit: Some(Unit::Count),
-        text: "Requests holding a slot of the concurrency limit.",
+        text: "Requests holding a slot of the concurrency limit (sampled every 250 ms).",
     },
     Help {
         name: "rampart_concurrency_queued",

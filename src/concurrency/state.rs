@@ -17,6 +17,7 @@ use crate::rejection::{Rejection, RejectionKind};
 use crate::util::clock::EpochClock;
 use crate::util::lanes::{Lane, Laned};
 use crate::util::lock;
+use crate::util::sampled::{Sampled, Sampler};
 
 /// Limit-change events are logged at most this often.
 const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
@@ -127,6 +128,19 @@ pub(crate) struct Shared {
     /// and the limit it reported.
     last_event: AtomicU64,
     event_limit: AtomicUsize,
+    /// Publishes `in_flight` to `rampart_concurrency_in_flight`
+    /// (`util::sampled`): no recorder call per request.
+    sampler: Sampler,
+}
+
+impl Sampled for Shared {
+    fn sampler(&self) -> &Sampler {
+        &self.sampler
+    }
+
+    fn publish(&self) {
+        self.metrics.in_flight.set(self.in_flight() as f64);
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -168,6 +182,7 @@ impl Shared {
             window_min_rtt: AtomicU64::new(u64::MAX),
             window_start: AtomicU64::new(0),
             last_event: AtomicU64::new(u64::MAX),
+            sampler: Sampler::default(),
             name,
         }
     }
@@ -231,7 +246,7 @@ impl Shared {
         deadline: Option<u64>,
     ) -> Permit {
         let this = &**shared;
-        this.metrics.in_flight.increment(1.0);
+        Sampler::changed(this, || shared.downgrade());
         Permit {
             shared: shared.lane(),
             // A fixed limit learns nothing from the RTT: no clock read
@@ -425,7 +440,7 @@ impl Drop for Permit {
             None => Outcome::Ignored,
         };
         shared.finish(self.start, self.in_flight as usize, outcome);
-        shared.metrics.in_flight.decrement(1.0);
         shared.release(self.class);
+        Sampler::changed(&**shared, || self.shared.downgrade());
     }
 }

@@ -13,6 +13,7 @@ use super::coordinator::{Hook, Inner};
 use super::phase::{Phase, Trigger};
 use super::report::{HookOutcome, HookReport, ShutdownReport, emit};
 use super::signals::{Signals, spawn_force_exit};
+use crate::util::sampled::Sampled;
 
 /// The coordinator's task: runs the whole sequence once.
 pub(super) async fn drive(inner: Arc<Inner>, mut signals: Signals) {
@@ -29,12 +30,16 @@ pub(super) async fn drive(inner: Arc<Inner>, mut signals: Signals) {
     let drain_start = Instant::now();
     let completed_before = inner.state.completed.load(Ordering::Relaxed);
     let in_flight_at_drain = stop_accepting(&inner);
+    inner.state.publish();
     let drained = drain(&inner, drain_start).await;
     if !drained {
         abort(&inner).await;
     }
     let drain_took = drain_start.elapsed();
     inner.drain_histogram.record(drain_took.as_secs_f64());
+    // The in-flight gauge is sampled (`util::sampled`): exact at the end
+    // of the drain, as at its start.
+    inner.state.publish();
     let finished = inner.state.completed.load(Ordering::Relaxed) - completed_before;
     let aborted = inner.state.aborted.load(Ordering::Relaxed);
     let left_in_flight = inner.state.in_flight();

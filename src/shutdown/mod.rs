@@ -95,7 +95,7 @@
 //!
 //! | metric | kind | labels | meaning |
 //! |---|---|---|---|
-//! | `rampart_in_flight_requests` | gauge | `name` | requests in flight through the drain layers |
+//! | `rampart_in_flight_requests` | gauge | `name` | requests in flight through the drain layers (the drain's own count, set every 250 ms and when draining starts and ends) |
 //! | `rampart_shutdown_phase` | gauge | `name` | 0 running, 1 shutdown requested, 2 draining, 3 done |
 //! | `rampart_drain_duration_seconds` | histogram | `name` | how long the drain took (abort included) |
 //! | `rampart_drain_aborted_total` | counter | `name` | requests aborted at the drain deadline |
@@ -301,7 +301,7 @@ pub(crate) const METRICS: &[Help] = &[
         name: "rampart_in_flight_requests",
         kind: MetricKind::Gauge,
         unit: Some(Unit::Count),
-        text: "Requests in flight through the drain layer.",
+        text: "Requests in flight through the drain layer (sampled every 250 ms).",
     },
     Help {
         name: "rampart_shutdown_phase",

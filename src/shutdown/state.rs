@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use super::Phase;
 use super::abort::{AbortSignal, NO_KEY, NO_WAKER, WakerId, identity};
 use crate::util::lanes::{Lane, Laned};
+use crate::util::sampled::{Sampled, Sampler};
 use crate::{Rejection, RejectionKind};
 
 /// One cache-line-padded slot of the in-flight count.
@@ -45,7 +46,10 @@ pub(crate) struct State {
     pub(crate) idle: Notify,
     pub(crate) abort: AbortSignal,
     retry_after: Duration,
+    /// `rampart_in_flight_requests`, set from [`State::in_flight`] by the
+    /// sampler's task (`util::sampled`), not on every request.
     in_flight_gauge: Gauge,
+    sampler: Sampler,
     refused: Counter,
     aborted_counter: Counter,
 }
@@ -73,6 +77,7 @@ impl State {
             idle: Notify::new(),
             abort: AbortSignal::default(),
             retry_after,
+            sampler: Sampler::default(),
         }
     }
 
@@ -150,7 +155,7 @@ impl Laned<State> {
             self.refused.increment(1);
             return None;
         }
-        self.in_flight_gauge.increment(1.0);
+        Sampler::changed(&**self, || self.downgrade());
         Some(Guard {
             state: self.lane(),
             // Slots are one per thread lane and one more: few.
@@ -159,6 +164,16 @@ impl Laned<State> {
             registered: NO_WAKER,
             aborted: false,
         })
+    }
+}
+
+impl Sampled for State {
+    fn sampler(&self) -> &Sampler {
+        &self.sampler
+    }
+
+    fn publish(&self) {
+        self.in_flight_gauge.set(self.in_flight() as f64);
     }
 }
 
@@ -275,8 +290,8 @@ impl Drop for Guard {
         } else if state.phase() >= Phase::Draining {
             state.completed.fetch_add(1, Ordering::Relaxed);
         }
-        state.in_flight_gauge.decrement(1.0);
         state.release(self.slot as usize);
+        Sampler::changed(&***state, || state.downgrade());
     }
 }
 

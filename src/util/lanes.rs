@@ -12,7 +12,7 @@
 //! (benches/README.md, "Clones per request, and two threads").
 
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// This thread's lane number (threads take numbers in turn).
@@ -65,6 +65,18 @@ impl<T> Laned<T> {
     pub(crate) fn lane(&self) -> Arc<Lane<T>> {
         // `lanes.len()` is a power of two.
         Arc::clone(&self.lanes[index() & (self.lanes.len() - 1)])
+    }
+
+    /// A weak reference to `T` (for a task that must not keep it alive).
+    pub(crate) fn downgrade(&self) -> Weak<T> {
+        Arc::downgrade(&self.value)
+    }
+}
+
+impl<T> Lane<T> {
+    /// A weak reference to `T` (for a task that must not keep it alive).
+    pub(crate) fn downgrade(&self) -> Weak<T> {
+        Arc::downgrade(&self.0)
     }
 }
 

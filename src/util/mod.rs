@@ -9,5 +9,6 @@ pub(crate) mod lanes;
 pub(crate) mod poison;
 pub(crate) mod round;
 pub(crate) mod route_paths;
+pub(crate) mod sampled;
 
 pub(crate) use poison::lock;

@@ -121,6 +121,9 @@ async fn operator_sees_limit_in_flight_and_refusals() {
     let replies = burst(addr, 8, &[]).await;
     let refused = replies.iter().filter(|r| r.status == 503).count();
     assert!(refused >= 1);
+    // The in-flight gauge is the layer's count, set every 250 ms: past two
+    // of those, it must read what is in flight now, nothing.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let snap: Vec<_> = snapshotter
         .snapshot()
         .into_vec()

@@ -550,6 +550,15 @@ async fn metrics_are_recorded() {
         1.0
     );
     assert_eq!(gauge(&snap, "rampart_shutdown_phase", None), 0.0);
+    // The snapshot took the gauge's value (this recorder swaps it for 0);
+    // the request still held, the drain's sampler sets it again within a
+    // period (250 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let snap = snapshotter.snapshot().into_vec();
+    assert_eq!(
+        gauge(&snap, "rampart_in_flight_requests", Some(("name", "api"))),
+        1.0
+    );
 
     sd.trigger();
     assert!(
@@ -563,9 +572,9 @@ async fn metrics_are_recorded() {
     drop(held.await.unwrap().unwrap());
     sd.done().await;
     let snap = snapshotter.snapshot().into_vec();
-    // The debugging recorder's snapshot swaps gauges to 0: this is the
-    // change since the first snapshot (the held request left).
-    assert_eq!(gauge(&snap, "rampart_in_flight_requests", None), -1.0);
+    // The in-flight gauge is the drain's count, set when the drain ends
+    // (and every 250 ms while requests come and go): none left.
+    assert_eq!(gauge(&snap, "rampart_in_flight_requests", None), 0.0);
     assert_eq!(gauge(&snap, "rampart_shutdown_phase", None), 3.0);
     assert_eq!(
         gauge(
