@@ -12,8 +12,8 @@
 //! (benches/README.md, "Clones per request, and two threads").
 
 use std::ops::Deref;
-use std::sync::{Arc, Weak};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 /// This thread's lane number (threads take numbers in turn).
 #[inline]
