@@ -50,18 +50,18 @@ pub(crate) struct Sampler {
 
 impl Sampler {
     /// A count of `value` changed: starts the publishing task if it does
-    /// not run (`weak` is only called then).
+    /// not run (`weak` is only called to spawn it).
     #[inline]
     pub(crate) fn changed<T: Sampled>(value: &T, weak: impl FnOnce() -> Weak<T>) {
         if !value.sampler().running.load(Ordering::Relaxed) {
-            start(value, weak());
+            start(value, weak);
         }
     }
 }
 
 #[cold]
 #[inline(never)]
-fn start<T: Sampled>(value: &T, weak: Weak<T>) {
+fn start<T: Sampled>(value: &T, weak: impl FnOnce() -> Weak<T>) {
     let running = &value.sampler().running;
     if running
         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
@@ -71,7 +71,7 @@ fn start<T: Sampled>(value: &T, weak: Weak<T>) {
     }
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
-            handle.spawn(run(Stop(weak)));
+            handle.spawn(run(Stop(weak())));
         }
         Err(_) => {
             running.store(false, Ordering::Release);
