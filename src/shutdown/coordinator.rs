@@ -156,10 +156,7 @@ impl Shutdown {
             )
         })?;
         let name: Arc<str> = Arc::from(config.name.as_str());
-        let state = Arc::new(Laned::new(State::new(
-            Arc::clone(&name),
-            config.retry_after,
-        )));
+        let state = Arc::new(State::laned(Arc::clone(&name), config.retry_after));
         let signals = if config.signals {
             Signals::install()
         } else {

@@ -1,7 +1,7 @@
 //! State shared by the coordinator and every drain layer built from it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -15,25 +15,23 @@ use crate::util::lanes::{Lane, Laned};
 use crate::util::sampled::{Sampled, Sampler};
 use crate::{Rejection, RejectionKind};
 
-/// One cache-line-padded slot of the in-flight count.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Slot(AtomicUsize);
-
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) name: Arc<str>,
     phase: AtomicU8,
-    /// Requests in flight, counted on per-thread slots (`util::lanes`
-    /// numbers): a request adds to its thread's slot and takes away from
-    /// the same slot when it ends, so concurrent requests on different
-    /// threads write different cache lines. The count is the sum, read in
-    /// slot order. The last slot counts the requests admitted once
-    /// draining has started (owed an answer): the sum is not a snapshot,
-    /// and such a request, added to a slot already read while another
-    /// ended on a slot not read yet, would be missed; on the last slot it
-    /// is read after every other.
-    in_flight: Box<[Slot]>,
+    /// The lanes of the [`Laned`] that holds this state (set once, by
+    /// [`State::laned`]). Requests in flight are counted by them: an
+    /// admitted request's [`Guard`] holds a clone of its thread's lane,
+    /// so the count is each lane's reference count less the `Laned`'s
+    /// own, summed in lane order (two atomic read-modify-writes per
+    /// request, the clone and its drop, where a count of its own beside
+    /// the clone took four), and concurrent requests on different threads
+    /// write different cache lines. The last lane, which no thread picks,
+    /// counts the requests admitted once draining has started (owed an
+    /// answer): the sum is not a snapshot, and such a request, counted on
+    /// a lane already read while another ended on a lane not read yet,
+    /// would be missed; on the last lane it is read after every other.
+    lanes: OnceLock<Box<[Weak<Lane<State>>]>>,
     /// Listeners and connections held open by `serve` loops: the drain
     /// waits for them too, so a connection taken from the listen backlog
     /// after the delay is answered before the hooks run.
@@ -42,7 +40,9 @@ pub(crate) struct State {
     pub(crate) completed: AtomicU64,
     /// Requests cut off by the abort signal.
     pub(crate) aborted: AtomicU64,
-    /// Notified when the in-flight count drops to zero while draining.
+    /// Notified when a request ends while draining (its count given
+    /// back first), and when the last listener or connection held by a
+    /// `serve` loop closes: the drain then reads whether it is idle.
     pub(crate) idle: Notify,
     pub(crate) abort: AbortSignal,
     retry_after: Duration,
@@ -55,7 +55,16 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(name: Arc<str>, retry_after: Duration) -> Self {
+    /// The state, held by per-thread lanes that count its requests in
+    /// flight.
+    pub(crate) fn laned(name: Arc<str>, retry_after: Duration) -> Laned<Self> {
+        let laned = Laned::with_spare(Self::new(name, retry_after));
+        let lanes = laned.weak_lanes();
+        laned.lanes.set(lanes).expect("set once, here");
+        laned
+    }
+
+    fn new(name: Arc<str>, retry_after: Duration) -> Self {
         crate::metrics_help::describe(super::METRICS);
         let label = name.to_string();
         Self {
@@ -68,9 +77,7 @@ impl State {
             aborted_counter: metrics::counter!("rampart_drain_aborted_total", "name" => label),
             name,
             phase: AtomicU8::new(Phase::Running as u8),
-            in_flight: (0..=crate::util::lanes::count())
-                .map(|_| Slot::default())
-                .collect(),
+            lanes: OnceLock::new(),
             serving: AtomicUsize::new(0),
             completed: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
@@ -86,29 +93,37 @@ impl State {
         Phase::from_u8(self.phase.load(Ordering::SeqCst))
     }
 
+    /// Stores `phase`, then takes and gives back a reference on every
+    /// lane. A request clones its lane (a relaxed increment), then, after
+    /// an acquire fence, reads the phase: if its increment comes after
+    /// this give-back (a release decrement) on that lane, it reads the new
+    /// phase; if before, the count read after this sees it. Either way a
+    /// request admitted as if still running is counted.
     pub(crate) fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::SeqCst);
-    }
-
-    /// Requests in flight: the sum of the slots.
-    #[inline]
-    pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight
-            .iter()
-            .map(|s| s.0.load(Ordering::SeqCst))
-            .sum()
-    }
-
-    /// This thread's slot of the in-flight count, or the last slot for a
-    /// request admitted while draining.
-    #[inline]
-    fn slot(&self, draining: bool) -> usize {
-        let late = self.in_flight.len() - 1;
-        if draining {
-            return late;
+        for lane in self.lanes() {
+            drop(lane.upgrade());
         }
-        // The other slots' count is a power of two.
-        crate::util::lanes::index() & (late - 1)
+    }
+
+    fn lanes(&self) -> &[Weak<Lane<State>>] {
+        self.lanes.get().map_or(&[], |l| &l[..])
+    }
+
+    /// Requests in flight: the sum of the lanes' reference counts, less
+    /// the `Laned`'s own. Exact while the coordinator, a drain layer or a
+    /// `serve` loop holds the state; once every one of them is gone, the
+    /// requests still in flight each lane counts one short.
+    pub(crate) fn in_flight(&self) -> usize {
+        let n = self
+            .lanes()
+            .iter()
+            .map(|l| l.strong_count().saturating_sub(1))
+            .sum();
+        // What the ended requests did happens before what the reader does
+        // next (a `Guard`'s reference is given back with release).
+        fence(Ordering::Acquire);
+        n
     }
 
     /// Requests in flight plus the listeners and connections held by
@@ -145,20 +160,26 @@ impl Laned<State> {
             self.refused.increment(1);
             return None;
         }
-        let slot = self.slot(draining);
-        self.in_flight[slot].0.fetch_add(1, Ordering::SeqCst);
-        // The coordinator stores the phase, then reads the count (every
-        // slot); we add to a slot, then read the phase: one of us sees the
-        // other.
+        let slot = if draining {
+            self.spare()
+        } else {
+            self.number()
+        };
+        // Counted in flight (see `State::lanes`).
+        let lane = self.lane_at(slot);
+        // The coordinator stores the phase, then takes and gives back a
+        // reference on every lane (`State::set_phase`); we take one, then
+        // read the phase: one of us sees the other.
+        fence(Ordering::Acquire);
         if self.phase() >= Phase::Draining && !accepted() {
-            self.release(slot);
+            release_slow(lane, true);
             self.refused.increment(1);
             return None;
         }
         Sampler::changed(&**self, || self.downgrade());
         Some(Guard {
-            state: self.lane(),
-            // Slots are one per thread lane and one more: few.
+            state: Some(lane),
+            // Lanes are one per thread lane and one more: few.
             slot: slot as u32,
             key: NO_KEY,
             registered: NO_WAKER,
@@ -177,22 +198,22 @@ impl Sampled for State {
     }
 }
 
-impl State {
-    /// Ends a request counted on `slot`. When that slot empties while
-    /// draining, the sum is read: of two requests ending at once on two
-    /// slots, the one whose read comes last sees both subtractions (every
-    /// access here is `SeqCst`), so the drain is woken.
-    #[inline]
-    fn release(&self, slot: usize) {
-        if self.in_flight[slot].0.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.phase() >= Phase::Draining
-            && self.serving.load(Ordering::SeqCst) == 0
-            && self.in_flight() == 0
-        {
-            self.idle.notify_one();
-        }
+/// Ends a request counted on `lane` when it must be followed by more
+/// than giving the reference back: while draining, the drain is woken to
+/// read the count (the `Notify` orders the two); when the gauge's task
+/// does not run, the change is published (`util::sampled`).
+#[cold]
+#[inline(never)]
+fn release_slow(lane: Arc<Lane<State>>, draining: bool) {
+    let state = lane.value();
+    drop(lane);
+    if draining {
+        state.idle.notify_one();
     }
+    Sampler::changed(&*state, || Arc::downgrade(&state));
+}
 
+impl State {
     /// The answer to a request that arrives while draining.
     #[cold]
     pub(crate) fn draining_rejection(&self, http1: bool) -> Rejection {
@@ -223,11 +244,14 @@ fn close_if(r: Rejection, http1: bool) -> Rejection {
 /// One admitted request: counted in flight until dropped.
 #[derive(Debug)]
 pub struct Guard {
-    state: Arc<Lane<State>>,
-    /// The in-flight slot the request was counted on (a `u32`, so that the
-    /// guard, in every admitted request's future, takes 40 bytes, not 48):
-    /// the thread's lane number, which also picks the abort signal's lane
-    /// for a pending request (no second thread-local read).
+    /// The lane the request is counted on, until the guard is dropped
+    /// (`None` only inside `drop`, which gives it back before it wakes
+    /// the drain).
+    state: Option<Arc<Lane<State>>>,
+    /// The number of that lane (a `u32`, so that the guard, in every
+    /// admitted request's future, takes 40 bytes, not 48), which also
+    /// picks the abort signal's lane for a pending request (no second
+    /// thread-local read).
     slot: u32,
     key: usize,
     /// The identity of the waker slot `key` holds, so that polls by the
@@ -245,13 +269,15 @@ pub struct Guard {
 impl Guard {
     #[inline]
     pub(crate) fn state(&self) -> &State {
-        &self.state
+        self.state
+            .as_deref()
+            .expect("held until the guard is dropped")
     }
 
     /// Has the abort signal fired? Marks the request aborted if so.
     #[inline]
     pub(crate) fn check_aborted(&mut self) -> bool {
-        if self.state.abort.is_fired() {
+        if self.state().abort.is_fired() {
             self.aborted = true;
         }
         self.aborted
@@ -263,9 +289,13 @@ impl Guard {
         let fired = if self.registered == identity(waker) {
             // Already registered by this task: `fire` sets the flag before it
             // wakes the registered wakers, so reading the flag is enough.
-            self.state.abort.is_fired()
+            self.state().abort.is_fired()
         } else {
-            self.state.abort.register(
+            let lane = self
+                .state
+                .as_deref()
+                .expect("held until the guard is dropped");
+            lane.abort.register(
                 &mut self.key,
                 self.slot as usize,
                 &mut self.registered,
@@ -282,16 +312,22 @@ impl Guard {
 impl Drop for Guard {
     #[inline]
     fn drop(&mut self) {
-        let state = &self.state;
-        state.abort.unregister(self.key);
+        let Some(lane) = self.state.take() else {
+            return;
+        };
+        lane.abort.unregister(self.key);
+        let draining = lane.phase() >= Phase::Draining;
         if self.aborted {
-            state.aborted.fetch_add(1, Ordering::Relaxed);
-            state.aborted_counter.increment(1);
-        } else if state.phase() >= Phase::Draining {
-            state.completed.fetch_add(1, Ordering::Relaxed);
+            lane.aborted.fetch_add(1, Ordering::Relaxed);
+            lane.aborted_counter.increment(1);
+        } else if draining {
+            lane.completed.fetch_add(1, Ordering::Relaxed);
         }
-        state.release(self.slot as usize);
-        Sampler::changed(&***state, || state.downgrade());
+        if draining || !lane.sampler.is_running() {
+            release_slow(lane, draining);
+        }
+        // Otherwise the request's lane reference is given back here: one
+        // atomic decrement.
     }
 }
 
@@ -302,16 +338,13 @@ mod tests {
 
     use super::*;
 
-    /// Requests counted on two threads' slots and ended on two threads at
+    /// Requests counted on two threads' lanes and ended on two threads at
     /// once while draining: the count is their sum, and the drain is woken
     /// (a permit is stored for its wait) once both are gone.
     #[test]
-    fn requests_on_two_slots_wake_the_drain() {
+    fn requests_on_two_lanes_wake_the_drain() {
         for _ in 0..200 {
-            let state = Arc::new(Laned::new(State::new(
-                "test".into(),
-                Duration::from_secs(1),
-            )));
+            let state = Arc::new(State::laned("test".into(), Duration::from_secs(1)));
             let admit = || {
                 let state = Arc::clone(&state);
                 std::thread::spawn(move || state.admit_unless_draining(|| false).unwrap())
@@ -324,10 +357,10 @@ mod tests {
             // Refused now: the count is unchanged.
             assert!(state.admit_unless_draining(|| false).is_none());
             assert_eq!(state.in_flight(), 2);
-            // Owed an answer: admitted, on the slot read last, and counted
+            // Owed an answer: admitted, on the lane read last, and counted
             // until it ends.
             let owed = state.admit_unless_draining(|| true).unwrap();
-            assert_eq!(owed.slot as usize, state.in_flight.len() - 1);
+            assert_eq!(owed.slot as usize, state.spare());
             assert_eq!(state.in_flight(), 3);
             drop(owed);
             assert_eq!(state.in_flight(), 2);
@@ -354,6 +387,40 @@ mod tests {
         }
     }
 
+    /// With no runtime to run the gauge's task, each change is published
+    /// at once, after the count changed: the last request out leaves 0.
+    #[test]
+    fn without_a_runtime_the_gauge_follows_each_request() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let recorder = DebuggingRecorder::new();
+        let state = metrics::with_local_recorder(&recorder, || {
+            Arc::new(State::laned("test".into(), Duration::from_secs(1)))
+        });
+        let gauge = || {
+            recorder
+                .snapshotter()
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .find_map(|(key, _, _, value)| match value {
+                    DebugValue::Gauge(v) if key.key().name() == "rampart_in_flight_requests" => {
+                        Some(v.into_inner())
+                    }
+                    _ => None,
+                })
+        };
+        let a = state.admit_unless_draining(|| false).unwrap();
+        assert_eq!(gauge(), Some(1.0));
+        let b = state.admit_unless_draining(|| false).unwrap();
+        assert_eq!(gauge(), Some(2.0));
+        drop(a);
+        assert_eq!(gauge(), Some(1.0));
+        drop(b);
+        assert_eq!(gauge(), Some(0.0));
+        assert_eq!(state.in_flight(), 0);
+    }
+
     /// A guard polled by one task, then by another (a future moved between
     /// tasks), then again by the second: the abort wakes the task that
     /// polled last, and polls by the same task take no second slot.
@@ -368,10 +435,7 @@ mod tests {
                 self.0.fetch_add(1, Ordering::SeqCst);
             }
         }
-        let state = Arc::new(Laned::new(State::new(
-            "test".into(),
-            Duration::from_secs(1),
-        )));
+        let state = Arc::new(State::laned("test".into(), Duration::from_secs(1)));
         let mut guard = state.admit_unless_draining(|| false).unwrap();
         let (first, second) = (
             Arc::new(Count(AtomicUsize::new(0))),

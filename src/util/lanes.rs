@@ -42,7 +42,10 @@ pub(crate) fn count() -> usize {
 /// `T`, and a few padded lanes that each own it.
 pub(crate) struct Laned<T> {
     value: Arc<T>,
+    /// The threads' lanes (`mask + 1` of them, a power of two), then, with
+    /// [`Laned::with_spare`], one more that no thread picks.
     lanes: Box<[Arc<Lane<T>>]>,
+    mask: usize,
 }
 
 /// A cache-line-padded owner of a [`Laned`] value.
@@ -51,11 +54,20 @@ pub(crate) struct Lane<T>(Arc<T>);
 
 impl<T> Laned<T> {
     pub(crate) fn new(value: T) -> Self {
+        Self::with_lanes(value, count())
+    }
+
+    /// Like [`Laned::new`], with one more lane that no thread picks, for
+    /// [`Laned::spare`].
+    pub(crate) fn with_spare(value: T) -> Self {
+        Self::with_lanes(value, count() + 1)
+    }
+
+    fn with_lanes(value: T, n: usize) -> Self {
         let value = Arc::new(value);
         Self {
-            lanes: (0..count())
-                .map(|_| Arc::new(Lane(Arc::clone(&value))))
-                .collect(),
+            lanes: (0..n).map(|_| Arc::new(Lane(Arc::clone(&value)))).collect(),
+            mask: count() - 1,
             value,
         }
     }
@@ -63,8 +75,32 @@ impl<T> Laned<T> {
     /// This thread's lane: a clone counts on that lane.
     #[inline]
     pub(crate) fn lane(&self) -> Arc<Lane<T>> {
-        // `lanes.len()` is a power of two.
-        Arc::clone(&self.lanes[index() & (self.lanes.len() - 1)])
+        Arc::clone(&self.lanes[self.number()])
+    }
+
+    /// This thread's lane number: its place in [`Laned::weak_lanes`].
+    #[inline]
+    pub(crate) fn number(&self) -> usize {
+        index() & self.mask
+    }
+
+    /// The lane numbered `n`.
+    #[inline]
+    pub(crate) fn lane_at(&self, n: usize) -> Arc<Lane<T>> {
+        Arc::clone(&self.lanes[n])
+    }
+
+    /// The number of the lane no thread picks (made by
+    /// [`Laned::with_spare`]; otherwise the last thread's lane).
+    #[inline]
+    pub(crate) fn spare(&self) -> usize {
+        self.lanes.len() - 1
+    }
+
+    /// Weak references to every lane, in order: each one's
+    /// [`Weak::strong_count`] is 1 (this `Laned`'s) plus its clones.
+    pub(crate) fn weak_lanes(&self) -> Box<[Weak<Lane<T>>]> {
+        self.lanes.iter().map(Arc::downgrade).collect()
     }
 
     /// A weak reference to `T` (for a task that must not keep it alive).
@@ -77,6 +113,11 @@ impl<T> Lane<T> {
     /// A weak reference to `T` (for a task that must not keep it alive).
     pub(crate) fn downgrade(&self) -> Weak<T> {
         Arc::downgrade(&self.0)
+    }
+
+    /// `T` itself, kept alive without this lane.
+    pub(crate) fn value(&self) -> Arc<T> {
+        Arc::clone(&self.0)
     }
 }
 

@@ -49,11 +49,18 @@ pub(crate) struct Sampler {
 }
 
 impl Sampler {
+    /// Whether the publishing task runs (one relaxed load): a change seen
+    /// while it does needs no call to [`Sampler::changed`].
+    #[inline]
+    pub(crate) fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
     /// A count of `value` changed: starts the publishing task if it does
     /// not run (`weak` is only called to spawn it).
     #[inline]
     pub(crate) fn changed<T: Sampled>(value: &T, weak: impl FnOnce() -> Weak<T>) {
-        if !value.sampler().running.load(Ordering::Relaxed) {
+        if !value.sampler().is_running() {
             start(value, weak);
         }
     }
