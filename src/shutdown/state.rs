@@ -338,6 +338,46 @@ mod tests {
 
     use super::*;
 
+    /// Threads admit requests while draining starts: every request admitted
+    /// (as running: nothing here is owed an answer) is in the count read
+    /// right after the phase changed, for the drain would otherwise finish
+    /// while it runs. Guards are kept, so none ends before the read.
+    #[test]
+    fn no_request_admitted_as_running_escapes_the_count() {
+        use std::sync::Barrier;
+        for _ in 0..100 {
+            let state = Arc::new(State::laned("test".into(), Duration::from_secs(1)));
+            let start = Arc::new(Barrier::new(3));
+            let admitting: Vec<_> = (0..2)
+                .map(|_| {
+                    let (state, start) = (Arc::clone(&state), Arc::clone(&start));
+                    std::thread::spawn(move || {
+                        start.wait();
+                        let mut held = Vec::new();
+                        while let Some(guard) = state.admit_unless_draining(|| false) {
+                            held.push(guard);
+                        }
+                        held
+                    })
+                })
+                .collect();
+            start.wait();
+            std::thread::yield_now();
+            state.set_phase(Phase::Draining);
+            let counted = state.in_flight();
+            let held: Vec<Guard> = admitting
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect();
+            assert!(
+                counted >= held.len(),
+                "{} requests admitted, {counted} counted when draining started",
+                held.len()
+            );
+            assert_eq!(state.in_flight(), held.len());
+        }
+    }
+
     /// Requests counted on two threads' lanes and ended on two threads at
     /// once while draining: the count is their sum, and the drain is woken
     /// (a permit is stored for its wait) once both are gone.
