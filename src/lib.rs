@@ -69,6 +69,16 @@
 //! `name` with the layer's name. Handles are registered when a layer is
 //! built: **install the recorder before building layers**.
 //!
+//! What moves on every request is kept off the recorder's shared lines:
+//! the in-flight gauges are the layers' own counts, set every 250 ms, and
+//! the per-request counters (`rampart_circuit_breaker_calls_total` and
+//! `_slow_calls_total`, `rampart_rate_limit_admitted_total` and
+//! `_allowlisted_total`, `rampart_concurrency_samples_total`) are counted
+//! per thread and added to the recorder every 250 ms, by a small task per
+//! layer inside the tokio runtime: a scrape sees every event, at most
+//! 250 ms late (the last ones when the layer is dropped). Without a tokio
+//! runtime each event reaches the recorder at once.
+//!
 //! | metric | type | labels | module |
 //! |---|---|---|---|
 //! | `rampart_circuit_breaker_state` | gauge | `name` | [`circuit_breaker`] |

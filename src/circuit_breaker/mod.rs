@@ -132,8 +132,8 @@
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
 //! | `rampart_circuit_breaker_state` | gauge | `name` | 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled, 5 metrics-only (not set by keyed breakers) |
-//! | `rampart_circuit_breaker_calls_total` | counter | `name`, `outcome` = `success` \| `failure` \| `ignored` | recorded call outcomes (`ignored` includes inner refusals and client-chosen timeouts) |
-//! | `rampart_circuit_breaker_slow_calls_total` | counter | `name` | calls slower than the slow-call threshold |
+//! | `rampart_circuit_breaker_calls_total` | counter | `name`, `outcome` = `success` \| `failure` \| `ignored` | recorded call outcomes (`ignored` includes inner refusals and client-chosen timeouts; counted per thread, added every 250 ms) |
+//! | `rampart_circuit_breaker_slow_calls_total` | counter | `name` | calls slower than the slow-call threshold (counted per thread, added every 250 ms) |
 //! | `rampart_circuit_breaker_rejections_total` | counter | `name` | refused calls (including those answered by a fallback) |
 //! | `rampart_circuit_breaker_transitions_total` | counter | `name`, `from`, `to` | state changes |
 //! | `rampart_circuit_breaker_threshold_exceeded_total` | counter | `name`, `reason` | metrics-only mode met a tripping rule (once per crossing) |

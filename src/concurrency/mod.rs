@@ -135,7 +135,7 @@
 //! | `rampart_concurrency_in_flight` | gauge | `name` | requests holding a slot (the limit's own count, set every 250 ms) |
 //! | `rampart_concurrency_queued` | gauge | `name` | requests waiting in the queue |
 //! | `rampart_concurrency_rejections_total` | counter | `name`, `partition`, `reason` = `limit` \| `queue_full` \| `queue_timeout` | refusals, by class (`default` without partitions) |
-//! | `rampart_concurrency_samples_total` | counter | `name`, `outcome` = `success` \| `dropped` \| `ignored` | finished requests, by what the algorithm was told |
+//! | `rampart_concurrency_samples_total` | counter | `name`, `outcome` = `success` \| `dropped` \| `ignored` | finished requests, by what the algorithm was told (counted per thread, added every 250 ms) |
 //! | `rampart_concurrency_rtt_seconds` | histogram | `name` | round-trip time of successful requests (from admission), with an adaptive limit |
 //! | `rampart_concurrency_min_rtt_seconds` | gauge | `name` | the smallest RTT seen in the last 10 s window, with an adaptive limit |
 //! | `rampart_concurrency_limit_changes_total` | counter | `name` | times the algorithm changed the limit |

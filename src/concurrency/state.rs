@@ -18,6 +18,7 @@ use crate::util::clock::EpochClock;
 use crate::util::lanes::{Lane, Laned};
 use crate::util::lock;
 use crate::util::sampled::{Sampled, Sampler};
+use crate::util::tally::Tallies;
 
 /// Limit-change events are logged at most this often.
 const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
@@ -63,7 +64,9 @@ pub(crate) struct Metrics {
     /// `[class][reason]`.
     pub(crate) rejections: [[Counter; 3]; 3],
     /// `[success, dropped, ignored]`.
-    pub(crate) samples: [Counter; 3],
+    /// `rampart_concurrency_samples_total` by outcome (success, dropped,
+    /// ignored), counted per thread (`util::tally`).
+    pub(crate) samples: Tallies<3>,
     pub(crate) rtt: Histogram,
     pub(crate) min_rtt: Gauge,
     pub(crate) limit_changes: Counter,
@@ -95,7 +98,7 @@ impl Metrics {
             limit: metrics::gauge!("rampart_concurrency_limit", "name" => label()),
             in_flight: metrics::gauge!("rampart_concurrency_in_flight", "name" => label()),
             rejections,
-            samples,
+            samples: Tallies::new(samples),
             rtt: metrics::histogram!("rampart_concurrency_rtt_seconds", "name" => label()),
             min_rtt: metrics::gauge!("rampart_concurrency_min_rtt_seconds", "name" => label()),
             limit_changes: metrics::counter!(
@@ -294,7 +297,7 @@ impl Shared {
             Outcome::Dropped => 1,
             _ => 2,
         };
-        self.metrics.samples[i].increment(1);
+        self.metrics.samples.increment(i);
         if outcome == Outcome::Ignored {
             return;
         }

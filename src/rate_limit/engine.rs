@@ -30,6 +30,7 @@ use super::key::{Fingerprinter, Key, KeyExtractor, KeyRef, RequestInfo, fingerpr
 use super::layer::{CostFn, MissingKey, QuotaState, RateLimitBuilder};
 use super::memory::{MemoryStore, Slot, Verdict};
 use super::store::Store;
+use crate::util::tally::Tallies;
 use crate::{ConfigError, Rejection, RejectionKind};
 
 /// Per-quota data the layer needs besides the store.
@@ -70,9 +71,14 @@ pub(crate) struct Shared {
     /// resolution unmasked, for the allow-list, which names addresses.
     allow_ip: Option<ClientIp>,
     pub(crate) wait: Option<Duration>,
-    admitted: Counter,
-    allowlisted: Counter,
+    /// `rampart_rate_limit_admitted_total` and
+    /// `rampart_rate_limit_allowlisted_total`, counted per thread
+    /// (`util::tally`): indexed by [`ADMITTED`] and [`ALLOWLISTED`].
+    admitted: Tallies<2>,
 }
+
+const ADMITTED: usize = 0;
+const ALLOWLISTED: usize = 1;
 
 /// One request's quota slots: a fixed array of [`MAX_QUOTAS`], so deciding
 /// a request allocates nothing (the crate's happy-path rule, not a speed
@@ -170,8 +176,10 @@ impl Shared {
             allow_ip,
             allow_cidrs: allow_cidrs.into(),
             wait: b.wait,
-            admitted: metrics::counter!("rampart_rate_limit_admitted_total", &name_label),
-            allowlisted: metrics::counter!("rampart_rate_limit_allowlisted_total", &name_label),
+            admitted: Tallies::new([
+                metrics::counter!("rampart_rate_limit_admitted_total", &name_label),
+                metrics::counter!("rampart_rate_limit_allowlisted_total", &name_label),
+            ]),
         });
         if let Some(every) = b.idle_sweep {
             if shared.store.is_keyed() {
@@ -217,12 +225,12 @@ impl QuotaInfo {
 impl Shared {
     /// Admits a request, without rate-limit headers (counted as admitted).
     pub(crate) fn admit(&self) -> Decision {
-        self.admitted.increment(1);
+        self.admitted.increment(ADMITTED);
         Decision::Admit(None)
     }
 
     pub(crate) fn allowlisted(&self) -> Decision {
-        self.allowlisted.increment(1);
+        self.admitted.increment(ALLOWLISTED);
         Decision::Admit(None)
     }
 
@@ -246,7 +254,7 @@ impl Shared {
         };
         let admitted = store.admit_plain(0);
         if admitted {
-            self.admitted.increment(1);
+            self.admitted.increment(ADMITTED);
         }
         admitted
     }
@@ -477,7 +485,7 @@ impl Shared {
     ) -> Decision {
         match verdict {
             Verdict::Admitted => {
-                self.admitted.increment(1);
+                self.admitted.increment(ADMITTED);
                 if self.admitted_headers {
                     let items = self.items(params, slots, false);
                     Decision::Admit(Some(Box::new(
@@ -636,7 +644,7 @@ impl Shared {
         );
         if self.dry_run {
             q.dry_run[reason.index()].increment(1);
-            self.admitted.increment(1);
+            self.admitted.increment(ADMITTED);
             None
         } else {
             q.refused[reason.index()].increment(1);

@@ -133,10 +133,10 @@
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
-//! | `rampart_rate_limit_admitted_total` | counter | `name` | requests admitted (including dry-run would-be refusals) |
+//! | `rampart_rate_limit_admitted_total` | counter | `name` | requests admitted (including dry-run would-be refusals; counted per thread, added every 250 ms) |
 //! | `rampart_rate_limit_refused_total` | counter | `name`, `quota`, `reason` | requests refused; `reason` is `exhausted`, `too-costly`, `missing-key` or `store-unavailable` (Redis store, fail closed) |
 //! | `rampart_rate_limit_dry_run_refusals_total` | counter | `name`, `quota`, `reason` | requests dry-run mode would have refused |
-//! | `rampart_rate_limit_allowlisted_total` | counter | `name` | requests let through by the allow-lists |
+//! | `rampart_rate_limit_allowlisted_total` | counter | `name` | requests let through by the allow-lists (counted per thread, added every 250 ms) |
 //! | `rampart_rate_limit_keys` | gauge | `name`, `quota` | keys tracked by a keyed quota (in-process store; leased mode's slices) |
 //! | `rampart_rate_limit_evictions_total` | counter | `name`, `quota`, `reason` | keys evicted; `reason` is `idle` or `capacity` |
 //! | `rampart_rate_limit_decisions_total` | counter | `name`, `path` | Redis store only: decisions by path, `redis`, `fallback`, `fail_open` or `fail_closed`; leased mode: `lease` (from this replica's slice, no round trip) or `lease_refresh` (after a refresh the request waited for) |

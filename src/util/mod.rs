@@ -10,5 +10,6 @@ pub(crate) mod poison;
 pub(crate) mod round;
 pub(crate) mod route_paths;
 pub(crate) mod sampled;
+pub(crate) mod tally;
 
 pub(crate) use poison::lock;

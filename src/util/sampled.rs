@@ -60,31 +60,38 @@ impl Sampler {
     /// not run (`weak` is only called to spawn it).
     #[inline]
     pub(crate) fn changed<T: Sampled>(value: &T, weak: impl FnOnce() -> Weak<T>) {
-        if !value.sampler().is_running() {
-            start(value, weak);
-        }
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn start<T: Sampled>(value: &T, weak: impl FnOnce() -> Weak<T>) {
-    let running = &value.sampler().running;
-    if running
-        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-        .is_err()
-    {
-        return;
-    }
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => {
-            handle.spawn(run(Stop(weak())));
-        }
-        Err(_) => {
-            running.store(false, Ordering::Release);
+        if !value.sampler().is_running() && !start(value, weak) {
             value.publish();
         }
     }
+
+    /// Whether the publishing task of `value` runs, started now if it does
+    /// not and a tokio runtime can run it (`weak` is only called to spawn
+    /// it); false, publishing nothing, where none can.
+    #[inline]
+    pub(crate) fn running<T: Sampled>(value: &T, weak: impl FnOnce() -> Weak<T>) -> bool {
+        value.sampler().is_running() || start(value, weak)
+    }
+}
+
+/// Starts the publishing task of `value` unless it runs: false when no
+/// tokio runtime can run it.
+#[cold]
+#[inline(never)]
+fn start<T: Sampled>(value: &T, weak: impl FnOnce() -> Weak<T>) -> bool {
+    // Asked first: without a runtime, a change costs this read of tokio's
+    // thread-local context and no atomic write.
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    let running = &value.sampler().running;
+    if running
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+    {
+        handle.spawn(run(Stop(weak())));
+    }
+    true
 }
 
 /// Marks the task stopped when it ends, however it ends (its runtime

@@ -65,6 +65,9 @@ async fn state_gauge_calls_rejections_and_transitions() {
     for _ in 0..3 {
         let _ = shadow_svc.clone().oneshot(Request::new(())).await.unwrap();
     }
+    // Calls are counted per thread and added to the recorder every 250 ms
+    // (the open breaker's 1 s is not up yet).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let snap: Vec<_> = snapshotter
         .snapshot()
         .into_vec()

@@ -453,6 +453,9 @@ async fn dry_run_counts_but_refuses_nothing() {
     for _ in 0..5 {
         assert_eq!(status(&mut svc, req(&[])).await, 200);
     }
+    // Admissions are counted per thread and added to the recorder every
+    // 250 ms; refusals at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let snap = snapshot(&snap);
     assert_eq!(
         counter(
@@ -495,6 +498,7 @@ async fn refusal_metrics_name_the_quota() {
     assert_eq!(status(&mut svc, req(&[])).await, 200);
     assert_eq!(status(&mut svc, req(&[])).await, 429);
     assert_eq!(status(&mut svc, req(&[])).await, 429);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let snap = snapshot(&snap);
     assert_eq!(
         counter(

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use crate::util::clock::EpochClock;
 use crate::util::lanes::LaneCount;
+use crate::util::tally::Tallies;
 use metrics::{Counter, Gauge};
 
 use super::config::CircuitBreakerConfig;
@@ -130,12 +131,18 @@ pub(crate) type ErrorClassifier =
 /// The metric handles of one layer, registered once when it is built.
 pub(crate) struct Metrics {
     state: Gauge,
-    success: Counter,
-    failure: Counter,
-    ignored: Counter,
-    slow: Counter,
+    /// `rampart_circuit_breaker_calls_total` by outcome and
+    /// `rampart_circuit_breaker_slow_calls_total`, counted per thread
+    /// (`util::tally`): indexed by [`CALL_SUCCESS`], [`CALL_FAILURE`],
+    /// [`CALL_IGNORED`] and [`CALL_SLOW`].
+    calls: Tallies<4>,
     rejections: Counter,
 }
+
+const CALL_SUCCESS: usize = 0;
+const CALL_FAILURE: usize = 1;
+const CALL_IGNORED: usize = 2;
+const CALL_SLOW: usize = 3;
 
 impl Metrics {
     fn new(name: &Arc<str>) -> Self {
@@ -143,10 +150,12 @@ impl Metrics {
         let n = name.to_string();
         Self {
             state: metrics::gauge!("rampart_circuit_breaker_state", "name" => n.clone()),
-            success: metrics::counter!("rampart_circuit_breaker_calls_total", "name" => n.clone(), "outcome" => "success"),
-            failure: metrics::counter!("rampart_circuit_breaker_calls_total", "name" => n.clone(), "outcome" => "failure"),
-            ignored: metrics::counter!("rampart_circuit_breaker_calls_total", "name" => n.clone(), "outcome" => "ignored"),
-            slow: metrics::counter!("rampart_circuit_breaker_slow_calls_total", "name" => n.clone()),
+            calls: Tallies::new([
+                metrics::counter!("rampart_circuit_breaker_calls_total", "name" => n.clone(), "outcome" => "success"),
+                metrics::counter!("rampart_circuit_breaker_calls_total", "name" => n.clone(), "outcome" => "failure"),
+                metrics::counter!("rampart_circuit_breaker_calls_total", "name" => n.clone(), "outcome" => "ignored"),
+                metrics::counter!("rampart_circuit_breaker_slow_calls_total", "name" => n.clone()),
+            ]),
             rejections: metrics::counter!("rampart_circuit_breaker_rejections_total", "name" => n),
         }
     }

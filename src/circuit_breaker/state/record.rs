@@ -5,7 +5,10 @@ use std::sync::atomic::Ordering;
 
 use super::super::window::{FAILURE, SLOW, Tally};
 use super::transition::TransitionReason;
-use super::{CircuitBreakerEvent, CircuitState, Core, TARGET, lock};
+use super::{
+    CALL_FAILURE, CALL_IGNORED, CALL_SLOW, CALL_SUCCESS, CircuitBreakerEvent, CircuitState, Core,
+    TARGET, lock,
+};
 use crate::classify::Outcome;
 
 impl Core {
@@ -23,7 +26,7 @@ impl Core {
             && self.consecutive.load(Ordering::Relaxed) == 0
             && self.clean.load(Ordering::Relaxed)
         {
-            self.settings.metrics.success.increment(1);
+            self.settings.metrics.calls.increment(CALL_SUCCESS);
             return;
         }
         self.record_slow(w, start, outcome);
@@ -33,7 +36,7 @@ impl Core {
         let s = &*self.settings;
         let state = CircuitState::from_word(w);
         if outcome == Outcome::Ignored {
-            s.metrics.ignored.increment(1);
+            s.metrics.calls.increment(CALL_IGNORED);
             if state == CircuitState::HalfOpen {
                 let mut inner = lock(&self.inner);
                 if self.word.load(Ordering::Acquire) == w {
@@ -50,12 +53,12 @@ impl Core {
         };
         let failure = outcome == Outcome::Failure;
         if failure {
-            s.metrics.failure.increment(1);
+            s.metrics.calls.increment(CALL_FAILURE);
         } else {
-            s.metrics.success.increment(1);
+            s.metrics.calls.increment(CALL_SUCCESS);
         }
         if slow {
-            s.metrics.slow.increment(1);
+            s.metrics.calls.increment(CALL_SLOW);
         }
         let flags = (u8::from(failure) * FAILURE) | (u8::from(slow) * SLOW);
         match state {
