@@ -16,6 +16,8 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 use tower_rampart::rate_limit::{KeyExtractor, Quota, RateLimitLayer};
 
+mod support;
+
 type Req = Request<()>;
 
 fn inner() -> impl Service<
@@ -71,26 +73,36 @@ fn ours(key: Option<KeyExtractor>, max_keys: usize) -> RateLimitLayer {
     if let Some(k) = key {
         q = q.key(k);
     }
-    RateLimitLayer::builder()
-        .name("bench")
-        .quota(q)
-        .max_keys(max_keys)
-        .idle_sweep(None)
-        .build()
-        .unwrap()
+    started(
+        RateLimitLayer::builder()
+            .name("bench")
+            .quota(q)
+            .max_keys(max_keys)
+            .idle_sweep(None)
+            .build()
+            .unwrap(),
+    )
+}
+
+/// `layer`, after a first call (see `support::first_call`).
+fn started(layer: RateLimitLayer) -> RateLimitLayer {
+    support::first_call(|| once(&mut layer.clone().layer(inner()), request(0)));
+    layer
 }
 
 /// The production example's shape: a global quota and one per client IP
 /// (over `max_keys` keys), decided together.
 fn global_and_ip(max_keys: usize) -> RateLimitLayer {
-    RateLimitLayer::builder()
-        .name("bench")
-        .quota(roomy().name("global"))
-        .quota(roomy().name("per_ip").key(KeyExtractor::client_ip()))
-        .max_keys(max_keys)
-        .idle_sweep(None)
-        .build()
-        .unwrap()
+    started(
+        RateLimitLayer::builder()
+            .name("bench")
+            .quota(roomy().name("global"))
+            .quota(roomy().name("per_ip").key(KeyExtractor::client_ip()))
+            .max_keys(max_keys)
+            .idle_sweep(None)
+            .build()
+            .unwrap(),
+    )
 }
 
 fn bench_admit(c: &mut Criterion) {

@@ -306,6 +306,14 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     assert!(conc_no_rl.concurrency.is_some() && conc_no_rl.rate_limit.is_none());
     let stack_conc_no_rl = conc_no_rl.stack().build().unwrap();
+    // The same, its metrics registered with a Prometheus recorder (the
+    // other rows have none, so their counters do nothing): what the
+    // per-request counters cost where an operator reads them, on one
+    // thread and on two (the breaker's calls and the concurrency limit's
+    // samples, counted per thread: `util::tally`).
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let stack_recorded =
+        metrics::with_local_recorder(&prometheus, || conc_no_rl.stack().build().unwrap());
     // The production example's breaker: a 30-second time window and a
     // slow-call threshold (every call is recorded in its bucket under the
     // window's lock, with a clock reading for its duration).
@@ -371,6 +379,22 @@ fn bench(c: &mut Criterion) {
             b.iter(|| one(&mut s))
         });
     }
+    // The concurrency limit without the rate limit, with and without a
+    // Prometheus recorder: one thread's share of the two-thread rows.
+    let mut s = stack_conc_no_rl.layer().layer(Bare);
+    if !counting("rampart_stack_concurrency_without_rate_limit", || {
+        black_box(one(&mut s));
+    }) {
+        g.bench_function("rampart_stack_concurrency_without_rate_limit", |b| {
+            b.iter(|| one(&mut s))
+        });
+    }
+    let mut s = stack_recorded.layer().layer(Bare);
+    if !counting("rampart_stack_recorded", || {
+        black_box(one(&mut s));
+    }) {
+        g.bench_function("rampart_stack_recorded", |b| b.iter(|| one(&mut s)));
+    }
     // axum's `Router::layer` clones a route's service for every request
     // and calls the clone once: the same here, with the clone's drop.
     let s = Bare;
@@ -426,6 +450,7 @@ fn bench(c: &mut Criterion) {
             &stack_conc_no_rl,
             false,
         ),
+        ("rampart_stack_recorded_2_threads", &stack_recorded, false),
     ] {
         two_thread_row(
             &mut g,

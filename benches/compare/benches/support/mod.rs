@@ -12,6 +12,23 @@ use http::{Request, Response};
 use http_body_util::Empty;
 use tower::Service;
 
+/// Runs `f` (a layer's first call) inside a runtime that lives as long as
+/// the process and is never driven: the call starts what a server's first
+/// request starts, the task that adds up the layer's per-thread counters
+/// (`util::tally` in the crate), which then counts as started for every
+/// later call, in a runtime or not, as it is for a server's requests.
+pub fn first_call<T>(f: impl FnOnce() -> T) -> T {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let rt = RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    });
+    let _guard = rt.enter();
+    f()
+}
+
 /// The request type of the bench services.
 pub type Req = Request<()>;
 /// The response type of the bench services.
