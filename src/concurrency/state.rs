@@ -63,9 +63,8 @@ pub(crate) struct Metrics {
     pub(crate) in_flight: Gauge,
     /// `[class][reason]`.
     pub(crate) rejections: [[Counter; 3]; 3],
-    /// `[success, dropped, ignored]`.
-    /// `rampart_concurrency_samples_total` by outcome (success, dropped,
-    /// ignored), counted per thread (`util::tally`).
+    /// `rampart_concurrency_samples_total` by outcome, `[success, dropped,
+    /// ignored]`, counted per thread (`util::tally`).
     pub(crate) samples: Tallies<3>,
     pub(crate) rtt: Histogram,
     pub(crate) min_rtt: Gauge,

@@ -74,7 +74,7 @@ pub(crate) struct Shared {
     /// `rampart_rate_limit_admitted_total` and
     /// `rampart_rate_limit_allowlisted_total`, counted per thread
     /// (`util::tally`): indexed by [`ADMITTED`] and [`ALLOWLISTED`].
-    admitted: Tallies<2>,
+    admissions: Tallies<2>,
 }
 
 const ADMITTED: usize = 0;
@@ -176,7 +176,7 @@ impl Shared {
             allow_ip,
             allow_cidrs: allow_cidrs.into(),
             wait: b.wait,
-            admitted: Tallies::new([
+            admissions: Tallies::new([
                 metrics::counter!("rampart_rate_limit_admitted_total", &name_label),
                 metrics::counter!("rampart_rate_limit_allowlisted_total", &name_label),
             ]),
@@ -225,12 +225,12 @@ impl QuotaInfo {
 impl Shared {
     /// Admits a request, without rate-limit headers (counted as admitted).
     pub(crate) fn admit(&self) -> Decision {
-        self.admitted.increment(ADMITTED);
+        self.admissions.increment(ADMITTED);
         Decision::Admit(None)
     }
 
     pub(crate) fn allowlisted(&self) -> Decision {
-        self.admitted.increment(ALLOWLISTED);
+        self.admissions.increment(ALLOWLISTED);
         Decision::Admit(None)
     }
 
@@ -254,7 +254,7 @@ impl Shared {
         };
         let admitted = store.admit_plain(0);
         if admitted {
-            self.admitted.increment(ADMITTED);
+            self.admissions.increment(ADMITTED);
         }
         admitted
     }
@@ -485,7 +485,7 @@ impl Shared {
     ) -> Decision {
         match verdict {
             Verdict::Admitted => {
-                self.admitted.increment(ADMITTED);
+                self.admissions.increment(ADMITTED);
                 if self.admitted_headers {
                     let items = self.items(params, slots, false);
                     Decision::Admit(Some(Box::new(
@@ -644,7 +644,7 @@ impl Shared {
         );
         if self.dry_run {
             q.dry_run[reason.index()].increment(1);
-            self.admitted.increment(ADMITTED);
+            self.admissions.increment(ADMITTED);
             None
         } else {
             q.refused[reason.index()].increment(1);
