@@ -27,8 +27,8 @@
 //!
 //! Where a thread cannot count (its thread-locals already destroyed, or
 //! every slot number taken), or no tokio runtime can run the task, the
-//! event goes to the recorder at once, as before (a load, a branch and
-//! the recorder's call, as it was).
+//! event goes to the recorder at once, as before (without a runtime, after
+//! a read of tokio's thread-local context that finds none).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -221,8 +221,8 @@ impl<const N: usize> Sampled for Inner<N> {
         };
         for ((total, published), counter) in totals.iter().zip(&self.published).zip(&self.counters)
         {
-            // Two publishers at once (a change without a runtime, and the
-            // last one on drop) each add what the other did not.
+            // Only what no earlier publish added, whoever publishes (the
+            // task, a later task after a runtime shut down, the drop).
             let before = published.fetch_max(*total, Ordering::AcqRel);
             if *total > before {
                 counter.increment(total - before);
